@@ -1,0 +1,1 @@
+"""I/O edges of the control plane: registry backends (etcd, in-memory)."""

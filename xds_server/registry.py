@@ -1,0 +1,93 @@
+"""The Registry protocol that every backend under ``adapters/`` implements.
+
+A backend turns its storage into a stream of :class:`RegistryUpdate` values:
+
+* :class:`Reset` -- the complete content under the prefix at one revision. The
+  first update is always a Reset; a backend sends another one after it had to
+  relist (watch compacted, connection lost, backend restarted). The consumer
+  reconciles by diffing, so nothing is dropped or applied twice.
+* :class:`Changes` -- the events of one or more revisions, in order, all newer
+  than the last update's revision.
+
+Keys are full keys (prefix included) as ``str``; values are raw ``bytes`` (the
+model decides what they mean). Keys under ``<prefix>status/`` are meshd's own
+output and are never delivered by :meth:`Registry.updates`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key as stored: value, the revision that last modified it, its lease (0 = none)."""
+
+    key: str
+    value: bytes
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A put or delete of one key at ``revision``. ``value`` is empty for deletes."""
+
+    kind: Literal["put", "delete"]
+    key: str
+    value: bytes
+    revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Everything under the prefix at ``revision`` (replaces all earlier knowledge)."""
+
+    revision: int
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Events up to and including ``revision``, oldest first."""
+
+    revision: int
+    events: tuple[Event, ...]
+
+
+RegistryUpdate = Reset | Changes
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """A registry backend. ``prefix`` ends with ``/`` (default ``/mesh/``)."""
+
+    prefix: str
+
+    def updates(self) -> AsyncIterator[RegistryUpdate]:
+        """Yield a Reset, then Changes (and a new Reset after any relist), forever.
+
+        Never raises on transient backend failures: it retries with back-off and
+        relists. The consumer keeps serving its last state in the meantime.
+        Cancelling the iterating task stops it.
+        """
+        ...
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write ``key`` and return the new revision."""
+        ...
+
+    async def delete(self, key: str) -> int:
+        """Delete ``key`` (no error when missing) and return the revision."""
+        ...
+
+    async def get(self, key: str) -> Entry | None:
+        """Read one key, or ``None``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
