@@ -1,0 +1,447 @@
+"""The Registry protocol on etcd v3: paged list at one revision, then one watch, relist on trouble.
+
+It speaks etcd's gRPC API through aetcd's generated stubs on a ``grpc.aio`` channel it owns,
+so it controls channel options (receive limit, reconnect back-off, keepalive) and reads the
+raw watch stream (``created``, ``canceled``, ``compact_revision``) itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from aetcd import rpc
+
+from adapters.etcd.errors import is_unavailable, map_rpc_error
+from xds_server.errors import (
+    MeshError,
+    RegistryCompacted,
+    RegistryConflict,
+    RegistryUnavailable,
+    ValidationError,
+)
+from xds_server.registry import Changes, Entry, Event, RegistryUpdate, Reset
+
+__all__ = ["EtcdRegistry"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_MiB = 1024 * 1024
+_CHANNEL_OPTIONS = (
+    # A page is bounded by key count, not bytes, and a watch response may batch many events:
+    # never let gRPC's default 4 MiB receive limit turn a big registry into an outage.
+    ("grpc.max_receive_message_length", 256 * _MiB),
+    # gRPC's default reconnect back-off starts at 1 s and grows to 120 s; etcd restarts in
+    # ~150 ms, so stay close behind it.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Detect a dead peer on a silent watch. etcd answers pings more often than every 5 s with
+    # GOAWAY, and refuses pings without an active call, hence no permit_without_calls.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+
+# What the watch loop retries: etcd unreachable, restarted, compacted, or a stream that ended.
+_TRANSIENT = (grpc.aio.AioRpcError, MeshError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class _Conn:
+    endpoint: str
+    channel: Any  # grpc.aio.Channel
+    kv: Any
+    lease: Any
+    watch: Any
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (etcd's range_end)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # every key
+
+
+def _parse_endpoints(endpoint: str) -> list[str]:
+    found = []
+    for part in endpoint.split(","):
+        part = part.strip().removeprefix("http://")
+        if part:
+            found.append(part.rstrip("/"))
+    if not found:
+        raise ValueError(f"no etcd endpoint in {endpoint!r}")
+    return found
+
+
+class EtcdRegistry:
+    """Registry backend on etcd. See :class:`xds_server.registry.Registry` for the contract.
+
+    ``endpoint`` is ``host:port`` or a comma-separated list (the first reachable one is used,
+    and the list is tried again after a failure). Observable state for metrics:
+    ``connected`` (a watch is established), ``errors_total`` and ``last_error``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = "127.0.0.1:2379",
+        prefix: str = "/mesh/",
+        *,
+        page_size: int = 1000,
+        timeout: float = 5.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 1.0,
+    ) -> None:
+        """Configure; nothing connects until the first call.
+
+        ``page_size`` is the key count per range read while listing; ``timeout`` bounds each
+        unary call in seconds; failures of :meth:`updates` are retried after
+        ``backoff_initial`` seconds, doubling up to ``backoff_max``.
+        """
+        if not prefix.endswith("/"):
+            raise ValueError(f"prefix must end with '/': {prefix!r}")
+        self.prefix = prefix
+        self.endpoints = _parse_endpoints(endpoint)
+        self.page_size = max(1, page_size)
+        self.timeout = timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connected = False
+        self.errors_total = 0
+        self.last_error: str | None = None
+        self._key_prefix = prefix.encode()
+        self._status_prefix = self._key_prefix + b"status/"
+        # Listing skips meshd's own status keys server-side: [prefix, status/) + [status0, end).
+        self._ranges = (
+            (self._key_prefix, self._status_prefix),
+            (self._key_prefix + b"status0", _prefix_end(self._key_prefix)),
+        )
+        self._conn: _Conn | None = None
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint currently connected to, if any."""
+        return self._conn.endpoint if self._conn else None
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def updates(self) -> AsyncIterator[RegistryUpdate]:
+        """Reset at one revision, then one Changes per watch response; relist after trouble."""
+        loop = asyncio.get_running_loop()
+        delay = self.backoff_initial
+        failures = 0
+        while not self._closed:
+            started = loop.time()
+            conn: _Conn | None = None
+            try:
+                conn = await self._connection()
+                reset = await self._list(conn)
+                if failures:
+                    log.info("etcd %s: watching again after %d failure(s)", conn.endpoint, failures)
+                failures = 0
+                yield reset
+                async with contextlib.aclosing(self._watch(conn, reset.revision + 1)) as watch:
+                    async for changes in watch:
+                        yield changes
+            except _TRANSIENT as exc:
+                if self._closed:
+                    return
+                failures += 1
+                # Warn once per outage (and now and then while it lasts), not every retry.
+                warn = failures == 1 or failures % 60 == 0
+                self._record_error(exc, "watch failed, relisting", warn=warn)
+                if conn is not None and _is_connection_error(exc):
+                    self._drop(conn)
+            if loop.time() - started > self.backoff_max:
+                delay = self.backoff_initial  # the last watch lived long: a new outage
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def get(self, key: str) -> Entry | None:
+        """Read one key (any key, also outside the prefix), or ``None``."""
+        request = rpc.RangeRequest(key=key.encode())
+        resp = await self._call(lambda c: c.kv.Range(request, timeout=self.timeout))
+        if not resp.kvs:
+            return None
+        kv = resp.kvs[0]
+        return Entry(key, bytes(kv.value), int(kv.mod_revision), int(kv.lease))
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write ``key`` and return the new revision (RegistryConflict: unknown lease)."""
+        request = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
+        resp = await self._call(lambda c: c.kv.Put(request, timeout=self.timeout))
+        return int(resp.header.revision)
+
+    async def delete(self, key: str) -> int:
+        """Delete ``key`` (no error when missing) and return the store's revision."""
+        request = rpc.DeleteRangeRequest(key=key.encode())
+        resp = await self._call(lambda c: c.kv.DeleteRange(request, timeout=self.timeout))
+        return int(resp.header.revision)
+
+    async def put_if(self, key: str, value: bytes, mod_revision: int, *, lease: int = 0) -> int:
+        """Write only if ``key`` is still at ``mod_revision`` (0: must not exist).
+
+        Returns the new revision; raises RegistryConflict when the key moved on.
+        """
+        return await self.txn(puts={key: value}, expect={key: mod_revision}, lease=lease)
+
+    async def delete_if(self, key: str, mod_revision: int) -> int:
+        """Delete only if ``key`` is still at ``mod_revision``; RegistryConflict otherwise."""
+        return await self.txn(deletes=(key,), expect={key: mod_revision})
+
+    async def txn(
+        self,
+        *,
+        puts: Mapping[str, bytes] | None = None,
+        deletes: Collection[str] = (),
+        expect: Mapping[str, int] | None = None,
+        lease: int = 0,
+    ) -> int:
+        """Apply ``puts`` and ``deletes`` atomically at one revision, all or nothing.
+
+        ``expect`` maps keys to the mod_revision they must still have (0: must not exist);
+        any mismatch raises RegistryConflict naming the key and writes nothing. ``lease``
+        applies to every put. Returns the revision after the transaction.
+        """
+        puts = puts or {}
+        expect = expect or {}
+        _check_txn(puts, deletes)
+        mod = rpc.Compare.CompareTarget.Value("MOD")
+        equal = rpc.Compare.CompareResult.Value("EQUAL")
+        compare = [
+            rpc.Compare(key=k.encode(), target=mod, result=equal, mod_revision=r)
+            for k, r in expect.items()
+        ]
+        success = [
+            rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=v, lease=lease))
+            for k, v in puts.items()
+        ] + [
+            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+            for k in deletes
+        ]
+        # On failure, read the expected keys back so the error can say which one moved.
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in expect]
+        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        resp = await self._call(lambda c: c.kv.Txn(request, timeout=self.timeout))
+        if not resp.succeeded:
+            actual = dict.fromkeys(expect, 0)
+            for op in resp.responses:
+                for kv in op.response_range.kvs:
+                    actual[kv.key.decode(errors="surrogateescape")] = int(kv.mod_revision)
+            raise RegistryConflict(_conflict_message(expect, actual))
+        return int(resp.header.revision)
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int) -> int:
+        """Create a lease of ``ttl`` seconds and return its id."""
+        request = rpc.LeaseGrantRequest(TTL=ttl)
+        resp = await self._call(lambda c: c.lease.LeaseGrant(request, timeout=self.timeout))
+        if resp.error:
+            raise RegistryUnavailable(f"etcd lease grant: {resp.error}")
+        return int(resp.ID)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; returns its TTL. RegistryConflict if it already expired."""
+
+        async def once(conn: _Conn) -> int:
+            call = conn.lease.LeaseKeepAlive(timeout=self.timeout)
+            try:
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                resp = await call.read()
+            finally:
+                call.cancel()
+            if resp is grpc.aio.EOF:
+                raise RegistryUnavailable("etcd closed the lease keepalive stream")
+            return int(resp.TTL)
+
+        ttl = await self._call(once)
+        if ttl <= 0:
+            raise RegistryConflict(f"lease {lease_id:x} expired or does not exist")
+        return ttl
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting its keys at one revision. A missing lease is no error."""
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        # Already expired or revoked: the goal is reached.
+        with contextlib.suppress(RegistryConflict):
+            await self._call(lambda c: c.lease.LeaseRevoke(request, timeout=self.timeout))
+
+    async def close(self) -> None:
+        """Close the connection; :meth:`updates` iterators end. Idempotent."""
+        self._closed = True
+        self.connected = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.channel.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _list(self, conn: _Conn) -> Reset:
+        """Everything under the prefix but status keys, paged, at the first page's revision."""
+        entries: list[Entry] = []
+        revision = 0
+        limit = self.page_size
+        for start, end in self._ranges:
+            key = start
+            while True:
+                request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
+                try:
+                    resp = await conn.kv.Range(request, timeout=self.timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
+                        limit //= 2  # many big values: fewer keys per page
+                        continue
+                    raise
+                revision = revision or int(resp.header.revision)
+                entries.extend(
+                    Entry(
+                        kv.key.decode(errors="surrogateescape"), kv.value, kv.mod_revision, kv.lease
+                    )
+                    for kv in resp.kvs
+                )
+                if not resp.more or not resp.kvs:
+                    break
+                key = resp.kvs[-1].key + b"\0"
+        return Reset(revision, tuple(entries))
+
+    async def _watch(self, conn: _Conn, start_revision: int) -> AsyncGenerator[Changes, None]:
+        """One Changes per watch response with events; raises when the watch breaks."""
+        call = conn.watch.Watch()
+        try:
+            create = rpc.WatchCreateRequest(
+                key=self._key_prefix,
+                range_end=_prefix_end(self._key_prefix),
+                start_revision=start_revision,
+                progress_notify=True,
+            )
+            await call.write(rpc.WatchRequest(create_request=create))
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise RegistryUnavailable("etcd ended the watch stream")
+                if resp.compact_revision:
+                    raise RegistryCompacted(int(resp.compact_revision))
+                if resp.canceled:
+                    raise RegistryUnavailable(f"etcd canceled the watch: {resp.cancel_reason}")
+                if resp.created:
+                    self.connected = True
+                if not resp.events:
+                    continue  # created or progress notification
+                events = tuple(
+                    Event(
+                        "delete" if ev.type else "put",
+                        ev.kv.key.decode(errors="surrogateescape"),
+                        ev.kv.value,
+                        ev.kv.mod_revision,
+                        ev.kv.lease,
+                    )
+                    for ev in resp.events
+                    if not ev.kv.key.startswith(self._status_prefix)
+                )
+                if events:
+                    # Not the header revision: etcd may split a catch-up batch and report
+                    # the store's current revision on the first part.
+                    yield Changes(int(resp.events[-1].kv.mod_revision), events)
+        finally:
+            call.cancel()
+
+    async def _connection(self) -> _Conn:
+        if self._conn is not None:
+            return self._conn
+        async with self._connect_lock:
+            if self._closed:
+                raise RegistryUnavailable("registry closed")
+            if self._conn is None:
+                self._conn = await self._connect()
+            return self._conn
+
+    async def _connect(self) -> _Conn:
+        reasons = []
+        for endpoint in self.endpoints:
+            channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            if len(self.endpoints) > 1:
+                # Pick the first that answers; with one endpoint the first real call tells.
+                try:
+                    await rpc.MaintenanceStub(channel).Status(
+                        rpc.StatusRequest(), timeout=min(self.timeout, 1.0)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    await channel.close()
+                    reasons.append(f"{endpoint}: {exc.code().name}")
+                    continue
+            kv, lease, watch = rpc.KVStub(channel), rpc.LeaseStub(channel), rpc.WatchStub(channel)
+            return _Conn(endpoint, channel, kv, lease, watch)
+        raise RegistryUnavailable("no etcd endpoint answers: " + "; ".join(reasons))
+
+    def _drop(self, conn: _Conn) -> None:
+        """Forget a failed connection: the next call connects anew, maybe to another endpoint.
+
+        A fresh channel connects at once, where the old one would wait out gRPC's reconnect
+        back-off. Calls still running on the old channel get a second to finish.
+        """
+        self.connected = False
+        if self._conn is conn:
+            self._conn = None
+        task = asyncio.get_running_loop().create_task(conn.channel.close(grace=1.0))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _call(self, fn: Callable[[_Conn], Awaitable[_T]]) -> _T:
+        """Run one RPC, mapping gRPC failures to MeshError subclasses and counting them."""
+        conn = await self._connection()
+        try:
+            return await fn(conn)
+        except grpc.aio.AioRpcError as exc:
+            error = map_rpc_error(exc, conn.endpoint)
+            if is_unavailable(exc):
+                self._record_error(exc, "call failed", warn=False)
+                self._drop(conn)
+            raise error from exc
+
+    def _record_error(self, exc: BaseException, what: str, *, warn: bool) -> None:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            reason = f"{exc.code().name}: {exc.details()}"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        self.errors_total += 1
+        self.last_error = reason
+        self.connected = False
+        log.log(logging.WARNING if warn else logging.DEBUG, "etcd %s: %s", what, reason)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return is_unavailable(exc)
+    return isinstance(exc, RegistryUnavailable | OSError | asyncio.TimeoutError)
+
+
+def _check_txn(puts: Mapping[str, bytes], deletes: Collection[str]) -> None:
+    both = set(puts).intersection(deletes)
+    if both:
+        # etcd rejects a txn touching one key twice; say so before the round trip.
+        raise ValidationError("", f"keys both put and deleted in one txn: {sorted(both)}")
+
+
+def _conflict_message(expect: Mapping[str, int], actual: Mapping[str, int]) -> str:
+    moved = [
+        f"{k} is at revision {actual[k]}, not {r}" for k, r in expect.items() if actual[k] != r
+    ]
+    return "; ".join(moved) or "compare failed"
