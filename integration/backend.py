@@ -1,0 +1,344 @@
+"""A tiny HTTP backend for demos and tests: answers every path with its own name.
+
+Run it as a program::
+
+    python -m integration.backend --port 8081 --name v1 [--host 127.0.0.1]
+
+(``--port 0`` picks a free port; the first stdout line is always ``listening on HOST:PORT``),
+or in-process with :class:`Backend` (a thread), which the demo and the tests use.
+
+Paths:
+
+- any path: ``200`` with body ``"<name>\\n"`` and header ``x-backend: <name>``; subject to
+  the delay and failure share set on ``/__control``.
+- ``GET /__control?health=fail|ok&fail_percent=P&delay_ms=N``: change behaviour (any
+  subset of the parameters); answers the resulting settings as JSON. ``fail_percent`` makes
+  exactly P of every 100 traffic requests answer ``503`` (evenly spread, not random, so
+  tests see the same share every run).
+- ``GET /health``: ``200`` or ``503`` per the health toggle (for Envoy's active checks).
+- ``/__echo``: the request (method, path, headers) as JSON.
+- ``GET /__stats``: ``{"requests", "in_flight", "max_in_flight", "health_checks"}``.
+
+``requests`` counts traffic only: every request except ``/__control``, ``/__stats`` and
+``/health``, so health checking does not skew split measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["Backend", "BackendState", "main"]
+
+
+class BackendState:
+    """Behaviour toggles and counters shared by all handler threads (lock-protected)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.healthy = True
+        self.fail_percent = 0
+        self.delay_ms = 0
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.health_checks = 0
+        self._lock = threading.Lock()
+
+    def settings(self) -> dict[str, Any]:
+        """Current behaviour toggles as a JSON-ready dict."""
+        with self._lock:
+            return {
+                "name": self.name,
+                "health": "ok" if self.healthy else "fail",
+                "fail_percent": self.fail_percent,
+                "delay_ms": self.delay_ms,
+            }
+
+    def configure(
+        self,
+        health: str | None = None,
+        fail_percent: int | None = None,
+        delay_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Apply the given toggles (``None`` keeps a value); raise ``ValueError`` if bad."""
+        if health is not None and health not in ("ok", "fail"):
+            raise ValueError(f"health must be 'ok' or 'fail', not {health!r}")
+        if fail_percent is not None and not 0 <= fail_percent <= 100:
+            raise ValueError(f"fail_percent must be in 0..100, not {fail_percent}")
+        if delay_ms is not None and delay_ms < 0:
+            raise ValueError(f"delay_ms must be >= 0, not {delay_ms}")
+        with self._lock:
+            if health is not None:
+                self.healthy = health == "ok"
+            if fail_percent is not None:
+                self.fail_percent = fail_percent
+            if delay_ms is not None:
+                self.delay_ms = delay_ms
+        return self.settings()
+
+    def stats(self) -> dict[str, int]:
+        """Request counters as a JSON-ready dict."""
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "health_checks": self.health_checks,
+            }
+
+    @contextmanager
+    def traffic(self) -> Iterator[tuple[bool, float]]:
+        """Count one traffic request; yield (should_fail, delay_seconds) for it."""
+        with self._lock:
+            n = self.requests
+            self.requests += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            # Request n fails when the running quota floor(n * p / 100) steps up: exactly
+            # p failures in every 100 consecutive requests, spread evenly.
+            p = self.fail_percent
+            fail = (n + 1) * p // 100 > n * p // 100
+            delay = self.delay_ms / 1000.0
+        try:
+            yield fail, delay
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def count_health_check(self) -> bool:
+        """Count one ``/health`` request; return whether the backend is healthy."""
+        with self._lock:
+            self.health_checks += 1
+            return self.healthy
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # Keep-alive, and no Nagle: with Nagle plus delayed ACK every proxied request costs ~40 ms.
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: tests send thousands of requests."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, add=False)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        # Drain any request body so the next request on this connection parses cleanly.
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        state = self.server.state
+        url = urlsplit(self.path)
+        if url.path == "/__control":
+            self._control(state, parse_qs(url.query))
+        elif url.path == "/__stats":
+            self._send(200, json.dumps(state.stats()) + "\n", "application/json")
+        elif url.path == "/health":
+            ok = state.count_health_check()
+            self._send(200 if ok else 503, "ok\n" if ok else "unhealthy\n")
+        else:
+            with state.traffic() as (fail, delay):
+                if delay:
+                    time.sleep(delay)
+                if fail:
+                    self._send(503, f"{state.name} failing\n")
+                elif url.path == "/__echo":
+                    self._send(200, json.dumps(self._echo()) + "\n", "application/json")
+                else:
+                    self._send(200, f"{state.name}\n")
+
+    def _control(self, state: BackendState, query: dict[str, list[str]]) -> None:
+        def last(key: str) -> str | None:
+            return query[key][-1] if key in query else None
+
+        try:
+            fail_percent, delay_ms = last("fail_percent"), last("delay_ms")
+            settings = state.configure(
+                health=last("health"),
+                fail_percent=int(fail_percent) if fail_percent is not None else None,
+                delay_ms=int(delay_ms) if delay_ms is not None else None,
+            )
+        except ValueError as exc:
+            self._send(400, json.dumps({"error": str(exc)}) + "\n", "application/json")
+            return
+        self._send(200, json.dumps(settings) + "\n", "application/json")
+
+    def _echo(self) -> dict[str, Any]:
+        headers: dict[str, str] = {}
+        for key, value in self.headers.items():
+            key = key.lower()
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
+        return {
+            "backend": self.server.state.name,
+            "method": self.command,
+            "path": self.path,
+            "headers": headers,
+        }
+
+    def _send(self, status: int, body: str, content_type: str = "text/plain") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.send_header("x-backend", self.server.state.name)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # bursts of new connections from load tests
+
+    def __init__(self, address: tuple[str, int], state: BackendState) -> None:
+        self.state = state
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client (Envoy, a test) dropping its connection is routine, not worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+    def track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._conns_lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
+    def close_connections(self) -> None:
+        """Cut open keep-alive connections, or a stopped backend would go on answering."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class Backend:
+    """The backend served from a daemon thread of the current process.
+
+    ``port=0`` (default) binds a free port; read it back from :attr:`port`. Use as a context
+    manager or call :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.name = name
+        self.host = host
+        self.state = BackendState(name)
+        self._server = _Server((host, port), self.state)
+        self.port: int = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8081``."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Backend:
+        """Start serving on a daemon thread; return self."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"backend-{self.name}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and any open client connection."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.close_connections()
+        self._server.server_close()
+
+    def control(
+        self,
+        health: str | None = None,
+        fail_percent: int | None = None,
+        delay_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Same as ``GET /__control``, without the HTTP round trip."""
+        return self.state.configure(health=health, fail_percent=fail_percent, delay_ms=delay_ms)
+
+    def stats(self) -> dict[str, int]:
+        """Same as ``GET /__stats``."""
+        return self.state.stats()
+
+    def __enter__(self) -> Backend:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: serve until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(description="Tiny HTTP backend that answers its name.")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--name", required=True, help="body and x-backend header value")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+
+    backend = Backend(args.name, port=args.port, host=args.host)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    backend.start()
+    # The parent (see integration.harness.BackendProcess) reads this line to learn the port.
+    print(f"listening on {backend.host}:{backend.port}", flush=True)
+    while not stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
+        pass
+    backend.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
