@@ -1,0 +1,103 @@
+"""Composition root: registry -> controller -> cache -> xDS gRPC server, plus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import start_http_server
+
+from xds_server.cache import ConfigCache
+from xds_server.controller import Controller
+from xds_server.metrics import Metrics
+from xds_server.registry import Registry
+from xds_server.server.ads import AdsServicer, StreamRegistry
+
+log = logging.getLogger("meshd")
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""A full config for thousands of services exceeds gRPC's 4 MiB default (xds.md point 8)."""
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    # Proxies keep their stream for hours: detect dead peers without relying on TCP timeouts.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass
+class MeshConfig:
+    """What meshd listens on (see ``meshd --help``)."""
+
+    xds: str = "127.0.0.1:18000"
+    metrics: str | None = "127.0.0.1:9102"
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class MeshApp:
+    """One control plane instance. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, registry: Registry, config: MeshConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or MeshConfig()
+        self.metrics = Metrics()
+        self.cache = ConfigCache()
+        self.streams = StreamRegistry()
+        self.controller = Controller(registry, self.cache, self.metrics)
+        self.ads = AdsServicer(self.cache, self.metrics, self.streams)
+        self.xds_port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._metrics_server: Any = None
+
+    async def start(self) -> None:
+        """Start the control loop and the servers; returns once the first snapshot is cached."""
+        self._loop_task = asyncio.create_task(self.controller.run(), name="controller")
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server.add_generic_rpc_handlers((self.ads.handler(),))
+        self.xds_port = server.add_insecure_port(self.config.xds)
+        if self.xds_port == 0:
+            raise OSError(f"cannot listen for xDS on {self.config.xds}")
+        await server.start()
+        self._server = server
+        if self.config.metrics:
+            host, port = split_hostport(self.config.metrics)
+            self._metrics_server, _ = start_http_server(port, host, registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+        ready = asyncio.ensure_future(self.cache.ready.wait())
+        done, _ = await asyncio.wait({ready, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._loop_task in done:
+            ready.cancel()
+            self._loop_task.result()
+
+    @property
+    def revision(self) -> int:
+        return self.controller.state.revision
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting, close streams gracefully, stop the loop. Idempotent."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+            self._loop_task = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None

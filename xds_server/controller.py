@@ -1,0 +1,158 @@
+"""The control loop: registry updates -> state -> translation -> cache.
+
+Bursts are coalesced without a fixed debounce: the loop takes every update
+already waiting when it wakes (a 50-write etcd transaction arrives as one
+watch response; a burst of single writes queues up while a batch is being
+translated) and translates them as one. A lone change is handled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from xds_server.cache import ConfigCache
+from xds_server.metrics import Metrics
+from xds_server.model import Problem, status_error_key
+from xds_server.model.names import KINDS
+from xds_server.registry import Registry, RegistryUpdate
+from xds_server.state import ChangeSet, RegistryState
+from xds_server.translate import TYPE_ORDER, Translator
+from xds_server.translate.names import SHORT
+
+log = logging.getLogger("meshd.controller")
+
+
+class StatusWriter:
+    """Writes ``<prefix>status/errors/...`` for rejected entries, off the push path.
+
+    Desired state is kept in memory and written by one background task, so a
+    slow or unreachable etcd never delays a push and bursts collapse into the
+    last value per key.
+    """
+
+    def __init__(self, registry: Registry, prefix: str) -> None:
+        self.registry = registry
+        self.prefix = prefix
+        self._dirty: dict[str, bytes | None] = {}
+        self._wake = asyncio.Event()
+
+    def update(self, changes: ChangeSet) -> None:
+        for key, problem in changes.problems_set.items():
+            self._dirty[status_error_key(key, self.prefix)] = _status_value(problem)
+        for key in changes.problems_cleared:
+            self._dirty[status_error_key(key, self.prefix)] = None
+        if self._dirty:
+            self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                key, value = next(iter(self._dirty.items()))
+                try:
+                    if value is None:
+                        await self.registry.delete(key)
+                    else:
+                        await self.registry.put(key, value)
+                except Exception as exc:  # etcd down: keep the desired state, retry later
+                    log.warning("cannot write status %s: %s", key, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                if self._dirty.get(key, b"") == value:
+                    del self._dirty[key]
+
+
+def _status_value(problem: Problem) -> bytes:
+    return json.dumps(
+        {
+            "key": problem.key,
+            "field": problem.field,
+            "error": problem.message,
+            "revision": problem.revision,
+            "last_good_kept": problem.last_good_kept,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+class Controller:
+    """Owns the registry state and feeds the cache."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        cache: ConfigCache,
+        metrics: Metrics,
+        *,
+        translator: Translator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.metrics = metrics
+        self.state = RegistryState(registry.prefix)
+        self.translator = translator or Translator()
+        self.status = StatusWriter(registry, registry.prefix)
+        self.clock = clock
+        self.batches = 0
+
+    async def run(self) -> None:
+        """Consume the registry forever (cancel to stop)."""
+        queue: asyncio.Queue[tuple[float, RegistryUpdate]] = asyncio.Queue()
+
+        async def pump() -> None:
+            async for update in self.registry.updates():
+                queue.put_nowait((self.clock(), update))
+
+        pumper = asyncio.create_task(pump(), name="registry-pump")
+        writer = asyncio.create_task(self.status.run(), name="status-writer")
+        try:
+            while True:
+                first = await queue.get()
+                batch = [first]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                self.apply_batch(batch)
+                if pumper.done():
+                    pumper.result()  # surface a crash of the registry adapter
+        finally:
+            pumper.cancel()
+            writer.cancel()
+
+    def apply_batch(self, batch: list[tuple[float, RegistryUpdate]]) -> ChangeSet:
+        """Apply queued updates, translate once, publish once."""
+        started = self.clock()
+        changes = ChangeSet()
+        for _, update in batch:
+            changes.merge(self.state.apply(update))
+        delta = self.translator.update(self.state, changes)
+        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
+        self.batches += 1
+        self.metrics.translate_seconds.observe(self.clock() - started)
+        self.metrics.registry_revision.set(self.state.revision)
+        for type_url in TYPE_ORDER:
+            self.metrics.resources.labels(SHORT[type_url]).set(len(self.cache.index[type_url]))
+        self._report(changes)
+        return changes
+
+    def _report(self, changes: ChangeSet) -> None:
+        for key, problem in sorted(changes.problems_set.items()):
+            log.warning("rejected %s (revision %d): %s", key, problem.revision, problem.message)
+        for key in sorted(changes.problems_cleared):
+            log.info("entry %s is valid again", key)
+        if changes.problems_set or changes.problems_cleared:
+            counts = dict.fromkeys((*KINDS, "unknown"), 0)
+            for key in self.state.problems:
+                kind = key[len(self.state.prefix) :].split("/", 1)[0]
+                counts[kind if kind in counts else "unknown"] += 1
+            for kind, n in counts.items():
+                self.metrics.rejected_entries.labels(kind).set(n)
+        self.status.update(changes)

@@ -1,0 +1,65 @@
+"""Turn one registry key and value into a validated entity or a reported Problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xds_server.errors import ValidationError
+from xds_server.model.endpoint import Endpoint, parse_endpoint
+from xds_server.model.fields import Obj, parse_json_object
+from xds_server.model.listener import Listener, parse_listener
+from xds_server.model.names import KeyRef, ServiceRef, parse_key
+from xds_server.model.route import Route, parse_route
+from xds_server.model.service import Service, parse_service
+
+Entity = Service | Endpoint | Route | Listener
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a registry entry is not (or not fully) in force.
+
+    ``last_good_kept`` tells that an earlier valid value of the same key is
+    still served; otherwise the key serves nothing.
+    """
+
+    key: str
+    field: str
+    reason: str
+    revision: int = 0
+    last_good_kept: bool = False
+
+    @property
+    def message(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        kept = "; last good value kept" if self.last_good_kept else ""
+        return f"{where}{self.reason}{kept}"
+
+
+def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
+    """Decode and validate a value for the entry ``ref`` names; raise ValidationError."""
+    obj = Obj(parse_json_object(value))
+    if ref.kind == "services":
+        return parse_service(ServiceRef(ref.namespace, ref.name), obj)
+    if ref.kind == "endpoints":
+        return parse_endpoint(ref.service_ref, ref.name, obj, lease=lease)
+    if ref.kind == "routes":
+        return parse_route(ref.namespace, ref.name, obj)
+    return parse_listener(ref.name, obj)
+
+
+def parse_entry(
+    key: str, value: bytes, prefix: str, *, revision: int = 0, lease: int = 0
+) -> tuple[KeyRef | None, Entity | Problem]:
+    """Parse a key and its value. Never raises: bad input becomes a Problem."""
+    try:
+        ref = parse_key(key, prefix)
+    except ValidationError as exc:
+        return None, Problem(key, exc.field, exc.reason, revision)
+    try:
+        return ref, parse_entity(ref, value, lease=lease)
+    except ValidationError as exc:
+        return ref, Problem(key, exc.field, exc.reason, revision)
+    except RecursionError:
+        # json.loads on pathologically nested input: still just a bad value.
+        return ref, Problem(key, "", "value is nested too deeply", revision)

@@ -1,0 +1,106 @@
+"""Names and registry keys: DNS-1123 labels, ``ns/name`` references, key parsing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from xds_server.errors import ValidationError
+
+Kind = Literal["services", "endpoints", "routes", "listeners"]
+KINDS: tuple[Kind, ...] = ("services", "endpoints", "routes", "listeners")
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Endpoint ids are chosen by registrants (pod names, host:port, UUIDs): allow a bit more.
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,251}[A-Za-z0-9])?$")
+
+DEFAULT_NAMESPACE = "default"
+
+
+def check_label(value: str, field: str) -> str:
+    """A DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters."""
+    if len(value) > 63 or not _LABEL.match(value):
+        raise ValidationError(
+            field, f"{value!r} is not a DNS-1123 label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, max 63)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServiceRef:
+    """A reference to a service: namespace and name."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def parse_service_ref(value: str, own_namespace: str, field: str) -> ServiceRef:
+    """``ns/name``, or ``name`` in the referring entry's own namespace."""
+    if value.count("/") > 1:
+        raise ValidationError(field, f"{value!r} must be 'name' or 'namespace/name'")
+    ns, _, name = value.rpartition("/")
+    ns = ns or own_namespace
+    check_label(ns, field)
+    check_label(name, field)
+    return ServiceRef(ns, name)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """What a registry key names.
+
+    ``namespace`` is empty for listeners; ``service`` is set for endpoints only.
+    """
+
+    kind: Kind
+    namespace: str
+    name: str
+    service: str = ""
+
+    @property
+    def service_ref(self) -> ServiceRef:
+        """The service an endpoint belongs to, or that a service key names."""
+        return ServiceRef(self.namespace, self.service or self.name)
+
+
+_SHAPES: dict[str, int] = {"services": 2, "endpoints": 3, "routes": 2, "listeners": 1}
+
+
+def parse_key(key: str, prefix: str) -> KeyRef:
+    """Parse ``<prefix><kind>/...`` into a :class:`KeyRef`; raise ValidationError if malformed."""
+    if not key.startswith(prefix):
+        raise ValidationError("", f"key is outside the prefix {prefix!r}")
+    parts = key[len(prefix) :].split("/")
+    kind, rest = parts[0], parts[1:]
+    if kind not in _SHAPES:
+        raise ValidationError("", f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    want = _SHAPES[kind]
+    if len(rest) != want or not all(rest):
+        shape = {
+            "services": "services/<ns>/<name>",
+            "endpoints": "endpoints/<ns>/<service>/<id>",
+            "routes": "routes/<ns>/<name>",
+            "listeners": "listeners/<name>",
+        }[kind]
+        raise ValidationError("", f"key must look like {prefix}{shape}")
+    if kind == "listeners":
+        return KeyRef("listeners", "", check_label(rest[0], "key"))
+    ns = check_label(rest[0], "key")
+    if kind == "endpoints":
+        service = check_label(rest[1], "key")
+        if not _ENDPOINT_ID.match(rest[2]):
+            raise ValidationError(
+                "key", f"endpoint id {rest[2]!r} has characters outside [A-Za-z0-9._:-]"
+            )
+        return KeyRef("endpoints", ns, rest[2], service)
+    return KeyRef(kind, ns, check_label(rest[1], "key"))  # type: ignore[arg-type]
+
+
+def status_error_key(key: str, prefix: str) -> str:
+    """``/mesh/status/errors/<kind>/<rest of the key>`` for a rejected entry."""
+    rest = key[len(prefix) :] if key.startswith(prefix) else key.lstrip("/")
+    return f"{prefix}status/errors/{rest}"

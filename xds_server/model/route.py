@@ -1,0 +1,208 @@
+"""Route: how requests on a listener reach services (registry ``routes/<ns>/<name>``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import re2
+
+from xds_server.errors import ValidationError
+from xds_server.model.fields import Obj
+from xds_server.model.names import ServiceRef, check_label, parse_service_ref
+from xds_server.model.service import MAX_MS
+
+MatchKind = Literal["prefix", "path", "regex"]
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+# Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on policies (router filter docs).
+RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+)
+_HOST = re.compile(
+    r"^(\*|\*?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?|[a-z0-9]([-a-z0-9.]*[a-z0-9])?\.\*)$"
+)
+_HEADER_NAME = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
+_GLOB = re.compile(r"^[a-z0-9*?\[\]!-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    kind: MatchKind = "prefix"
+    value: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    service: ServiceRef
+    subset: str = ""
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int
+    on: tuple[str, ...] = ("5xx", "reset", "connect-failure")
+    per_try_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests_per_minute: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A validated Route entry."""
+
+    namespace: str
+    name: str
+    listener: str
+    hosts: tuple[str, ...] = ("*",)
+    match: Match = Match()
+    destinations: tuple[Destination, ...] = ()
+    timeout_ms: int | None = None
+    retries: Retries | None = None
+    priority: int = 0
+    rate_limit: RateLimit | None = None
+
+    @property
+    def key_name(self) -> str:
+        """``ns/name``, used in Envoy route names and ordering ties."""
+        return f"{self.namespace}/{self.name}"
+
+    def listener_matches(self, listener_name: str) -> bool:
+        return fnmatch.fnmatchcase(listener_name, self.listener)
+
+    def specificity(self) -> tuple[int, int]:
+        """Sort key inside a priority: exact path, then longest prefix, then regex."""
+        rank = {"path": 0, "prefix": 1, "regex": 2}[self.match.kind]
+        return (rank, -len(self.match.value))
+
+
+def _match(o: Obj) -> Match:
+    kinds = [k for k in ("prefix", "path", "regex") if o.has(k)]
+    if len(kinds) != 1:
+        raise ValidationError(o.path, "must set exactly one of prefix, path, regex")
+    kind = kinds[0]
+    value = o.str_(kind, required=True)
+    if kind in ("prefix", "path") and not value.startswith("/"):
+        raise ValidationError(o.field(kind), "must start with '/'")
+    if kind == "regex":
+        # Envoy runs RE2, so validate with RE2: Python's re accepts things RE2 rejects.
+        try:
+            re2.compile(value)
+        except re2.error as exc:
+            raise ValidationError(o.field("regex"), f"invalid RE2 regex: {exc}") from None
+    headers = o.str_map("headers") or {}
+    for name in headers:
+        if not _HEADER_NAME.match(name.lower()):
+            raise ValidationError(f"{o.field('headers')}.{name}", "is not a valid header name")
+    methods = o.str_list("methods") or []
+    for i, m in enumerate(methods):
+        if m.upper() not in METHODS:
+            raise ValidationError(f"{o.field('methods')}[{i}]", f"unknown HTTP method {m!r}")
+    o.done()
+    return Match(
+        kind=kind,  # type: ignore[arg-type]
+        value=value,
+        headers=tuple(sorted((k.lower(), v) for k, v in headers.items())),
+        methods=tuple(sorted({m.upper() for m in methods})),
+    )
+
+
+def _destinations(o: Obj, namespace: str) -> tuple[Destination, ...]:
+    items = o.list_("destinations")
+    if not items:
+        raise ValidationError("destinations", "needs at least one destination")
+    out = []
+    for path, item in items:
+        d = Obj(item, path)
+        ref = parse_service_ref(d.str_("service", required=True), namespace, d.field("service"))
+        subset = d.str_("subset", "")
+        if subset:
+            check_label(subset, d.field("subset"))
+        weight = d.int_("weight", 1, lo=0, hi=10000)
+        d.done()
+        out.append(Destination(ref, subset, weight))
+    if not any(d.weight > 0 for d in out):
+        raise ValidationError("destinations", "at least one weight must be greater than 0")
+    return tuple(out)
+
+
+def _retries(o: Obj) -> Retries:
+    attempts = o.int_("attempts", lo=0, hi=100)
+    on = o.str_list("on")
+    if on is not None:
+        if not on:
+            raise ValidationError(o.field("on"), "must list at least one condition")
+        for i, cond in enumerate(on):
+            if cond not in RETRY_ON:
+                raise ValidationError(f"{o.field('on')}[{i}]", f"unknown retry condition {cond!r}")
+    per_try = o.opt_int("per_try_timeout_ms", lo=1, hi=MAX_MS)
+    o.done()
+    r = Retries(attempts=attempts, per_try_timeout_ms=per_try)
+    return Retries(attempts, tuple(dict.fromkeys(on)), per_try) if on else r
+
+
+def _rate_limit(o: Obj) -> RateLimit:
+    rpm = o.int_("requests_per_minute", lo=1, hi=10**9)
+    burst = o.int_("burst", rpm, lo=1, hi=10**9)
+    o.done()
+    return RateLimit(rpm, burst)
+
+
+def parse_route(namespace: str, name: str, o: Obj) -> Route:
+    """Validate a Route value for the route named by its key."""
+    listener = o.str_("listener", required=True)
+    if not _GLOB.match(listener):
+        raise ValidationError("listener", f"{listener!r} is not a listener name or glob")
+    hosts = o.str_list("hosts")
+    if hosts is not None and not hosts:
+        raise ValidationError("hosts", "must list at least one host (or be omitted for '*')")
+    norm_hosts = []
+    for i, host in enumerate(hosts or ["*"]):
+        h = host.lower()
+        if not _HOST.match(h):
+            raise ValidationError(f"hosts[{i}]", f"{host!r} is not a host name or Envoy wildcard")
+        norm_hosts.append(h)
+    match_obj = o.obj("match")
+    match = _match(match_obj) if match_obj else Match()
+    destinations = _destinations(o, namespace)
+    timeout = o.opt_int("timeout_ms", lo=0, hi=MAX_MS)
+    retries_obj = o.obj("retries")
+    priority = o.int_("priority", 0, lo=-(2**31), hi=2**31 - 1)
+    rl_obj = o.obj("rate_limit")
+    route = Route(
+        namespace=namespace,
+        name=name,
+        listener=listener,
+        hosts=tuple(dict.fromkeys(norm_hosts)),
+        match=match,
+        destinations=destinations,
+        timeout_ms=timeout,
+        retries=_retries(retries_obj) if retries_obj else None,
+        priority=priority,
+        rate_limit=_rate_limit(rl_obj) if rl_obj else None,
+    )
+    o.done()
+    return route

@@ -1,0 +1,212 @@
+"""Service: how the mesh connects to one logical upstream (registry ``services/<ns>/<name>``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from xds_server.errors import ValidationError
+from xds_server.model.fields import Obj
+from xds_server.model.names import ServiceRef, check_label
+
+Protocol = Literal["http", "http2", "grpc", "tcp"]
+PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc", "tcp")
+Algorithm = Literal["round_robin", "least_request", "random", "ring_hash", "maglev"]
+ALGORITHMS: tuple[Algorithm, ...] = (
+    "round_robin",
+    "least_request",
+    "random",
+    "ring_hash",
+    "maglev",
+)
+HASHING: tuple[Algorithm, ...] = ("ring_hash", "maglev")
+
+MAX_MS = 365 * 24 * 3600 * 1000
+"""Upper bound for any ``*_ms`` duration: a year; more is certainly a typo."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAffinity:
+    """Hash key for ring_hash/maglev: a cookie (with TTL), a header, or the source IP."""
+
+    kind: Literal["cookie", "header", "source_ip"]
+    name: str = ""
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    algorithm: Algorithm = "round_robin"
+    session_affinity: SessionAffinity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    """Limits; ``None`` keeps Envoy's default for that limit."""
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int | None = None
+    interval_ms: int | None = None
+    base_ejection_time_ms: int | None = None
+    max_ejection_percent: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active HTTP health check (``tcp`` services: a TCP connect check)."""
+
+    path: str = "/health"
+    interval_ms: int = 5000
+    timeout_ms: int = 1000
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    every_proxy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A validated Service entry."""
+
+    ref: ServiceRef
+    protocol: Protocol = "http"
+    port: int | None = None
+    connect_timeout_ms: int | None = None
+    load_balancer: LoadBalancer = LoadBalancer()
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
+    subsets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    """Subset name -> label selector, both sorted for a deterministic order."""
+
+    @property
+    def subset_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.subsets)
+
+    def selector(self, subset: str) -> tuple[tuple[str, str], ...] | None:
+        for name, selector in self.subsets:
+            if name == subset:
+                return selector
+        return None
+
+
+def _affinity(o: Obj) -> SessionAffinity:
+    present = [k for k in ("cookie", "header", "source_ip") if o.has(k)]
+    if len(present) != 1:
+        raise ValidationError(o.path, "must set exactly one of cookie, header, source_ip")
+    if present[0] == "cookie":
+        name = o.str_("cookie", required=True)
+        ttl = o.int_("ttl_ms", 0, lo=0, hi=MAX_MS)
+        o.done()
+        return SessionAffinity("cookie", name, ttl)
+    if present[0] == "header":
+        name = o.str_("header", required=True).lower()
+        o.done()
+        return SessionAffinity("header", name)
+    if not o.bool_("source_ip", False):
+        raise ValidationError(o.field("source_ip"), "must be true (omit session_affinity instead)")
+    o.done()
+    return SessionAffinity("source_ip")
+
+
+def _load_balancer(o: Obj) -> LoadBalancer:
+    algorithm = o.str_("algorithm", "round_robin")
+    if algorithm not in ALGORITHMS:
+        raise ValidationError(o.field("algorithm"), f"must be one of {', '.join(ALGORITHMS)}")
+    sa_obj = o.obj("session_affinity")
+    affinity = _affinity(sa_obj) if sa_obj else None
+    if affinity and algorithm not in HASHING:
+        # The contract: an error, never a silent switch of algorithm.
+        raise ValidationError(
+            o.field("session_affinity"), f"needs algorithm ring_hash or maglev, not {algorithm}"
+        )
+    o.done()
+    return LoadBalancer(algorithm, affinity)  # type: ignore[arg-type]
+
+
+def _circuit_breaker(o: Obj) -> CircuitBreaker:
+    cb = CircuitBreaker(
+        max_connections=o.opt_int("max_connections", lo=1, hi=2**31 - 1),
+        max_pending_requests=o.opt_int("max_pending_requests", lo=1, hi=2**31 - 1),
+        max_requests=o.opt_int("max_requests", lo=1, hi=2**31 - 1),
+        max_retries=o.opt_int("max_retries", lo=0, hi=2**31 - 1),
+    )
+    o.done()
+    return cb
+
+
+def _outlier(o: Obj) -> OutlierDetection:
+    od = OutlierDetection(
+        consecutive_5xx=o.opt_int("consecutive_5xx", lo=1, hi=1000),
+        interval_ms=o.opt_int("interval_ms", lo=1, hi=MAX_MS),
+        base_ejection_time_ms=o.opt_int("base_ejection_time_ms", lo=1, hi=MAX_MS),
+        max_ejection_percent=o.opt_int("max_ejection_percent", lo=0, hi=100),
+    )
+    o.done()
+    return od
+
+
+def _health_check(o: Obj) -> HealthCheck:
+    path = o.str_("path", "/health")
+    if not path.startswith("/"):
+        raise ValidationError(o.field("path"), "must start with '/'")
+    hc = HealthCheck(
+        path=path,
+        interval_ms=o.int_("interval_ms", 5000, lo=1, hi=MAX_MS),
+        timeout_ms=o.int_("timeout_ms", 1000, lo=1, hi=MAX_MS),
+        healthy_threshold=o.int_("healthy_threshold", 2, lo=1, hi=1000),
+        unhealthy_threshold=o.int_("unhealthy_threshold", 3, lo=1, hi=1000),
+        every_proxy=o.bool_("every_proxy", False),
+    )
+    o.done()
+    return hc
+
+
+def _subsets(o: Obj) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    out = []
+    for name, selector in o.items():
+        field = o.field(name)
+        check_label(name, field)
+        sel = Obj(selector, field)  # a selector is a flat label map
+        pairs = []
+        for key, value in sel.items():
+            if not isinstance(value, str):
+                raise ValidationError(sel.field(key), "label values must be strings")
+            pairs.append((key, value))
+        if not pairs:
+            raise ValidationError(field, "a subset selector needs at least one label")
+        out.append((name, tuple(sorted(pairs))))
+    return tuple(sorted(out))
+
+
+def parse_service(ref: ServiceRef, o: Obj) -> Service:
+    """Validate a Service value (already decoded) for the service named by its key."""
+    protocol = o.str_("protocol", "http")
+    if protocol not in PROTOCOLS:
+        raise ValidationError("protocol", f"must be one of {', '.join(PROTOCOLS)}")
+    port = o.opt_int("port", lo=1, hi=65535)
+    connect_timeout = o.opt_int("connect_timeout_ms", lo=1, hi=MAX_MS)
+    lb = o.obj("load_balancer")
+    cb = o.obj("circuit_breaker")
+    od = o.obj("outlier_detection")
+    hc = o.obj("health_check")
+    subsets = o.obj("subsets")
+    service = Service(
+        ref=ref,
+        protocol=protocol,  # type: ignore[arg-type]
+        port=port,
+        connect_timeout_ms=connect_timeout,
+        load_balancer=_load_balancer(lb) if lb else LoadBalancer(),
+        circuit_breaker=_circuit_breaker(cb) if cb else None,
+        outlier_detection=_outlier(od) if od else None,
+        health_check=_health_check(hc) if hc else None,
+        subsets=_subsets(subsets) if subsets else (),
+    )
+    o.done()
+    return service

@@ -1,0 +1,160 @@
+"""grpc.aio servicer for ADS state-of-the-world: a thin loop over :class:`SotwStream`.
+
+Responses are written as pre-joined bytes (the method is registered with an
+identity serializer), so every stream shares the resources' one serialization.
+Each stream has its own task and inbox: a slow client only delays itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from xds_server.cache import ConfigCache
+from xds_server.metrics import Metrics
+from xds_server.server.stream import Response, SotwStream
+from xds_server.translate.names import SHORT
+
+log = logging.getLogger("meshd.ads")
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+@dataclass
+class Connection:
+    """A connected proxy, as proxy status reports it."""
+
+    id: int
+    peer: str
+    protocol: str
+    stream: SotwStream
+    connected_at: float = field(default_factory=time.time)
+
+
+class StreamRegistry:
+    """Every open stream, for proxy status and the connected-proxies gauge."""
+
+    def __init__(self) -> None:
+        self.connections: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, peer: str, protocol: str, stream: SotwStream) -> Connection:
+        conn = Connection(next(self._ids), peer, protocol, stream)
+        self.connections[conn.id] = conn
+        return conn
+
+    def remove(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+
+
+class AdsServicer:
+    """Serves ``StreamAggregatedResources`` from a :class:`ConfigCache`."""
+
+    def __init__(
+        self,
+        cache: ConfigCache,
+        metrics: Metrics,
+        streams: StreamRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.metrics = metrics
+        self.streams = streams
+        self.clock = clock
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        sotw = grpc.stream_stream_rpc_method_handler(
+            self.stream_aggregated_resources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=bytes,
+        )
+        return grpc.method_handlers_generic_handler(
+            ADS_SERVICE, {"StreamAggregatedResources": sotw}
+        )
+
+    async def stream_aggregated_resources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> None:
+        stream = SotwStream(self.cache, self.clock)
+        watcher = self.cache.watch()
+        inbox: deque[discovery_pb2.DiscoveryRequest] = deque()
+        closed = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    inbox.append(req)
+                    watcher.event.set()
+            finally:
+                closed.set()
+                watcher.event.set()
+
+        reader = asyncio.create_task(read())
+        conn: Connection | None = None
+        labels: tuple[str, str] | None = None
+        try:
+            await self.cache.ready.wait()
+            while True:
+                await watcher.event.wait()
+                pending, scopes_changed = watcher.take()
+                out: list[Response] = []
+                while inbox:
+                    req = inbox.popleft()
+                    out += stream.on_request(req)
+                    self._count_request(stream)
+                if conn is None and stream.node_id:
+                    conn = self.streams.add(context.peer(), "sotw", stream)
+                    labels = (stream.node_cluster, "sotw")
+                    self.metrics.connected_proxies.labels(*labels).inc()
+                    log.info(
+                        "proxy connected: node=%s cluster=%s peer=%s",
+                        stream.node_id,
+                        stream.node_cluster,
+                        context.peer(),
+                    )
+                if pending or scopes_changed:
+                    out += stream.on_change(pending, scopes_changed)
+                for resp in out:
+                    await context.write(resp.wire())
+                    self._count_push(resp, from_change=bool(pending or scopes_changed))
+                if closed.is_set() and not inbox:
+                    return
+        finally:
+            reader.cancel()
+            self.cache.unwatch(watcher)
+            if conn is not None:
+                self.streams.remove(conn)
+                log.info("proxy disconnected: node=%s", stream.node_id)
+            if labels is not None:
+                self.metrics.connected_proxies.labels(*labels).dec()
+
+    def _count_request(self, stream: SotwStream) -> None:
+        outcome = stream.last_outcome
+        if outcome is None:
+            return
+        short = SHORT.get(outcome.type_url, "other")
+        self.metrics.requests.labels(short, outcome.kind).inc()
+        if outcome.kind == "nack":
+            self.metrics.nacks.labels(short).inc()
+            log.warning("NACK from node=%s type=%s: %s", stream.node_id, short, outcome.message)
+        elif outcome.kind == "unknown_type":
+            log.warning("node=%s asked for unknown type %s", stream.node_id, outcome.type_url)
+
+    def _count_push(self, resp: Response, *, from_change: bool) -> None:
+        short = SHORT[resp.type_url]
+        self.metrics.pushes.labels(short).inc()
+        self.metrics.push_bytes.labels(short).inc(resp.size)
+        if from_change and self.cache.changed_at:
+            self.metrics.push_latency.labels(short).observe(
+                time.monotonic() - self.cache.changed_at
+            )

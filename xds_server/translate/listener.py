@@ -1,0 +1,83 @@
+"""Listener -> Envoy Listener (HTTP connection manager over RDS, or TCP proxy). Pure."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from xds_server.model import Listener
+from xds_server.translate.cluster import ads_source
+from xds_server.translate.names import LISTENER, cluster_name
+from xds_server.translate.resource import Resource, make_resource
+from xds_server.translate.route import LOCAL_RATELIMIT
+
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+ROUTER = "envoy.filters.http.router"
+
+
+def _pack(msg: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed
+
+
+def http_filters() -> list[hcm_pb2.HttpFilter]:
+    """The HTTP filter chain, in order; the router is last.
+
+    The local rate limit filter is always present but does nothing until a
+    route enables it, so adding a rate limit never changes the Listener (a
+    Listener change makes Envoy drain and rebuild it).
+    """
+    return [
+        hcm_pb2.HttpFilter(
+            name=LOCAL_RATELIMIT,
+            typed_config=_pack(
+                local_rate_limit_pb2.LocalRateLimit(stat_prefix="http_local_rate_limit")
+            ),
+        ),
+        hcm_pb2.HttpFilter(name=ROUTER, typed_config=_pack(router_pb2.Router())),
+    ]
+
+
+def build_listener(listener: Listener) -> listener_pb2.Listener:
+    """The Envoy Listener for a registry Listener."""
+    out = listener_pb2.Listener(
+        name=listener.name,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(
+                address=listener.address, port_value=listener.port
+            )
+        ),
+    )
+    chain = out.filter_chains.add()
+    if listener.protocol == "tcp":
+        assert listener.service is not None
+        proxy = tcp_proxy_pb2.TcpProxy(
+            stat_prefix=listener.name, cluster=cluster_name(listener.service)
+        )
+        chain.filters.append(
+            listener_components_pb2.Filter(name=TCP_PROXY, typed_config=_pack(proxy))
+        )
+        return out
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=listener.name,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=listener.name),
+        http_filters=http_filters(),
+    )
+    chain.filters.append(listener_components_pb2.Filter(name=HCM, typed_config=_pack(hcm)))
+    return out
+
+
+def listener_resource(listener: Listener) -> Resource:
+    refs = frozenset({cluster_name(listener.service)}) if listener.service else frozenset()
+    return make_resource(LISTENER, listener.name, build_listener(listener), refs)

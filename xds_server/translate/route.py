@@ -1,0 +1,192 @@
+"""Routes of one HTTP listener -> its RouteConfiguration. Pure.
+
+Virtual hosts are built from the routes' ``hosts``; every service that speaks
+HTTP also gets its default host (``<name>.<ns>`` with and without ``:port``),
+so any registered service is reachable with no route. Envoy rejects a domain
+that appears in two virtual hosts, so a service host that a route names too is
+merged into that route's virtual host, with the default route last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
+from google.protobuf import any_pb2, duration_pb2
+
+from xds_server.model import RateLimit, Route, Service, ServiceRef
+from xds_server.translate.cluster import ms, u32
+from xds_server.translate.names import ROUTE, cluster_name, service_host
+from xds_server.translate.resource import Resource, make_resource
+
+LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+
+
+def route_order(route: Route) -> tuple[int, int, int, str]:
+    """Priority (higher first), then specificity (exact, longest prefix, regex), then key."""
+    rank, length = route.specificity()
+    return (-route.priority, rank, length, route.key_name)
+
+
+def _match(route: Route) -> rc.RouteMatch:
+    m = route.match
+    out = rc.RouteMatch()
+    if m.kind == "prefix":
+        out.prefix = m.value
+    elif m.kind == "path":
+        out.path = m.value
+    else:
+        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=m.value))
+    for name, value in m.headers:
+        out.headers.append(
+            rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
+        )
+    if m.methods:
+        sm = (
+            string_pb2.StringMatcher(exact=m.methods[0])
+            if len(m.methods) == 1
+            else string_pb2.StringMatcher(
+                safe_regex=regex_pb2.RegexMatcher(regex=f"^({'|'.join(m.methods)})$")
+            )
+        )
+        out.headers.append(rc.HeaderMatcher(name=":method", string_match=sm))
+    return out
+
+
+def _hash_policies(services: Iterable[Service]) -> list[rc.RouteAction.HashPolicy]:
+    out: list[rc.RouteAction.HashPolicy] = []
+    seen = set()
+    for svc in services:
+        aff = svc.load_balancer.session_affinity
+        if aff is None or aff in seen:
+            continue
+        seen.add(aff)
+        hp = rc.RouteAction.HashPolicy()
+        if aff.kind == "cookie":
+            hp.cookie.name = aff.name
+            hp.cookie.ttl.CopyFrom(ms(aff.ttl_ms))  # a TTL makes Envoy set the cookie itself
+        elif aff.kind == "header":
+            hp.header.header_name = aff.name
+        else:
+            hp.connection_properties.source_ip = True
+        out.append(hp)
+    return out
+
+
+def rate_limit_config(rl: RateLimit) -> any_pb2.Any:
+    """Per-route local rate limit: a token bucket of ``burst`` filled at the per-minute rate."""
+    # Envoy wants fill_interval >= 50 ms: fill several tokens at a time for high rates.
+    per_fill = max(1, -(-rl.requests_per_minute * 50 // 60_000))
+    interval_ns = per_fill * 60_000_000_000 // rl.requests_per_minute
+    full = percent_pb2.FractionalPercent(
+        numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED
+    )
+    cfg = local_rate_limit_pb2.LocalRateLimit(
+        stat_prefix="route_rate_limit",
+        token_bucket=token_bucket_pb2.TokenBucket(
+            max_tokens=rl.burst,
+            tokens_per_fill=u32(per_fill),
+            fill_interval=duration_pb2.Duration(
+                seconds=interval_ns // 1_000_000_000, nanos=interval_ns % 1_000_000_000
+            ),
+        ),
+        filter_enabled=base_pb2.RuntimeFractionalPercent(default_value=full),
+        filter_enforced=base_pb2.RuntimeFractionalPercent(default_value=full),
+    )
+    packed = any_pb2.Any()
+    packed.Pack(cfg)
+    return packed
+
+
+def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Route:
+    """One Envoy route entry for a registry Route."""
+    action = rc.RouteAction()
+    live = [d for d in route.destinations if d.weight > 0]
+    if len(live) == 1:
+        action.cluster = cluster_name(live[0].service, live[0].subset)
+    else:
+        for d in live:
+            action.weighted_clusters.clusters.append(
+                rc.WeightedCluster.ClusterWeight(
+                    name=cluster_name(d.service, d.subset), weight=u32(d.weight)
+                )
+            )
+    if route.timeout_ms is not None:
+        action.timeout.CopyFrom(ms(route.timeout_ms))
+    if route.retries is not None:
+        r = route.retries
+        action.retry_policy.retry_on = ",".join(r.on)
+        action.retry_policy.num_retries.value = r.attempts
+        if r.per_try_timeout_ms is not None:
+            action.retry_policy.per_try_timeout.CopyFrom(ms(r.per_try_timeout_ms))
+    action.hash_policy.extend(_hash_policies(services[d.service] for d in live))
+    out = rc.Route(name=route.key_name, match=_match(route), route=action)
+    if route.rate_limit is not None:
+        out.typed_per_filter_config[LOCAL_RATELIMIT].CopyFrom(rate_limit_config(route.rate_limit))
+    return out
+
+
+def _default_route(service: Service) -> rc.Route:
+    action = rc.RouteAction(cluster=cluster_name(service.ref))
+    action.hash_policy.extend(_hash_policies([service]))
+    return rc.Route(
+        name=f"default:{service_host(service.ref)}", match=rc.RouteMatch(prefix="/"), route=action
+    )
+
+
+def _service_domains(service: Service) -> list[str]:
+    host = service_host(service.ref)
+    return [host, f"{host}:{service.port}"] if service.port else [host]
+
+
+def build_route_configuration(
+    name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
+) -> tuple[route_pb2.RouteConfiguration, frozenset[str]]:
+    """The RouteConfiguration of listener ``name`` and the clusters it points at."""
+    by_host: dict[str, list[Route]] = {}
+    for route in routes:
+        for host in route.hosts:
+            by_host.setdefault(host, []).append(route)
+    defaults = {service_host(s.ref): s for s in services.values() if s.protocol != "tcp"}
+    config = route_pb2.RouteConfiguration(name=name)
+    refs: set[str] = set()
+    taken: set[str] = set(by_host)
+    for host in sorted(by_host):
+        vh = rc.VirtualHost(name=host, domains=[host])
+        for route in sorted(by_host[host], key=route_order):
+            vh.routes.append(build_route(route, services))
+            refs.update(cluster_name(d.service, d.subset) for d in route.destinations if d.weight)
+        svc = defaults.get(host)
+        if svc is not None:
+            for domain in _service_domains(svc)[1:]:
+                if domain not in taken:
+                    vh.domains.append(domain)
+                    taken.add(domain)
+            vh.routes.append(_default_route(svc))
+            refs.add(cluster_name(svc.ref))
+        config.virtual_hosts.append(vh)
+    for host in sorted(defaults):
+        if host in by_host:
+            continue
+        svc = defaults[host]
+        domains = [d for d in _service_domains(svc) if d not in taken]
+        if not domains:
+            continue
+        taken.update(domains)
+        vh = rc.VirtualHost(name=f"service:{host}", domains=domains, routes=[_default_route(svc)])
+        config.virtual_hosts.append(vh)
+        refs.add(cluster_name(svc.ref))
+    return config, frozenset(refs)
+
+
+def route_configuration(
+    name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
+) -> Resource:
+    """The RouteConfiguration resource of HTTP listener ``name``."""
+    config, refs = build_route_configuration(name, routes, services)
+    return make_resource(ROUTE, name, config, refs)

@@ -1,0 +1,139 @@
+"""Incremental translation of the registry state into the global resource index.
+
+Every Envoy resource the mesh serves is global: a Cluster depends only on its
+service, a ClusterLoadAssignment on its service and endpoints, a Listener on
+its registry entry, a RouteConfiguration on its listener, the routes attached
+to it and the services' routing-relevant fields. Node scopes are selections of
+names over this one index (see :mod:`xds_server.cache`), so every scope shares
+the same serialized bytes.
+
+:meth:`Translator.update` rebuilds only what a :class:`~xds_server.state.ChangeSet`
+touches and returns the resources whose content changed. I/O-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from xds_server.model import Service, ServiceRef, SessionAffinity
+from xds_server.state import ChangeSet, RegistryState
+from xds_server.translate.cluster import service_clusters
+from xds_server.translate.endpoint import Resolver, service_assignments
+from xds_server.translate.listener import listener_resource
+from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
+from xds_server.translate.resource import Resource
+from xds_server.translate.route import route_configuration
+
+
+def _no_dns(name: str) -> tuple[str, ...]:
+    return ()
+
+
+@dataclass
+class Delta:
+    """Resources changed by one translation: name -> new Resource, or None when removed."""
+
+    changed: dict[str, dict[str, Resource | None]] = field(
+        default_factory=lambda: {t: {} for t in TYPE_ORDER}
+    )
+    listeners_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return any(self.changed.values())
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.changed.values())
+
+
+_RouteSig = tuple[int | None, str, SessionAffinity | None]
+
+
+def _route_sig(svc: Service) -> _RouteSig:
+    """What of a service route configurations depend on (not clusters or endpoints)."""
+    return (svc.port, svc.protocol, svc.load_balancer.session_affinity)
+
+
+class Translator:
+    """Keeps :attr:`index` (type URL -> name -> Resource) equal to the translated state."""
+
+    def __init__(self, resolve: Resolver = _no_dns) -> None:
+        self.resolve = resolve
+        self.index: dict[str, dict[str, Resource]] = {t: {} for t in TYPE_ORDER}
+        self._by_service: dict[ServiceRef, tuple[list[str], list[str]]] = {}
+        self._route_sigs: dict[ServiceRef, _RouteSig] = {}
+        self.health: Mapping[ServiceRef, Mapping[str, int]] = {}
+
+    def _put(self, delta: Delta, type_url: str, res: Resource) -> None:
+        old = self.index[type_url].get(res.name)
+        if old is not None and old.version == res.version:
+            return
+        self.index[type_url][res.name] = res
+        delta.changed[type_url][res.name] = res
+
+    def _drop(self, delta: Delta, type_url: str, name: str) -> None:
+        if self.index[type_url].pop(name, None) is not None:
+            delta.changed[type_url][name] = None
+
+    def update(self, state: RegistryState, changes: ChangeSet) -> Delta:
+        """Bring the index up to date with ``state`` after ``changes``."""
+        delta = Delta()
+        routes_dirty = bool(changes.routes)
+        for ref in changes.services:
+            svc = state.services.get(ref)
+            old_clusters, old_clas = self._by_service.pop(ref, ([], []))
+            sig = _route_sig(svc) if svc else None
+            if sig != self._route_sigs.get(ref):
+                routes_dirty = True
+            if svc is None:
+                self._route_sigs.pop(ref, None)
+                for name in old_clusters:
+                    self._drop(delta, CLUSTER, name)
+                for name in old_clas:
+                    self._drop(delta, ENDPOINT, name)
+                continue
+            assert sig is not None
+            self._route_sigs[ref] = sig
+            clusters = service_clusters(svc)
+            for res in clusters:
+                self._put(delta, CLUSTER, res)
+            keep = {r.name for r in clusters}
+            for name in old_clusters:
+                if name not in keep:
+                    self._drop(delta, CLUSTER, name)
+                    self._drop(delta, ENDPOINT, name)
+            self._by_service[ref] = ([r.name for r in clusters], [r.name for r in clusters])
+        for ref in changes.endpoints | changes.services:
+            svc = state.services.get(ref)
+            if svc is None:
+                continue
+            eps = state.endpoints.get(ref, {})
+            for res in service_assignments(svc, eps, self.resolve, self.health.get(ref)):
+                self._put(delta, ENDPOINT, res)
+        for name in changes.listeners:
+            listener = state.listeners.get(name)
+            if listener is None:
+                self._drop(delta, LISTENER, name)
+                self._drop(delta, ROUTE, name)
+                delta.listeners_changed = True
+                continue
+            before = self.index[LISTENER].get(name)
+            self._put(delta, LISTENER, listener_resource(listener))
+            delta.listeners_changed = True
+            if listener.protocol == "tcp":
+                self._drop(delta, ROUTE, name)
+            elif not routes_dirty or before is None:
+                self._put(delta, ROUTE, self._route_config(state, name))
+        if routes_dirty:
+            for name, listener in state.listeners.items():
+                if listener.protocol == "http":
+                    self._put(delta, ROUTE, self._route_config(state, name))
+        return delta
+
+    def refresh_endpoints(self, state: RegistryState, refs: set[ServiceRef]) -> Delta:
+        """Re-translate the assignments of some services (health or DNS changed)."""
+        return self.update(state, ChangeSet(endpoints=refs))
+
+    def _route_config(self, state: RegistryState, listener: str) -> Resource:
+        attached = [r for r in state.routes.values() if r.listener_matches(listener)]
+        return route_configuration(listener, attached, state.services)
