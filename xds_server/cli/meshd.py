@@ -1,0 +1,111 @@
+"""``meshd``: the control plane process (flags and env of ``shared/spec/interfaces.md``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from adapters.etcd import EmbeddedEtcd, EtcdRegistry
+from xds_server.app import MeshApp, MeshConfig
+
+log = logging.getLogger("meshd")
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="meshd",
+        description="APG Service Mesh control plane: serves the etcd registry to Envoy over xDS.",
+    )
+    p.add_argument(
+        "--etcd",
+        default=_env("MESHD_ETCD", None),
+        help="etcd endpoints host:port[,host:port] (env MESHD_ETCD); "
+        "default: start an embedded etcd on a free loopback port, data in --data-dir",
+    )
+    p.add_argument("--prefix", default=_env("MESHD_PREFIX", "/mesh/"), help="registry key prefix")
+    p.add_argument(
+        "--xds", default=_env("MESHD_XDS", "127.0.0.1:18000"), help="ADS/HDS/LRS listen address"
+    )
+    p.add_argument(
+        "--admin",
+        default=_env("MESHD_ADMIN", "127.0.0.1:18001"),
+        help="admin gRPC API listen address (the admin API is not served yet)",
+    )
+    p.add_argument(
+        "--metrics",
+        default=_env("MESHD_METRICS", "127.0.0.1:9102"),
+        help="Prometheus /metrics listen address ('' to disable)",
+    )
+    p.add_argument("--data-dir", default=_env("MESHD_DATA_DIR", ".meshd"), help="state directory")
+    p.add_argument("--log-level", default=_env("MESHD_LOG_LEVEL", "info"), help="log level")
+    p.add_argument("--tokens", default=_env("MESHD_TOKENS", None), help="admin API tokens file")
+    p.add_argument(
+        "--report-interval-ms",
+        type=int,
+        default=int(_env("MESHD_REPORT_INTERVAL_MS", "10000") or 10000),
+        help="how often Envoys send LRS load reports and HDS results",
+    )
+    p.add_argument("--grace", type=float, default=2.0, help="seconds to close streams on stop")
+    args = p.parse_args(argv)
+    if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
+        p.error(f"--prefix must start and end with '/': {args.prefix!r}")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    embedded: EmbeddedEtcd | None = None
+    endpoint = args.etcd
+    if not endpoint:
+        embedded = EmbeddedEtcd(Path(args.data_dir) / "etcd", name="meshd-embedded")
+        await embedded.start()
+        endpoint = embedded.endpoint
+        log.info("started embedded etcd at %s (data in %s)", endpoint, embedded.data_dir)
+    registry = EtcdRegistry(endpoint, args.prefix)
+    app = MeshApp(registry, MeshConfig(xds=args.xds, metrics=args.metrics or None))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        log.info(
+            "meshd ready: etcd=%s xds=%s metrics=%s revision=%d",
+            endpoint,
+            args.xds.rsplit(":", 1)[0] + f":{app.xds_port}",
+            f"{args.metrics.rsplit(':', 1)[0]}:{app.metrics_port}" if args.metrics else "off",
+            app.revision,
+        )
+        await stop.wait()
+        log.info("stopping: closing xDS streams")
+    finally:
+        await app.stop(args.grace)
+        await registry.close()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
