@@ -206,9 +206,15 @@ class EnvoyProcess:
         return self.proc.pid
 
     def start(self) -> EnvoyProcess:
-        """Start Envoy (no waiting: see :meth:`wait_admin`, :meth:`wait_ready`)."""
+        """Start Envoy (no waiting: see :meth:`wait_admin`, :meth:`wait_ready`).
+
+        May be called again after :meth:`stop` to restart with the same config and log file.
+        """
+        if self.running():
+            raise RuntimeError(f"{self.name} already running")
         if self.proc is not None:
-            raise RuntimeError(f"{self.name} already started")
+            self.stop()  # reap a process that died by itself, close its log
+        self._admin = None
         self.admin_address_path.unlink(missing_ok=True)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -187,6 +187,13 @@ def test_envoy_stop_leaves_no_process(tmp_path: Path) -> None:
         os.kill(pid, 0)
     assert envoy.stop() == envoy.proc.returncode  # idempotent
 
+    # Restartable: a new process with the same config, found again through its admin file.
+    with envoy.start():
+        envoy.wait_ready()
+        assert envoy.pid != pid
+        assert envoy.listener_ready("ingress")
+    assert _session_members(envoy.pid) == []
+
 
 def test_envoy_that_dies_fails_fast_with_its_log(tmp_path: Path) -> None:
     bad = static_split_bootstrap(free_port(), {"v1": (free_port(), 1)})
