@@ -231,6 +231,7 @@ class SotwStream:
         for res in retained.values():
             xor ^= res.digest
         version = set_version(xor)
+        ts.retained = frozenset(retained)
         if version == ts.version and ts.nonce:
             return []
         if t in (CLUSTER, LISTENER):
@@ -244,7 +245,6 @@ class SotwStream:
                 self.types.setdefault(follow, TypeStatus()).rewarm.update(changed)
         ts.sent = {**desired, **retained}
         ts.xor = xor
-        ts.retained = frozenset(retained)
         resources = [ts.sent[n] for n in sorted(ts.sent)]
         return [self._emit(t, ts, version, resources)]
 
