@@ -50,7 +50,7 @@ _CHANNEL_OPTIONS = (
 )
 
 # What the watch loop retries: etcd unreachable, restarted, compacted, or a stream that ended.
-_TRANSIENT = (grpc.aio.AioRpcError, MeshError, OSError, asyncio.TimeoutError)
+_TRANSIENT = (grpc.aio.AioRpcError, grpc.aio.UsageError, MeshError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -89,7 +89,9 @@ class EtcdRegistry:
 
     ``endpoint`` is ``host:port`` or a comma-separated list (the first reachable one is used,
     and the list is tried again after a failure). Observable state for metrics:
-    ``connected`` (a watch is established), ``errors_total`` and ``last_error``.
+    ``connected`` (updates() holds a current view: listed, and the watch has not failed
+    since), ``errors_total`` and ``last_error``
+    (failed etcd calls, watch breaks included), ``relists_total``, ``last_list_pages``.
     """
 
     def __init__(
@@ -105,7 +107,7 @@ class EtcdRegistry:
         """Configure; nothing connects until the first call.
 
         ``page_size`` is the key count per range read while listing; ``timeout`` bounds each
-        unary call in seconds; failures of :meth:`updates` are retried after
+        call in seconds, including the wait for an etcd that is (re)starting; failures of :meth:`updates` are retried after
         ``backoff_initial`` seconds, doubling up to ``backoff_max``.
         """
         if not prefix.endswith("/"):
@@ -119,6 +121,8 @@ class EtcdRegistry:
         self.connected = False
         self.errors_total = 0
         self.last_error: str | None = None
+        self.relists_total = 0  # Resets after the first one
+        self.last_list_pages = 0  # range reads of the latest list
         self._key_prefix = prefix.encode()
         self._status_prefix = self._key_prefix + b"status/"
         # Listing skips meshd's own status keys server-side: [prefix, status/) + [status0, end).
@@ -126,6 +130,9 @@ class EtcdRegistry:
             (self._key_prefix, self._status_prefix),
             (self._key_prefix + b"status0", _prefix_end(self._key_prefix)),
         )
+        # wait_for_ready: a call made while the channel reconnects (etcd restarting) waits for
+        # it, up to the timeout, instead of failing at once.
+        self._call_options: dict[str, Any] = {"timeout": timeout, "wait_for_ready": True}
         self._conn: _Conn | None = None
         self._connect_lock = asyncio.Lock()
         self._closed = False
@@ -143,6 +150,7 @@ class EtcdRegistry:
         loop = asyncio.get_running_loop()
         delay = self.backoff_initial
         failures = 0
+        listed = 0  # becomes 1 after the first Reset: later ones are relists
         while not self._closed:
             started = loop.time()
             conn: _Conn | None = None
@@ -152,18 +160,24 @@ class EtcdRegistry:
                 if failures:
                     log.info("etcd %s: watching again after %d failure(s)", conn.endpoint, failures)
                 failures = 0
+                self.connected = True
+                self.relists_total += listed
+                listed = 1
                 yield reset
                 async with contextlib.aclosing(self._watch(conn, reset.revision + 1)) as watch:
                     async for changes in watch:
                         yield changes
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelled_by_caller():
+                    raise
                 if self._closed:
                     return
                 failures += 1
                 # Warn once per outage (and now and then while it lasts), not every retry.
                 warn = failures == 1 or failures % 60 == 0
+                self.connected = False
                 self._record_error(exc, "watch failed, relisting", warn=warn)
-                if conn is not None and _is_connection_error(exc):
+                if conn is not None and len(self.endpoints) > 1 and _is_connection_error(exc):
                     self._drop(conn)
             if loop.time() - started > self.backoff_max:
                 delay = self.backoff_initial  # the last watch lived long: a new outage
@@ -173,7 +187,7 @@ class EtcdRegistry:
     async def get(self, key: str) -> Entry | None:
         """Read one key (any key, also outside the prefix), or ``None``."""
         request = rpc.RangeRequest(key=key.encode())
-        resp = await self._call(lambda c: c.kv.Range(request, timeout=self.timeout))
+        resp = await self._call(lambda c: c.kv.Range(request, **self._call_options))
         if not resp.kvs:
             return None
         kv = resp.kvs[0]
@@ -184,13 +198,13 @@ class EtcdRegistry:
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``key`` and return the new revision (RegistryConflict: unknown lease)."""
         request = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
-        resp = await self._call(lambda c: c.kv.Put(request, timeout=self.timeout))
+        resp = await self._call(lambda c: c.kv.Put(request, **self._call_options))
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> int:
         """Delete ``key`` (no error when missing) and return the store's revision."""
         request = rpc.DeleteRangeRequest(key=key.encode())
-        resp = await self._call(lambda c: c.kv.DeleteRange(request, timeout=self.timeout))
+        resp = await self._call(lambda c: c.kv.DeleteRange(request, **self._call_options))
         return int(resp.header.revision)
 
     async def put_if(self, key: str, value: bytes, mod_revision: int, *, lease: int = 0) -> int:
@@ -237,7 +251,7 @@ class EtcdRegistry:
         # On failure, read the expected keys back so the error can say which one moved.
         failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in expect]
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
-        resp = await self._call(lambda c: c.kv.Txn(request, timeout=self.timeout))
+        resp = await self._call(lambda c: c.kv.Txn(request, **self._call_options))
         if not resp.succeeded:
             actual = dict.fromkeys(expect, 0)
             for op in resp.responses:
@@ -251,7 +265,7 @@ class EtcdRegistry:
     async def lease_grant(self, ttl: int) -> int:
         """Create a lease of ``ttl`` seconds and return its id."""
         request = rpc.LeaseGrantRequest(TTL=ttl)
-        resp = await self._call(lambda c: c.lease.LeaseGrant(request, timeout=self.timeout))
+        resp = await self._call(lambda c: c.lease.LeaseGrant(request, **self._call_options))
         if resp.error:
             raise RegistryUnavailable(f"etcd lease grant: {resp.error}")
         return int(resp.ID)
@@ -260,7 +274,7 @@ class EtcdRegistry:
         """Refresh a lease once; returns its TTL. RegistryConflict if it already expired."""
 
         async def once(conn: _Conn) -> int:
-            call = conn.lease.LeaseKeepAlive(timeout=self.timeout)
+            call = conn.lease.LeaseKeepAlive(**self._call_options)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 resp = await call.read()
@@ -280,7 +294,7 @@ class EtcdRegistry:
         request = rpc.LeaseRevokeRequest(ID=lease_id)
         # Already expired or revoked: the goal is reached.
         with contextlib.suppress(RegistryConflict):
-            await self._call(lambda c: c.lease.LeaseRevoke(request, timeout=self.timeout))
+            await self._call(lambda c: c.lease.LeaseRevoke(request, **self._call_options))
 
     async def close(self) -> None:
         """Close the connection; :meth:`updates` iterators end. Idempotent."""
@@ -299,18 +313,20 @@ class EtcdRegistry:
         entries: list[Entry] = []
         revision = 0
         limit = self.page_size
+        pages = 0
         for start, end in self._ranges:
             key = start
             while True:
                 request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
                 try:
-                    resp = await conn.kv.Range(request, timeout=self.timeout)
+                    resp = await conn.kv.Range(request, **self._call_options)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
                         limit //= 2  # many big values: fewer keys per page
                         continue
                     raise
                 revision = revision or int(resp.header.revision)
+                pages += 1
                 entries.extend(
                     Entry(
                         kv.key.decode(errors="surrogateescape"), kv.value, kv.mod_revision, kv.lease
@@ -320,11 +336,13 @@ class EtcdRegistry:
                 if not resp.more or not resp.kvs:
                     break
                 key = resp.kvs[-1].key + b"\0"
+        self.last_list_pages = pages
+        log.debug("etcd: listed %d keys in %d pages at %d", len(entries), pages, revision)
         return Reset(revision, tuple(entries))
 
     async def _watch(self, conn: _Conn, start_revision: int) -> AsyncGenerator[Changes, None]:
         """One Changes per watch response with events; raises when the watch breaks."""
-        call = conn.watch.Watch()
+        call = conn.watch.Watch(wait_for_ready=True)
         try:
             create = rpc.WatchCreateRequest(
                 key=self._key_prefix,
@@ -392,10 +410,10 @@ class EtcdRegistry:
         raise RegistryUnavailable("no etcd endpoint answers: " + "; ".join(reasons))
 
     def _drop(self, conn: _Conn) -> None:
-        """Forget a failed connection: the next call connects anew, maybe to another endpoint.
+        """Forget a failed connection so the next call probes the endpoint list again.
 
-        A fresh channel connects at once, where the old one would wait out gRPC's reconnect
-        back-off. Calls still running on the old channel get a second to finish.
+        Only with several endpoints: one channel to one endpoint reconnects by itself.
+        Calls still running on the old channel get a second to finish.
         """
         self.connected = False
         if self._conn is conn:
@@ -413,8 +431,16 @@ class EtcdRegistry:
             error = map_rpc_error(exc, conn.endpoint)
             if is_unavailable(exc):
                 self._record_error(exc, "call failed", warn=False)
-                self._drop(conn)
+                if len(self.endpoints) > 1:
+                    self._drop(conn)
             raise error from exc
+        except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+            # The channel was closed under the call: by close(), or dropped after a failure
+            # seen elsewhere. Not the caller's cancellation, which must propagate.
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_by_caller():
+                raise
+            reason = "registry closed" if self._closed else "etcd connection was reset"
+            raise RegistryUnavailable(reason) from exc
 
     def _record_error(self, exc: BaseException, what: str, *, warn: bool) -> None:
         if isinstance(exc, grpc.aio.AioRpcError):
@@ -423,14 +449,20 @@ class EtcdRegistry:
             reason = f"{type(exc).__name__}: {exc}"
         self.errors_total += 1
         self.last_error = reason
-        self.connected = False
         log.log(logging.WARNING if warn else logging.DEBUG, "etcd %s: %s", what, reason)
+
+
+def _cancelled_by_caller() -> bool:
+    """True when the running task is being cancelled (grpc.aio also raises CancelledError
+    out of calls whose channel was closed)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, grpc.aio.AioRpcError):
         return is_unavailable(exc)
-    return isinstance(exc, RegistryUnavailable | OSError | asyncio.TimeoutError)
+    return not isinstance(exc, MeshError) or isinstance(exc, RegistryUnavailable)
 
 
 def _check_txn(puts: Mapping[str, bytes], deletes: Collection[str]) -> None:

@@ -50,7 +50,7 @@ class MemoryRegistry:
         self.errors_total = 0
         self.last_error: str | None = None
         self.unavailable = False
-        self.resets_total = 0  # Resets sent after the first one (relists), for tests
+        self.relists_total = 0  # Resets after the first, as on EtcdRegistry
         self._status_prefix = prefix + "status/"
         self._data: dict[str, Entry] = {}
         self._leases: dict[int, _Lease] = {}
@@ -170,10 +170,18 @@ class MemoryRegistry:
     # -- test controls -----------------------------------------------------------------
 
     def force_reset(self) -> None:
-        """Make every running updates() iterator yield a fresh Reset (a simulated relist)."""
+        """Make every running updates() iterator relist, as after a compaction or reconnect.
+
+        Changes not yet read are dropped (a broken watch loses them too); the next update
+        is a Reset of the content at that moment.
+        """
+        if self._closed:
+            return
         for queue in self._subscribers:
+            while not queue.empty():
+                queue.get_nowait()
             queue.put_nowait(_RESET)
-        self.resets_total += len(self._subscribers)
+        self.relists_total += len(self._subscribers)
 
     async def close(self) -> None:
         """End every updates() iterator; later calls raise RegistryUnavailable. Idempotent."""
