@@ -42,6 +42,33 @@ _HEADER_NAME = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
 _GLOB = re.compile(r"^[a-z0-9*?\[\]!-]+$")
 
 
+ENVOY_MAX_REGEX_PROGRAM_SIZE = 100
+"""Envoy rejects a regex whose RE2 program is bigger (``re2.max_program_size.error_level``)."""
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def check_re2(value: str, field: str) -> None:
+    """Envoy runs RE2, so validate with RE2: Python's re accepts things RE2 rejects.
+
+    Envoy also refuses regexes over its program size limit, which would make it
+    reject the whole RouteConfiguration of the listener.
+    """
+    try:
+        compiled = re2.compile(value, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise ValidationError(field, f"invalid RE2 regex: {detail}") from None
+    if compiled.programsize > ENVOY_MAX_REGEX_PROGRAM_SIZE:
+        raise ValidationError(
+            field,
+            f"regex is too complex for Envoy (RE2 program size {compiled.programsize}"
+            f" > {ENVOY_MAX_REGEX_PROGRAM_SIZE})",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     kind: MatchKind = "prefix"
@@ -108,11 +135,7 @@ def _match(o: Obj) -> Match:
     if kind in ("prefix", "path") and not value.startswith("/"):
         raise ValidationError(o.field(kind), "must start with '/'")
     if kind == "regex":
-        # Envoy runs RE2, so validate with RE2: Python's re accepts things RE2 rejects.
-        try:
-            re2.compile(value)
-        except re2.error as exc:
-            raise ValidationError(o.field("regex"), f"invalid RE2 regex: {exc}") from None
+        check_re2(value, o.field("regex"))
     headers = o.str_map("headers") or {}
     for name in headers:
         if not _HEADER_NAME.match(name.lower()):
