@@ -53,7 +53,7 @@ def is_ip(address: str) -> bool:
 def _address(value: str, field: str) -> str:
     if is_ip(value):
         return str(ipaddress.ip_address(value))  # canonical form: one spelling, one hash
-    if _HOSTNAME.match(value) and not value.replace(".", "").isdigit():
+    if _HOSTNAME.fullmatch(value) and not value.replace(".", "").isdigit():
         return value.rstrip(".").lower()
     raise ValidationError(field, f"{value!r} is neither an IP address nor a DNS name")
 
@@ -65,7 +65,7 @@ def parse_endpoint(service: ServiceRef, endpoint_id: str, o: Obj, *, lease: int 
     weight = o.int_("weight", 100, lo=1, hi=1000)
     labels = o.str_map("labels") or {}
     for key in labels:
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise ValidationError(f"labels.{key}", "is not a valid label key")
     zone = o.str_("zone", "")
     if len(zone) > 128:

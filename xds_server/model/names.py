@@ -20,7 +20,7 @@ DEFAULT_NAMESPACE = "default"
 
 def check_label(value: str, field: str) -> str:
     """A DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters."""
-    if len(value) > 63 or not _LABEL.match(value):
+    if len(value) > 63 or not _LABEL.fullmatch(value):
         raise ValidationError(
             field, f"{value!r} is not a DNS-1123 label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, max 63)"
         )
@@ -92,7 +92,7 @@ def parse_key(key: str, prefix: str) -> KeyRef:
     ns = check_label(rest[0], "key")
     if kind == "endpoints":
         service = check_label(rest[1], "key")
-        if not _ENDPOINT_ID.match(rest[2]):
+        if not _ENDPOINT_ID.fullmatch(rest[2]):
             raise ValidationError(
                 "key", f"endpoint id {rest[2]!r} has characters outside [A-Za-z0-9._:-]"
             )

@@ -138,7 +138,7 @@ def _match(o: Obj) -> Match:
         check_re2(value, o.field("regex"))
     headers = o.str_map("headers") or {}
     for name in headers:
-        if not _HEADER_NAME.match(name.lower()):
+        if not _HEADER_NAME.fullmatch(name.lower()):
             raise ValidationError(f"{o.field('headers')}.{name}", "is not a valid header name")
     methods = o.str_list("methods") or []
     for i, m in enumerate(methods):
@@ -197,7 +197,7 @@ def _rate_limit(o: Obj) -> RateLimit:
 def parse_route(namespace: str, name: str, o: Obj) -> Route:
     """Validate a Route value for the route named by its key."""
     listener = o.str_("listener", required=True)
-    if not _GLOB.match(listener):
+    if not _GLOB.fullmatch(listener):
         raise ValidationError("listener", f"{listener!r} is not a listener name or glob")
     hosts = o.str_list("hosts")
     if hosts is not None and not hosts:
@@ -205,7 +205,7 @@ def parse_route(namespace: str, name: str, o: Obj) -> Route:
     norm_hosts = []
     for i, host in enumerate(hosts or ["*"]):
         h = host.lower()
-        if not _HOST.match(h):
+        if not _HOST.fullmatch(h):
             raise ValidationError(f"hosts[{i}]", f"{host!r} is not a host name or Envoy wildcard")
         norm_hosts.append(h)
     match_obj = o.obj("match")
