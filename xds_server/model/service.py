@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,10 @@ HASHING: tuple[Algorithm, ...] = ("ring_hash", "maglev")
 
 MAX_MS = 365 * 24 * 3600 * 1000
 """Upper bound for any ``*_ms`` duration: a year; more is certainly a typo."""
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+"""An HTTP token (RFC 9110): what header and cookie names are made of."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +107,15 @@ def _affinity(o: Obj) -> SessionAffinity:
         raise ValidationError(o.path, "must set exactly one of cookie, header, source_ip")
     if present[0] == "cookie":
         name = o.str_("cookie", required=True)
+        if not _TOKEN.fullmatch(name):
+            raise ValidationError(o.field("cookie"), f"{name!r} is not a valid cookie name")
         ttl = o.int_("ttl_ms", 0, lo=0, hi=MAX_MS)
         o.done()
         return SessionAffinity("cookie", name, ttl)
     if present[0] == "header":
         name = o.str_("header", required=True).lower()
+        if not _TOKEN.fullmatch(name):
+            raise ValidationError(o.field("header"), f"{name!r} is not a valid header name")
         o.done()
         return SessionAffinity("header", name)
     if not o.bool_("source_ip", False):
@@ -156,6 +165,8 @@ def _health_check(o: Obj) -> HealthCheck:
     path = o.str_("path", "/health")
     if not path.startswith("/"):
         raise ValidationError(o.field("path"), "must start with '/'")
+    if _CONTROL.search(path):
+        raise ValidationError(o.field("path"), "must not contain control characters")
     hc = HealthCheck(
         path=path,
         interval_ms=o.int_("interval_ms", 5000, lo=1, hi=MAX_MS),
