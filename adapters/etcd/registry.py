@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +48,8 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 )
+
+_PAGE_BYTES = 4 * _MiB  # a page above this halves the next page's key count
 
 # What the watch loop retries: etcd unreachable, restarted, compacted, or a stream that ended.
 _TRANSIENT = (grpc.aio.AioRpcError, grpc.aio.UsageError, MeshError, OSError, TimeoutError)
@@ -99,16 +101,19 @@ class EtcdRegistry:
         endpoint: str = "127.0.0.1:2379",
         prefix: str = "/mesh/",
         *,
-        page_size: int = 1000,
+        page_size: int = 10_000,
         timeout: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 1.0,
     ) -> None:
         """Configure; nothing connects until the first call.
 
-        ``page_size`` is the key count per range read while listing; ``timeout`` bounds each
-        call in seconds, including the wait for an etcd that is (re)starting; failures of :meth:`updates` are retried after
-        ``backoff_initial`` seconds, doubling up to ``backoff_max``.
+        ``page_size`` is the key count per range read while listing: etcd counts the whole
+        rest of the range on every page, so small pages make a big relist quadratic (10,000
+        registry keys are ~1.6 MB, far below the receive limit). ``timeout`` bounds each
+        call in seconds, including the wait for an etcd that is (re)starting. Failures of
+        :meth:`updates` are retried after ``backoff_initial`` seconds, doubling up to
+        ``backoff_max``.
         """
         if not prefix.endswith("/"):
             raise ValueError(f"prefix must end with '/': {prefix!r}")
@@ -145,7 +150,7 @@ class EtcdRegistry:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def updates(self) -> AsyncIterator[RegistryUpdate]:
+    async def updates(self) -> AsyncGenerator[RegistryUpdate, None]:
         """Reset at one revision, then one Changes per watch response; relist after trouble."""
         loop = asyncio.get_running_loop()
         delay = self.backoff_initial
@@ -336,6 +341,8 @@ class EtcdRegistry:
                 if not resp.more or not resp.kvs:
                     break
                 key = resp.kvs[-1].key + b"\0"
+                if sum(len(kv.key) + len(kv.value) for kv in resp.kvs) > _PAGE_BYTES:
+                    limit = max(1, limit // 2)  # big values: keep pages near a few MiB
         self.last_list_pages = pages
         log.debug("etcd: listed %d keys in %d pages at %d", len(entries), pages, revision)
         return Reset(revision, tuple(entries))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -60,7 +60,7 @@ class MemoryRegistry:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def updates(self) -> AsyncIterator[RegistryUpdate]:
+    async def updates(self) -> AsyncGenerator[RegistryUpdate, None]:
         """Reset of the current content, then one Changes per write; a Reset per relist."""
         self._check()
         queue: asyncio.Queue[_Item] = asyncio.Queue()
