@@ -75,6 +75,15 @@ def _prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
+def _key(key: str) -> bytes:
+    # surrogateescape round-trips keys that are not UTF-8 (written by other tools).
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _str(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
 def _parse_endpoints(endpoint: str) -> list[str]:
     found = []
     for part in endpoint.split(","):
@@ -191,7 +200,7 @@ class EtcdRegistry:
 
     async def get(self, key: str) -> Entry | None:
         """Read one key (any key, also outside the prefix), or ``None``."""
-        request = rpc.RangeRequest(key=key.encode())
+        request = rpc.RangeRequest(key=_key(key))
         resp = await self._call(lambda c: c.kv.Range(request, **self._call_options))
         if not resp.kvs:
             return None
@@ -202,13 +211,13 @@ class EtcdRegistry:
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``key`` and return the new revision (RegistryConflict: unknown lease)."""
-        request = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
+        request = rpc.PutRequest(key=_key(key), value=value, lease=lease)
         resp = await self._call(lambda c: c.kv.Put(request, **self._call_options))
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> int:
         """Delete ``key`` (no error when missing) and return the store's revision."""
-        request = rpc.DeleteRangeRequest(key=key.encode())
+        request = rpc.DeleteRangeRequest(key=_key(key))
         resp = await self._call(lambda c: c.kv.DeleteRange(request, **self._call_options))
         return int(resp.header.revision)
 
@@ -243,25 +252,24 @@ class EtcdRegistry:
         mod = rpc.Compare.CompareTarget.Value("MOD")
         equal = rpc.Compare.CompareResult.Value("EQUAL")
         compare = [
-            rpc.Compare(key=k.encode(), target=mod, result=equal, mod_revision=r)
+            rpc.Compare(key=_key(k), target=mod, result=equal, mod_revision=r)
             for k, r in expect.items()
         ]
         success = [
-            rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=v, lease=lease))
+            rpc.RequestOp(request_put=rpc.PutRequest(key=_key(k), value=v, lease=lease))
             for k, v in puts.items()
         ] + [
-            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
-            for k in deletes
+            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=_key(k))) for k in deletes
         ]
         # On failure, read the expected keys back so the error can say which one moved.
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in expect]
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=_key(k))) for k in expect]
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         resp = await self._call(lambda c: c.kv.Txn(request, **self._call_options))
         if not resp.succeeded:
             actual = dict.fromkeys(expect, 0)
             for op in resp.responses:
                 for kv in op.response_range.kvs:
-                    actual[kv.key.decode(errors="surrogateescape")] = int(kv.mod_revision)
+                    actual[_str(kv.key)] = int(kv.mod_revision)
             raise RegistryConflict(_conflict_message(expect, actual))
         return int(resp.header.revision)
 
@@ -333,10 +341,7 @@ class EtcdRegistry:
                 revision = revision or int(resp.header.revision)
                 pages += 1
                 entries.extend(
-                    Entry(
-                        kv.key.decode(errors="surrogateescape"), kv.value, kv.mod_revision, kv.lease
-                    )
-                    for kv in resp.kvs
+                    Entry(_str(kv.key), kv.value, kv.mod_revision, kv.lease) for kv in resp.kvs
                 )
                 if not resp.more or not resp.kvs:
                     break
@@ -373,7 +378,7 @@ class EtcdRegistry:
                 events = tuple(
                     Event(
                         "delete" if ev.type else "put",
-                        ev.kv.key.decode(errors="surrogateescape"),
+                        _str(ev.kv.key),
                         ev.kv.value,
                         ev.kv.mod_revision,
                         ev.kv.lease,
