@@ -136,12 +136,21 @@ class Controller:
         delta = self.translator.update(self.state, changes)
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
         self.batches += 1
-        self.metrics.translate_seconds.observe(self.clock() - started)
+        translated = self.clock() - started
+        # Bookkeeping waits until the woken streams have written their pushes: their
+        # wake-ups were scheduled by cache.apply, so call_soon runs after them.
+        try:
+            asyncio.get_running_loop().call_soon(self._after, changes, translated)
+        except RuntimeError:  # no loop (unit tests drive apply_batch directly)
+            self._after(changes, translated)
+        return changes
+
+    def _after(self, changes: ChangeSet, translated: float) -> None:
+        self.metrics.translate_seconds.observe(translated)
         self.metrics.registry_revision.set(self.state.revision)
         for type_url in TYPE_ORDER:
             self.metrics.resources.labels(SHORT[type_url]).set(len(self.cache.index[type_url]))
         self._report(changes)
-        return changes
 
     def _report(self, changes: ChangeSet) -> None:
         for key, problem in sorted(changes.problems_set.items()):
