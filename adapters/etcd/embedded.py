@@ -80,6 +80,17 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like etcd's own listener: a port in TIME_WAIT after our last stop() is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 # Processes still running at interpreter exit are stopped, so a failing test run or a
 # meshd that exits without cleaning up leaves no etcd behind.
 _running: weakref.WeakSet[EmbeddedEtcd] = weakref.WeakSet()
@@ -295,6 +306,12 @@ class EmbeddedEtcd:
             self.client_port = _free_port(self.host)
         if not self.peer_port:
             self.peer_port = _free_port(self.host)
+        for port in (self.client_port, self.peer_port):
+            # Another server there would answer our health probe and pass for us.
+            if not _port_free(self.host, port):
+                raise EmbeddedEtcdError(
+                    f"{self.host}:{port}: address already in use (another etcd still running?)"
+                )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(mode=0o700, exist_ok=True)
         (self.data_dir / "member-name").write_text(self.name + "\n")

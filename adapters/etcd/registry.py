@@ -100,9 +100,13 @@ class EtcdRegistry:
 
     ``endpoint`` is ``host:port`` or a comma-separated list (the first reachable one is used,
     and the list is tried again after a failure). Observable state for metrics:
-    ``connected`` (updates() holds a current view: listed, and the watch has not failed
-    since), ``errors_total`` and ``last_error``
-    (failed etcd calls, watch breaks included), ``relists_total``, ``last_list_pages``.
+
+    - ``connected``: updates() holds a current view (listed, the watch has not failed since);
+    - ``errors_total``, ``last_error``: failed etcd calls, watch breaks included;
+    - ``relists_total``: Resets after the first; ``last_list_pages``: range reads of the last.
+
+    Beyond the Registry protocol: ``put_if``/``delete_if``/``txn`` (compare mod_revision,
+    atomic), ``lease_grant``/``lease_keepalive``/``lease_revoke``.
     """
 
     def __init__(
@@ -244,7 +248,9 @@ class EtcdRegistry:
 
         ``expect`` maps keys to the mod_revision they must still have (0: must not exist);
         any mismatch raises RegistryConflict naming the key and writes nothing. ``lease``
-        applies to every put. Returns the revision after the transaction.
+        applies to every put. Returns the revision after the transaction. etcd bounds the
+        operations per transaction (``--max-txn-ops``: 128 by default, 1024 in
+        EmbeddedEtcd); beyond it this raises ValidationError.
         """
         puts = puts or {}
         expect = expect or {}
