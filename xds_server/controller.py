@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigCache
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, status_error_key
@@ -92,14 +93,15 @@ class Controller:
         cache: ConfigCache,
         metrics: Metrics,
         *,
-        translator: Translator | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resolve: ResolveFn = system_resolve,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.metrics = metrics
         self.state = RegistryState(registry.prefix)
-        self.translator = translator or Translator()
+        self.dns = DnsCache(self._dns_changed, resolve=resolve)
+        self.translator = Translator(resolve=self.dns.lookup)
         self.status = StatusWriter(registry, registry.prefix)
         self.clock = clock
         self.batches = 0
@@ -114,6 +116,7 @@ class Controller:
 
         pumper = asyncio.create_task(pump(), name="registry-pump")
         writer = asyncio.create_task(self.status.run(), name="status-writer")
+        resolver = asyncio.create_task(self.dns.run(), name="dns")
         try:
             while True:
                 first = await queue.get()
@@ -126,6 +129,7 @@ class Controller:
         finally:
             pumper.cancel()
             writer.cancel()
+            resolver.cancel()
 
     def apply_batch(self, batch: list[tuple[float, RegistryUpdate]]) -> ChangeSet:
         """Apply queued updates, translate once, publish once."""
@@ -150,6 +154,26 @@ class Controller:
         self.metrics.registry_revision.set(self.state.revision)
         for type_url in TYPE_ORDER:
             self.metrics.resources.labels(SHORT[type_url]).set(len(self.cache.index[type_url]))
+        self._report(changes)
+
+    def _dns_changed(self, names: set[str]) -> None:
+        """Addresses of some endpoint names changed: re-translate the services using them."""
+        refs = {ref for ref, used in self.translator.dns_names.items() if used.keys() & names}
+        delta = self.translator.refresh_endpoints(self.state, refs)
+        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=self.clock())
+        changes = ChangeSet(revision=self.state.revision)
+        for ref in refs:
+            for name, ids in self.translator.dns_names.get(ref, {}).items():
+                if name not in names:
+                    continue
+                error = self.dns.error(name)
+                for endpoint_id in ids:
+                    key = f"{self.state.prefix}endpoints/{ref.namespace}/{ref.name}/{endpoint_id}"
+                    if error:
+                        problem = Problem(key, "address", f"{name} {error}", self.state.revision)
+                        changes.problems_set[key] = problem
+                    elif key not in self.state.problems:
+                        changes.problems_cleared.add(key)
         self._report(changes)
 
     def _report(self, changes: ChangeSet) -> None:

@@ -60,9 +60,11 @@ class Translator:
     def __init__(self, resolve: Resolver = _no_dns) -> None:
         self.resolve = resolve
         self.index: dict[str, dict[str, Resource]] = {t: {} for t in TYPE_ORDER}
-        self._by_service: dict[ServiceRef, tuple[list[str], list[str]]] = {}
+        self._by_service: dict[ServiceRef, list[str]] = {}
         self._route_sigs: dict[ServiceRef, _RouteSig] = {}
         self.health: Mapping[ServiceRef, Mapping[str, int]] = {}
+        self.dns_names: dict[ServiceRef, dict[str, set[str]]] = {}
+        """Per service: DNS name -> keys of the endpoints that use it (for resolution)."""
 
     def _put(self, delta: Delta, type_url: str, res: Resource) -> None:
         old = self.index[type_url].get(res.name)
@@ -81,7 +83,7 @@ class Translator:
         routes_dirty = bool(changes.routes)
         for ref in changes.services:
             svc = state.services.get(ref)
-            old_clusters, old_clas = self._by_service.pop(ref, ([], []))
+            old_clusters = self._by_service.pop(ref, [])
             sig = _route_sig(svc) if svc else None
             if sig != self._route_sigs.get(ref):
                 routes_dirty = True
@@ -89,8 +91,8 @@ class Translator:
                 self._route_sigs.pop(ref, None)
                 for name in old_clusters:
                     self._drop(delta, CLUSTER, name)
-                for name in old_clas:
                     self._drop(delta, ENDPOINT, name)
+                self.dns_names.pop(ref, None)
                 continue
             assert sig is not None
             self._route_sigs[ref] = sig
@@ -102,12 +104,20 @@ class Translator:
                 if name not in keep:
                     self._drop(delta, CLUSTER, name)
                     self._drop(delta, ENDPOINT, name)
-            self._by_service[ref] = ([r.name for r in clusters], [r.name for r in clusters])
+            self._by_service[ref] = [r.name for r in clusters]
         for ref in changes.endpoints | changes.services:
             svc = state.services.get(ref)
             if svc is None:
                 continue
             eps = state.endpoints.get(ref, {})
+            names: dict[str, set[str]] = {}
+            for ep in eps.values():
+                if not ep.is_ip:
+                    names.setdefault(ep.address, set()).add(ep.id)
+            if names:
+                self.dns_names[ref] = names
+            else:
+                self.dns_names.pop(ref, None)
             for res in service_assignments(svc, eps, self.resolve, self.health.get(ref)):
                 self._put(delta, ENDPOINT, res)
         for name in changes.listeners:
