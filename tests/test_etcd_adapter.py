@@ -76,8 +76,8 @@ async def test_embedded_etcd_failure_says_why(tmp_path: Path) -> None:
 
 
 async def test_updates_survive_etcd_down_for_two_seconds(etcd: EmbeddedEtcd) -> None:
-    # A call waits up to 1.5 s for etcd; after an outage the channel retries every second.
-    registry = EtcdRegistry(etcd.endpoint, timeout=1.5)
+    registry = EtcdRegistry(etcd.endpoint)
+    impatient = EtcdRegistry(etcd.endpoint, timeout=0.3)  # a writer that gives up quickly
     await registry.put("/mesh/services/default/before", b"1")
     async with RegistryView(registry) as view:
         await view.wait_for(lambda: registry.connected, "the watch")
@@ -85,7 +85,7 @@ async def test_updates_survive_etcd_down_for_two_seconds(etcd: EmbeddedEtcd) -> 
         stopped = time.monotonic()
         await view.wait_for(lambda: not registry.connected, "the outage to be noticed", 2)
         with pytest.raises(RegistryUnavailable):
-            await registry.put("/mesh/services/default/lost", b"x")
+            await impatient.put("/mesh/services/default/lost", b"x")
         await asyncio.sleep(2 - (time.monotonic() - stopped))
         await etcd.restart()
         last = await registry.put("/mesh/services/default/after", b"2")
@@ -95,7 +95,9 @@ async def test_updates_survive_etcd_down_for_two_seconds(etcd: EmbeddedEtcd) -> 
     assert set(view.data) == {"/mesh/services/default/before", "/mesh/services/default/after"}
     assert registry.errors_total >= 1
     assert registry.relists_total >= 1
+    assert impatient.errors_total == 1
     await registry.close()
+    await impatient.close()
 
 
 async def test_updates_wait_for_an_etcd_that_is_not_up_yet(etcd: EmbeddedEtcd) -> None:
