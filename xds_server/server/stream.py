@@ -256,6 +256,7 @@ class SotwStream:
         names = ts.subscribed if candidates is None else candidates & ts.subscribed
         rewarm = ts.rewarm & ts.subscribed if use_rewarm else set()
         send: list[Resource] = []
+        removed = False
         for n in sorted(names | rewarm):
             res = index.get(n)
             old = ts.sent.get(n)
@@ -263,6 +264,7 @@ class SotwStream:
                 if old is not None:
                     del ts.sent[n]
                     ts.xor ^= old.digest
+                    removed = True
                 continue
             if old is not None and old.version == res.version and n not in rewarm:
                 continue
@@ -273,8 +275,12 @@ class SotwStream:
             send.append(res)
         if use_rewarm:
             ts.rewarm -= rewarm
-        if not send:
+        if not send and not (removed and t in WILDCARD_TYPES):
             return []
+        if t in WILDCARD_TYPES:
+            # Listener and Cluster responses carry the client's complete set even for
+            # explicit subscriptions (proxyless gRPC): a name missing from one is deleted.
+            send = [ts.sent[n] for n in sorted(ts.sent)]
         return [self._emit(t, ts, set_version(ts.xor), send)]
 
     def _held_clusters(self) -> set[str]:

@@ -20,8 +20,16 @@ from xds_server.model import Service, ServiceRef, SessionAffinity
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
+from xds_server.translate.grpc_api import api_listener, api_route_configuration
 from xds_server.translate.listener import listener_resource
-from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
+from xds_server.translate.names import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    TYPE_ORDER,
+    service_host,
+)
 from xds_server.translate.resource import Resource
 from xds_server.translate.route import route_configuration
 
@@ -93,6 +101,8 @@ class Translator:
                     self._drop(delta, CLUSTER, name)
                     self._drop(delta, ENDPOINT, name)
                 self.dns_names.pop(ref, None)
+                self._drop(delta, LISTENER, service_host(ref))
+                self._drop(delta, ROUTE, service_host(ref))
                 continue
             assert sig is not None
             self._route_sigs[ref] = sig
@@ -105,6 +115,11 @@ class Translator:
                     self._drop(delta, CLUSTER, name)
                     self._drop(delta, ENDPOINT, name)
             self._by_service[ref] = [r.name for r in clusters]
+            if svc.protocol == "grpc":
+                self._put(delta, LISTENER, api_listener(svc))
+            else:
+                self._drop(delta, LISTENER, service_host(ref))
+                self._drop(delta, ROUTE, service_host(ref))
         for ref in changes.endpoints | changes.services:
             svc = state.services.get(ref)
             if svc is None:
@@ -138,6 +153,10 @@ class Translator:
             for name, listener in state.listeners.items():
                 if listener.protocol == "http":
                     self._put(delta, ROUTE, self._route_config(state, name))
+            for svc in state.services.values():
+                if svc.protocol == "grpc":
+                    routes = state.routes.values()
+                    self._put(delta, ROUTE, api_route_configuration(svc, routes, state.services))
         return delta
 
     def refresh_endpoints(self, state: RegistryState, refs: set[ServiceRef]) -> Delta:
