@@ -20,14 +20,18 @@ def _bootstrap(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"meshctl: --xds: {args.xds!r} is not HOST:PORT", file=sys.stderr)
         return 1
-    doc = bootstrap(
-        args.node_id,
-        args.node_cluster,
-        xds_host=host,
-        xds_port=port,
-        admin_port=args.admin_port,
-        delta=args.delta,
-    )
+    try:
+        doc = bootstrap(
+            args.node_id,
+            args.node_cluster,
+            xds_host=host,
+            xds_port=port,
+            admin_port=args.admin_port,
+            delta=args.delta,
+        )
+    except ValueError as exc:
+        print(f"meshctl bootstrap: {exc}", file=sys.stderr)
+        return 1
     sys.stdout.write(render(doc, args.output))
     return 0
 
