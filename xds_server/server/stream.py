@@ -49,18 +49,15 @@ class Response:
     resources: tuple[Resource, ...]
 
     def wire(self) -> bytes:
-        return b"".join(
-            (
-                string_field(1, self.version),
-                *(r.sotw_wire for r in self.resources),
-                string_field(4, self.type_url),
-                string_field(5, self.nonce),
-            )
-        )
+        parts = [string_field(1, self.version)]
+        for r in self.resources:
+            parts += (r.sotw_prefix, r.body)
+        parts += (string_field(4, self.type_url), string_field(5, self.nonce))
+        return b"".join(parts)
 
     @property
     def size(self) -> int:
-        return sum(len(r.sotw_wire) for r in self.resources)
+        return sum(len(r.body) for r in self.resources)
 
 
 @dataclass
