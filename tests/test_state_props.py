@@ -1,0 +1,335 @@
+"""Properties of parse_entry and RegistryState over random keys, values and histories."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xds_server.model import Endpoint, Entity, Listener, Problem, Route, Service, parse_entry
+from xds_server.registry import Changes, Entry, Event, Reset
+from xds_server.state import ChangeSet, RegistryState
+
+PREFIX = "/mesh/"
+FAST = settings(max_examples=80, deadline=None)
+
+
+def forced(state: RegistryState) -> dict[str, Entity]:
+    """Every entity in force, by the registry key it came from."""
+    out: dict[str, Entity] = {}
+    for ref, svc in state.services.items():
+        out[f"{PREFIX}services/{ref.namespace}/{ref.name}"] = svc
+    for ref, eps in state.endpoints.items():
+        for ep_id, ep in eps.items():
+            out[f"{PREFIX}endpoints/{ref.namespace}/{ref.name}/{ep_id}"] = ep
+    out.update(state.routes)
+    for name, listener in state.listeners.items():
+        out[f"{PREFIX}listeners/{name}"] = listener
+    return out
+
+
+def resolves(entity: Entity, services: dict[Any, Service]) -> bool:
+    """The contract's reference rules, written independently of state.py."""
+    if isinstance(entity, Endpoint):
+        svc = services.get(entity.service)
+        return svc is not None and (entity.port is not None or svc.port is not None)
+    if isinstance(entity, Route):
+        for d in entity.destinations:
+            svc = services.get(d.service)
+            if svc is None or svc.protocol == "tcp":
+                return False
+            if d.subset and d.subset not in svc.subset_names:
+                return False
+        return True
+    if isinstance(entity, Listener) and entity.service is not None:
+        return entity.service in services
+    return True
+
+
+def assert_references_hold(state: RegistryState) -> None:
+    """Nothing in force points at something that is not in force."""
+    for key, entity in forced(state).items():
+        assert resolves(entity, state.services), (key, entity)
+
+
+def assert_changeset_exact(
+    before: tuple[dict[str, Entity], dict[str, Problem]],
+    state: RegistryState,
+    changes: ChangeSet,
+) -> None:
+    """The ChangeSet names exactly the differences between two snapshots."""
+    old_force, old_problems = before
+    new_force = forced(state)
+    expected = ChangeSet(revision=changes.revision)
+    for key in old_force.keys() | new_force.keys():
+        if old_force.get(key) == new_force.get(key):
+            continue
+        entity = new_force.get(key) or old_force[key]
+        if isinstance(entity, Service):
+            expected.services.add(entity.ref)
+        elif isinstance(entity, Endpoint):
+            expected.endpoints.add(entity.service)
+        elif isinstance(entity, Route):
+            expected.routes.add(key)
+        else:
+            expected.listeners.add(entity.name)
+    for key, problem in state.problems.items():
+        if old_problems.get(key) != problem:
+            expected.problems_set[key] = problem
+    expected.problems_cleared = set(old_problems) - set(state.problems)
+    assert changes == expected
+
+
+# -- (a) nothing raises, every rejected key is reported -------------------------------------
+
+FIELD_NAMES = [
+    "protocol", "port", "connect_timeout_ms", "load_balancer", "algorithm", "session_affinity",
+    "cookie", "header", "source_ip", "ttl_ms", "circuit_breaker", "max_connections",
+    "outlier_detection", "health_check", "path", "every_proxy", "subsets", "address", "weight",
+    "labels", "zone", "draining", "listener", "hosts", "match", "prefix", "regex", "headers",
+    "methods", "destinations", "service", "subset", "timeout_ms", "retries", "attempts", "on",
+    "per_try_timeout_ms", "priority", "rate_limit", "requests_per_minute", "burst", "nodes",
+]  # fmt: skip
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**40), max_value=2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["http", "tcp", "ring_hash", "web", "/", "*", "10.0.0.1", "GET", "5xx"])
+)
+field_keys = st.sampled_from(FIELD_NAMES) | st.text(max_size=8)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(field_keys, inner, max_size=5),
+    max_leaves=10,
+)
+json_objects = st.dictionaries(field_keys, json_values, max_size=8)
+any_bytes = (
+    st.binary(max_size=64)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | json_objects.map(lambda v: json.dumps(v).encode())
+)
+
+segment = st.text(alphabet="abcAB-_.:/0\n é*", max_size=8)
+any_keys = (
+    st.text(max_size=40)
+    | st.builds(
+        lambda kind, parts: PREFIX + kind + "/" + "/".join(parts),
+        st.sampled_from(["services", "endpoints", "routes", "listeners", "status", "x"]),
+        st.lists(segment, max_size=4),
+    )
+    | st.sampled_from(
+        [
+            "/mesh/services/default/web",
+            "/mesh/endpoints/default/web/w1",
+            "/mesh/routes/default/r",
+            "/mesh/listeners/public",
+        ]
+    )
+)
+
+
+@FAST
+@given(key=any_keys, value=any_bytes)
+def test_parse_entry_never_raises(key: str, value: bytes) -> None:
+    ref, result = parse_entry(key, value, PREFIX, revision=5)
+    if isinstance(result, Problem):
+        assert result.key == key
+        assert result.revision == 5
+        assert not result.last_good_kept
+        assert isinstance(result.field, str)
+        assert result.reason
+    else:
+        assert ref is not None
+
+
+@FAST
+@given(puts=st.lists(st.tuples(any_keys, any_bytes), min_size=1, max_size=6))
+def test_apply_never_raises_and_reports_every_rejected_key(puts: list[tuple[str, bytes]]) -> None:
+    state = RegistryState(PREFIX)
+    content: dict[str, bytes] = {}
+    for revision, (key, value) in enumerate(puts, start=1):
+        state.apply(Changes(revision, (Event("put", key, value, revision),)))
+        content[key] = value
+    force = forced(state)
+    for key, value in content.items():
+        _, result = parse_entry(key, value, PREFIX)
+        if isinstance(result, Problem):
+            assert state.problems[key].key == key
+            assert (state.problems[key].field, state.problems[key].reason) == (
+                result.field,
+                result.reason,
+            )
+        else:
+            assert key in force or key in state.problems, key
+            if key in state.problems:
+                assert state.problems[key].key == key
+    assert set(state.problems) <= set(content)
+    assert set(force) <= set(content)
+    assert_references_hold(state)
+
+
+# -- (b), (c) histories over a small universe of keys -------------------------------------------
+
+WEB_V1 = {"version": "v1"}
+VALUES: dict[str, list[Any]] = {
+    "/mesh/services/default/web": [
+        {"port": 8080, "subsets": {"v1": WEB_V1}},
+        {},
+        {"port": 8081, "subsets": {"v2": {"version": "v2"}}},
+        {"protocol": "tcp", "port": 5432},
+        {"port": 0},
+        b"{",
+    ],
+    "/mesh/services/default/api": [{}, {"port": 9000, "protocol": "grpc"}, {"protocol": "udp"}],
+    "/mesh/endpoints/default/web/w1": [
+        {"address": "10.0.0.1", "labels": WEB_V1},
+        {"address": "10.0.0.2", "port": 81},
+        {"address": "x y"},
+    ],
+    "/mesh/endpoints/default/web/w2": [
+        {"address": "10.0.0.3", "port": 82, "labels": {"version": "v2"}},
+        {"address": "10.0.0.3", "weight": 0},
+    ],
+    "/mesh/endpoints/default/api/a1": [{"address": "10.0.1.1"}, {"address": "10.0.1.1", "port": 9}],
+    "/mesh/routes/default/r1": [
+        {"listener": "public", "destinations": [{"service": "web"}]},
+        {"listener": "public", "destinations": [{"service": "web", "subset": "v1"}]},
+        {"listener": "*", "destinations": [{"service": "web", "subset": "v2"}]},
+        {"listener": "public", "destinations": [{"service": "api"}]},
+        {"listener": "public", "destinations": [{"service": "web", "weight": 0}]},
+    ],
+    "/mesh/routes/default/r2": [
+        {"listener": "public", "destinations": [{"service": "web"}, {"service": "api"}]},
+        {"listener": "public", "destinations": [{"service": "nope"}]},
+        b"[]",
+    ],
+    "/mesh/listeners/public": [{"port": 10000}, {"port": 10001, "nodes": ["gw-*"]}, {"port": 0}],
+    "/mesh/listeners/db": [
+        {"port": 5432, "protocol": "tcp", "service": "web"},
+        {"port": 5432, "protocol": "tcp", "service": "api"},
+        {"port": 5432, "protocol": "tcp"},
+    ],
+}
+KEYS = sorted(VALUES)
+
+
+@dataclass(frozen=True)
+class Op:
+    key: str
+    value: bytes | None  # None: delete
+
+
+def encode(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else json.dumps(value).encode()
+
+
+ops = st.sampled_from(KEYS).flatmap(
+    lambda key: st.sampled_from([*VALUES[key], None]).map(
+        lambda v: Op(key, None if v is None else encode(v))
+    )
+)
+histories = st.lists(ops, min_size=4, max_size=30)
+
+
+def expected_from_scratch(content: dict[str, Entry]) -> dict[str, Entity]:
+    """What a registry with no history serves: valid values whose references resolve."""
+    valid = {}
+    for key, entry in content.items():
+        _, result = parse_entry(key, entry.value, PREFIX)
+        if not isinstance(result, Problem):
+            valid[key] = result
+    services = {e.ref: e for e in valid.values() if isinstance(e, Service)}
+    return {k: e for k, e in valid.items() if resolves(e, services)}
+
+
+def replay(history: list[Op]) -> tuple[RegistryState, dict[str, Entry]]:
+    """Apply a history one op at a time, checking (c) and exact ChangeSets after each."""
+    state = RegistryState(PREFIX)
+    content: dict[str, Entry] = {}
+    put_since_delete: dict[str, list[Entity]] = {}
+    for revision, op in enumerate(history, start=1):
+        before = (forced(state), dict(state.problems))
+        if op.value is None:
+            event = Event("delete", op.key, b"", revision)
+            content.pop(op.key, None)
+            put_since_delete.pop(op.key, None)
+        else:
+            event = Event("put", op.key, op.value, revision)
+            content[op.key] = Entry(op.key, op.value, revision)
+            _, result = parse_entry(op.key, op.value, PREFIX, revision=revision)
+            if not isinstance(result, Problem):
+                put_since_delete.setdefault(op.key, []).append(result)
+        changes = state.apply(Changes(revision, (event,)))
+        assert changes.revision == revision
+        assert_changeset_exact(before, state, changes)
+        # (c) nothing invalid is in force: each entity is a valid value put for its key.
+        for key, entity in forced(state).items():
+            assert entity in put_since_delete.get(key, []), (key, entity)
+        assert_references_hold(state)
+        assert set(state.problems) <= set(content)
+    return state, content
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=histories)
+def test_changes_one_by_one_agree_with_one_reset(history: list[Op]) -> None:
+    incremental, content = replay(history)
+    revision = len(history)
+    from_scratch = RegistryState(PREFIX)
+    from_scratch.apply(Reset(revision, tuple(content.values())))
+    expected = expected_from_scratch(content)
+
+    assert forced(from_scratch) == expected
+    assert set(from_scratch.problems) == set(content) - set(expected)
+    assert not any(p.last_good_kept for p in from_scratch.problems.values())
+    # History only adds last good values: whatever a fresh start serves, so does the history.
+    incremental_force = forced(incremental)
+    for key, entity in expected.items():
+        assert incremental_force.get(key) == entity, key
+        assert key not in incremental.problems, key
+    for key, entry in content.items():
+        assert key in incremental_force or key in incremental.problems, key
+        _, parsed = parse_entry(key, entry.value, PREFIX, revision=entry.mod_revision)
+        if isinstance(parsed, Problem):  # schema problems do not depend on history
+            assert from_scratch.problems[key] == parsed
+            kept = incremental.problems[key]
+            assert (kept.field, kept.reason, kept.revision) == (
+                parsed.field,
+                parsed.reason,
+                parsed.revision,
+            )
+            assert kept.last_good_kept == (key in incremental_force)
+
+    # Relisting the same content changes nothing.
+    assert incremental.apply(Reset(revision, tuple(content.values()))) == ChangeSet(
+        revision=revision
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(history=histories, relist=histories)
+def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> None:
+    """A Reset to other content reports exactly what changed and serves only valid values."""
+    state, content = replay(history)
+    target = dict(content)
+    revision = len(history)
+    for op in relist:
+        revision += 1
+        if op.value is None:
+            target.pop(op.key, None)
+        else:
+            target[op.key] = Entry(op.key, op.value, revision)
+    before = (forced(state), dict(state.problems))
+    changes = state.apply(Reset(revision, tuple(target.values())))
+    assert_changeset_exact(before, state, changes)
+    assert_references_hold(state)
+    assert set(state.problems) <= set(target)
+    assert set(forced(state)) <= set(target)
+    for key, entity in expected_from_scratch(target).items():
+        assert forced(state).get(key) == entity, key
