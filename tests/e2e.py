@@ -151,9 +151,14 @@ async def make_rig(
 RigFactory = Callable[..., AsyncIterator[Rig]]
 
 
-@pytest.fixture
+@pytest.fixture(params=["sotw", "delta"])
 async def rig(
-    tmp_path: Path, envoy_factory: EnvoyFactory, backend_factory: BackendFactory
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    envoy_factory: EnvoyFactory,
+    backend_factory: BackendFactory,
 ) -> AsyncIterator[Rig]:
-    async for r in make_rig(tmp_path, envoy_factory, backend_factory):
+    """The rig with Envoy on ADS state-of-the-world, then on Delta."""
+    delta = request.param == "delta"
+    async for r in make_rig(tmp_path, envoy_factory, backend_factory, delta=delta):
         yield r

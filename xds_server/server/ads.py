@@ -14,12 +14,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import ConfigCache
 from xds_server.metrics import Metrics
+from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 from xds_server.server.stream import Response, SotwStream
 from xds_server.translate.names import SHORT
 
@@ -35,7 +37,7 @@ class Connection:
     id: int
     peer: str
     protocol: str
-    stream: SotwStream
+    stream: SotwStream | DeltaStream
     connected_at: float = field(default_factory=time.time)
 
 
@@ -46,7 +48,7 @@ class StreamRegistry:
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
 
-    def add(self, peer: str, protocol: str, stream: SotwStream) -> Connection:
+    def add(self, peer: str, protocol: str, stream: SotwStream | DeltaStream) -> Connection:
         conn = Connection(next(self._ids), peer, protocol, stream)
         self.connections[conn.id] = conn
         return conn
@@ -76,8 +78,14 @@ class AdsServicer:
             request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
             response_serializer=bytes,
         )
+        delta = grpc.stream_stream_rpc_method_handler(
+            self.delta_aggregated_resources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=bytes,
+        )
         return grpc.method_handlers_generic_handler(
-            ADS_SERVICE, {"StreamAggregatedResources": sotw}
+            ADS_SERVICE,
+            {"StreamAggregatedResources": sotw, "DeltaAggregatedResources": delta},
         )
 
     async def stream_aggregated_resources(
@@ -85,9 +93,25 @@ class AdsServicer:
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
-        stream = SotwStream(self.cache, self.clock)
+        """ADS state of the world."""
+        await self._serve(SotwStream(self.cache, self.clock), request_iterator, context)
+
+    async def delta_aggregated_resources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> None:
+        """ADS incremental (Delta)."""
+        await self._serve(DeltaStream(self.cache, self.clock), request_iterator, context)
+
+    async def _serve(
+        self,
+        stream: SotwStream | DeltaStream,
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> None:
         watcher = self.cache.watch()
-        inbox: deque[discovery_pb2.DiscoveryRequest] = deque()
+        inbox: deque[Any] = deque()
         closed = asyncio.Event()
 
         async def read() -> None:
@@ -107,19 +131,19 @@ class AdsServicer:
             while True:
                 await watcher.event.wait()
                 pending, scopes_changed = watcher.take()
-                out: list[Response] = []
+                out: list[Response | DeltaResponse] = []
                 while inbox:
-                    req = inbox.popleft()
-                    out += stream.on_request(req)
+                    out += stream.on_request(inbox.popleft())
                     self._count_request(stream)
                 if conn is None and stream.node_id:
-                    conn = self.streams.add(context.peer(), "sotw", stream)
-                    labels = (stream.node_cluster, "sotw")
+                    conn = self.streams.add(context.peer(), stream.protocol, stream)
+                    labels = (stream.node_cluster, stream.protocol)
                     self.metrics.connected_proxies.labels(*labels).inc()
                     log.info(
-                        "proxy connected: node=%s cluster=%s peer=%s",
+                        "proxy connected: node=%s cluster=%s protocol=%s peer=%s",
                         stream.node_id,
                         stream.node_cluster,
+                        stream.protocol,
                         context.peer(),
                     )
                 if pending or scopes_changed:
@@ -138,7 +162,7 @@ class AdsServicer:
             if labels is not None:
                 self.metrics.connected_proxies.labels(*labels).dec()
 
-    def _count_request(self, stream: SotwStream) -> None:
+    def _count_request(self, stream: SotwStream | DeltaStream) -> None:
         outcome = stream.last_outcome
         if outcome is None:
             return
@@ -150,7 +174,7 @@ class AdsServicer:
         elif outcome.kind == "unknown_type":
             log.warning("node=%s asked for unknown type %s", stream.node_id, outcome.type_url)
 
-    def _count_push(self, resp: Response, *, from_change: bool) -> None:
+    def _count_push(self, resp: Response | DeltaResponse, *, from_change: bool) -> None:
         short = SHORT[resp.type_url]
         self.metrics.pushes.labels(short).inc()
         self.metrics.push_bytes.labels(short).inc(resp.size)

@@ -99,6 +99,8 @@ class RequestOutcome:
 class SotwStream:
     """One ADS state-of-the-world stream's subscriptions and what it was sent."""
 
+    protocol = "sotw"
+
     def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
         self.cache = cache
         self.clock = clock

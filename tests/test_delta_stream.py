@@ -1,0 +1,182 @@
+"""The Delta stream state machine, point by point (shared/spec/xds.md, incremental xDS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from tests.test_stream import BASE, Mesh
+from xds_server.server.delta_stream import DeltaResponse, DeltaStream
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+
+def dreq(
+    type_url: str,
+    subscribe: tuple[str, ...] = (),
+    *,
+    unsubscribe: tuple[str, ...] = (),
+    nonce: str = "",
+    error: str | None = None,
+    initial: dict[str, str] | None = None,
+    node: tuple[str, str] | None = None,
+) -> discovery_pb2.DeltaDiscoveryRequest:
+    r = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=type_url,
+        resource_names_subscribe=list(subscribe),
+        resource_names_unsubscribe=list(unsubscribe),
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
+    if node:
+        r.node.id, r.node.cluster = node
+    if error is not None:
+        r.error_detail.message = error
+    return r
+
+
+def names(resp: DeltaResponse) -> list[str]:
+    return [r.name for r in resp.resources]
+
+
+def dstream(mesh: Mesh) -> tuple[DeltaStream, Any]:
+    return DeltaStream(mesh.cache, clock=lambda: 1.0), mesh.cache.watch()
+
+
+def connect(
+    mesh: Mesh, cluster: str = "gateway"
+) -> tuple[DeltaStream, Any, dict[str, DeltaResponse]]:
+    s, w = dstream(mesh)
+    got = {}
+    (cds,) = s.on_request(dreq(CLUSTER, node=("n1", cluster)))
+    got[CLUSTER] = cds
+    s.on_request(dreq(CLUSTER, nonce=cds.nonce))
+    (eds,) = s.on_request(dreq(ENDPOINT, tuple(names(cds))))
+    got[ENDPOINT] = eds
+    s.on_request(dreq(ENDPOINT, nonce=eds.nonce))
+    (lds,) = s.on_request(dreq(LISTENER))
+    got[LISTENER] = lds
+    s.on_request(dreq(LISTENER, nonce=lds.nonce))
+    (rds,) = s.on_request(dreq(ROUTE, tuple(names(lds))))
+    got[ROUTE] = rds
+    s.on_request(dreq(ROUTE, nonce=rds.nonce))
+    return s, w, got
+
+
+def push(mesh: Mesh, s: DeltaStream, w: Any) -> list[DeltaResponse]:
+    pending, scopes = w.take()
+    return s.on_change(pending, scopes)
+
+
+def test_wildcard_and_scope() -> None:
+    mesh = Mesh(BASE)
+    s, _, got = connect(mesh)
+    assert names(got[CLUSTER]) == ["api.default", "web.default", "web.default|v1"]
+    assert names(got[LISTENER]) == ["inner", "public"]
+    assert all(t.state == "SYNCED" for t in s.types.values())
+    _, _, side = connect(mesh, cluster="sidecar")
+    assert names(side[LISTENER]) == ["inner"]
+
+
+def test_subscribing_to_a_missing_name_is_answered_with_removed() -> None:
+    mesh = Mesh(BASE)
+    s, _ = dstream(mesh)
+    (resp,) = s.on_request(dreq(ENDPOINT, ("api.default", "nope.default"), node=("n", "g")))
+    assert names(resp) == ["api.default"]
+    assert resp.removed == ("nope.default",)
+
+
+def test_endpoint_change_is_incremental_and_removal_is_explicit() -> None:
+    mesh = Mesh(BASE)
+    s, w, _ = connect(mesh)
+    mesh.change({"endpoints/default/api/b": {"address": "10.0.0.3"}})
+    (eds,) = push(mesh, s, w)
+    assert names(eds) == ["api.default"] and eds.removed == ()
+    mesh.change(
+        {}, deletes=("services/default/api", "endpoints/default/api/a", "endpoints/default/api/b")
+    )
+    out = push(mesh, s, w)
+    cds = next(r for r in out if r.type_url == CLUSTER)
+    assert cds.removed == ("api.default",) and cds.resources == ()
+
+
+def test_initial_resource_versions_suppress_current_resources() -> None:
+    mesh = Mesh(BASE)
+    _, _, got = connect(mesh)
+    held = {r.name: r.version for r in got[CLUSTER].resources}
+    s, _ = dstream(mesh)
+    assert s.on_request(dreq(CLUSTER, node=("n", "gateway"), initial=held)) == []
+    assert s.types[CLUSTER].state == "SYNCED"
+    # One stale version and one resource that no longer exists.
+    stale = {**held, "api.default": "old", "gone.default": "v"}
+    s2, _ = dstream(mesh)
+    (resp,) = s2.on_request(dreq(CLUSTER, node=("n", "gateway"), initial=stale))
+    assert names(resp) == ["api.default"] and resp.removed == ("gone.default",)
+
+
+def test_nack_recorded_per_response_and_not_resent() -> None:
+    mesh = Mesh(BASE)
+    s, w, _ = connect(mesh)
+    mesh.change({"services/default/api": {"port": 9090, "connect_timeout_ms": 250}})
+    out = push(mesh, s, w)
+    cds = out[0]
+    assert cds.type_url == CLUSTER
+    s.on_request(dreq(CLUSTER, nonce=cds.nonce, error="rejected api.default"))
+    assert s.types[CLUSTER].state == "NACKED"
+    assert s.types[CLUSTER].nack_names == ("api.default",)
+    # Re-subscribing (a request without a nonce) does not resend the rejected content.
+    assert s.on_request(dreq(CLUSTER)) == []
+
+
+def test_changed_cluster_pushes_its_endpoints_unasked() -> None:
+    mesh = Mesh(BASE)
+    s, w, _ = connect(mesh)
+    mesh.change({"services/default/api": {"port": 9090, "connect_timeout_ms": 250}})
+    out = push(mesh, s, w)
+    assert [r.type_url for r in out] == [CLUSTER, ENDPOINT]
+    assert names(out[0]) == ["api.default"] and names(out[1]) == ["api.default"]
+
+
+def test_changed_listener_pushes_its_routes_unasked() -> None:
+    mesh = Mesh(BASE)
+    s, w, _ = connect(mesh)
+    mesh.change({"listeners/inner": {"port": 10002}})
+    out = push(mesh, s, w)
+    assert [(r.type_url, names(r)) for r in out] == [(LISTENER, ["inner"]), (ROUTE, ["inner"])]
+
+
+def test_cluster_removal_waits_for_the_route_that_names_it() -> None:
+    mesh = Mesh(BASE)
+    s, w, _ = connect(mesh)
+    mesh.change(
+        {"routes/default/r": {"listener": "public", "destinations": [{"service": "api"}]}},
+        deletes=("services/default/web", "endpoints/default/web/a"),
+    )
+    out = push(mesh, s, w)
+    kinds = [r.type_url for r in out]
+    assert kinds.index(ROUTE) < len(kinds) - 1 and kinds[-1] == CLUSTER
+    assert set(out[-1].removed) == {"web.default", "web.default|v1"}
+    before_route = [r for r in out[: kinds.index(ROUTE)] if r.type_url == CLUSTER]
+    assert all("web.default|v1" not in r.removed for r in before_route)
+
+
+def test_unsubscribe_and_nonce_independent_subscription_changes() -> None:
+    mesh = Mesh(BASE)
+    s, w, _got = connect(mesh)
+    # A subscription change carried by a request with an old nonce still applies.
+    (resp,) = s.on_request(dreq(ROUTE, ("api.default",), nonce="1"))
+    assert resp.removed == ("api.default",)
+    s.on_request(dreq(ROUTE, unsubscribe=("inner",)))
+    assert "inner" not in s.types[ROUTE].held
+    mesh.change({"listeners/inner": {"port": 10003}})
+    out = push(mesh, s, w)
+    assert [(r.type_url, names(r)) for r in out] == [(LISTENER, ["inner"])]
+
+
+def test_delta_wire_parses() -> None:
+    mesh = Mesh(BASE)
+    _, _, got = connect(mesh)
+    parsed = discovery_pb2.DeltaDiscoveryResponse.FromString(got[CLUSTER].wire())
+    assert [r.name for r in parsed.resources] == names(got[CLUSTER])
+    assert parsed.nonce == got[CLUSTER].nonce and parsed.type_url == CLUSTER
+    assert all(r.version for r in parsed.resources)
