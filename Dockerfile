@@ -24,8 +24,9 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Only what the wheel is made of (pyproject packages xds_server* and adapters*).
-COPY pyproject.toml ./
+# Only what the wheel is made of (pyproject packages xds_server* and adapters*; the README
+# is the package's long description).
+COPY pyproject.toml README.md ./
 COPY xds_server ./xds_server
 COPY adapters ./adapters
 RUN pip wheel --no-deps --wheel-dir /dist .

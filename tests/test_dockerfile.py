@@ -236,7 +236,7 @@ def test_build_stage_inputs_make_a_wheel_with_every_module(tmp_path: Path) -> No
                     shutil.copy2(f, src / rel)
     dist = tmp_path / "dist"
     # No build isolation: this virtualenv's setuptools, so no index is needed here.
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -253,6 +253,8 @@ def test_build_stage_inputs_make_a_wheel_with_every_module(tmp_path: Path) -> No
         capture_output=True,
         timeout=120,
     )
+    # e.g. "File '.../README.md' cannot be found": pyproject names a file the stage lacks.
+    assert "cannot be found" not in built.stderr.decode(), built.stderr.decode()
     (wheel,) = dist.glob("*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
