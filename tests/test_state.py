@@ -416,18 +416,14 @@ def test_merge_keeps_the_latest_problem_state() -> None:
 
 def test_first_reset_loads_everything() -> None:
     mesh = Mesh()
-    mesh.content = {
-        k: Entry(k, raw(v), i + 1)
-        for i, (k, v) in enumerate(
-            [
-                (SVC, web()),
-                (EP1, {"address": "10.0.0.1"}),
-                (RT, route()),
-                (LS, {"port": 1}),
-                (EP2, b"nope"),
-            ]
-        )
-    }
+    pairs: list[tuple[str, Value]] = [
+        (SVC, web()),
+        (EP1, {"address": "10.0.0.1"}),
+        (RT, route()),
+        (LS, {"port": 1}),
+        (EP2, b"nope"),
+    ]
+    mesh.content = {k: Entry(k, raw(v), i + 1) for i, (k, v) in enumerate(pairs)}
     mesh.revision = 9
     changes = mesh.reset()
     assert changes == only(

@@ -183,6 +183,11 @@ VALUES: dict[str, list[Any]] = {
         {},
         {"port": 8081, "subsets": {"v2": {"version": "v2"}}},
         {"protocol": "tcp", "port": 5432},
+        {
+            "port": 8080,
+            "load_balancer": {"algorithm": "ring_hash", "session_affinity": {"header": "x-u"}},
+            "subsets": {"v1": WEB_V1},
+        },
         {"port": 0},
         b"{",
     ],
@@ -207,9 +212,15 @@ VALUES: dict[str, list[Any]] = {
     "/mesh/routes/default/r2": [
         {"listener": "public", "destinations": [{"service": "web"}, {"service": "api"}]},
         {"listener": "public", "destinations": [{"service": "nope"}]},
+        {"listener": "public", "hosts": ["web.default"], "destinations": [{"service": "api"}]},
         b"[]",
     ],
-    "/mesh/listeners/public": [{"port": 10000}, {"port": 10001, "nodes": ["gw-*"]}, {"port": 0}],
+    "/mesh/listeners/public": [
+        {"port": 10000},
+        {"port": 10001, "nodes": ["gw-*"]},
+        {"port": 10000, "protocol": "tcp", "service": "api"},
+        {"port": 0},
+    ],
     "/mesh/listeners/db": [
         {"port": 5432, "protocol": "tcp", "service": "web"},
         {"port": 5432, "protocol": "tcp", "service": "api"},

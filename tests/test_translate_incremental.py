@@ -1,0 +1,95 @@
+"""Incremental translation equals translating the whole state afresh, and Deltas are exact."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+
+from tests.golden import PREFIX, cases, load_entries
+from tests.test_state_props import Op, histories
+from xds_server.registry import Changes, Entry, Event
+from xds_server.state import ChangeSet, RegistryState
+from xds_server.translate import Delta, Translator
+
+Versions = dict[str, dict[str, str]]
+
+
+def versions(translator: Translator) -> Versions:
+    return {t: {n: r.version for n, r in res.items()} for t, res in translator.index.items()}
+
+
+def afresh(state: RegistryState) -> Versions:
+    """The index a new Translator builds from everything in force."""
+    translator = Translator()
+    translator.update(
+        state,
+        ChangeSet(
+            services=set(state.services),
+            endpoints=set(state.endpoints),
+            routes=set(state.routes),
+            listeners=set(state.listeners),
+        ),
+    )
+    return versions(translator)
+
+
+def assert_delta_exact(before: Versions, translator: Translator, delta: Delta) -> None:
+    after = versions(translator)
+    for type_url in after:
+        expected = {
+            name: after[type_url].get(name)
+            for name in before[type_url].keys() | after[type_url].keys()
+            if before[type_url].get(name) != after[type_url].get(name)
+        }
+        got = {
+            name: None if res is None else res.version
+            for name, res in delta.changed[type_url].items()
+        }
+        assert got == expected, type_url
+
+
+class Pipeline:
+    """State and translator fed one registry event at a time, checked after each."""
+
+    def __init__(self) -> None:
+        self.state = RegistryState(PREFIX)
+        self.translator = Translator()
+        self.revision = 0
+
+    def apply(self, event: Event) -> None:
+        before = versions(self.translator)
+        changes = self.state.apply(Changes(event.revision, (event,)))
+        delta = self.translator.update(self.state, changes)
+        assert_delta_exact(before, self.translator, delta)
+        assert versions(self.translator) == afresh(self.state)
+
+    def put(self, entry: Entry) -> None:
+        self.revision += 1
+        self.apply(Event("put", entry.key, entry.value, self.revision))
+
+    def delete(self, key: str) -> None:
+        self.revision += 1
+        self.apply(Event("delete", key, b"", self.revision))
+
+
+def test_golden_cases_built_and_torn_down_one_key_at_a_time() -> None:
+    for case in cases():
+        entries = load_entries(case)
+        for order in (entries, entries[::-1]):
+            pipeline = Pipeline()
+            for entry in order:
+                pipeline.put(entry)
+            assert any(pipeline.translator.index.values()), case
+            for entry in order:
+                pipeline.delete(entry.key)
+            assert not any(pipeline.translator.index.values()), case
+
+
+@settings(max_examples=120, deadline=None)
+@given(history=histories)
+def test_random_histories_translate_incrementally(history: list[Op]) -> None:
+    pipeline = Pipeline()
+    for op in history:
+        if op.value is None:
+            pipeline.delete(op.key)
+        else:
+            pipeline.put(Entry(op.key, op.value, 0))
