@@ -25,6 +25,8 @@ from google.protobuf import json_format
 from tests.golden import cases, load_entries, messages, translate
 from xds_server.translate import Translator
 
+pytestmark = pytest.mark.envoy
+
 HCM = "envoy.filters.network.http_connection_manager"
 ENVOY = shutil.which("envoy")
 
@@ -121,6 +123,3 @@ def test_validate_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     code, text = envoy_validate({"broken": path})["broken"]
     assert code != 0
     assert "missing" in text
-
-
-pytestmark = pytest.mark.envoy
