@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from xds_server.model import Endpoint, Service
+from xds_server.translate import eds_wire
 from xds_server.translate.names import ENDPOINT, cluster_name
-from xds_server.translate.resource import Resource, make_resource
+from xds_server.translate.resource import Resource, resource_from_bytes
 
 Resolver = Callable[[str], tuple[str, ...]]
 """Maps a DNS name to the addresses it currently resolves to (empty: unresolved)."""
@@ -19,57 +20,73 @@ def _no_dns(name: str) -> tuple[str, ...]:
     return ()
 
 
-def build_cla(
-    name: str,
+Plan = list[tuple[str, list[tuple[str, int, int, int]], int]]
+"""Locality groups: (zone, [(address, port, health_status, weight)], total weight)."""
+
+
+def plan(
     service: Service,
     endpoints: Iterable[Endpoint],
     resolve: Resolver = _no_dns,
     health: Mapping[str, int] | None = None,
-) -> endpoint_pb2.ClusterLoadAssignment:
-    """The ClusterLoadAssignment for cluster ``name`` from the endpoints it selects.
+) -> Plan:
+    """What a ClusterLoadAssignment holds, in order: zones become localities.
 
-    Zones become localities. Every locality group carries a locality and a
-    weight: proxyless gRPC clients NACK groups without a locality and ignore
-    groups of weight 0 (xds.md point 6). ``health`` maps endpoint ids to an
-    Envoy HealthStatus decided by the mesh (HDS aggregation, later).
+    Draining endpoints are DRAINING; ``health`` maps endpoint ids to an Envoy
+    HealthStatus decided by the mesh; names are replaced by their addresses.
+    Groups whose weights sum to 0 (no address yet) are left out.
     """
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     by_zone: dict[str, list[Endpoint]] = {}
     for ep in sorted(endpoints, key=lambda e: e.id):
         by_zone.setdefault(ep.zone, []).append(ep)
+    out: Plan = []
     for zone in sorted(by_zone):
-        group = cla.endpoints.add()
-        group.locality.zone = zone
-        group.locality.SetInParent()
+        rows: list[tuple[str, int, int, int]] = []
         total = 0
         for ep in by_zone[zone]:
-            addresses = (ep.address,) if ep.is_ip else resolve(ep.address)
             port = ep.port if ep.port is not None else service.port
             assert port is not None  # state rejects endpoints with no port to use
-            for addr in addresses:
-                lb = group.lb_endpoints.add()
-                lb.endpoint.address.socket_address.CopyFrom(
-                    address_pb2.SocketAddress(address=addr, port_value=port)
-                )
-                lb.load_balancing_weight.value = ep.weight
-                if ep.draining:
-                    lb.health_status = health_check_pb2.DRAINING
-                elif health and ep.id in health:
-                    lb.health_status = health[ep.id]  # type: ignore[assignment]
-                lb.metadata.CopyFrom(_metadata(ep))
+            status = health_check_pb2.UNKNOWN
+            if ep.draining:
+                status = health_check_pb2.DRAINING
+            elif health and ep.id in health:
+                status = health[ep.id]  # type: ignore[assignment]
+            for addr in (ep.address,) if ep.is_ip else resolve(ep.address):
+                rows.append((addr, port, status, ep.weight))
                 total += ep.weight
-        if total == 0:
-            cla.endpoints.pop()
-        else:
-            group.load_balancing_weight.value = min(total, 2**32 - 1)
+        if total:
+            out.append((zone, rows, min(total, 2**32 - 1)))
+    return out
+
+
+def build_cla(name: str, groups: Plan) -> endpoint_pb2.ClusterLoadAssignment:
+    """The ClusterLoadAssignment as a message (the reference for :mod:`eds_wire`).
+
+    Every locality group carries a locality (possibly empty) and a weight:
+    proxyless gRPC clients NACK groups without a locality and ignore groups of
+    weight 0 (xds.md point 6).
+    """
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    for zone, rows, total in groups:
+        group = cla.endpoints.add(locality=base_pb2.Locality(zone=zone))
+        group.load_balancing_weight.value = total
+        for addr, port, status, weight in rows:
+            lb = group.lb_endpoints.add(health_status=status)  # type: ignore[arg-type]
+            lb.endpoint.address.socket_address.address = addr
+            lb.endpoint.address.socket_address.port_value = port
+            lb.load_balancing_weight.value = weight
     return cla
 
 
-def _metadata(ep: Endpoint) -> base_pb2.Metadata:
-    # The endpoint id in metadata lets /clusters and access logs name the instance.
-    md = base_pb2.Metadata()
-    md.filter_metadata["apg.mesh"].update({"id": ep.id})
-    return md
+def encode_cla(name: str, groups: Plan) -> bytes:
+    """The same ClusterLoadAssignment, encoded directly (fast path)."""
+    return eds_wire.cluster_load_assignment(
+        name,
+        [
+            eds_wire.locality_group(zone, [eds_wire.lb_endpoint(*row) for row in rows], total)
+            for zone, rows, total in groups
+        ],
+    )
 
 
 def service_assignments(
@@ -80,15 +97,13 @@ def service_assignments(
 ) -> list[Resource]:
     """Every ClusterLoadAssignment of a service: its own, then one per subset."""
     eps = list(endpoints.values())
+    name = cluster_name(service.ref)
     out = [
-        make_resource(
-            ENDPOINT,
-            cluster_name(service.ref),
-            build_cla(cluster_name(service.ref), service, eps, resolve, health),
-        )
+        resource_from_bytes(ENDPOINT, name, encode_cla(name, plan(service, eps, resolve, health)))
     ]
     for subset, selector in service.subsets:
         name = cluster_name(service.ref, subset)
         chosen = [e for e in eps if e.matches(selector)]
-        out.append(make_resource(ENDPOINT, name, build_cla(name, service, chosen, resolve, health)))
+        groups = plan(service, chosen, resolve, health)
+        out.append(resource_from_bytes(ENDPOINT, name, encode_cla(name, groups)))
     return out

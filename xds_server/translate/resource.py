@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
 
 def encode_varint(value: int) -> bytes:
     """Protobuf base-128 varint."""
+    if value < 128:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -67,7 +71,13 @@ def make_resource(
     type_url: str, name: str, msg: Message, refs: frozenset[str] = frozenset()
 ) -> Resource:
     """Serialize ``msg`` deterministically and wrap it for sending."""
-    body = msg.SerializeToString(deterministic=True)
+    return resource_from_bytes(type_url, name, msg.SerializeToString(deterministic=True), refs)
+
+
+def resource_from_bytes(
+    type_url: str, name: str, body: bytes, refs: frozenset[str] = frozenset()
+) -> Resource:
+    """Wrap an already serialized message (see :mod:`xds_server.translate.eds_wire`)."""
     version = hashlib.blake2b(body, digest_size=12).hexdigest()
     digest = int.from_bytes(
         hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=16).digest(), "big"
