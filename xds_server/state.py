@@ -22,6 +22,7 @@ cost more than the change itself.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -192,8 +193,18 @@ class RegistryState:
                 by_kind["endpoints"] |= self._endpoint_keys.get(svc, set())
             by_kind["routes"] |= self._route_keys
             by_kind["listeners"] |= self._listener_keys
+        if by_kind["listeners"]:
+            # Listeners can clash with each other (same address and port for the same
+            # nodes): re-check them all, oldest first, so the outcome is deterministic.
+            by_kind["listeners"] |= self._listener_keys
         for kind in ("endpoints", "routes", "listeners"):
-            for key in by_kind[kind]:
+            keys = by_kind[kind]
+            ordered = (
+                sorted(keys, key=lambda k: (self._raw.get(k, 0), k))
+                if kind == "listeners"
+                else keys
+            )
+            for key in ordered:
                 self._resolve_key(key, changes)
         for key in dirty:
             if key not in self._raw:
@@ -215,12 +226,20 @@ class RegistryState:
             problem = Problem(key, error[0], error[1], self._raw.get(key, 0))
         else:
             problem = schema_problem
-        # The current value cannot be served: keep the last good one if it still resolves.
-        if previous is not None and key in self._raw and self._check_refs(previous) is None:
+        # The current value cannot be served: keep the last good one if it resolves. That
+        # is the value in force, or, when the current raw value is invalid and the key had
+        # dropped out (say its service was deleted meanwhile), its last schema-valid value.
+        fallbacks = [previous]
+        if schema_problem is not None:
+            fallbacks.append(self._latest.get(key))
+        for fallback in fallbacks:
+            if fallback is None or key not in self._raw or self._check_refs(fallback) is not None:
+                continue
             if problem is not None:
                 problem = Problem(
                     problem.key, problem.field, problem.reason, problem.revision, True
                 )
+            self._set_force(key, fallback, changes)
             self._set_problem(key, problem, changes)
             return
         self._set_force(key, None, changes)
@@ -251,12 +270,16 @@ class RegistryState:
                         f"service {d.service} speaks tcp, not http",
                     )
             return None
-        if (
-            isinstance(entity, Listener)
-            and entity.service is not None
-            and entity.service not in self.services
-        ):
-            return ("service", f"unknown service {entity.service}")
+        if isinstance(entity, Listener):
+            if entity.service is not None and entity.service not in self.services:
+                return ("service", f"unknown service {entity.service}")
+            for other in self.listeners.values():
+                if other.name != entity.name and _listeners_clash(entity, other):
+                    return (
+                        "port",
+                        f"{entity.address}:{entity.port} is already used by listener "
+                        f"{other.name} for the same nodes",
+                    )
         return None
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -311,3 +334,21 @@ class RegistryState:
             self.problems[key] = problem
             changes.problems_set[key] = problem
             changes.problems_cleared.discard(key)
+
+
+_ANY = frozenset({"0.0.0.0", "::"})
+
+
+def _listeners_clash(a: Listener, b: Listener) -> bool:
+    """Would one Envoy be asked to bind both? Same port, overlapping address and nodes."""
+    if a.port != b.port:
+        return False
+    if a.address != b.address and not ({a.address, b.address} & _ANY):
+        return False
+    # Node globs overlap if either could match the other (an approximation that errs
+    # towards reporting a clash: a rejected listener is reported, a clash would be NACKed).
+    return any(
+        x == y or fnmatch.fnmatchcase(x, y) or fnmatch.fnmatchcase(y, x)
+        for x in a.nodes
+        for y in b.nodes
+    )

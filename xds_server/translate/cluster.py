@@ -5,6 +5,7 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import config_source_pb2, health_check_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import http_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from xds_server.model import HealthCheck, Service
@@ -84,7 +85,7 @@ def health_check(hc: HealthCheck, protocol: str) -> health_check_pb2.HealthCheck
     else:
         out.http_health_check.path = hc.path
         if protocol in ("http2", "grpc"):
-            out.http_health_check.codec_client_type = 2  # HTTP2 (envoy.type.v3.CodecClientType)
+            out.http_health_check.codec_client_type = http_pb2.HTTP2
     return out
 
 

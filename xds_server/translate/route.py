@@ -89,7 +89,8 @@ def rate_limit_config(rl: RateLimit) -> any_pb2.Any:
     cfg = local_rate_limit_pb2.LocalRateLimit(
         stat_prefix="route_rate_limit",
         token_bucket=token_bucket_pb2.TokenBucket(
-            max_tokens=rl.burst,
+            # A bucket smaller than one fill would cap the rate below what was asked.
+            max_tokens=max(rl.burst, per_fill),
             tokens_per_fill=u32(per_fill),
             fill_interval=duration_pb2.Duration(
                 seconds=interval_ns // 1_000_000_000, nanos=interval_ns % 1_000_000_000
@@ -152,7 +153,12 @@ def build_route_configuration(
     for route in routes:
         for host in route.hosts:
             by_host.setdefault(host, []).append(route)
-    defaults = {service_host(s.ref): s for s in services.values() if s.protocol != "tcp"}
+    # Every spelling of every HTTP service's default host, and which service owns it.
+    owner: dict[str, Service] = {}
+    for service in sorted(services.values(), key=lambda s: s.ref):
+        if service.protocol != "tcp":
+            for domain in _service_domains(service):
+                owner[domain] = service
     config = route_pb2.RouteConfiguration(name=name)
     refs: set[str] = set()
     taken: set[str] = set(by_host)
@@ -161,24 +167,25 @@ def build_route_configuration(
         for route in sorted(by_host[host], key=route_order):
             vh.routes.append(build_route(route, services))
             refs.update(cluster_name(d.service, d.subset) for d in route.destinations if d.weight)
-        svc = defaults.get(host)
-        if svc is not None:
-            for domain in _service_domains(svc)[1:]:
+        owned = owner.get(host)
+        if owned is not None:
+            # A route names the service's host (with or without port): its virtual host
+            # takes the other spelling too if free, and ends with the default route.
+            for domain in _service_domains(owned):
                 if domain not in taken:
                     vh.domains.append(domain)
                     taken.add(domain)
-            vh.routes.append(_default_route(svc))
-            refs.add(cluster_name(svc.ref))
+            vh.routes.append(_default_route(owned))
+            refs.add(cluster_name(owned.ref))
         config.virtual_hosts.append(vh)
-    for host in sorted(defaults):
-        if host in by_host:
-            continue
-        svc = defaults[host]
+    for svc in sorted({id(s): s for s in owner.values()}.values(), key=lambda s: s.ref):
         domains = [d for d in _service_domains(svc) if d not in taken]
         if not domains:
             continue
         taken.update(domains)
-        vh = rc.VirtualHost(name=f"service:{host}", domains=domains, routes=[_default_route(svc)])
+        vh = rc.VirtualHost(
+            name=f"service:{service_host(svc.ref)}", domains=domains, routes=[_default_route(svc)]
+        )
         config.virtual_hosts.append(vh)
         refs.add(cluster_name(svc.ref))
     return config, frozenset(refs)
