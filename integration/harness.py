@@ -129,6 +129,18 @@ def _stop_all() -> None:
             obj.stop()
 
 
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """Prefix ``cmd`` so the kernel sends it SIGTERM if this process dies without stopping it.
+
+    ``kill -9`` of a demo or test run must not leave Envoys and backends behind. The death
+    signal follows the forking *thread*, so only the main thread's children get it.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv and threading.current_thread() is threading.main_thread():
+        return [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+    return cmd
+
+
 def _terminate(proc: subprocess.Popen[Any], timeout: float) -> int:
     """SIGTERM the child's process group, wait, then SIGKILL the group if needed."""
     # The child leads its own session and group (start_new_session), so signalling the group
@@ -218,7 +230,7 @@ class EnvoyProcess:
         self.admin_address_path.unlink(missing_ok=True)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.args,
+            die_with_parent(self.args),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -439,7 +451,7 @@ class BackendProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "integration.backend", "--name", name, "--host", host]
         self.proc = subprocess.Popen(
-            [*cmd, "--port", str(port)],
+            die_with_parent([*cmd, "--port", str(port)]),
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
