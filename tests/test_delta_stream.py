@@ -167,7 +167,7 @@ def test_unsubscribe_and_nonce_independent_subscription_changes() -> None:
     (resp,) = s.on_request(dreq(ROUTE, ("api.default",), nonce="1"))
     assert resp.removed == ("api.default",)
     s.on_request(dreq(ROUTE, unsubscribe=("inner",)))
-    assert "inner" not in s.types[ROUTE].held
+    assert "inner" not in s.types[ROUTE].subscribed
     mesh.change({"listeners/inner": {"port": 10003}})
     out = push(mesh, s, w)
     assert [(r.type_url, names(r)) for r in out] == [(LISTENER, ["inner"])]

@@ -7,7 +7,6 @@ Envoy checks the very resources the translator would send.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,13 +21,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from integration.harness import envoy_binary
 from tests.golden import cases, load_entries, messages, translate
 from xds_server.translate import Translator
 
 pytestmark = pytest.mark.envoy
 
 HCM = "envoy.filters.network.http_connection_manager"
-ENVOY = shutil.which("envoy")
+ENVOY: str | None = envoy_binary()  # ENVOY_BIN, the venv's bundled binary, or PATH
 
 
 def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
@@ -69,7 +69,7 @@ def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
 
 def envoy_validate(configs: dict[str, Path]) -> dict[str, tuple[int, str]]:
     """Run ``envoy --mode validate`` on several files at once: name -> (exit code, output)."""
-    assert ENVOY is not None, "envoy is not on PATH"
+    assert ENVOY is not None, "no envoy binary found"
     procs = {
         name: subprocess.Popen(
             [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],

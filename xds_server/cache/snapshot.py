@@ -7,15 +7,23 @@ clusters (with endpoints) they need. Scopes are memoized per node cluster and
 shared by every node with the same listener set, and their type versions are
 XORs of per-resource digests so they update in O(changed).
 
-Streams register a :class:`Watcher`; each change appends the changed names to
-every watcher and wakes it. A slow stream only accumulates names; it never
-holds up the others (backpressure stays per stream).
+Per-stream state is kept small by sharing: subscription sets are interned
+(every Envoy of a scope asks for the same cluster names), the complete set of
+a type in a scope and the version of a subscription are memoized per type
+generation, and encoded responses that come out identical for many streams
+are built once (:meth:`ConfigCache.shared_wire`).
+
+Streams register a :class:`Watcher`; each change records, per type, the names
+that changed with the resource each had before the first unseen change, and
+wakes the stream. A slow stream only accumulates names; it never holds up the
+others (backpressure stays per stream).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Mapping
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import Listener
@@ -25,8 +33,11 @@ from xds_server.translate.translator import Delta
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 
+Pending = dict[str, dict[str, Resource | None]]
+"""Type URL -> changed name -> the resource before the change (None: it did not exist)."""
 
-@dataclass
+
+@dataclass(eq=False)
 class Scope:
     """The wildcard selection of one node scope (a set of listener names)."""
 
@@ -34,6 +45,9 @@ class Scope:
     http: frozenset[str]
     tcp_clusters: frozenset[str]
     cache: ConfigCache
+    _full: dict[str, tuple[int, str, tuple[Resource, ...], frozenset[str]]] = field(
+        default_factory=dict
+    )
 
     @property
     def all_clusters(self) -> bool:
@@ -53,27 +67,34 @@ class Scope:
     def xor(self, type_url: str) -> int:
         if type_url in (CLUSTER, ENDPOINT) and self.all_clusters:
             return self.cache.xors[type_url]
-        index = self.cache.index[type_url]
-        acc = 0
-        for name in self.names(type_url):
-            res = index.get(name)
-            if res is not None:
-                acc ^= res.digest
-        return acc
+        return self.cache.xor_of(type_url, self.names(type_url))
 
     def version(self, type_url: str) -> str:
         return set_version(self.xor(type_url))
 
+    def full(self, type_url: str) -> tuple[str, tuple[Resource, ...], frozenset[str]]:
+        """(version, resources sorted by name, their names): shared until the type changes."""
+        gen = self.cache.type_generation[type_url]
+        memo = self._full.get(type_url)
+        if memo is not None and memo[0] == gen:
+            return memo[1], memo[2], memo[3]
+        index = self.cache.index[type_url]
+        names = sorted(n for n in self.names(type_url) if n in index)
+        resources = tuple(index[n] for n in names)
+        result = (self.version(type_url), resources, frozenset(names))
+        self._full[type_url] = (gen, *result)
+        return result
+
 
 @dataclass(eq=False)
 class Watcher:
-    """A stream's inbox: names changed per type since it last looked, and a wake-up event."""
+    """A stream's inbox: names changed per type (with their old resource), and a wake-up."""
 
     event: asyncio.Event = field(default_factory=asyncio.Event)
-    pending: dict[str, set[str]] = field(default_factory=dict)
+    pending: Pending = field(default_factory=dict)
     scopes_changed: bool = False
 
-    def take(self) -> tuple[dict[str, set[str]], bool]:
+    def take(self) -> tuple[Pending, bool]:
         pending, scopes = self.pending, self.scopes_changed
         self.pending, self.scopes_changed = {}, False
         self.event.clear()
@@ -81,11 +102,12 @@ class Watcher:
 
 
 class ConfigCache:
-    """Global index of translated resources plus scopes and watchers."""
+    """Global index of translated resources plus scopes, watchers and shared memos."""
 
     def __init__(self) -> None:
         self.index: dict[str, dict[str, Resource]] = {t: {} for t in TYPE_ORDER}
         self.xors: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        self.type_generation: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
         self.generation = 0
         self.revision = 0
         self.changed_at = 0.0  # time.monotonic() when the change being pushed reached meshd
@@ -94,6 +116,11 @@ class ConfigCache:
         self._scopes: dict[str, Scope] = {}
         self._scope_by_set: dict[frozenset[str], Scope] = {}
         self._watchers: set[Watcher] = set()
+        self._interned: dict[frozenset[str], frozenset[str]] = {}
+        self._intern_limit = 1024
+        self._set_xors: dict[tuple[str, frozenset[str]], tuple[int, int]] = {}
+        self._wire: dict[tuple[object, ...], bytes] = {}
+        self._wire_generation = -1
 
     # -- writes -----------------------------------------------------------------------
 
@@ -107,27 +134,38 @@ class ConfigCache:
         """Install translated changes and wake every watcher."""
         self.revision = revision
         self.changed_at = observed_at
+        olds: dict[str, dict[str, Resource | None]] = {}
         for type_url, changed in delta.changed.items():
+            if not changed:
+                continue
             index = self.index[type_url]
+            before = olds[type_url] = {}
             for name, res in changed.items():
                 old = index.pop(name, None)
+                before[name] = old
                 if old is not None:
                     self.xors[type_url] ^= old.digest
                 if res is not None:
                     index[name] = res
                     self.xors[type_url] ^= res.digest
+            self.type_generation[type_url] += 1
         if delta.listeners_changed or not self._listeners:
             self._listeners = dict(listeners)
             self._scopes.clear()
             self._scope_by_set.clear()
         self.generation += 1
         self.ready.set()
-        if not delta and not delta.listeners_changed:
+        if not olds and not delta.listeners_changed:
             return
         for w in self._watchers:
-            for type_url, changed in delta.changed.items():
-                if changed:
-                    w.pending.setdefault(type_url, set()).update(changed)
+            for type_url, before in olds.items():
+                mine = w.pending.setdefault(type_url, {})
+                if not mine:
+                    mine.update(before)
+                else:
+                    for name, old in before.items():
+                        # Keep the oldest unseen value: it is what the client holds.
+                        mine.setdefault(name, old)
             if delta.listeners_changed:
                 w.scopes_changed = True
             w.event.set()
@@ -166,6 +204,42 @@ class ConfigCache:
             if res is not None:
                 acc ^= res.digest
         return acc
+
+    def intern(self, names: Iterable[str]) -> frozenset[str]:
+        """One shared frozenset per distinct subscription (every Envoy asks the same)."""
+        fs = frozenset(names)
+        shared = self._interned.setdefault(fs, fs)
+        if len(self._interned) > self._intern_limit:
+            self._sweep_interned()
+        return shared
+
+    def _sweep_interned(self) -> None:
+        # Drop sets no stream holds any more: the table and getrefcount's argument are
+        # the only references left (key and value are the same object).
+        for fs in [fs for fs in self._interned if sys.getrefcount(fs) <= 4]:
+            del self._interned[fs]
+        self._set_xors = {k: v for k, v in self._set_xors.items() if k[1] in self._interned}
+        self._intern_limit = max(1024, 2 * len(self._interned))
+
+    def subscription_xor(self, type_url: str, names: frozenset[str]) -> int:
+        """XOR of the digests of the existing resources among ``names``, memoized."""
+        gen = self.type_generation[type_url]
+        memo = self._set_xors.get((type_url, names))
+        if memo is not None and memo[0] == gen:
+            return memo[1]
+        xor = self.xor_of(type_url, names)
+        self._set_xors[(type_url, names)] = (gen, xor)
+        return xor
+
+    def shared_wire(self, key: tuple[object, ...], build: Callable[[], bytes]) -> bytes:
+        """Encoded responses that many streams get identically are built once per generation."""
+        if self._wire_generation != self.generation:
+            self._wire.clear()
+            self._wire_generation = self.generation
+        wire = self._wire.get(key)
+        if wire is None:
+            wire = self._wire[key] = build()
+        return wire
 
     def watch(self) -> Watcher:
         w = Watcher()

@@ -149,7 +149,7 @@ class AdsServicer:
                 if pending or scopes_changed:
                     out += stream.on_change(pending, scopes_changed)
                 for resp in out:
-                    await context.write(resp.wire())
+                    await context.write(resp.wire(self.cache))
                     self._count_push(resp, from_change=bool(pending or scopes_changed))
                 if closed.is_set() and not inbox:
                     return

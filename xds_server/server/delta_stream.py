@@ -19,29 +19,27 @@ the incremental protocol's rules (xDS "Incremental xDS" and ``shared/spec/xds.md
   even when they did not change (point 2).
 * Removal of a cluster that a held route configuration or listener still names
   waits until that holder has been replaced (point 3).
+
+Like the SotW stream, it keeps no per-resource map: once synced, the client
+holds the index's versions for its scope and subscription, apart from the
+names its watcher reports as changed (with the resources they replaced).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import WILDCARD_TYPES, ConfigCache, Scope
+from xds_server.cache.snapshot import Pending
 from xds_server.server.stream import RequestOutcome, SyncState
 from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.resource import Resource, set_version, string_field
 
 _FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
-
-
-def digest_of(name: str, version: str) -> int:
-    """The digest :func:`make_resource` gives a resource of this name and version."""
-    return int.from_bytes(
-        hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=16).digest(), "big"
-    )
+_INFLIGHT_MAX = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +52,7 @@ class DeltaResponse:
     resources: tuple[Resource, ...]
     removed: tuple[str, ...] = ()
 
-    def wire(self) -> bytes:
+    def encode(self) -> bytes:
         parts = [string_field(1, self.version)]
         for r in self.resources:
             parts += (r.delta_prefix, r.body, r.delta_suffix)
@@ -62,21 +60,26 @@ class DeltaResponse:
         parts += [string_field(6, name) for name in self.removed]
         return b"".join(parts)
 
+    def wire(self, cache: ConfigCache | None = None) -> bytes:
+        """The encoded response; identical ones are built once through ``cache``."""
+        if cache is None:
+            return self.encode()
+        names = tuple(r.name for r in self.resources)
+        key = ("delta", self.type_url, self.version, self.nonce, names, self.removed)
+        return cache.shared_wire(key, self.encode)
+
     @property
     def size(self) -> int:
         return sum(len(r.body) for r in self.resources)
 
 
-@dataclass
+@dataclass(slots=True)
 class DeltaTypeStatus:
-    """What one Delta stream holds of one resource type."""
+    """What one Delta stream knows of one resource type (no per-resource maps)."""
 
     started: bool = False
     wildcard: bool = False
-    subscribed: set[str] = field(default_factory=set)
-    held: dict[str, str] = field(default_factory=dict)  # name -> version the client has
-    sent: dict[str, Resource] = field(default_factory=dict)  # the resources behind ``held``
-    xor: int = 0
+    subscribed: frozenset[str] = frozenset()
     version: str = ""
     nonce: str = ""
     acked: bool = False
@@ -84,8 +87,10 @@ class DeltaTypeStatus:
     nack: str | None = None
     nack_names: tuple[str, ...] = ()
     last_push: float | None = None
-    retained: frozenset[str] = frozenset()
+    retained: dict[str, Resource] = field(default_factory=dict)
     inflight: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    nonce_gen: int = -1
+    nonce_seq: int = 0
 
     @property
     def state(self) -> SyncState:
@@ -95,28 +100,21 @@ class DeltaTypeStatus:
             return "NACKED"
         return "SYNCED" if self.acked else "STALE"
 
-    def hold(self, name: str, version: str, res: Resource | None) -> None:
-        old = self.held.get(name)
-        if old is not None:
-            self.xor ^= digest_of(name, old)
-        self.held[name] = version
-        self.xor ^= res.digest if res is not None else digest_of(name, version)
-        if res is not None:
-            self.sent[name] = res
-        else:
-            self.sent.pop(name, None)
-
-    def drop(self, name: str) -> None:
-        old = self.held.pop(name, None)
-        if old is not None:
-            self.xor ^= digest_of(name, old)
-        self.sent.pop(name, None)
-
 
 class DeltaStream:
     """One Delta ADS stream's subscriptions and what the client holds."""
 
     protocol = "delta"
+    __slots__ = (
+        "_pending",
+        "cache",
+        "clock",
+        "last_outcome",
+        "node_cluster",
+        "node_id",
+        "scope",
+        "types",
+    )
 
     def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
         self.cache = cache
@@ -125,8 +123,8 @@ class DeltaStream:
         self.node_cluster = ""
         self.scope: Scope | None = None
         self.types: dict[str, DeltaTypeStatus] = {}
-        self._nonces = 0
         self.last_outcome: RequestOutcome | None = None
+        self._pending: Pending = {}
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -139,62 +137,81 @@ class DeltaStream:
         if t not in TYPE_ORDER:
             self.last_outcome = RequestOutcome("unknown_type", t)
             return []
-        ts = self.types.setdefault(t, DeltaTypeStatus())
+        ts = self.types.get(t)
+        if ts is None:
+            ts = self.types[t] = DeltaTypeStatus()
         first = not ts.started
         self._ack_or_nack(t, ts, req, first)
-        if first:
-            index = self.cache.index[t]
-            for name, version in req.initial_resource_versions.items():
-                res = index.get(name)
-                ts.hold(name, version, res if res is not None and res.version == version else None)
         subs = set(req.resource_names_subscribe)
         unsubs = set(req.resource_names_unsubscribe)
+        toggled = "*" in subs or "*" in unsubs
         if t in WILDCARD_TYPES and ((first and not subs) or "*" in subs):
             ts.wildcard = True
         if "*" in unsubs:
             ts.wildcard = False
         subs.discard("*")
         unsubs.discard("*")
-        ts.subscribed |= subs
-        ts.subscribed -= unsubs
-        for name in unsubs:
-            if not self._in_scope(t, ts, name):
-                ts.drop(name)  # the client forgets what it unsubscribed
+        if subs or unsubs:
+            ts.subscribed = self.cache.intern((ts.subscribed | subs) - unsubs)
         ts.started = True
-        wildcard_toggled = (
-            "*" in req.resource_names_subscribe or "*" in req.resource_names_unsubscribe
-        )
-        check = subs
-        if first or wildcard_toggled:
-            check = self._desired_names(t, ts) | set(ts.held)
-        out = self._compute(t, ts, check, announce_missing=subs)
-        if first and not out and ts.held:
-            # Reconnected holding exactly the current versions (point 4): in sync, nothing sent.
-            ts.version = ts.acked_version = set_version(ts.xor)
+        index = self.cache.index[t]
+        send: list[Resource] = []
+        removed: list[str] = []
+        if first or toggled:
+            held = req.initial_resource_versions if first else {}
+            for name in sorted(self._desired_names(t, ts) | set(held)):
+                res = index.get(name) if self._in_scope(t, ts, name) else None
+                if res is None:
+                    if name in held or name in subs:
+                        removed.append(name)  # held but gone, or subscribed but missing
+                elif held.get(name) != res.version:
+                    send.append(res)
+        else:
+            for name in sorted(subs):
+                res = index.get(name)
+                if res is None:
+                    removed.append(name)  # subscribed, but there is no such resource
+                else:
+                    send.append(res)
+        out = self._emit(t, ts, send, removed)
+        if first and not out and (req.initial_resource_versions or not self._desired_names(t, ts)):
+            # Reconnected holding exactly the current versions (point 4): in sync.
+            ts.version = ts.acked_version = self._version(t, ts)
             ts.acked = True
         return out + self._release_retained()
 
-    def on_change(self, pending: dict[str, set[str]], scopes_changed: bool) -> list[DeltaResponse]:
+    def on_change(self, pending: Pending, scopes_changed: bool) -> list[DeltaResponse]:
+        old_scope = self.scope
         if scopes_changed and self.scope is not None:
             self.scope = self.cache.scope(self.node_cluster)
+        self._pending = pending
         out: list[DeltaResponse] = []
         force: dict[str, set[str]] = {}
-        for t in TYPE_ORDER:
-            ts = self.types.get(t)
-            if ts is None or not ts.started:
-                continue
-            check = set(pending.get(t, ())) | force.get(t, set())
-            if scopes_changed and ts.wildcard:
-                check |= set(self._desired_names(t, ts)) | set(ts.held)
-            if not check:
-                continue
-            resp = self._compute(t, ts, check, force=force.get(t, set()))
-            out += resp
-            if t in _FOLLOWS and resp:
-                # Point 2: over Delta, Envoy re-warms a changed Cluster (Listener) without
-                # asking again: push its ClusterLoadAssignment (RouteConfiguration) now.
-                changed = {r.name for r in resp[0].resources}
-                force[_FOLLOWS[t]] = changed
+        try:
+            for t in TYPE_ORDER:
+                ts = self.types.get(t)
+                if ts is None or not ts.started:
+                    continue
+                changed = dict(pending.get(t, {}))
+                if scopes_changed and ts.wildcard and old_scope is not None:
+                    before, after = set(old_scope.names(t)), set(self.scope.names(t))  # type: ignore[union-attr]
+                    for name in before ^ after:
+                        changed.setdefault(name, self.cache.index[t].get(name))
+                for name in force.get(t, ()):
+                    if self._in_scope(t, ts, name):
+                        changed.setdefault(name, self.cache.index[t].get(name))
+                if not changed:
+                    continue
+                resp = self._compute(t, ts, changed, force.get(t, set()))
+                out += resp
+                if t in _FOLLOWS and resp:
+                    # Point 2: over Delta, Envoy re-warms a changed Cluster (Listener)
+                    # without asking again: push its assignment (routes) now.
+                    force[_FOLLOWS[t]] = {
+                        r.name for r in resp[0].resources if changed.get(r.name) is not None
+                    }
+        finally:
+            self._pending = {}
         return out + self._release_retained()
 
     # -- internals ------------------------------------------------------------------------
@@ -227,12 +244,31 @@ class DeltaStream:
             names.update(self.scope.names(t))
         return names
 
+    def _version(self, t: str, ts: DeltaTypeStatus) -> str:
+        if ts.wildcard and self.scope is not None:
+            xor = self.scope.xor(t)
+            extra = ts.subscribed.difference(self.scope.names(t))
+            if extra:
+                xor ^= self.cache.xor_of(t, extra)
+        else:
+            xor = self.cache.subscription_xor(t, ts.subscribed)
+        for res in ts.retained.values():
+            xor ^= res.digest
+        return set_version(xor)
+
     def _held_clusters(self) -> set[str]:
         held: set[str] = set()
         for t in (LISTENER, ROUTE):
             ts = self.types.get(t)
-            if ts is not None:
-                for res in ts.sent.values():
+            if ts is None or not ts.started:
+                continue
+            index = self.cache.index[t]
+            changed = self._pending.get(t, {})
+            names: Iterable[str] = self._desired_names(t, ts)
+            for name in names:
+                # A name changed but not yet re-sent is still held in its old version.
+                res = changed[name] if name in changed else index.get(name)
+                if res is not None:
                     held.update(res.refs)
         return held
 
@@ -240,42 +276,44 @@ class DeltaStream:
         self,
         t: str,
         ts: DeltaTypeStatus,
-        check: set[str],
-        *,
-        force: set[str] = frozenset(),  # type: ignore[assignment]
-        announce_missing: set[str] = frozenset(),  # type: ignore[assignment]
+        changed: dict[str, Resource | None],
+        force: set[str],
     ) -> list[DeltaResponse]:
         index = self.cache.index[t]
-        held_refs = self._held_clusters() if t == CLUSTER else set()
+        held_refs: set[str] | None = None
         send: list[Resource] = []
         removed: list[str] = []
-        retained = set(ts.retained)
-        for name in sorted(check):
+        for name in sorted(changed):
             res = index.get(name) if self._in_scope(t, ts, name) else None
-            if res is None:
-                if name in ts.held:
-                    if t == CLUSTER and name in held_refs:
-                        retained.add(name)  # still named by a route the client holds
-                        continue
-                    ts.drop(name)
-                    retained.discard(name)
-                    removed.append(name)
-                elif name in announce_missing:
-                    removed.append(name)  # subscribed, but there is no such resource
+            if res is not None:
+                ts.retained.pop(name, None)
+                send.append(res)
                 continue
-            retained.discard(name)
-            if ts.held.get(name) == res.version and name not in force:
-                continue
-            ts.hold(name, res.version, res)
-            send.append(res)
-        ts.retained = frozenset(retained)
+            old = changed[name]
+            if not (name in ts.subscribed or (ts.wildcard and old is not None)):
+                continue  # the client does not hold it (never had it, or unsubscribed)
+            if t == CLUSTER:
+                if held_refs is None:
+                    held_refs = self._held_clusters()
+                if name in held_refs and old is not None:
+                    ts.retained[name] = old  # still named by a route the client holds
+                    continue
+            ts.retained.pop(name, None)
+            removed.append(name)
+        return self._emit(t, ts, send, removed)
+
+    def _emit(
+        self, t: str, ts: DeltaTypeStatus, send: list[Resource], removed: list[str]
+    ) -> list[DeltaResponse]:
         if not send and not removed:
             return []
-        self._nonces += 1
-        ts.nonce, ts.version = str(self._nonces), set_version(ts.xor)
+        gen = self.cache.type_generation[t]
+        ts.nonce_seq = ts.nonce_seq + 1 if ts.nonce_gen == gen else 0
+        ts.nonce_gen = gen
+        ts.nonce, ts.version = f"{gen}.{ts.nonce_seq}", self._version(t, ts)
         ts.acked, ts.last_push = False, self.clock()
         ts.inflight[ts.nonce] = tuple(r.name for r in send)
-        if len(ts.inflight) > 16:  # a client that never ACKs must not grow this forever
+        if len(ts.inflight) > _INFLIGHT_MAX:  # a client that never ACKs must not grow this
             ts.inflight.pop(next(iter(ts.inflight)))
         return [DeltaResponse(t, ts.version, ts.nonce, tuple(send), tuple(removed))]
 
@@ -283,6 +321,10 @@ class DeltaStream:
         ts = self.types.get(CLUSTER)
         if ts is None or not ts.retained:
             return []
-        if ts.retained <= self._held_clusters():
+        held = self._held_clusters()
+        gone = sorted(n for n in ts.retained if n not in held)
+        if not gone:
             return []
-        return self._compute(CLUSTER, ts, set(ts.retained))
+        for name in gone:
+            del ts.retained[name]
+        return self._emit(CLUSTER, ts, [], gone)

@@ -2,8 +2,6 @@
 
 Feed it requests (:meth:`SotwStream.on_request`) and cache changes
 (:meth:`SotwStream.on_change`); it returns the responses to write, in order.
-It holds names, versions and nonces plus references to the shared
-:class:`~xds_server.translate.resource.Resource` objects, never message copies.
 
 Rules (see ``shared/spec/xds.md`` and the xDS protocol's "ACK and NACK
 semantics"):
@@ -22,6 +20,13 @@ semantics"):
   nothing is sent for that type (point 4).
 * Listener and Cluster responses carry the complete set; ClusterLoadAssignment
   and RouteConfiguration responses carry only what changed (point 9).
+
+Memory: a stream holds no per-resource map. Once it has been sent a type, it
+is in sync with the cache's index for its subscription, apart from the names
+its watcher reports as changed since (with the resources they replaced). The
+subscription is an interned set, and the full sets, set versions and encoded
+responses it shares with every stream in the same position come from the cache.
+Nonces are ``<type generation>.<n>`` so those streams produce identical bytes.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from typing import Literal
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import WILDCARD_TYPES, ConfigCache, Scope
+from xds_server.cache.snapshot import Pending
 from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.resource import Resource, set_version, string_field
 
 SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
+_FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,35 +55,43 @@ class Response:
     nonce: str
     resources: tuple[Resource, ...]
 
-    def wire(self) -> bytes:
+    def encode(self) -> bytes:
         parts = [string_field(1, self.version)]
         for r in self.resources:
             parts += (r.sotw_prefix, r.body)
         parts += (string_field(4, self.type_url), string_field(5, self.nonce))
         return b"".join(parts)
 
+    def wire(self, cache: ConfigCache | None = None) -> bytes:
+        """The encoded response; identical ones are built once through ``cache``."""
+        if cache is None:
+            return self.encode()
+        key = ("sotw", self.type_url, self.version, self.nonce, *(r.name for r in self.resources))
+        return cache.shared_wire(key, self.encode)
+
     @property
     def size(self) -> int:
         return sum(len(r.body) for r in self.resources)
 
 
-@dataclass
+@dataclass(slots=True)
 class TypeStatus:
-    """What one stream holds of one resource type."""
+    """What one stream knows of one resource type (no per-resource maps)."""
 
     started: bool = False
     wildcard: bool = False
-    subscribed: set[str] = field(default_factory=set)
-    sent: dict[str, Resource] = field(default_factory=dict)
-    xor: int = 0
+    subscribed: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()  # wildcard: the complete set last sent
     version: str = ""  # version_info of the last response (or the one the client came with)
     nonce: str = ""  # last nonce sent; "" = none yet
     acked: bool = False  # the last response was ACKed
     acked_version: str = ""
     nack: str | None = None  # Envoy's error text for the last response, if it NACKed
     last_push: float | None = None
-    rewarm: set[str] = field(default_factory=set)
-    retained: frozenset[str] = frozenset()
+    rewarm: frozenset[str] = frozenset()
+    retained: dict[str, Resource] = field(default_factory=dict)
+    nonce_gen: int = -1
+    nonce_seq: int = 0
 
     @property
     def state(self) -> SyncState:
@@ -87,7 +102,7 @@ class TypeStatus:
         return "SYNCED" if self.acked else "STALE"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutcome:
     """What a request was, for metrics and logs."""
 
@@ -100,6 +115,16 @@ class SotwStream:
     """One ADS state-of-the-world stream's subscriptions and what it was sent."""
 
     protocol = "sotw"
+    __slots__ = (
+        "_pending",
+        "cache",
+        "clock",
+        "last_outcome",
+        "node_cluster",
+        "node_id",
+        "scope",
+        "types",
+    )
 
     def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
         self.cache = cache
@@ -108,8 +133,8 @@ class SotwStream:
         self.node_cluster = ""
         self.scope: Scope | None = None
         self.types: dict[str, TypeStatus] = {}
-        self._nonces = 0
         self.last_outcome: RequestOutcome | None = None
+        self._pending: Pending = {}  # changes being pushed right now (their old resources)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -123,7 +148,9 @@ class SotwStream:
         if t not in TYPE_ORDER:
             self.last_outcome = RequestOutcome("unknown_type", t)
             return []
-        ts = self.types.setdefault(t, TypeStatus())
+        ts = self.types.get(t)
+        if ts is None:
+            ts = self.types[t] = TypeStatus()
         if req.response_nonce and req.response_nonce != ts.nonce:
             # Stale: answers a response that a newer one has superseded. Envoy will
             # send a fresh request for the newer one; acting on this one would race it.
@@ -139,26 +166,40 @@ class SotwStream:
             self.last_outcome = RequestOutcome("ack", t)
         else:
             self.last_outcome = RequestOutcome("initial" if first else "update", t)
+        before = ts.subscribed
         self._subscribe(t, ts, req, first)
         if first and req.version_info and self._already_current(t, ts, req.version_info):
             return []
-        out = self._compute(t, ts, None, use_rewarm=True)
+        if ts.wildcard:
+            out = self._compute_full(t, ts, {})
+        else:
+            # First request: everything; later: names newly asked for, plus re-warms.
+            wanted = ts.subscribed if first else (ts.subscribed - before) | ts.rewarm
+            ts.rewarm = frozenset()
+            out = self._compute_partial(t, ts, wanted, removed=False)
         return out + self._release_retained()
 
-    def on_change(self, pending: dict[str, set[str]], scopes_changed: bool) -> list[Response]:
+    def on_change(self, pending: Pending, scopes_changed: bool) -> list[Response]:
         """The cache changed: return what this stream must be sent now, in type order."""
         if scopes_changed and self.scope is not None:
             self.scope = self.cache.scope(self.node_cluster)
+        self._pending = pending
         out: list[Response] = []
-        for t in TYPE_ORDER:
-            ts = self.types.get(t)
-            if ts is None or not ts.started:
-                continue
-            if ts.wildcard:
-                if t in pending or scopes_changed:
-                    out += self._compute_full(t, ts)
-            elif t in pending:
-                out += self._compute(t, ts, pending[t], use_rewarm=False)
+        try:
+            for t in TYPE_ORDER:
+                ts = self.types.get(t)
+                if ts is None or not ts.started:
+                    continue
+                changed = pending.get(t)
+                if ts.wildcard:
+                    if changed or scopes_changed:
+                        out += self._compute_full(t, ts, changed or {})
+                elif changed:
+                    names = ts.subscribed.intersection(changed)
+                    gone = any(self.cache.index[t].get(n) is None for n in names)
+                    out += self._compute_partial(t, ts, names, removed=gone)
+        finally:
+            self._pending = {}
         return out + self._release_retained()
 
     # -- subscription ---------------------------------------------------------------------
@@ -172,123 +213,115 @@ class SotwStream:
             # wildcard while later requests also name nothing. "*" is explicit wildcard.
             ts.wildcard = "*" in names or (not names and (first or ts.wildcard))
             names.discard("*")
-        for gone in ts.subscribed - names:
-            res = ts.sent.pop(gone, None)
-            if res is not None and not ts.wildcard:
-                ts.xor ^= res.digest
-        ts.subscribed = names
+        if names != ts.subscribed:
+            ts.subscribed = self.cache.intern(names)
         ts.started = True
 
     def _already_current(self, t: str, ts: TypeStatus, version: str) -> bool:
         """Point 4: a reconnecting client already holds this version; record, send nothing."""
-        desired = self._desired(t, ts)
-        xor = 0
-        for res in desired.values():
-            xor ^= res.digest
-        if set_version(xor) != version:
+        if ts.wildcard and self.scope is not None and not ts.subscribed:
+            current, _, names = self.scope.full(t)
+            ts.names = names
+        else:
+            current = set_version(self.cache.subscription_xor(t, ts.subscribed))
+        if current != version:
             return False
-        ts.sent, ts.xor, ts.version = dict(desired), xor, version
-        ts.acked, ts.acked_version = True, version
+        ts.version = ts.acked_version = version
+        ts.acked = True
         return True
-
-    def _desired(self, t: str, ts: TypeStatus) -> dict[str, Resource]:
-        index = self.cache.index[t]
-        names: set[str] = set(ts.subscribed)
-        if ts.wildcard and self.scope is not None:
-            names.update(self.scope.names(t))
-        return {n: index[n] for n in names if n in index}
 
     # -- responses --------------------------------------------------------------------------
 
-    def _next_nonce(self) -> str:
-        self._nonces += 1
-        return str(self._nonces)
-
-    def _emit(self, t: str, ts: TypeStatus, version: str, resources: list[Resource]) -> Response:
-        ts.version, ts.nonce = version, self._next_nonce()
+    def _emit(
+        self, t: str, ts: TypeStatus, version: str, resources: tuple[Resource, ...]
+    ) -> Response:
+        gen = self.cache.type_generation[t]
+        ts.nonce_seq = ts.nonce_seq + 1 if ts.nonce_gen == gen else 0
+        ts.nonce_gen = gen
+        ts.version, ts.nonce = version, f"{gen}.{ts.nonce_seq}"
         ts.acked = False
         ts.last_push = self.clock()
-        return Response(t, version, ts.nonce, tuple(resources))
+        return Response(t, version, ts.nonce, resources)
 
-    def _compute(
-        self, t: str, ts: TypeStatus, candidates: set[str] | None, *, use_rewarm: bool
+    def _compute_full(
+        self, t: str, ts: TypeStatus, changed: dict[str, Resource | None]
     ) -> list[Response]:
-        if ts.wildcard:
-            return self._compute_full(t, ts)
-        return self._compute_partial(t, ts, candidates, use_rewarm)
-
-    def _compute_full(self, t: str, ts: TypeStatus) -> list[Response]:
         """Listener/Cluster: the complete set, when its version differs from what was sent."""
-        desired = self._desired(t, ts)
-        retained: dict[str, Resource] = {}
+        assert self.scope is not None
+        version, resources, names = self.scope.full(t)
+        xor = self.scope.xor(t)
+        if ts.subscribed - names:  # wildcard plus explicit extra names (rare): build our own
+            index = self.cache.index[t]
+            extra = sorted(n for n in ts.subscribed - names if n in index)
+            if extra:
+                resources = tuple(sorted((*resources, *(index[n] for n in extra)), key=_by_name))
+                names = names | frozenset(extra)
+                xor ^= self.cache.xor_of(t, extra)
+                version = set_version(xor)
         if t == CLUSTER:
-            held = self._held_clusters()
-            retained = {n: r for n, r in ts.sent.items() if n not in desired and n in held}
-        xor = 0
-        for res in desired.values():
-            xor ^= res.digest
-        for res in retained.values():
-            xor ^= res.digest
-        version = set_version(xor)
-        ts.retained = frozenset(retained)
-        if version == ts.version and ts.nonce:
+            retained = self._retained_clusters(ts, names, changed)
+            if retained:
+                resources = tuple(sorted((*resources, *retained.values()), key=_by_name))
+                for res in retained.values():
+                    xor ^= res.digest
+                version = set_version(xor)
+            ts.retained = retained
+        if version == ts.version and (ts.nonce or ts.acked):
+            ts.names = names
             return []
-        if t in (CLUSTER, LISTENER):
+        follow = _FOLLOWS.get(t)
+        if follow and changed and ts.nonce:
             # Point 2: a changed Cluster (Listener) is re-warmed; its EDS (RDS) request
             # will look like an ACK and must be answered with the resource.
-            follow = ENDPOINT if t == CLUSTER else ROUTE
-            changed = {
-                n for n, r in desired.items() if n in ts.sent and ts.sent[n].version != r.version
-            }
-            if changed:
-                self.types.setdefault(follow, TypeStatus()).rewarm.update(changed)
-        ts.sent = {**desired, **retained}
-        ts.xor = xor
-        resources = [ts.sent[n] for n in sorted(ts.sent)]
+            rewarm = {n for n, old in changed.items() if old is not None and n in names}
+            if rewarm and follow in self.types:
+                ts_follow = self.types[follow]
+                ts_follow.rewarm = ts_follow.rewarm | rewarm
+        ts.names = names | frozenset(ts.retained)
         return [self._emit(t, ts, version, resources)]
 
+    def _retained_clusters(
+        self, ts: TypeStatus, desired: frozenset[str], changed: dict[str, Resource | None]
+    ) -> dict[str, Resource]:
+        """Removed clusters a held route or listener still names: keep them for now."""
+        candidates = dict(ts.retained)
+        for name, old in changed.items():
+            if old is not None and name not in desired and name in ts.names:
+                candidates[name] = old
+        candidates = {n: r for n, r in candidates.items() if n not in desired}
+        if not candidates:
+            return {}
+        held = self._held_clusters()
+        return {n: r for n, r in candidates.items() if n in held}
+
     def _compute_partial(
-        self, t: str, ts: TypeStatus, candidates: set[str] | None, use_rewarm: bool
+        self, t: str, ts: TypeStatus, names: frozenset[str] | set[str], *, removed: bool
     ) -> list[Response]:
         """Endpoints/routes (or any explicit subscription): only what changed."""
         index = self.cache.index[t]
-        names = ts.subscribed if candidates is None else candidates & ts.subscribed
-        rewarm = ts.rewarm & ts.subscribed if use_rewarm else set()
-        send: list[Resource] = []
-        removed = False
-        for n in sorted(names | rewarm):
-            res = index.get(n)
-            old = ts.sent.get(n)
-            if res is None:
-                if old is not None:
-                    del ts.sent[n]
-                    ts.xor ^= old.digest
-                    removed = True
-                continue
-            if old is not None and old.version == res.version and n not in rewarm:
-                continue
-            if old is not None:
-                ts.xor ^= old.digest
-            ts.sent[n] = res
-            ts.xor ^= res.digest
-            send.append(res)
-        if use_rewarm:
-            ts.rewarm -= rewarm
+        send = tuple(index[n] for n in sorted(names) if n in index)
         if not send and not (removed and t in WILDCARD_TYPES):
             return []
         if t in WILDCARD_TYPES:
             # Listener and Cluster responses carry the client's complete set even for
             # explicit subscriptions (proxyless gRPC): a name missing from one is deleted.
-            send = [ts.sent[n] for n in sorted(ts.sent)]
-        return [self._emit(t, ts, set_version(ts.xor), send)]
+            send = tuple(index[n] for n in sorted(ts.subscribed) if n in index)
+        version = set_version(self.cache.subscription_xor(t, ts.subscribed))
+        return [self._emit(t, ts, version, send)]
 
     def _held_clusters(self) -> set[str]:
         """Clusters named by the route configurations and listeners this stream holds."""
         held: set[str] = set()
         for t in (LISTENER, ROUTE):
             ts = self.types.get(t)
-            if ts is not None:
-                for res in ts.sent.values():
+            if ts is None or not ts.started:
+                continue
+            index = self.cache.index[t]
+            changed = self._pending.get(t, {})
+            for name in ts.names | ts.subscribed:
+                # A name changed but not yet re-sent is still held in its old version.
+                res = changed[name] if name in changed else index.get(name)
+                if res is not None:
                     held.update(res.refs)
         return held
 
@@ -297,11 +330,15 @@ class SotwStream:
         ts = self.types.get(CLUSTER)
         if ts is None or not ts.retained or not ts.wildcard:
             return []
-        if ts.retained & self._held_clusters() == ts.retained:
+        if set(ts.retained) <= self._held_clusters():
             return []
-        return self._compute_full(CLUSTER, ts)
+        return self._compute_full(CLUSTER, ts, {})
 
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, TypeStatus]:
         return self.types
+
+
+def _by_name(res: Resource) -> str:
+    return res.name
