@@ -117,6 +117,7 @@ class Controller:
         pumper = asyncio.create_task(pump(), name="registry-pump")
         writer = asyncio.create_task(self.status.run(), name="status-writer")
         resolver = asyncio.create_task(self.dns.run(), name="dns")
+        health = asyncio.create_task(self._watch_registry_health(), name="registry-health")
         try:
             while True:
                 first = await queue.get()
@@ -130,6 +131,7 @@ class Controller:
             pumper.cancel()
             writer.cancel()
             resolver.cancel()
+            health.cancel()
 
     def apply_batch(self, batch: list[tuple[float, RegistryUpdate]]) -> ChangeSet:
         """Apply queued updates, translate once, publish once."""
@@ -155,6 +157,19 @@ class Controller:
         for type_url in TYPE_ORDER:
             self.metrics.resources.labels(SHORT[type_url]).set(len(self.cache.index[type_url]))
         self._report(changes)
+
+    async def _watch_registry_health(self, period: float = 1.0) -> None:
+        """Mirror the adapter's error count and connection state into metrics."""
+        seen = 0
+        while True:
+            total = int(getattr(self.registry, "errors_total", 0))
+            if total > seen:
+                self.metrics.registry_errors.inc(total - seen)
+            seen = max(seen, total)
+            self.metrics.registry_connected.set(
+                1 if getattr(self.registry, "connected", True) else 0
+            )
+            await asyncio.sleep(period)
 
     def _dns_changed(self, names: set[str]) -> None:
         """Addresses of some endpoint names changed: re-translate the services using them."""

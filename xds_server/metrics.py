@@ -72,6 +72,9 @@ class Metrics:
         self.registry_errors = Counter(
             "meshd_registry_errors_total", "Errors talking to the registry (etcd)", registry=r
         )
+        self.registry_connected = Gauge(
+            "meshd_registry_connected", "1 while the registry watch is established", registry=r
+        )
         self.resources = Gauge(
             "meshd_resources", "Envoy resources in the cache, by type", ["type"], registry=r
         )

@@ -1,0 +1,83 @@
+"""A minimal real ADS (SotW) client over grpc.aio that subscribes like Envoy does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+
+@contextlib.asynccontextmanager
+async def sotw_client(
+    port: int, node_cluster: str, node_id: str = "test-1"
+) -> AsyncIterator[dict[str, discovery_pb2.DiscoveryResponse]]:
+    """Subscribe CDS, EDS (its clusters), LDS, RDS (its listeners), ACK all; yield the last
+    response per type while the stream stays open."""
+    got: dict[str, discovery_pb2.DiscoveryResponse] = {}
+    queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+
+        async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+            while (item := await queue.get()) is not None:
+                yield item
+
+        first = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
+        first.node.id, first.node.cluster = node_id, node_cluster
+        queue.put_nowait(first)
+        queue.put_nowait(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+        call = stub.StreamAggregatedResources(requests())
+        done = asyncio.Event()
+
+        async def read() -> None:
+            async for resp in call:
+                got[resp.type_url] = resp
+                queue.put_nowait(
+                    discovery_pb2.DiscoveryRequest(
+                        type_url=resp.type_url,
+                        version_info=resp.version_info,
+                        response_nonce=resp.nonce,
+                        resource_names=_names_for(resp.type_url, got),
+                    )
+                )
+                if resp.type_url == CLUSTER and ENDPOINT not in got:
+                    queue.put_nowait(
+                        discovery_pb2.DiscoveryRequest(
+                            type_url=ENDPOINT, resource_names=_names_for(ENDPOINT, got)
+                        )
+                    )
+                if resp.type_url == LISTENER and ROUTE not in got:
+                    queue.put_nowait(
+                        discovery_pb2.DiscoveryRequest(
+                            type_url=ROUTE, resource_names=_names_for(ROUTE, got)
+                        )
+                    )
+                if len(got) == 4:
+                    done.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+            yield got
+        finally:
+            queue.put_nowait(None)
+            reader.cancel()
+            call.cancel()
+
+
+def _names_for(type_url: str, got: dict[str, discovery_pb2.DiscoveryResponse]) -> list[str]:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.listener.v3 import listener_pb2
+
+    if type_url == ENDPOINT and CLUSTER in got:
+        return sorted(cluster_pb2.Cluster.FromString(a.value).name for a in got[CLUSTER].resources)
+    if type_url == ROUTE and LISTENER in got:
+        return sorted(
+            listener_pb2.Listener.FromString(a.value).name for a in got[LISTENER].resources
+        )
+    return []
