@@ -1,0 +1,949 @@
+"""Scale benchmark: many simulated ADS clients against meshd, and against the floor.
+
+Real etcd, meshd as its own process (the console script, so its RSS and CPU are read from
+/proc), simulated Envoy clients in a load generator process (:mod:`integration.loadgen`), and
+for comparison the floor (:mod:`integration.floor_server`): a static ADS server that writes
+pre-serialized bytes, driven by the same clients with the same protocol, client count and
+churn. Figures (targets for this 2-core machine):
+
+1. ``cold``: time from meshd start to a complete config on the first client, 10,000 services
+   x 10 endpoints in etcd (target < 3 s).
+2. ``fanout``: one endpoint change reaching every client, p50/p99 over 100 changes, 2,000
+   clients and 1,000 services x 10 endpoints, SotW and Delta (target: within 1.5x of the floor).
+   ``churn``: the same with 1,000 Delta clients while 10 unrelated endpoint changes per second
+   run (same churn on the floor).
+3. ``scaling``: the same single-endpoint change at 100 and at 10,000 services: meshd CPU time
+   per change grows by less than 2x.
+4. ``memory``: meshd RSS (VmRSS) per connected client beyond its baseline, against what a bare
+   gRPC stream costs on the floor server (target: at most 25 KB more). Measured by ``fanout``
+   too.
+5. ``storm``: every client reconnects within one second, half of them to a second meshd on
+   the same etcd; all in sync again within 10 s, and none is sent a version it already holds
+   or a different one.
+
+    python -m integration.bench_scale [--clients 2000] [--services 1000] [--only FIG[,FIG]]
+
+A change sets the port of endpoint ``e0`` of service ``s0`` to ``base + change id``; every
+client subscribes to ``s0.default`` (as Envoy does, to every cluster) and notes when the
+response carrying that port arrives. Latency runs from just before the etcd write (for the
+floor: just before the push command is written to its stdin) to that arrival. Figures are
+printed, never asserted. etcd runs with ``--unsafe-no-fsync`` unless ``--fsync``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import pstats
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.etcd import EmbeddedEtcd, EtcdRegistry
+from integration.harness import free_port
+from integration.loadgen import MARKER_BASE, LoadGenGroup, raise_nofile_limit, rss_kb
+
+FIGURES = ("cold", "fanout", "churn", "scaling", "memory", "storm")
+BASE = MARKER_BASE  # marker ports: BASE + change id
+TXN_BATCH = 1000  # puts per etcd transaction (EmbeddedEtcd allows 1024)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def percentile(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * p))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (/proc/PID/stat utime + stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def address(i: int) -> str:
+    """A distinct 10.x.y.z per endpoint."""
+    return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+
+
+def registry_entries(services: int, endpoints: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The benchmark registry (keys without prefix), exactly as ``registry.md`` specifies."""
+    yield "listeners/public", {"address": "0.0.0.0", "port": 10000, "nodes": ["*"]}
+    for i in range(services):
+        yield f"services/default/s{i}", {"protocol": "http", "port": 8080}
+        for j in range(endpoints):
+            ep = {"address": address(i * endpoints + j), "port": 8080}
+            yield f"endpoints/default/s{i}/e{j}", ep
+
+
+async def seed(registry: EtcdRegistry, services: int, endpoints: int) -> tuple[int, float, int]:
+    """Write the registry in transactions of TXN_BATCH puts; (revision, seconds, keys)."""
+    started = time.perf_counter()
+    batch: dict[str, bytes] = {}
+    revision = keys = 0
+    for key, value in registry_entries(services, endpoints):
+        batch[registry.prefix + key] = json.dumps(value).encode()
+        if len(batch) == TXN_BATCH:
+            revision = await registry.txn(puts=batch)
+            keys += len(batch)
+            batch = {}
+    if batch:
+        revision = await registry.txn(puts=batch)
+        keys += len(batch)
+    return revision, time.perf_counter() - started, keys
+
+
+def marker_value(change: int) -> bytes:
+    return json.dumps({"address": address(0), "port": BASE + change}).encode()
+
+
+def churn_key_value(k: int, services: int, endpoints: int) -> tuple[str, bytes]:
+    """An unrelated endpoint change (never s0): service 1 + k % (S - 1), endpoint k % E."""
+    i = 1 + k % max(1, services - 1)
+    j = k % endpoints
+    value = {"address": address(i * endpoints + j), "port": 20000 + k % 10000}
+    return f"endpoints/default/s{i}/e{j}", json.dumps(value).encode()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Meshd:
+    """meshd as its own process (the console script next to sys.executable)."""
+
+    def __init__(
+        self,
+        etcd: str,
+        workdir: Path,
+        name: str,
+        log_level: str = "warning",
+        xds_port: int | None = None,
+        profile: bool = False,
+    ) -> None:
+        # Children inherit rlimits: raising ours gives meshd the hard open-files limit too
+        # (a preexec_fn would make the fork run gRPC's fork handlers in this process).
+        raise_nofile_limit()
+        self.xds_port = xds_port or free_port()
+        self.metrics_port = free_port()
+        self.log_path = workdir / f"{name}.log"
+        exe = Path(sys.executable).with_name("meshd")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
+        self.profile_path: Path | None = None
+        if profile:
+            # cProfile writes its stats when meshd exits after SIGTERM (it exits via SystemExit).
+            self.profile_path = workdir / f"{name}.prof"
+            cmd = [sys.executable, "-m", "cProfile", "-o", str(self.profile_path)]
+            cmd += ["-m", "xds_server.cli.meshd"]
+        self._log = self.log_path.open("wb")
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                *cmd,
+                "--etcd",
+                etcd,
+                "--xds",
+                f"127.0.0.1:{self.xds_port}",
+                "--metrics",
+                f"127.0.0.1:{self.metrics_port}",
+                "--data-dir",
+                str(workdir / f"{name}-data"),
+                "--log-level",
+                log_level,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.xds_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"meshd exited with {self.proc.returncode}:\n{tail}")
+
+    async def metrics(self) -> dict[str, float]:
+        """``name{labels}`` -> value of every sample of meshd's /metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return str(r.read().decode())
+
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(await asyncio.to_thread(get)):
+            for s in fam.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    async def wait_ready(self, revision: int, timeout: float = 120) -> float:
+        """Wait until meshd serves ``revision`` (its registry_revision gauge); seconds taken."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(OSError):
+                if (await self.metrics()).get("meshd_registry_revision", 0) >= revision:
+                    return time.monotonic() - self.started
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"meshd not at revision {revision} after {timeout} s")
+
+    def ready_logged_at(self) -> float | None:
+        """Seconds from start to meshd's own "meshd ready" log line (needs log level info)."""
+        m = re.search(
+            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO meshd: meshd ready",
+            self.log_path.read_text(errors="replace"),
+            re.M,
+        )
+        if m is None:
+            return None
+        stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return stamp - self.started_wall
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        if self.profile_path is not None and self.profile_path.exists():
+            stream = io.StringIO()
+            stats = pstats.Stats(str(self.profile_path), stream=stream)
+            stats.sort_stats("tottime").print_stats(20)
+            stats.sort_stats("cumulative").print_stats(30)
+            say(
+                f"  cProfile of {self.log_path.stem} (pid {self.pid}; figures under profile are "
+                f"slower than real ones):\n{stream.getvalue()}"
+            )
+
+
+class Floor:
+    """The floor server process (:mod:`integration.floor_server`), driven over stdin."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    @classmethod
+    async def start(cls, services: int, endpoints: int, workdir: Path) -> Floor:
+        log = (workdir / "floor.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "integration.floor_server",
+            "--services",
+            str(services),
+            "--endpoints",
+            str(endpoints),
+            "--base",
+            str(BASE),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
+        if not line or line[0] != "ready":
+            raise RuntimeError(f"floor server did not start; see {workdir / 'floor.log'}")
+        return cls(proc, int(line[1]))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.send("quit")
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class Latency:
+    """Per-client arrival latencies of a series of changes."""
+
+    samples: list[float] = field(default_factory=list)
+    missing: int = 0
+    changes: int = 0
+    cut: bool = False  # stopped by the time budget
+    settle_s: float = 0.0  # time spent waiting for the processes to go idle
+
+    @property
+    def p50(self) -> float:
+        return percentile(sorted(self.samples), 0.50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(sorted(self.samples), 0.99)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples, default=float("nan"))
+
+    def __str__(self) -> str:
+        miss = f" MISSING {self.missing}" if self.missing else ""
+        cut = " (time budget)" if self.cut else ""
+        settle = f", {self.settle_s / self.changes:.2f} s idle wait/change" if self.settle_s else ""
+        return (
+            f"p50={self.p50:.1f}ms p99={self.p99:.1f}ms max={self.max:.1f}ms "
+            f"({len(self.samples)} samples, {self.changes} changes{cut}{settle}){miss}"
+        )
+
+
+async def quiesce(pids: list[int], limit: float = 15.0) -> float:
+    """Wait until ``pids`` together use under 15% of a core over 50 ms; seconds waited.
+
+    After the last client got a change, the server still handles their ACKs (and the clients
+    still write them). The next change waits for that, so each change is measured on its own
+    whatever the server's ACK cost: same rule for meshd and the floor.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        c0 = sum(cpu_seconds(p) for p in pids)
+        await asyncio.sleep(0.05)
+        if sum(cpu_seconds(p) for p in pids) - c0 < 0.15 * 0.05:
+            break
+    return time.monotonic() - started
+
+
+async def measure_changes(
+    trigger: Callable[[int], Awaitable[None]],
+    clients: LoadGenGroup,
+    ids: range,
+    *,
+    gap: float,
+    budget: float,
+    quiet: list[int] | None = None,
+    timeout: float = 10.0,
+) -> Latency:
+    """Make each change, wait for every client to hold it, collect latencies (ms).
+
+    Between changes: wait for ``quiet`` processes to go idle (if given), then ``gap`` s.
+    Stops early once ``budget`` seconds are spent, so a slow server cannot make a run
+    take forever (the figure says how many changes it is over).
+    """
+    lat = Latency()
+    started = time.monotonic()
+    for k in ids:
+        if lat.changes and time.monotonic() - started > budget:
+            lat.cut = True
+            break
+        t0 = time.monotonic()
+        await trigger(k)
+        times, missing = await clients.wait_change(k, timeout)
+        lat.samples += [(t - t0) * 1000 for t in times]
+        lat.missing += missing
+        lat.changes += 1
+        if quiet:
+            lat.settle_s += await quiesce(quiet)
+        await asyncio.sleep(gap)
+    return lat
+
+
+async def churn_loop(rate: float, send: Callable[[int], Awaitable[None]]) -> None:
+    """Background churn at ``rate`` changes per second until cancelled."""
+    k = 0
+    start = time.monotonic()
+    while True:
+        await send(k)
+        k += 1
+        await asyncio.sleep(max(0.0, start + k / rate - time.monotonic()))
+
+
+@dataclass
+class Run:
+    """What one target (floor or meshd) gave for one client population."""
+
+    name: str
+    connect_s: float = 0.0
+    rss_base_kb: int = 0
+    rss_connected_kb: int = 0
+    rss_after_kb: int = 0
+    clients: int = 0
+    latency: Latency | None = None
+    cpu_s: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    extra: str = ""
+
+    @property
+    def per_client_kb(self) -> float:
+        return (self.rss_connected_kb - self.rss_base_kb) / max(1, self.clients)
+
+    def memory(self) -> str:
+        return (
+            f"RSS base {self.rss_base_kb / 1024:.0f} MB, with clients "
+            f"{self.rss_connected_kb / 1024:.0f} MB, after changes {self.rss_after_kb / 1024:.0f}"
+            f" MB: {self.per_client_kb:.1f} KB per client"
+        )
+
+
+class Bench:
+    """One benchmark invocation: a work dir, etcds by registry size, the change counter."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.etcds: dict[tuple[int, int], tuple[EmbeddedEtcd, EtcdRegistry, int]] = {}
+        self.next_change = 0
+        self.summary: list[str] = []
+
+    def report(self, line: str) -> None:
+        say(line)
+        self.summary.append(line)
+
+    def change_ids(self, n: int) -> range:
+        """Fresh change ids: a marker port is never reused within one invocation."""
+        ids = range(self.next_change, self.next_change + n)
+        self.next_change += n
+        return ids
+
+    async def registry(
+        self, services: int, endpoints: int
+    ) -> tuple[EmbeddedEtcd, EtcdRegistry, int]:
+        """An etcd seeded with ``services`` x ``endpoints`` (created once per size)."""
+        key = (services, endpoints)
+        if key not in self.etcds:
+            etcd = EmbeddedEtcd(
+                self.workdir / f"etcd-{services}x{endpoints}",
+                unsafe_no_fsync=not self.args.fsync,
+                auto_compaction_retention=None,
+            )
+            await etcd.start()
+            registry = EtcdRegistry(etcd.endpoint, timeout=30)
+            revision, secs, keys = await seed(registry, services, endpoints)
+            fsync = "with fsync" if self.args.fsync else "etcd --unsafe-no-fsync"
+            say(
+                f"  seeded {keys} keys ({services} services x {endpoints} endpoints) in "
+                f"{secs:.2f} s: {keys / secs:.0f} keys/s, txns of {TXN_BATCH} puts, {fsync}"
+            )
+            self.etcds[key] = (etcd, registry, revision)
+        etcd, registry, revision = self.etcds[key]
+        # Later figures may have written more: wait for what is there now.
+        head = await registry.put(registry.prefix + "bench/head", b"{}")
+        await registry.delete(registry.prefix + "bench/head")
+        return etcd, registry, max(revision, head)
+
+    async def close(self) -> None:
+        for etcd, registry, _ in self.etcds.values():
+            await registry.close()
+            etcd.stop()
+
+    async def clients(self, tag: str) -> LoadGenGroup:
+        return await LoadGenGroup.start(self.args.procs, self.workdir, tag)
+
+    # -- one population against one target ------------------------------------------------
+
+    async def connect(
+        self, clients: LoadGenGroup, target: str, sotw: int, delta: int, timeout: float
+    ) -> tuple[float, dict[str, Any]]:
+        t0 = time.monotonic()
+        await clients.add(target, sotw=sotw, delta=delta, backoff=self.args.backoff)
+        res = await clients.wait_complete(timeout)
+        if res["complete"] < sotw + delta:
+            say(f"  !! only {res['complete']}/{sotw + delta} clients complete after {timeout} s")
+        return (res["last"] or time.monotonic()) - t0, res
+
+    async def floor_run(
+        self, services: int, sotw: int, delta: int, changes: int, churn: float = 0.0
+    ) -> Run:
+        run = Run("floor", clients=sotw + delta)
+        floor = await Floor.start(services, self.args.endpoints, self.workdir)
+        clients = await self.clients("loadgen-floor")
+        churner: asyncio.Task[None] | None = None
+        try:
+            await asyncio.sleep(0.5)
+            run.rss_base_kb = rss_kb(floor.pid)
+            run.connect_s, _ = await self.connect(clients, floor.target, sotw, delta, 300)
+            await asyncio.sleep(self.args.settle)
+            run.rss_connected_kb = rss_kb(floor.pid)
+            if churn:
+                churner = asyncio.create_task(churn_loop(churn, lambda k: floor.send(f"churn {k}")))
+                await asyncio.sleep(1)
+            if changes:
+                cpu0 = cpu_seconds(floor.pid)
+
+                async def push(k: int) -> None:
+                    await floor.send(f"push {k}")
+
+                run.latency = await measure_changes(
+                    push,
+                    clients,
+                    self.change_ids(changes),
+                    gap=self.args.gap,
+                    budget=self.args.budget,
+                    quiet=None if churn else [floor.pid, *clients.pids],
+                )
+                run.cpu_s = cpu_seconds(floor.pid) - cpu0
+            run.rss_after_kb = rss_kb(floor.pid)
+            run.errors = (await clients.status())["errors"]
+        finally:
+            if churner is not None:
+                churner.cancel()
+            await clients.close()
+            await floor.close()
+        return run
+
+    async def meshd_run(
+        self,
+        services: int,
+        sotw: int,
+        delta: int,
+        changes: int,
+        churn: float = 0.0,
+    ) -> Run:
+        run = Run("meshd", clients=sotw + delta)
+        etcd, registry, revision = await self.registry(services, self.args.endpoints)
+        meshd = Meshd(etcd.endpoint, self.workdir, "meshd", profile=self.args.profile)
+        clients: LoadGenGroup | None = None
+        churner: asyncio.Task[None] | None = None
+        try:
+            await meshd.wait_ready(revision)
+            await asyncio.sleep(1)
+            run.rss_base_kb = meshd.rss_kb()
+            clients = await self.clients("loadgen-meshd")
+            run.connect_s, _ = await self.connect(clients, meshd.target, sotw, delta, 300)
+            await asyncio.sleep(self.args.settle)
+            meshd.check_alive()
+            run.rss_connected_kb = meshd.rss_kb()
+            if churn:
+                e = self.args.endpoints
+
+                async def churn_put(k: int) -> None:
+                    key, value = churn_key_value(k, services, e)
+                    await registry.put(registry.prefix + key, value)
+
+                churner = asyncio.create_task(churn_loop(churn, churn_put))
+                await asyncio.sleep(1)
+            if changes:
+                key = registry.prefix + "endpoints/default/s0/e0"
+                cpu0 = meshd.cpu()
+
+                async def put(k: int) -> None:
+                    await registry.put(key, marker_value(k))
+
+                run.latency = await measure_changes(
+                    put,
+                    clients,
+                    self.change_ids(changes),
+                    gap=self.args.gap,
+                    budget=self.args.budget,
+                    quiet=None if churn else [meshd.pid, *clients.pids],
+                )
+                run.cpu_s = meshd.cpu() - cpu0
+            meshd.check_alive()
+            run.rss_after_kb = meshd.rss_kb()
+            run.errors = (await clients.status())["errors"]
+        finally:
+            if churner is not None:
+                churner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await churner
+            if clients is not None:
+                await clients.close()
+            meshd.stop()
+        return run
+
+    # -- figures --------------------------------------------------------------------------
+
+    async def cold(self) -> None:
+        a = self.args
+        say(f"[1] cold start: {a.cold_services} services x {a.endpoints} endpoints ({load()})")
+        etcd, _, _ = await self.registry(a.cold_services, a.endpoints)
+        clients = await self.clients("loadgen-cold")
+        xds = free_port()
+        # The probes dial before meshd listens; a 50 ms retry keeps their own delay small.
+        await clients.add(f"127.0.0.1:{xds}", sotw=1, delta=1, backoff=(0.05, 0.05))
+        # Log level info: meshd's "ready" line tells when its first snapshot was built.
+        meshd = Meshd(
+            etcd.endpoint,
+            self.workdir,
+            "meshd-cold",
+            log_level="info",
+            xds_port=xds,
+            profile=self.args.profile,
+        )
+        try:
+            res = await clients.wait_complete(120)
+            meshd.check_alive()
+            ready = meshd.ready_logged_at()
+            first = (res["first"] or float("nan")) - meshd.started
+            last = (res["last"] or float("nan")) - meshd.started
+            rss = meshd.rss_kb()
+            ready_s = f"{ready:.2f} s" if ready is not None else "?"
+            self.report(
+                f"[1] cold start {a.cold_services}x{a.endpoints}: meshd start -> first client "
+                f"complete {first:.2f} s (target < 3 s); both (1 SotW + 1 Delta) {last:.2f} s; "
+                f"meshd logged ready (snapshot built) at {ready_s}; meshd RSS {rss / 1024:.0f} MB;"
+                f" complete {res['complete']}/2; {load()}"
+            )
+        finally:
+            await clients.close()
+            meshd.stop()
+
+    async def fanout(self, protocol: str, with_changes: bool = True) -> None:
+        a = self.args
+        n, s = a.clients, a.services
+        sotw, delta = (n, 0) if protocol == "sotw" else (0, n)
+        changes = a.changes if with_changes else 0
+        fig = "[2a]" if with_changes else "[4]"
+        say(f"{fig} {protocol}: {n} clients, {s} services x {a.endpoints} endpoints ({load()})")
+        floor = await self.floor_run(s, sotw, delta, changes)
+        say(f"  floor: connect {floor.connect_s:.1f} s; {floor.memory()}; errors {floor.errors}")
+        if floor.latency:
+            say(f"  floor: {floor.latency}; floor CPU {floor.cpu_s / changes * 1000:.1f} ms/change")
+        mesh = await self.meshd_run(s, sotw, delta, changes)
+        say(f"  meshd: connect {mesh.connect_s:.1f} s; {mesh.memory()}; errors {mesh.errors}")
+        if mesh.latency and floor.latency:
+            fl, ml = floor.latency, mesh.latency
+            say(f"  meshd: {ml}; meshd CPU {mesh.cpu_s / changes * 1000:.1f} ms/change")
+            self.report(
+                f"[2a] fan-out {protocol} {n} clients {s}x{a.endpoints}: meshd p50 {ml.p50:.0f} ms"
+                f" / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, ratio "
+                f"{ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
+                f"{ml.missing}/{fl.missing}; {load()}"
+            )
+        extra = mesh.per_client_kb - floor.per_client_kb
+        self.report(
+            f"[4] memory {protocol} {n} clients: meshd {mesh.per_client_kb:.1f} KB/client, bare "
+            f"stream (floor) {floor.per_client_kb:.1f} KB/stream, extra {extra:.1f} KB "
+            f"(target <= 25 KB); meshd RSS {mesh.rss_base_kb / 1024:.0f} -> "
+            f"{mesh.rss_connected_kb / 1024:.0f} -> {mesh.rss_after_kb / 1024:.0f} MB; {load()}"
+        )
+
+    async def churn(self) -> None:
+        a = self.args
+        n, s = a.churn_clients, a.services
+        say(
+            f"[2b] churn: {n} Delta clients, {s} services, {a.churn_rate:g} unrelated "
+            f"changes/s ({load()})"
+        )
+        floor = await self.floor_run(s, 0, n, a.changes, churn=a.churn_rate)
+        say(f"  floor: {floor.latency}; errors {floor.errors}")
+        mesh = await self.meshd_run(s, 0, n, a.changes, churn=a.churn_rate)
+        say(f"  meshd: {mesh.latency}; errors {mesh.errors}")
+        assert floor.latency and mesh.latency
+        fl, ml = floor.latency, mesh.latency
+        self.report(
+            f"[2b] churn delta {n} clients {s}x{a.endpoints} + {a.churn_rate:g}/s: meshd p50 "
+            f"{ml.p50:.0f} ms / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, "
+            f"ratio {ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
+            f"{ml.missing}/{fl.missing}; {load()}"
+        )
+
+    async def scaling(self) -> None:
+        a = self.args
+        k = a.scaling_clients
+        say(f"[3] scaling: {k} clients (half SotW, half Delta), {a.changes} changes ({load()})")
+        got: dict[int, tuple[float, float, float, float, Latency]] = {}
+        for services in (a.scaling_small, a.scaling_large):
+            got[services] = await self._scaling_one(services, k // 2, k - k // 2, a.changes)
+            cpu, idle, translate, push, lat = got[services]
+            say(
+                f"  {services} services: meshd CPU {cpu:.2f} ms/change (idle share {idle:.2f} "
+                f"removed), translate {translate:.2f} ms, change->EDS written {push:.2f} ms, "
+                f"end to end {lat}"
+            )
+        small, large = got[a.scaling_small], got[a.scaling_large]
+        self.report(
+            f"[3] scaling {a.scaling_small} -> {a.scaling_large} services: meshd CPU per change "
+            f"{small[0]:.2f} -> {large[0]:.2f} ms = {large[0] / small[0]:.2f}x (target < 2x); "
+            f"translate {small[2]:.2f} -> {large[2]:.2f} ms = {large[2] / small[2]:.2f}x; e2e p50 "
+            f"{small[4].p50:.1f} -> {large[4].p50:.1f} ms = {large[4].p50 / small[4].p50:.2f}x; "
+            f"{load()}"
+        )
+
+    async def _scaling_one(
+        self, services: int, sotw: int, delta: int, changes: int
+    ) -> tuple[float, float, float, float, Latency]:
+        etcd, registry, revision = await self.registry(services, self.args.endpoints)
+        meshd = Meshd(etcd.endpoint, self.workdir, f"meshd-{services}", profile=self.args.profile)
+        clients: LoadGenGroup | None = None
+        try:
+            await meshd.wait_ready(revision)
+            clients = await self.clients(f"loadgen-scaling-{services}")
+            await self.connect(clients, meshd.target, sotw, delta, 120)
+            await asyncio.sleep(1)
+            # Idle CPU (keepalives, metrics) over a few seconds, to take out of the figure.
+            c0, t0 = meshd.cpu(), time.monotonic()
+            await asyncio.sleep(2)
+            idle_rate = (meshd.cpu() - c0) / (time.monotonic() - t0)
+            before = await meshd.metrics()
+            key = registry.prefix + "endpoints/default/s0/e0"
+            c0, t0 = meshd.cpu(), time.monotonic()
+
+            async def put(k: int) -> None:
+                await registry.put(key, marker_value(k))
+
+            lat = await measure_changes(
+                put,
+                clients,
+                self.change_ids(changes),
+                gap=self.args.gap,
+                budget=self.args.budget,
+                quiet=[meshd.pid, *clients.pids],
+            )
+            await asyncio.sleep(0.5)  # the last ACKs
+            elapsed = time.monotonic() - t0
+            cpu = meshd.cpu() - c0
+            after = await meshd.metrics()
+            meshd.check_alive()
+        finally:
+            if clients is not None:
+                await clients.close()
+            meshd.stop()
+
+        def mean(name: str, labels: str = "") -> float:
+            """Mean of a histogram over the changes, in ms."""
+            s, n = f"{name}_sum{labels}", f"{name}_count{labels}"
+            dn = after.get(n, 0) - before.get(n, 0)
+            return (after.get(s, 0) - before.get(s, 0)) / dn * 1000 if dn else float("nan")
+
+        idle = idle_rate * elapsed / changes * 1000
+        per_change = cpu / changes * 1000 - idle
+        push = mean("meshd_xds_push_latency_seconds", "{type=EDS}")
+        translate = mean("meshd_translate_seconds")
+        return per_change, idle, translate, push, lat
+
+    async def storm(self) -> None:
+        a = self.args
+        n, s = a.clients, a.services
+        sotw, delta = n // 2, n - n // 2
+        say(f"[5] storm: {sotw} SotW + {delta} Delta clients, {s} services ({load()})")
+        etcd, registry, revision = await self.registry(s, a.endpoints)
+        m1 = Meshd(etcd.endpoint, self.workdir, "meshd-a")
+        m2: Meshd | None = None
+        clients: LoadGenGroup | None = None
+        try:
+            await m1.wait_ready(revision)
+            clients = await self.clients("loadgen-storm")
+            connect_s, _ = await self.connect(clients, m1.target, sotw, delta, 300)
+            say(f"  {n} clients complete on meshd A in {connect_s:.1f} s")
+            m2 = Meshd(etcd.endpoint, self.workdir, "meshd-b")
+            await m2.wait_ready(revision)
+            await asyncio.sleep(a.settle)
+            before = [await m.metrics() for m in (m1, m2)]
+            rss1 = m1.rss_kb()
+            t0 = time.monotonic()
+            await clients.storm([m1.target, m2.target], a.storm_spread)
+            reopened = await clients.wait_reopened(30)
+            reopen_s = (reopened["last"] or float("nan")) - t0
+            # Server side: every stream registered again (meshd counts a proxy once it has
+            # handled its first request), split between A and B.
+            registered_s = float("nan")
+            while time.monotonic() - t0 < 30:
+                counts = [_connected(await m.metrics()) for m in (m1, m2)]
+                if sum(counts) == n and min(counts) > 0:
+                    registered_s = time.monotonic() - t0
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)  # anything meshd would (wrongly) send arrives by now
+            report = await clients.storm_report()
+            after = [await m.metrics() for m in (m1, m2)]
+            pushes = [_pushes(a_) - _pushes(b_) for a_, b_ in zip(after, before, strict=True)]
+            # A change after the storm must reach every client: all streams are live and in sync.
+            (probe,) = self.change_ids(1)
+            tp = time.monotonic()
+            await registry.put(registry.prefix + "endpoints/default/s0/e0", marker_value(probe))
+            times, missing = await clients.wait_change(probe, 10)
+            probe_ms = sorted((t - tp) * 1000 for t in times)
+            in_sync_s = max(reopen_s, registered_s)
+            say(
+                f"  streams reopened {reopened['reopened']}/{n} by {reopen_s:.2f} s; meshd A/B "
+                f"serving {counts} by {registered_s:.2f} s; pushes during storm A/B {pushes}; "
+                f"meshd A RSS {rss1 / 1024:.0f} -> {m1.rss_kb() / 1024:.0f} MB"
+            )
+            say(
+                f"  clients sent anything after reconnecting: {report['clients_sent_anything']} "
+                f"{report.get('by_protocol') or ''}; same version again: {report['same']}; "
+                f"different version: {report['different']}; probe change after the storm: "
+                f"p50 {percentile(probe_ms, 0.5):.0f} ms, max {max(probe_ms, default=0):.0f} ms, "
+                f"missing {missing}"
+            )
+            self.report(
+                f"[5] storm {n} clients -> 2 replicas within {a.storm_spread:g} s: all in sync "
+                f"again after {in_sync_s:.2f} s (target < 10 s); sent a version already held: "
+                f"{sum(report['same'].values())}, a different version: "
+                f"{sum(report['different'].values())} (target 0/0); probe reached "
+                f"{len(times)}/{n}; {load()}"
+            )
+        finally:
+            if clients is not None:
+                await clients.close()
+            m1.stop()
+            if m2 is not None:
+                m2.stop()
+
+
+def _connected(metrics: dict[str, float]) -> int:
+    return int(sum(v for k, v in metrics.items() if k.startswith("meshd_connected_proxies{")))
+
+
+def _pushes(metrics: dict[str, float]) -> int:
+    return int(sum(v for k, v in metrics.items() if k.startswith("meshd_xds_pushes_total{")))
+
+
+def meshd_revision() -> str:
+    """The commit meshd runs from, and whether its code differs from it (work in progress)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*cmd: str) -> str:
+        try:
+            out = subprocess.run(["git", *cmd], cwd=root, capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.decode().strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "xds_server", "adapters").splitlines()
+    return f"{head}" + (
+        f" + {len(dirty)} uncommitted file(s) in xds_server/adapters" if dirty else ""
+    )
+
+
+async def amain(args: argparse.Namespace, workdir: Path) -> None:
+    bench = Bench(args, workdir)
+    started = time.monotonic()
+    say(
+        f"bench_scale: {os.cpu_count()} CPUs, {load()}, loadgen processes {args.procs}, "
+        f"client back-off {args.backoff[0]:g}-{args.backoff[1]:g} s, gap {args.gap:g} s, "
+        f"etcd {'fsync' if args.fsync else '--unsafe-no-fsync'}; work dir {workdir}; "
+        f"meshd code at {meshd_revision()}"
+    )
+    try:
+        for fig in args.only:
+            if fig == "cold":
+                await bench.cold()
+            elif fig == "fanout":
+                for protocol in args.protocols:
+                    await bench.fanout(protocol)
+            elif fig == "memory":
+                if "fanout" not in args.only:
+                    for protocol in args.protocols:
+                        await bench.fanout(protocol, with_changes=False)
+            elif fig == "churn":
+                await bench.churn()
+            elif fig == "scaling":
+                await bench.scaling()
+            elif fig == "storm":
+                await bench.storm()
+    finally:
+        await bench.close()
+    say(f"\nsummary ({time.monotonic() - started:.0f} s, {load()}):")
+    for line in bench.summary:
+        say("  " + line)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=2000, help="fan-out, memory, storm clients")
+    p.add_argument("--services", type=int, default=1000, help="fan-out/churn/storm services")
+    p.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    p.add_argument("--changes", type=int, default=100, help="changes per latency series")
+    p.add_argument("--cold-services", type=int, default=10_000)
+    p.add_argument("--churn-clients", type=int, default=1000)
+    p.add_argument("--churn-rate", type=float, default=10.0, help="unrelated changes per second")
+    p.add_argument("--scaling-small", type=int, default=100)
+    p.add_argument("--scaling-large", type=int, default=10_000)
+    p.add_argument("--scaling-clients", type=int, default=20)
+    p.add_argument("--storm-spread", type=float, default=1.0, help="seconds for all reconnects")
+    p.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
+    p.add_argument("--procs", type=int, default=1, help="load generator processes")
+    p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
+    p.add_argument("--budget", type=float, default=45.0, help="max seconds of changes per series")
+    p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
+    p.add_argument(
+        "--backoff", type=float, nargs=2, default=(0.1, 0.5), help="client reconnect back-off"
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="run meshd under cProfile, print where time goes"
+    )
+    p.add_argument("--fsync", action="store_true", help="etcd with fsync (default: no fsync)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    p.add_argument(
+        "--only", default=",".join(FIGURES), help="comma-separated: " + ",".join(FIGURES)
+    )
+    args = p.parse_args(argv)
+    args.only = [f.strip() for f in args.only.split(",") if f.strip()]
+    unknown = set(args.only) - set(FIGURES)
+    if unknown:
+        p.error(f"unknown figure(s) {sorted(unknown)}; choose from {FIGURES}")
+    args.protocols = ("sotw", "delta") if args.protocol == "both" else (args.protocol,)
+    args.backoff = tuple(args.backoff)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    raise_nofile_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        asyncio.run(amain(args, workdir))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
