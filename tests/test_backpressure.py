@@ -4,55 +4,76 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
-
-import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from adapters.memory import MemoryRegistry
 from tests.xds_client import sotw_client
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.translate import CLUSTER
 
+STUCK_CLIENT = """
+import sys, time, grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+channel = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
+stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+first = discovery_pb2.DiscoveryRequest(type_url=CDS)
+first.node.id, first.node.cluster = "stuck", "gateway"
+def requests():
+    yield first
+    time.sleep(3600)
+for response in stub.StreamAggregatedResources(requests()):
+    print("subscribed", flush=True)
+    time.sleep(3600)
+"""
+
+N = 3000  # clusters: each CDS push is ~0.5 MB, far beyond HTTP/2 windows and socket buffers
+
 
 async def test_stuck_client_does_not_delay_others() -> None:
     registry = MemoryRegistry()
     await registry.put("/mesh/listeners/public", json.dumps({"port": 10000}).encode())
-    # Enough clusters that one CDS response is far larger than an HTTP/2 flow-control
-    # window: a client that never reads blocks meshd's writes to it after the first.
-    for i in range(400):
+    for i in range(N):
         value = {"port": 80, "circuit_breaker": {"max_connections": 1000 + i}}
         await registry.put(f"/mesh/services/default/s{i}", json.dumps(value).encode())
     app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=None))
     await app.start()
-    stuck_channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{app.xds_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+    # A real stuck peer: a stopped (SIGSTOP) client process no longer reads its socket,
+    # so flow-control windows and socket buffers fill and meshd's writes to it block.
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", STUCK_CLIENT, str(app.xds_port)], stdout=subprocess.PIPE
     )
     try:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(stuck_channel)
-
-        async def stuck_requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-            first = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
-            first.node.id, first.node.cluster = "stuck", "gateway"
-            yield first
-            await asyncio.Event().wait()  # never ACKs, never reads
-
-        stuck_call = stub.StreamAggregatedResources(stuck_requests())
+        assert stuck.stdout is not None
+        line = await asyncio.to_thread(stuck.stdout.readline)
+        assert line.strip() == b"subscribed"
+        stuck.send_signal(signal.SIGSTOP)
         async with sotw_client(app.xds_port, "gateway", node_id="healthy") as got:
-            for round_ in range(5):
-                # Change every cluster: the stuck stream's writes are now blocked.
-                for i in range(0, 400, 40):
+            for round_ in range(8):
+                rev, before = 0, got[CLUSTER].version_info
+                for i in range(0, N, N // 10):
                     value = {"port": 80, "circuit_breaker": {"max_connections": 5000 + round_ + i}}
-                    await registry.put(f"/mesh/services/default/s{i}", json.dumps(value).encode())
+                    key = f"/mesh/services/default/s{i}"
+                    rev = await registry.put(key, json.dumps(value).encode())
+                while app.revision < rev:  # meshd has taken the change in
+                    await asyncio.sleep(0.001)
                 version = app.cache.scope("gateway").version(CLUSTER)
+                assert version != before
                 start = time.monotonic()
                 while got[CLUSTER].version_info != version:
                     assert time.monotonic() - start < 2.0, "healthy client was held up"
                     await asyncio.sleep(0.005)
-        # The stuck stream is still connected (blocked in its own write), yet nobody waited.
-        assert "stuck" in {c.stream.node_id for c in app.streams.connections.values()}
-        stuck_call.cancel()
+            nonces = {
+                c.stream.node_id: c.stream.types[CLUSTER].nonce
+                for c in app.streams.connections.values()
+            }
+        # The stuck stream is still there, and behind: meshd is blocked writing an older
+        # push to it, while the healthy client got every round on time.
+        assert nonces["stuck"] != nonces["healthy"], nonces
     finally:
-        await stuck_channel.close()
+        stuck.kill()
+        stuck.wait()
         await app.stop(grace=0.1)

@@ -106,6 +106,7 @@ class DeltaStream:
 
     protocol = "delta"
     __slots__ = (
+        "_deferred",
         "_pending",
         "cache",
         "clock",
@@ -125,6 +126,7 @@ class DeltaStream:
         self.types: dict[str, DeltaTypeStatus] = {}
         self.last_outcome: RequestOutcome | None = None
         self._pending: Pending = {}
+        self._deferred: Pending = {}  # changes held back until the type's last push is answered
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -178,38 +180,68 @@ class DeltaStream:
             # Reconnected holding exactly the current versions (point 4): in sync.
             ts.version = ts.acked_version = self._version(t, ts)
             ts.acked = True
+        if self._deferred:
+            return out + self._flush()  # an answer may unblock changes held back
         return out + self._release_retained()
 
     def on_change(self, pending: Pending, scopes_changed: bool) -> list[DeltaResponse]:
         old_scope = self.scope
         if scopes_changed and self.scope is not None:
             self.scope = self.cache.scope(self.node_cluster)
-        self._pending = pending
+        for t, changed in pending.items():
+            mine = self._deferred.setdefault(t, {})
+            for name, old in changed.items():
+                mine.setdefault(name, old)  # the oldest unsent value is what the client holds
+        if scopes_changed and old_scope is not None and self.scope is not None:
+            for t in WILDCARD_TYPES:
+                ts = self.types.get(t)
+                if ts is not None and ts.wildcard:
+                    moved = set(old_scope.names(t)) ^ set(self.scope.names(t))
+                    mine = self._deferred.setdefault(t, {})
+                    for name in moved:
+                        mine.setdefault(name, self.cache.index[t].get(name))
+        return self._flush()
+
+    def _awaiting(self, ts: DeltaTypeStatus) -> bool:
+        """The last response of this type is neither ACKed nor NACKed yet."""
+        return bool(ts.nonce) and not ts.acked and ts.nack is None
+
+    def _flush(self) -> list[DeltaResponse]:
+        """Send deferred changes in type order to types not waiting for an answer.
+
+        At most one unanswered response per type (gRPC buffers every write, so a stuck
+        proxy would otherwise make meshd buffer without bound); a waiting type holds back
+        the types after it, keeping the push order.
+        """
         out: list[DeltaResponse] = []
-        force: dict[str, set[str]] = {}
+        self._pending = self._deferred
         try:
             for t in TYPE_ORDER:
+                if not self._deferred.get(t):
+                    continue
                 ts = self.types.get(t)
                 if ts is None or not ts.started:
+                    self._deferred.pop(t, None)
                     continue
-                changed = dict(pending.get(t, {}))
-                if scopes_changed and ts.wildcard and old_scope is not None:
-                    before, after = set(old_scope.names(t)), set(self.scope.names(t))  # type: ignore[union-attr]
-                    for name in before ^ after:
-                        changed.setdefault(name, self.cache.index[t].get(name))
-                for name in force.get(t, ()):
-                    if self._in_scope(t, ts, name):
-                        changed.setdefault(name, self.cache.index[t].get(name))
-                if not changed:
-                    continue
-                resp = self._compute(t, ts, changed, force.get(t, set()))
+                if self._awaiting(ts):
+                    break
+                changed = self._deferred.pop(t)
+                resp = self._compute(t, ts, changed)
                 out += resp
                 if t in _FOLLOWS and resp:
                     # Point 2: over Delta, Envoy re-warms a changed Cluster (Listener)
-                    # without asking again: push its assignment (routes) now.
-                    force[_FOLLOWS[t]] = {
-                        r.name for r in resp[0].resources if changed.get(r.name) is not None
-                    }
+                    # without asking again: push its assignment (routes) too.
+                    follow = _FOLLOWS[t]
+                    ts_follow = self.types.get(follow)
+                    index = self.cache.index[follow]
+                    mine = self._deferred.setdefault(follow, {})
+                    for r in resp[0].resources:
+                        if (
+                            changed.get(r.name) is not None
+                            and ts_follow is not None
+                            and self._in_scope(follow, ts_follow, r.name)
+                        ):
+                            mine.setdefault(r.name, index.get(r.name))
         finally:
             self._pending = {}
         return out + self._release_retained()
@@ -273,11 +305,7 @@ class DeltaStream:
         return held
 
     def _compute(
-        self,
-        t: str,
-        ts: DeltaTypeStatus,
-        changed: dict[str, Resource | None],
-        force: set[str],
+        self, t: str, ts: DeltaTypeStatus, changed: dict[str, Resource | None]
     ) -> list[DeltaResponse]:
         index = self.cache.index[t]
         held_refs: set[str] | None = None
@@ -319,7 +347,7 @@ class DeltaStream:
 
     def _release_retained(self) -> list[DeltaResponse]:
         ts = self.types.get(CLUSTER)
-        if ts is None or not ts.retained:
+        if ts is None or not ts.retained or self._awaiting(ts):
             return []
         held = self._held_clusters()
         gone = sorted(n for n in ts.retained if n not in held)

@@ -116,6 +116,8 @@ class SotwStream:
 
     protocol = "sotw"
     __slots__ = (
+        "_deferred",
+        "_deferred_scope",
         "_pending",
         "cache",
         "clock",
@@ -135,6 +137,8 @@ class SotwStream:
         self.types: dict[str, TypeStatus] = {}
         self.last_outcome: RequestOutcome | None = None
         self._pending: Pending = {}  # changes being pushed right now (their old resources)
+        self._deferred: Pending = {}  # changes held back until the type's last push is answered
+        self._deferred_scope: set[str] = set()
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -169,7 +173,7 @@ class SotwStream:
         before = ts.subscribed
         self._subscribe(t, ts, req, first)
         if first and req.version_info and self._already_current(t, ts, req.version_info):
-            return []
+            return self._flush() if self._deferred else []
         if ts.wildcard:
             out = self._compute_full(t, ts, {})
         else:
@@ -177,23 +181,53 @@ class SotwStream:
             wanted = ts.subscribed if first else (ts.subscribed - before) | ts.rewarm
             ts.rewarm = frozenset()
             out = self._compute_partial(t, ts, wanted, removed=False)
+        if self._deferred or self._deferred_scope:
+            return out + self._flush()  # an answer may unblock changes held back
         return out + self._release_retained()
 
     def on_change(self, pending: Pending, scopes_changed: bool) -> list[Response]:
         """The cache changed: return what this stream must be sent now, in type order."""
         if scopes_changed and self.scope is not None:
             self.scope = self.cache.scope(self.node_cluster)
-        self._pending = pending
+        for t, changed in pending.items():
+            mine = self._deferred.setdefault(t, {})
+            for name, old in changed.items():
+                mine.setdefault(name, old)  # the oldest unsent value is what the client holds
+        if scopes_changed:
+            self._deferred_scope.update(WILDCARD_TYPES)
+        return self._flush()
+
+    def _awaiting(self, ts: TypeStatus) -> bool:
+        """The last response of this type is neither ACKed nor NACKed yet."""
+        return bool(ts.nonce) and not ts.acked and ts.nack is None
+
+    def _flush(self) -> list[Response]:
+        """Send deferred changes, in type order, to types not waiting for an ACK.
+
+        At most one unanswered response per type: gRPC accepts every write into its
+        buffers, so without this a stuck proxy would make meshd buffer each push without
+        bound. Later changes coalesce and go out as the latest state once it answers. A
+        type that must wait holds back the types after it, keeping the push order.
+        """
         out: list[Response] = []
+        self._pending = self._deferred  # names not sent yet: the client holds the old ones
         try:
             for t in TYPE_ORDER:
+                changed = self._deferred.get(t)
+                full = t in self._deferred_scope
+                if not changed and not full:
+                    continue
                 ts = self.types.get(t)
                 if ts is None or not ts.started:
+                    self._deferred.pop(t, None)
+                    self._deferred_scope.discard(t)
                     continue
-                changed = pending.get(t)
+                if self._awaiting(ts):
+                    break
+                changed = self._deferred.pop(t, None) or {}
+                self._deferred_scope.discard(t)
                 if ts.wildcard:
-                    if changed or scopes_changed:
-                        out += self._compute_full(t, ts, changed or {})
+                    out += self._compute_full(t, ts, changed)
                 elif changed:
                     names = ts.subscribed.intersection(changed)
                     gone = any(self.cache.index[t].get(n) is None for n in names)
@@ -328,7 +362,7 @@ class SotwStream:
     def _release_retained(self) -> list[Response]:
         """Once the routes that named a removed cluster are replaced, remove it too."""
         ts = self.types.get(CLUSTER)
-        if ts is None or not ts.retained or not ts.wildcard:
+        if ts is None or not ts.retained or not ts.wildcard or self._awaiting(ts):
             return []
         if set(ts.retained) <= self._held_clusters():
             return []
