@@ -27,14 +27,14 @@ names its watcher reports as changed (with the resources they replaced).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, ConfigCache, Scope
+from xds_server.cache import WILDCARD_TYPES, ConfigCache
 from xds_server.cache.snapshot import Pending
-from xds_server.server.stream import RequestOutcome, SyncState
+from xds_server.server.base import RequestOutcome, StatusBase, StreamBase
 from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.resource import Resource, set_version, string_field
 
@@ -74,67 +74,23 @@ class DeltaResponse:
 
 
 @dataclass(slots=True)
-class DeltaTypeStatus:
+class DeltaTypeStatus(StatusBase):
     """What one Delta stream knows of one resource type (no per-resource maps)."""
 
-    started: bool = False
-    wildcard: bool = False
-    subscribed: frozenset[str] = frozenset()
-    version: str = ""
-    nonce: str = ""
-    acked: bool = False
-    acked_version: str = ""
-    nack: str | None = None
     nack_names: tuple[str, ...] = ()
-    last_push: float | None = None
-    retained: dict[str, Resource] = field(default_factory=dict)
     inflight: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    nonce_gen: int = -1
-    nonce_seq: int = 0
-
-    @property
-    def state(self) -> SyncState:
-        if not self.nonce and not self.acked:
-            return "NOT_SENT"
-        if self.nack is not None:
-            return "NACKED"
-        return "SYNCED" if self.acked else "STALE"
 
 
-class DeltaStream:
+class DeltaStream(StreamBase[DeltaTypeStatus]):
     """One Delta ADS stream's subscriptions and what the client holds."""
 
     protocol = "delta"
-    __slots__ = (
-        "_deferred",
-        "_pending",
-        "cache",
-        "clock",
-        "last_outcome",
-        "node_cluster",
-        "node_id",
-        "scope",
-        "types",
-    )
-
-    def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
-        self.cache = cache
-        self.clock = clock
-        self.node_id = ""
-        self.node_cluster = ""
-        self.scope: Scope | None = None
-        self.types: dict[str, DeltaTypeStatus] = {}
-        self.last_outcome: RequestOutcome | None = None
-        self._pending: Pending = {}
-        self._deferred: Pending = {}  # changes held back until the type's last push is answered
+    __slots__ = ()
 
     # -- inputs -------------------------------------------------------------------------
 
     def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
-        if self.scope is None or (req.HasField("node") and req.node.id):
-            if req.HasField("node"):
-                self.node_id, self.node_cluster = req.node.id, req.node.cluster
-            self.scope = self.cache.scope(self.node_cluster)
+        self._adopt_node(req)
         t = req.type_url
         if t not in TYPE_ORDER:
             self.last_outcome = RequestOutcome("unknown_type", t)
@@ -188,10 +144,7 @@ class DeltaStream:
         old_scope = self.scope
         if scopes_changed and self.scope is not None:
             self.scope = self.cache.scope(self.node_cluster)
-        for t, changed in pending.items():
-            mine = self._deferred.setdefault(t, {})
-            for name, old in changed.items():
-                mine.setdefault(name, old)  # the oldest unsent value is what the client holds
+        self._defer(pending)
         if scopes_changed and old_scope is not None and self.scope is not None:
             for t in WILDCARD_TYPES:
                 ts = self.types.get(t)
@@ -201,10 +154,6 @@ class DeltaStream:
                     for name in moved:
                         mine.setdefault(name, self.cache.index[t].get(name))
         return self._flush()
-
-    def _awaiting(self, ts: DeltaTypeStatus) -> bool:
-        """The last response of this type is neither ACKed nor NACKed yet."""
-        return bool(ts.nonce) and not ts.acked and ts.nack is None
 
     def _flush(self) -> list[DeltaResponse]:
         """Send deferred changes in type order to types not waiting for an answer.
@@ -223,7 +172,7 @@ class DeltaStream:
                 if ts is None or not ts.started:
                     self._deferred.pop(t, None)
                     continue
-                if self._awaiting(ts):
+                if ts.awaiting:
                     break
                 changed = self._deferred.pop(t)
                 resp = self._compute(t, ts, changed)
@@ -288,21 +237,8 @@ class DeltaStream:
             xor ^= res.digest
         return set_version(xor)
 
-    def _held_clusters(self) -> set[str]:
-        held: set[str] = set()
-        for t in (LISTENER, ROUTE):
-            ts = self.types.get(t)
-            if ts is None or not ts.started:
-                continue
-            index = self.cache.index[t]
-            changed = self._pending.get(t, {})
-            names: Iterable[str] = self._desired_names(t, ts)
-            for name in names:
-                # A name changed but not yet re-sent is still held in its old version.
-                res = changed[name] if name in changed else index.get(name)
-                if res is not None:
-                    held.update(res.refs)
-        return held
+    def _held_names(self, t: str, ts: DeltaTypeStatus) -> Iterable[str]:
+        return self._desired_names(t, ts)
 
     def _compute(
         self, t: str, ts: DeltaTypeStatus, changed: dict[str, Resource | None]
@@ -335,10 +271,8 @@ class DeltaStream:
     ) -> list[DeltaResponse]:
         if not send and not removed:
             return []
-        gen = self.cache.type_generation[t]
-        ts.nonce_seq = ts.nonce_seq + 1 if ts.nonce_gen == gen else 0
-        ts.nonce_gen = gen
-        ts.nonce, ts.version = f"{gen}.{ts.nonce_seq}", self._version(t, ts)
+        ts.nonce = ts.next_nonce(self.cache.type_generation[t])
+        ts.version = self._version(t, ts)
         ts.acked, ts.last_push = False, self.clock()
         ts.inflight[ts.nonce] = tuple(r.name for r in send)
         if len(ts.inflight) > _INFLIGHT_MAX:  # a client that never ACKs must not grow this
@@ -347,7 +281,7 @@ class DeltaStream:
 
     def _release_retained(self) -> list[DeltaResponse]:
         ts = self.types.get(CLUSTER)
-        if ts is None or not ts.retained or self._awaiting(ts):
+        if ts is None or not ts.retained or ts.awaiting:
             return []
         held = self._held_clusters()
         gone = sorted(n for n in ts.retained if n not in held)

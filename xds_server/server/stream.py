@@ -31,18 +31,18 @@ Nonces are ``<type generation>.<n>`` so those streams produce identical bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, ConfigCache, Scope
+from xds_server.cache import WILDCARD_TYPES, ConfigCache
 from xds_server.cache.snapshot import Pending
+from xds_server.server.base import RequestOutcome, StatusBase, StreamBase, SyncState
 from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.resource import Resource, set_version, string_field
 
-SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
+__all__ = ["RequestOutcome", "Response", "SotwStream", "SyncState", "TypeStatus"]
 _FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 
 
@@ -75,79 +75,28 @@ class Response:
 
 
 @dataclass(slots=True)
-class TypeStatus:
-    """What one stream knows of one resource type (no per-resource maps)."""
+class TypeStatus(StatusBase):
+    """What one SotW stream knows of one resource type (no per-resource maps)."""
 
-    started: bool = False
-    wildcard: bool = False
-    subscribed: frozenset[str] = frozenset()
     names: frozenset[str] = frozenset()  # wildcard: the complete set last sent
-    version: str = ""  # version_info of the last response (or the one the client came with)
-    nonce: str = ""  # last nonce sent; "" = none yet
-    acked: bool = False  # the last response was ACKed
-    acked_version: str = ""
-    nack: str | None = None  # Envoy's error text for the last response, if it NACKed
-    last_push: float | None = None
     rewarm: frozenset[str] = frozenset()
-    retained: dict[str, Resource] = field(default_factory=dict)
-    nonce_gen: int = -1
-    nonce_seq: int = 0
-
-    @property
-    def state(self) -> SyncState:
-        if not self.nonce and not self.acked:
-            return "NOT_SENT"
-        if self.nack is not None:
-            return "NACKED"
-        return "SYNCED" if self.acked else "STALE"
 
 
-@dataclass(slots=True)
-class RequestOutcome:
-    """What a request was, for metrics and logs."""
-
-    kind: Literal["initial", "ack", "nack", "stale", "unknown_type", "update"]
-    type_url: str
-    message: str = ""
-
-
-class SotwStream:
+class SotwStream(StreamBase[TypeStatus]):
     """One ADS state-of-the-world stream's subscriptions and what it was sent."""
 
     protocol = "sotw"
-    __slots__ = (
-        "_deferred",
-        "_deferred_scope",
-        "_pending",
-        "cache",
-        "clock",
-        "last_outcome",
-        "node_cluster",
-        "node_id",
-        "scope",
-        "types",
-    )
+    __slots__ = ("_deferred_scope",)
 
     def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
-        self.cache = cache
-        self.clock = clock
-        self.node_id = ""
-        self.node_cluster = ""
-        self.scope: Scope | None = None
-        self.types: dict[str, TypeStatus] = {}
-        self.last_outcome: RequestOutcome | None = None
-        self._pending: Pending = {}  # changes being pushed right now (their old resources)
-        self._deferred: Pending = {}  # changes held back until the type's last push is answered
+        super().__init__(cache, clock)
         self._deferred_scope: set[str] = set()
 
     # -- inputs -------------------------------------------------------------------------
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[Response]:
         """Handle one DiscoveryRequest; return the responses to send, in order."""
-        if self.scope is None or (req.HasField("node") and req.node.id):
-            if req.HasField("node"):
-                self.node_id, self.node_cluster = req.node.id, req.node.cluster
-            self.scope = self.cache.scope(self.node_cluster)
+        self._adopt_node(req)
         t = req.type_url
         if t not in TYPE_ORDER:
             self.last_outcome = RequestOutcome("unknown_type", t)
@@ -189,17 +138,10 @@ class SotwStream:
         """The cache changed: return what this stream must be sent now, in type order."""
         if scopes_changed and self.scope is not None:
             self.scope = self.cache.scope(self.node_cluster)
-        for t, changed in pending.items():
-            mine = self._deferred.setdefault(t, {})
-            for name, old in changed.items():
-                mine.setdefault(name, old)  # the oldest unsent value is what the client holds
+        self._defer(pending)
         if scopes_changed:
             self._deferred_scope.update(WILDCARD_TYPES)
         return self._flush()
-
-    def _awaiting(self, ts: TypeStatus) -> bool:
-        """The last response of this type is neither ACKed nor NACKed yet."""
-        return bool(ts.nonce) and not ts.acked and ts.nack is None
 
     def _flush(self) -> list[Response]:
         """Send deferred changes, in type order, to types not waiting for an ACK.
@@ -222,7 +164,7 @@ class SotwStream:
                     self._deferred.pop(t, None)
                     self._deferred_scope.discard(t)
                     continue
-                if self._awaiting(ts):
+                if ts.awaiting:
                     break
                 changed = self._deferred.pop(t, None) or {}
                 self._deferred_scope.discard(t)
@@ -269,10 +211,7 @@ class SotwStream:
     def _emit(
         self, t: str, ts: TypeStatus, version: str, resources: tuple[Resource, ...]
     ) -> Response:
-        gen = self.cache.type_generation[t]
-        ts.nonce_seq = ts.nonce_seq + 1 if ts.nonce_gen == gen else 0
-        ts.nonce_gen = gen
-        ts.version, ts.nonce = version, f"{gen}.{ts.nonce_seq}"
+        ts.version, ts.nonce = version, ts.next_nonce(self.cache.type_generation[t])
         ts.acked = False
         ts.last_push = self.clock()
         return Response(t, version, ts.nonce, resources)
@@ -343,26 +282,13 @@ class SotwStream:
         version = set_version(self.cache.subscription_xor(t, ts.subscribed))
         return [self._emit(t, ts, version, send)]
 
-    def _held_clusters(self) -> set[str]:
-        """Clusters named by the route configurations and listeners this stream holds."""
-        held: set[str] = set()
-        for t in (LISTENER, ROUTE):
-            ts = self.types.get(t)
-            if ts is None or not ts.started:
-                continue
-            index = self.cache.index[t]
-            changed = self._pending.get(t, {})
-            for name in ts.names | ts.subscribed:
-                # A name changed but not yet re-sent is still held in its old version.
-                res = changed[name] if name in changed else index.get(name)
-                if res is not None:
-                    held.update(res.refs)
-        return held
+    def _held_names(self, t: str, ts: TypeStatus) -> Iterable[str]:
+        return ts.names | ts.subscribed
 
     def _release_retained(self) -> list[Response]:
         """Once the routes that named a removed cluster are replaced, remove it too."""
         ts = self.types.get(CLUSTER)
-        if ts is None or not ts.retained or not ts.wildcard or self._awaiting(ts):
+        if ts is None or not ts.retained or not ts.wildcard or ts.awaiting:
             return []
         if set(ts.retained) <= self._held_clusters():
             return []

@@ -1,0 +1,145 @@
+"""What the SotW and Delta stream state machines share. No I/O.
+
+Both keep per type a small :class:`StatusBase` (no per-resource maps), hold back
+changes for a type whose last response is unanswered, and need the clusters
+that the route configurations and listeners a client holds still name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+from xds_server.cache import ConfigCache, Scope
+from xds_server.cache.snapshot import Pending
+from xds_server.translate.names import LISTENER, ROUTE
+from xds_server.translate.resource import Resource
+
+SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    """What a request was, for metrics and logs."""
+
+    kind: Literal["initial", "ack", "nack", "stale", "unknown_type", "update"]
+    type_url: str
+    message: str = ""
+
+
+@dataclass(slots=True)
+class StatusBase:
+    """What one stream knows of one resource type."""
+
+    started: bool = False
+    wildcard: bool = False
+    subscribed: frozenset[str] = frozenset()
+    version: str = ""  # version of the last response (or the one the client came with)
+    nonce: str = ""  # last nonce sent; "" = none yet
+    acked: bool = False  # the last response was ACKed
+    acked_version: str = ""
+    nack: str | None = None  # the proxy's error text for the last response, if it NACKed
+    last_push: float | None = None
+    retained: dict[str, Resource] = field(default_factory=dict)
+    nonce_gen: int = -1
+    nonce_seq: int = 0
+
+    @property
+    def state(self) -> SyncState:
+        if not self.nonce and not self.acked:
+            return "NOT_SENT"
+        if self.nack is not None:
+            return "NACKED"
+        return "SYNCED" if self.acked else "STALE"
+
+    @property
+    def awaiting(self) -> bool:
+        """The last response is neither ACKed nor NACKed yet."""
+        return bool(self.nonce) and not self.acked and self.nack is None
+
+    def next_nonce(self, generation: int) -> str:
+        """``<type generation>.<n>``: streams in the same position get the same nonce,
+        so their responses are byte-identical and encoded once."""
+        self.nonce_seq = self.nonce_seq + 1 if self.nonce_gen == generation else 0
+        self.nonce_gen = generation
+        return f"{generation}.{self.nonce_seq}"
+
+
+class _HasNode(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def cluster(self) -> str: ...
+
+
+class _Request(Protocol):
+    @property
+    def node(self) -> _HasNode: ...
+
+    def HasField(self, name: str) -> bool: ...  # noqa: N802 (protobuf's spelling)
+
+
+S = TypeVar("S", bound=StatusBase)
+
+
+class StreamBase(Generic[S]):
+    """Node identity, scope, per-type status and deferred changes of one stream."""
+
+    __slots__ = (
+        "_deferred",
+        "_pending",
+        "cache",
+        "clock",
+        "last_outcome",
+        "node_cluster",
+        "node_id",
+        "scope",
+        "types",
+    )
+
+    def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
+        self.cache = cache
+        self.clock = clock
+        self.node_id = ""
+        self.node_cluster = ""
+        self.scope: Scope | None = None
+        self.types: dict[str, S] = {}
+        self.last_outcome: RequestOutcome | None = None
+        self._pending: Pending = {}  # changes being pushed right now (their old resources)
+        self._deferred: Pending = {}  # changes held back until the type's last push is answered
+
+    def _adopt_node(self, req: _Request) -> None:
+        """The first request names the node (later ones may repeat it); scope follows it."""
+        if self.scope is None or (req.HasField("node") and req.node.id):
+            if req.HasField("node"):
+                self.node_id, self.node_cluster = req.node.id, req.node.cluster
+            self.scope = self.cache.scope(self.node_cluster)
+
+    def _defer(self, pending: Pending) -> None:
+        """Merge a cache change into the changes not sent yet."""
+        for t, changed in pending.items():
+            mine = self._deferred.setdefault(t, {})
+            for name, old in changed.items():
+                mine.setdefault(name, old)  # the oldest unsent value is what the client holds
+
+    def _held_names(self, t: str, ts: S) -> Iterable[str]:
+        """Names of type ``t`` the client holds (listeners and route configurations)."""
+        raise NotImplementedError
+
+    def _held_clusters(self) -> set[str]:
+        """Clusters named by the route configurations and listeners this stream holds."""
+        held: set[str] = set()
+        for t in (LISTENER, ROUTE):
+            ts = self.types.get(t)
+            if ts is None or not ts.started:
+                continue
+            index = self.cache.index[t]
+            changed = self._pending.get(t, {})
+            for name in self._held_names(t, ts):
+                # A name changed but not yet re-sent is still held in its old version.
+                res = changed[name] if name in changed else index.get(name)
+                if res is not None:
+                    held.update(res.refs)
+        return held
