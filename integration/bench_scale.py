@@ -93,9 +93,31 @@ def address(i: int) -> str:
     return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
 
 
-def registry_entries(services: int, endpoints: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The benchmark registry (keys without prefix), exactly as ``registry.md`` specifies."""
-    yield "listeners/public", {"address": "0.0.0.0", "port": 10000, "nodes": ["*"]}
+def registry_entries(
+    services: int, endpoints: int, tcp_scope: bool = False
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The benchmark registry (keys without prefix), exactly as ``registry.md`` specifies.
+
+    Normally listener ``public`` serves every node, so every client gets every cluster (every
+    HTTP listener routes every service's default host). ``tcp_scope``: ``public`` serves only
+    ``gateway`` nodes and the clients (node cluster ``sidecar``) get a TCP listener to ``s0``:
+    their scope is the cluster and endpoints of ``s0``, so a change to any other service is
+    unrelated to them.
+    """
+    if tcp_scope:
+        yield "listeners/public", {"address": "0.0.0.0", "port": 10000, "nodes": ["gateway"]}
+        yield (
+            "listeners/tcp-s0",
+            {
+                "address": "0.0.0.0",
+                "port": 10001,
+                "protocol": "tcp",
+                "service": "default/s0",
+                "nodes": ["sidecar"],
+            },
+        )
+    else:
+        yield "listeners/public", {"address": "0.0.0.0", "port": 10000, "nodes": ["*"]}
     for i in range(services):
         yield f"services/default/s{i}", {"protocol": "http", "port": 8080}
         for j in range(endpoints):
@@ -103,12 +125,14 @@ def registry_entries(services: int, endpoints: int) -> Iterator[tuple[str, dict[
             yield f"endpoints/default/s{i}/e{j}", ep
 
 
-async def seed(registry: EtcdRegistry, services: int, endpoints: int) -> tuple[int, float, int]:
+async def seed(
+    registry: EtcdRegistry, services: int, endpoints: int, tcp_scope: bool = False
+) -> tuple[int, float, int]:
     """Write the registry in transactions of TXN_BATCH puts; (revision, seconds, keys)."""
     started = time.perf_counter()
     batch: dict[str, bytes] = {}
     revision = keys = 0
-    for key, value in registry_entries(services, endpoints):
+    for key, value in registry_entries(services, endpoints, tcp_scope):
         batch[registry.prefix + key] = json.dumps(value).encode()
         if len(batch) == TXN_BATCH:
             revision = await registry.txn(puts=batch)
@@ -268,7 +292,7 @@ class Floor:
         self.port = port
 
     @classmethod
-    async def start(cls, services: int, endpoints: int, workdir: Path) -> Floor:
+    async def start(cls, services: int, endpoints: int, workdir: Path, tcp: bool = False) -> Floor:
         log = (workdir / "floor.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -280,6 +304,7 @@ class Floor:
             str(endpoints),
             "--base",
             str(BASE),
+            *(["--tcp"] if tcp else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -424,7 +449,15 @@ class Run:
     latency: Latency | None = None
     cpu_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
-    extra: str = ""
+    error_details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def errors_text(self) -> str:
+        """Stream errors the clients saw (and retried), with the first message of each code."""
+        if not self.errors:
+            return "none"
+        details = "; ".join(f"{k}: {v!r}" for k, v in self.error_details.items())
+        return f"{self.errors} ({details})" if details else str(self.errors)
 
     @property
     def per_client_kb(self) -> float:
@@ -444,7 +477,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.etcds: dict[tuple[int, int], tuple[EmbeddedEtcd, EtcdRegistry, int]] = {}
+        self.etcds: dict[tuple[int, int, bool], tuple[EmbeddedEtcd, EtcdRegistry, int]] = {}
         self.next_change = 0
         self.summary: list[str] = []
 
@@ -459,19 +492,19 @@ class Bench:
         return ids
 
     async def registry(
-        self, services: int, endpoints: int
+        self, services: int, endpoints: int, tcp_scope: bool = False
     ) -> tuple[EmbeddedEtcd, EtcdRegistry, int]:
-        """An etcd seeded with ``services`` x ``endpoints`` (created once per size)."""
-        key = (services, endpoints)
+        """An etcd seeded with ``services`` x ``endpoints`` (created once per size and scope)."""
+        key = (services, endpoints, tcp_scope)
         if key not in self.etcds:
             etcd = EmbeddedEtcd(
-                self.workdir / f"etcd-{services}x{endpoints}",
+                self.workdir / f"etcd-{services}x{endpoints}{'-tcp' if tcp_scope else ''}",
                 unsafe_no_fsync=not self.args.fsync,
                 auto_compaction_retention=None,
             )
             await etcd.start()
             registry = EtcdRegistry(etcd.endpoint, timeout=30)
-            revision, secs, keys = await seed(registry, services, endpoints)
+            revision, secs, keys = await seed(registry, services, endpoints, tcp_scope)
             fsync = "with fsync" if self.args.fsync else "etcd --unsafe-no-fsync"
             say(
                 f"  seeded {keys} keys ({services} services x {endpoints} endpoints) in "
@@ -505,10 +538,16 @@ class Bench:
         return (res["last"] or time.monotonic()) - t0, res
 
     async def floor_run(
-        self, services: int, sotw: int, delta: int, changes: int, churn: float = 0.0
+        self,
+        services: int,
+        sotw: int,
+        delta: int,
+        changes: int,
+        churn: float = 0.0,
+        tcp_scope: bool = False,
     ) -> Run:
         run = Run("floor", clients=sotw + delta)
-        floor = await Floor.start(services, self.args.endpoints, self.workdir)
+        floor = await Floor.start(services, self.args.endpoints, self.workdir, tcp=tcp_scope)
         clients = await self.clients("loadgen-floor")
         churner: asyncio.Task[None] | None = None
         try:
@@ -536,7 +575,9 @@ class Bench:
                 )
                 run.cpu_s = cpu_seconds(floor.pid) - cpu0
             run.rss_after_kb = rss_kb(floor.pid)
-            run.errors = (await clients.status())["errors"]
+            status = await clients.status()
+            run.errors = status["errors"]
+            run.error_details = status.get("error_details") or {}
         finally:
             if churner is not None:
                 churner.cancel()
@@ -551,9 +592,10 @@ class Bench:
         delta: int,
         changes: int,
         churn: float = 0.0,
+        tcp_scope: bool = False,
     ) -> Run:
         run = Run("meshd", clients=sotw + delta)
-        etcd, registry, revision = await self.registry(services, self.args.endpoints)
+        etcd, registry, revision = await self.registry(services, self.args.endpoints, tcp_scope)
         meshd = Meshd(etcd.endpoint, self.workdir, "meshd", profile=self.args.profile)
         clients: LoadGenGroup | None = None
         churner: asyncio.Task[None] | None = None
@@ -593,7 +635,9 @@ class Bench:
                 run.cpu_s = meshd.cpu() - cpu0
             meshd.check_alive()
             run.rss_after_kb = meshd.rss_kb()
-            run.errors = (await clients.status())["errors"]
+            status = await clients.status()
+            run.errors = status["errors"]
+            run.error_details = status.get("error_details") or {}
         finally:
             if churner is not None:
                 churner.cancel()
@@ -649,11 +693,17 @@ class Bench:
         fig = "[2a]" if with_changes else "[4]"
         say(f"{fig} {protocol}: {n} clients, {s} services x {a.endpoints} endpoints ({load()})")
         floor = await self.floor_run(s, sotw, delta, changes)
-        say(f"  floor: connect {floor.connect_s:.1f} s; {floor.memory()}; errors {floor.errors}")
+        say(
+            f"  floor: connect {floor.connect_s:.1f} s; {floor.memory()}; "
+            f"stream errors {floor.errors_text}"
+        )
         if floor.latency:
             say(f"  floor: {floor.latency}; floor CPU {floor.cpu_s / changes * 1000:.1f} ms/change")
         mesh = await self.meshd_run(s, sotw, delta, changes)
-        say(f"  meshd: connect {mesh.connect_s:.1f} s; {mesh.memory()}; errors {mesh.errors}")
+        say(
+            f"  meshd: connect {mesh.connect_s:.1f} s; {mesh.memory()}; "
+            f"stream errors {mesh.errors_text}"
+        )
         if mesh.latency and floor.latency:
             fl, ml = floor.latency, mesh.latency
             say(f"  meshd: {ml}; meshd CPU {mesh.cpu_s / changes * 1000:.1f} ms/change")
@@ -674,22 +724,33 @@ class Bench:
     async def churn(self) -> None:
         a = self.args
         n, s = a.churn_clients, a.services
-        say(
-            f"[2b] churn: {n} Delta clients, {s} services, {a.churn_rate:g} unrelated "
-            f"changes/s ({load()})"
-        )
-        floor = await self.floor_run(s, 0, n, a.changes, churn=a.churn_rate)
-        say(f"  floor: {floor.latency}; errors {floor.errors}")
-        mesh = await self.meshd_run(s, 0, n, a.changes, churn=a.churn_rate)
-        say(f"  meshd: {mesh.latency}; errors {mesh.errors}")
-        assert floor.latency and mesh.latency
-        fl, ml = floor.latency, mesh.latency
-        self.report(
-            f"[2b] churn delta {n} clients {s}x{a.endpoints} + {a.churn_rate:g}/s: meshd p50 "
-            f"{ml.p50:.0f} ms / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, "
-            f"ratio {ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
-            f"{ml.missing}/{fl.missing}; {load()}"
-        )
+        for scope in a.churn_scopes:
+            tcp = scope == "unsubscribed"
+            what = (
+                "churned services outside the clients' scope (TCP listener to s0)"
+                if tcp
+                else "churned services subscribed by every client"
+            )
+            say(
+                f"[2b] churn ({scope}): {n} Delta clients, {s} services, {a.churn_rate:g} "
+                f"unrelated endpoint changes/s, {what} ({load()})"
+            )
+            floor = await self.floor_run(s, 0, n, a.changes, churn=a.churn_rate, tcp_scope=tcp)
+            say(f"  floor: {floor.latency}; stream errors {floor.errors_text}")
+            mesh = await self.meshd_run(s, 0, n, a.changes, churn=a.churn_rate, tcp_scope=tcp)
+            changes = mesh.latency.changes if mesh.latency else 1
+            say(
+                f"  meshd: {mesh.latency}; meshd CPU {mesh.cpu_s / changes * 1000:.0f} ms per "
+                f"measured change (churn included); stream errors {mesh.errors_text}"
+            )
+            assert floor.latency and mesh.latency
+            fl, ml = floor.latency, mesh.latency
+            self.report(
+                f"[2b] churn ({scope}) delta {n} clients {s}x{a.endpoints} + {a.churn_rate:g}/s: "
+                f"meshd p50 {ml.p50:.0f} ms / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / "
+                f"{fl.p99:.0f} ms, ratio {ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target "
+                f"<= 1.5x); missing {ml.missing}/{fl.missing}; {load()}"
+            )
 
     async def scaling(self) -> None:
         a = self.args
@@ -784,19 +845,27 @@ class Bench:
             await asyncio.sleep(a.settle)
             before = [await m.metrics() for m in (m1, m2)]
             rss1 = m1.rss_kb()
+            pids = [m1.pid, m2.pid, *clients.pids]
+            cpu0 = [cpu_seconds(p) for p in pids]
             t0 = time.monotonic()
             await clients.storm([m1.target, m2.target], a.storm_spread)
-            reopened = await clients.wait_reopened(30)
+
+            async def registered() -> tuple[float, list[int]]:
+                # Server side: every stream registered again (meshd counts a proxy once it
+                # has handled its first request), split between A and B.
+                counts = [0, 0]
+                while time.monotonic() - t0 < 30:
+                    counts = [_connected(await m.metrics()) for m in (m1, m2)]
+                    if sum(counts) == n and min(counts) > 0:
+                        return time.monotonic() - t0, counts
+                    await asyncio.sleep(0.05)
+                return float("nan"), counts
+
+            reopened, (registered_s, counts) = await asyncio.gather(
+                clients.wait_reopened(30), registered()
+            )
             reopen_s = (reopened["last"] or float("nan")) - t0
-            # Server side: every stream registered again (meshd counts a proxy once it has
-            # handled its first request), split between A and B.
-            registered_s = float("nan")
-            while time.monotonic() - t0 < 30:
-                counts = [_connected(await m.metrics()) for m in (m1, m2)]
-                if sum(counts) == n and min(counts) > 0:
-                    registered_s = time.monotonic() - t0
-                    break
-                await asyncio.sleep(0.05)
+            cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
             await asyncio.sleep(1)  # anything meshd would (wrongly) send arrives by now
             report = await clients.storm_report()
             after = [await m.metrics() for m in (m1, m2)]
@@ -811,7 +880,9 @@ class Bench:
             say(
                 f"  streams reopened {reopened['reopened']}/{n} by {reopen_s:.2f} s; meshd A/B "
                 f"serving {counts} by {registered_s:.2f} s; pushes during storm A/B {pushes}; "
-                f"meshd A RSS {rss1 / 1024:.0f} -> {m1.rss_kb() / 1024:.0f} MB"
+                f"meshd A RSS {rss1 / 1024:.0f} -> {m1.rss_kb() / 1024:.0f} MB; CPU until all "
+                f"registered: meshd A {cpu[0]:.1f} s, B {cpu[1]:.1f} s, clients "
+                f"{sum(cpu[2:]):.1f} s"
             )
             say(
                 f"  clients sent anything after reconnecting: {report['clients_sent_anything']} "
@@ -903,6 +974,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cold-services", type=int, default=10_000)
     p.add_argument("--churn-clients", type=int, default=1000)
     p.add_argument("--churn-rate", type=float, default=10.0, help="unrelated changes per second")
+    p.add_argument(
+        "--churn-scope",
+        choices=("unsubscribed", "subscribed", "both"),
+        default="both",
+        help="churned services outside the clients' scope, in it (pushed to all), or both",
+    )
     p.add_argument("--scaling-small", type=int, default=100)
     p.add_argument("--scaling-large", type=int, default=10_000)
     p.add_argument("--scaling-clients", type=int, default=20)
@@ -910,7 +987,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
     p.add_argument("--procs", type=int, default=1, help="load generator processes")
     p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
-    p.add_argument("--budget", type=float, default=45.0, help="max seconds of changes per series")
+    p.add_argument("--budget", type=float, default=30.0, help="max seconds of changes per series")
     p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
     p.add_argument(
         "--backoff", type=float, nargs=2, default=(0.1, 0.5), help="client reconnect back-off"
@@ -929,6 +1006,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown figure(s) {sorted(unknown)}; choose from {FIGURES}")
     args.protocols = ("sotw", "delta") if args.protocol == "both" else (args.protocol,)
+    both = ("unsubscribed", "subscribed")
+    args.churn_scopes = both if args.churn_scope == "both" else (args.churn_scope,)
     args.backoff = tuple(args.backoff)
     return args
 

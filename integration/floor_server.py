@@ -9,6 +9,8 @@ where the load generator's clients need it to behave like a control plane:
   so the clients walk CDS -> EDS -> LDS -> RDS and subscribe to the same names as against
   meshd (a SotW EDS ACK then names as many clusters against both);
 * ACKs are read and dropped (the first four types answered, nothing is parsed any more);
+* ``--tcp`` serves instead what a sidecar that only proxies TCP to ``s0`` gets (cluster and
+  endpoints of ``s0``, listener ``tcp-s0``, no routes): the churn figure's "unrelated" scope;
 * ``push K`` on stdin writes one small ClusterLoadAssignment of ``s0.default`` whose first
   endpoint has port ``base + K`` (the load generator's marker) to every open stream; ``churn
   K`` does the same with an unrelated cluster. Every message is serialized once, before it is
@@ -31,8 +33,13 @@ import grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
@@ -47,18 +54,19 @@ def _address(i: int) -> str:
     return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
 
 
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
 def cluster(i: int) -> cluster_pb2.Cluster:
     """A cluster shaped like meshd's default one for a service (EDS over ADS)."""
     return cluster_pb2.Cluster(
         name=f"s{i}.default",
         type=cluster_pb2.Cluster.EDS,
         connect_timeout=duration_pb2.Duration(seconds=1),
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(),
-                resource_api_version=config_source_pb2.V3,
-            )
-        ),
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
     )
 
 
@@ -77,13 +85,30 @@ def cla(i: int, endpoints: int, first_port: int = 8080) -> endpoint_pb2.ClusterL
     return out
 
 
-def listener() -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name="public",
+def listener(tcp: bool = False) -> listener_pb2.Listener:
+    """HTTP listener ``public`` over RDS ``public`` (as meshd's), or a TCP proxy to ``s0``."""
+    name = "tcp-s0" if tcp else "public"
+    out = listener_pb2.Listener(
+        name=name,
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address="0.0.0.0", port_value=10000)
         ),
     )
+    if tcp:
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster="s0.default")
+        filt = listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy")
+        filt.typed_config.Pack(proxy)
+    else:
+        hcm = hcm_pb2.HttpConnectionManager(
+            stat_prefix=name,
+            rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=name),
+            http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router")],
+        )
+        hcm.http_filters[0].typed_config.Pack(router_pb2.Router())
+        filt = listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager")
+        filt.typed_config.Pack(hcm)
+    out.filter_chains.add().filters.append(filt)
+    return out
 
 
 def route_config(services: int) -> route_pb2.RouteConfiguration:
@@ -128,18 +153,23 @@ def encode(type_url: str, version: str, msgs: list[Message]) -> tuple[bytes, byt
 class FloorServer:
     """Holds the open streams and the pre-serialized messages."""
 
-    def __init__(self, services: int, endpoints: int, base: int, prebuilt: int) -> None:
+    def __init__(
+        self, services: int, endpoints: int, base: int, prebuilt: int, tcp: bool = False
+    ) -> None:
         self.services = services
         self.endpoints = endpoints
         self.base = base
         self.sotw: set[asyncio.Queue[bytes]] = set()
         self.delta: set[asyncio.Queue[bytes]] = set()
+        # --tcp: the scope of a sidecar that only proxies TCP to s0 (one cluster, no routes).
+        served = 1 if tcp else services
         self.initial: dict[str, tuple[bytes, bytes]] = {
-            CDS: encode(CDS, "v0", [cluster(i) for i in range(services)]),
-            EDS: encode(EDS, "v0", [cla(i, endpoints) for i in range(services)]),
-            LDS: encode(LDS, "v0", [listener()]),
-            RDS: encode(RDS, "v0", [route_config(services)]),
+            CDS: encode(CDS, "v0", [cluster(i) for i in range(served)]),
+            EDS: encode(EDS, "v0", [cla(i, endpoints) for i in range(served)]),
+            LDS: encode(LDS, "v0", [listener(tcp)]),
+            RDS: encode(RDS, "v0", [] if tcp else [route_config(services)]),
         }
+        self.tcp = tcp
         self.pushes = [self._push(k) for k in range(prebuilt)]
         self.churns = [self._churn(k) for k in range(CHURN_RING)]
 
@@ -172,6 +202,7 @@ class FloorServer:
         nonce_field: int,
     ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]:  # type: ignore[type-arg]
         initial = self.initial
+        expected = len(TYPES) - self.tcp  # a TCP listener names no route configuration
 
         async def serve(
             requests: AsyncIterator[bytes],
@@ -182,7 +213,7 @@ class FloorServer:
             async def read() -> None:
                 answered: set[str] = set()
                 async for raw in requests:
-                    if len(answered) == len(TYPES):
+                    if len(answered) == expected:
                         continue  # an ACK: dropped unread
                     req = parse(raw)
                     t = req.type_url  # type: ignore[attr-defined]
@@ -210,7 +241,7 @@ class FloorServer:
 
 
 async def run(args: argparse.Namespace) -> None:
-    floor = FloorServer(args.services, args.endpoints, args.base, args.prebuilt)
+    floor = FloorServer(args.services, args.endpoints, args.base, args.prebuilt, args.tcp)
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -230,7 +261,8 @@ async def run(args: argparse.Namespace) -> None:
             k = int(arg)
             floor.push(floor.pushes[k] if k < len(floor.pushes) else floor._push(k))
         elif cmd == "churn":
-            floor.push(floor.churns[int(arg) % CHURN_RING])
+            if not floor.tcp:  # in the TCP scope nobody subscribes to the churned clusters
+                floor.push(floor.churns[int(arg) % CHURN_RING])
         elif cmd == "streams":
             print(f"streams {len(floor.sotw)} {len(floor.delta)}", flush=True)
         elif cmd == "quit":
@@ -245,6 +277,7 @@ def main() -> None:
     p.add_argument("--endpoints", type=int, default=10)
     p.add_argument("--base", type=int, default=MARKER_BASE, help="marker port base (as loadgen)")
     p.add_argument("--prebuilt", type=int, default=1000, help="push messages built at start")
+    p.add_argument("--tcp", action="store_true", help="serve a TCP listener to s0 only")
     raise_nofile_limit()
     asyncio.run(run(p.parse_args()))
     os._exit(0)  # grpc's threads can delay exit; nothing is left to flush

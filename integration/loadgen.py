@@ -5,7 +5,7 @@ Each client behaves like an Envoy sidecar on the wire:
 * its own gRPC connection (``grpc.use_local_subchannel_pool``), like a real proxy;
 * SotW: CDS wildcard with ``node`` {id, cluster}, ACK every response (``version_info`` +
   ``response_nonce``), EDS for every cluster received, LDS wildcard once the clusters are
-  warm, RDS for the listener names (the listener name is the route configuration name);
+  warm, RDS for the route configurations the listeners' HTTP connection managers name;
 * Delta: wildcard CDS/LDS, explicit EDS/RDS subscriptions, ACK every response by nonce;
 * reconnect with a short jittered back-off (Envoy's bootstrap here: 0.1-0.5 s), because in a
   connection storm on loopback a few streams end CANCELLED; the first request of each type on
@@ -44,6 +44,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.service.discovery.v3 import discovery_pb2
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -133,6 +137,20 @@ def first_string(body: bytes) -> str:
 def node_bytes(node_id: str, cluster: str) -> bytes:
     """``envoy.config.core.v3.Node`` with ``id`` (1) and ``cluster`` (2)."""
     return field_bytes(1, node_id) + field_bytes(2, cluster)
+
+
+def route_names(listener_body: bytes) -> tuple[str, ...]:
+    """Route configurations a Listener's HTTP connection managers fetch over RDS (Envoy's
+    listener -> route dependency; a TCP proxy listener names none)."""
+    listener = listener_pb2.Listener.FromString(listener_body)
+    names = []
+    for chain in listener.filter_chains:
+        for f in chain.filters:
+            if f.typed_config.type_url.endswith(".HttpConnectionManager"):
+                hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+                if hcm.HasField("rds"):
+                    names.append(sys.intern(hcm.rds.route_config_name))
+    return tuple(names)
 
 
 def covers(held: Container[str], names: Iterable[str]) -> bool:
@@ -225,7 +243,7 @@ class Client:
         self.complete_at: float | None = None
         self.watch: StormWatch | None = None
         self.clusters: frozenset[str] = frozenset()
-        self.listeners: frozenset[str] = frozenset()
+        self.routes: frozenset[str] = frozenset()  # route configurations the listeners name
         self.lds_started = False  # listeners are asked for once the clusters are warm
         self.got_lds = False
 
@@ -311,7 +329,7 @@ class Client:
         """Complete: clusters, the endpoints of every one, listeners and their routes held."""
         if self.complete_at is not None or not self.got_lds:
             return
-        if not covers(eds, self.clusters) or not covers(rds, self.listeners):
+        if not covers(eds, self.clusters) or not covers(rds, self.routes):
             return
         self.complete_at = now
         self.pool.completed(self)
@@ -389,11 +407,11 @@ class SotwClient(Client):
                 out.append(self._request(LDS))
         elif t == LDS:
             self.got_lds = True
-            listeners = frozenset(first_string(a.value) for a in resp.resources)
-            if listeners != self.listeners:
-                self.listeners = listeners
-                self.rds_held &= listeners
-                self._set_names(RDS, listeners)
+            routes = frozenset(n for a in resp.resources for n in route_names(a.value))
+            if routes != self.routes:
+                self.routes = routes
+                self.rds_held &= routes
+                self._set_names(RDS, routes)
                 out.append(self._request(RDS))
         elif t == RDS:
             self.rds_held.update(first_string(a.value) for a in resp.resources)
@@ -411,6 +429,7 @@ class DeltaClient(Client):
         super().__init__(pool, cid, cfg)
         self.held: dict[str, dict[str, str]] = {t: {} for t in TYPES}
         self.subscribed: dict[str, set[str]] = {EDS: set(), RDS: set()}
+        self.listener_routes: dict[str, tuple[str, ...]] = {}  # Delta LDS sends only changes
         self.started: set[str] = set()
 
     decode = staticmethod(discovery_pb2.DeltaDiscoveryResponse.FromString)
@@ -454,10 +473,14 @@ class DeltaClient(Client):
             held[name] = version
             if name == marker:
                 self._marker(r.resource.value, now)
+            elif t == LDS:
+                self.listener_routes[name] = route_names(r.resource.value)
         for name in resp.removed_resources:
             if w is not None:
                 w.different[SHORT.get(t, t)] += 1
             held.pop(name, None)
+            if t == LDS:
+                self.listener_routes.pop(name, None)
         out = [field_bytes(2, t) + field_bytes(6, resp.nonce)]  # the ACK
         if t == CDS:
             self.clusters = frozenset(held)
@@ -468,8 +491,8 @@ class DeltaClient(Client):
                 out.append(self._subscribe(LDS, ()))
         elif t == LDS:
             self.got_lds = True
-            self.listeners = frozenset(held)
-            out += self._follow(RDS, self.listeners)
+            self.routes = frozenset(n for names in self.listener_routes.values() for n in names)
+            out += self._follow(RDS, self.routes)
         self._check_complete(now, self.held[EDS], self.held[RDS])
         return out
 
