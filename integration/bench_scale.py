@@ -41,6 +41,7 @@ import os
 import pstats
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,7 +170,7 @@ class Meshd:
         name: str,
         log_level: str = "warning",
         xds_port: int | None = None,
-        profile: bool = False,
+        profile: str = "",
     ) -> None:
         # Children inherit rlimits: raising ours gives meshd the hard open-files limit too
         # (a preexec_fn would make the fork run gRPC's fork handlers in this process).
@@ -181,10 +182,11 @@ class Meshd:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
         self.profile_path: Path | None = None
         if profile:
-            # cProfile writes its stats when meshd exits after SIGTERM (it exits via SystemExit).
+            # meshd's own main() under a cProfile that SIGUSR1 starts and SIGUSR2 stops
+            # ("start": from the first instruction), so a profile covers one phase only.
             self.profile_path = workdir / f"{name}.prof"
-            cmd = [sys.executable, "-m", "cProfile", "-o", str(self.profile_path)]
-            cmd += ["-m", "xds_server.cli.meshd"]
+            cmd = [sys.executable, "-m", "integration.bench_scale", "--profiled-meshd"]
+            cmd += [str(self.profile_path), profile, "--"]
         self._log = self.log_path.open("wb")
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -264,7 +266,13 @@ class Meshd:
         stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         return stamp - self.started_wall
 
+    def profile_phase(self, on: bool) -> None:
+        """Start (SIGUSR1) or stop and dump (SIGUSR2) the profile of a --profiled-meshd."""
+        if self.profile_path is not None and self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGUSR1 if on else signal.SIGUSR2)
+
     def stop(self) -> None:
+        self.profile_phase(False)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -596,7 +604,9 @@ class Bench:
     ) -> Run:
         run = Run("meshd", clients=sotw + delta)
         etcd, registry, revision = await self.registry(services, self.args.endpoints, tcp_scope)
-        meshd = Meshd(etcd.endpoint, self.workdir, "meshd", profile=self.args.profile)
+        meshd = Meshd(
+            etcd.endpoint, self.workdir, "meshd", profile="phase" if self.args.profile else ""
+        )
         clients: LoadGenGroup | None = None
         churner: asyncio.Task[None] | None = None
         try:
@@ -619,6 +629,7 @@ class Bench:
                 await asyncio.sleep(1)
             if changes:
                 key = registry.prefix + "endpoints/default/s0/e0"
+                meshd.profile_phase(True)
                 cpu0 = meshd.cpu()
 
                 async def put(k: int) -> None:
@@ -633,6 +644,7 @@ class Bench:
                     quiet=None if churn else [meshd.pid, *clients.pids],
                 )
                 run.cpu_s = meshd.cpu() - cpu0
+                meshd.profile_phase(False)
             meshd.check_alive()
             run.rss_after_kb = meshd.rss_kb()
             status = await clients.status()
@@ -665,7 +677,7 @@ class Bench:
             "meshd-cold",
             log_level="info",
             xds_port=xds,
-            profile=self.args.profile,
+            profile="start" if self.args.profile else "",
         )
         try:
             res = await clients.wait_complete(120)
@@ -778,7 +790,12 @@ class Bench:
         self, services: int, sotw: int, delta: int, changes: int
     ) -> tuple[float, float, float, float, Latency]:
         etcd, registry, revision = await self.registry(services, self.args.endpoints)
-        meshd = Meshd(etcd.endpoint, self.workdir, f"meshd-{services}", profile=self.args.profile)
+        meshd = Meshd(
+            etcd.endpoint,
+            self.workdir,
+            f"meshd-{services}",
+            profile="phase" if self.args.profile else "",
+        )
         clients: LoadGenGroup | None = None
         try:
             await meshd.wait_ready(revision)
@@ -791,6 +808,7 @@ class Bench:
             idle_rate = (meshd.cpu() - c0) / (time.monotonic() - t0)
             before = await meshd.metrics()
             key = registry.prefix + "endpoints/default/s0/e0"
+            meshd.profile_phase(True)
             c0, t0 = meshd.cpu(), time.monotonic()
 
             async def put(k: int) -> None:
@@ -807,6 +825,7 @@ class Bench:
             await asyncio.sleep(0.5)  # the last ACKs
             elapsed = time.monotonic() - t0
             cpu = meshd.cpu() - c0
+            meshd.profile_phase(False)
             after = await meshd.metrics()
             meshd.check_alive()
         finally:
@@ -993,7 +1012,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backoff", type=float, nargs=2, default=(0.1, 0.5), help="client reconnect back-off"
     )
     p.add_argument(
-        "--profile", action="store_true", help="run meshd under cProfile, print where time goes"
+        "--profile",
+        action="store_true",
+        help="profile meshd (cProfile; cold start whole, other figures during the changes only)",
     )
     p.add_argument("--fsync", action="store_true", help="etcd with fsync (default: no fsync)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
@@ -1012,7 +1033,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def profiled_meshd(out: str, mode: str, argv: list[str]) -> None:
+    """Run meshd's main() in this process under a cProfile toggled by signals (see Meshd)."""
+    import cProfile
+
+    prof = cProfile.Profile()
+    state = {"on": False}
+
+    def start(*_: object) -> None:
+        if not state["on"]:
+            state["on"] = True
+            prof.enable()
+
+    def stop(*_: object) -> None:
+        if state["on"]:
+            prof.disable()
+            state["on"] = False
+            prof.dump_stats(out)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    if mode == "start":
+        start()
+    from xds_server.cli.meshd import main as meshd_main
+
+    try:
+        meshd_main(argv)
+    finally:
+        stop()
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--profiled-meshd"]:
+        out, mode, _, *rest = sys.argv[2:]
+        profiled_meshd(out, mode, rest)
+        return
     args = parse_args()
     raise_nofile_limit()
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
