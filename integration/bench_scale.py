@@ -710,7 +710,8 @@ class Bench:
             f"stream errors {floor.errors_text}"
         )
         if floor.latency:
-            say(f"  floor: {floor.latency}; floor CPU {floor.cpu_s / changes * 1000:.1f} ms/change")
+            per = floor.cpu_s / floor.latency.changes * 1000
+            say(f"  floor: {floor.latency}; floor CPU {per:.1f} ms/change")
         mesh = await self.meshd_run(s, sotw, delta, changes)
         say(
             f"  meshd: connect {mesh.connect_s:.1f} s; {mesh.memory()}; "
@@ -718,19 +719,24 @@ class Bench:
         )
         if mesh.latency and floor.latency:
             fl, ml = floor.latency, mesh.latency
-            say(f"  meshd: {ml}; meshd CPU {mesh.cpu_s / changes * 1000:.1f} ms/change")
+            say(f"  meshd: {ml}; meshd CPU {mesh.cpu_s / ml.changes * 1000:.1f} ms/change")
             self.report(
                 f"[2a] fan-out {protocol} {n} clients {s}x{a.endpoints}: meshd p50 {ml.p50:.0f} ms"
                 f" / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, ratio "
                 f"{ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
                 f"{ml.missing}/{fl.missing}; {load()}"
             )
-        extra = mesh.per_client_kb - floor.per_client_kb
+        # A bare stream: the floor with a one-cluster config, as the shared floor tool measures
+        # it (the full config sent at connect leaves gRPC and malloc holding buffers).
+        bare = await self.floor_run(s, sotw, delta, 0, tcp_scope=True)
+        say(f"  bare streams (floor, 1-cluster config): {bare.memory()}")
+        extra = mesh.per_client_kb - bare.per_client_kb
         self.report(
-            f"[4] memory {protocol} {n} clients: meshd {mesh.per_client_kb:.1f} KB/client, bare "
-            f"stream (floor) {floor.per_client_kb:.1f} KB/stream, extra {extra:.1f} KB "
-            f"(target <= 25 KB); meshd RSS {mesh.rss_base_kb / 1024:.0f} -> "
-            f"{mesh.rss_connected_kb / 1024:.0f} -> {mesh.rss_after_kb / 1024:.0f} MB; {load()}"
+            f"[4] memory {protocol} {n} clients: meshd {mesh.per_client_kb:.1f} KB/client; bare "
+            f"gRPC stream {bare.per_client_kb:.1f} KB, floor with the same config "
+            f"{floor.per_client_kb:.1f} KB; extra over bare {extra:.1f} KB (target <= 25 KB); "
+            f"meshd RSS {mesh.rss_base_kb / 1024:.0f} -> {mesh.rss_connected_kb / 1024:.0f} -> "
+            f"{mesh.rss_after_kb / 1024:.0f} MB after the changes; {load()}"
         )
 
     async def churn(self) -> None:
@@ -850,6 +856,13 @@ class Bench:
         n, s = a.clients, a.services
         sotw, delta = n // 2, n - n // 2
         say(f"[5] storm: {sotw} SotW + {delta} Delta clients, {s} services ({load()})")
+        floor = await self._floor_storm(s, sotw, delta)
+        say(
+            f"  floor (2 static servers; a client holding any version is sent nothing): streams "
+            f"reopened by {floor['reopen_s']:.2f} s; CPU servers {floor['cpu_servers']:.1f} s, "
+            f"clients {floor['cpu_clients']:.1f} s; clients sent anything "
+            f"{floor['report']['clients_sent_anything']}"
+        )
         etcd, registry, revision = await self.registry(s, a.endpoints)
         m1 = Meshd(etcd.endpoint, self.workdir, "meshd-a")
         m2: Meshd | None = None
@@ -867,15 +880,16 @@ class Bench:
             pids = [m1.pid, m2.pid, *clients.pids]
             cpu0 = [cpu_seconds(p) for p in pids]
             t0 = time.monotonic()
-            await clients.storm([m1.target, m2.target], a.storm_spread)
+            split = await clients.storm([m1.target, m2.target], a.storm_spread)
+            expected = [split.get(m1.target, 0), split.get(m2.target, 0)]
 
             async def registered() -> tuple[float, list[int]]:
                 # Server side: every stream registered again (meshd counts a proxy once it
-                # has handled its first request), split between A and B.
+                # has handled its first request) on the replica it went to; A's old streams gone.
                 counts = [0, 0]
                 while time.monotonic() - t0 < 30:
                     counts = [_connected(await m.metrics()) for m in (m1, m2)]
-                    if sum(counts) == n and min(counts) > 0:
+                    if counts == expected:
                         return time.monotonic() - t0, counts
                     await asyncio.sleep(0.05)
                 return float("nan"), counts
@@ -897,8 +911,8 @@ class Bench:
             probe_ms = sorted((t - tp) * 1000 for t in times)
             in_sync_s = max(reopen_s, registered_s)
             say(
-                f"  streams reopened {reopened['reopened']}/{n} by {reopen_s:.2f} s; meshd A/B "
-                f"serving {counts} by {registered_s:.2f} s; pushes during storm A/B {pushes}; "
+                f"  meshd: streams reopened {reopened['reopened']}/{n} by {reopen_s:.2f} s; meshd "
+                f"A/B serving {counts} by {registered_s:.2f} s; pushes during storm A/B {pushes}; "
                 f"meshd A RSS {rss1 / 1024:.0f} -> {m1.rss_kb() / 1024:.0f} MB; CPU until all "
                 f"registered: meshd A {cpu[0]:.1f} s, B {cpu[1]:.1f} s, clients "
                 f"{sum(cpu[2:]):.1f} s"
@@ -912,7 +926,8 @@ class Bench:
             )
             self.report(
                 f"[5] storm {n} clients -> 2 replicas within {a.storm_spread:g} s: all in sync "
-                f"again after {in_sync_s:.2f} s (target < 10 s); sent a version already held: "
+                f"again after {in_sync_s:.2f} s (target < 10 s; floor: reopened after "
+                f"{floor['reopen_s']:.2f} s); sent a version already held: "
                 f"{sum(report['same'].values())}, a different version: "
                 f"{sum(report['different'].values())} (target 0/0); probe reached "
                 f"{len(times)}/{n}; {load()}"
@@ -923,6 +938,34 @@ class Bench:
             m1.stop()
             if m2 is not None:
                 m2.stop()
+
+    async def _floor_storm(self, services: int, sotw: int, delta: int) -> dict[str, Any]:
+        """The same storm between two floor servers: what reconnecting costs by itself."""
+        a = self.args
+        f1 = await Floor.start(services, a.endpoints, self.workdir)
+        f2 = await Floor.start(services, a.endpoints, self.workdir)
+        clients = await self.clients("loadgen-storm-floor")
+        try:
+            await self.connect(clients, f1.target, sotw, delta, 300)
+            await asyncio.sleep(a.settle)
+            pids = [f1.pid, f2.pid, *clients.pids]
+            cpu0 = [cpu_seconds(p) for p in pids]
+            t0 = time.monotonic()
+            await clients.storm([f1.target, f2.target], a.storm_spread)
+            reopened = await clients.wait_reopened(30)
+            cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+            await asyncio.sleep(1)
+            report = await clients.storm_report()
+        finally:
+            await clients.close()
+            await f1.close()
+            await f2.close()
+        return {
+            "reopen_s": (reopened["last"] or float("nan")) - t0,
+            "cpu_servers": cpu[0] + cpu[1],
+            "cpu_clients": sum(cpu[2:]),
+            "report": report,
+        }
 
 
 def _connected(metrics: dict[str, float]) -> int:

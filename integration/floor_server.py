@@ -9,6 +9,8 @@ where the load generator's clients need it to behave like a control plane:
   so the clients walk CDS -> EDS -> LDS -> RDS and subscribe to the same names as against
   meshd (a SotW EDS ACK then names as many clusters against both);
 * ACKs are read and dropped (the first four types answered, nothing is parsed any more);
+* a reconnecting client that says what it holds (SotW ``version_info``, Delta
+  ``initial_resource_versions``) is sent nothing: the config never changes;
 * ``--tcp`` serves instead what a sidecar that only proxies TCP to ``s0`` gets (cluster and
   endpoints of ``s0``, listener ``tcp-s0``, no routes): the churn figure's "unrelated" scope;
 * ``push K`` on stdin writes one small ClusterLoadAssignment of ``s0.default`` whose first
@@ -28,6 +30,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -186,10 +189,20 @@ class FloorServer:
             ADS_SERVICE,
             {
                 "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._stream(self.sotw, 0, discovery_pb2.DiscoveryRequest.FromString, 5)
+                    self._stream(
+                        self.sotw,
+                        0,
+                        discovery_pb2.DiscoveryRequest.FromString,
+                        lambda r: bool(r.version_info),
+                    )
                 ),
                 "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self._stream(self.delta, 1, discovery_pb2.DeltaDiscoveryRequest.FromString, 6)
+                    self._stream(
+                        self.delta,
+                        1,
+                        discovery_pb2.DeltaDiscoveryRequest.FromString,
+                        lambda r: bool(r.initial_resource_versions),
+                    )
                 ),
             },
         )
@@ -198,8 +211,8 @@ class FloorServer:
         self,
         streams: set[asyncio.Queue[bytes]],
         framing: int,
-        parse: Callable[[bytes], Message],
-        nonce_field: int,
+        parse: Callable[[bytes], Any],
+        holds: Callable[[Any], bool],
     ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]:  # type: ignore[type-arg]
         initial = self.initial
         expected = len(TYPES) - self.tcp  # a TCP listener names no route configuration
@@ -219,7 +232,10 @@ class FloorServer:
                     t = req.type_url  # type: ignore[attr-defined]
                     if t in initial and t not in answered:
                         answered.add(t)
-                        q.put_nowait(initial[t][framing])
+                        # Nothing here ever changes: a client that comes back holding any
+                        # version holds the current one (xds.md point 4, done for free).
+                        if not holds(req):
+                            q.put_nowait(initial[t][framing])
 
             reader = asyncio.create_task(read())
             streams.add(q)

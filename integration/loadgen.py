@@ -657,9 +657,12 @@ class Pool:
         loop = asyncio.get_running_loop()
         self.storm_started = time.monotonic()
         n = len(self.clients)
+        per_target: Counter[str] = Counter()
         for i, c in enumerate(self.clients):
-            loop.call_later(spread * i / max(n, 1), c.reconnect, targets[i % len(targets)])
-        return {"started": self.storm_started}
+            target = targets[i % len(targets)]
+            per_target[target] += 1
+            loop.call_later(spread * i / max(n, 1), c.reconnect, target)
+        return {"started": self.storm_started, "per_target": dict(per_target)}
 
     async def _wait_reopened(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -848,8 +851,13 @@ class LoadGenGroup:
     async def status(self) -> dict[str, Any]:
         return _merge(await asyncio.gather(*(g.call("status") for g in self.gens)))
 
-    async def storm(self, targets: list[str], spread: float) -> None:
-        await asyncio.gather(*(g.call("storm", targets=targets, spread=spread) for g in self.gens))
+    async def storm(self, targets: list[str], spread: float) -> dict[str, int]:
+        """Start the storm in every process; how many clients go to each target."""
+        parts = await asyncio.gather(
+            *(g.call("storm", targets=targets, spread=spread) for g in self.gens)
+        )
+        per_target: dict[str, int] = _merge(parts)["per_target"]
+        return per_target
 
     async def wait_reopened(self, timeout: float) -> dict[str, Any]:
         return _merge(
