@@ -184,9 +184,11 @@ class Meshd:
         if profile:
             # meshd's own main() under a cProfile that SIGUSR1 starts and SIGUSR2 stops
             # ("start": from the first instruction), so a profile covers one phase only.
+            # "tracemalloc": SIGUSR1 starts tracing, each SIGUSR2 writes a snapshot.
             self.profile_path = workdir / f"{name}.prof"
             cmd = [sys.executable, "-m", "integration.bench_scale", "--profiled-meshd"]
             cmd += [str(self.profile_path), profile, "--"]
+        self.tracing = profile == "tracemalloc"
         self._log = self.log_path.open("wb")
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -266,6 +268,17 @@ class Meshd:
         stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         return stamp - self.started_wall
 
+    def traced(self, dump: int, timeout: float = 60) -> tuple[int, list[str]]:
+        """Bytes traced at tracemalloc snapshot ``dump`` (waits for it), and its top lines."""
+        assert self.profile_path is not None
+        path = Path(f"{self.profile_path}.{dump}")
+        deadline = time.monotonic() + timeout
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # written in one go; let it land
+        first, *top = path.read_text().splitlines()
+        return int(first.split()[0]), top
+
     def profile_phase(self, on: bool) -> None:
         """Start (SIGUSR1) or stop and dump (SIGUSR2) the profile of a --profiled-meshd."""
         if self.profile_path is not None and self.proc.poll() is None:
@@ -281,7 +294,7 @@ class Meshd:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
-        if self.profile_path is not None and self.profile_path.exists():
+        if self.profile_path is not None and self.profile_path.exists() and not self.tracing:
             stream = io.StringIO()
             stats = pstats.Stats(str(self.profile_path), stream=stream)
             stats.sort_stats("tottime").print_stats(20)
@@ -458,6 +471,7 @@ class Run:
     cpu_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     error_details: dict[str, str] = field(default_factory=dict)
+    traced: int = 0  # tracemalloc bytes held after the clients connected (--trace-memory)
 
     @property
     def errors_text(self) -> str:
@@ -604,9 +618,8 @@ class Bench:
     ) -> Run:
         run = Run("meshd", clients=sotw + delta)
         etcd, registry, revision = await self.registry(services, self.args.endpoints, tcp_scope)
-        meshd = Meshd(
-            etcd.endpoint, self.workdir, "meshd", profile="phase" if self.args.profile else ""
-        )
+        mode = "tracemalloc" if self.args.trace_memory else "phase" if self.args.profile else ""
+        meshd = Meshd(etcd.endpoint, self.workdir, "meshd", profile=mode)
         clients: LoadGenGroup | None = None
         churner: asyncio.Task[None] | None = None
         try:
@@ -614,10 +627,22 @@ class Bench:
             await asyncio.sleep(1)
             run.rss_base_kb = meshd.rss_kb()
             clients = await self.clients("loadgen-meshd")
+            if meshd.tracing:
+                meshd.profile_phase(True)
             run.connect_s, _ = await self.connect(clients, meshd.target, sotw, delta, 300)
             await asyncio.sleep(self.args.settle)
             meshd.check_alive()
             run.rss_connected_kb = meshd.rss_kb()
+            if meshd.tracing:
+                meshd.profile_phase(False)
+                traced, top = await asyncio.to_thread(meshd.traced, 1)
+                run.traced = traced
+                say(
+                    f"  meshd Python heap allocated since before the clients and still held: "
+                    f"{traced / 1024 / 1024:.1f} MB = {traced / 1024 / run.clients:.1f} KB/client "
+                    f"(tracemalloc; latencies of this run are slowed by it); top:\n    "
+                    + "\n    ".join(top[:8])
+                )
             if churn:
                 e = self.args.endpoints
 
@@ -647,6 +672,14 @@ class Bench:
                 meshd.profile_phase(False)
             meshd.check_alive()
             run.rss_after_kb = meshd.rss_kb()
+            if meshd.tracing and changes:
+                meshd.profile_phase(False)
+                traced, top = await asyncio.to_thread(meshd.traced, 2)
+                say(
+                    f"  meshd Python heap after the changes: {traced / 1024 / 1024:.1f} MB "
+                    f"({(traced - run.traced) / 1024 / 1024:+.1f} MB); top:\n    "
+                    + "\n    ".join(top[:5])
+                )
             status = await clients.status()
             run.errors = status["errors"]
             run.error_details = status.get("error_details") or {}
@@ -720,10 +753,11 @@ class Bench:
         if mesh.latency and floor.latency:
             fl, ml = floor.latency, mesh.latency
             say(f"  meshd: {ml}; meshd CPU {mesh.cpu_s / ml.changes * 1000:.1f} ms/change")
+            slowed = " (NOT COMPARABLE: meshd ran under tracemalloc)" if a.trace_memory else ""
             self.report(
-                f"[2a] fan-out {protocol} {n} clients {s}x{a.endpoints}: meshd p50 {ml.p50:.0f} ms"
-                f" / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, ratio "
-                f"{ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
+                f"[2a] fan-out{slowed} {protocol} {n} clients {s}x{a.endpoints}: meshd p50 "
+                f"{ml.p50:.0f} ms / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, "
+                f"ratio {ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
                 f"{ml.missing}/{fl.missing}; {load()}"
             )
         # A bare stream: the floor with a one-cluster config, as the shared floor tool measures
@@ -864,7 +898,8 @@ class Bench:
             f"{floor['report']['clients_sent_anything']}"
         )
         etcd, registry, revision = await self.registry(s, a.endpoints)
-        m1 = Meshd(etcd.endpoint, self.workdir, "meshd-a")
+        profile = "phase" if a.profile else ""
+        m1 = Meshd(etcd.endpoint, self.workdir, "meshd-a", profile=profile)
         m2: Meshd | None = None
         clients: LoadGenGroup | None = None
         try:
@@ -872,13 +907,15 @@ class Bench:
             clients = await self.clients("loadgen-storm")
             connect_s, _ = await self.connect(clients, m1.target, sotw, delta, 300)
             say(f"  {n} clients complete on meshd A in {connect_s:.1f} s")
-            m2 = Meshd(etcd.endpoint, self.workdir, "meshd-b")
+            m2 = Meshd(etcd.endpoint, self.workdir, "meshd-b", profile=profile)
             await m2.wait_ready(revision)
             await asyncio.sleep(a.settle)
             before = [await m.metrics() for m in (m1, m2)]
             rss1 = m1.rss_kb()
             pids = [m1.pid, m2.pid, *clients.pids]
             cpu0 = [cpu_seconds(p) for p in pids]
+            m1.profile_phase(True)
+            m2.profile_phase(True)
             t0 = time.monotonic()
             split = await clients.storm([m1.target, m2.target], a.storm_spread)
             expected = [split.get(m1.target, 0), split.get(m2.target, 0)]
@@ -899,6 +936,8 @@ class Bench:
             )
             reopen_s = (reopened["last"] or float("nan")) - t0
             cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+            m1.profile_phase(False)
+            m2.profile_phase(False)
             await asyncio.sleep(1)  # anything meshd would (wrongly) send arrives by now
             report = await clients.storm_report()
             after = [await m.metrics() for m in (m1, m2)]
@@ -1059,6 +1098,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="profile meshd (cProfile; cold start whole, other figures during the changes only)",
     )
+    p.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="fan-out/memory: tracemalloc in meshd while clients connect (slows meshd)",
+    )
     p.add_argument("--fsync", action="store_true", help="etcd with fsync (default: no fsync)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     p.add_argument(
@@ -1076,8 +1120,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def traced_meshd(out: str, argv: list[str]) -> None:
+    """Run meshd's main() here; SIGUSR1 starts tracemalloc, each SIGUSR2 writes a snapshot.
+
+    Python-level memory allocated since the start and still held: meshd's own state per
+    client, without the buffers gRPC's C core and malloc keep (which RSS includes).
+    """
+    import tracemalloc
+
+    dumps = [0]
+
+    def start(*_: object) -> None:
+        if not tracemalloc.is_tracing():
+            tracemalloc.start()
+
+    def dump(*_: object) -> None:
+        if not tracemalloc.is_tracing():
+            return
+        snapshot = tracemalloc.take_snapshot()
+        current, peak = tracemalloc.get_traced_memory()
+        dumps[0] += 1
+        lines = [f"{current} {peak}"]
+        lines += [str(stat) for stat in snapshot.statistics("lineno")[:12]]
+        Path(f"{out}.{dumps[0]}").write_text("\n".join(lines) + "\n")
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, dump)
+    from xds_server.cli.meshd import main as meshd_main
+
+    meshd_main(argv)
+
+
 def profiled_meshd(out: str, mode: str, argv: list[str]) -> None:
     """Run meshd's main() in this process under a cProfile toggled by signals (see Meshd)."""
+    if mode == "tracemalloc":
+        traced_meshd(out, argv)
+        return
     import cProfile
 
     prof = cProfile.Profile()

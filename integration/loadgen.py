@@ -134,6 +134,37 @@ def first_string(body: bytes) -> str:
     return sys.intern(body[pos : pos + length].decode())
 
 
+_NAMES: dict[tuple[int, frozenset[str]], bytes] = {}
+_ENTRIES: dict[tuple[str, str], bytes] = {}
+
+
+def encoded_names(number: int, names: frozenset[str]) -> bytes:
+    """Repeated string field ``number`` holding ``names`` (sorted), memoized.
+
+    Thousands of clients subscribe to the same set of names; encoding it once per set keeps
+    a reconnect storm from being a storm of Python string encoding in the load generator.
+    """
+    key = (number, names)
+    blob = _NAMES.get(key)
+    if blob is None:
+        if len(_NAMES) > 64:
+            _NAMES.clear()
+        blob = _NAMES[key] = b"".join(field_bytes(number, n) for n in sorted(names))
+    return blob
+
+
+def version_entry(name: str, version: str) -> bytes:
+    """One ``initial_resource_versions`` map entry (field 5), memoized: clients share them."""
+    entry = _ENTRIES.get((name, version))
+    if entry is None:
+        if len(_ENTRIES) > 1_000_000:
+            _ENTRIES.clear()
+        entry = _ENTRIES[(name, version)] = field_bytes(
+            5, field_bytes(1, name) + field_bytes(2, version)
+        )
+    return entry
+
+
 def node_bytes(node_id: str, cluster: str) -> bytes:
     """``envoy.config.core.v3.Node`` with ``id`` (1) and ``cluster`` (2)."""
     return field_bytes(1, node_id) + field_bytes(2, cluster)
@@ -370,8 +401,8 @@ class SotwClient(Client):
         types = [t for t in TYPES if t in self.started] or [CDS]
         return [self._request(t, node=i == 0, nonce=False) for i, t in enumerate(types)]
 
-    def _set_names(self, t: str, names: Iterable[str]) -> None:
-        self.names[t] = b"".join(field_bytes(3, n) for n in sorted(names))
+    def _set_names(self, t: str, names: frozenset[str]) -> None:
+        self.names[t] = encoded_names(3, names)
 
     def on_response(self, resp: discovery_pb2.DiscoveryResponse, now: float) -> list[bytes]:
         t = resp.type_url
@@ -434,10 +465,10 @@ class DeltaClient(Client):
 
     decode = staticmethod(discovery_pb2.DeltaDiscoveryResponse.FromString)
 
-    def _subscribe(self, t: str, add: Iterable[str], remove: Iterable[str] = ()) -> bytes:
-        parts = [field_bytes(2, t)]
-        parts += [field_bytes(3, n) for n in sorted(add)]
-        parts += [field_bytes(4, n) for n in sorted(remove)]
+    def _subscribe(
+        self, t: str, add: frozenset[str], remove: frozenset[str] = frozenset()
+    ) -> bytes:
+        parts = [field_bytes(2, t), encoded_names(3, add), encoded_names(4, remove)]
         self.started.add(t)
         return b"".join(parts)
 
@@ -448,9 +479,8 @@ class DeltaClient(Client):
             parts = [field_bytes(1, self.node)] if i == 0 else []
             parts.append(field_bytes(2, t))
             # Wildcard types subscribe to nothing by name (legacy wildcard), like Envoy.
-            parts += [field_bytes(3, n) for n in sorted(self.subscribed.get(t, ()))]
-            for name, version in self.held[t].items():
-                parts.append(field_bytes(5, field_bytes(1, name) + field_bytes(2, version)))
+            parts.append(encoded_names(3, frozenset(self.subscribed.get(t, ()))))
+            parts += [version_entry(n, v) for n, v in self.held[t].items()]
             out.append(b"".join(parts))
             self.started.add(t)
         return out
@@ -488,7 +518,7 @@ class DeltaClient(Client):
         elif t == EDS:
             if not self.lds_started and covers(held, self.clusters):
                 self.lds_started = True
-                out.append(self._subscribe(LDS, ()))
+                out.append(self._subscribe(LDS, frozenset()))
         elif t == LDS:
             self.got_lds = True
             self.routes = frozenset(n for names in self.listener_routes.values() for n in names)
@@ -499,7 +529,7 @@ class DeltaClient(Client):
     def _follow(self, t: str, want: frozenset[str]) -> list[bytes]:
         """Subscribe ``t`` (EDS/RDS) to exactly ``want``; forget what was unsubscribed."""
         subscribed = self.subscribed[t]
-        add, remove = want - subscribed, subscribed - want
+        add, remove = want - subscribed, frozenset(subscribed - want)
         if not add and not remove:
             return []
         subscribed |= add
