@@ -171,6 +171,7 @@ class Meshd:
         log_level: str = "warning",
         xds_port: int | None = None,
         profile: str = "",
+        grace: float = 0.5,
     ) -> None:
         # Children inherit rlimits: raising ours gives meshd the hard open-files limit too
         # (a preexec_fn would make the fork run gRPC's fork handlers in this process).
@@ -205,6 +206,9 @@ class Meshd:
                 str(workdir / f"{name}-data"),
                 "--log-level",
                 log_level,
+                # Streams get this long to close on SIGTERM (meshd's default is 2 s).
+                "--grace",
+                str(grace),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

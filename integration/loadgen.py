@@ -251,6 +251,11 @@ class StormWatch:
     different: Counter[str] = field(default_factory=Counter)
     responses: int = 0
     last_at: float = 0.0
+    samples: list[str] = field(default_factory=list)  # the first few, for the report
+
+    def note(self, what: str) -> None:
+        if len(self.samples) < 3:
+            self.samples.append(what)
 
 
 class Client:
@@ -410,10 +415,13 @@ class SotwClient(Client):
             w = self.watch
             w.responses += 1
             w.last_at = now
-            if resp.version_info == self.version.get(t):
-                w.same[SHORT.get(t, t)] += 1
-            else:
-                w.different[SHORT.get(t, t)] += 1
+            held = self.version.get(t)
+            (w.same if resp.version_info == held else w.different)[SHORT.get(t, t)] += 1
+            w.note(
+                f"{self.protocol} {self.id} {SHORT.get(t, t)} held {held} got "
+                f"{resp.version_info} ({len(resp.resources)} resources) "
+                f"{now - self.opened_at:.3f}s after the stream opened"
+            )
         self.nonce[t] = resp.nonce
         self.version[t] = resp.version_info
         out = [self._request(t)]  # the ACK
@@ -500,6 +508,11 @@ class DeltaClient(Client):
             if w is not None:
                 counter = w.same if held.get(name) == version else w.different
                 counter[SHORT.get(t, t)] += 1
+                w.note(
+                    f"{self.protocol} {self.id} {SHORT.get(t, t)} {name} held "
+                    f"{held.get(name)} got {version} {now - self.opened_at:.3f}s after the "
+                    "stream opened"
+                )
             held[name] = version
             if name == marker:
                 self._marker(r.resource.value, now)
@@ -711,6 +724,7 @@ class Pool:
         same: Counter[str] = Counter()
         different: Counter[str] = Counter()
         clients_sent = 0
+        samples: list[str] = []
         last = 0.0
         by_protocol: Counter[str] = Counter()
         for c in self.clients:
@@ -721,6 +735,7 @@ class Pool:
             different.update(w.different)
             if w.responses:
                 clients_sent += 1
+                samples += w.samples[: max(0, 10 - len(samples))]
                 by_protocol[c.protocol] += 1
                 last = max(last, w.last_at)
         return {
@@ -728,6 +743,7 @@ class Pool:
             "different": dict(different),
             "clients_sent_anything": clients_sent,
             "by_protocol": dict(by_protocol),
+            "samples": samples,
             "last_response": last or None,
         }
 
@@ -915,6 +931,8 @@ def _merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 out[k] = v if out.get(k) is None else min(out[k], v)
             elif k in ("last", "last_response", "started"):
                 out[k] = v if out.get(k) is None else max(out[k], v)
+            elif isinstance(v, list):
+                out[k] = [*(out.get(k) or []), *v]
             elif k == "error_details":
                 out[k] = {**v, **(out.get(k) or {})}
             elif isinstance(v, dict):
