@@ -119,12 +119,6 @@ async def test_clients_follow_meshd_changes_restart_and_replica(
         await registry.close()
 
 
-@pytest.mark.xfail(
-    reason="meshd bug: a stream opened before the first snapshot is ready gets that snapshot "
-    "as pending changes (ads._serve watches before cache.ready), so a proxy that reconnects "
-    "while meshd starts is sent everything it already holds (xds.md point 4)",
-    strict=False,
-)
 async def test_reconnecting_while_meshd_starts_is_sent_nothing(
     etcd: EmbeddedEtcd, tmp_path: Path, clients: LoadGenGroup
 ) -> None:

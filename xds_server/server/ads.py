@@ -128,6 +128,12 @@ class AdsServicer:
         labels: tuple[str, str] | None = None
         try:
             await self.cache.ready.wait()
+            # Changes before the first snapshot (the snapshot itself) are not changes to this
+            # stream: it has been sent nothing, and its first requests are answered from the
+            # current cache. Pushing them would resend a reconnecting proxy what it holds.
+            watcher.take()
+            if inbox or closed.is_set():
+                watcher.event.set()
             while True:
                 await watcher.event.wait()
                 pending, scopes_changed = watcher.take()
