@@ -187,6 +187,9 @@ class Meshd:
             # ("start": from the first instruction), so a profile covers one phase only.
             # "tracemalloc": SIGUSR1 starts tracing, each SIGUSR2 writes a snapshot.
             self.profile_path = workdir / f"{name}.prof"
+            # A name may be reused by a later run: never read an earlier run's output.
+            for stale in [self.profile_path, *workdir.glob(f"{name}.prof.*")]:
+                stale.unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "integration.bench_scale", "--profiled-meshd"]
             cmd += [str(self.profile_path), profile, "--"]
         self.tracing = profile == "tracemalloc"
@@ -644,7 +647,7 @@ class Bench:
                 say(
                     f"  meshd Python heap allocated since before the clients and still held: "
                     f"{traced / 1024 / 1024:.1f} MB = {traced / 1024 / run.clients:.1f} KB/client "
-                    f"(tracemalloc; latencies of this run are slowed by it); top:\n    "
+                    f"(tracemalloc: this run's latencies and RSS include its overhead); top:\n    "
                     + "\n    ".join(top[:8])
                 )
             if churn:
