@@ -1093,7 +1093,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-clients", type=int, default=20)
     p.add_argument("--storm-spread", type=float, default=1.0, help="seconds for all reconnects")
     p.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
-    p.add_argument("--procs", type=int, default=1, help="load generator processes")
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=2,
+        help="load generator processes (1 makes them the bottleneck)",
+    )
     p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
     p.add_argument("--budget", type=float, default=30.0, help="max seconds of changes per series")
     p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
