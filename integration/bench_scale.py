@@ -11,23 +11,32 @@ churn. Figures (targets for this 2-core machine):
 2. ``fanout``: one endpoint change reaching every client, p50/p99 over 100 changes, 2,000
    clients and 1,000 services x 10 endpoints, SotW and Delta (target: within 1.5x of the floor).
    ``churn``: the same with 1,000 Delta clients while 10 unrelated endpoint changes per second
-   run (same churn on the floor).
+   run, the same churn on the floor. ``--churn-scope``: ``unsubscribed`` (the clients' scope is
+   a TCP listener to ``s0``, so the churned services are not theirs: meshd's cost of deciding
+   that), ``subscribed`` (every client gets every cluster, so the churn is pushed to all of
+   them, by meshd and by the floor), or ``both`` (default).
 3. ``scaling``: the same single-endpoint change at 100 and at 10,000 services: meshd CPU time
-   per change grows by less than 2x.
+   per change (from /proc, idle share removed) grows by less than 2x.
 4. ``memory``: meshd RSS (VmRSS) per connected client beyond its baseline, against what a bare
-   gRPC stream costs on the floor server (target: at most 25 KB more). Measured by ``fanout``
-   too.
+   gRPC stream costs on the floor server with a one-cluster config (target: at most 25 KB
+   more). Measured by ``fanout`` too. ``--trace-memory`` adds meshd's Python heap per client
+   (tracemalloc), which RSS mixes with gRPC's and malloc's buffers.
 5. ``storm``: every client reconnects within one second, half of them to a second meshd on
    the same etcd; all in sync again within 10 s, and none is sent a version it already holds
-   or a different one.
+   or a different one. The same storm between two floor servers shows what reconnecting
+   costs by itself.
 
     python -m integration.bench_scale [--clients 2000] [--services 1000] [--only FIG[,FIG]]
 
 A change sets the port of endpoint ``e0`` of service ``s0`` to ``base + change id``; every
 client subscribes to ``s0.default`` (as Envoy does, to every cluster) and notes when the
 response carrying that port arrives. Latency runs from just before the etcd write (for the
-floor: just before the push command is written to its stdin) to that arrival. Figures are
-printed, never asserted. etcd runs with ``--unsafe-no-fsync`` unless ``--fsync``.
+floor: just before the push command is written to its stdin) to that arrival. The next change
+waits until the server and the clients are idle (their ACKs handled), so each change is
+measured on its own; a series stops after ``--budget`` seconds. Clients run in ``--procs``
+load generator processes. ``--profile`` runs meshd under cProfile during the changes (cold
+start: all of it) and prints where its time goes. Figures are printed, never asserted. etcd
+runs with ``--unsafe-no-fsync`` unless ``--fsync``.
 """
 
 from __future__ import annotations
