@@ -183,7 +183,15 @@ class SotwStream(StreamBase[TypeStatus]):
     def _subscribe(
         self, t: str, ts: TypeStatus, req: discovery_pb2.DiscoveryRequest, first: bool
     ) -> None:
-        names = set(req.resource_names)
+        raw = req.resource_names
+        unchanged = raw and len(raw) == len(ts.subscribed) and ts.subscribed.issuperset(raw)
+        if unchanged and not ts.wildcard:
+            # Envoy repeats its whole subscription in every ACK (10,000 names at 10,000
+            # services): when it is unchanged, say so without building and interning a set.
+            # ("*" is never in ``subscribed``, so a list holding it takes the slow path.)
+            ts.started = True
+            return
+        names = set(raw)
         if t in WILDCARD_TYPES:
             # Legacy wildcard: an empty first request means "everything"; it stays
             # wildcard while later requests also name nothing. "*" is explicit wildcard.
