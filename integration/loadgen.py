@@ -50,6 +50,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.discovery.v3 import discovery_pb2
 
+from xds_server.translate.resource import encode_varint
+
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -94,24 +96,12 @@ def channel_options(backoff: tuple[float, float]) -> list[tuple[str, Any]]:
 # --------------------------------------------------------------------------- protobuf wire
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
 def field_bytes(number: int, data: bytes | str) -> bytes:
     """One length-delimited protobuf field (string, bytes or embedded message)."""
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) < 0x80 and number < 16:  # the common case: a one-byte tag and length
         return bytes((number << 3 | 2, len(raw))) + raw
-    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
+    return encode_varint(number << 3 | 2) + encode_varint(len(raw)) + raw
 
 
 def first_string(body: bytes) -> str:
@@ -195,7 +185,7 @@ def address_pattern(address: str) -> bytes:
     SocketAddress is ``address`` (2) then ``port_value`` (3); both meshd's deterministic
     serialization and the floor's write them adjacent, so the port follows this pattern.
     """
-    return b"\x12" + _varint(len(address)) + address.encode() + b"\x18"
+    return b"\x12" + encode_varint(len(address)) + address.encode() + b"\x18"
 
 
 def marker_ids(cla_body: bytes, pattern: bytes, base: int) -> list[int]:
