@@ -248,7 +248,3 @@ class ConfigCache:
 
     def unwatch(self, w: Watcher) -> None:
         self._watchers.discard(w)
-
-    @property
-    def watcher_count(self) -> int:
-        return len(self._watchers)

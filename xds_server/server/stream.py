@@ -302,11 +302,6 @@ class SotwStream(StreamBase[TypeStatus]):
             return []
         return self._compute_full(CLUSTER, ts, {})
 
-    # -- status -------------------------------------------------------------------------------
-
-    def status(self) -> dict[str, TypeStatus]:
-        return self.types
-
 
 def _by_name(res: Resource) -> str:
     return res.name

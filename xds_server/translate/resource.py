@@ -58,10 +58,6 @@ class Resource:
     delta_suffix: bytes = b""
 
     @property
-    def size(self) -> int:
-        return len(self.body)
-
-    @property
     def any(self) -> any_pb2.Any:
         """The resource as a protobuf Any (built on demand: for tools and tests)."""
         return any_pb2.Any(type_url=self.type_url, value=self.body)
