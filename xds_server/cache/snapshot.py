@@ -37,6 +37,19 @@ Pending = dict[str, dict[str, Resource | None]]
 """Type URL -> changed name -> the resource before the change (None: it did not exist)."""
 
 
+@dataclass(frozen=True, slots=True)
+class FullSet:
+    """The complete set of one type in a scope, as one generation of the cache has it."""
+
+    xor: int
+    resources: tuple[Resource, ...]  # sorted by name
+    names: frozenset[str]
+
+    @property
+    def version(self) -> str:
+        return set_version(self.xor)
+
+
 @dataclass(eq=False)
 class Scope:
     """The wildcard selection of one node scope (a set of listener names)."""
@@ -45,9 +58,7 @@ class Scope:
     http: frozenset[str]
     tcp_clusters: frozenset[str]
     cache: ConfigCache
-    _full: dict[str, tuple[int, str, tuple[Resource, ...], frozenset[str]]] = field(
-        default_factory=dict
-    )
+    _full: dict[str, tuple[int, FullSet]] = field(default_factory=dict)
 
     @property
     def all_clusters(self) -> bool:
@@ -72,17 +83,16 @@ class Scope:
     def version(self, type_url: str) -> str:
         return set_version(self.xor(type_url))
 
-    def full(self, type_url: str) -> tuple[str, tuple[Resource, ...], frozenset[str]]:
-        """(version, resources sorted by name, their names): shared until the type changes."""
+    def full(self, type_url: str) -> FullSet:
+        """The complete set of ``type_url`` here: shared until the type changes."""
         gen = self.cache.type_generation[type_url]
         memo = self._full.get(type_url)
         if memo is not None and memo[0] == gen:
-            return memo[1], memo[2], memo[3]
+            return memo[1]
         index = self.cache.index[type_url]
         names = sorted(n for n in self.names(type_url) if n in index)
-        resources = tuple(index[n] for n in names)
-        result = (self.version(type_url), resources, frozenset(names))
-        self._full[type_url] = (gen, *result)
+        result = FullSet(self.xor(type_url), tuple(index[n] for n in names), frozenset(names))
+        self._full[type_url] = (gen, result)
         return result
 
 

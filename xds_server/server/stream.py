@@ -204,8 +204,8 @@ class SotwStream(StreamBase[TypeStatus]):
     def _already_current(self, t: str, ts: TypeStatus, version: str) -> bool:
         """Point 4: a reconnecting client already holds this version; record, send nothing."""
         if ts.wildcard and self.scope is not None and not ts.subscribed:
-            current, _, names = self.scope.full(t)
-            ts.names = names
+            full = self.scope.full(t)
+            current, ts.names = full.version, full.names
         else:
             current = set_version(self.cache.subscription_xor(t, ts.subscribed))
         if current != version:
@@ -229,8 +229,8 @@ class SotwStream(StreamBase[TypeStatus]):
     ) -> list[Response]:
         """Listener/Cluster: the complete set, when its version differs from what was sent."""
         assert self.scope is not None
-        version, resources, names = self.scope.full(t)
-        xor = self.scope.xor(t)
+        full = self.scope.full(t)
+        version, resources, names, xor = full.version, full.resources, full.names, full.xor
         if ts.subscribed - names:  # wildcard plus explicit extra names (rare): build our own
             index = self.cache.index[t]
             extra = sorted(n for n in ts.subscribed - names if n in index)
