@@ -6,10 +6,10 @@ import asyncio
 import json
 import time
 
-from adapters.memory import MemoryRegistry
 from tests.test_stream import BASE
-from tests.xds_client import sotw_client
-from xds_server.app import MeshApp, MeshConfig
+from tests.xds_client import running_meshd, sotw_client
+from xds_server.app import MeshApp
+from xds_server.translate import ENDPOINT
 
 
 def eds_pushes(app: MeshApp) -> float:
@@ -18,40 +18,27 @@ def eds_pushes(app: MeshApp) -> float:
 
 
 async def test_fifty_endpoint_writes_in_one_transaction_are_one_push() -> None:
-    registry = MemoryRegistry()
-    for key, value in BASE.items():
-        await registry.put("/mesh/" + key, json.dumps(value).encode())
-    app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=None))
-    await app.start()
-    try:
-        async with sotw_client(app.xds_port, "gateway"):
-            await asyncio.sleep(0.1)
-            before, batches = eds_pushes(app), app.controller.batches
-            puts = {
-                f"/mesh/endpoints/default/api/b{i}": json.dumps({"address": f"10.9.0.{i}"}).encode()
-                for i in range(50)
-            }
-            await registry.txn(puts=puts)
-            await asyncio.sleep(0.2)
-            assert app.controller.batches == batches + 1
-            assert eds_pushes(app) == before + 1
-            # A lone change afterwards is pushed without waiting for more.
-            start = time.monotonic()
-            await registry.put("/mesh/endpoints/default/api/c", b'{"address": "10.9.1.1"}')
-            while eds_pushes(app) < before + 2:
-                assert time.monotonic() - start < 0.05, "a lone change waited"
-                await asyncio.sleep(0.001)
-    finally:
-        await app.stop()
+    async with running_meshd(BASE) as (registry, app), sotw_client(app.xds_port, "gateway"):
+        await asyncio.sleep(0.1)
+        before, batches = eds_pushes(app), app.controller.batches
+        puts = {
+            f"/mesh/endpoints/default/api/b{i}": json.dumps({"address": f"10.9.0.{i}"}).encode()
+            for i in range(50)
+        }
+        await registry.txn(puts=puts)
+        await asyncio.sleep(0.2)
+        assert app.controller.batches == batches + 1
+        assert eds_pushes(app) == before + 1
+        # A lone change afterwards is pushed without waiting for more.
+        start = time.monotonic()
+        await registry.put("/mesh/endpoints/default/api/c", b'{"address": "10.9.1.1"}')
+        while eds_pushes(app) < before + 2:
+            assert time.monotonic() - start < 0.05, "a lone change waited"
+            await asyncio.sleep(0.001)
 
 
 async def test_writes_queued_during_a_batch_are_taken_together() -> None:
-    registry = MemoryRegistry()
-    for key, value in BASE.items():
-        await registry.put("/mesh/" + key, json.dumps(value).encode())
-    app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=None))
-    await app.start()
-    try:
+    async with running_meshd(BASE) as (registry, app):
         batches = app.controller.batches
         # 30 separate writes issued back to back: they queue while the loop is busy and
         # are translated in far fewer batches than writes.
@@ -59,8 +46,5 @@ async def test_writes_queued_during_a_batch_are_taken_together() -> None:
             await registry.put(f"/mesh/endpoints/default/api/q{i}", b'{"address": "10.8.0.1"}')
         await asyncio.sleep(0.2)
         assert 1 <= app.controller.batches - batches < 30
-        assert "10.8.0.1" in app.cache.get(
-            "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", "api.default"
-        ).body.decode("latin-1")
-    finally:
-        await app.stop()
+        cla = app.cache.get(ENDPOINT, "api.default")
+        assert cla is not None and b"10.8.0.1" in cla.body

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.memory import MemoryRegistry
-from integration.harness import free_port
 from tests.test_stream import BASE
-from tests.xds_client import sotw_client
-from xds_server.app import MeshApp, MeshConfig
+from tests.xds_client import running_meshd, sotw_client
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -25,13 +21,8 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_metrics_after_pushes_and_a_rejected_entry() -> None:
-    registry = MemoryRegistry()
-    for key, value in BASE.items():
-        await registry.put("/mesh/" + key, json.dumps(value).encode())
-    await registry.put("/mesh/routes/default/bad", b'{"listener": "public", "wieght": 1}')
-    app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}"))
-    await app.start()
-    try:
+    entries = {**BASE, "routes/default/bad": b'{"listener": "public", "wieght": 1}'}
+    async with running_meshd(entries, metrics=True) as (_, app):
         async with sotw_client(app.xds_port, "gateway"):
             await asyncio.sleep(0.2)
             m = await asyncio.to_thread(scrape, app.metrics_port)
@@ -49,5 +40,3 @@ async def test_metrics_after_pushes_and_a_rejected_entry() -> None:
         assert m[("meshd_resources", (("type", "CDS"),))] == 3
         assert m[("meshd_translate_seconds_count", ())] >= 1
         assert ("meshd_registry_errors_total", ()) in m
-    finally:
-        await app.stop()

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapters.memory import MemoryRegistry
 from integration.grpc_backend import serve
-from xds_server.app import MeshApp, MeshConfig
+from tests.xds_client import running_meshd
 
 CLIENT = textwrap.dedent(
     """
@@ -59,7 +58,6 @@ def backends() -> Iterator[dict[str, int]]:
 
 
 async def test_proxyless_grpc_client_splits_90_10(backends: dict[str, int]) -> None:
-    registry = MemoryRegistry()
     entries = {
         "services/default/echo": {
             "protocol": "grpc",
@@ -86,11 +84,7 @@ async def test_proxyless_grpc_client_splits_90_10(backends: dict[str, int]) -> N
             ],
         },
     }
-    for key, value in entries.items():
-        await registry.put("/mesh/" + key, json.dumps(value).encode())
-    app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=None))
-    await app.start()
-    try:
+    async with running_meshd(entries) as (_, app):
         counts = await asyncio.to_thread(run_client, app.xds_port, 600)
         assert set(counts) == {"v1", "v2"}, counts
         share = counts["v2"] / 600
@@ -101,5 +95,3 @@ async def test_proxyless_grpc_client_splits_90_10(backends: dict[str, int]) -> N
             assert sample("meshd_xds_nacks_total", {"type": short}) in (None, 0.0)
             acks = sample("meshd_xds_requests_total", {"type": short, "kind": "ack"})
             assert acks is not None and acks >= 1, short
-    finally:
-        await app.stop()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from adapters.memory import MemoryRegistry
+from integration.harness import free_port
+from xds_server.app import MeshApp, MeshConfig
 from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 
@@ -81,3 +85,22 @@ def _names_for(type_url: str, got: dict[str, discovery_pb2.DiscoveryResponse]) -
             listener_pb2.Listener.FromString(a.value).name for a in got[LISTENER].resources
         )
     return []
+
+
+@contextlib.asynccontextmanager
+async def running_meshd(
+    entries: Mapping[str, object], *, metrics: bool = False
+) -> AsyncIterator[tuple[MemoryRegistry, MeshApp]]:
+    """An in-memory registry holding ``entries`` (key without prefix -> JSON value, or raw
+    bytes) and a meshd serving it on a free port; stopped afterwards."""
+    registry = MemoryRegistry()
+    for key, value in entries.items():
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        await registry.put(registry.prefix + key, raw)
+    config = MeshConfig(xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}" if metrics else None)
+    app = MeshApp(registry, config)
+    await app.start()
+    try:
+        yield registry, app
+    finally:
+        await app.stop()
