@@ -23,7 +23,7 @@ cost more than the change itself.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import (
@@ -247,40 +247,7 @@ class RegistryState:
 
     def _check_refs(self, entity: Entity) -> tuple[str, str] | None:
         """(field, reason) when ``entity`` refers to something not in force."""
-        if isinstance(entity, Endpoint):
-            svc = self.services.get(entity.service)
-            if svc is None:
-                return ("", f"service {entity.service} is not registered")
-            if entity.port is None and svc.port is None:
-                return ("port", f"is required: service {entity.service} has no port")
-            return None
-        if isinstance(entity, Route):
-            for i, d in enumerate(entity.destinations):
-                svc = self.services.get(d.service)
-                if svc is None:
-                    return (f"destinations[{i}].service", f"unknown service {d.service}")
-                if d.subset and svc.selector(d.subset) is None:
-                    return (
-                        f"destinations[{i}].subset",
-                        f"service {d.service} has no subset {d.subset!r}",
-                    )
-                if svc.protocol == "tcp":
-                    return (
-                        f"destinations[{i}].service",
-                        f"service {d.service} speaks tcp, not http",
-                    )
-            return None
-        if isinstance(entity, Listener):
-            if entity.service is not None and entity.service not in self.services:
-                return ("service", f"unknown service {entity.service}")
-            for other in self.listeners.values():
-                if other.name != entity.name and _listeners_clash(entity, other):
-                    return (
-                        "port",
-                        f"{entity.address}:{entity.port} is already used by listener "
-                        f"{other.name} for the same nodes",
-                    )
-        return None
+        return check_refs(entity, self.services, self.listeners)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -334,6 +301,57 @@ class RegistryState:
             self.problems[key] = problem
             changes.problems_set[key] = problem
             changes.problems_cleared.discard(key)
+
+
+def check_refs(
+    entity: Entity, services: Mapping[ServiceRef, Service], listeners: Mapping[str, Listener]
+) -> tuple[str, str] | None:
+    """(field, reason) when ``entity`` refers to a service, subset or listener port that
+    ``services`` / ``listeners`` do not allow: the reference rules of registry.md, shared
+    by the registry fold and the admin API's validation of writes."""
+    if isinstance(entity, Endpoint):
+        svc = services.get(entity.service)
+        if svc is None:
+            return ("", f"service {entity.service} is not registered")
+        if entity.port is None and svc.port is None:
+            return ("port", f"is required: service {entity.service} has no port")
+        return None
+    if isinstance(entity, Route):
+        for i, d in enumerate(entity.destinations):
+            svc = services.get(d.service)
+            if svc is None:
+                return (f"destinations[{i}].service", f"unknown service {d.service}")
+            if d.subset and svc.selector(d.subset) is None:
+                return (
+                    f"destinations[{i}].subset",
+                    f"service {d.service} has no subset {d.subset!r}",
+                )
+            if svc.protocol == "tcp":
+                return (
+                    f"destinations[{i}].service",
+                    f"service {d.service} speaks tcp, not http",
+                )
+        m = entity.mirror
+        if m is not None:
+            svc = services.get(m.service)
+            if svc is None:
+                return ("mirror.service", f"unknown service {m.service}")
+            if m.subset and svc.selector(m.subset) is None:
+                return ("mirror.subset", f"service {m.service} has no subset {m.subset!r}")
+            if svc.protocol == "tcp":
+                return ("mirror.service", f"service {m.service} speaks tcp, not http")
+        return None
+    if isinstance(entity, Listener):
+        if entity.service is not None and entity.service not in services:
+            return ("service", f"unknown service {entity.service}")
+        for other in listeners.values():
+            if other.name != entity.name and _listeners_clash(entity, other):
+                return (
+                    "port",
+                    f"{entity.address}:{entity.port} is already used by listener "
+                    f"{other.name} for the same nodes",
+                )
+    return None
 
 
 _ANY = frozenset({"0.0.0.0", "::"})

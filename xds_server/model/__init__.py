@@ -11,7 +11,15 @@ from xds_server.model.endpoint import Endpoint
 from xds_server.model.entries import Entity, Problem, parse_entity, parse_entry
 from xds_server.model.listener import Listener
 from xds_server.model.names import KeyRef, ServiceRef, parse_key, status_error_key
-from xds_server.model.route import Destination, Match, RateLimit, Retries, Route
+from xds_server.model.route import (
+    Destination,
+    Fault,
+    Match,
+    Mirror,
+    RateLimit,
+    Retries,
+    Route,
+)
 from xds_server.model.service import (
     CircuitBreaker,
     HealthCheck,
@@ -26,11 +34,13 @@ __all__ = [
     "Destination",
     "Endpoint",
     "Entity",
+    "Fault",
     "HealthCheck",
     "KeyRef",
     "Listener",
     "LoadBalancer",
     "Match",
+    "Mirror",
     "OutlierDetection",
     "Problem",
     "RateLimit",

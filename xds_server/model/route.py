@@ -98,6 +98,28 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """Shadow traffic: a copy of ``percent`` % of the route's requests goes to ``service``.
+
+    The copy is fire-and-forget: the client only ever sees the primary's answer.
+    """
+
+    service: ServiceRef
+    subset: str = ""
+    percent: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Fault injection: abort or delay a share of the route's requests (percent 0..100)."""
+
+    abort_percent: int = 0
+    abort_status: int = 0
+    delay_percent: int = 0
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """A validated Route entry."""
 
@@ -111,6 +133,8 @@ class Route:
     retries: Retries | None = None
     priority: int = 0
     rate_limit: RateLimit | None = None
+    mirror: Mirror | None = None
+    fault: Fault | None = None
 
     @property
     def key_name(self) -> str:
@@ -194,6 +218,40 @@ def _rate_limit(o: Obj) -> RateLimit:
     return RateLimit(rpm, burst)
 
 
+def _mirror(o: Obj, namespace: str) -> Mirror:
+    ref = parse_service_ref(o.str_("service", required=True), namespace, o.field("service"))
+    subset = o.str_("subset", "")
+    if subset:
+        check_label(subset, o.field("subset"))
+    percent = o.int_("percent", 100, lo=0, hi=100)
+    o.done()
+    return Mirror(ref, subset, percent)
+
+
+def _fault(o: Obj) -> Fault:
+    abort_percent = o.opt_int("abort_percent", lo=0, hi=100)
+    # Envoy's FaultAbort.http_status must be in [200, 600).
+    abort_status = o.opt_int("abort_status", lo=200, hi=599)
+    delay_percent = o.opt_int("delay_percent", lo=0, hi=100)
+    delay_ms = o.opt_int("delay_ms", lo=1, hi=MAX_MS)
+    o.done()
+    # Each half needs both of its fields: a share without a status (or a delay) would be a
+    # guess, and a status without a share would silently do nothing.
+    for (share, share_name), (what, what_name) in (
+        ((abort_percent, "abort_percent"), (abort_status, "abort_status")),
+        ((delay_percent, "delay_percent"), (delay_ms, "delay_ms")),
+    ):
+        if share is not None and what is None:
+            raise ValidationError(o.field(what_name), f"is required with {share_name}")
+        if what is not None and share is None:
+            raise ValidationError(o.field(share_name), f"is required with {what_name}")
+    if abort_percent is None and delay_percent is None:
+        raise ValidationError(
+            o.path, "must set abort_percent and abort_status, or delay_percent and delay_ms"
+        )
+    return Fault(abort_percent or 0, abort_status or 0, delay_percent or 0, delay_ms or 0)
+
+
 def parse_route(namespace: str, name: str, o: Obj) -> Route:
     """Validate a Route value for the route named by its key."""
     listener = o.str_("listener", required=True)
@@ -215,6 +273,8 @@ def parse_route(namespace: str, name: str, o: Obj) -> Route:
     retries_obj = o.obj("retries")
     priority = o.int_("priority", 0, lo=-(2**31), hi=2**31 - 1)
     rl_obj = o.obj("rate_limit")
+    mirror_obj = o.obj("mirror")
+    fault_obj = o.obj("fault")
     route = Route(
         namespace=namespace,
         name=name,
@@ -226,6 +286,8 @@ def parse_route(namespace: str, name: str, o: Obj) -> Route:
         retries=_retries(retries_obj) if retries_obj else None,
         priority=priority,
         rate_limit=_rate_limit(rl_obj) if rl_obj else None,
+        mirror=_mirror(mirror_obj, namespace) if mirror_obj else None,
+        fault=_fault(fault_obj) if fault_obj else None,
     )
     o.done()
     return route

@@ -10,7 +10,7 @@ route. These resources are only sent to clients that ask for them by name;
 Envoy's wildcard subscriptions never include them.
 
 gRPC NACKs configuration for filters it does not run, so the HTTP filter chain
-is the router alone and per-route rate limits are left out.
+is the router alone and per-route rate limits and faults are left out.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from xds_server.translate.cluster import ads_source
 from xds_server.translate.listener import ROUTER
 from xds_server.translate.names import LISTENER, ROUTE, service_host
 from xds_server.translate.resource import Resource, make_resource
-from xds_server.translate.route import LOCAL_RATELIMIT, build_route_configuration
+from xds_server.translate.route import FAULT, LOCAL_RATELIMIT, build_route_configuration
 
 
 def api_listener(service: Service) -> Resource:
@@ -67,5 +67,6 @@ def api_route_configuration(
     for vh in keep:
         for route in vh.routes:
             route.typed_per_filter_config.pop(LOCAL_RATELIMIT, None)
+            route.typed_per_filter_config.pop(FAULT, None)
         config.virtual_hosts.append(vh)
     return make_resource(ROUTE, name, config, refs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -17,7 +18,7 @@ from xds_server.model import Listener
 from xds_server.translate.cluster import ads_source
 from xds_server.translate.names import LISTENER, cluster_name
 from xds_server.translate.resource import Resource, make_resource
-from xds_server.translate.route import LOCAL_RATELIMIT
+from xds_server.translate.route import FAULT, LOCAL_RATELIMIT
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -33,9 +34,11 @@ def _pack(msg: Message) -> any_pb2.Any:
 def http_filters() -> list[hcm_pb2.HttpFilter]:
     """The HTTP filter chain, in order; the router is last.
 
-    The local rate limit filter is always present but does nothing until a
-    route enables it, so adding a rate limit never changes the Listener (a
-    Listener change makes Envoy drain and rebuild it).
+    The local rate limit and fault filters are always present but do nothing
+    until a route enables them (``typed_per_filter_config``), so adding a rate
+    limit or a fault never changes the Listener (a Listener change makes Envoy
+    drain and rebuild it). Rate limiting runs first: requests over the limit
+    are refused before a fault could delay them.
     """
     return [
         hcm_pb2.HttpFilter(
@@ -44,6 +47,7 @@ def http_filters() -> list[hcm_pb2.HttpFilter]:
                 local_rate_limit_pb2.LocalRateLimit(stat_prefix="http_local_rate_limit")
             ),
         ),
+        hcm_pb2.HttpFilter(name=FAULT, typed_config=_pack(fault_pb2.HTTPFault())),
         hcm_pb2.HttpFilter(name=ROUTER, typed_config=_pack(router_pb2.Router())),
     ]
 

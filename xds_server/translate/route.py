@@ -14,17 +14,19 @@ from collections.abc import Iterable, Mapping
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from xds_server.model import RateLimit, Route, Service, ServiceRef
+from xds_server.model import Fault, Mirror, RateLimit, Route, Service, ServiceRef
 from xds_server.translate.cluster import ms, u32
 from xds_server.translate.names import ROUTE, cluster_name, service_host
 from xds_server.translate.resource import Resource, make_resource
 
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+FAULT = "envoy.filters.http.fault"
 
 
 def route_order(route: Route) -> tuple[int, int, int, str]:
@@ -104,6 +106,42 @@ def rate_limit_config(rl: RateLimit) -> any_pb2.Any:
     return packed
 
 
+def _percent(value: int) -> percent_pb2.FractionalPercent:
+    return percent_pb2.FractionalPercent(
+        numerator=value, denominator=percent_pb2.FractionalPercent.HUNDRED
+    )
+
+
+def fault_config(fault: Fault) -> any_pb2.Any:
+    """Per-route fault injection: abort and/or delay a share of the requests."""
+    cfg = fault_pb2.HTTPFault()
+    if fault.abort_status:
+        cfg.abort.http_status = fault.abort_status
+        cfg.abort.percentage.CopyFrom(_percent(fault.abort_percent))
+    if fault.delay_ms:
+        cfg.delay.fixed_delay.CopyFrom(ms(fault.delay_ms))
+        cfg.delay.percentage.CopyFrom(_percent(fault.delay_percent))
+    packed = any_pb2.Any()
+    packed.Pack(cfg)
+    return packed
+
+
+def mirror_policy(mirror: Mirror) -> rc.RouteAction.RequestMirrorPolicy:
+    """Shadow ``percent`` % of the requests to the mirror's cluster (Host gets ``-shadow``)."""
+    return rc.RouteAction.RequestMirrorPolicy(
+        cluster=cluster_name(mirror.service, mirror.subset),
+        runtime_fraction=base_pb2.RuntimeFractionalPercent(default_value=_percent(mirror.percent)),
+    )
+
+
+def route_clusters(route: Route) -> set[str]:
+    """The clusters a route sends traffic to: live destinations and the mirror."""
+    out = {cluster_name(d.service, d.subset) for d in route.destinations if d.weight}
+    if route.mirror is not None:
+        out.add(cluster_name(route.mirror.service, route.mirror.subset))
+    return out
+
+
 def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Route:
     """One Envoy route entry for a registry Route."""
     action = rc.RouteAction()
@@ -125,10 +163,14 @@ def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Rout
         action.retry_policy.num_retries.value = r.attempts
         if r.per_try_timeout_ms is not None:
             action.retry_policy.per_try_timeout.CopyFrom(ms(r.per_try_timeout_ms))
+    if route.mirror is not None:
+        action.request_mirror_policies.append(mirror_policy(route.mirror))
     action.hash_policy.extend(_hash_policies(services[d.service] for d in live))
     out = rc.Route(name=route.key_name, match=_match(route), route=action)
     if route.rate_limit is not None:
         out.typed_per_filter_config[LOCAL_RATELIMIT].CopyFrom(rate_limit_config(route.rate_limit))
+    if route.fault is not None:
+        out.typed_per_filter_config[FAULT].CopyFrom(fault_config(route.fault))
     return out
 
 
@@ -166,7 +208,7 @@ def build_route_configuration(
         vh = rc.VirtualHost(name=host, domains=[host])
         for route in sorted(by_host[host], key=route_order):
             vh.routes.append(build_route(route, services))
-            refs.update(cluster_name(d.service, d.subset) for d in route.destinations if d.weight)
+            refs.update(route_clusters(route))
         owned = owner.get(host)
         if owned is not None:
             # A route names the service's host (with or without port): its virtual host
