@@ -1,14 +1,25 @@
-"""meshd's /metrics: the figures of issue 2 are there, with real values, after real pushes."""
+"""meshd's /metrics: real values after real pushes, convergence, stream sync state, and
+the pure parts of Prometheus discovery of proxies (``/sd/envoy``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import urllib.request
+from collections.abc import AsyncIterator
 
+import grpc
+from envoy.config.core.v3 import base_pb2 as core_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_stream import BASE
 from tests.xds_client import running_meshd, sotw_client
+from xds_server.metrics import Metrics
+from xds_server.metrics_http import ProxyTarget, sd_document
+from xds_server.server.ads import admin_address
+from xds_server.translate import CLUSTER
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,3 +51,134 @@ async def test_metrics_after_pushes_and_a_rejected_entry() -> None:
         assert m[("meshd_resources", (("type", "CDS"),))] == 3
         assert m[("meshd_translate_seconds_count", ())] >= 1
         assert ("meshd_registry_errors_total", ()) in m
+
+
+async def test_convergence_watch_lag_and_sync_state_after_a_change() -> None:
+    async with running_meshd(BASE, metrics=True) as (registry, app):
+        async with sotw_client(app.xds_port, "gateway"):
+            await asyncio.sleep(0.2)
+            before = await asyncio.to_thread(scrape, app.metrics_port)
+            await registry.put(
+                registry.prefix + "endpoints/default/web/b",
+                json.dumps({"address": "10.0.0.9", "labels": {"version": "v1"}}).encode(),
+            )
+            deadline = time.monotonic() + 10
+            while True:
+                m = await asyncio.to_thread(scrape, app.metrics_port)
+                if m.get(("meshd_config_convergence_seconds_count", ()), 0) > before.get(
+                    ("meshd_config_convergence_seconds_count", ()), 0
+                ):
+                    break
+                assert time.monotonic() < deadline, "convergence never observed"
+                await asyncio.sleep(0.05)
+        # The change converged once its one proxy ACKed the new endpoints: well under 10 s.
+        assert 0 < m[("meshd_config_convergence_seconds_sum", ())] < 10
+        assert m[("meshd_registry_watch_lag_seconds_count", ())] >= 1
+        for short in ("CDS", "EDS", "LDS", "RDS"):
+            key = (("node_cluster", "gateway"), ("state", "SYNCED"), ("type", short))
+            assert m[("meshd_xds_proxy_types", key)] == 1
+        assert m[("meshd_xds_oldest_unacked_push_seconds", (("node_cluster", "gateway"),))] == 0
+
+
+async def test_a_proxy_that_never_acks_is_stale_and_ages() -> None:
+    async with running_meshd(BASE, metrics=True) as (_, app):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.xds_port}") as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            first = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
+            first.node.id, first.node.cluster = "mute-1", "mute"
+            call = stub.StreamAggregatedResources(_once_then_hang(first))
+            await call.read()  # the CDS response, which this client never ACKs
+            await asyncio.sleep(0.3)
+            m = await asyncio.to_thread(scrape, app.metrics_port)
+            call.cancel()
+        key = (("node_cluster", "mute"), ("state", "STALE"), ("type", "CDS"))
+        assert m[("meshd_xds_proxy_types", key)] == 1
+        assert m[("meshd_xds_oldest_unacked_push_seconds", (("node_cluster", "mute"),))] >= 0.25
+
+
+async def _once_then_hang(
+    first: discovery_pb2.DiscoveryRequest,
+) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+    yield first
+    await asyncio.Event().wait()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _observed(metrics: Metrics) -> tuple[float, float, float]:
+    count = metrics.registry.get_sample_value("meshd_config_convergence_seconds_count") or 0
+    total = metrics.registry.get_sample_value("meshd_config_convergence_seconds_sum") or 0
+    dropped = metrics.registry.get_sample_value("meshd_config_convergence_abandoned_total") or 0
+    return count, total, dropped
+
+
+def test_convergence_waits_for_the_last_proxy_open_at_the_change() -> None:
+    clock = _Clock()
+    metrics = Metrics(clock=clock)
+    tracker = metrics.convergence
+    a, b, late = object(), object(), object()
+    tracker.opened(a, 1)
+    tracker.opened(b, 1)
+    tracker.changed(2, observed_at=100.0)
+    tracker.opened(late, 2)  # connected after the change: fetches it, is not waited for
+    clock.now = 100.5
+    tracker.synced(a, 2)
+    assert _observed(metrics) == (0, 0, 0)
+    clock.now = 101.25
+    tracker.synced(b, 3)  # in sync with a later generation covers this one too
+    assert _observed(metrics) == (1, 1.25, 0)
+
+
+def test_convergence_counts_a_disconnect_and_bounds_a_nacking_proxy() -> None:
+    clock = _Clock()
+    metrics = Metrics(clock=clock)
+    tracker = metrics.convergence
+    good, gone, nacking = object(), object(), object()
+    for s in (good, gone, nacking):
+        tracker.opened(s, 0)
+    tracker.changed(1, observed_at=100.0)
+    tracker.synced(good, 1)
+    clock.now = 100.1
+    tracker.gone(gone)
+    assert _observed(metrics) == (0, 0, 0)  # ``nacking`` never ACKs generation 1
+    for g in range(2, 2 + tracker.MAX_OUTSTANDING):
+        tracker.changed(g, observed_at=clock.now)
+        tracker.synced(good, g)
+    assert _observed(metrics)[2] == 1  # generation 1 was given up, not kept forever
+    tracker.gone(nacking)
+    assert _observed(metrics)[0] == tracker.MAX_OUTSTANDING
+
+
+def test_admin_address_from_node_metadata() -> None:
+    node = core_pb2.Node(id="n", cluster="c")
+    assert admin_address(node, "ipv4:10.1.2.3:5555") is None
+    node.metadata.update({"admin_port": 9901})
+    assert admin_address(node, "ipv4:10.1.2.3:5555") == "10.1.2.3:9901"
+    assert admin_address(node, "ipv6:[::1]:5555") == "[::1]:9901"
+    node.metadata.update({"admin_host": "192.168.0.7"})
+    assert admin_address(node, "ipv4:10.1.2.3:5555") == "192.168.0.7:9901"
+    node.metadata.update({"admin_port": "9901"})  # not a number: not trusted
+    assert admin_address(node, "ipv4:10.1.2.3:5555") is None
+
+
+def test_sd_document_is_prometheus_http_sd() -> None:
+    doc = sd_document(
+        [
+            ProxyTarget("127.0.0.1:9902", "b", "sidecar", "delta"),
+            ProxyTarget("127.0.0.1:9901", "a", "gateway", "sotw"),
+            ProxyTarget("127.0.0.1:9901", "a", "gateway", "sotw"),
+        ]
+    )
+    assert [g["targets"] for g in doc] == [["127.0.0.1:9901"], ["127.0.0.1:9902"]]
+    assert doc[0]["labels"] == {
+        "__metrics_path__": "/stats/prometheus",
+        "node_id": "a",
+        "node_cluster": "gateway",
+        "xds_protocol": "sotw",
+    }

@@ -7,14 +7,13 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-from prometheus_client import start_http_server
 
 from xds_server.cache import ConfigCache
 from xds_server.controller import Controller
 from xds_server.metrics import Metrics
+from xds_server.metrics_http import MetricsServer, ProxyTarget
 from xds_server.registry import Registry
 from xds_server.server.ads import AdsServicer, StreamRegistry
 
@@ -58,11 +57,14 @@ class MeshApp:
         self.streams = StreamRegistry()
         self.controller = Controller(registry, self.cache, self.metrics)
         self.ads = AdsServicer(self.cache, self.metrics, self.streams)
+        self.metrics.watch_streams(
+            lambda: [c.stream for c in list(self.streams.connections.values())]
+        )
         self.xds_port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
         """Start the control loop and the servers; returns once the first snapshot is cached."""
@@ -76,8 +78,8 @@ class MeshApp:
         self._server = server
         if self.config.metrics:
             host, port = split_hostport(self.config.metrics)
-            self._metrics_server, _ = start_http_server(port, host, registry=self.metrics.registry)
-            self.metrics_port = self._metrics_server.server_port
+            self._metrics_server = MetricsServer(self.metrics.registry, self.proxy_targets)
+            self.metrics_port = self._metrics_server.start(host, port).port
         ready = asyncio.ensure_future(self.cache.ready.wait())
         done, _ = await asyncio.wait({ready, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
         if self._loop_task in done:
@@ -87,6 +89,14 @@ class MeshApp:
         # the collector from rescanning it, so GC pauses stay short on the push path.
         gc.collect()
         gc.freeze()
+
+    def proxy_targets(self) -> list[ProxyTarget]:
+        """Connected proxies that told their admin address (``/sd/envoy``); thread-safe."""
+        return [
+            ProxyTarget(c.admin_address, c.stream.node_id, c.stream.node_cluster, c.protocol)
+            for c in list(self.streams.connections.values())
+            if c.admin_address
+        ]
 
     @property
     def revision(self) -> int:
@@ -103,6 +113,5 @@ class MeshApp:
                 await self._loop_task
             self._loop_task = None
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.stop()
             self._metrics_server = None

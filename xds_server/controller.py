@@ -141,18 +141,24 @@ class Controller:
             changes.merge(self.state.apply(update))
         delta = self.translator.update(self.state, changes)
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
+        if delta or delta.listeners_changed:
+            self.metrics.convergence.changed(self.cache.generation, batch[0][0])
         self.batches += 1
-        translated = self.clock() - started
+        applied = self.clock()
+        translated = applied - started
+        lags = [applied - observed for observed, _ in batch]
         # Bookkeeping waits until the woken streams have written their pushes: their
         # wake-ups were scheduled by cache.apply, so call_soon runs after them.
         try:
-            asyncio.get_running_loop().call_soon(self._after, changes, translated)
+            asyncio.get_running_loop().call_soon(self._after, changes, translated, lags)
         except RuntimeError:  # no loop (unit tests drive apply_batch directly)
-            self._after(changes, translated)
+            self._after(changes, translated, lags)
         return changes
 
-    def _after(self, changes: ChangeSet, translated: float) -> None:
+    def _after(self, changes: ChangeSet, translated: float, lags: list[float]) -> None:
         self.metrics.translate_seconds.observe(translated)
+        for lag in lags:
+            self.metrics.watch_lag.observe(lag)
         self.metrics.registry_revision.set(self.state.revision)
         for type_url in TYPE_ORDER:
             self.metrics.resources.labels(SHORT[type_url]).set(len(self.cache.index[type_url]))
@@ -175,7 +181,10 @@ class Controller:
         """Addresses of some endpoint names changed: re-translate the services using them."""
         refs = {ref for ref, used in self.translator.dns_names.items() if used.keys() & names}
         delta = self.translator.refresh_endpoints(self.state, refs)
-        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=self.clock())
+        now = self.clock()
+        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=now)
+        if delta:
+            self.metrics.convergence.changed(self.cache.generation, now)
         changes = ChangeSet(revision=self.state.revision)
         for ref in refs:
             for name, ids in self.translator.dns_names.get(ref, {}).items():

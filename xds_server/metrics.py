@@ -3,19 +3,37 @@
 Each :class:`Metrics` owns its own ``CollectorRegistry`` so that several
 control planes can run in one process (tests start and restart meshd in
 process); the ``/metrics`` endpoint serves that registry.
+
+Names follow Prometheus conventions: base units (``_seconds``, ``_bytes``),
+``_total`` on counters, labels for the dimensions an operator slices by.
+Figures that describe live streams (sync state, age of unanswered pushes) are
+computed at scrape time from the open streams (:class:`StreamCollector`), so
+they can never drift from what the server holds.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from xds_server.translate.names import SHORT
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Convergence waits for the slowest proxy's round trip: its tail is longer than a push's.
+_CONVERGENCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+SYNC_STATES = ("SYNCED", "STALE", "NACKED", "NOT_SENT")
 
 
 class Metrics:
     """meshd's metrics, named the Prometheus way (base units, ``_total`` counters)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         r = self.registry = CollectorRegistry()
         self.connected_proxies = Gauge(
             "meshd_connected_proxies",
@@ -54,9 +72,29 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.convergence_seconds = Histogram(
+            "meshd_config_convergence_seconds",
+            "Time from a registry change reaching meshd until every proxy connected at that "
+            "moment has ACKed all it was sent because of it (or has disconnected)",
+            buckets=_CONVERGENCE_BUCKETS,
+            registry=r,
+        )
+        self.convergence_abandoned = Counter(
+            "meshd_config_convergence_abandoned_total",
+            "Registry changes whose convergence was not measured because a proxy kept "
+            "NACKing or never answered while many newer changes arrived",
+            registry=r,
+        )
         self.translate_seconds = Histogram(
             "meshd_translate_seconds",
             "Time to validate, translate and cache one batch of registry updates",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.watch_lag = Histogram(
+            "meshd_registry_watch_lag_seconds",
+            "Time from a registry update arriving from the watch to its being in force in the "
+            "cache (queueing behind earlier batches plus translation)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -70,7 +108,9 @@ class Metrics:
             registry=r,
         )
         self.registry_errors = Counter(
-            "meshd_registry_errors_total", "Errors talking to the registry (etcd)", registry=r
+            "meshd_registry_errors_total",
+            "Failed calls to the registry (etcd), watch breaks included",
+            registry=r,
         )
         self.registry_connected = Gauge(
             "meshd_registry_connected", "1 while the registry watch is established", registry=r
@@ -78,3 +118,170 @@ class Metrics:
         self.resources = Gauge(
             "meshd_resources", "Envoy resources in the cache, by type", ["type"], registry=r
         )
+        self.convergence = ConvergenceTracker(
+            self.convergence_seconds, self.convergence_abandoned, clock=clock
+        )
+
+    def watch_streams(self, source: Callable[[], Iterable[StreamView]]) -> None:
+        """Export the sync state of the streams ``source`` lists, computed at each scrape."""
+        self.registry.register(StreamCollector(source))
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+class ConvergenceTracker:
+    """Measures config convergence: change in force -> last proxy in sync with it.
+
+    The controller reports each cache generation that changed something
+    (:meth:`changed`); every stream reports the newest generation it is fully in
+    sync with (:meth:`synced`: nothing held back, every response ACKed) and when it
+    ends (:meth:`gone`). A generation is converged once every stream that was open
+    when it was applied has synced it or gone; proxies that connect later fetch
+    the new state anyway and do not count. Keys are opaque (the streams
+    themselves). No I/O; all calls come from the event loop's thread.
+    """
+
+    MAX_OUTSTANDING = 256  # generations kept waiting for a proxy that NACKs or hangs
+
+    def __init__(
+        self,
+        histogram: Histogram,
+        abandoned: Counter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._histogram = histogram
+        self._abandoned = abandoned
+        self._clock = clock
+        self._live: dict[object, int] = {}  # stream -> newest generation it is in sync with
+        self._outstanding: dict[int, tuple[float, set[object]]] = {}  # oldest first
+
+    def opened(self, key: object, generation: int) -> None:
+        """A stream started; it will fetch ``generation`` (or later) by itself."""
+        self._live[key] = generation
+
+    def changed(self, generation: int, observed_at: float) -> None:
+        """Cache generation ``generation`` changed resources; the change reached meshd at
+        ``observed_at`` (same clock as this tracker's)."""
+        waiting = {k for k, g in self._live.items() if g < generation}
+        if not waiting:
+            return
+        self._outstanding[generation] = (observed_at, waiting)
+        while len(self._outstanding) > self.MAX_OUTSTANDING:
+            del self._outstanding[next(iter(self._outstanding))]
+            self._abandoned.inc()
+
+    def synced(self, key: object, generation: int) -> None:
+        """Stream ``key`` holds, ACKed, everything up to cache generation ``generation``."""
+        if self._live.get(key, -1) >= generation:
+            return
+        self._live[key] = generation
+        self._settle(key, lambda g: g <= generation)
+
+    def gone(self, key: object) -> None:
+        """Stream ``key`` closed: nobody waits for it any more."""
+        self._live.pop(key, None)
+        self._settle(key, lambda g: True)
+
+    def _settle(self, key: object, covers: Callable[[int], bool]) -> None:
+        now = self._clock()
+        for generation in list(self._outstanding):
+            observed_at, waiting = self._outstanding[generation]
+            if not covers(generation):
+                continue
+            waiting.discard(key)
+            if not waiting:
+                del self._outstanding[generation]
+                self._histogram.observe(max(0.0, now - observed_at))
+
+
+# --------------------------------------------------------------------------- live streams
+
+
+class TypeView(Protocol):
+    """What the collector reads of one stream's status for one type (``StatusBase``)."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def awaiting(self) -> bool: ...
+
+    @property
+    def last_push(self) -> float | None: ...
+
+
+class StreamView(Protocol):
+    """What the collector reads of one open stream."""
+
+    @property
+    def node_cluster(self) -> str: ...
+
+    @property
+    def types(self) -> Mapping[str, TypeView]: ...
+
+
+class StreamCollector(Collector):
+    """Scrape-time figures over the open streams.
+
+    ``meshd_xds_proxy_types{node_cluster,type,state}`` counts (stream, type) pairs by
+    sync state; ``meshd_xds_oldest_unacked_push_seconds{node_cluster}`` is the age of
+    the oldest response still waiting for its ACK/NACK (0 when none waits), which is
+    what "a proxy stale for too long" alerts on.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Iterable[StreamView]],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._source = source
+        self._clock = wall_clock  # streams stamp last_push with the servicer's wall clock
+
+    def describe(self) -> Iterable[Metric]:
+        # Fixed description, so registering does not call collect() (which needs streams).
+        return [self._types_family(), self._age_family()]
+
+    def collect(self) -> Iterator[Metric]:
+        # This runs in the metrics server's thread while the event loop mutates streams:
+        # take C-level snapshots (list() of a dict holds the GIL) and tolerate a race.
+        counts: dict[tuple[str, str, str], int] = {}
+        ages: dict[str, float] = {}
+        now = self._clock()
+        for stream in list(self._source()):
+            cluster = stream.node_cluster or "unknown"
+            ages.setdefault(cluster, 0.0)
+            for type_url, ts in list(stream.types.items()):
+                short = _short_type(type_url)
+                key = (cluster, short, ts.state)
+                counts[key] = counts.get(key, 0) + 1
+                if ts.awaiting and ts.last_push is not None:
+                    ages[cluster] = max(ages[cluster], now - ts.last_push)
+        types = self._types_family()
+        for (cluster, short, state), n in sorted(counts.items()):
+            types.add_metric([cluster, short, state], n)
+        age = self._age_family()
+        for cluster, seconds in sorted(ages.items()):
+            age.add_metric([cluster], seconds)
+        yield types
+        yield age
+
+    @staticmethod
+    def _types_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "meshd_xds_proxy_types",
+            "Open streams' resource types by sync state (SYNCED, STALE, NACKED, NOT_SENT)",
+            labels=["node_cluster", "type", "state"],
+        )
+
+    @staticmethod
+    def _age_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "meshd_xds_oldest_unacked_push_seconds",
+            "Age of the oldest response a proxy has neither ACKed nor NACKed, by node cluster",
+            labels=["node_cluster"],
+        )
+
+
+def _short_type(type_url: str) -> str:
+    return SHORT.get(type_url, "other")

@@ -39,6 +39,7 @@ class Connection:
     protocol: str
     stream: SotwStream | DeltaStream
     connected_at: float = field(default_factory=time.time)
+    admin_address: str | None = None  # host:port of the proxy's admin (node metadata)
 
 
 class StreamRegistry:
@@ -132,17 +133,24 @@ class AdsServicer:
             # stream: it has been sent nothing, and its first requests are answered from the
             # current cache. Pushing them would resend a reconnecting proxy what it holds.
             watcher.take()
+            self.metrics.convergence.opened(stream, self.cache.generation)
             if inbox or closed.is_set():
                 watcher.event.set()
+            admin: str | None = None
             while True:
                 await watcher.event.wait()
                 pending, scopes_changed = watcher.take()
+                generation = self.cache.generation  # every change up to it is in ``pending``
                 out: list[Response | DeltaResponse] = []
                 while inbox:
-                    out += stream.on_request(inbox.popleft())
+                    req = inbox.popleft()
+                    if admin is None and req.HasField("node"):
+                        admin = admin_address(req.node, context.peer())
+                    out += stream.on_request(req)
                     self._count_request(stream)
                 if conn is None and stream.node_id:
                     conn = self.streams.add(context.peer(), stream.protocol, stream)
+                    conn.admin_address = admin
                     labels = (stream.node_cluster, stream.protocol)
                     self.metrics.connected_proxies.labels(*labels).inc()
                     log.info(
@@ -157,11 +165,14 @@ class AdsServicer:
                 for resp in out:
                     await context.write(resp.wire(self.cache))
                     self._count_push(resp, from_change=bool(pending or scopes_changed))
+                if stream.settled:
+                    self.metrics.convergence.synced(stream, generation)
                 if closed.is_set() and not inbox:
                     return
         finally:
             reader.cancel()
             self.cache.unwatch(watcher)
+            self.metrics.convergence.gone(stream)
             if conn is not None:
                 self.streams.remove(conn)
                 log.info("proxy disconnected: node=%s", stream.node_id)
@@ -188,3 +199,34 @@ class AdsServicer:
             self.metrics.push_latency.labels(short).observe(
                 time.monotonic() - self.cache.changed_at
             )
+
+
+def admin_address(node: Any, peer: str) -> str | None:
+    """``host:port`` of a proxy's admin listener, from the node metadata the generated
+    bootstrap sets (``admin_port``, optional ``admin_host``), for Prometheus discovery.
+
+    An unspecified or wildcard host means "where the stream comes from": the peer's IP.
+    None when the node does not say (a bootstrap of ours with a kernel-picked admin port).
+    """
+    fields = node.metadata.fields
+    port_value = fields.get("admin_port")
+    if port_value is None or not port_value.HasField("number_value"):
+        return None
+    port = int(port_value.number_value)
+    if not 0 < port < 65536:
+        return None
+    host_value = fields.get("admin_host")
+    host = host_value.string_value if host_value is not None else ""
+    if host in ("", "0.0.0.0", "::"):
+        host = _peer_host(peer)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_host(peer: str) -> str:
+    """The IP of a gRPC peer string (``ipv4:127.0.0.1:5555``, ``ipv6:[::1]:5555``)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or "::1"
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or "127.0.0.1"
+    return "127.0.0.1"

@@ -110,6 +110,17 @@ class StreamBase(Generic[S]):
         self._pending: Pending = {}  # changes being pushed right now (their old resources)
         self._deferred: Pending = {}  # changes held back until the type's last push is answered
 
+    @property
+    def settled(self) -> bool:
+        """Nothing held back and every response ACKed: the proxy holds what it should.
+
+        Config convergence is measured from this (``meshd_config_convergence_seconds``);
+        a NACKed type is not settled: the proxy does not run the config it was sent.
+        """
+        if self._deferred:
+            return False
+        return all(ts.acked or not ts.nonce for ts in self.types.values())
+
     def _adopt_node(self, req: _Request) -> None:
         """The first request names the node (later ones may repeat it); scope follows it."""
         if self.scope is None or (req.HasField("node") and req.node.id):

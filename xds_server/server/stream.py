@@ -92,6 +92,10 @@ class SotwStream(StreamBase[TypeStatus]):
         super().__init__(cache, clock)
         self._deferred_scope: set[str] = set()
 
+    @property
+    def settled(self) -> bool:
+        return not self._deferred_scope and super().settled
+
     # -- inputs -------------------------------------------------------------------------
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[Response]:
