@@ -25,6 +25,7 @@ from xds_server.model.service import (
     HealthCheck,
     LoadBalancer,
     OutlierDetection,
+    Scaling,
     Service,
     SessionAffinity,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "RateLimit",
     "Retries",
     "Route",
+    "Scaling",
     "Service",
     "ServiceRef",
     "SessionAffinity",

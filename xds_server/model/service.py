@@ -65,7 +65,11 @@ class OutlierDetection:
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
-    """Active HTTP health check (``tcp`` services: a TCP connect check)."""
+    """Active HTTP health check (``tcp`` services: a TCP connect check).
+
+    By default a few proxies run it through HDS and meshd publishes the verdict in
+    EDS; ``every_proxy`` makes every proxy's cluster run it itself.
+    """
 
     path: str = "/health"
     interval_ms: int = 5000
@@ -73,6 +77,13 @@ class HealthCheck:
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
     every_proxy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    """Scaling advice input: the request rate one endpoint should carry."""
+
+    target_rps_per_endpoint: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,7 @@ class Service:
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    scaling: Scaling | None = None
     subsets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     """Subset name -> label selector, both sorted for a deterministic order."""
 
@@ -179,6 +191,12 @@ def _health_check(o: Obj) -> HealthCheck:
     return hc
 
 
+def _scaling(o: Obj) -> Scaling:
+    scaling = Scaling(o.int_("target_rps_per_endpoint", lo=1, hi=10**9))
+    o.done()
+    return scaling
+
+
 def _subsets(o: Obj) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
     out = []
     for name, selector in o.items():
@@ -207,6 +225,7 @@ def parse_service(ref: ServiceRef, o: Obj) -> Service:
     cb = o.obj("circuit_breaker")
     od = o.obj("outlier_detection")
     hc = o.obj("health_check")
+    scaling = o.obj("scaling")
     subsets = o.obj("subsets")
     service = Service(
         ref=ref,
@@ -217,6 +236,7 @@ def parse_service(ref: ServiceRef, o: Obj) -> Service:
         circuit_breaker=_circuit_breaker(cb) if cb else None,
         outlier_detection=_outlier(od) if od else None,
         health_check=_health_check(hc) if hc else None,
+        scaling=_scaling(scaling) if scaling else None,
         subsets=_subsets(subsets) if subsets else (),
     )
     o.done()

@@ -108,8 +108,11 @@ def build_cluster(service: Service, subset: str = "") -> cluster_pb2.Cluster:
     od = _outlier(service)
     if od is not None:
         c.outlier_detection.CopyFrom(od)
-    if service.health_check is not None:
-        # Until HDS spreads the checks, every proxy runs them itself (registry contract).
+    if service.health_check is not None and service.health_check.every_proxy:
+        # By default a few proxies probe through HDS and meshd publishes the verdict in EDS
+        # (registry contract); only ``every_proxy`` puts Envoy's own active check here.
+        # Either way Envoy's default panic threshold (50 %) keeps traffic flowing when
+        # (almost) every endpoint is unhealthy.
         c.health_checks.append(health_check(service.health_check, service.protocol))
     if service.protocol in ("http2", "grpc"):
         opts = http_protocol_options_pb2.HttpProtocolOptions(
