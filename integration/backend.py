@@ -11,13 +11,16 @@ Paths:
 
 - any path: ``200`` with body ``"<name>\\n"`` and header ``x-backend: <name>``; subject to
   the delay and failure share set on ``/__control``.
-- ``GET /__control?health=fail|ok&fail_percent=P&delay_ms=N``: change behaviour (any
-  subset of the parameters); answers the resulting settings as JSON. ``fail_percent`` makes
-  exactly P of every 100 traffic requests answer ``503`` (evenly spread, not random, so
-  tests see the same share every run).
+- ``GET /__control?health=fail|ok&fail_percent=P&fail_status=S&delay_ms=N``: change
+  behaviour (any subset of the parameters); answers the resulting settings as JSON.
+  ``fail_percent`` makes exactly P of every 100 traffic requests answer ``fail_status``
+  (default ``503``), evenly spread, not random, so tests see the same share every run.
+  Switching ``fail_percent`` between 100 and 0 makes a flapping backend.
 - ``GET /health``: ``200`` or ``503`` per the health toggle (for Envoy's active checks).
 - ``/__echo``: the request (method, path, headers) as JSON.
 - ``GET /__stats``: ``{"requests", "in_flight", "max_in_flight", "health_checks"}``.
+- ``GET /__requests``: the last traffic requests (up to 1,000) as JSON, each
+  ``{"method", "path", "host", "headers"}``: what a mirror or a header match received.
 
 ``requests`` counts traffic only: every request except ``/__control``, ``/__stats`` and
 ``/health``, so health checking does not skew split measurements.
@@ -32,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,11 +53,13 @@ class BackendState:
         self.name = name
         self.healthy = True
         self.fail_percent = 0
+        self.fail_status = 503
         self.delay_ms = 0
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.health_checks = 0
+        self.log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._lock = threading.Lock()
 
     def settings(self) -> dict[str, Any]:
@@ -63,6 +69,7 @@ class BackendState:
                 "name": self.name,
                 "health": "ok" if self.healthy else "fail",
                 "fail_percent": self.fail_percent,
+                "fail_status": self.fail_status,
                 "delay_ms": self.delay_ms,
             }
 
@@ -71,6 +78,7 @@ class BackendState:
         health: str | None = None,
         fail_percent: int | None = None,
         delay_ms: int | None = None,
+        fail_status: int | None = None,
     ) -> dict[str, Any]:
         """Apply the given toggles (``None`` keeps a value); raise ``ValueError`` if bad."""
         if health is not None and health not in ("ok", "fail"):
@@ -79,6 +87,8 @@ class BackendState:
             raise ValueError(f"fail_percent must be in 0..100, not {fail_percent}")
         if delay_ms is not None and delay_ms < 0:
             raise ValueError(f"delay_ms must be >= 0, not {delay_ms}")
+        if fail_status is not None and not 200 <= fail_status <= 599:
+            raise ValueError(f"fail_status must be in 200..599, not {fail_status}")
         with self._lock:
             if health is not None:
                 self.healthy = health == "ok"
@@ -86,6 +96,8 @@ class BackendState:
                 self.fail_percent = fail_percent
             if delay_ms is not None:
                 self.delay_ms = delay_ms
+            if fail_status is not None:
+                self.fail_status = fail_status
         return self.settings()
 
     def stats(self) -> dict[str, int]:
@@ -98,10 +110,17 @@ class BackendState:
                 "health_checks": self.health_checks,
             }
 
-    @contextmanager
-    def traffic(self) -> Iterator[tuple[bool, float]]:
-        """Count one traffic request; yield (should_fail, delay_seconds) for it."""
+    def requests_log(self) -> list[dict[str, Any]]:
+        """The last traffic requests, oldest first."""
         with self._lock:
+            return list(self.log)
+
+    @contextmanager
+    def traffic(self, record: dict[str, Any] | None = None) -> Iterator[tuple[bool, float]]:
+        """Count one traffic request (logging ``record``); yield (should_fail, delay_seconds)."""
+        with self._lock:
+            if record is not None:
+                self.log.append(record)
             n = self.requests
             self.requests += 1
             self.in_flight += 1
@@ -167,17 +186,22 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/__control":
             self._control(state, parse_qs(url.query))
+        elif url.path == "/__requests":
+            self._send(200, json.dumps(state.requests_log()) + "\n", "application/json")
         elif url.path == "/__stats":
             self._send(200, json.dumps(state.stats()) + "\n", "application/json")
         elif url.path == "/health":
             ok = state.count_health_check()
             self._send(200 if ok else 503, "ok\n" if ok else "unhealthy\n")
         else:
-            with state.traffic() as (fail, delay):
+            echo = self._echo()
+            record = {k: echo[k] for k in ("method", "path", "headers")}
+            record["host"] = echo["headers"].get("host", "")
+            with state.traffic(record) as (fail, delay):
                 if delay:
                     time.sleep(delay)
                 if fail:
-                    self._send(503, f"{state.name} failing\n")
+                    self._send(state.fail_status, f"{state.name} failing\n")
                 elif url.path == "/__echo":
                     self._send(200, json.dumps(self._echo()) + "\n", "application/json")
                 else:
@@ -189,10 +213,12 @@ class _Handler(BaseHTTPRequestHandler):
 
         try:
             fail_percent, delay_ms = last("fail_percent"), last("delay_ms")
+            fail_status = last("fail_status")
             settings = state.configure(
                 health=last("health"),
                 fail_percent=int(fail_percent) if fail_percent is not None else None,
                 delay_ms=int(delay_ms) if delay_ms is not None else None,
+                fail_status=int(fail_status) if fail_status is not None else None,
             )
         except ValueError as exc:
             self._send(400, json.dumps({"error": str(exc)}) + "\n", "application/json")
@@ -300,9 +326,16 @@ class Backend:
         health: str | None = None,
         fail_percent: int | None = None,
         delay_ms: int | None = None,
+        fail_status: int | None = None,
     ) -> dict[str, Any]:
         """Same as ``GET /__control``, without the HTTP round trip."""
-        return self.state.configure(health=health, fail_percent=fail_percent, delay_ms=delay_ms)
+        return self.state.configure(
+            health=health, fail_percent=fail_percent, delay_ms=delay_ms, fail_status=fail_status
+        )
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        """Same as ``GET /__requests``."""
+        return self.state.requests_log()
 
     def stats(self) -> dict[str, int]:
         """Same as ``GET /__stats``."""
