@@ -1,0 +1,195 @@
+"""The service graph: config-allowed edges joined with observed traffic; RED; scaling. Pure.
+
+Nodes are services (``<ns>/<name>``) and proxy groups (a node ``cluster`` that is
+not a service, e.g. ``gateway``). A sidecar whose node cluster is ``<name>.<ns>``
+(or ``<name>`` for the ``default`` namespace) is its service's node.
+
+An edge is allowed when a listener served to the source (its ``nodes`` globs
+match) carries a route to the destination; it is observed when load reports
+show traffic on it. An allowed edge without traffic in the window is ``idle``.
+The per-service default hosts (every HTTP listener routes ``Host: <svc>.<ns>``)
+are not edges: they would make every pair allowed and the graph say nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from xds_server.model import ServiceRef
+from xds_server.state import RegistryState
+from xds_server.topology.load import EdgeRate
+
+__all__ = ["Edge", "Graph", "Recommendation", "ServiceRed", "build_graph", "recommend", "red"]
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """One edge of the graph, with its traffic over the window."""
+
+    source: str
+    destination: str
+    rps: float
+    error_rate: float
+    in_flight: int
+    allowed: bool  # some route allows it
+    idle: bool  # no traffic in the window
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """Nodes (sorted) and edges (sorted by source, destination) over ``window`` seconds."""
+
+    nodes: tuple[str, ...]
+    edges: tuple[Edge, ...]
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRed:
+    """Rate, errors and duration of one service's incoming traffic over a window.
+
+    LRS carries no latency, so ``duration_ms`` is None: it is the proxies' own
+    histograms (Envoy stats) that say how long requests took.
+    """
+
+    service: str
+    rps: float
+    error_rps: float
+    error_rate: float
+    in_flight: int
+    window: float
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """How many endpoints the observed load needs, for a service with ``scaling``."""
+
+    service: str
+    observed_rps: float
+    target_rps_per_endpoint: int
+    current_endpoints: int
+    recommended_endpoints: int
+    window: float
+
+    @property
+    def action(self) -> str:
+        if self.recommended_endpoints > self.current_endpoints:
+            return "scale_up"
+        if self.recommended_endpoints < self.current_endpoints:
+            return "scale_down"
+        return "ok"
+
+
+def service_id(ref: ServiceRef) -> str:
+    return f"{ref.namespace}/{ref.name}"
+
+
+def source_id(node_cluster: str, services: Iterable[ServiceRef]) -> str:
+    """The graph node of a proxy: its service when the node cluster names one."""
+    refs = set(services)
+    name, _, ns = node_cluster.partition(".")
+    if ns and ServiceRef(ns, name) in refs:
+        return f"{ns}/{name}"
+    if not ns and ServiceRef("default", name) in refs:
+        return f"default/{name}"
+    return node_cluster
+
+
+def destination_of(cluster: str) -> ServiceRef | None:
+    """The service of an Envoy cluster name ``<name>.<ns>[|subset]`` (None: not ours)."""
+    base = cluster.split("|", 1)[0]
+    name, sep, ns = base.rpartition(".")
+    if not sep or not name or not ns or "." in name:
+        return None
+    return ServiceRef(ns, name)
+
+
+def allowed_edges(state: RegistryState, sources: Iterable[str]) -> set[tuple[str, str]]:
+    """(source node cluster, destination service id) pairs the routes allow."""
+    by_listener: dict[str, set[str]] = {}
+    for route in state.routes.values():
+        for name, listener in state.listeners.items():
+            if listener.protocol != "http" or not route.listener_matches(name):
+                continue
+            dests = by_listener.setdefault(name, set())
+            for d in route.destinations:
+                dests.add(service_id(d.service))
+    for listener in state.listeners.values():
+        if listener.protocol == "tcp" and listener.service is not None:
+            by_listener.setdefault(listener.name, set()).add(service_id(listener.service))
+    out: set[tuple[str, str]] = set()
+    for source in sources:
+        for name, listener in state.listeners.items():
+            if any(fnmatch.fnmatchcase(source, p) for p in listener.nodes):
+                out.update((source, dest) for dest in by_listener.get(name, ()))
+    return out
+
+
+def build_graph(
+    state: RegistryState, traffic: Iterable[EdgeRate], sources: Iterable[str], window: float
+) -> Graph:
+    """Join the allowed edges (for the given proxy node clusters) with observed traffic."""
+    refs = list(state.services)
+    observed = {(source_id(t.source, refs), t.destination): t for t in traffic}
+    allowed = {
+        (source_id(src, refs), dst)
+        for src, dst in allowed_edges(state, {*sources, *(t.source for t in observed.values())})
+    }
+    edges = []
+    for key in sorted(allowed | set(observed)):
+        t = observed.get(key)
+        rps = t.rps if t else 0.0
+        edges.append(
+            Edge(
+                key[0],
+                key[1],
+                rps,
+                t.error_rate if t else 0.0,
+                t.in_flight if t else 0,
+                key in allowed,
+                idle=rps <= 0 and not (t and t.in_flight),
+            )
+        )
+    nodes = (
+        {service_id(r) for r in refs} | {e.source for e in edges} | {e.destination for e in edges}
+    )
+    return Graph(tuple(sorted(nodes)), tuple(edges), window)
+
+
+def red(graph: Graph, service: str | None = None) -> list[ServiceRed]:
+    """RED per destination service (or one), summed over its incoming edges."""
+    acc: dict[str, list[float]] = {}
+    for e in graph.edges:
+        if service is not None and e.destination != service:
+            continue
+        row = acc.setdefault(e.destination, [0.0, 0.0, 0.0])
+        row[0] += e.rps
+        row[1] += e.rps * e.error_rate
+        row[2] += e.in_flight
+    if service is not None and service not in acc and service in graph.nodes:
+        acc[service] = [0.0, 0.0, 0.0]
+    return [
+        ServiceRed(svc, rps, err, err / rps if rps > 0 else 0.0, int(inflight), graph.window)
+        for svc, (rps, err, inflight) in sorted(acc.items())
+    ]
+
+
+def recommend(state: RegistryState, graph: Graph) -> list[Recommendation]:
+    """Endpoint counts for every service with ``scaling``, from the graph's incoming rates."""
+    rates = {r.service: r.rps for r in red(graph)}
+    out = []
+    for ref in sorted(state.services, key=lambda r: (r.namespace, r.name)):
+        svc = state.services[ref]
+        if svc.scaling is None:
+            continue
+        sid = service_id(ref)
+        rps = rates.get(sid, 0.0)
+        current = sum(1 for e in state.endpoints.get(ref, {}).values() if not e.draining)
+        target = svc.scaling.target_rps_per_endpoint
+        needed = max(1, math.ceil(rps / target - 1e-9))
+        out.append(Recommendation(sid, rps, target, current, needed, graph.window))
+    return out

@@ -1,0 +1,181 @@
+"""Load reports (LRS) folded into per-edge rates over a sliding window. Pure.
+
+An edge is (source, destination): the reporting proxy's node ``cluster`` and the
+upstream service of the Envoy cluster it reports on. Every report carries the
+requests completed since the previous one; a proxy's rate on an edge is the sum
+of its requests over the sum of the report intervals inside the window, and an
+edge's rate is the sum over the proxies that report it.
+
+Reports are checked before they count: unknown clusters, counts no proxy can
+produce (a "negative" count arrives as a huge uint64), and reports faster than
+the interval asked for are refused, counted by reason, and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["ClusterLoad", "EdgeRate", "IngestOutcome", "LoadTracker"]
+
+MAX_RPS = 1_000_000.0
+"""More requests per second than this on one edge from one proxy is not a real report."""
+MAX_IN_FLIGHT = 10_000_000
+MAX_CLUSTERS_PER_REPORT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLoad:
+    """One cluster's load in one report (Envoy ``ClusterStats``, summed over localities)."""
+
+    cluster: str
+    successful: int
+    errors: int
+    in_progress: int
+    issued: int = 0
+    interval: float = 0.0  # seconds the report covers (0: not said)
+    endpoints: tuple[tuple[str, int, int, int], ...] = ()  # (address:port, ok, errors, in-flight)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """Clusters accepted from one report, and refused ones by reason."""
+
+    accepted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRate:
+    """Traffic on one edge over a window: rates per second, and requests in flight now."""
+
+    source: str
+    destination: str
+    rps: float
+    error_rps: float
+    in_flight: int
+    reporters: int
+
+    @property
+    def error_rate(self) -> float:
+        """Share of completed requests that failed (0 when idle)."""
+        return self.error_rps / self.rps if self.rps > 0 else 0.0
+
+
+@dataclass(slots=True)
+class _Sample:
+    at: float
+    duration: float
+    requests: int
+    errors: int
+    in_flight: int
+
+
+@dataclass(slots=True)
+class _Series:
+    source: str
+    destination: str
+    samples: deque[_Sample] = field(default_factory=deque)
+
+
+class LoadTracker:
+    """Per (reporting node, source, destination) samples, pruned to ``horizon`` seconds."""
+
+    def __init__(self, report_interval: float, *, horizon: float = 300.0) -> None:
+        if report_interval <= 0:
+            raise ValueError(f"report_interval must be > 0, not {report_interval}")
+        self.report_interval = report_interval
+        self.horizon = max(horizon, 3 * report_interval)
+        self._series: dict[tuple[str, str], _Series] = {}  # (node id, cluster) -> series
+        self._last_report: dict[str, float] = {}
+
+    def ingest(
+        self,
+        node_id: str,
+        source: str,
+        loads: Iterable[ClusterLoad],
+        now: float,
+        destination_of: Callable[[str], str | None],
+        ignore: Callable[[str], bool] = lambda name: False,
+    ) -> IngestOutcome:
+        """Fold one report in. ``destination_of`` maps an Envoy cluster to its service
+        (None: not a cluster of the mesh); clusters for which ``ignore`` is true (the
+        bootstrap's own) are skipped silently."""
+        loads = list(loads)
+        refused: dict[str, int] = {}
+        last = self._last_report.get(node_id)
+        if len(loads) > MAX_CLUSTERS_PER_REPORT:
+            return IngestOutcome(0, {"too_many_clusters": len(loads)})
+        if last is not None and now - last < self.report_interval / 4:
+            # Envoy reports once per interval; faster is a misbehaving (or hostile) proxy.
+            return IngestOutcome(0, {"flood": max(1, len(loads))})
+        since_last = now - last if last is not None else self.report_interval
+        self._last_report[node_id] = now
+        accepted = 0
+        for load in loads:
+            if ignore(load.cluster):
+                continue
+            destination = destination_of(load.cluster)
+            if destination is None:
+                refused["unknown_cluster"] = refused.get("unknown_cluster", 0) + 1
+                continue
+            # Trust the proxy's own interval only when it is plausible.
+            duration = load.interval
+            if not 0 < duration <= 10 * self.report_interval:
+                duration = min(max(since_last, 0.001), 10 * self.report_interval)
+            requests = load.successful + load.errors
+            if (
+                min(load.successful, load.errors, load.in_progress, load.issued) < 0
+                or requests / duration > MAX_RPS
+                or load.issued / duration > MAX_RPS
+                or load.in_progress > MAX_IN_FLIGHT
+            ):
+                refused["absurd_count"] = refused.get("absurd_count", 0) + 1
+                continue
+            series = self._series.get((node_id, load.cluster))
+            if series is None or series.source != source:
+                series = self._series[(node_id, load.cluster)] = _Series(source, destination)
+            series.destination = destination
+            series.samples.append(_Sample(now, duration, requests, load.errors, load.in_progress))
+            accepted += 1
+        self._prune(now)
+        return IngestOutcome(accepted, refused)
+
+    def forget_node(self, node_id: str) -> None:
+        """A proxy left: its in-flight gauge no longer counts (its rates age out)."""
+        self._last_report.pop(node_id, None)
+        for key, series in self._series.items():
+            if key[0] == node_id and series.samples:
+                last = series.samples[-1]
+                last.in_flight = 0
+
+    def edges(self, now: float, window: float) -> list[EdgeRate]:
+        """Rates of every edge with a sample in the last ``window`` seconds (sorted)."""
+        acc: dict[tuple[str, str], list[float]] = {}
+        horizon = now - window
+        for series in self._series.values():
+            inside = [s for s in series.samples if s.at > horizon]
+            if not inside:
+                continue
+            duration = sum(s.duration for s in inside)
+            # A window shorter than one report still measures that report's rate.
+            duration = max(duration, 1e-9)
+            row = acc.setdefault((series.source, series.destination), [0.0, 0.0, 0.0, 0.0])
+            row[0] += sum(s.requests for s in inside) / duration
+            row[1] += sum(s.errors for s in inside) / duration
+            row[2] += inside[-1].in_flight
+            row[3] += 1
+        return [
+            EdgeRate(src, dst, rps, err, int(inflight), int(n))
+            for (src, dst), (rps, err, inflight, n) in sorted(acc.items())
+        ]
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.horizon
+        for key in list(self._series):
+            samples = self._series[key].samples
+            while samples and samples[0].at < horizon:
+                samples.popleft()
+            if not samples:
+                del self._series[key]
