@@ -33,6 +33,7 @@ __all__ = [
     "XDS_CLUSTER",
     "bootstrap",
     "render",
+    "stats_config",
 ]
 
 #: Name of the static cluster that carries the ADS stream to meshd.
@@ -92,9 +93,15 @@ def bootstrap(
     if max_receive_message_bytes is not None:
         envoy_grpc["max_receive_message_length"] = max_receive_message_bytes
 
+    node: dict[str, Any] = {"id": node_id, "cluster": node_cluster}
+    if admin_port:
+        # meshd lists connected proxies' admin addresses for Prometheus (/sd/envoy); an
+        # admin port the kernel picks (0) is not known here, so such a proxy is not listed.
+        node["metadata"] = {"admin_port": admin_port, "admin_host": admin_host}
     return {
-        "node": {"id": node_id, "cluster": node_cluster},
+        "node": node,
         "admin": {"address": _socket_address(admin_host, admin_port)},
+        "stats_config": stats_config(),
         "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port)]},
         "dynamic_resources": {
             "ads_config": {
@@ -109,6 +116,86 @@ def bootstrap(
             "lds_config": _ads_source(),
         },
     }
+
+
+# A mesh cluster is ``<name>.<ns>`` or ``<name>.<ns>|<subset>``, each part a DNS label.
+_LABEL = "[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_MESH_CLUSTER = rf"{_LABEL}\.{_LABEL}(?:\|{_LABEL})?"
+
+
+def stats_config() -> dict[str, Any]:
+    """Stats tags that let dashboards slice Envoy's stats by service, subset, route, listener.
+
+    Envoy's default ``envoy.cluster_name`` tag stops at the first dot, which would cut
+    ``web.default|v1`` to ``web``; ours takes a whole mesh cluster name (and, for other
+    clusters such as ``xds_cluster``, the first segment as Envoy does). ``mesh_service``
+    (``web.default``) and ``mesh_subset`` (``v1``, absent for a service's own cluster) are
+    extracted from the same name. ``mesh_route`` is the route's ``ns/name`` in per-route
+    stats (``vhost.<host>.route.<ns/name>.*``); listeners are the HTTP connection
+    manager's ``stat_prefix`` (Envoy's default ``envoy_http_conn_manager_prefix`` tag).
+    Tag regexes are ECMAScript (Envoy's std::regex): group 1 is removed from the stat
+    name, group 2 is the value. Non-mesh static clusters must not look like mesh ones
+    (an underscore, as in ``xds_cluster``, is never in a DNS label).
+
+    Envoy 1.40 applies its default ``envoy.cluster_name`` even when a custom tag has that
+    name (checked against the binary), so the defaults are switched off and the ones we
+    want listed by name (a name alone selects Envoy's default regex).
+    """
+    return {
+        "use_all_default_tags": False,
+        "stats_tags": [
+            {
+                "tag_name": "envoy.cluster_name",
+                "regex": rf"^cluster\.(({_MESH_CLUSTER}|[^.]+)\.)",
+            },
+            {
+                "tag_name": "mesh_service",
+                "regex": rf"^cluster\.(({_LABEL}\.{_LABEL})(?:\|{_LABEL})?\.)",
+            },
+            {
+                "tag_name": "mesh_subset",
+                "regex": rf"^cluster\.{_LABEL}\.{_LABEL}(\|({_LABEL}))\.",
+            },
+            {
+                "tag_name": "mesh_route",
+                "regex": r"^vhost\.[^.]+\.route\.(([^.]+)\.)",
+            },
+            *({"tag_name": name} for name in _ENVOY_DEFAULT_TAGS),
+        ],
+    }
+
+
+#: Envoy's default tags kept (all but ``envoy.cluster_name``, replaced above); each name
+#: was checked to have a default regex in Envoy 1.40 (``envoy --mode validate``).
+_ENVOY_DEFAULT_TAGS = (
+    "envoy.response_code_class",
+    "envoy.response_code",
+    "envoy.http_conn_manager_prefix",
+    "envoy.listener_address",
+    "envoy.virtual_host",
+    "envoy.virtual_cluster",
+    "envoy.http_user_agent",
+    "envoy.tcp_prefix",
+    "envoy.worker_id",
+    "envoy.ratelimit_prefix",
+    "envoy.local_http_ratelimit_prefix",
+    "envoy.local_network_ratelimit_prefix",
+    "envoy.fault_downstream_cluster",
+    "envoy.grpc_bridge_method",
+    "envoy.grpc_bridge_service",
+    "envoy.rds_route_config",
+    "envoy.scoped_rds_config",
+    "envoy.connection_limit_prefix",
+    "envoy.proxy_protocol_prefix",
+    "envoy.rbac_prefix",
+    "envoy.rbac_http_prefix",
+    "envoy.rbac_policy_name",
+    "envoy.tls_certificate",
+    "envoy.ssl_cipher",
+    "envoy.ssl_curve",
+    "envoy.ssl_sigalg",
+    "envoy.ssl_version",
+)
 
 
 def render(d: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
