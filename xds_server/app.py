@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -16,6 +17,10 @@ from xds_server.metrics import Metrics
 from xds_server.metrics_http import MetricsServer, ProxyTarget
 from xds_server.registry import Registry
 from xds_server.server.ads import AdsServicer, StreamRegistry
+from xds_server.server.hds import HdsServicer, HealthService
+from xds_server.server.health_sync import HealthSync
+from xds_server.server.lrs import LrsServicer, TopologyCollector, TopologyService
+from xds_server.state import ChangeSet, RegistryState
 
 log = logging.getLogger("meshd")
 
@@ -39,6 +44,10 @@ class MeshConfig:
 
     xds: str = "127.0.0.1:18000"
     metrics: str | None = "127.0.0.1:9102"
+    report_interval_ms: int = 10_000
+    """LRS report period asked of every proxy; HDS reports too, unless a check is faster."""
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """Names this meshd's health document in etcd (replicas share health through it)."""
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -60,6 +69,17 @@ class MeshApp:
         self.metrics.watch_streams(
             lambda: [c.stream for c in list(self.streams.connections.values())]
         )
+        interval = self.config.report_interval_ms / 1000
+        self.health = HealthService(
+            interval, on_change=self.controller.set_health, metrics=self.metrics.health
+        )
+        """Aggregated endpoint health (HDS): ``health.services(name)`` for the admin API."""
+        self.topology = TopologyService(interval, metrics=self.metrics.health)
+        """Live topology (LRS): ``topology.graph()``, ``.red()``, ``.recommend()``."""
+        self.health_sync = HealthSync(registry, self.health, self.config.replica_id)
+        self.controller.observers.append(self._registry_changed)
+        self.metrics.registry.register(TopologyCollector(self.topology))
+        self._health_tasks: list[asyncio.Task[None]] = []
         self.xds_port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
@@ -70,7 +90,17 @@ class MeshApp:
         """Start the control loop and the servers; returns once the first snapshot is cached."""
         self._loop_task = asyncio.create_task(self.controller.run(), name="controller")
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        server.add_generic_rpc_handlers((self.ads.handler(),))
+        server.add_generic_rpc_handlers(
+            (
+                self.ads.handler(),
+                HdsServicer(self.health).handler(),
+                LrsServicer(self.topology).handler(),
+            )
+        )
+        self._health_tasks = [
+            asyncio.create_task(self.health.run(), name="health"),
+            asyncio.create_task(self.health_sync.run(), name="health-sync"),
+        ]
         self.xds_port = server.add_insecure_port(self.config.xds)
         if self.xds_port == 0:
             raise OSError(f"cannot listen for xDS on {self.config.xds}")
@@ -98,6 +128,11 @@ class MeshApp:
             if c.admin_address
         ]
 
+    def _registry_changed(self, state: RegistryState, changes: ChangeSet) -> None:
+        self.topology.registry_changed(state)
+        if changes.services or changes.endpoints:
+            self.health.registry_changed(state, self.controller.dns.lookup)
+
     @property
     def revision(self) -> int:
         return self.controller.state.revision
@@ -107,6 +142,12 @@ class MeshApp:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        for task in self._health_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._health_tasks = []
+        await self.health_sync.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

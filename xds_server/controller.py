@@ -12,12 +12,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigCache
 from xds_server.metrics import Metrics
-from xds_server.model import Problem, status_error_key
+from xds_server.model import Problem, ServiceRef, status_error_key
 from xds_server.model.names import KINDS
 from xds_server.registry import Registry, RegistryUpdate
 from xds_server.state import ChangeSet, RegistryState
@@ -105,6 +105,8 @@ class Controller:
         self.status = StatusWriter(registry, registry.prefix)
         self.clock = clock
         self.batches = 0
+        self.observers: list[Callable[[RegistryState, ChangeSet], None]] = []
+        """Called after each applied batch (health and topology follow the registry)."""
 
     async def run(self) -> None:
         """Consume the registry forever (cancel to stop)."""
@@ -141,6 +143,8 @@ class Controller:
             changes.merge(self.state.apply(update))
         delta = self.translator.update(self.state, changes)
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
+        for observe in self.observers:  # after the batch is cached: they may refresh EDS
+            observe(self.state, changes)
         if delta or delta.listeners_changed:
             self.metrics.convergence.changed(self.cache.generation, batch[0][0])
         self.batches += 1
@@ -176,6 +180,17 @@ class Controller:
                 1 if getattr(self.registry, "connected", True) else 0
             )
             await asyncio.sleep(period)
+
+    def set_health(
+        self, health: Mapping[ServiceRef, Mapping[str, int]], refs: set[ServiceRef]
+    ) -> None:
+        """Aggregated endpoint health (HDS) changed: re-translate those services' EDS.
+
+        ``health`` maps services to endpoint id -> Envoy HealthStatus for every proxy.
+        """
+        self.translator.health = health
+        delta = self.translator.refresh_endpoints(self.state, refs & set(self.state.services))
+        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=self.clock())
 
     def _dns_changed(self, names: set[str]) -> None:
         """Addresses of some endpoint names changed: re-translate the services using them."""

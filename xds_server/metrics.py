@@ -118,6 +118,7 @@ class Metrics:
         self.resources = Gauge(
             "meshd_resources", "Envoy resources in the cache, by type", ["type"], registry=r
         )
+        self.health = HealthMetrics(r)
         self.convergence = ConvergenceTracker(
             self.convergence_seconds, self.convergence_abandoned, clock=clock
         )
@@ -285,3 +286,32 @@ class StreamCollector(Collector):
 
 def _short_type(type_url: str) -> str:
     return SHORT.get(type_url, "other")
+
+
+# --------------------------------------------------------------------------- health and topology
+
+
+class HealthMetrics:
+    """Endpoint health (HDS) and load report (LRS) metrics; per-edge topology gauges come
+    from :class:`xds_server.server.lrs.TopologyCollector` at scrape time."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.service_endpoints = Gauge(
+            "meshd_service_endpoints",
+            "Endpoints of a service by aggregated health (state: healthy, total)",
+            ["service", "state"],
+            registry=r,
+        )
+        self.health_panic = Counter(
+            "meshd_health_all_unhealthy_total",
+            "Times every endpoint of a service became unhealthy (Envoy's panic mode serves "
+            "all of them)",
+            ["service"],
+            registry=r,
+        )
+        self.report_rejected = Counter(
+            "meshd_report_rejected_total",
+            "Health (hds) and load (lrs) report rows refused, by reason",
+            ["protocol", "reason"],
+            registry=r,
+        )

@@ -1,0 +1,216 @@
+"""LRS: every proxy reports its per-cluster load; meshd turns it into the live topology.
+
+:class:`TopologyService` (``app.topology`` for the admin API) holds the
+:class:`~xds_server.topology.load.LoadTracker` and the registry state in force,
+and answers graph, RED and scaling queries. :class:`LrsServicer` is the thin
+grpc.aio servicer of ``envoy.service.load_stats.v3.LoadReportingService``: it
+asks each proxy for all clusters every report interval, with per-endpoint
+detail, and feeds the reports in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from envoy.service.load_stats.v3 import lrs_pb2
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from xds_server.bootstrap import XDS_CLUSTER
+from xds_server.state import RegistryState
+from xds_server.topology.graph import (
+    Graph,
+    Recommendation,
+    ServiceRed,
+    build_graph,
+    destination_of,
+    recommend,
+    red,
+    service_id,
+)
+from xds_server.topology.load import ClusterLoad, IngestOutcome, LoadTracker
+from xds_server.translate.cluster import ms
+
+log = logging.getLogger("meshd.lrs")
+
+LRS_SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
+DEFAULT_WINDOW = 60.0
+
+
+class TopologyService:
+    """The live service graph as this replica sees it (from the proxies connected here)."""
+
+    def __init__(
+        self,
+        report_interval: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Any = None,
+        window: float = DEFAULT_WINDOW,
+    ) -> None:
+        self.report_interval = report_interval
+        self.clock = clock
+        self.metrics = metrics
+        self.window = max(window, 2 * report_interval)
+        self.tracker = LoadTracker(report_interval)
+        self.state: RegistryState | None = None
+        self.sources: dict[str, str] = {}
+        """Node id -> node cluster of every proxy with an LRS stream here."""
+        self.refused: dict[str, int] = {}
+
+    # -- queries (admin API) ------------------------------------------------------------
+
+    def graph(self, window: float | None = None) -> Graph:
+        """Nodes and edges over the last ``window`` seconds (default: the service's window)."""
+        window = window or self.window
+        edges = self.tracker.edges(self.clock(), window)
+        if self.state is None:
+            return Graph((), (), window)
+        return build_graph(self.state, edges, set(self.sources.values()), window)
+
+    def red(self, service: str | None = None, window: float | None = None) -> list[ServiceRed]:
+        """Rate / errors (/ duration: not carried by LRS) per service over ``window``."""
+        if service is not None and "/" not in service:
+            service = f"default/{service}"
+        return red(self.graph(window), service)
+
+    def recommend(self, window: float | None = None) -> list[Recommendation]:
+        """Endpoint counts the observed load needs, for services with ``scaling``."""
+        if self.state is None:
+            return []
+        return recommend(self.state, self.graph(window))
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def registry_changed(self, state: RegistryState) -> None:
+        self.state = state
+
+    def report(
+        self, node_id: str, node_cluster: str, request: lrs_pb2.LoadStatsRequest
+    ) -> IngestOutcome:
+        """Fold one LoadStatsRequest in; refused clusters are counted and logged."""
+        loads = [_cluster_load(cs) for cs in request.cluster_stats]
+        outcome = self.tracker.ingest(
+            node_id,
+            node_cluster,
+            loads,
+            self.clock(),
+            self._destination,
+            ignore=lambda name: name == XDS_CLUSTER,
+        )
+        for reason, n in outcome.refused.items():
+            self.refused[reason] = self.refused.get(reason, 0) + n
+            if self.metrics is not None:
+                self.metrics.report_rejected.labels("lrs", reason).inc(n)
+        if outcome.refused:
+            log.warning("load report from %s refused in part: %s", node_id, outcome.refused)
+        return outcome
+
+    def disconnect(self, node_id: str) -> None:
+        self.sources.pop(node_id, None)
+        self.tracker.forget_node(node_id)
+
+    def _destination(self, cluster: str) -> str | None:
+        ref = destination_of(cluster)
+        if ref is None or self.state is None or ref not in self.state.services:
+            return None
+        return service_id(ref)
+
+
+def _cluster_load(cs: Any) -> ClusterLoad:
+    ok = err = inflight = issued = 0
+    endpoints = []
+    for loc in cs.upstream_locality_stats:
+        ok += loc.total_successful_requests
+        err += loc.total_error_requests
+        inflight += loc.total_requests_in_progress
+        issued += loc.total_issued_requests
+        for ep in loc.upstream_endpoint_stats:
+            sa = ep.address.socket_address
+            endpoints.append(
+                (
+                    f"{sa.address}:{sa.port_value}",
+                    ep.total_successful_requests,
+                    ep.total_error_requests,
+                    ep.total_requests_in_progress,
+                )
+            )
+    interval = cs.load_report_interval.seconds + cs.load_report_interval.nanos / 1e9
+    return ClusterLoad(cs.cluster_name, ok, err, inflight, issued, interval, tuple(endpoints))
+
+
+class LrsServicer:
+    """``StreamLoadStats`` over a :class:`TopologyService`."""
+
+    def __init__(self, topology: TopologyService) -> None:
+        self.topology = topology
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        stream = grpc.stream_stream_rpc_method_handler(
+            self.stream_load_stats,
+            request_deserializer=lrs_pb2.LoadStatsRequest.FromString,
+            response_serializer=lrs_pb2.LoadStatsResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(LRS_SERVICE, {"StreamLoadStats": stream})
+
+    async def stream_load_stats(
+        self, requests: AsyncIterator[lrs_pb2.LoadStatsRequest], context: Any
+    ) -> AsyncIterator[lrs_pb2.LoadStatsResponse]:
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        if not first.node.id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first LoadStatsRequest must carry node.id"
+            )
+        node_id, node_cluster = first.node.id, first.node.cluster or first.node.id
+        self.topology.sources[node_id] = node_cluster
+        try:
+            yield lrs_pb2.LoadStatsResponse(
+                send_all_clusters=True,
+                load_reporting_interval=ms(round(self.topology.report_interval * 1000)),
+                report_endpoint_granularity=True,
+            )
+            if first.cluster_stats:
+                self.topology.report(node_id, node_cluster, first)
+            async for request in requests:
+                self.topology.report(node_id, node_cluster, request)
+        finally:
+            self.topology.disconnect(node_id)
+
+
+class TopologyCollector(Collector):
+    """Per-edge gauges computed at scrape time (edges come and go with traffic)."""
+
+    def __init__(self, topology: TopologyService) -> None:
+        self.topology = topology
+
+    def collect(self) -> Any:
+        labels = ["source", "destination"]
+        rps = GaugeMetricFamily(
+            "meshd_edge_requests_per_second",
+            "Requests per second on an edge (LRS, sliding window)",
+            labels=labels,
+        )
+        errors = GaugeMetricFamily(
+            "meshd_edge_error_ratio", "Share of an edge's requests that failed", labels=labels
+        )
+        inflight = GaugeMetricFamily(
+            "meshd_edge_in_flight_requests",
+            "Requests in flight on an edge at the last report",
+            labels=labels,
+        )
+        idle = GaugeMetricFamily(
+            "meshd_edge_idle", "1 when routes allow an edge that carries no traffic", labels=labels
+        )
+        for e in self.topology.graph().edges:
+            key = [e.source, e.destination]
+            rps.add_metric(key, e.rps)
+            errors.add_metric(key, e.error_rate)
+            inflight.add_metric(key, e.in_flight)
+            idle.add_metric(key, 1.0 if e.idle else 0.0)
+        yield from (rps, errors, inflight, idle)
