@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures_etcd", "tests.fixtures_envoy", "tests.behaviour_mesh"]
+pytest_plugins = ["tests.fixtures_etcd", "tests.fixtures_envoy", "tests.behaviour_mesh", "tests.fixtures_admin"]

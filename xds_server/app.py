@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from xds_server.admin.auth import Authenticator
+from xds_server.admin.server import start_admin_server
 from xds_server.cache import ConfigCache
 from xds_server.controller import Controller
+from xds_server.events import EventBus
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import MetricsServer, ProxyTarget
-from xds_server.registry import Registry
+from xds_server.registry import Registry, WritableRegistry
 from xds_server.server.ads import AdsServicer, StreamRegistry
 from xds_server.server.hds import HdsServicer, HealthService
 from xds_server.server.health_sync import HealthSync
@@ -48,6 +51,8 @@ class MeshConfig:
     """LRS report period asked of every proxy; HDS reports too, unless a check is faster."""
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Names this meshd's health document in etcd (replicas share health through it)."""
+    admin: str | None = None  # admin gRPC API; meshd passes --admin (127.0.0.1:18001)
+    auth: Authenticator = field(default_factory=lambda: Authenticator(None))
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -64,8 +69,9 @@ class MeshApp:
         self.metrics = Metrics()
         self.cache = ConfigCache()
         self.streams = StreamRegistry()
-        self.controller = Controller(registry, self.cache, self.metrics)
-        self.ads = AdsServicer(self.cache, self.metrics, self.streams)
+        self.events = EventBus()
+        self.controller = Controller(registry, self.cache, self.metrics, events=self.events)
+        self.ads = AdsServicer(self.cache, self.metrics, self.streams, events=self.events)
         self.metrics.watch_streams(
             lambda: [c.stream for c in list(self.streams.connections.values())]
         )
@@ -82,6 +88,8 @@ class MeshApp:
         self._health_tasks: list[asyncio.Task[None]] = []
         self.xds_port = 0
         self.metrics_port = 0
+        self.admin_port = 0
+        self._admin_server: grpc.aio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
@@ -106,6 +114,17 @@ class MeshApp:
             raise OSError(f"cannot listen for xDS on {self.config.xds}")
         await server.start()
         self._server = server
+        if self.config.admin:
+            if not isinstance(self.registry, WritableRegistry):
+                raise TypeError(f"{type(self.registry).__name__} cannot back the admin API")
+            self._admin_server, self.admin_port = await start_admin_server(
+                self.config.admin,
+                self.registry,
+                self.controller.state,
+                self.streams,
+                self.events,
+                self.config.auth,
+            )
         if self.config.metrics:
             host, port = split_hostport(self.config.metrics)
             self._metrics_server = MetricsServer(self.metrics.registry, self.proxy_targets)
@@ -139,6 +158,9 @@ class MeshApp:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting, close streams gracefully, stop the loop. Idempotent."""
+        if self._admin_server is not None:
+            await self._admin_server.stop(grace)
+            self._admin_server = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

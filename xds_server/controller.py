@@ -16,10 +16,11 @@ from collections.abc import Callable, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigCache
+from xds_server.events import EventBus, EventType
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, ServiceRef, status_error_key
 from xds_server.model.names import KINDS
-from xds_server.registry import Registry, RegistryUpdate
+from xds_server.registry import Changes, Registry, RegistryUpdate
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate import TYPE_ORDER, Translator
 from xds_server.translate.names import SHORT
@@ -95,6 +96,7 @@ class Controller:
         *,
         clock: Callable[[], float] = time.monotonic,
         resolve: ResolveFn = system_resolve,
+        events: EventBus | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -107,6 +109,7 @@ class Controller:
         self.batches = 0
         self.observers: list[Callable[[RegistryState, ChangeSet], None]] = []
         """Called after each applied batch (health and topology follow the registry)."""
+        self.events = events or EventBus()
 
     async def run(self) -> None:
         """Consume the registry forever (cancel to stop)."""
@@ -141,6 +144,10 @@ class Controller:
         changes = ChangeSet()
         for _, update in batch:
             changes.merge(self.state.apply(update))
+            if self.events.active and isinstance(update, Changes):
+                for e in update.events:
+                    kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
+                    self.events.publish(kind, key=e.key, revision=e.revision)
         delta = self.translator.update(self.state, changes)
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
         for observe in self.observers:  # after the batch is cached: they may refresh EDS
@@ -218,6 +225,9 @@ class Controller:
     def _report(self, changes: ChangeSet) -> None:
         for key, problem in sorted(changes.problems_set.items()):
             log.warning("rejected %s (revision %d): %s", key, problem.revision, problem.message)
+            self.events.publish(
+                "registry_rejected", key=key, revision=problem.revision, message=problem.message
+            )
         for key in sorted(changes.problems_cleared):
             log.info("entry %s is valid again", key)
         if changes.problems_set or changes.problems_cleared:

@@ -16,7 +16,7 @@ output and are never delivered by :meth:`Registry.updates`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -90,4 +90,42 @@ class Registry(Protocol):
 
     async def close(self) -> None:
         """Release connections. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class WritableRegistry(Registry, Protocol):
+    """What the admin API needs beyond :class:`Registry`: ranges, transactions, leases.
+
+    Both adapters implement it (EtcdRegistry, MemoryRegistry).
+    """
+
+    async def list_prefix(self, prefix: str) -> Reset:
+        """Every key starting with ``prefix``, in key order, at one revision."""
+        ...
+
+    async def txn(
+        self,
+        *,
+        puts: Mapping[str, bytes] | None = None,
+        deletes: Collection[str] = (),
+        expect: Mapping[str, int] | None = None,
+        lease: int = 0,
+    ) -> int:
+        """Atomic puts and deletes; ``expect`` maps keys to mod_revisions (0: absent).
+
+        Raises RegistryConflict (naming the key) when an expectation fails.
+        """
+        ...
+
+    async def lease_grant(self, ttl: int) -> int:
+        """Create a lease of ``ttl`` seconds; returns its id."""
+        ...
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; returns its TTL. RegistryConflict when it expired."""
+        ...
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease and delete its keys."""
         ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -211,6 +211,12 @@ class EtcdRegistry:
         kv = resp.kvs[0]
         return Entry(key, bytes(kv.value), int(kv.mod_revision), int(kv.lease))
 
+    async def list_prefix(self, prefix: str) -> Reset:
+        """Every key starting with ``prefix`` (any prefix), paged, at one revision, key order."""
+        start = _key(prefix)
+        reset, _ = await self._call(lambda c: self._range_pages(c, ((start, _prefix_end(start)),)))
+        return reset
+
     # -- writing -----------------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
@@ -329,11 +335,22 @@ class EtcdRegistry:
 
     async def _list(self, conn: _Conn) -> Reset:
         """Everything under the prefix but status keys, paged, at the first page's revision."""
+        reset, self.last_list_pages = await self._range_pages(conn, self._ranges)
+        log.debug("etcd: listed %d keys at %d", len(reset.entries), reset.revision)
+        return reset
+
+    async def _range_pages(
+        self, conn: _Conn, ranges: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[Reset, int]:
+        """Read ``[start, end)`` ranges page by page, all at the first page's revision.
+
+        Returns the entries and the number of range reads it took.
+        """
         entries: list[Entry] = []
         revision = 0
         limit = self.page_size
         pages = 0
-        for start, end in self._ranges:
+        for start, end in ranges:
             key = start
             while True:
                 request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
@@ -354,9 +371,7 @@ class EtcdRegistry:
                 key = resp.kvs[-1].key + b"\0"
                 if sum(len(kv.key) + len(kv.value) for kv in resp.kvs) > _PAGE_BYTES:
                     limit = max(1, limit // 2)  # big values: keep pages near a few MiB
-        self.last_list_pages = pages
-        log.debug("etcd: listed %d keys in %d pages at %d", len(entries), pages, revision)
-        return Reset(revision, tuple(entries))
+        return Reset(revision, tuple(entries)), pages
 
     async def _watch(self, conn: _Conn, start_revision: int) -> AsyncGenerator[Changes, None]:
         """One Changes per watch response with events; raises when the watch breaks."""

@@ -90,6 +90,12 @@ class MemoryRegistry:
         self._check()
         return self._data.get(key)
 
+    async def list_prefix(self, prefix: str) -> Reset:
+        """Every key starting with ``prefix`` (any prefix, status keys included), in key order."""
+        self._check()
+        entries = sorted((e for e in self._data.values() if e.key.startswith(prefix)), key=_by_key)
+        return Reset(self.revision, tuple(entries))
+
     def snapshot(self) -> dict[str, bytes]:
         """Every key under the prefix but status keys -> value (the truth, for assertions)."""
         return {e.key: e.value for e in self._snapshot().entries}

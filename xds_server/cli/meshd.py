@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
+from xds_server.admin.auth import Authenticator, load_tokens
+from xds_server.admin.server import check_exposure
 from xds_server.app import MeshApp, MeshConfig
 
 log = logging.getLogger("meshd")
@@ -40,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--admin",
         default=_env("MESHD_ADMIN", "127.0.0.1:18001"),
-        help="admin gRPC API listen address (the admin API is not served yet)",
+        help="admin gRPC API listen address ('' to disable)",
     )
     p.add_argument(
         "--metrics",
@@ -49,7 +51,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data-dir", default=_env("MESHD_DATA_DIR", ".meshd"), help="state directory")
     p.add_argument("--log-level", default=_env("MESHD_LOG_LEVEL", "info"), help="log level")
-    p.add_argument("--tokens", default=_env("MESHD_TOKENS", None), help="admin API tokens file")
+    p.add_argument(
+        "--tokens",
+        default=_env("MESHD_TOKENS", None),
+        help="admin API bearer tokens file (YAML/JSON); without it the admin API is open and "
+        "allowed on loopback only",
+    )
     p.add_argument(
         "--report-interval-ms",
         type=int,
@@ -64,6 +71,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
+    try:
+        auth = load_tokens(args.tokens) if args.tokens else Authenticator(None)
+        if args.admin:
+            check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     embedded: EmbeddedEtcd | None = None
     endpoint = args.etcd
     if not endpoint:
@@ -72,7 +86,10 @@ async def run(args: argparse.Namespace) -> int:
         endpoint = embedded.endpoint
         log.info("started embedded etcd at %s (data in %s)", endpoint, embedded.data_dir)
     registry = EtcdRegistry(endpoint, args.prefix)
-    app = MeshApp(registry, MeshConfig(xds=args.xds, metrics=args.metrics or None))
+    config = MeshConfig(
+        xds=args.xds, metrics=args.metrics or None, admin=args.admin or None, auth=auth
+    )
+    app = MeshApp(registry, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,9 +97,10 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await app.start()
         log.info(
-            "meshd ready: etcd=%s xds=%s metrics=%s revision=%d",
+            "meshd ready: etcd=%s xds=%s admin=%s metrics=%s revision=%d",
             endpoint,
             args.xds.rsplit(":", 1)[0] + f":{app.xds_port}",
+            f"{args.admin.rsplit(':', 1)[0]}:{app.admin_port}" if args.admin else "off",
             f"{args.metrics.rsplit(':', 1)[0]}:{app.metrics_port}" if args.metrics else "off",
             app.revision,
         )

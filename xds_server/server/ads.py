@@ -20,6 +20,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import ConfigCache
+from xds_server.events import EventBus
 from xds_server.metrics import Metrics
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 from xds_server.server.stream import Response, SotwStream
@@ -67,11 +68,13 @@ class AdsServicer:
         metrics: Metrics,
         streams: StreamRegistry,
         clock: Callable[[], float] = time.time,
+        events: EventBus | None = None,
     ) -> None:
         self.cache = cache
         self.metrics = metrics
         self.streams = streams
         self.clock = clock
+        self.events = events or EventBus()
 
     def handler(self) -> grpc.GenericRpcHandler:
         sotw = grpc.stream_stream_rpc_method_handler(
@@ -160,11 +163,25 @@ class AdsServicer:
                         stream.protocol,
                         context.peer(),
                     )
+                    self.events.publish(
+                        "proxy_connected",
+                        node_id=stream.node_id,
+                        message=f"cluster={stream.node_cluster} protocol={stream.protocol} "
+                        f"peer={context.peer()}",
+                    )
                 if pending or scopes_changed:
                     out += stream.on_change(pending, scopes_changed)
                 for resp in out:
                     await context.write(resp.wire(self.cache))
                     self._count_push(resp, from_change=bool(pending or scopes_changed))
+                    if self.events.active:
+                        self.events.publish(
+                            "push",
+                            node_id=stream.node_id,
+                            resource_type=SHORT[resp.type_url],
+                            version=resp.version,
+                            message=f"{len(resp.resources)} resources",
+                        )
                 if stream.settled:
                     self.metrics.convergence.synced(stream, generation)
                 if closed.is_set() and not inbox:
@@ -176,6 +193,7 @@ class AdsServicer:
             if conn is not None:
                 self.streams.remove(conn)
                 log.info("proxy disconnected: node=%s", stream.node_id)
+                self.events.publish("proxy_disconnected", node_id=stream.node_id)
             if labels is not None:
                 self.metrics.connected_proxies.labels(*labels).dec()
 
@@ -188,6 +206,14 @@ class AdsServicer:
         if outcome.kind == "nack":
             self.metrics.nacks.labels(short).inc()
             log.warning("NACK from node=%s type=%s: %s", stream.node_id, short, outcome.message)
+            ts = stream.types.get(outcome.type_url)
+            self.events.publish(
+                "nack",
+                node_id=stream.node_id,
+                resource_type=short,
+                version=ts.version if ts is not None else "",
+                message=outcome.message,
+            )
         elif outcome.kind == "unknown_type":
             log.warning("node=%s asked for unknown type %s", stream.node_id, outcome.type_url)
 

@@ -139,6 +139,27 @@ class StreamBase(Generic[S]):
         """Names of type ``t`` the client holds (listeners and route configurations)."""
         raise NotImplementedError
 
+    def held(self, t: str) -> list[Resource]:
+        """The resources of type ``t`` this proxy was last sent, by name (proxy config).
+
+        No per-stream copy exists: what was sent is the cache's current resource, except
+        for changes not yet sent (held back or being pushed), whose old value is what the
+        proxy has, and clusters retained for make-before-break.
+        """
+        ts = self.types.get(t)
+        if ts is None or not ts.started:
+            return []
+        index = self.cache.index[t]
+        unsent = {**self._pending.get(t, {}), **self._deferred.get(t, {})}
+        out: dict[str, Resource] = {}
+        for name in self._held_names(t, ts):
+            res = unsent[name] if name in unsent else index.get(name)
+            if res is not None:
+                out[name] = res
+        for name, res in ts.retained.items():
+            out.setdefault(name, res)
+        return [out[n] for n in sorted(out)]
+
     def _held_clusters(self) -> set[str]:
         """Clusters named by the route configurations and listeners this stream holds."""
         held: set[str] = set()

@@ -1,0 +1,1 @@
+"""Generated admin API code: do not edit (see proto/generate.py)."""

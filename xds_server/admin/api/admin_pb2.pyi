@@ -1,0 +1,380 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[Kind]
+    KIND_SERVICE: _ClassVar[Kind]
+    KIND_ENDPOINT: _ClassVar[Kind]
+    KIND_ROUTE: _ClassVar[Kind]
+    KIND_LISTENER: _ClassVar[Kind]
+
+class ApplyOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPLY_OUTCOME_UNSPECIFIED: _ClassVar[ApplyOutcome]
+    APPLY_OUTCOME_CREATED: _ClassVar[ApplyOutcome]
+    APPLY_OUTCOME_UPDATED: _ClassVar[ApplyOutcome]
+    APPLY_OUTCOME_UNCHANGED: _ClassVar[ApplyOutcome]
+
+class SyncState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SYNC_STATE_UNSPECIFIED: _ClassVar[SyncState]
+    SYNC_STATE_SYNCED: _ClassVar[SyncState]
+    SYNC_STATE_STALE: _ClassVar[SyncState]
+    SYNC_STATE_NACKED: _ClassVar[SyncState]
+    SYNC_STATE_NOT_SENT: _ClassVar[SyncState]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_REGISTRY_PUT: _ClassVar[EventType]
+    EVENT_TYPE_REGISTRY_DELETE: _ClassVar[EventType]
+    EVENT_TYPE_REGISTRY_REJECTED: _ClassVar[EventType]
+    EVENT_TYPE_PUSH: _ClassVar[EventType]
+    EVENT_TYPE_NACK: _ClassVar[EventType]
+    EVENT_TYPE_PROXY_CONNECTED: _ClassVar[EventType]
+    EVENT_TYPE_PROXY_DISCONNECTED: _ClassVar[EventType]
+    EVENT_TYPE_HEALTH: _ClassVar[EventType]
+KIND_UNSPECIFIED: Kind
+KIND_SERVICE: Kind
+KIND_ENDPOINT: Kind
+KIND_ROUTE: Kind
+KIND_LISTENER: Kind
+APPLY_OUTCOME_UNSPECIFIED: ApplyOutcome
+APPLY_OUTCOME_CREATED: ApplyOutcome
+APPLY_OUTCOME_UPDATED: ApplyOutcome
+APPLY_OUTCOME_UNCHANGED: ApplyOutcome
+SYNC_STATE_UNSPECIFIED: SyncState
+SYNC_STATE_SYNCED: SyncState
+SYNC_STATE_STALE: SyncState
+SYNC_STATE_NACKED: SyncState
+SYNC_STATE_NOT_SENT: SyncState
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_REGISTRY_PUT: EventType
+EVENT_TYPE_REGISTRY_DELETE: EventType
+EVENT_TYPE_REGISTRY_REJECTED: EventType
+EVENT_TYPE_PUSH: EventType
+EVENT_TYPE_NACK: EventType
+EVENT_TYPE_PROXY_CONNECTED: EventType
+EVENT_TYPE_PROXY_DISCONNECTED: EventType
+EVENT_TYPE_HEALTH: EventType
+
+class EntryRef(_message.Message):
+    __slots__ = ("kind", "namespace", "service", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: Kind
+    namespace: str
+    service: str
+    name: str
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("ref", "spec", "revision", "lease", "key", "raw")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    ref: EntryRef
+    spec: _struct_pb2.Struct
+    revision: int
+    lease: int
+    key: str
+    raw: str
+    def __init__(self, ref: _Optional[_Union[EntryRef, _Mapping]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., revision: _Optional[int] = ..., lease: _Optional[int] = ..., key: _Optional[str] = ..., raw: _Optional[str] = ...) -> None: ...
+
+class GetEntryRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: EntryRef
+    def __init__(self, ref: _Optional[_Union[EntryRef, _Mapping]] = ...) -> None: ...
+
+class GetEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class ListEntriesRequest(_message.Message):
+    __slots__ = ("kind", "namespace", "service")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    kind: Kind
+    namespace: str
+    service: str
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
+
+class ListEntriesResponse(_message.Message):
+    __slots__ = ("entries", "revision")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    revision: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class CreateEntryRequest(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class CreateEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class UpdateEntryRequest(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class UpdateEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class DeleteEntryRequest(_message.Message):
+    __slots__ = ("ref", "revision")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ref: EntryRef
+    revision: int
+    def __init__(self, ref: _Optional[_Union[EntryRef, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class DeleteEntryResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class ApplyEntriesRequest(_message.Message):
+    __slots__ = ("entries", "dry_run")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    dry_run: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class AppliedEntry(_message.Message):
+    __slots__ = ("entry", "outcome")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    outcome: ApplyOutcome
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., outcome: _Optional[_Union[ApplyOutcome, str]] = ...) -> None: ...
+
+class ApplyEntriesResponse(_message.Message):
+    __slots__ = ("entries", "revision")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AppliedEntry]
+    revision: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[AppliedEntry, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class Destination(_message.Message):
+    __slots__ = ("service", "subset", "weight")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    subset: str
+    weight: int
+    def __init__(self, service: _Optional[str] = ..., subset: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class SetSplitRequest(_message.Message):
+    __slots__ = ("namespace", "route", "destinations", "revision")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    route: str
+    destinations: _containers.RepeatedCompositeFieldContainer[Destination]
+    revision: int
+    def __init__(self, namespace: _Optional[str] = ..., route: _Optional[str] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class SetSplitResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class RegisterEndpointRequest(_message.Message):
+    __slots__ = ("namespace", "service", "id", "spec", "ttl_seconds")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    service: str
+    id: str
+    spec: _struct_pb2.Struct
+    ttl_seconds: int
+    def __init__(self, namespace: _Optional[str] = ..., service: _Optional[str] = ..., id: _Optional[str] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class RegisterEndpointResponse(_message.Message):
+    __slots__ = ("entry", "lease", "ttl_seconds")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    lease: int
+    ttl_seconds: int
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., lease: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class KeepAliveRequest(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: int
+    def __init__(self, lease: _Optional[int] = ...) -> None: ...
+
+class KeepAliveResponse(_message.Message):
+    __slots__ = ("ttl_seconds",)
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ttl_seconds: int
+    def __init__(self, ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class ListErrorsRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class RegistryError(_message.Message):
+    __slots__ = ("key", "field", "reason", "revision", "last_good_kept")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LAST_GOOD_KEPT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    field: str
+    reason: str
+    revision: int
+    last_good_kept: bool
+    def __init__(self, key: _Optional[str] = ..., field: _Optional[str] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., last_good_kept: _Optional[bool] = ...) -> None: ...
+
+class ListErrorsResponse(_message.Message):
+    __slots__ = ("errors",)
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    errors: _containers.RepeatedCompositeFieldContainer[RegistryError]
+    def __init__(self, errors: _Optional[_Iterable[_Union[RegistryError, _Mapping]]] = ...) -> None: ...
+
+class TypeStatus(_message.Message):
+    __slots__ = ("type", "state", "sent_version", "acked_version", "error", "last_push", "resources")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_PUSH_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    state: SyncState
+    sent_version: str
+    acked_version: str
+    error: str
+    last_push: _timestamp_pb2.Timestamp
+    resources: int
+    def __init__(self, type: _Optional[str] = ..., state: _Optional[_Union[SyncState, str]] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., error: _Optional[str] = ..., last_push: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resources: _Optional[int] = ...) -> None: ...
+
+class ProxyStatus(_message.Message):
+    __slots__ = ("node_id", "node_cluster", "protocol", "peer", "connected_at", "types")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    node_cluster: str
+    protocol: str
+    peer: str
+    connected_at: _timestamp_pb2.Timestamp
+    types: _containers.RepeatedCompositeFieldContainer[TypeStatus]
+    def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., protocol: _Optional[str] = ..., peer: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ...) -> None: ...
+
+class GetProxyStatusRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class GetProxyStatusResponse(_message.Message):
+    __slots__ = ("proxies",)
+    PROXIES_FIELD_NUMBER: _ClassVar[int]
+    proxies: _containers.RepeatedCompositeFieldContainer[ProxyStatus]
+    def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ...) -> None: ...
+
+class GetProxyConfigRequest(_message.Message):
+    __slots__ = ("node_id", "type")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    type: str
+    def __init__(self, node_id: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class ProxyResource(_message.Message):
+    __slots__ = ("type", "name", "version", "json")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    name: str
+    version: str
+    json: str
+    def __init__(self, type: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class GetProxyConfigResponse(_message.Message):
+    __slots__ = ("status", "resources")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    status: ProxyStatus
+    resources: _containers.RepeatedCompositeFieldContainer[ProxyResource]
+    def __init__(self, status: _Optional[_Union[ProxyStatus, _Mapping]] = ..., resources: _Optional[_Iterable[_Union[ProxyResource, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("types",)
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedScalarFieldContainer[EventType]
+    def __init__(self, types: _Optional[_Iterable[_Union[EventType, str]]] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("type", "time", "key", "node_id", "resource_type", "version", "message", "revision")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    type: EventType
+    time: _timestamp_pb2.Timestamp
+    key: str
+    node_id: str
+    resource_type: str
+    version: str
+    message: str
+    revision: int
+    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key: _Optional[str] = ..., node_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., version: _Optional[str] = ..., message: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...

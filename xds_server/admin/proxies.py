@@ -1,0 +1,94 @@
+"""Proxy status and proxy config from the open ADS streams. Pure reads, no I/O.
+
+The states are those of xds.md / interfaces.md: ``SYNCED`` (the last response was ACKed),
+``STALE`` (sent, not answered yet), ``NACKED`` (rejected, with the proxy's error_detail
+message), ``NOT_SENT`` (never asked for or nothing sent yet).
+"""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import json_format, timestamp_pb2
+
+from xds_server.admin.api import admin_pb2 as pb
+from xds_server.server.ads import Connection, StreamRegistry
+from xds_server.translate.names import SHORT, TYPE_ORDER
+from xds_server.translate.resource import Resource
+
+STATE_TO_PB = {
+    "SYNCED": pb.SYNC_STATE_SYNCED,
+    "STALE": pb.SYNC_STATE_STALE,
+    "NACKED": pb.SYNC_STATE_NACKED,
+    "NOT_SENT": pb.SYNC_STATE_NOT_SENT,
+}
+SHORT_TO_TYPE = {v: k for k, v in SHORT.items()}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def type_statuses(conn: Connection) -> list[pb.TypeStatus]:
+    """One entry per xDS type (CDS, EDS, LDS, RDS), in push order."""
+    out = []
+    for t in TYPE_ORDER:
+        ts = conn.stream.types.get(t)
+        if ts is None:
+            out.append(pb.TypeStatus(type=SHORT[t], state=pb.SYNC_STATE_NOT_SENT))
+            continue
+        status = pb.TypeStatus(
+            type=SHORT[t],
+            state=STATE_TO_PB[ts.state],
+            sent_version=ts.version if ts.nonce else "",
+            acked_version=ts.acked_version,
+            error=ts.nack or "",
+            resources=len(conn.stream.held(t)),
+        )
+        if ts.last_push is not None:
+            status.last_push.CopyFrom(timestamp(ts.last_push))
+        out.append(status)
+    return out
+
+
+def proxy_status(conn: Connection) -> pb.ProxyStatus:
+    return pb.ProxyStatus(
+        node_id=conn.stream.node_id,
+        node_cluster=conn.stream.node_cluster,
+        protocol=conn.protocol,
+        peer=conn.peer,
+        connected_at=timestamp(conn.connected_at),
+        types=type_statuses(conn),
+    )
+
+
+def connections(streams: StreamRegistry, node_id: str = "") -> list[Connection]:
+    """Open streams that named their node, by node id then connection order."""
+    conns = [
+        c
+        for c in streams.connections.values()
+        if c.stream.node_id and (not node_id or c.stream.node_id == node_id)
+    ]
+    return sorted(conns, key=lambda c: (c.stream.node_id, c.id))
+
+
+def resource_json(res: Resource) -> str:
+    """The resource in protobuf JSON form with its ``@type``."""
+    try:
+        data = json_format.MessageToDict(res.any, preserving_proto_field_name=True)
+    except (TypeError, KeyError) as exc:
+        # A nested Any of a type this process never imported: say so, do not fail the call.
+        return json.dumps({"@type": res.type_url, "error": f"cannot render: {exc}"})
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def proxy_resources(conn: Connection, short_type: str = "") -> list[pb.ProxyResource]:
+    """What ``conn`` was last sent, per type (all four when ``short_type`` is empty)."""
+    types = [SHORT_TO_TYPE[short_type]] if short_type else list(TYPE_ORDER)
+    return [
+        pb.ProxyResource(type=SHORT[t], name=r.name, version=r.version, json=resource_json(r))
+        for t in types
+        for r in conn.stream.held(t)
+    ]

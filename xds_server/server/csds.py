@@ -1,0 +1,151 @@
+"""Client Status Discovery Service (``envoy.service.status.v3``): proxy status for xDS tools.
+
+The same facts as the admin API's proxy status, in the standard shape: per connected node,
+one ``GenericXdsConfig`` per resource it holds, with the version, when it was last pushed,
+and the type's state (ACKED / NACKED with Envoy's message / REQUESTED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+import re2
+from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.status.v3 import csds_pb2
+from envoy.type.matcher.v3 import node_pb2, string_pb2
+from google.protobuf import timestamp_pb2
+
+from xds_server.server.ads import Connection, StreamRegistry
+from xds_server.translate.names import TYPE_ORDER
+
+CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
+_Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_CONFIG_STATUS = {
+    "SYNCED": csds_pb2.SYNCED,
+    "STALE": csds_pb2.STALE,
+    "NACKED": csds_pb2.ERROR,
+    "NOT_SENT": csds_pb2.NOT_SENT,
+}
+_CLIENT_STATUS = {
+    "SYNCED": dump_pb2.ACKED,
+    "STALE": dump_pb2.REQUESTED,
+    "NACKED": dump_pb2.NACKED,
+    "NOT_SENT": dump_pb2.REQUESTED,
+}
+
+
+def string_matches(m: string_pb2.StringMatcher, value: str) -> bool:
+    """Envoy's StringMatcher semantics for the cases CSDS clients use."""
+    which = m.WhichOneof("match_pattern")
+
+    def norm(s: str) -> str:
+        return s.lower() if m.ignore_case else s
+
+    subject = norm(value)
+
+    if which == "exact":
+        return subject == norm(m.exact)
+    if which == "prefix":
+        return subject.startswith(norm(m.prefix))
+    if which == "suffix":
+        return subject.endswith(norm(m.suffix))
+    if which == "contains":
+        return norm(m.contains) in subject
+    if which == "safe_regex":
+        try:
+            return re2.fullmatch(m.safe_regex.regex, value) is not None
+        except re2.error:
+            return False
+    return True  # no pattern: matches anything
+
+
+def node_matches(matchers: list[node_pb2.NodeMatcher], conn: Connection) -> bool:
+    if not matchers:
+        return True
+    return any(
+        not m.HasField("node_id") or string_matches(m.node_id, conn.stream.node_id)
+        for m in matchers
+    )
+
+
+def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.ClientConfig:
+    """One node's config status, per resource."""
+    out = csds_pb2.ClientConfig(
+        node=base_pb2.Node(id=conn.stream.node_id, cluster=conn.stream.node_cluster),
+        client_type_url="",
+    )
+    for t in TYPE_ORDER:
+        ts = conn.stream.types.get(t)
+        if ts is None:
+            continue
+        pushed = timestamp_pb2.Timestamp()
+        if ts.last_push is not None:
+            pushed.FromNanoseconds(int(ts.last_push * 1e9))
+        for res in conn.stream.held(t):
+            cfg = out.generic_xds_configs.add(
+                type_url=t,
+                name=res.name,
+                version_info=res.version,
+                config_status=_CONFIG_STATUS[ts.state],
+                client_status=_CLIENT_STATUS[ts.state],
+            )
+            cfg.last_updated.CopyFrom(pushed)
+            if include_contents:
+                cfg.xds_config.CopyFrom(res.any)
+            if ts.nack is not None:
+                cfg.error_state.details = ts.nack
+                cfg.error_state.last_update_attempt.CopyFrom(pushed)
+    return out
+
+
+class CsdsServicer:
+    """Serves Fetch/StreamClientStatus from the open ADS streams."""
+
+    def __init__(self, streams: StreamRegistry) -> None:
+        self.streams = streams
+
+    def respond(self, req: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:
+        conns = sorted(
+            (c for c in self.streams.connections.values() if c.stream.node_id),
+            key=lambda c: (c.stream.node_id, c.id),
+        )
+        matchers = list(req.node_matchers)
+        return csds_pb2.ClientStatusResponse(
+            config=[
+                client_config(c, include_contents=not req.exclude_resource_contents)
+                for c in conns
+                if node_matches(matchers, c)
+            ]
+        )
+
+    async def FetchClientStatus(  # noqa: N802 (gRPC method name)
+        self, request: csds_pb2.ClientStatusRequest, context: _Ctx
+    ) -> csds_pb2.ClientStatusResponse:
+        return self.respond(request)
+
+    async def StreamClientStatus(  # noqa: N802
+        self, request_iterator: AsyncIterator[csds_pb2.ClientStatusRequest], context: _Ctx
+    ) -> AsyncIterator[csds_pb2.ClientStatusResponse]:
+        async for request in request_iterator:
+            yield self.respond(request)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            CSDS_SERVICE,
+            {
+                "FetchClientStatus": grpc.unary_unary_rpc_method_handler(
+                    self.FetchClientStatus,
+                    request_deserializer=csds_pb2.ClientStatusRequest.FromString,
+                    response_serializer=csds_pb2.ClientStatusResponse.SerializeToString,
+                ),
+                "StreamClientStatus": grpc.stream_stream_rpc_method_handler(
+                    self.StreamClientStatus,
+                    request_deserializer=csds_pb2.ClientStatusRequest.FromString,
+                    response_serializer=csds_pb2.ClientStatusResponse.SerializeToString,
+                ),
+            },
+        )
