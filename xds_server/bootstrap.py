@@ -16,6 +16,11 @@ Field paths checked against the real Envoy 1.40 binary (``envoy --mode validate`
   .max_receive_message_length``. Envoy's own gRPC client treats an unset value as "no limit"
   (a 9 MB CDS response is accepted without it); we still pin an explicit, generous cap so the
   limit is visible in the config and a runaway control plane cannot exhaust memory.
+- Health checks handed out by meshd (HDS): top-level ``hds_config`` (an ApiConfigSource,
+  ``GRPC`` over ``xds_cluster``). Load reports (LRS):
+  ``cluster_manager.load_stats_config`` (same shape). meshd sets both periods in its
+  responses (``--report-interval-ms``), so nothing here depends on them.
+- Zone: ``node.locality.zone``; meshd prefers probing an endpoint from its own zone.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ def bootstrap(
     admin_host: str = "127.0.0.1",
     *,
     max_receive_message_bytes: int | None = MAX_RECEIVE_MESSAGE_BYTES,
+    zone: str = "",
 ) -> dict[str, Any]:
     """Return a complete Envoy v3 bootstrap (a JSON/YAML-serializable dict) for ADS.
 
@@ -67,6 +73,7 @@ def bootstrap(
     (``DELTA_GRPC``) instead of state-of-the-world (``GRPC``). ``admin_port`` 0 lets the
     kernel pick the admin port (read it back with ``--admin-address-path``).
     ``max_receive_message_bytes=None`` leaves Envoy's receive limit unset (unlimited).
+    ``zone`` is the proxy's ``node.locality.zone`` (health checks prefer the same zone).
 
     Raises ``ValueError`` for an empty node id/cluster or a port out of range.
     """
@@ -98,11 +105,17 @@ def bootstrap(
         # meshd lists connected proxies' admin addresses for Prometheus (/sd/envoy); an
         # admin port the kernel picks (0) is not known here, so such a proxy is not listed.
         node["metadata"] = {"admin_port": admin_port, "admin_host": admin_host}
+    if zone:
+        node["locality"] = {"zone": zone}
     return {
         "node": node,
         "admin": {"address": _socket_address(admin_host, admin_port)},
         "stats_config": stats_config(),
         "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port)]},
+        # Load reports for the live topology (LRS) and health checks meshd hands out (HDS),
+        # both to meshd on the xDS connection's cluster.
+        "cluster_manager": {"load_stats_config": _grpc_api()},
+        "hds_config": _grpc_api(),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
@@ -212,6 +225,14 @@ class _NoAliasDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _grpc_api() -> dict[str, Any]:
+    return {
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+    }
 
 
 def _ads_source() -> dict[str, Any]:
