@@ -77,6 +77,10 @@ def health_check(hc: HealthCheck, protocol: str) -> health_check_pb2.HealthCheck
     out = health_check_pb2.HealthCheck(
         timeout=ms(hc.timeout_ms),
         interval=ms(hc.interval_ms),
+        # Envoy checks a cluster that has not routed traffic yet only every 60 s by default,
+        # and keeps that timer after traffic starts: a fresh proxy would go on sending to
+        # a dead endpoint for up to a minute. Check at the configured interval throughout.
+        no_traffic_interval=ms(hc.interval_ms),
         healthy_threshold=u32(hc.healthy_threshold),
         unhealthy_threshold=u32(hc.unhealthy_threshold),
     )
