@@ -344,6 +344,19 @@ def check_refs(
     if isinstance(entity, Listener):
         if entity.service is not None and entity.service not in services:
             return ("service", f"unknown service {entity.service}")
+        if entity.tracing is not None:
+            tracing = entity.tracing
+            collector = services.get(tracing.service)
+            if collector is None:
+                return ("tracing.service", f"unknown service {tracing.service}")
+            # Zipkin posts JSON over HTTP; OpenTelemetry speaks OTLP over gRPC (HTTP/2).
+            wanted = ("grpc", "http2") if tracing.provider == "opentelemetry" else ("http", "http2")
+            if collector.protocol not in wanted:
+                return (
+                    "tracing.service",
+                    f"service {tracing.service} speaks {collector.protocol}; "
+                    f"{tracing.provider} needs {' or '.join(wanted)}",
+                )
         for other in listeners.values():
             if other.name != entity.name and _listeners_clash(entity, other):
                 return (

@@ -11,6 +11,19 @@ from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
 from xds_server.model.names import DEFAULT_NAMESPACE, ServiceRef, parse_service_ref
 
+TRACING_PROVIDERS = ("zipkin", "opentelemetry")
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """Distributed tracing on an HTTP listener: spans go to ``service`` (the collector, a
+    registered service) with ``provider``'s protocol; ``sampling_percent`` of the requests
+    that start a trace here are sampled (a caller's sampling decision is kept)."""
+
+    provider: Literal["zipkin", "opentelemetry"]
+    service: ServiceRef
+    sampling_percent: int = 1
+
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -22,6 +35,7 @@ class Listener:
     protocol: Literal["http", "tcp"] = "http"
     nodes: tuple[str, ...] = ("*",)
     service: ServiceRef | None = None
+    tracing: Tracing | None = None
 
     def serves(self, node_cluster: str) -> bool:
         """True when a node whose ``cluster`` is ``node_cluster`` gets this listener."""
@@ -53,6 +67,12 @@ def parse_listener(name: str, o: Obj) -> Listener:
         service = parse_service_ref(service_str, DEFAULT_NAMESPACE, "service")
     elif service_str is not None:
         raise ValidationError("service", "is only allowed with protocol tcp (use routes for http)")
+    tracing_obj = o.obj("tracing")
+    tracing = None
+    if tracing_obj is not None:
+        if protocol != "http":
+            raise ValidationError("tracing", "is only allowed with protocol http")
+        tracing = parse_tracing(tracing_obj)
     o.done()
     return Listener(
         name=name,
@@ -61,4 +81,20 @@ def parse_listener(name: str, o: Obj) -> Listener:
         protocol=protocol,  # type: ignore[arg-type]
         nodes=tuple(nodes or ("*",)),
         service=service,
+        tracing=tracing,
     )
+
+
+def parse_tracing(o: Obj) -> Tracing:
+    """Validate a listener's ``tracing`` block."""
+    provider = o.str_("provider", required=True)
+    if provider not in TRACING_PROVIDERS:
+        raise ValidationError(
+            o.field("provider"), f"must be one of {', '.join(TRACING_PROVIDERS)}, not {provider!r}"
+        )
+    service = parse_service_ref(
+        o.str_("service", required=True), DEFAULT_NAMESPACE, o.field("service")
+    )
+    sampling = o.int_("sampling_percent", 1, lo=0, hi=100)
+    o.done()
+    return Tracing(provider, service, sampling)  # type: ignore[arg-type]

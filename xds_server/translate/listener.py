@@ -19,6 +19,7 @@ from xds_server.translate.cluster import ads_source
 from xds_server.translate.names import LISTENER, cluster_name
 from xds_server.translate.resource import Resource, make_resource
 from xds_server.translate.route import FAULT, LOCAL_RATELIMIT
+from xds_server.translate.tracing import apply_tracing
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -78,10 +79,14 @@ def build_listener(listener: Listener) -> listener_pb2.Listener:
         rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=listener.name),
         http_filters=http_filters(),
     )
+    if listener.tracing is not None:
+        apply_tracing(hcm, listener.tracing, listener.name)
     chain.filters.append(listener_components_pb2.Filter(name=HCM, typed_config=_pack(hcm)))
     return out
 
 
 def listener_resource(listener: Listener) -> Resource:
-    refs = frozenset({cluster_name(listener.service)}) if listener.service else frozenset()
-    return make_resource(LISTENER, listener.name, build_listener(listener), refs)
+    refs = {cluster_name(listener.service)} if listener.service else set()
+    if listener.tracing is not None:
+        refs.add(cluster_name(listener.tracing.service))  # the collector: make before break
+    return make_resource(LISTENER, listener.name, build_listener(listener), frozenset(refs))
