@@ -61,6 +61,8 @@ class TopologyService:
         self.sources: dict[str, str] = {}
         """Node id -> node cluster of every proxy with an LRS stream here."""
         self.refused: dict[str, int] = {}
+        """Report rows refused since start, by reason (also ``meshd_report_rejected_total``)."""
+        self._logged: dict[str, float] = {}
 
     # -- queries (admin API) ------------------------------------------------------------
 
@@ -107,11 +109,21 @@ class TopologyService:
             if self.metrics is not None:
                 self.metrics.report_rejected.labels("lrs", reason).inc(n)
         if outcome.refused:
-            log.warning("load report from %s refused in part: %s", node_id, outcome.refused)
+            # One line per proxy per 10 s at most: a flooding proxy must not flood the log.
+            now = self.clock()
+            if now - self._logged.get(node_id, -1e9) >= 10.0:
+                self._logged[node_id] = now
+                log.warning(
+                    "load report from %s refused in part: %s (totals so far: %s)",
+                    node_id,
+                    outcome.refused,
+                    self.refused,
+                )
         return outcome
 
     def disconnect(self, node_id: str) -> None:
         self.sources.pop(node_id, None)
+        self._logged.pop(node_id, None)
         self.tracker.forget_node(node_id)
 
     def _destination(self, cluster: str) -> str | None:
