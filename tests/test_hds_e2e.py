@@ -53,8 +53,9 @@ class Mesh:
         await self.registry.put(self.registry.prefix + key, json.dumps(value).encode())
 
 
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+@pytest.fixture(name="mesh")
+async def mesh_fixture(tmp_path: Path) -> AsyncIterator[Mesh]:
+    """etcd with a registry client; meshd replicas started by the test, all stopped after."""
     etcd = EmbeddedEtcd(tmp_path / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
     await etcd.start()
     registry = EtcdRegistry(etcd.endpoint)

@@ -21,7 +21,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 
 from integration.harness import free_port, http_get
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.test_hds_e2e import Mesh, mesh, start_meshd  # noqa: F401  (fixture)
+from tests.test_hds_e2e import Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
 from xds_server.bootstrap import bootstrap
 from xds_server.server.lrs import LRS_SERVICE
 
