@@ -61,10 +61,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--report-interval-ms",
         type=int,
         default=int(_env("MESHD_REPORT_INTERVAL_MS", "10000") or 10000),
-        help="how often Envoys send LRS load reports and HDS results",
+        help="how often Envoys send LRS load reports and HDS results (HDS: sooner when a "
+        "service's health_check interval is shorter)",
     )
     p.add_argument("--grace", type=float, default=2.0, help="seconds to close streams on stop")
     args = p.parse_args(argv)
+    if not 100 <= args.report_interval_ms <= 3_600_000:
+        p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
     if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
         p.error(f"--prefix must start and end with '/': {args.prefix!r}")
     return args
@@ -87,7 +90,11 @@ async def run(args: argparse.Namespace) -> int:
         log.info("started embedded etcd at %s (data in %s)", endpoint, embedded.data_dir)
     registry = EtcdRegistry(endpoint, args.prefix)
     config = MeshConfig(
-        xds=args.xds, metrics=args.metrics or None, admin=args.admin or None, auth=auth
+        xds=args.xds,
+        metrics=args.metrics or None,
+        admin=args.admin or None,
+        auth=auth,
+        report_interval_ms=args.report_interval_ms,
     )
     app = MeshApp(registry, config)
     stop = asyncio.Event()
