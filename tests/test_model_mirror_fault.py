@@ -138,3 +138,10 @@ def test_mirror_and_fault_translate_to_policy_and_per_route_filter_config() -> N
     assert fault.delay.fixed_delay.ToMilliseconds() == 1500
     assert fault.delay.percentage.numerator == 40
     assert translator.index[ROUTE]["public"].refs >= {"web.default", "web.default|v1"}
+
+
+def test_an_empty_regex_is_refused_as_envoy_would() -> None:
+    """Found by tests/test_envoy_accepts_props.py: RE2 takes "", Envoy's RegexMatcher not."""
+    problem = parse({**BASE, "match": {"regex": ""}})
+    assert isinstance(problem, Problem)
+    assert (problem.field, "must not be empty" in problem.reason) == ("match.regex", True)

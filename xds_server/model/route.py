@@ -159,6 +159,9 @@ def _match(o: Obj) -> Match:
     if kind in ("prefix", "path") and not value.startswith("/"):
         raise ValidationError(o.field(kind), "must start with '/'")
     if kind == "regex":
+        if not value:
+            # RE2 accepts the empty pattern; Envoy's RegexMatcher requires at least 1 char.
+            raise ValidationError(o.field("regex"), "must not be empty (use prefix: '/')")
         check_re2(value, o.field("regex"))
     headers = o.str_map("headers") or {}
     for name in headers:
