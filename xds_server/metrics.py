@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from xds_server.model.names import KINDS
 from xds_server.translate.names import SHORT
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -119,6 +120,13 @@ class Metrics:
             "meshd_resources", "Envoy resources in the cache, by type", ["type"], registry=r
         )
         self.health = HealthMetrics(r)
+        # Every series an alert or dashboard reads exists from the start, at 0: a query for
+        # NACKs or rejections returns data (zeros) before the first one happens.
+        for short in SHORT.values():
+            for family in (self.pushes, self.push_bytes, self.nacks, self.push_latency):
+                family.labels(short)
+        for kind in (*KINDS, "unknown"):
+            self.rejected_entries.labels(kind).set(0)
         self.convergence = ConvergenceTracker(
             self.convergence_seconds, self.convergence_abandoned, clock=clock
         )
@@ -246,7 +254,7 @@ class StreamCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         # This runs in the metrics server's thread while the event loop mutates streams:
         # take C-level snapshots (list() of a dict holds the GIL) and tolerate a race.
-        counts: dict[tuple[str, str, str], int] = {}
+        counts: dict[tuple[str, str, str], int] = {}  # every state of a seen pair, 0 included
         ages: dict[str, float] = {}
         now = self._clock()
         for stream in list(self._source()):
@@ -254,8 +262,9 @@ class StreamCollector(Collector):
             ages.setdefault(cluster, 0.0)
             for type_url, ts in list(stream.types.items()):
                 short = _short_type(type_url)
-                key = (cluster, short, ts.state)
-                counts[key] = counts.get(key, 0) + 1
+                for state in SYNC_STATES:
+                    counts.setdefault((cluster, short, state), 0)
+                counts[(cluster, short, ts.state)] += 1
                 if ts.awaiting and ts.last_push is not None:
                     ages[cluster] = max(ages[cluster], now - ts.last_push)
         types = self._types_family()

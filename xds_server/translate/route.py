@@ -166,7 +166,11 @@ def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Rout
     if route.mirror is not None:
         action.request_mirror_policies.append(mirror_policy(route.mirror))
     action.hash_policy.extend(_hash_policies(services[d.service] for d in live))
-    out = rc.Route(name=route.key_name, match=_match(route), route=action)
+    # stat_prefix turns on Envoy's per-route stats (vhost.<host>.route.<ns/name>.*),
+    # tagged mesh_route by the generated bootstrap.
+    out = rc.Route(
+        name=route.key_name, match=_match(route), route=action, stat_prefix=route.key_name
+    )
     if route.rate_limit is not None:
         out.typed_per_filter_config[LOCAL_RATELIMIT].CopyFrom(rate_limit_config(route.rate_limit))
     if route.fault is not None:
