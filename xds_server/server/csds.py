@@ -75,8 +75,7 @@ def node_matches(matchers: list[node_pb2.NodeMatcher], conn: Connection) -> bool
 def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.ClientConfig:
     """One node's config status, per resource."""
     out = csds_pb2.ClientConfig(
-        node=base_pb2.Node(id=conn.stream.node_id, cluster=conn.stream.node_cluster),
-        client_type_url="",
+        node=base_pb2.Node(id=conn.stream.node_id, cluster=conn.stream.node_cluster)
     )
     for t in TYPE_ORDER:
         ts = conn.stream.types.get(t)

@@ -36,7 +36,9 @@ def _uint32_value(number: int, value: int) -> bytes:
 
 @functools.lru_cache(maxsize=1 << 18)
 def lb_endpoint(address: str, port: int, health_status: int, weight: int) -> bytes:
-    """One LbEndpoint message, memoized (endpoints change one at a time)."""
+    """One LbEndpoint as a ``lb_endpoints`` field (tag and length included), memoized:
+    endpoints change one at a time, and re-encoding a big assignment after one change
+    is then a join of cached bytes."""
     v = encode_varint
     a = address.encode()
     socket_address = b"\x12" + v(len(a)) + a + b"\x18" + v(port)
@@ -46,16 +48,15 @@ def lb_endpoint(address: str, port: int, health_status: int, weight: int) -> byt
     if health_status:
         out += b"\x10" + v(health_status)
     weight_value = b"\x08" + v(weight) if weight else b""
-    return out + b"\x22" + v(len(weight_value)) + weight_value  # load_balancing_weight = 4
+    out += b"\x22" + v(len(weight_value)) + weight_value  # load_balancing_weight = 4
+    return b"\x12" + v(len(out)) + out  # LocalityLbEndpoints.lb_endpoints = 2
 
 
 def locality_group(zone: str, lb_endpoints: list[bytes], weight: int) -> bytes:
-    """One LocalityLbEndpoints message (locality always present, weight always set)."""
+    """One LocalityLbEndpoints message (locality always present, weight always set);
+    ``lb_endpoints`` are :func:`lb_endpoint` fields."""
     locality = _field(2, zone.encode()) if zone else b""
-    parts = [_field(1, locality)]
-    parts += [_field(2, lb) for lb in lb_endpoints]
-    parts.append(_uint32_value(3, weight))
-    return b"".join(parts)
+    return b"".join([_field(1, locality), *lb_endpoints, _uint32_value(3, weight)])
 
 
 def cluster_load_assignment(name: str, groups: list[bytes]) -> bytes:

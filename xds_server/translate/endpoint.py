@@ -8,6 +8,7 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from xds_server.model import Endpoint, Service
+from xds_server.model.endpoint import canonical_ip
 from xds_server.translate import eds_wire
 from xds_server.translate.names import ENDPOINT, cluster_name
 from xds_server.translate.resource import Resource, resource_from_bytes
@@ -51,7 +52,7 @@ def plan(
                 status = health_check_pb2.DRAINING
             elif health and ep.id in health:
                 status = health[ep.id]  # type: ignore[assignment]
-            for addr in (ep.address,) if ep.is_ip else resolve(ep.address):
+            for addr in (ep.address,) if canonical_ip(ep.address) else resolve(ep.address):
                 rows.append((addr, port, status, ep.weight))
                 total += ep.weight
         if total:
