@@ -41,6 +41,7 @@ def test_weighted_split_over_subsets_and_zero_weight_gets_nothing(mesh: Mesh) ->
     mesh.start_envoy()
     mesh.wait_answer(lambda: mesh.get()[0] == 200, "the split route")
     n = 1000
+    v2_before = backends["v2"].stats()["requests"]  # the warm-up request may have landed
     counts = mesh.counts(n)
     assert set(counts) <= {"v1", "v2", "v3"}, counts
     # sd of a share p over 1000 draws is at most 0.016: +-0.065 is > 4 sd.
@@ -48,7 +49,7 @@ def test_weighted_split_over_subsets_and_zero_weight_gets_nothing(mesh: Mesh) ->
         assert abs(counts[v] / n - weight) < 0.065, (v, counts)
     assert idle.stats()["requests"] == 0
     # Each subset's cluster holds only its own endpoint: v2 traffic never reached v1.
-    assert backends["v2"].stats()["requests"] == counts["v2"]
+    assert backends["v2"].stats()["requests"] - v2_before == counts["v2"]
 
 
 def test_matches_land_where_they_say_and_order_rules_hold(mesh: Mesh) -> None:
