@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures_etcd", "tests.fixtures_envoy", "tests.behaviour_mesh", "tests.fixtures_admin"]
+pytest_plugins = [
+    "tests.fixtures_etcd",
+    "tests.fixtures_envoy",
+    "tests.behaviour_mesh",
+    "tests.fixtures_admin",
+]

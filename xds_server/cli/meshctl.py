@@ -1,17 +1,23 @@
-"""``meshctl``: the command-line client. For now: ``meshctl bootstrap``.
+"""``meshctl``: the command-line client (``shared/spec/interfaces.md``).
 
-Exit codes (``shared/spec/interfaces.md``): 0 ok, 1 user or validation error,
-2 admin API unreachable or auth failure.
+``bootstrap`` works offline; every other command talks to meshd's admin API
+(``--admin HOST:PORT`` / ``MESHCTL_ADMIN``, token from ``--token`` / ``MESHCTL_TOKEN``;
+both global flags work before or after the command name). Output: ``-o table`` (default,
+for people), ``json`` (one document) or ``yaml``. Exit codes: 0 ok, 1 user or validation
+error, 2 admin API unreachable or auth failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from xds_server.app import split_hostport
 from xds_server.bootstrap import bootstrap, render
+from xds_server.cli import commands
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -49,7 +55,86 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--delta", action="store_true", help="use Delta (incremental) ADS")
     b.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     b.set_defaults(func=_bootstrap)
+    _admin_commands(sub)
+    # Global flags also before the command name (their defaults live here).
+    _global_flags(p, suppress=False)
     return p
+
+
+def _global_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """``--admin`` and ``--token``: on the main parser with defaults, and on every command
+    with SUPPRESS so a value given after the command name wins without erasing one given
+    before it."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument(
+        "--admin",
+        default=default(os.environ.get("MESHCTL_ADMIN", "127.0.0.1:18001")),
+        help="meshd admin API HOST:PORT (env MESHCTL_ADMIN)",
+    )
+    p.add_argument(
+        "--token",
+        default=default(os.environ.get("MESHCTL_TOKEN")),
+        help="admin API bearer token (env MESHCTL_TOKEN)",
+    )
+
+
+def _command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    func: Callable[[commands.Client, argparse.Namespace], int],
+    help_: str,
+) -> argparse.ArgumentParser:
+    c: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+    _global_flags(c, suppress=True)
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.set_defaults(func=functools.partial(commands.run, func=func))
+    return c
+
+
+def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = _command(
+        sub, "apply", commands.apply, "create or update the documents in FILE, all or nothing"
+    )
+    c.add_argument("-f", "--filename", required=True, help="YAML or JSON manifest ('-': stdin)")
+    c.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
+
+    c = _command(sub, "get", commands.get, "show registry entries")
+    c.add_argument("kind", help="services, endpoints, routes or listeners")
+    c.add_argument("name", nargs="?", help="entry name (endpoints: SERVICE or SERVICE/ID)")
+    c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
+
+    c = _command(sub, "delete", commands.delete, "delete one registry entry")
+    c.add_argument("kind", help="services, endpoints, routes or listeners")
+    c.add_argument("name", help="entry name (endpoints: SERVICE/ID)")
+    c.add_argument("-n", "--namespace", help="namespace (default: default)")
+    c.add_argument("--revision", type=int, default=0, help="only if still at this revision")
+
+    c = _command(sub, "split", commands.split, "replace a route's destinations in one write")
+    c.add_argument("route", help="route name")
+    c.add_argument("destinations", nargs="+", metavar="SERVICE[@SUBSET]=WEIGHT")
+    c.add_argument("-n", "--namespace", help="the route's namespace (default: default)")
+    c.add_argument("--revision", type=int, default=0, help="only if still at this revision")
+
+    c = _command(sub, "proxy-status", commands.proxy_status, "what every connected proxy runs")
+    c.add_argument("node_id", nargs="?", help="one node only")
+
+    c = _command(sub, "proxy-config", commands.proxy_config, "the config a proxy was last sent")
+    c.add_argument("node_id")
+    c.add_argument("--type", choices=("CDS", "EDS", "LDS", "RDS", "cds", "eds", "lds", "rds"))
+
+    c = _command(sub, "errors", commands.errors, "rejected registry entries and why")
+    c.add_argument("-n", "--namespace", help="one namespace only")
+
+    c = _command(sub, "watch", commands.watch, "stream mesh events until Ctrl-C")
+    c.add_argument(
+        "--type",
+        action="append",
+        help="event type (registry_put, registry_delete, registry_rejected, push, nack, "
+        "proxy_connected, proxy_disconnected, health); repeatable",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,164 @@
+"""Plain-text tables for people (``meshctl`` default output) and row builders per kind."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from xds_server.admin.api import admin_pb2 as pb
+from xds_server.admin.entries import spec_json
+
+STATE_NAMES = {
+    pb.SYNC_STATE_SYNCED: "SYNCED",
+    pb.SYNC_STATE_STALE: "STALE",
+    pb.SYNC_STATE_NACKED: "NACKED",
+    pb.SYNC_STATE_NOT_SENT: "NOT_SENT",
+}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    cells = [[str(c) for c in header], *([_cell(c) for c in row] for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _spec(entry: pb.Entry) -> dict[str, Any]:
+    return spec_json(entry.spec) if not entry.raw else {}
+
+
+def entry_rows(kind: int, entries: Sequence[pb.Entry]) -> tuple[list[str], list[list[object]]]:
+    """Header and rows of ``meshctl get`` for one kind."""
+    rows: list[list[object]] = []
+    if kind == pb.KIND_SERVICE:
+        header = ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "REVISION"]
+        for e in entries:
+            s = _spec(e)
+            subsets = ",".join(sorted(s.get("subsets") or {}))
+            rows.append(
+                [
+                    e.ref.namespace,
+                    e.ref.name,
+                    s.get("port"),
+                    s.get("protocol", "http"),
+                    subsets,
+                    e.revision,
+                ]
+            )
+    elif kind == pb.KIND_ENDPOINT:
+        header = [
+            "NAMESPACE",
+            "SERVICE",
+            "ID",
+            "ADDRESS",
+            "PORT",
+            "WEIGHT",
+            "ZONE",
+            "DRAINING",
+            "LEASE",
+        ]
+        for e in entries:
+            s = _spec(e)
+            rows.append(
+                [
+                    e.ref.namespace,
+                    e.ref.service,
+                    e.ref.name,
+                    s.get("address"),
+                    s.get("port"),
+                    s.get("weight", 100),
+                    s.get("zone"),
+                    bool(s.get("draining", False)),
+                    f"{e.lease:x}" if e.lease else "",
+                ]
+            )
+    elif kind == pb.KIND_ROUTE:
+        header = ["NAMESPACE", "NAME", "LISTENER", "MATCH", "DESTINATIONS", "REVISION"]
+        for e in entries:
+            s = _spec(e)
+            match = s.get("match") or {}
+            how = next(
+                (f"{k}={match[k]}" for k in ("prefix", "path", "regex") if k in match), "prefix=/"
+            )
+            dests = ",".join(
+                _destination(d) for d in s.get("destinations") or [] if isinstance(d, dict)
+            )
+            rows.append([e.ref.namespace, e.ref.name, s.get("listener"), how, dests, e.revision])
+    else:
+        header = ["NAME", "ADDRESS", "PORT", "PROTOCOL", "NODES", "REVISION"]
+        for e in entries:
+            s = _spec(e)
+            nodes = ",".join(s.get("nodes") or ["*"])
+            rows.append(
+                [
+                    e.ref.name,
+                    s.get("address", "0.0.0.0"),
+                    s.get("port"),
+                    s.get("protocol", "http"),
+                    nodes,
+                    e.revision,
+                ]
+            )
+    for e, row in zip(entries, rows, strict=True):
+        if e.raw:
+            row.append(f"rejected value: {json.dumps(e.raw)[:40]}")
+    if any(e.raw for e in entries):
+        header = [*header, "NOTE"]
+        for e, row in zip(entries, rows, strict=True):
+            if not e.raw:
+                row.append("")
+    return header, rows
+
+
+def _destination(d: dict[str, Any]) -> str:
+    subset = f"@{d['subset']}" if d.get("subset") else ""
+    return f"{d.get('service')}{subset}={d.get('weight')}"
+
+
+def short_version(version: str) -> str:
+    return version[:12]
+
+
+def proxy_rows(
+    proxies: Sequence[pb.ProxyStatus],
+) -> tuple[list[str], list[list[object]], list[str]]:
+    """``meshctl proxy-status``: one row per proxy, a state per type; NACK messages after."""
+    header = ["NODE_ID", "NODE_CLUSTER", "PROTOCOL", "CDS", "EDS", "LDS", "RDS", "LAST_PUSH"]
+    rows: list[list[object]] = []
+    notes: list[str] = []
+    for p in proxies:
+        by_type = {t.type: t for t in p.types}
+        states = []
+        last = 0.0
+        for name in ("CDS", "EDS", "LDS", "RDS"):
+            t = by_type.get(name)
+            if t is None:
+                states.append("NOT_SENT")
+                continue
+            state = STATE_NAMES.get(t.state, "?")
+            version = t.acked_version if t.state == pb.SYNC_STATE_SYNCED else t.sent_version
+            states.append(f"{state} {short_version(version)}".strip())
+            if t.state == pb.SYNC_STATE_NACKED:
+                notes.append(f"{p.node_id} {name} NACKED: {t.error}")
+            if t.HasField("last_push"):
+                last = max(last, t.last_push.ToMicroseconds() / 1e6)
+        pushed = _ago(last) if last else ""
+        rows.append([p.node_id, p.node_cluster, p.protocol, *states, pushed])
+    return header, rows, notes
+
+
+def _ago(ts: float) -> str:
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
