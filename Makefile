@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck install clean bench
+.PHONY: demo test lint typecheck install clean bench proto
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# Regenerate the admin API's Python code from proto/ (tests/test_admin_proto.py checks it).
+proto: $(STAMP)
+	$(BIN)/buf lint
+	$(BIN)/python proto/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python -m integration.bench_propagation
