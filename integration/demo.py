@@ -632,6 +632,7 @@ class Demo:
         typo = _compact(route_value({"v1": 75, "v2": 25}, weight_field="wieght"))
         p = self.ports
         data = shown_path(self.data_dir)
+        ctl_admin = f"{self.meshctl} --admin {HOST}:{p.admin}"
         return {
             "traffic": (
                 f"for i in $(seq 20); do curl -s {HOST}:{p.gateway}/; done | sort | uniq -c"
@@ -658,6 +659,11 @@ class Demo:
             "envoy": (
                 f"{self.envoy_cmd} -c {data}/gateway-2.yaml --disable-hot-restart --concurrency 1"
             ),
+            "ctl_split": f"{ctl_admin} split web-split web@v1=90 web@v2=10",
+            "ctl_routes": f"{ctl_admin} get routes",
+            "ctl_status": f"{ctl_admin} proxy-status",
+            "ctl_errors": f"{ctl_admin} errors",
+            "ctl_watch": f"{ctl_admin} watch",
         }
 
     def _print_banner(self) -> None:
@@ -676,7 +682,7 @@ class Demo:
             ),
             (
                 "meshd",
-                f"xDS {HOST}:{p.xds}, metrics http://{HOST}:{p.metrics}/metrics",
+                f"xDS {HOST}:{p.xds}, admin {HOST}:{p.admin}, metrics :{p.metrics}/metrics",
                 self.meshd.pid,
                 f"log {shown_path(self.meshd.log_path)}",
             ),
@@ -720,6 +726,14 @@ class Demo:
             f"     {c['metrics']}",
             f"     {c['envoy_stats']}",
             "   Run 2. again to fix it: the error disappears.",
+            "",
+            "4. The same through meshd's admin API: back to 90/10 in one call (it also replaces",
+            "   the typo'd destinations), then see the route, what the proxy runs, and no errors:",
+            f"     {c['ctl_split']}",
+            f"     {c['ctl_routes']}",
+            f"     {c['ctl_status']}",
+            f"     {c['ctl_errors']}",
+            f"     {c['ctl_watch']}        # live events, Ctrl-C to stop",
             "",
             "Attach another Envoy to meshd. Node cluster 'gateway' gets the same listener, and the",
             f"two Envoys share port {p.gateway} (SO_REUSEPORT). Ctrl-C here leaves it running:",
@@ -797,6 +811,22 @@ class Demo:
         self._shell(c["split"])
         took = self._wait(lambda: not self._shell(c["errors"]).strip(), 10.0, "the error to clear")
         self.out.write(f"check: error cleared {took:.2f} s after the fix\n")
+
+        # 5. meshctl: back to 90/10 through the admin API; the proxy is SYNCED.
+        self._shell(c["ctl_split"])
+        took = self._wait(
+            lambda: self._measure(50)["v2"] <= 12, 10.0, "the meshctl split to reach traffic"
+        )
+        self.out.write(f"check: meshctl split reached traffic within {took:.2f} s\n")
+        self._expect_share(self._measure(n), 10, 2.5, f"90/10 again over {n} requests")
+        if "web@v1=90,web@v2=10" not in self._shell(c["ctl_routes"]):
+            raise DemoError("meshctl get routes does not show the 90/10 split")
+        status = self._shell(c["ctl_status"])
+        if NODE_ID not in status or status.count("SYNCED") < 4:
+            raise DemoError(f"meshctl proxy-status does not show {NODE_ID} SYNCED:\n{status}")
+        if "no rejected registry entries" not in self._shell(c["ctl_errors"]):
+            raise DemoError("meshctl errors still lists a rejected entry")
+        self.out.write("check: meshctl split, get routes, proxy-status, errors ok\n")
 
 
 # --------------------------------------------------------------------------- entry point
