@@ -169,3 +169,47 @@ def test_tokens_file_yaml_and_errors(tmp_path: Path) -> None:
         load_tokens(path)
     with pytest.raises(ValueError, match="cannot read"):
         load_tokens(tmp_path / "missing.yaml")
+
+
+def test_meshd_refuses_an_open_admin_api_beyond_loopback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xds_server.cli.meshd",
+            "--admin",
+            "0.0.0.0:0",
+            "--data-dir",
+            str(tmp_path),
+            "--metrics",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "needs --tokens" in out.stderr
+    assert not (tmp_path / "etcd").exists()  # refused before starting anything
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"tokens": [{"token": "abcd", "role": "root"}]}')
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xds_server.cli.meshd",
+            "--tokens",
+            str(bad),
+            "--data-dir",
+            str(tmp_path),
+            "--metrics",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "tokens[0].role" in out.stderr
