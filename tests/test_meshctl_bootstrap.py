@@ -24,7 +24,12 @@ def test_bootstrap_yaml_is_valid_for_envoy(tmp_path: object) -> None:
     out = meshctl("bootstrap", "--node-id", "gw-1", "--node-cluster", "gateway", "--delta")
     assert out.returncode == 0, out.stderr
     doc = yaml.safe_load(out.stdout)
-    assert doc["node"] == {"id": "gw-1", "cluster": "gateway"}
+    assert doc["node"] == {
+        "id": "gw-1",
+        "cluster": "gateway",
+        # Where Prometheus finds this Envoy's stats (meshd's /sd/envoy reads it).
+        "metadata": {"admin_host": "127.0.0.1", "admin_port": 9901},
+    }
     assert doc["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     path = f"{tmp_path}/b.yaml"
     with open(path, "w") as f:

@@ -39,7 +39,8 @@ class Reg:
 
 
 def test_grpc_health_check_uses_http2_codec_not_http3() -> None:
-    reg = Reg({"services/default/g": {"protocol": "grpc", "port": 9, "health_check": {}}})
+    hc = {"every_proxy": True}  # Envoy's own active check (HDS checks are not in the cluster)
+    reg = Reg({"services/default/g": {"protocol": "grpc", "port": 9, "health_check": hc}})
     res = reg.tr.index[CLUSTER]["g.default"]
     cluster = cluster_pb2.Cluster.FromString(res.body)
     assert cluster.health_checks[0].http_health_check.codec_client_type == http_pb2.HTTP2
