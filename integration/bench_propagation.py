@@ -87,7 +87,8 @@ def run(changes: int, delta: bool, workdir: Path) -> dict[str, float]:
     etcd.start_sync()
     loop = asyncio.new_event_loop()
     registry = EtcdRegistry(etcd.endpoint)
-    v1, v2 = start_backend("v1"), start_backend("v2")
+    # Backends in their own processes: the polling client must not share a GIL with them.
+    v1, v2 = start_backend("v1", subprocess=True), start_backend("v2", subprocess=True)
     listener = free_port()
     xds = free_port()
     meshd = envoy = None

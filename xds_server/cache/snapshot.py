@@ -96,19 +96,39 @@ class Scope:
         return result
 
 
+Interest = Mapping[str, tuple[bool, frozenset[str]]]
+"""What a stream listens to, per type URL: (wildcard, explicitly subscribed names)."""
+
+
 @dataclass(eq=False)
 class Watcher:
-    """A stream's inbox: names changed per type (with their old resource), and a wake-up."""
+    """A stream's inbox: names changed per type (with their old resource), and a wake-up.
+
+    ``interest`` is None until the stream declares one (:meth:`ConfigCache.set_interest`):
+    such a watcher hears every change. Once declared, it hears only changes of types it
+    watches as a wildcard and of names it subscribed to, so an endpoint change wakes the
+    streams that hold that cluster and no others.
+    """
 
     event: asyncio.Event = field(default_factory=asyncio.Event)
     pending: Pending = field(default_factory=dict)
     scopes_changed: bool = False
+    interest: Interest | None = None
 
     def take(self) -> tuple[Pending, bool]:
         pending, scopes = self.pending, self.scopes_changed
         self.pending, self.scopes_changed = {}, False
         self.event.clear()
         return pending, scopes
+
+
+def _merge(w: Watcher, type_url: str, before: dict[str, Resource | None]) -> None:
+    mine = w.pending.setdefault(type_url, {})
+    if not mine:
+        mine.update(before)
+    else:
+        for name, old in before.items():
+            mine.setdefault(name, old)  # keep the oldest unseen value: what the client holds
 
 
 class ConfigCache:
@@ -126,6 +146,10 @@ class ConfigCache:
         self._scopes: dict[str, Scope] = {}
         self._scope_by_set: dict[frozenset[str], Scope] = {}
         self._watchers: set[Watcher] = set()
+        # Who hears a change: undeclared watchers hear all; the others by type or by name.
+        self._open: set[Watcher] = set()
+        self._wild: dict[str, set[Watcher]] = {t: set() for t in TYPE_ORDER}
+        self._by_name: dict[str, dict[str, set[Watcher]]] = {t: {} for t in TYPE_ORDER}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
         self._intern_limit = 1024
         self._set_xors: dict[tuple[str, frozenset[str]], tuple[int, int]] = {}
@@ -167,17 +191,24 @@ class ConfigCache:
         self.ready.set()
         if not olds and not delta.listeners_changed:
             return
-        for w in self._watchers:
-            for type_url, before in olds.items():
-                mine = w.pending.setdefault(type_url, {})
-                if not mine:
-                    mine.update(before)
-                else:
-                    for name, old in before.items():
-                        # Keep the oldest unseen value: it is what the client holds.
-                        mine.setdefault(name, old)
-            if delta.listeners_changed:
+        woken: set[Watcher] = set()
+        for type_url, before in olds.items():
+            for w in (*self._open, *self._wild[type_url]):
+                _merge(w, type_url, before)
+                woken.add(w)
+            by_name = self._by_name[type_url]
+            if not by_name:
+                continue
+            for name, old in before.items():
+                for w in by_name.get(name, ()):
+                    mine = w.pending.setdefault(type_url, {})
+                    mine.setdefault(name, old)  # the oldest unseen value: what the client holds
+                    woken.add(w)
+        if delta.listeners_changed:
+            for w in self._watchers:
                 w.scopes_changed = True
+            woken = self._watchers
+        for w in woken:
             w.event.set()
 
     # -- reads ------------------------------------------------------------------------
@@ -254,7 +285,36 @@ class ConfigCache:
     def watch(self) -> Watcher:
         w = Watcher()
         self._watchers.add(w)
+        self._open.add(w)
         return w
 
     def unwatch(self, w: Watcher) -> None:
+        self.set_interest(w, {})
         self._watchers.discard(w)
+        self._open.discard(w)
+
+    def set_interest(self, w: Watcher, interest: Interest) -> None:
+        """Declare what ``w`` listens to from now on (see :class:`Watcher`).
+
+        Cost is proportional to the names that changed: subscriptions are interned sets,
+        so an unchanged one is recognised by identity.
+        """
+        old = w.interest or {}
+        self._open.discard(w)
+        for t in set(old) | set(interest):
+            before = old.get(t, (False, frozenset()))
+            after = interest.get(t, (False, frozenset()))
+            if before[0] != after[0]:
+                (self._wild[t].add if after[0] else self._wild[t].discard)(w)
+            if before[1] is after[1]:
+                continue
+            by_name = self._by_name[t]
+            for name in before[1] - after[1]:
+                holders = by_name.get(name)
+                if holders is not None:
+                    holders.discard(w)
+                    if not holders:
+                        del by_name[name]
+            for name in after[1] - before[1]:
+                by_name.setdefault(name, set()).add(w)
+        w.interest = dict(interest)

@@ -151,6 +151,9 @@ class AdsServicer:
                         admin = admin_address(req.node, context.peer())
                     out += stream.on_request(req)
                     self._count_request(stream)
+                    # From here on, only changes to what it asked for wake this stream
+                    # (no await in between: no change can fall through the gap).
+                    self.cache.set_interest(watcher, stream.interest())
                 if conn is None and stream.node_id:
                     conn = self.streams.add(context.peer(), stream.protocol, stream)
                     conn.admin_address = admin

@@ -139,6 +139,10 @@ class StreamBase(Generic[S]):
         """Names of type ``t`` the client holds (listeners and route configurations)."""
         raise NotImplementedError
 
+    def interest(self) -> dict[str, tuple[bool, frozenset[str]]]:
+        """Per type asked for: (wildcard, subscribed names), for the cache's change routing."""
+        return {t: (ts.wildcard, ts.subscribed) for t, ts in self.types.items() if ts.started}
+
     def held(self, t: str) -> list[Resource]:
         """The resources of type ``t`` this proxy was last sent, by name (proxy config).
 

@@ -1,0 +1,72 @@
+"""Change routing in the cache: a change wakes only the streams that hold it."""
+
+from __future__ import annotations
+
+from xds_server.cache import ConfigCache
+from xds_server.cache.snapshot import Watcher
+from xds_server.translate import CLUSTER, ENDPOINT
+from xds_server.translate.resource import resource_from_bytes
+from xds_server.translate.translator import Delta
+
+
+def _change(cache: ConfigCache, type_url: str, name: str, body: bytes) -> None:
+    delta = Delta()
+    delta.changed[type_url][name] = resource_from_bytes(type_url, name, body)
+    cache.apply(delta, {}, cache.revision + 1)
+
+
+def _woken(w: Watcher) -> dict[str, set[str]]:
+    woke = w.event.is_set()
+    pending, _ = w.take()
+    return {t: set(names) for t, names in pending.items()} if woke else {}
+
+
+def test_changes_reach_only_the_watchers_that_hold_them() -> None:
+    cache = ConfigCache()
+    _change(cache, ENDPOINT, "a", b"1")
+    _change(cache, ENDPOINT, "b", b"1")
+    undeclared, holds_a, wild, cds_only = (cache.watch() for _ in range(4))
+    a = cache.intern({"a"})
+    cache.set_interest(holds_a, {ENDPOINT: (False, a)})
+    cache.set_interest(wild, {ENDPOINT: (True, frozenset())})
+    cache.set_interest(cds_only, {CLUSTER: (True, frozenset())})
+
+    _change(cache, ENDPOINT, "b", b"2")
+    assert _woken(undeclared) == {ENDPOINT: {"b"}}
+    assert _woken(holds_a) == {}
+    assert _woken(wild) == {ENDPOINT: {"b"}}
+    assert _woken(cds_only) == {}
+
+    _change(cache, ENDPOINT, "a", b"2")
+    assert _woken(holds_a) == {ENDPOINT: {"a"}}
+    assert _woken(cds_only) == {}
+
+    # Subscribing to b later: b's changes now reach it; unsubscribing a: a's do not.
+    cache.set_interest(holds_a, {ENDPOINT: (False, cache.intern({"b"}))})
+    _change(cache, ENDPOINT, "a", b"3")
+    _change(cache, ENDPOINT, "b", b"3")
+    assert _woken(holds_a) == {ENDPOINT: {"b"}}
+
+    # A listener change may move any stream's scope: everyone wakes.
+    delta = Delta(listeners_changed=True)
+    cache.apply(delta, {}, cache.revision + 1)
+    for w in (undeclared, holds_a, wild, cds_only):
+        assert w.event.is_set() and w.scopes_changed
+        w.take()
+
+    cache.unwatch(holds_a)
+    assert not any(cache._by_name[ENDPOINT].values())
+    _change(cache, ENDPOINT, "b", b"4")
+    assert _woken(holds_a) == {}
+
+
+def test_the_oldest_unseen_value_is_kept() -> None:
+    cache = ConfigCache()
+    _change(cache, ENDPOINT, "a", b"1")
+    first = cache.index[ENDPOINT]["a"]
+    w = cache.watch()
+    cache.set_interest(w, {ENDPOINT: (False, cache.intern({"a"}))})
+    _change(cache, ENDPOINT, "a", b"2")
+    _change(cache, ENDPOINT, "a", b"3")
+    pending, _ = w.take()
+    assert pending[ENDPOINT]["a"] is first  # what the client still holds
