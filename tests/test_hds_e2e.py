@@ -20,6 +20,7 @@ from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import BackendProcess, EnvoyProcess, free_port
 from tests.e2e import Load
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.test_meshctl import meshctl
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.bootstrap import bootstrap
 from xds_server.health.aggregate import Status
@@ -72,7 +73,12 @@ async def mesh_fixture(tmp_path: Path) -> AsyncIterator[Mesh]:
 async def start_meshd(mesh: Mesh) -> MeshApp:
     app = MeshApp(
         mesh.registry,
-        MeshConfig(xds=f"127.0.0.1:{free_port()}", metrics=None, report_interval_ms=INTERVAL_MS),
+        MeshConfig(
+            xds=f"127.0.0.1:{free_port()}",
+            metrics=None,
+            report_interval_ms=INTERVAL_MS,
+            admin="127.0.0.1:0",  # for meshctl health / topology
+        ),
     )
     await app.start()
     mesh.apps.append(app)
@@ -155,9 +161,18 @@ async def test_killed_backend_is_unhealthy_everywhere_within_budget_and_returns(
         )
         print(f"killed backend UNHEALTHY in all 4 Envoys' EDS after {took:.2f}s (budget {BUDGET}s)")
         assert took <= BUDGET, f"{took:.2f}s > {BUDGET}s"
-        (web,) = app.health.services("web")
-        assert {e.endpoint_id: e.status for e in web.endpoints}["ep-1"] is Status.UNHEALTHY
-        assert (web.healthy, web.total) == (2, 3)
+        # What people see: meshctl health (the real CLI over the admin API).
+        code, out, err = await meshctl(
+            "health", "web", "-o", "json", "--admin", f"127.0.0.1:{app.admin_port}"
+        )
+        assert code == 0, err
+        (web,) = json.loads(out)["services"]
+        assert {e["id"]: e["status"] for e in web["endpoints"]} == {
+            "ep-0": "HEALTHY",
+            "ep-1": "UNHEALTHY",
+            "ep-2": "HEALTHY",
+        }
+        assert (web["healthy"], web["total"]) == (2, 3)
         # Endpoints a proxy did not probe are marked through EDS all the same.
         not_probing = [n for n, keys in probers.items() if "default/web/ep-1" not in keys]
         assert not_probing, "every proxy probed the victim: the spread is not working"

@@ -2,12 +2,14 @@
 
 gateway -> a (the gateway Envoy), a -> b (a's sidecar Envoy, node cluster ``a.default``)
 under paced load of known rate; an allowed route gateway -> c that nobody uses is idle.
-Malformed and absurd reports from a fake proxy change nothing and are counted.
+Malformed and absurd reports from a fake proxy change nothing and are counted. The
+rates are read the way people read them: ``meshctl topology`` / ``meshctl recommend``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from integration.harness import free_port, http_get
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.test_hds_e2e import Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
+from tests.test_meshctl import meshctl
 from xds_server.bootstrap import bootstrap
 from xds_server.server.lrs import LRS_SERVICE
 
@@ -99,33 +102,40 @@ async def test_topology_rates_within_20_percent_and_idle_edge(
     await asyncio.to_thread(start, "a-1", "a.default")
     gw = PacedLoad(f"http://127.0.0.1:{public}/", rate=40).start()
     side = PacedLoad(f"http://127.0.0.1:{outbound}/", rate=20).start()
+    admin = ("--admin", f"127.0.0.1:{app.admin_port}")
+    window = 6
     try:
         await asyncio.sleep(1.5)  # warm-up: listeners up, first report sent
         t0, gw0, side0 = time.monotonic(), gw.done, side.done
-        window = 6.0
         await asyncio.sleep(window)
+        # Read through the real CLI while the load still runs: the window meshd measures
+        # (the last 6 s before each call) lies inside the steady load measured here.
+        (tcode, tout, terr), (rcode, rout, rerr) = await asyncio.gather(
+            meshctl("topology", "--window", str(window), "-o", "json", *admin),
+            meshctl("recommend", "--window", str(window), "-o", "json", *admin),
+        )
+        (red_b,) = app.topology.red("b", window=window)
         elapsed = time.monotonic() - t0
         real_gw, real_side = (gw.done - gw0) / elapsed, (side.done - side0) / elapsed
-        graph = app.topology.graph(window=window)
     finally:
         gw.stop()
         side.stop()
-    edges = {(e.source, e.destination): e for e in graph.edges}
+    assert tcode == 0 and rcode == 0, terr + rerr
+    edges = {(e["source"], e["destination"]): e for e in json.loads(tout)["edges"]}
     print(
-        "edges:",
-        {k: (round(e.rps, 1), e.idle) for k, e in edges.items()},
+        "meshctl topology edges:",
+        {k: (round(e["rps"], 1), e["idle"]) for k, e in edges.items()},
         f"real gw->a {real_gw:.1f}/s a->b {real_side:.1f}/s",
     )
     assert gw.failed == 0 and side.failed == 0
-    assert edges[("gateway", "default/a")].rps == pytest.approx(real_gw, rel=0.2)
-    assert edges[("default/a", "default/b")].rps == pytest.approx(real_side, rel=0.2)
+    assert edges[("gateway", "default/a")]["rps"] == pytest.approx(real_gw, rel=0.2)
+    assert edges[("default/a", "default/b")]["rps"] == pytest.approx(real_side, rel=0.2)
     idle = edges[("gateway", "default/c")]
-    assert idle.idle and idle.allowed and idle.rps == 0
-    assert not edges[("gateway", "default/a")].idle
-    (red_b,) = app.topology.red("b", window=window)
+    assert idle["idle"] and idle["allowed"] and idle["rps"] == 0
+    assert not edges[("gateway", "default/a")]["idle"]
     assert red_b.rps == pytest.approx(real_side, rel=0.2) and red_b.error_rate == 0
-    (rec,) = app.topology.recommend(window=window)
-    assert rec.service == "default/b" and rec.recommended_endpoints == 3  # ~20 rps / 8
+    (rec,) = json.loads(rout)["services"]
+    assert rec["service"] == "default/b" and rec["recommended_endpoints"] == 3  # ~20 rps / 8
     text = app.metrics.registry.get_sample_value(
         "meshd_edge_idle", {"source": "gateway", "destination": "default/c"}
     )

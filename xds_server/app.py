@@ -8,6 +8,7 @@ import gc
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,14 +17,19 @@ from xds_server.admin.server import start_admin_server
 from xds_server.cache import ConfigCache
 from xds_server.controller import Controller
 from xds_server.events import EventBus
+from xds_server.health.transitions import HealthTransitions
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import MetricsServer, ProxyTarget
+from xds_server.model import ServiceRef
 from xds_server.registry import Registry, WritableRegistry
 from xds_server.server.ads import AdsServicer, StreamRegistry
 from xds_server.server.hds import HdsServicer, HealthService
 from xds_server.server.health_sync import HealthSync
 from xds_server.server.lrs import LrsServicer, TopologyCollector, TopologyService
 from xds_server.state import ChangeSet, RegistryState
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logging.getLogger("meshd")
 
@@ -76,8 +82,12 @@ class MeshApp:
             lambda: [c.stream for c in list(self.streams.connections.values())]
         )
         interval = self.config.report_interval_ms / 1000
+        self.health_events = HealthTransitions(
+            self.events, registry.prefix, lambda: self.controller.state
+        )
+        """Verdict changes and panics as ``health`` events (admin Watch)."""
         self.health = HealthService(
-            interval, on_change=self.controller.set_health, metrics=self.metrics.health
+            interval, on_change=self._health_changed, metrics=self.metrics.health
         )
         """Aggregated endpoint health (HDS): ``health.services(name)`` for the admin API."""
         self.topology = TopologyService(interval, metrics=self.metrics.health)
@@ -124,6 +134,8 @@ class MeshApp:
                 self.streams,
                 self.events,
                 self.config.auth,
+                health=self.health,
+                topology=self.topology,
             )
         if self.config.metrics:
             host, port = split_hostport(self.config.metrics)
@@ -146,6 +158,14 @@ class MeshApp:
             for c in list(self.streams.connections.values())
             if c.admin_address
         ]
+
+    def _health_changed(
+        self, health: Mapping[ServiceRef, Mapping[str, int]], refs: set[ServiceRef]
+    ) -> None:
+        """Verdicts changed: re-translate EDS first (proxies matter most), then tell
+        watchers."""
+        self.controller.set_health(health, refs)
+        self.health_events.changed(health, refs, self.health.panicking)
 
     def _registry_changed(self, state: RegistryState, changes: ChangeSet) -> None:
         self.topology.registry_changed(state)

@@ -10,7 +10,8 @@ import ipaddress
 import logging
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from xds_server.admin.auth import Authenticator
@@ -19,6 +20,8 @@ from xds_server.events import EventBus
 from xds_server.registry import WritableRegistry
 from xds_server.server.ads import StreamRegistry
 from xds_server.server.csds import CSDS_SERVICE, CsdsServicer
+from xds_server.server.hds import HealthService
+from xds_server.server.lrs import TopologyService
 from xds_server.state import RegistryState
 
 log = logging.getLogger("meshd.admin")
@@ -60,22 +63,28 @@ async def start_admin_server(
     streams: StreamRegistry,
     events: EventBus,
     auth: Authenticator,
+    *,
+    health: HealthService | None = None,
+    topology: TopologyService | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving on ``address``; returns the server and the bound port."""
+    """Start serving on ``address``; returns the server and the bound port. ``health`` and
+    ``topology`` back GetHealth, GetTopology and GetRecommendations."""
     check_exposure(address, auth)
     server = grpc.aio.server(options=ADMIN_OPTIONS)
     server.add_generic_rpc_handlers(
         (
-            AdminServicer(registry, state, streams, events, auth).handler(),
+            AdminServicer(
+                registry, state, streams, events, auth, health=health, topology=topology
+            ).handler(),
             CsdsServicer(streams).handler(),
         )
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, CSDS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, CSDS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, CSDS_SERVICE, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = server.add_insecure_port(address)
     if port == 0:

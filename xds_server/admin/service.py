@@ -22,6 +22,7 @@ from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import Authenticator, Principal, require
 from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, from_mesh_error, invalid
+from xds_server.admin.health_topology import get_health, get_recommendations, get_topology
 from xds_server.admin.proxies import SHORT_TO_TYPE, connections, proxy_resources, proxy_status
 from xds_server.admin.watch import event_message, event_namespace, event_types
 from xds_server.errors import MeshError, RegistryConflict
@@ -30,6 +31,8 @@ from xds_server.model import Listener, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE, parse_key
 from xds_server.registry import WritableRegistry
 from xds_server.server.ads import StreamRegistry
+from xds_server.server.hds import HealthService
+from xds_server.server.lrs import TopologyService
 from xds_server.state import RegistryState, check_refs
 
 log = logging.getLogger("meshd.admin")
@@ -59,6 +62,9 @@ class AdminServicer:
         streams: StreamRegistry,
         events: EventBus,
         auth: Authenticator,
+        *,
+        health: HealthService | None = None,
+        topology: TopologyService | None = None,
     ) -> None:
         self.registry = registry
         self.prefix = registry.prefix
@@ -66,6 +72,10 @@ class AdminServicer:
         self.streams = streams
         self.events = events
         self.auth = auth
+        self.health = health
+        """Aggregated endpoint health (GetHealth); None: UNAVAILABLE."""
+        self.topology = topology
+        """Live topology and scaling advice (GetTopology, GetRecommendations)."""
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -454,6 +464,28 @@ class AdminServicer:
             return pb.GetProxyConfigResponse(
                 status=proxy_status(conn), resources=proxy_resources(conn, short)
             )
+
+        return await self._call(context, request, body)
+
+    # -- health and topology (bodies in health_topology.py) ---------------------------------------
+
+    async def GetHealth(self, request: pb.GetHealthRequest, context: _Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            return get_health(self.health, who, request)
+
+        return await self._call(context, request, body)
+
+    async def GetTopology(self, request: pb.GetTopologyRequest, context: _Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            return get_topology(self.topology, who, request)
+
+        return await self._call(context, request, body)
+
+    async def GetRecommendations(  # noqa: N802
+        self, request: pb.GetRecommendationsRequest, context: _Ctx
+    ) -> Message:
+        async def body(who: Principal) -> Message:
+            return get_recommendations(self.topology, who, request)
 
         return await self._call(context, request, body)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,17 @@ from google.protobuf import json_format
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
 from xds_server.cli.manifest import KIND_DOCS, ManifestError, dumps, parse_manifest, to_document
-from xds_server.cli.tables import entry_rows, proxy_rows, table
+from xds_server.cli.tables import (
+    ACTION_NAMES,
+    HEALTH_NAMES,
+    entry_rows,
+    health_rows,
+    proxy_rows,
+    recommend_rows,
+    table,
+    topology_dot,
+    topology_rows,
+)
 
 KIND_ALIASES: dict[str, pb.Kind] = {}
 for _kind, _names in {
@@ -334,4 +346,117 @@ def watch(client: Client, args: argparse.Namespace, out: TextIO | None = None) -
                 parts.append(ev.message)
             out.write(" ".join(str(p) for p in parts) + "\n")
         out.flush()
+    return 0
+
+
+# -- health and topology ----------------------------------------------------------------------
+
+
+def health(client: Client, args: argparse.Namespace) -> int:
+    """``meshctl health [SERVICE] [-n NS]``: aggregated endpoint health per service."""
+    req = pb.GetHealthRequest(service=args.service or "", namespace=args.namespace or "")
+    services = list(client.call("GetHealth", req).services)
+    if args.output in ("json", "yaml"):
+        docs = []
+        for s in services:
+            doc = _message_dict(s)
+            doc = {"service": f"{s.namespace}/{s.name}", **doc}
+            for ep, msg in zip(doc["endpoints"], s.endpoints, strict=True):
+                ep["status"] = HEALTH_NAMES.get(msg.status, "?")
+            docs.append(doc)
+        sys.stdout.write(dumps({"services": docs}, args.output))
+        return 0
+    if not services:
+        print("no services found", file=sys.stderr)
+        return 0
+    summary, srows, detail, drows = health_rows(services)
+    sys.stdout.write(table(summary, srows))
+    if drows:
+        sys.stdout.write("\n" + table(detail, drows))
+    return 0
+
+
+SVG_HELP = (
+    "-o svg needs Graphviz's `dot` on PATH (e.g. apt-get install graphviz); "
+    "-o dot prints the graph for rendering elsewhere"
+)
+
+
+def topology(client: Client, args: argparse.Namespace) -> int:
+    """``meshctl topology``: edges with rates; ``-o dot`` (Graphviz), ``-o svg`` (via dot)."""
+    dot = shutil.which("dot") if args.output == "svg" else None
+    if args.output == "svg" and dot is None:
+        # Fail before calling meshd: nothing it answers could be shown.
+        raise UserError(SVG_HELP)
+    if args.window < 0:
+        raise UserError(f"--window must be >= 0 seconds, got {args.window}")
+    resp = client.call("GetTopology", pb.GetTopologyRequest(window_seconds=args.window))
+    if args.output in ("json", "yaml"):
+        nodes = [
+            {"id": n.id, "kind": pb.NodeKind.Name(n.kind).removeprefix("NODE_KIND_").lower()}
+            for n in resp.nodes
+        ]
+        edges = [
+            {
+                "source": e.source,
+                "destination": e.destination,
+                "rps": e.rps,
+                "error_rate": e.error_rate,
+                "in_flight": e.in_flight,
+                "idle": e.idle,
+                "allowed": e.allowed,
+            }
+            for e in resp.edges
+        ]
+        doc = {"window_seconds": resp.window_seconds, "nodes": nodes, "edges": edges}
+        sys.stdout.write(dumps(doc, args.output))
+        return 0
+    if args.output == "dot":
+        sys.stdout.write(topology_dot(resp))
+        return 0
+    if dot is not None:
+        done = subprocess.run(
+            [dot, "-Tsvg"], input=topology_dot(resp), capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise UserError(f"dot -Tsvg failed: {done.stderr.strip() or done.returncode}")
+        sys.stdout.write(done.stdout)
+        return 0
+    if not resp.edges:
+        print(f"no edges (window {resp.window_seconds:g}s)")
+        return 0
+    header, rows = topology_rows(resp)
+    sys.stdout.write(table(header, rows))
+    print(f"window {resp.window_seconds:g}s")
+    return 0
+
+
+def recommend(client: Client, args: argparse.Namespace) -> int:
+    """``meshctl recommend``: endpoints the observed load needs, per service with scaling."""
+    if args.window < 0:
+        raise UserError(f"--window must be >= 0 seconds, got {args.window}")
+    resp = client.call(
+        "GetRecommendations", pb.GetRecommendationsRequest(window_seconds=args.window)
+    )
+    if args.output in ("json", "yaml"):
+        items = [
+            {
+                "service": f"{s.namespace}/{s.name}",
+                "observed_rps": s.scaling.observed_rps,
+                "target_rps_per_endpoint": s.scaling.target_rps_per_endpoint,
+                "current_endpoints": s.scaling.current_endpoints,
+                "recommended_endpoints": s.scaling.recommended_endpoints,
+                "action": ACTION_NAMES.get(s.scaling.action, "?"),
+            }
+            for s in resp.services
+        ]
+        doc = {"window_seconds": resp.window_seconds, "services": items}
+        sys.stdout.write(dumps(doc, args.output))
+        return 0
+    if not resp.services:
+        print('no services with scaling (registry: "scaling": {"target_rps_per_endpoint": N})')
+        return 0
+    header, rows = recommend_rows(resp.services)
+    sys.stdout.write(table(header, rows))
+    print(f"window {resp.window_seconds:g}s")
     return 0

@@ -86,10 +86,11 @@ def _command(
     name: str,
     func: Callable[[commands.Client, argparse.Namespace], int],
     help_: str,
+    outputs: Sequence[str] = ("table", "json", "yaml"),
 ) -> argparse.ArgumentParser:
     c: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
     _global_flags(c, suppress=True)
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.add_argument("-o", "--output", choices=outputs, default="table")
     c.set_defaults(func=functools.partial(commands.run, func=func))
     return c
 
@@ -127,6 +128,22 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     c = _command(sub, "errors", commands.errors, "rejected registry entries and why")
     c.add_argument("-n", "--namespace", help="one namespace only")
+
+    c = _command(sub, "health", commands.health, "aggregated endpoint health per service")
+    c.add_argument("service", nargs="?", help="one service: NAME or NS/NAME")
+    c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
+
+    c = _command(
+        sub,
+        "topology",
+        commands.topology,
+        "the service graph: allowed edges and observed traffic (svg needs Graphviz's dot)",
+        outputs=("table", "json", "yaml", "dot", "svg"),
+    )
+    c.add_argument("--window", type=int, default=0, help="seconds the rates cover (default 60)")
+
+    c = _command(sub, "recommend", commands.recommend, "endpoints the observed load needs")
+    c.add_argument("--window", type=int, default=0, help="seconds the load covers (default 60)")
 
     c = _command(sub, "watch", commands.watch, "stream mesh events until Ctrl-C")
     c.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,3 +163,121 @@ def _ago(ts: float) -> str:
 
     when = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- health and topology ----------------------------------------------------------------------
+
+HEALTH_NAMES = {v: k.removeprefix("HEALTH_STATUS_") for k, v in pb.HealthStatus.items() if v != 0}
+ACTION_NAMES = {
+    v: k.removeprefix("SCALING_ACTION_").lower() for k, v in pb.ScalingAction.items() if v != 0
+}
+
+
+def health_rows(
+    services: Sequence[pb.ServiceHealth],
+) -> tuple[list[str], list[list[object]], list[str], list[list[object]]]:
+    """``meshctl health``: a summary row per service, then a row per endpoint."""
+    summary = ["SERVICE", "HEALTHY", "ZONES", "CHECK", "NOTE"]
+    detail = ["SERVICE", "ENDPOINT", "ADDRESS", "ZONE", "STATUS", "REPORTS(H/U)", "CHECKERS"]
+    srows: list[list[object]] = []
+    drows: list[list[object]] = []
+    for s in services:
+        name = f"{s.namespace}/{s.name}"
+        zones = ", ".join(f"{z.zone or '-'} {z.healthy}/{z.total}" for z in s.zones)
+        # Envoy's panic threshold keeps traffic on all endpoints: people must see that.
+        note = "ALL UNHEALTHY (Envoy panic mode)" if s.all_unhealthy else ""
+        srows.append([name, f"{s.healthy}/{s.total}", zones, s.check_mode, note])
+        for e in s.endpoints:
+            reports = f"{e.healthy_reports}/{e.unhealthy_reports}"
+            drows.append(
+                [
+                    name,
+                    e.id,
+                    e.address,
+                    e.zone,
+                    HEALTH_NAMES.get(e.status, "?"),
+                    reports,
+                    ",".join(e.checkers),
+                ]
+            )
+    return summary, srows, detail, drows
+
+
+def topology_rows(resp: pb.GetTopologyResponse) -> tuple[list[str], list[list[object]]]:
+    """``meshctl topology``: one row per edge."""
+    header = ["SOURCE", "DESTINATION", "RPS", "ERROR_RATE", "IN_FLIGHT", "IDLE", "ALLOWED"]
+    rows: list[list[object]] = [
+        [
+            e.source,
+            e.destination,
+            f"{e.rps:.2f}",
+            f"{100 * e.error_rate:.1f}%",
+            e.in_flight,
+            e.idle,
+            e.allowed,
+        ]
+        for e in resp.edges
+    ]
+    return header, rows
+
+
+def recommend_rows(
+    services: Sequence[pb.ServiceRecommendation],
+) -> tuple[list[str], list[list[object]]]:
+    """``meshctl recommend``: one row per service with ``scaling``."""
+    header = ["SERVICE", "RPS", "TARGET_PER_ENDPOINT", "ENDPOINTS", "RECOMMENDED", "ACTION"]
+    rows: list[list[object]] = [
+        [
+            f"{s.namespace}/{s.name}",
+            f"{s.scaling.observed_rps:.2f}",
+            s.scaling.target_rps_per_endpoint,
+            s.scaling.current_endpoints,
+            s.scaling.recommended_endpoints,
+            ACTION_NAMES.get(s.scaling.action, "?"),
+        ]
+        for s in services
+    ]
+    return header, rows
+
+
+def _dot_id(value: str) -> str:
+    """A DOT quoted ID (node ids come from proxies' node clusters: never trust them)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    return f'"{escaped}"'
+
+
+def topology_dot(resp: pb.GetTopologyResponse) -> str:
+    """The graph in Graphviz DOT: services as boxes, proxy groups as ellipses; hot edges
+    thick and labelled with their rate, idle ones dashed grey, traffic no route allows red,
+    edges with errors orange (over 5 %: red)."""
+    lines = [
+        "digraph mesh {",
+        "  rankdir=LR;",
+        '  node [shape=box, style=rounded, fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
+    for n in resp.nodes:
+        shape = " [shape=ellipse]" if n.kind == pb.NODE_KIND_PROXY_GROUP else ""
+        lines.append(f"  {_dot_id(n.id)}{shape};")
+    for e in resp.edges:
+        attrs: list[str] = []
+        color = ""
+        if e.idle:
+            label = "idle"
+            attrs += ["style=dashed", "fontcolor=gray50"]
+            color = "gray50"
+        else:
+            label = f"{e.rps:.1f} rps"
+            if e.error_rate > 0:
+                label += f", {100 * e.error_rate:.1f}% errors"
+                color = "red" if e.error_rate > 0.05 else "orange"
+            attrs.append(f"penwidth={1 + min(4.0, math.log10(1 + e.rps)):.1f}")
+        if not e.allowed:
+            label += " (no route)"
+            color = "red"
+        attrs.insert(0, f"label={_dot_id(label)}")
+        if color:
+            attrs.append(f"color={color}")
+        lines.append(f"  {_dot_id(e.source)} -> {_dot_id(e.destination)} [{', '.join(attrs)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -45,6 +45,27 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PROXY_CONNECTED: _ClassVar[EventType]
     EVENT_TYPE_PROXY_DISCONNECTED: _ClassVar[EventType]
     EVENT_TYPE_HEALTH: _ClassVar[EventType]
+
+class HealthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_STATUS_UNSPECIFIED: _ClassVar[HealthStatus]
+    HEALTH_STATUS_HEALTHY: _ClassVar[HealthStatus]
+    HEALTH_STATUS_UNHEALTHY: _ClassVar[HealthStatus]
+    HEALTH_STATUS_UNKNOWN: _ClassVar[HealthStatus]
+    HEALTH_STATUS_DRAINING: _ClassVar[HealthStatus]
+
+class NodeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_KIND_UNSPECIFIED: _ClassVar[NodeKind]
+    NODE_KIND_SERVICE: _ClassVar[NodeKind]
+    NODE_KIND_PROXY_GROUP: _ClassVar[NodeKind]
+
+class ScalingAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCALING_ACTION_UNSPECIFIED: _ClassVar[ScalingAction]
+    SCALING_ACTION_OK: _ClassVar[ScalingAction]
+    SCALING_ACTION_SCALE_UP: _ClassVar[ScalingAction]
+    SCALING_ACTION_SCALE_DOWN: _ClassVar[ScalingAction]
 KIND_UNSPECIFIED: Kind
 KIND_SERVICE: Kind
 KIND_ENDPOINT: Kind
@@ -68,6 +89,18 @@ EVENT_TYPE_NACK: EventType
 EVENT_TYPE_PROXY_CONNECTED: EventType
 EVENT_TYPE_PROXY_DISCONNECTED: EventType
 EVENT_TYPE_HEALTH: EventType
+HEALTH_STATUS_UNSPECIFIED: HealthStatus
+HEALTH_STATUS_HEALTHY: HealthStatus
+HEALTH_STATUS_UNHEALTHY: HealthStatus
+HEALTH_STATUS_UNKNOWN: HealthStatus
+HEALTH_STATUS_DRAINING: HealthStatus
+NODE_KIND_UNSPECIFIED: NodeKind
+NODE_KIND_SERVICE: NodeKind
+NODE_KIND_PROXY_GROUP: NodeKind
+SCALING_ACTION_UNSPECIFIED: ScalingAction
+SCALING_ACTION_OK: ScalingAction
+SCALING_ACTION_SCALE_UP: ScalingAction
+SCALING_ACTION_SCALE_DOWN: ScalingAction
 
 class EntryRef(_message.Message):
     __slots__ = ("kind", "namespace", "service", "name")
@@ -378,3 +411,145 @@ class WatchResponse(_message.Message):
     message: str
     revision: int
     def __init__(self, type: _Optional[_Union[EventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key: _Optional[str] = ..., node_id: _Optional[str] = ..., resource_type: _Optional[str] = ..., version: _Optional[str] = ..., message: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetHealthRequest(_message.Message):
+    __slots__ = ("service", "namespace")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    namespace: str
+    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class EndpointHealth(_message.Message):
+    __slots__ = ("id", "zone", "address", "status", "checkers", "healthy_reports", "unhealthy_reports")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHECKERS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    zone: str
+    address: str
+    status: HealthStatus
+    checkers: _containers.RepeatedScalarFieldContainer[str]
+    healthy_reports: int
+    unhealthy_reports: int
+    def __init__(self, id: _Optional[str] = ..., zone: _Optional[str] = ..., address: _Optional[str] = ..., status: _Optional[_Union[HealthStatus, str]] = ..., checkers: _Optional[_Iterable[str]] = ..., healthy_reports: _Optional[int] = ..., unhealthy_reports: _Optional[int] = ...) -> None: ...
+
+class ZoneHealth(_message.Message):
+    __slots__ = ("zone", "healthy", "total")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    healthy: int
+    total: int
+    def __init__(self, zone: _Optional[str] = ..., healthy: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ServiceHealth(_message.Message):
+    __slots__ = ("namespace", "name", "healthy", "total", "zones", "endpoints", "check_mode", "all_unhealthy")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CHECK_MODE_FIELD_NUMBER: _ClassVar[int]
+    ALL_UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    healthy: int
+    total: int
+    zones: _containers.RepeatedCompositeFieldContainer[ZoneHealth]
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointHealth]
+    check_mode: str
+    all_unhealthy: bool
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., healthy: _Optional[int] = ..., total: _Optional[int] = ..., zones: _Optional[_Iterable[_Union[ZoneHealth, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., check_mode: _Optional[str] = ..., all_unhealthy: _Optional[bool] = ...) -> None: ...
+
+class GetHealthResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceHealth]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceHealth, _Mapping]]] = ...) -> None: ...
+
+class GetTopologyRequest(_message.Message):
+    __slots__ = ("window_seconds",)
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    window_seconds: int
+    def __init__(self, window_seconds: _Optional[int] = ...) -> None: ...
+
+class TopologyNode(_message.Message):
+    __slots__ = ("id", "kind")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: NodeKind
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[NodeKind, str]] = ...) -> None: ...
+
+class TopologyEdge(_message.Message):
+    __slots__ = ("source", "destination", "rps", "error_rate", "in_flight", "allowed", "idle")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    RPS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    destination: str
+    rps: float
+    error_rate: float
+    in_flight: int
+    allowed: bool
+    idle: bool
+    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ..., allowed: _Optional[bool] = ..., idle: _Optional[bool] = ...) -> None: ...
+
+class GetTopologyResponse(_message.Message):
+    __slots__ = ("nodes", "edges", "window_seconds")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[TopologyNode]
+    edges: _containers.RepeatedCompositeFieldContainer[TopologyEdge]
+    window_seconds: float
+    def __init__(self, nodes: _Optional[_Iterable[_Union[TopologyNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[TopologyEdge, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+
+class GetRecommendationsRequest(_message.Message):
+    __slots__ = ("window_seconds",)
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    window_seconds: int
+    def __init__(self, window_seconds: _Optional[int] = ...) -> None: ...
+
+class Scaling(_message.Message):
+    __slots__ = ("observed_rps", "target_rps_per_endpoint", "current_endpoints", "recommended_endpoints", "action")
+    OBSERVED_RPS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RPS_PER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    observed_rps: float
+    target_rps_per_endpoint: int
+    current_endpoints: int
+    recommended_endpoints: int
+    action: ScalingAction
+    def __init__(self, observed_rps: _Optional[float] = ..., target_rps_per_endpoint: _Optional[int] = ..., current_endpoints: _Optional[int] = ..., recommended_endpoints: _Optional[int] = ..., action: _Optional[_Union[ScalingAction, str]] = ...) -> None: ...
+
+class ServiceRecommendation(_message.Message):
+    __slots__ = ("namespace", "name", "scaling")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALING_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    scaling: Scaling
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., scaling: _Optional[_Union[Scaling, _Mapping]] = ...) -> None: ...
+
+class GetRecommendationsResponse(_message.Message):
+    __slots__ = ("services", "window_seconds")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceRecommendation]
+    window_seconds: float
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceRecommendation, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...

@@ -100,6 +100,21 @@ class MeshAdminServiceStub:
                 request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.WatchRequest.SerializeToString,
                 response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.GetHealth = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/GetHealth',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetHealthRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetHealthResponse.FromString,
+                _registered_method=True)
+        self.GetTopology = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/GetTopology',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTopologyRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTopologyResponse.FromString,
+                _registered_method=True)
+        self.GetRecommendations = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/GetRecommendations',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -197,6 +212,29 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHealth(self, request, context):
+        """GetHealth returns the aggregated endpoint health (HDS verdicts) per service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTopology(self, request, context):
+        """GetTopology returns the service graph: edges the routes allow joined with the traffic
+        the proxies report (LRS), over a sliding window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecommendations(self, request, context):
+        """GetRecommendations says, per service with `scaling`, how many endpoints the observed
+        load needs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +302,21 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.WatchRequest.FromString,
                     response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.WatchResponse.SerializeToString,
+            ),
+            'GetHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHealth,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetHealthRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetHealthResponse.SerializeToString,
+            ),
+            'GetTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTopology,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTopologyRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTopologyResponse.SerializeToString,
+            ),
+            'GetRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecommendations,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +671,87 @@ class MeshAdminService:
             '/apg.mesh.admin.v1.MeshAdminService/Watch',
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.WatchRequest.SerializeToString,
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/GetHealth',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetHealthRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/GetTopology',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTopologyRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTopologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/GetRecommendations',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

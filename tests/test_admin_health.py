@@ -1,0 +1,354 @@
+"""GetHealth, GetTopology, GetRecommendations and health events over the real admin API.
+
+A real meshd (``admin_mesh``: real etcd, MeshApp, admin gRPC server) with a registry
+seeded through the API. Health and load are fed through the real entry points the HDS
+and LRS servicers use (``app.health.connect`` / ``report``, ``app.topology.report``),
+with Envoy's own message types, so no Envoy is needed to get known verdicts and rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import load_report_pb2
+from envoy.service.health.v3 import hds_pb2
+from envoy.service.load_stats.v3 import lrs_pb2
+
+from tests.fixtures_admin import AdminMesh, bearer, entry, seed
+from xds_server.admin.api import admin_pb2 as pb
+from xds_server.admin.auth import OPEN
+from xds_server.admin.health_topology import get_health, get_recommendations, get_topology
+from xds_server.app import MeshApp
+
+pytestmark = pytest.mark.etcd
+
+CHECK = {"path": "/health", "interval_ms": 1000, "healthy_threshold": 1, "unhealthy_threshold": 1}
+WEB_PORTS = {"ep-0": 9001, "ep-1": 9002, "ep-2": 9003, "ep-3": 9004}
+CHECKERS = ("c1", "c2", "c3")
+
+MESH = [
+    entry(
+        pb.KIND_SERVICE,
+        "web",
+        {"port": 8080, "health_check": CHECK, "scaling": {"target_rps_per_endpoint": 5}},
+        ns="shop",
+    ),
+    *(
+        entry(
+            pb.KIND_ENDPOINT,
+            ep,
+            {
+                "address": "127.0.0.1",
+                "port": port,
+                "zone": "zone-a" if ep in ("ep-0", "ep-1") else "zone-b",
+                "draining": ep == "ep-3",
+            },
+            ns="shop",
+            service="web",
+        )
+        for ep, port in WEB_PORTS.items()
+    ),
+    entry(pb.KIND_SERVICE, "api", {"port": 8081}, ns="shop"),
+    entry(pb.KIND_ENDPOINT, "api-0", {"address": "127.0.0.1"}, ns="shop", service="api"),
+    entry(
+        pb.KIND_SERVICE,
+        "db",
+        {"port": 5432, "health_check": CHECK, "scaling": {"target_rps_per_endpoint": 100}},
+        ns="ops",
+    ),
+    entry(pb.KIND_ENDPOINT, "db-0", {"address": "127.0.0.1"}, ns="ops", service="db"),
+    entry(pb.KIND_LISTENER, "public", {"port": 10000, "nodes": ["gateway"]}),
+    entry(
+        pb.KIND_ROUTE,
+        "to-web",
+        {"listener": "public", "destinations": [{"service": "web"}]},
+        ns="shop",
+    ),
+    entry(
+        pb.KIND_ROUTE,
+        "to-api",
+        {"listener": "public", "match": {"prefix": "/api"}, "destinations": [{"service": "api"}]},
+        ns="shop",
+    ),
+    entry(
+        pb.KIND_ROUTE,
+        "to-db",
+        {"listener": "public", "match": {"prefix": "/db"}, "destinations": [{"service": "db"}]},
+        ns="ops",
+    ),
+]
+
+
+async def seed_mesh(mesh: AdminMesh, token: str | None = None) -> None:
+    """The registry above, in force in meshd's health view, with three checkers connected
+    (each probes every endpoint: 3 checkers, up to 3 per endpoint)."""
+    await seed(mesh.stub, MESH, metadata=bearer(token) if token else None)
+    app = mesh.app
+
+    def ready() -> bool:
+        web = app.health.services("shop/web")
+        return bool(web) and len(web[0].endpoints) == 4 and bool(app.health.services("ops/db"))
+
+    await mesh.wait_for(ready, "the registry in meshd's health view")
+    for node in CHECKERS:
+        app.health.connect(node, "zone-a")
+    assert all(len(keys) == 4 for keys in app.health.assignment().values())
+
+
+def report(app: MeshApp, verdicts: dict[str, bool], checkers: tuple[str, ...] = CHECKERS) -> None:
+    """Every checker in ``checkers`` reports ``verdicts`` (``ep-N`` of shop/web or
+    ``db-0`` of ops/db -> healthy) as an HDS EndpointHealthResponse."""
+    for node in checkers:
+        resp = hds_pb2.EndpointHealthResponse()
+        clusters: dict[str, hds_pb2.ClusterEndpointsHealth] = {}
+        for ep, healthy in verdicts.items():
+            cluster, port = ("db.ops", 5432) if ep == "db-0" else ("web.shop", WEB_PORTS[ep])
+            if cluster not in clusters:
+                clusters[cluster] = resp.cluster_endpoints_health.add(cluster_name=cluster)
+            loc = clusters[cluster].locality_endpoints_health.add()
+            eh = loc.endpoints_health.add(
+                health_status=health_check_pb2.HEALTHY if healthy else health_check_pb2.UNHEALTHY
+            )
+            eh.endpoint.address.socket_address.address = "127.0.0.1"
+            eh.endpoint.address.socket_address.port_value = port
+        app.health.report(node, resp)
+
+
+def load(app: MeshApp, node_id: str, node_cluster: str, **clusters: tuple[int, int]) -> None:
+    """One LRS report from ``node_id``: cluster -> (successful, errors) over one second."""
+    req = lrs_pb2.LoadStatsRequest()
+    for cluster, (ok, errors) in clusters.items():
+        cs = load_report_pb2.ClusterStats(cluster_name=cluster.replace("__", "."))
+        cs.load_report_interval.seconds = 1
+        cs.upstream_locality_stats.add(total_successful_requests=ok, total_error_requests=errors)
+        req.cluster_stats.append(cs)
+    outcome = app.topology.report(node_id, node_cluster, req)
+    assert not outcome.refused, outcome
+
+
+def feed_load(app: MeshApp) -> None:
+    """gateway -> shop/web 20 rps (10 % errors), gateway -> ops/db 5 rps, and shop/web's
+    sidecar -> shop/api 2 rps (no route allows it); gateway -> shop/api stays idle."""
+    load(app, "gw-1", "gateway", web__shop=(18, 2), db__ops=(5, 0))
+    # web's sidecar also holds (and so reports) db.ops, unused and allowed by no route:
+    # that is no edge.
+    load(app, "web-1", "web.shop", api__shop=(2, 0), db__ops=(0, 0))
+
+
+def statuses(svc: pb.ServiceHealth) -> dict[str, int]:
+    return {e.id: e.status for e in svc.endpoints}
+
+
+async def test_get_health_statuses_zones_and_filters(admin_mesh: AdminMesh) -> None:
+    await seed_mesh(admin_mesh)
+    report(admin_mesh.app, {"ep-0": True, "ep-1": False, "db-0": True})
+    stub = admin_mesh.stub
+
+    resp = await stub.GetHealth(pb.GetHealthRequest(service="web", namespace="shop"))
+    (web,) = resp.services
+    assert (web.namespace, web.name, web.healthy, web.total) == ("shop", "web", 1, 4)
+    assert statuses(web) == {
+        "ep-0": pb.HEALTH_STATUS_HEALTHY,
+        "ep-1": pb.HEALTH_STATUS_UNHEALTHY,
+        "ep-2": pb.HEALTH_STATUS_UNKNOWN,  # probed, nobody reported yet
+        "ep-3": pb.HEALTH_STATUS_DRAINING,
+    }
+    assert [(z.zone, z.healthy, z.total) for z in web.zones] == [
+        ("zone-a", 1, 2),
+        ("zone-b", 0, 2),
+    ]
+    ep0, ep1, _, ep3 = web.endpoints
+    assert list(ep0.checkers) == list(CHECKERS) and (
+        ep0.healthy_reports,
+        ep0.unhealthy_reports,
+    ) == (
+        3,
+        0,
+    )
+    assert (ep1.healthy_reports, ep1.unhealthy_reports) == (0, 3)
+    assert list(ep3.checkers) == []  # draining endpoints are not probed
+    assert ep0.address == "127.0.0.1" and ep0.zone == "zone-a"
+    assert web.check_mode == "hds" and not web.all_unhealthy
+
+    same = await stub.GetHealth(pb.GetHealthRequest(service="shop/web"))
+    assert same == resp
+    every = await stub.GetHealth(pb.GetHealthRequest())
+    assert [(s.namespace, s.name, s.check_mode) for s in every.services] == [
+        ("ops", "db", "hds"),
+        ("shop", "api", "none"),
+        ("shop", "web", "hds"),
+    ]
+    assert statuses(every.services[1]) == {"api-0": pb.HEALTH_STATUS_UNKNOWN}
+    shop = await stub.GetHealth(pb.GetHealthRequest(namespace="shop"))
+    assert [s.name for s in shop.services] == ["api", "web"]
+
+    async def code_of(req: pb.GetHealthRequest) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetHealth(req)
+        return err.value.code(), err.value.details() or ""
+
+    code, details = await code_of(pb.GetHealthRequest(service="nope", namespace="shop"))
+    assert code == grpc.StatusCode.NOT_FOUND and "shop/nope" in details
+    code, details = await code_of(pb.GetHealthRequest(service="a/b/c"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "service" in details
+    code, details = await code_of(pb.GetHealthRequest(service="shop/web", namespace="ops"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "contradicts" in details
+    code, details = await code_of(pb.GetHealthRequest(service="Web"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "DNS-1123" in details
+
+
+async def test_health_transitions_and_panic_are_watch_events(admin_mesh: AdminMesh) -> None:
+    await seed_mesh(admin_mesh)
+    app, prefix = admin_mesh.app, admin_mesh.prefix
+    call = admin_mesh.stub.Watch(pb.WatchRequest(types=[pb.EVENT_TYPE_HEALTH]))
+    await call.initial_metadata()  # subscribed from here on
+
+    async def next_events(n: int) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(n):
+            ev = await asyncio.wait_for(call.read(), 10)
+            assert isinstance(ev, pb.WatchResponse) and ev.type == pb.EVENT_TYPE_HEALTH
+            out.append((ev.key.removeprefix(prefix), ev.message))
+        return out
+
+    report(app, {"ep-0": True, "ep-1": True, "ep-2": True})
+    # The first checker's report already makes a majority of the fresh reports (1 of 1).
+    assert await next_events(3) == [
+        (
+            f"endpoints/shop/web/ep-{i}",
+            f"shop/web/ep-{i} UNKNOWN -> HEALTHY (shop/web: {n}/4 healthy)",
+        )
+        for i, n in ((0, 3), (1, 3), (2, 3))
+    ]
+    report(app, {"ep-0": False, "ep-1": False, "ep-2": False})
+    events = await next_events(4)
+    # Two of three checkers saying UNHEALTHY turn each verdict (the third is a tie-break).
+    assert events[:3] == [
+        (
+            f"endpoints/shop/web/ep-{i}",
+            f"shop/web/ep-{i} HEALTHY -> UNHEALTHY (shop/web: 0/4 healthy)",
+        )
+        for i in range(3)
+    ]
+    assert events[3][0] == "services/shop/web"
+    assert "every endpoint is UNHEALTHY" in events[3][1] and "panic" in events[3][1]
+    (web,) = (await admin_mesh.stub.GetHealth(pb.GetHealthRequest(service="shop/web"))).services
+    assert web.all_unhealthy and web.healthy == 0
+
+    report(app, {"ep-0": True})
+    assert await next_events(2) == [
+        ("endpoints/shop/web/ep-0", "shop/web/ep-0 UNHEALTHY -> HEALTHY (shop/web: 1/4 healthy)"),
+        ("services/shop/web", "shop/web: no longer all UNHEALTHY (panic over)"),
+    ]
+    call.cancel()
+
+
+async def test_topology_and_recommendations(admin_mesh: AdminMesh) -> None:
+    await seed_mesh(admin_mesh)
+    feed_load(admin_mesh.app)
+    stub = admin_mesh.stub
+    topo = await stub.GetTopology(pb.GetTopologyRequest(window_seconds=30))
+    assert topo.window_seconds == 30
+    assert [(n.id, n.kind) for n in topo.nodes] == [
+        ("gateway", pb.NODE_KIND_PROXY_GROUP),
+        ("ops/db", pb.NODE_KIND_SERVICE),
+        ("shop/api", pb.NODE_KIND_SERVICE),
+        ("shop/web", pb.NODE_KIND_SERVICE),
+    ]
+    edges = {
+        (e.source, e.destination): (e.rps, round(e.error_rate, 3), e.allowed, e.idle)
+        for e in topo.edges
+    }
+    assert edges == {
+        ("gateway", "ops/db"): (5.0, 0.0, True, False),
+        ("gateway", "shop/api"): (0.0, 0.0, True, True),  # allowed, no traffic: idle
+        ("gateway", "shop/web"): (20.0, 0.1, True, False),
+        ("shop/web", "shop/api"): (2.0, 0.0, False, False),  # traffic no route allows
+    }
+    default = await stub.GetTopology(pb.GetTopologyRequest())
+    assert default.window_seconds == 60 and len(default.edges) == 4
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetTopology(pb.GetTopologyRequest(window_seconds=100_000))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "window_seconds: must be at most 300" in (err.value.details() or "")
+
+    recs = await stub.GetRecommendations(pb.GetRecommendationsRequest(window_seconds=30))
+    assert recs.window_seconds == 30
+    got = {
+        f"{s.namespace}/{s.name}": (
+            s.scaling.observed_rps,
+            s.scaling.target_rps_per_endpoint,
+            s.scaling.current_endpoints,
+            s.scaling.recommended_endpoints,
+            s.scaling.action,
+        )
+        for s in recs.services
+    }
+    assert got == {
+        "ops/db": (5.0, 100, 1, 1, pb.SCALING_ACTION_OK),
+        # 20 rps at 5 per endpoint: 4 endpoints; 3 are not draining.
+        "shop/web": (20.0, 5, 3, 4, pb.SCALING_ACTION_SCALE_UP),
+    }
+
+
+async def test_viewer_of_another_namespace_sees_nothing_of_it(
+    admin_mesh_tokens: AdminMesh,
+) -> None:
+    mesh = admin_mesh_tokens
+    await seed_mesh(mesh, "edit-all")
+    report(mesh.app, {"ep-0": True, "db-0": True})
+    feed_load(mesh.app)
+    stub, viewer = mesh.stub, bearer("view-shop")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetHealth(pb.GetHealthRequest(service="ops/db"), metadata=viewer)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "health/ops/db: namespace 'ops' is outside ['shop']" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetHealth(pb.GetHealthRequest(namespace="ops"), metadata=viewer)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    seen = await stub.GetHealth(pb.GetHealthRequest(), metadata=viewer)
+    assert [f"{s.namespace}/{s.name}" for s in seen.services] == ["shop/api", "shop/web"]
+    every = await stub.GetHealth(pb.GetHealthRequest(), metadata=bearer("edit-all"))
+    assert len(every.services) == 3  # the filter, not an empty registry, hid ops/db
+
+    topo = await stub.GetTopology(pb.GetTopologyRequest(), metadata=viewer)
+    assert [n.id for n in topo.nodes] == ["gateway", "shop/api", "shop/web"]
+    assert all("ops/" not in e.source + e.destination for e in topo.edges)
+    assert len(topo.edges) == 3
+    recs = await stub.GetRecommendations(pb.GetRecommendationsRequest(), metadata=viewer)
+    assert [s.name for s in recs.services] == ["web"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetTopology(pb.GetTopologyRequest())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Health events of ops/db do not reach a shop viewer; shop's do.
+    call = stub.Watch(pb.WatchRequest(types=[pb.EVENT_TYPE_HEALTH]), metadata=viewer)
+    await call.initial_metadata()
+    report(mesh.app, {"db-0": False})
+    report(mesh.app, {"ep-1": True})
+    ev = await asyncio.wait_for(call.read(), 10)
+    assert isinstance(ev, pb.WatchResponse)
+    assert ev.key == f"{mesh.prefix}endpoints/shop/web/ep-1", ev
+    call.cancel()
+    (db,) = (
+        await stub.GetHealth(pb.GetHealthRequest(service="ops/db"), metadata=bearer("edit-all"))
+    ).services
+    assert statuses(db) == {"db-0": pb.HEALTH_STATUS_UNHEALTHY}  # it did change
+
+
+def test_without_health_or_topology_the_calls_say_unavailable() -> None:
+    """A servicer built without them (older wiring) answers UNAVAILABLE, not INTERNAL."""
+    calls: list[Callable[[], object]] = [
+        lambda: get_health(None, OPEN, pb.GetHealthRequest()),
+        lambda: get_topology(None, OPEN, pb.GetTopologyRequest()),
+        lambda: get_recommendations(None, OPEN, pb.GetRecommendationsRequest()),
+    ]
+    for call in calls:
+        with pytest.raises(Exception) as err:
+            call()
+        assert getattr(err.value, "code", None) == grpc.StatusCode.UNAVAILABLE
