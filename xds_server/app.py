@@ -170,7 +170,9 @@ class MeshApp:
     def _registry_changed(self, state: RegistryState, changes: ChangeSet) -> None:
         self.topology.registry_changed(state)
         if changes.services or changes.endpoints:
-            self.health.registry_changed(state, self.controller.dns.lookup)
+            self.health.registry_changed(
+                state, self.controller.dns.lookup, changes.services | changes.endpoints
+            )
 
     @property
     def revision(self) -> int:

@@ -86,7 +86,9 @@ class AdminServicer:
         for method in service.methods:
             request_cls = getattr(pb, method.input_type.name)
             response_cls = getattr(pb, method.output_type.name)
-            impl = getattr(self, method.name)
+            impl = getattr(self, method.name, None)
+            if impl is None:
+                continue  # declared but not served by this build: clients get UNIMPLEMENTED
             make = (
                 grpc.unary_stream_rpc_method_handler
                 if method.server_streaming

@@ -18,7 +18,7 @@ reports from several meshd replicas compare).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.health.aggregate import Aggregator, Status
@@ -132,33 +132,74 @@ class HealthMonitor:
 
     # -- inputs ----------------------------------------------------------------------
 
-    def update_registry(self, state: RegistryState, resolve: Resolver = _no_dns) -> None:
-        """Rebuild the probes from the registry state in force."""
-        self._services.clear()
-        self._modes.clear()
-        self._all_endpoints = {ref: dict(eps) for ref, eps in state.endpoints.items()}
-        for ref, svc in state.services.items():
-            hc = svc.health_check
-            self._modes[ref] = "none" if hc is None else "every_proxy" if hc.every_proxy else "hds"
-            if hc is None or hc.every_proxy:
+    def update_registry(
+        self,
+        state: RegistryState,
+        resolve: Resolver = _no_dns,
+        changed: Collection[ServiceRef] | None = None,
+    ) -> bool:
+        """Rebuild the probes of the ``changed`` services (None: all) from the registry in
+        force. Returns whether any probe changed (then the assignment was redone).
+
+        Incremental: an endpoint change of a service without mesh health checks costs a
+        dict update, not a walk over every endpoint of the registry.
+        """
+        refs: Collection[ServiceRef]
+        if changed is None:
+            refs = set(state.services) | set(self._modes) | set(self._all_endpoints)
+        else:
+            refs = changed
+        probes_changed = False
+        for ref in refs:
+            old = self._services.pop(ref, None)
+            self._modes.pop(ref, None)
+            eps = state.endpoints.get(ref)
+            if eps:
+                self._all_endpoints[ref] = dict(eps)
+            else:
+                self._all_endpoints.pop(ref, None)
+            svc = state.services.get(ref)
+            entry = self._probes(ref, svc, eps or {}, resolve) if svc is not None else None
+            if svc is not None:
+                hc = svc.health_check
+                self._modes[ref] = (
+                    "none" if hc is None else "every_proxy" if hc.every_proxy else "hds"
+                )
+            if entry is not None:
+                self._services[ref] = entry
+            old_probes = old.probes if old is not None else {}
+            new_probes = entry.probes if entry is not None else {}
+            if old != entry:  # probes, draining endpoints or the service's check settings
+                probes_changed = True
+                for target in old_probes.keys() - new_probes.keys():
+                    self.aggregator.forget_target(target)
+        if probes_changed:
+            self._reassign()
+        return probes_changed
+
+    def _probes(
+        self,
+        ref: ServiceRef,
+        svc: Service,
+        endpoints: Mapping[str, Endpoint],
+        resolve: Resolver,
+    ) -> _ServiceProbes | None:
+        """What the mesh probes for one service (None: no checks over HDS)."""
+        hc = svc.health_check
+        if hc is None or hc.every_proxy:
+            return None
+        entry = _ServiceProbes(svc)
+        for ep in endpoints.values():
+            if ep.draining:
+                entry.draining[ep.id] = ep
                 continue
-            entry = _ServiceProbes(svc)
-            for ep in state.endpoints.get(ref, {}).values():
-                if ep.draining:
-                    entry.draining[ep.id] = ep
-                    continue
-                port = ep.port if ep.port is not None else svc.port
-                addresses = (ep.address,) if ep.is_ip else resolve(ep.address)
-                if port is None or not addresses:
-                    continue
-                key = f"{ref.namespace}/{ref.name}/{ep.id}"
-                entry.probes[key] = Probe(key, ep.id, addresses[0], port, ep.zone)
-            self._services[ref] = entry
-        live = {key for e in self._services.values() for key in e.probes}
-        for target in list(self._probe_of):
-            if target not in live:
-                self.aggregator.forget_target(target)
-        self._reassign()
+            port = ep.port if ep.port is not None else svc.port
+            addresses = (ep.address,) if ep.is_ip else resolve(ep.address)
+            if port is None or not addresses:
+                continue
+            key = f"{ref.namespace}/{ref.name}/{ep.id}"
+            entry.probes[key] = Probe(key, ep.id, addresses[0], port, ep.zone)
+        return entry
 
     def set_checkers(self, checkers: Iterable[Checker]) -> None:
         """Every proxy able to probe, on any replica (deduplicated by node id)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import grpc
@@ -81,13 +81,17 @@ class HealthService:
     # -- inputs --------------------------------------------------------------------------
 
     def registry_changed(
-        self, state: RegistryState, resolve: Callable[[str], tuple[str, ...]]
+        self,
+        state: RegistryState,
+        resolve: Callable[[str], tuple[str, ...]],
+        changed: Collection[ServiceRef] | None = None,
     ) -> None:
-        """The registry in force changed: rebuild probes and re-spread them."""
+        """The registry in force changed (``changed`` services; None: any): rebuild their
+        probes, and re-spread the checks and wake the HDS streams only if probes moved."""
         self._state = state
-        self.monitor.update_registry(state, resolve)
-        self._publish(self.monitor.evaluate(self.clock()))
-        self._wake_all()
+        if self.monitor.update_registry(state, resolve, changed):
+            self._publish(self.monitor.evaluate(self.clock()))
+            self._wake_all()
 
     def set_remote(self, replica: str, checkers: list[Checker] | None) -> None:
         """Proxies connected to another replica (None: the replica is gone)."""
