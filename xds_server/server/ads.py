@@ -75,6 +75,8 @@ class AdsServicer:
         self.streams = streams
         self.clock = clock
         self.events = events or EventBus()
+        self._push_children: dict[str, tuple[Any, Any, Any]] = {}
+        self._request_children: dict[tuple[str, str], Any] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         sotw = grpc.stream_stream_rpc_method_handler(
@@ -205,7 +207,11 @@ class AdsServicer:
         if outcome is None:
             return
         short = SHORT.get(outcome.type_url, "other")
-        self.metrics.requests.labels(short, outcome.kind).inc()
+        key = (short, outcome.kind)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.metrics.requests.labels(*key)
+        child.inc()
         if outcome.kind == "nack":
             self.metrics.nacks.labels(short).inc()
             log.warning("NACK from node=%s type=%s: %s", stream.node_id, short, outcome.message)
@@ -221,13 +227,22 @@ class AdsServicer:
             log.warning("node=%s asked for unknown type %s", stream.node_id, outcome.type_url)
 
     def _count_push(self, resp: Response | DeltaResponse, *, from_change: bool) -> None:
-        short = SHORT[resp.type_url]
-        self.metrics.pushes.labels(short).inc()
-        self.metrics.push_bytes.labels(short).inc(resp.size)
-        if from_change and self.cache.changed_at:
-            self.metrics.push_latency.labels(short).observe(
-                time.monotonic() - self.cache.changed_at
+        children = self._push_children.get(resp.type_url)
+        if children is None:
+            # labels() costs a lock and a dict lookup per call; a change pushed to thousands
+            # of streams calls it thousands of times: look the children up once.
+            short = SHORT[resp.type_url]
+            m = self.metrics
+            children = self._push_children[resp.type_url] = (
+                m.pushes.labels(short),
+                m.push_bytes.labels(short),
+                m.push_latency.labels(short),
             )
+        pushes, push_bytes, latency = children
+        pushes.inc()
+        push_bytes.inc(resp.size)
+        if from_change and self.cache.changed_at:
+            latency.observe(time.monotonic() - self.cache.changed_at)
 
 
 def admin_address(node: Any, peer: str) -> str | None:
