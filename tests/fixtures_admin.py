@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,25 @@ def entry(
         ref=pb.EntryRef(kind=kind, namespace=ns, service=service, name=name),  # type: ignore[arg-type]
         spec=spec_struct(spec),
         revision=revision,
+    )
+
+
+async def rpc_error(call: Any) -> tuple[grpc.StatusCode, str]:
+    """Await a call that must fail; its status code and details."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+async def spawn_meshctl(*args: str) -> asyncio.subprocess.Process:
+    """A long-running ``meshctl`` (e.g. ``watch``) with its stdout piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "xds_server.cli.meshctl",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 

@@ -8,7 +8,7 @@ import json
 import grpc
 import pytest
 
-from tests.fixtures_admin import AdminMesh, entry, seed
+from tests.fixtures_admin import AdminMesh, entry, rpc_error, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.entries import spec_json
 from xds_server.model.entries import parse_entry
@@ -22,12 +22,6 @@ ROUTE = {
     "match": {"prefix": "/"},
     "destinations": [{"service": "web", "subset": "v1", "weight": 100}],
 }
-
-
-async def _code(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value.code(), info.value.details() or ""
 
 
 async def test_create_get_update_delete_with_revisions(admin_mesh: AdminMesh) -> None:
@@ -45,7 +39,7 @@ async def test_create_get_update_delete_with_revisions(admin_mesh: AdminMesh) ->
     assert got.entry.revision == created.entry.revision
     assert spec_json(got.entry.spec) == SVC
 
-    code, msg = await _code(
+    code, msg = await rpc_error(
         stub.CreateEntry(pb.CreateEntryRequest(entry=entry(pb.KIND_SERVICE, "web", SVC, ns="shop")))
     )
     assert code == grpc.StatusCode.ALREADY_EXISTS and "services/shop/web" in msg
@@ -58,7 +52,7 @@ async def test_create_get_update_delete_with_revisions(admin_mesh: AdminMesh) ->
     )
     assert updated.entry.revision > got.entry.revision
     # The revision read before the update is stale now: ABORTED, nothing written.
-    code, msg = await _code(
+    code, msg = await rpc_error(
         stub.UpdateEntry(
             pb.UpdateEntryRequest(
                 entry=entry(pb.KIND_SERVICE, "web", SVC, ns="shop", revision=got.entry.revision)
@@ -69,16 +63,16 @@ async def test_create_get_update_delete_with_revisions(admin_mesh: AdminMesh) ->
     stored = await admin_mesh.registry.get(created.entry.key)
     assert stored is not None and json.loads(stored.value)["port"] == 9090
 
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.DeleteEntry(pb.DeleteEntryRequest(ref=created.entry.ref, revision=got.entry.revision))
     )
     assert code == grpc.StatusCode.ABORTED
     await stub.DeleteEntry(
         pb.DeleteEntryRequest(ref=created.entry.ref, revision=updated.entry.revision)
     )
-    code, _ = await _code(stub.GetEntry(pb.GetEntryRequest(ref=created.entry.ref)))
+    code, _ = await rpc_error(stub.GetEntry(pb.GetEntryRequest(ref=created.entry.ref)))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.UpdateEntry(pb.UpdateEntryRequest(entry=entry(pb.KIND_SERVICE, "web", SVC, ns="shop")))
     )
     assert code == grpc.StatusCode.NOT_FOUND
@@ -118,7 +112,7 @@ async def test_list_by_kind_and_namespace(admin_mesh: AdminMesh) -> None:
 async def test_validation_errors_match_etcd_edits(admin_mesh: AdminMesh) -> None:
     """INVALID_ARGUMENT names the entry and the field with the registry's own message."""
     bad = {"port": 70000, "protocol": "http"}
-    code, msg = await _code(
+    code, msg = await rpc_error(
         admin_mesh.stub.CreateEntry(
             pb.CreateEntryRequest(entry=entry(pb.KIND_SERVICE, "web", bad, ns="shop"))
         )
@@ -129,7 +123,7 @@ async def test_validation_errors_match_etcd_edits(admin_mesh: AdminMesh) -> None
     )
     assert msg == f"services/shop/web: spec.{problem.field}: {problem.reason}"  # type: ignore[union-attr]
 
-    code, msg = await _code(
+    code, msg = await rpc_error(
         admin_mesh.stub.CreateEntry(
             pb.CreateEntryRequest(entry=entry(pb.KIND_SERVICE, "web", {"prot": 80}, ns="shop"))
         )
@@ -138,7 +132,7 @@ async def test_validation_errors_match_etcd_edits(admin_mesh: AdminMesh) -> None
     assert "spec.prot: unknown field (did you mean 'port'?)" in msg
 
     # Reference rules too: a route to a service that does not exist.
-    code, msg = await _code(
+    code, msg = await rpc_error(
         admin_mesh.stub.CreateEntry(
             pb.CreateEntryRequest(entry=entry(pb.KIND_ROUTE, "r", ROUTE, ns="shop"))
         )
@@ -154,7 +148,7 @@ async def test_validation_errors_match_etcd_edits(admin_mesh: AdminMesh) -> None
         (pb.EntryRef(kind=pb.KIND_ENDPOINT, name="e1"), "ref.service"),
         (pb.EntryRef(kind=pb.KIND_LISTENER, name="l", namespace="x"), "ref.namespace"),
     ]:
-        code, msg = await _code(admin_mesh.stub.GetEntry(pb.GetEntryRequest(ref=ref)))
+        code, msg = await rpc_error(admin_mesh.stub.GetEntry(pb.GetEntryRequest(ref=ref)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (ref, msg)
         assert f"{field}:" in msg, (ref, msg)
     assert admin_mesh.app.controller.state.problems == {}
@@ -175,7 +169,7 @@ async def test_apply_is_all_or_nothing(admin_mesh: AdminMesh) -> None:
     assert again.entries[0].outcome == pb.APPLY_OUTCOME_UNCHANGED
 
     before = await admin_mesh.registry.list_prefix(admin_mesh.prefix)
-    code, msg = await _code(
+    code, msg = await rpc_error(
         seed(
             stub,
             [
@@ -197,7 +191,7 @@ async def test_apply_is_all_or_nothing(admin_mesh: AdminMesh) -> None:
     # A stale revision anywhere in the batch aborts all of it.
     web_rev = out.entries[1].entry.revision
     await admin_mesh.put_json("services/shop/web", {**SVC, "port": 82})
-    code, _ = await _code(
+    code, _ = await rpc_error(
         seed(
             stub,
             [
@@ -240,7 +234,7 @@ async def test_split_replaces_destinations_in_one_write(admin_mesh: AdminMesh) -
         {"service": "web", "subset": "v1", "weight": 90},
         {"service": "shop/web", "subset": "v2", "weight": 10},
     ]
-    code, msg = await _code(
+    code, msg = await rpc_error(
         stub.SetSplit(
             pb.SetSplitRequest(
                 namespace="shop",
@@ -250,11 +244,11 @@ async def test_split_replaces_destinations_in_one_write(admin_mesh: AdminMesh) -
         )
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "destinations[0]" in msg
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.SetSplit(pb.SetSplitRequest(namespace="shop", route="nope", destinations=[]))
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.SetSplit(
             pb.SetSplitRequest(
                 namespace="shop",
@@ -337,9 +331,9 @@ async def test_update_keeps_an_endpoints_lease(admin_mesh: AdminMesh) -> None:
     stored = await admin_mesh.registry.get(f"{admin_mesh.prefix}endpoints/shop/web/i1")
     assert stored is not None and stored.lease == reg.lease
     assert (await stub.KeepAlive(pb.KeepAliveRequest(lease=reg.lease))).ttl_seconds > 0
-    code, _ = await _code(stub.KeepAlive(pb.KeepAliveRequest(lease=0x7EADBEEF)))
+    code, _ = await rpc_error(stub.KeepAlive(pb.KeepAliveRequest(lease=0x7EADBEEF)))
     assert code == grpc.StatusCode.NOT_FOUND
-    code, msg = await _code(
+    code, msg = await rpc_error(
         stub.RegisterEndpoint(
             pb.RegisterEndpointRequest(namespace="shop", service="web", id="i2", ttl_seconds=0)
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -9,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.fixtures_admin import AdminMesh, bearer, entry, seed
+from tests.fixtures_admin import AdminMesh, bearer, entry, rpc_error, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import load_tokens, parse_tokens
 from xds_server.admin.server import check_exposure, is_loopback
@@ -21,22 +23,16 @@ SHOP_SVC = entry(pb.KIND_SERVICE, "web", {"port": 80}, ns="shop")
 OTHER_SVC = entry(pb.KIND_SERVICE, "web", {"port": 80}, ns="billing")
 
 
-async def _code(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value.code(), info.value.details() or ""
-
-
 async def test_missing_or_wrong_token_is_unauthenticated(admin_mesh_tokens: AdminMesh) -> None:
     stub = admin_mesh_tokens.stub
     req = pb.ListEntriesRequest(kind=pb.KIND_SERVICE)
     for metadata in [None, bearer("nope"), (("authorization", "Basic edit-all"),)]:
-        code, msg = await _code(stub.ListEntries(req, metadata=metadata))
+        code, msg = await rpc_error(stub.ListEntries(req, metadata=metadata))
         assert code == grpc.StatusCode.UNAUTHENTICATED, msg
-    code, _ = await _code(stub.GetProxyStatus(pb.GetProxyStatusRequest()))
+    code, _ = await rpc_error(stub.GetProxyStatus(pb.GetProxyStatusRequest()))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     watch = stub.Watch(pb.WatchRequest())
-    code, _ = await _code(watch.read())
+    code, _ = await rpc_error(watch.read())
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -53,23 +49,23 @@ async def test_roles_and_namespaces(admin_mesh_tokens: AdminMesh) -> None:
     await seed(
         stub, [entry(pb.KIND_SERVICE, "a", {"port": 1}, ns="shop-eu")], metadata=bearer("edit-shop")
     )
-    code, msg = await _code(seed(stub, [OTHER_SVC], metadata=bearer("edit-shop")))
+    code, msg = await rpc_error(seed(stub, [OTHER_SVC], metadata=bearer("edit-shop")))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "'billing'" in msg
-    code, msg = await _code(
+    code, msg = await rpc_error(
         seed(stub, [entry(pb.KIND_LISTENER, "l2", {"port": 1})], metadata=bearer("edit-shop"))
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED and "listeners" in msg
     # A viewer reads its namespace and cannot write at all.
-    code, msg = await _code(seed(stub, [SHOP_SVC], metadata=bearer("view-shop")))
+    code, msg = await rpc_error(seed(stub, [SHOP_SVC], metadata=bearer("view-shop")))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "viewer" in msg
     ref = pb.EntryRef(kind=pb.KIND_SERVICE, namespace="shop", name="web")
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.DeleteEntry(pb.DeleteEntryRequest(ref=ref), metadata=bearer("view-shop"))
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     got = await stub.GetEntry(pb.GetEntryRequest(ref=ref), metadata=bearer("view-shop"))
     assert got.entry.revision > 0
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.GetEntry(
             pb.GetEntryRequest(
                 ref=pb.EntryRef(kind=pb.KIND_SERVICE, namespace="billing", name="web")
@@ -86,7 +82,7 @@ async def test_roles_and_namespaces(admin_mesh_tokens: AdminMesh) -> None:
         pb.ListEntriesRequest(kind=pb.KIND_LISTENER), metadata=bearer("view-shop")
     )
     assert [e.ref.name for e in listeners.entries] == ["public"]
-    code, _ = await _code(
+    code, _ = await rpc_error(
         stub.KeepAlive(pb.KeepAliveRequest(lease=1), metadata=bearer("view-shop"))
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
@@ -172,44 +168,17 @@ def test_tokens_file_yaml_and_errors(tmp_path: Path) -> None:
 
 
 def test_meshd_refuses_an_open_admin_api_beyond_loopback(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+    def meshd(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "xds_server.cli.meshd", "--data-dir", str(tmp_path)]
+        return subprocess.run(
+            [*cmd, "--metrics", "", *args], capture_output=True, text=True, timeout=30
+        )
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xds_server.cli.meshd",
-            "--admin",
-            "0.0.0.0:0",
-            "--data-dir",
-            str(tmp_path),
-            "--metrics",
-            "",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = meshd("--admin", "0.0.0.0:0")
     assert out.returncode == 2
     assert "needs --tokens" in out.stderr
     assert not (tmp_path / "etcd").exists()  # refused before starting anything
     bad = tmp_path / "tokens.json"
     bad.write_text('{"tokens": [{"token": "abcd", "role": "root"}]}')
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xds_server.cli.meshd",
-            "--tokens",
-            str(bad),
-            "--data-dir",
-            str(tmp_path),
-            "--metrics",
-            "",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = meshd("--tokens", str(bad))
     assert out.returncode == 2 and "tokens[0].role" in out.stderr

@@ -7,14 +7,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from integration.harness import free_port
-from tests.fixtures_admin import AdminMesh
+from tests.fixtures_admin import AdminMesh, spawn_meshctl
 from tests.xds_client import sotw_client
 
 pytestmark = pytest.mark.etcd
@@ -141,8 +141,12 @@ async def test_user_errors_exit_1_and_name_the_document(
 
 
 async def test_unreachable_or_unauthenticated_exit_2(admin_mesh_tokens: AdminMesh) -> None:
-    code, _, err = await meshctl("get", "services", "--admin", f"127.0.0.1:{free_port()}")
-    assert code == 2 and "unreachable" in err
+    # A port bound but not listening refuses connections, and nobody else can take it.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        code, _, err = await meshctl("get", "services", "--admin", f"127.0.0.1:{port}")
+    assert code == 2 and "unreachable" in err, err
     code, _, err = await meshctl("get", "services", "--admin", admin_mesh_tokens.address)
     assert code == 2 and "UNAUTHENTICATED" in err
     env = {"MESHCTL_ADMIN": admin_mesh_tokens.address, "MESHCTL_TOKEN": "view-shop"}
@@ -195,18 +199,7 @@ async def test_errors_and_proxy_status(admin_mesh: AdminMesh) -> None:
 
 
 async def test_watch_prints_events_until_interrupted(admin_mesh: AdminMesh) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "xds_server.cli.meshctl",
-        "watch",
-        "-o",
-        "json",
-        "--admin",
-        admin_mesh.address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_meshctl("watch", "-o", "json", "--admin", admin_mesh.address)
     try:
         await admin_mesh.wait_for(lambda: admin_mesh.app.events.watchers > 0, "the watch", 15)
         await admin_mesh.put_json("services/shop/web", {"port": 80})

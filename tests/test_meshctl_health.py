@@ -1,4 +1,5 @@
-"""``meshctl health``, ``topology`` and ``recommend`` as a real process against a real meshd.
+"""``meshctl health``, ``topology``, ``recommend`` and ``red`` as a real process against a
+real meshd.
 
 The registry, verdicts and load are those of ``tests/test_admin_health.py`` (fed through
 the HDS / LRS entry points of the running meshd).
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures_admin import AdminMesh
+from tests.fixtures_admin import AdminMesh, spawn_meshctl
 from tests.test_admin_health import feed_load, report, seed_mesh
 from tests.test_meshctl import meshctl
 
@@ -134,6 +135,22 @@ async def test_topology_table_json_dot(admin_mesh: AdminMesh) -> None:
         "in_flight": 0,
         "idle": False,
         "allowed": True,
+        "endpoints": [
+            {
+                "subset": "",
+                "endpoint": "127.0.0.1:9001",
+                "rps": 12.0,
+                "error_rate": 0.0,
+                "in_flight": 0,
+            },
+            {
+                "subset": "",
+                "endpoint": "127.0.0.1:9002",
+                "rps": 8.0,
+                "error_rate": 0.25,
+                "in_flight": 0,
+            },
+        ],
     }
 
     assert dcode == 0, derr
@@ -239,6 +256,49 @@ async def test_recommend_table_and_json(admin_mesh: AdminMesh) -> None:
     }
 
 
+async def test_red_table_json_yaml(admin_mesh: AdminMesh) -> None:
+    await seed_mesh(admin_mesh)
+    feed_load(admin_mesh.app)
+    admin = ("--admin", admin_mesh.address)
+    (
+        (code, out, err),
+        (jcode, jout, jerr),
+        (ycode, yout, _),
+        (ncode, _, nerr),
+    ) = await asyncio.gather(
+        meshctl("red", *admin),
+        meshctl("red", "shop/web", "--window", "30", "-o", "json", *admin),
+        meshctl("red", "-n", "ops", "-o", "yaml", *admin),
+        meshctl("red", "nope", "-n", "shop", *admin),
+    )
+    assert code == 0, err
+    assert rows(out) == [
+        ["SERVICE", "RPS", "ERRORS/S", "ERROR_RATE", "IN_FLIGHT", "DURATION"],
+        ["ops/db", "5.00", "0.00", "0.0%", "0", "-"],
+        ["shop/api", "2.00", "0.00", "0.0%", "0", "-"],
+        ["shop/web", "20.00", "2.00", "10.0%", "0", "-"],
+        ["SERVICE", "SUBSET", "ENDPOINT", "RPS", "ERROR_RATE", "IN_FLIGHT"],
+        ["shop/web", "-", "127.0.0.1:9001", "12.00", "0.0%", "0"],
+        ["shop/web", "-", "127.0.0.1:9002", "8.00", "25.0%", "0"],
+        ["window 60s (duration: not in load reports; see Envoy's stats)"],
+    ]
+    assert jcode == 0, jerr
+    doc = json.loads(jout)
+    assert doc["window_seconds"] == 30
+    (web,) = doc["services"]
+    assert web["service"] == "shop/web" and web["rps"] == 20.0 and web["error_rps"] == 2.0
+    assert web["duration_ms"] is None  # unknown, not 0
+    assert [(e["endpoint"], e["rps"], e["error_rate"]) for e in web["endpoints"]] == [
+        ("127.0.0.1:9001", 12.0, 0.0),
+        ("127.0.0.1:9002", 8.0, 0.25),
+    ]
+    assert ycode == 0
+    assert [s["service"] for s in yaml.safe_load(yout)["services"]] == ["ops/db"]
+    assert ncode == 1 and "NOT_FOUND" in nerr and "shop/nope" in nerr
+    code, _, err = await meshctl("red", "--window", "-1", *admin)
+    assert code == 1 and "--window must be >= 0" in err
+
+
 async def test_viewer_of_another_namespace(admin_mesh_tokens: AdminMesh) -> None:
     mesh = admin_mesh_tokens
     await seed_mesh(mesh, "edit-all")
@@ -251,6 +311,14 @@ async def test_viewer_of_another_namespace(admin_mesh_tokens: AdminMesh) -> None
         meshctl("topology", "-o", "json", env=env),
         meshctl("recommend", "-o", "json", env=env),
     )
+    (redcode, redout, _), (rdcode, _, rderr) = await asyncio.gather(
+        meshctl("red", "-o", "json", env=env), meshctl("red", "ops/db", env=env)
+    )
+    assert redcode == 0 and [s["service"] for s in json.loads(redout)["services"]] == [
+        "shop/api",
+        "shop/web",
+    ]
+    assert rdcode == 2 and "PERMISSION_DENIED" in rderr
     assert code == 2 and "PERMISSION_DENIED" in err and "ops" in err
     assert hcode == 0 and [s["service"] for s in json.loads(hout)["services"]] == [
         "shop/api",
@@ -264,18 +332,7 @@ async def test_viewer_of_another_namespace(admin_mesh_tokens: AdminMesh) -> None
 
 async def test_watch_shows_health_transitions(admin_mesh: AdminMesh) -> None:
     await seed_mesh(admin_mesh)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "xds_server.cli.meshctl",
-        "watch",
-        "--type",
-        "health",
-        "--admin",
-        admin_mesh.address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_meshctl("watch", "--type", "health", "--admin", admin_mesh.address)
     try:
         await admin_mesh.wait_for(lambda: admin_mesh.app.events.watchers > 0, "the watch", 15)
         report(admin_mesh.app, {"ep-1": False})
