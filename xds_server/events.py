@@ -25,16 +25,6 @@ EventType = Literal[
     "proxy_disconnected",
     "health",
 ]
-EVENT_TYPES: tuple[EventType, ...] = (
-    "registry_put",
-    "registry_delete",
-    "registry_rejected",
-    "push",
-    "nack",
-    "proxy_connected",
-    "proxy_disconnected",
-    "health",
-)
 
 
 @dataclass(frozen=True, slots=True)
