@@ -13,7 +13,9 @@ Label vocabulary (set by ``meshctl bootstrap``'s stats tags and by meshd):
 ``mesh_service`` (``web.default``), ``mesh_subset`` (``v1``), ``envoy_cluster_name``
 (``web.default|v1``), ``mesh_route`` (``default/web-split``), ``envoy_endpoint_address``,
 ``envoy_http_conn_manager_prefix`` (the listener), ``node_cluster`` / ``node_id`` (from
-meshd's ``/sd/envoy``).
+meshd's ``/sd/envoy``). meshd's own health and topology series say ``service`` as
+``ns/name``; its per-endpoint series also carry ``mesh_service`` (``name.ns``), so the
+service-detail dashboard's ``$service`` selects them too.
 """
 
 from __future__ import annotations
@@ -167,6 +169,41 @@ def mesh_overview() -> Dashboard:
                 unit="reqps",
             ),
             Panel(
+                "Healthy endpoints by service (meshd, HDS verdicts)",
+                (
+                    T(
+                        'max by (service) (meshd_service_endpoints{state="healthy"})',
+                        "{{service}} healthy",
+                    ),
+                    T(
+                        'max by (service) (meshd_service_endpoints{state="total"})',
+                        "{{service}} total",
+                    ),
+                ),
+                description="The verdicts meshd aggregates from HDS probes and sends to every proxy in EDS (max over meshd replicas, which agree). Endpoints no proxy probes (no health_check, or no report yet) are UNKNOWN: not counted healthy, though Envoy keeps sending to them.",
+            ),
+            Panel(
+                "Traffic between services (meshd, LRS edges)",
+                (
+                    T(
+                        "sum by (source, destination) (meshd_edge_requests_per_second)",
+                        "{{source}} -> {{destination}}",
+                    ),
+                ),
+                unit="reqps",
+                description="Requests per second per edge (proxy group or service -> upstream service) from the proxies' load reports, over meshd's sliding window (summed over meshd replicas: each counts its own proxies). Idle allowed edges read 0.",
+            ),
+            Panel(
+                "Error ratio between services (meshd, LRS edges)",
+                (
+                    T(
+                        "sum by (source, destination) (meshd_edge_error_ratio * meshd_edge_requests_per_second) / sum by (source, destination) (meshd_edge_requests_per_second)",
+                        "{{source}} -> {{destination}}",
+                    ),
+                ),
+                unit="percentunit",
+            ),
+            Panel(
                 "Connected proxies",
                 (
                     T(
@@ -290,6 +327,37 @@ def service_detail() -> Dashboard:
                 "Circuit-breaker overflows by subset",
                 (T(overflows(SERVICE, "mesh_subset"), "{{mesh_subset}}"),),
                 unit="reqps",
+            ),
+            Panel(
+                "Requests per second by upstream endpoint (meshd, LRS)",
+                (
+                    T(
+                        f"sum by (subset, endpoint) (meshd_endpoint_requests_per_second{{{SERVICE}}})",
+                        "{{endpoint}} {{subset}}",
+                    ),
+                ),
+                unit="reqps",
+                description="From the proxies' load reports (per-endpoint LRS stats, summed over proxies and meshd replicas): Envoy cannot keep per-endpoint stats next to LRS. Only endpoints that carried load in meshd's window have a series.",
+            ),
+            Panel(
+                "Error ratio by upstream endpoint (meshd, LRS)",
+                (
+                    T(
+                        f"sum by (subset, endpoint) (meshd_endpoint_error_ratio{{{SERVICE}}} * meshd_endpoint_requests_per_second{{{SERVICE}}}) / sum by (subset, endpoint) (meshd_endpoint_requests_per_second{{{SERVICE}}})",
+                        "{{endpoint}} {{subset}}",
+                    ),
+                ),
+                unit="percentunit",
+                description="Failed requests (5xx and connection failures) over completed requests, per endpoint.",
+            ),
+            Panel(
+                "Requests in flight by upstream endpoint (meshd, LRS)",
+                (
+                    T(
+                        f"sum by (subset, endpoint) (meshd_endpoint_in_flight_requests{{{SERVICE}}})",
+                        "{{endpoint}} {{subset}}",
+                    ),
+                ),
             ),
         ],
     )

@@ -1,4 +1,5 @@
-"""GetHealth, GetTopology, GetRecommendations and health events over the real admin API.
+"""GetHealth, GetTopology, GetRecommendations, GetServiceMetrics and health events over the
+real admin API.
 
 A real meshd (``admin_mesh``: real etcd, MeshApp, admin gRPC server) with a registry
 seeded through the API. Health and load are fed through the real entry points the HDS
@@ -21,7 +22,12 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from tests.fixtures_admin import AdminMesh, bearer, entry, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import OPEN
-from xds_server.admin.health_topology import get_health, get_recommendations, get_topology
+from xds_server.admin.health_topology import (
+    get_health,
+    get_recommendations,
+    get_service_metrics,
+    get_topology,
+)
 from xds_server.app import MeshApp
 
 pytestmark = pytest.mark.etcd
@@ -118,13 +124,31 @@ def report(app: MeshApp, verdicts: dict[str, bool], checkers: tuple[str, ...] = 
         app.health.report(node, resp)
 
 
-def load(app: MeshApp, node_id: str, node_cluster: str, **clusters: tuple[int, int]) -> None:
-    """One LRS report from ``node_id``: cluster -> (successful, errors) over one second."""
+EndpointStats = tuple[tuple[int, int, int], ...]  # (port on 127.0.0.1, successful, errors)
+
+
+def load(
+    app: MeshApp,
+    node_id: str,
+    node_cluster: str,
+    endpoints: dict[str, EndpointStats] | None = None,
+    **clusters: tuple[int, int],
+) -> None:
+    """One LRS report from ``node_id``: cluster -> (successful, errors) over one second,
+    with ``endpoints[cluster]`` as Envoy's upstream_endpoint_stats."""
     req = lrs_pb2.LoadStatsRequest()
     for cluster, (ok, errors) in clusters.items():
         cs = load_report_pb2.ClusterStats(cluster_name=cluster.replace("__", "."))
         cs.load_report_interval.seconds = 1
-        cs.upstream_locality_stats.add(total_successful_requests=ok, total_error_requests=errors)
+        loc = cs.upstream_locality_stats.add(
+            total_successful_requests=ok, total_error_requests=errors
+        )
+        for port, ep_ok, ep_errors in (endpoints or {}).get(cluster, ()):
+            ep = loc.upstream_endpoint_stats.add(
+                total_successful_requests=ep_ok, total_error_requests=ep_errors
+            )
+            ep.address.socket_address.address = "127.0.0.1"
+            ep.address.socket_address.port_value = port
         req.cluster_stats.append(cs)
     outcome = app.topology.report(node_id, node_cluster, req)
     assert not outcome.refused, outcome
@@ -132,8 +156,11 @@ def load(app: MeshApp, node_id: str, node_cluster: str, **clusters: tuple[int, i
 
 def feed_load(app: MeshApp) -> None:
     """gateway -> shop/web 20 rps (10 % errors), gateway -> ops/db 5 rps, and shop/web's
-    sidecar -> shop/api 2 rps (no route allows it); gateway -> shop/api stays idle."""
-    load(app, "gw-1", "gateway", web__shop=(18, 2), db__ops=(5, 0))
+    sidecar -> shop/api 2 rps (no route allows it); gateway -> shop/api stays idle.
+    shop/web's 20 rps by endpoint: 127.0.0.1:9001 12 rps, :9002 8 rps (2 errors); ep-2 at
+    :9003 is reported without load (Envoy lists every host it holds)."""
+    web_endpoints = {"web__shop": ((9001, 12, 0), (9002, 6, 2), (9003, 0, 0))}
+    load(app, "gw-1", "gateway", web_endpoints, web__shop=(18, 2), db__ops=(5, 0))
     # web's sidecar also holds (and so reports) db.ops, unused and allowed by no route:
     # that is no edge.
     load(app, "web-1", "web.shop", api__shop=(2, 0), db__ops=(0, 0))
@@ -269,6 +296,12 @@ async def test_topology_and_recommendations(admin_mesh: AdminMesh) -> None:
         ("gateway", "shop/web"): (20.0, 0.1, True, False),
         ("shop/web", "shop/api"): (2.0, 0.0, False, False),  # traffic no route allows
     }
+    (web,) = [e for e in topo.edges if e.destination == "shop/web"]
+    # By endpoint: only those that carried load (ep-2's empty row is no series).
+    assert [(ep.subset, ep.endpoint, ep.rps, ep.error_rate) for ep in web.endpoints] == [
+        ("", "127.0.0.1:9001", 12.0, 0.0),
+        ("", "127.0.0.1:9002", 8.0, 0.25),
+    ]
     default = await stub.GetTopology(pb.GetTopologyRequest())
     assert default.window_seconds == 60 and len(default.edges) == 4
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -322,6 +355,21 @@ async def test_viewer_of_another_namespace_sees_nothing_of_it(
     assert len(topo.edges) == 3
     recs = await stub.GetRecommendations(pb.GetRecommendationsRequest(), metadata=viewer)
     assert [s.name for s in recs.services] == ["web"]
+    red = await stub.GetServiceMetrics(pb.GetServiceMetricsRequest(), metadata=viewer)
+    assert [f"{s.namespace}/{s.name}" for s in red.services] == ["shop/api", "shop/web"]
+    for req, where in (
+        (pb.GetServiceMetricsRequest(service="ops/db"), "metrics/ops/db"),
+        (pb.GetServiceMetricsRequest(namespace="ops"), "metrics/ops"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetServiceMetrics(req, metadata=viewer)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, req
+        details = err.value.details() or ""
+        assert f"{where}: namespace 'ops' is outside ['shop']" in details, details
+    every_red = await stub.GetServiceMetrics(
+        pb.GetServiceMetricsRequest(), metadata=bearer("edit-all")
+    )
+    assert len(every_red.services) == 3
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetTopology(pb.GetTopologyRequest())
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -341,12 +389,93 @@ async def test_viewer_of_another_namespace_sees_nothing_of_it(
     assert statuses(db) == {"db-0": pb.HEALTH_STATUS_UNHEALTHY}  # it did change
 
 
+async def test_service_metrics_red_per_service_and_endpoint(admin_mesh: AdminMesh) -> None:
+    await seed_mesh(admin_mesh)
+    stub = admin_mesh.stub
+    before = await stub.GetServiceMetrics(pb.GetServiceMetricsRequest())
+    # Every registered service is listed, at zero before any load.
+    assert [(s.namespace, s.name, s.rps) for s in before.services] == [
+        ("ops", "db", 0.0),
+        ("shop", "api", 0.0),
+        ("shop", "web", 0.0),
+    ]
+    feed_load(admin_mesh.app)
+    resp = await stub.GetServiceMetrics(pb.GetServiceMetricsRequest(window_seconds=30))
+    assert resp.window_seconds == 30
+    got = {
+        f"{s.namespace}/{s.name}": (s.rps, s.error_rps, round(s.error_rate, 3), s.in_flight)
+        for s in resp.services
+    }
+    assert got == {
+        "ops/db": (5.0, 0.0, 0.0, 0),
+        "shop/api": (2.0, 0.0, 0.0, 0),  # sidecar traffic counts, allowed or not
+        "shop/web": (20.0, 2.0, 0.1, 0),
+    }
+    # LRS carries no latency: the duration is absent, not a made-up 0.
+    assert not any(s.HasField("duration_ms") for s in resp.services)
+    (web,) = (
+        await stub.GetServiceMetrics(pb.GetServiceMetricsRequest(service="web", namespace="shop"))
+    ).services
+    assert [(ep.endpoint, ep.rps, ep.error_rate) for ep in web.endpoints] == [
+        ("127.0.0.1:9001", 12.0, 0.0),
+        ("127.0.0.1:9002", 8.0, 0.25),
+    ]
+    ops = await stub.GetServiceMetrics(pb.GetServiceMetricsRequest(namespace="ops"))
+    assert [s.name for s in ops.services] == ["db"]
+    for req, code, words in (
+        (pb.GetServiceMetricsRequest(service="shop/nope"), grpc.StatusCode.NOT_FOUND, "not found"),
+        (
+            pb.GetServiceMetricsRequest(window_seconds=301),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "window_seconds: must be at most 300",
+        ),
+        (
+            pb.GetServiceMetricsRequest(service="a/b/c"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "must be 'name' or 'namespace/name'",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetServiceMetrics(req)
+        assert err.value.code() == code and words in (err.value.details() or ""), req
+
+
+async def test_edge_and_endpoint_metrics_at_scrape_time(admin_mesh: AdminMesh) -> None:
+    """meshd's /metrics registry: every edge of the graph, idle only for allowed ones, and
+    per-endpoint series only for endpoints that carried load."""
+    await seed_mesh(admin_mesh)
+    feed_load(admin_mesh.app)
+    registry = admin_mesh.app.metrics.registry
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("meshd_edge_idle", source="gateway", destination="shop/api") == 1.0
+    assert value("meshd_edge_idle", source="gateway", destination="shop/web") == 0.0
+    assert value("meshd_edge_idle", source="shop/web", destination="shop/api") == 0.0
+    # shop/web's sidecar reports db.ops with no traffic and no route: no edge, no series.
+    assert value("meshd_edge_idle", source="shop/web", destination="ops/db") is None
+    labels = {"service": "shop/web", "mesh_service": "web.shop", "subset": ""}
+    assert value("meshd_endpoint_requests_per_second", endpoint="127.0.0.1:9001", **labels) == 12
+    assert value("meshd_endpoint_error_ratio", endpoint="127.0.0.1:9002", **labels) == 0.25
+    assert value("meshd_endpoint_in_flight_requests", endpoint="127.0.0.1:9002", **labels) == 0
+    assert value("meshd_endpoint_requests_per_second", endpoint="127.0.0.1:9003", **labels) is None
+    names = {
+        s.labels["endpoint"]
+        for m in registry.collect()
+        if m.name == "meshd_endpoint_requests_per_second"
+        for s in m.samples
+    }
+    assert names == {"127.0.0.1:9001", "127.0.0.1:9002"}
+
+
 def test_without_health_or_topology_the_calls_say_unavailable() -> None:
     """A servicer built without them (older wiring) answers UNAVAILABLE, not INTERNAL."""
     calls: list[Callable[[], object]] = [
         lambda: get_health(None, OPEN, pb.GetHealthRequest()),
         lambda: get_topology(None, OPEN, pb.GetTopologyRequest()),
         lambda: get_recommendations(None, OPEN, pb.GetRecommendationsRequest()),
+        lambda: get_service_metrics(None, OPEN, pb.GetServiceMetricsRequest()),
     ]
     for call in calls:
         with pytest.raises(Exception) as err:

@@ -3,7 +3,8 @@
 One scenario: real etcd, meshd (metrics and ``/sd/envoy``), a gateway Envoy (SotW) and a
 sidecar Envoy (Delta), both found by Prometheus through meshd's HTTP SD, and traffic to a
 service whose ``v2`` subset always fails (so errors, outlier ejections and a rate limit
-show up). Debian's ``prometheus`` scrapes it every second with a copy of the repo's
+show up; meshd asks for load reports every second, so its edge and per-endpoint series
+fill in). Debian's ``prometheus`` scrapes it every second with a copy of the repo's
 config and rules (``for:`` shortened to 0 s). Then every PromQL expression of every
 dashboard panel, and the measure of every alert rule, must return data, and the
 error-rate and ejection alerts must fire.
@@ -293,7 +294,11 @@ async def mesh(
     ports = {n: int(b.url.rstrip("/").rsplit(":", 1)[1]) for n, b in (("v1", v1), ("v2", v2))}
     public, inner = free_port(), free_port()
     await seed(registry, _entries(ports["v1"], ports["v2"], public, inner))
-    app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}"))
+    # LRS every second (default 10 s): the edge and per-endpoint panels need reports soon.
+    config = MeshConfig(
+        xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}", report_interval_ms=1000
+    )
+    app = MeshApp(registry, config)
     await app.start()
     admin = {"gateway": free_port(), "sidecar": free_port()}
     for name, delta in (("gateway", False), ("sidecar", True)):
@@ -302,7 +307,7 @@ async def mesh(
         )
         await asyncio.to_thread(envoy_factory, bs, name=name)
     try:
-        yield {"app": app, "listeners": (public, inner), "admin": admin}
+        yield {"app": app, "listeners": (public, inner), "admin": admin, "backends": ports}
     finally:
         await app.stop(grace=0.2)
         await registry.close()
@@ -331,9 +336,20 @@ async def test_dashboards_and_alerts_against_real_prometheus(
         with Traffic(urls) as traffic:
             await asyncio.to_thread(_wait_for_data, prom)
             await asyncio.to_thread(_wait_for_alerts, prom)
+            per_endpoint = prom.query('meshd_endpoint_error_ratio{mesh_service="web.default"}')
         assert traffic.statuses.get(200) and traffic.statuses.get(503) and traffic.statuses.get(429)
     finally:
         prom.stop()
+    # The per-endpoint panel shows the real backends, each under its subset: v2 always
+    # fails, v1 never does (Envoy's LRS endpoint stats, through meshd, to Prometheus).
+    ratios = {
+        (r["metric"]["subset"], r["metric"]["endpoint"]): float(r["value"][1]) for r in per_endpoint
+    }
+    ports = mesh["backends"]
+    assert ratios == {
+        ("v1", f"127.0.0.1:{ports['v1']}"): 0.0,
+        ("v2", f"127.0.0.1:{ports['v2']}"): 1.0,
+    }, ratios
 
 
 def _measures() -> Iterator[tuple[str, str]]:
@@ -346,8 +362,9 @@ def _measures() -> Iterator[tuple[str, str]]:
 def _wait_for_data(prom: Prometheus, timeout: float = 60) -> None:
     """Every dashboard expression and alert measure returns data (polled: rates need two
     scrapes, per-endpoint stats need traffic)."""
+    # Keyed by the expression too: a panel's targets are each checked, not only its last.
     pending = {
-        f"{dash} / {title}": expr.replace("$__rate_interval", RATE_INTERVAL).replace(
+        f"{dash} / {title} / {expr}": expr.replace("$__rate_interval", RATE_INTERVAL).replace(
             "$service", "web.default"
         )
         for dash, title, expr in panel_queries()

@@ -1,5 +1,5 @@
-"""Topology from load reports: rates over a window, absurd reports refused, idle edges, RED,
-scaling advice."""
+"""Topology from load reports: rates over a window, absurd reports refused, idle edges, no
+noise edges, per-endpoint rates, RED, scaling advice."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from xds_server.model import ServiceRef
 from xds_server.registry import Entry, Reset
 from xds_server.state import RegistryState
 from xds_server.topology.graph import build_graph, destination_of, recommend, red
-from xds_server.topology.load import ClusterLoad, LoadTracker
+from xds_server.topology.load import ClusterLoad, EndpointRate, LoadTracker
 
 
 def dest(cluster: str) -> str | None:
@@ -148,3 +148,111 @@ def test_steady_reports_give_back_their_rate(reports: list[tuple[int, int]]) -> 
     edges = t.edges(now, window=2.0 * len(reports) + 1)
     total = sum(ok + err for ok, err in reports)
     assert edges[0].rps == pytest.approx(total / (2.0 * len(reports)))
+
+
+def test_reported_clusters_without_traffic_make_no_edge() -> None:
+    """Envoy reports every cluster it holds: a zero report is no traffic. Such a cluster is
+    an edge only when a route allows it (then idle); otherwise it is no edge at all."""
+    state = state_of(MESH)
+    t = LoadTracker(report_interval=1.0)
+    for i in range(1, 3):
+        zero = [ClusterLoad(c, 0, 0, 0, interval=1.0) for c in ("a.default", "b.default")]
+        t.ingest("gw", "gateway", [*zero, ClusterLoad("c.default", 0, 0, 0, interval=1.0)], i, dest)
+        t.ingest("a-1", "a.default", [ClusterLoad("c.default", 0, 0, 0, interval=1.0)], i, dest)
+    graph = build_graph(state, t.edges(2.5, 10), ["gateway", "a.default"], 10)
+    got = {(e.source, e.destination): (e.allowed, e.idle) for e in graph.edges}
+    assert got == {
+        ("gateway", "default/a"): (True, True),
+        ("gateway", "default/c"): (True, True),
+        ("default/a", "default/b"): (True, True),
+    }
+    # A request still in flight is traffic, though none completed yet.
+    t.ingest("a-1", "a.default", [ClusterLoad("c.default", 0, 0, 1, interval=1.0)], 3, dest)
+    graph = build_graph(state, t.edges(3.5, 10), ["gateway", "a.default"], 10)
+    (edge,) = [e for e in graph.edges if e.destination == "default/c" and e.source != "gateway"]
+    assert (edge.source, edge.allowed, edge.idle, edge.in_flight) == ("default/a", False, False, 1)
+
+
+def test_endpoint_rates_by_subset_add_up_to_the_edge() -> None:
+    t = LoadTracker(report_interval=1.0)
+    for i in range(1, 4):
+        t.ingest(
+            "gw-1",
+            "gateway",
+            [
+                ClusterLoad(
+                    "a.default|v1",
+                    30,
+                    0,
+                    0,
+                    interval=1.0,
+                    endpoints=(("10.0.0.1:80", 20, 0, 1), ("10.0.0.2:80", 10, 0, 0)),
+                ),
+                ClusterLoad(
+                    "a.default|v2",
+                    5,
+                    5,
+                    0,
+                    interval=1.0,
+                    endpoints=(("10.0.0.3:80", 5, 5, 0), ("10.0.0.4:80", 0, 0, 0)),
+                ),
+            ],
+            i,
+            dest,
+        )
+        t.ingest(
+            "gw-2",
+            "gateway",
+            [
+                ClusterLoad(
+                    "a.default|v1", 4, 0, 0, interval=1.0, endpoints=(("10.0.0.1:80", 4, 0, 2),)
+                )
+            ],
+            i + 0.5,
+            dest,
+        )
+    rates = {(r.subset, r.endpoint): r for r in t.endpoint_rates(now=3.6, window=10)}
+    # 10.0.0.4 reported nothing but zeros: no row (bounded by the endpoints in use).
+    assert set(rates) == {("v1", "10.0.0.1:80"), ("v1", "10.0.0.2:80"), ("v2", "10.0.0.3:80")}
+    assert rates[("v1", "10.0.0.1:80")].rps == pytest.approx(24.0)  # summed over proxies
+    assert rates[("v1", "10.0.0.1:80")].in_flight == 3
+    assert rates[("v2", "10.0.0.3:80")].error_rate == pytest.approx(0.5)
+    (edge,) = t.edges(now=3.6, window=10)
+    assert sum(r.rps for r in rates.values()) == pytest.approx(edge.rps)
+    assert t.endpoint_rates(now=100, window=10) == []
+    t.forget_node("gw-2")  # its in-flight requests no longer count
+    rates = {(r.subset, r.endpoint): r for r in t.endpoint_rates(now=3.6, window=10)}
+    assert rates[("v1", "10.0.0.1:80")].in_flight == 1
+
+
+def test_absurd_endpoint_counts_refuse_the_cluster_row() -> None:
+    t = LoadTracker(report_interval=1.0)
+    bad = ClusterLoad(
+        "a.default", 1, 0, 0, interval=1.0, endpoints=(("10.0.0.1:80", 2**64 - 1, 0, 0),)
+    )
+    out = t.ingest("gw", "gateway", [bad], 1.0, dest)
+    assert out.refused == {"absurd_count": 1} and out.accepted == 0
+    assert t.edges(1.5, 10) == [] and t.endpoint_rates(1.5, 10) == []
+
+
+def test_red_by_endpoint_sums_sources_and_lists_quiet_services() -> None:
+    state = state_of(MESH)
+    t = LoadTracker(report_interval=1.0)
+    ep = (("127.0.0.1:80", 9, 1, 0),)
+    t.ingest(
+        "gw", "gateway", [ClusterLoad("a.default", 9, 1, 0, interval=1.0, endpoints=ep)], 1, dest
+    )
+    t.ingest("x", "batch", [ClusterLoad("a.default", 9, 1, 0, interval=1.0, endpoints=ep)], 1, dest)
+    graph = build_graph(
+        state, t.edges(1.5, 10), ["gateway", "batch"], 10, t.endpoint_rates(1.5, 10)
+    )
+    (gw,) = [e for e in graph.edges if e.source == "gateway" and e.destination == "default/a"]
+    assert gw.endpoints == (EndpointRate("gateway", "default/a", "", "127.0.0.1:80", 10, 1, 0),)
+    rows = red(graph, services=["default/a", "default/b", "default/c"])
+    assert [(r.service, r.rps) for r in rows] == [
+        ("default/a", 20.0),
+        ("default/b", 0.0),
+        ("default/c", 0.0),
+    ]
+    (a_ep,) = rows[0].endpoints
+    assert (a_ep.source, a_ep.endpoint, a_ep.rps, a_ep.error_rate) == ("", "127.0.0.1:80", 20, 0.1)

@@ -134,6 +134,10 @@ async def test_topology_rates_within_20_percent_and_idle_edge(
     assert idle["idle"] and idle["allowed"] and idle["rps"] == 0
     assert not edges[("gateway", "default/a")]["idle"]
     assert red_b.rps == pytest.approx(real_side, rel=0.2) and red_b.error_rate == 0
+    # Envoy's per-endpoint load (upstream_endpoint_stats): b's one backend carries it all.
+    (ep_b,) = red_b.endpoints
+    assert ep_b.endpoint == f"127.0.0.1:{ports['b']}" and ep_b.subset == ""
+    assert ep_b.rps == pytest.approx(red_b.rps)
     (rec,) = json.loads(rout)["services"]
     assert rec["service"] == "default/b" and rec["recommended_endpoints"] == 3  # ~20 rps / 8
     text = app.metrics.registry.get_sample_value(

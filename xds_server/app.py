@@ -23,7 +23,7 @@ from xds_server.metrics_http import MetricsServer, ProxyTarget
 from xds_server.model import ServiceRef
 from xds_server.registry import Registry, WritableRegistry
 from xds_server.server.ads import AdsServicer, StreamRegistry
-from xds_server.server.hds import HdsServicer, HealthService
+from xds_server.server.hds import HdsServicer, HealthCollector, HealthService
 from xds_server.server.health_sync import HealthSync
 from xds_server.server.lrs import LrsServicer, TopologyCollector, TopologyService
 from xds_server.state import ChangeSet, RegistryState
@@ -95,6 +95,7 @@ class MeshApp:
         self.health_sync = HealthSync(registry, self.health, self.config.replica_id)
         self.controller.observers.append(self._registry_changed)
         self.metrics.registry.register(TopologyCollector(self.topology))
+        self.metrics.registry.register(HealthCollector(self.health))
         self._health_tasks: list[asyncio.Task[None]] = []
         self.xds_port = 0
         self.metrics_port = 0

@@ -301,16 +301,12 @@ def _short_type(type_url: str) -> str:
 
 
 class HealthMetrics:
-    """Endpoint health (HDS) and load report (LRS) metrics; per-edge topology gauges come
-    from :class:`xds_server.server.lrs.TopologyCollector` at scrape time."""
+    """Endpoint health (HDS) and load report (LRS) counters. Gauges computed at scrape
+    time come from collectors: ``meshd_service_endpoints`` from
+    :class:`xds_server.server.hds.HealthCollector`, per-edge and per-endpoint load from
+    :class:`xds_server.server.lrs.TopologyCollector`."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.service_endpoints = Gauge(
-            "meshd_service_endpoints",
-            "Endpoints of a service by aggregated health (state: healthy, total)",
-            ["service", "state"],
-            registry=r,
-        )
         self.health_panic = Counter(
             "meshd_health_all_unhealthy_total",
             "Times every endpoint of a service became unhealthy (Envoy's panic mode serves "

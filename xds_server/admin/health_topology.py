@@ -1,5 +1,6 @@
 """Bodies of the admin API's health and topology RPCs: GetHealth, GetTopology,
-GetRecommendations. No I/O: they read :class:`~xds_server.server.hds.HealthService` and
+GetRecommendations, GetServiceMetrics. No I/O: they read
+:class:`~xds_server.server.hds.HealthService` and
 :class:`~xds_server.server.lrs.TopologyService` (``app.health`` / ``app.topology``).
 
 Reads need the viewer role. What a caller sees is filtered by its namespaces like
@@ -22,9 +23,16 @@ from xds_server.model import ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE, check_label
 from xds_server.server.hds import HealthService
 from xds_server.server.lrs import TopologyService
-from xds_server.topology.graph import Graph, Recommendation
+from xds_server.topology.graph import Graph, Recommendation, ServiceRed
+from xds_server.topology.load import EndpointRate
 
-__all__ = ["get_health", "get_recommendations", "get_topology", "window_of"]
+__all__ = [
+    "get_health",
+    "get_recommendations",
+    "get_service_metrics",
+    "get_topology",
+    "window_of",
+]
 
 STATUS_TO_PB: dict[Status, pb.HealthStatus] = {
     Status.HEALTHY: pb.HEALTH_STATUS_HEALTHY,
@@ -139,8 +147,7 @@ def get_topology(
     topology: TopologyService | None, who: Principal, request: pb.GetTopologyRequest
 ) -> pb.GetTopologyResponse:
     """The service graph, less the services outside the caller's namespaces (and their
-    edges: an edge is shown only when the caller may see both ends), and less the edges
-    that neither a route allows nor traffic uses."""
+    edges: an edge is shown only when the caller may see both ends)."""
     if topology is None:
         raise _unavailable("the topology")
     graph = topology.graph(window_of(topology, request.window_seconds))
@@ -165,11 +172,6 @@ def graph_message(graph: Graph, services: set[str], who: Principal) -> pb.GetTop
             kind = pb.NODE_KIND_SERVICE if node in services else pb.NODE_KIND_PROXY_GROUP
             out.nodes.append(pb.TopologyNode(id=node, kind=kind))
     for e in graph.edges:
-        # Envoy reports every cluster it holds (all of them, over LRS), so a proxy that
-        # never calls a service still "observes" an edge to it with no traffic: without a
-        # route and without traffic it is no edge at all, and would bury the real ones.
-        if e.idle and not e.allowed:
-            continue
         if visible(e.source) and visible(e.destination):
             out.edges.append(
                 pb.TopologyEdge(
@@ -180,9 +182,68 @@ def graph_message(graph: Graph, services: set[str], who: Principal) -> pb.GetTop
                     in_flight=max(0, e.in_flight),
                     allowed=e.allowed,
                     idle=e.idle,
+                    endpoints=[endpoint_load(ep) for ep in e.endpoints],
                 )
             )
     return out
+
+
+def endpoint_load(ep: EndpointRate) -> pb.EndpointLoad:
+    """The API form of one upstream endpoint's traffic."""
+    return pb.EndpointLoad(
+        subset=ep.subset,
+        endpoint=ep.endpoint,
+        rps=ep.rps,
+        error_rate=ep.error_rate,
+        in_flight=max(0, ep.in_flight),
+    )
+
+
+def get_service_metrics(
+    topology: TopologyService | None, who: Principal, request: pb.GetServiceMetricsRequest
+) -> pb.GetServiceMetricsResponse:
+    """RED per service over the window, selected and filtered like GetHealth: naming a
+    service (or namespace) outside the caller's namespaces is PERMISSION_DENIED, an
+    unknown service NOT_FOUND, and a listing leaves out what the caller may not read."""
+    if topology is None:
+        raise _unavailable("the topology")
+    ref = service_filter(request.service, request.namespace)
+    window = window_of(topology, request.window_seconds)
+    if ref is not None:
+        require(who, "read", ref.namespace, f"metrics/{ref}")
+        if ref not in (topology.state.services if topology.state is not None else {}):
+            raise AdminError(grpc.StatusCode.NOT_FOUND, f"service {ref}: not found")
+        found = topology.red(str(ref), window)
+    else:
+        if request.namespace:
+            require(who, "read", request.namespace, f"metrics/{request.namespace}")
+        found = [
+            r
+            for r in topology.red(window=window)
+            if (not request.namespace or _namespace(r.service) == request.namespace)
+            and who.may("read", _namespace(r.service))
+        ]
+    out = pb.GetServiceMetricsResponse(window_seconds=window or topology.window)
+    for r in found:
+        out.services.append(service_metrics(r))
+    return out
+
+
+def service_metrics(r: ServiceRed) -> pb.ServiceMetrics:
+    """The API form of one service's :class:`ServiceRed`."""
+    ns, _, name = r.service.partition("/")
+    msg = pb.ServiceMetrics(
+        namespace=ns,
+        name=name,
+        rps=r.rps,
+        error_rps=r.error_rps,
+        error_rate=r.error_rate,
+        in_flight=max(0, r.in_flight),
+        endpoints=[endpoint_load(ep) for ep in r.endpoints],
+    )
+    if r.duration_ms is not None:  # never today (LRS has no latency): left unset, not 0
+        msg.duration_ms = r.duration_ms
+    return msg
 
 
 def get_recommendations(

@@ -22,7 +22,12 @@ from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import Authenticator, Principal, require
 from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, from_mesh_error, invalid
-from xds_server.admin.health_topology import get_health, get_recommendations, get_topology
+from xds_server.admin.health_topology import (
+    get_health,
+    get_recommendations,
+    get_service_metrics,
+    get_topology,
+)
 from xds_server.admin.proxies import SHORT_TO_TYPE, connections, proxy_resources, proxy_status
 from xds_server.admin.watch import event_message, event_namespace, event_types
 from xds_server.errors import MeshError, RegistryConflict
@@ -75,7 +80,8 @@ class AdminServicer:
         self.health = health
         """Aggregated endpoint health (GetHealth); None: UNAVAILABLE."""
         self.topology = topology
-        """Live topology and scaling advice (GetTopology, GetRecommendations)."""
+        """Live topology, scaling advice and RED (GetTopology, GetRecommendations,
+        GetServiceMetrics)."""
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -488,6 +494,14 @@ class AdminServicer:
     ) -> Message:
         async def body(who: Principal) -> Message:
             return get_recommendations(self.topology, who, request)
+
+        return await self._call(context, request, body)
+
+    async def GetServiceMetrics(  # noqa: N802
+        self, request: pb.GetServiceMetricsRequest, context: _Ctx
+    ) -> Message:
+        async def body(who: Principal) -> Message:
+            return get_service_metrics(self.topology, who, request)
 
         return await self._call(context, request, body)
 

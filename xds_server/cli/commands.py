@@ -29,6 +29,7 @@ from xds_server.cli.tables import (
     health_rows,
     proxy_rows,
     recommend_rows,
+    red_rows,
     table,
     topology_dot,
     topology_rows,
@@ -405,6 +406,7 @@ def topology(client: Client, args: argparse.Namespace) -> int:
                 "in_flight": e.in_flight,
                 "idle": e.idle,
                 "allowed": e.allowed,
+                "endpoints": [_endpoint_doc(ep) for ep in e.endpoints],
             }
             for e in resp.edges
         ]
@@ -459,4 +461,52 @@ def recommend(client: Client, args: argparse.Namespace) -> int:
     header, rows = recommend_rows(resp.services)
     sys.stdout.write(table(header, rows))
     print(f"window {resp.window_seconds:g}s")
+    return 0
+
+
+def _endpoint_doc(ep: pb.EndpointLoad) -> dict[str, Any]:
+    return {
+        "subset": ep.subset,
+        "endpoint": ep.endpoint,
+        "rps": ep.rps,
+        "error_rate": ep.error_rate,
+        "in_flight": ep.in_flight,
+    }
+
+
+def red(client: Client, args: argparse.Namespace) -> int:
+    """``meshctl red [SERVICE] [-n NS] [--window S]``: rate, errors and in-flight requests
+    per service (and per upstream endpoint) over the window, from the proxies' load
+    reports. Duration is shown only when meshd has it: LRS carries no latency."""
+    if args.window < 0:
+        raise UserError(f"--window must be >= 0 seconds, got {args.window}")
+    req = pb.GetServiceMetricsRequest(
+        service=args.service or "", namespace=args.namespace or "", window_seconds=args.window
+    )
+    resp = client.call("GetServiceMetrics", req)
+    if args.output in ("json", "yaml"):
+        items = [
+            {
+                "service": f"{s.namespace}/{s.name}",
+                "rps": s.rps,
+                "error_rps": s.error_rps,
+                "error_rate": s.error_rate,
+                "in_flight": s.in_flight,
+                # null, not 0: no duration is known (LRS carries no latency).
+                "duration_ms": s.duration_ms if s.HasField("duration_ms") else None,
+                "endpoints": [_endpoint_doc(ep) for ep in s.endpoints],
+            }
+            for s in resp.services
+        ]
+        doc = {"window_seconds": resp.window_seconds, "services": items}
+        sys.stdout.write(dumps(doc, args.output))
+        return 0
+    if not resp.services:
+        print("no services found", file=sys.stderr)
+        return 0
+    header, rows, detail, drows = red_rows(resp.services)
+    sys.stdout.write(table(header, rows))
+    if drows:
+        sys.stdout.write("\n" + table(detail, drows))
+    print(f"window {resp.window_seconds:g}s (duration: not in load reports; see Envoy's stats)")
     return 0

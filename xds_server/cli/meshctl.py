@@ -145,6 +145,13 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     c = _command(sub, "recommend", commands.recommend, "endpoints the observed load needs")
     c.add_argument("--window", type=int, default=0, help="seconds the load covers (default 60)")
 
+    c = _command(
+        sub, "red", commands.red, "rate, errors, in-flight per service and upstream endpoint"
+    )
+    c.add_argument("service", nargs="?", help="one service: NAME or NS/NAME")
+    c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
+    c.add_argument("--window", type=int, default=0, help="seconds the rates cover (default 60)")
+
     c = _command(sub, "watch", commands.watch, "stream mesh events until Ctrl-C")
     c.add_argument(
         "--type",

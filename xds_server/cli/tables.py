@@ -221,6 +221,42 @@ def topology_rows(resp: pb.GetTopologyResponse) -> tuple[list[str], list[list[ob
     return header, rows
 
 
+def red_rows(
+    services: Sequence[pb.ServiceMetrics],
+) -> tuple[list[str], list[list[object]], list[str], list[list[object]]]:
+    """``meshctl red``: one row per service, then one per (service, upstream endpoint).
+    DURATION is ``-`` while meshd has none (LRS carries no latency)."""
+    header = ["SERVICE", "RPS", "ERRORS/S", "ERROR_RATE", "IN_FLIGHT", "DURATION"]
+    rows: list[list[object]] = []
+    detail = ["SERVICE", "SUBSET", "ENDPOINT", "RPS", "ERROR_RATE", "IN_FLIGHT"]
+    drows: list[list[object]] = []
+    for s in services:
+        name = f"{s.namespace}/{s.name}"
+        duration = f"{s.duration_ms:.1f}ms" if s.HasField("duration_ms") else None
+        rows.append(
+            [
+                name,
+                f"{s.rps:.2f}",
+                f"{s.error_rps:.2f}",
+                f"{100 * s.error_rate:.1f}%",
+                s.in_flight,
+                duration,
+            ]
+        )
+        for ep in s.endpoints:
+            drows.append(
+                [
+                    name,
+                    ep.subset,
+                    ep.endpoint,
+                    f"{ep.rps:.2f}",
+                    f"{100 * ep.error_rate:.1f}%",
+                    ep.in_flight,
+                ]
+            )
+    return header, rows, detail, drows
+
+
 def recommend_rows(
     services: Sequence[pb.ServiceRecommendation],
 ) -> tuple[list[str], list[list[object]]]:

@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.service.health.v3 import hds_pb2
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from xds_server.health.aggregate import Status
 from xds_server.health.assign import Checker
@@ -174,10 +176,6 @@ class HealthService:
                     self.metrics.health_panic.labels(f"{ref.namespace}/{ref.name}").inc()
             elif not panic:
                 self.panicking.discard(ref)
-        if self.metrics is not None:
-            for sh in self.monitor.services():
-                self.metrics.service_endpoints.labels(sh.service, "healthy").set(sh.healthy)
-                self.metrics.service_endpoints.labels(sh.service, "total").set(sh.total)
         if self.on_change is not None:
             self.on_change(self.monitor.all_eds_health(), changed)
 
@@ -306,3 +304,34 @@ class HdsServicer:
 
 def status_name(status: Status) -> str:
     return status.value
+
+
+class HealthCollector(Collector):
+    """``meshd_service_endpoints{service,state}`` computed at scrape time.
+
+    At scrape time rather than when verdicts change: a service whose verdicts never
+    change (no ``health_check``, or no report yet) still has its series, and a deleted
+    service's series goes with it instead of lingering at its last value.
+    """
+
+    def __init__(self, health: HealthService) -> None:
+        self.health = health
+
+    def describe(self) -> Any:
+        # Fixed description, so registering does not call collect().
+        yield self._family()
+
+    def collect(self) -> Any:
+        family = self._family()
+        for sh in self.health.services():
+            family.add_metric([sh.service, "healthy"], sh.healthy)
+            family.add_metric([sh.service, "total"], sh.total)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "meshd_service_endpoints",
+            "Endpoints of a service by aggregated health (state: healthy, total)",
+            labels=["service", "state"],
+        )

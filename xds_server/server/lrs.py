@@ -69,16 +69,28 @@ class TopologyService:
     def graph(self, window: float | None = None) -> Graph:
         """Nodes and edges over the last ``window`` seconds (default: the service's window)."""
         window = window or self.window
-        edges = self.tracker.edges(self.clock(), window)
         if self.state is None:
             return Graph((), (), window)
-        return build_graph(self.state, edges, set(self.sources.values()), window)
+        now = self.clock()
+        return build_graph(
+            self.state,
+            self.tracker.edges(now, window),
+            set(self.sources.values()),
+            window,
+            self.tracker.endpoint_rates(now, window),
+        )
 
-    def red(self, service: str | None = None, window: float | None = None) -> list[ServiceRed]:
-        """Rate / errors (/ duration: not carried by LRS) per service over ``window``."""
+    def red(
+        self, service: str | None = None, window: float | None = None, *, graph: Graph | None = None
+    ) -> list[ServiceRed]:
+        """Rate / errors (/ duration: not carried by LRS) per service over ``window``, with
+        each service's traffic by upstream endpoint. Without ``service``: every registered
+        service, at zero when nothing called it. ``graph``: one already built (a scrape
+        computes it once for edges and endpoints)."""
         if service is not None and "/" not in service:
             service = f"default/{service}"
-        return red(self.graph(window), service)
+        services = [service_id(r) for r in self.state.services] if self.state is not None else []
+        return red(graph or self.graph(window), service, services)
 
     def recommend(self, window: float | None = None) -> list[Recommendation]:
         """Endpoint counts the observed load needs, for services with ``scaling``."""
@@ -196,7 +208,15 @@ class LrsServicer:
 
 
 class TopologyCollector(Collector):
-    """Per-edge gauges computed at scrape time (edges come and go with traffic)."""
+    """Per-edge and per-upstream-endpoint gauges computed at scrape time (edges and
+    endpoints come and go with traffic).
+
+    Endpoint series exist only for endpoints that carried load in the window, so their
+    number is bounded by the endpoints in use, not by every cluster every proxy holds.
+    They carry both ``service`` (``ns/name``, like every meshd metric) and
+    ``mesh_service`` (``name.ns``, Envoy's stats tag), so a dashboard's ``$service``
+    selects Envoy's and meshd's series alike.
+    """
 
     def __init__(self, topology: TopologyService) -> None:
         self.topology = topology
@@ -219,10 +239,37 @@ class TopologyCollector(Collector):
         idle = GaugeMetricFamily(
             "meshd_edge_idle", "1 when routes allow an edge that carries no traffic", labels=labels
         )
-        for e in self.topology.graph().edges:
+        graph = self.topology.graph()
+        for e in graph.edges:
             key = [e.source, e.destination]
             rps.add_metric(key, e.rps)
             errors.add_metric(key, e.error_rate)
             inflight.add_metric(key, e.in_flight)
             idle.add_metric(key, 1.0 if e.idle else 0.0)
         yield from (rps, errors, inflight, idle)
+
+        ep_labels = ["service", "mesh_service", "subset", "endpoint"]
+        ep_rps = GaugeMetricFamily(
+            "meshd_endpoint_requests_per_second",
+            "Requests per second to an upstream endpoint, summed over every proxy "
+            "(LRS, sliding window; endpoints that carried load only)",
+            labels=ep_labels,
+        )
+        ep_errors = GaugeMetricFamily(
+            "meshd_endpoint_error_ratio",
+            "Share of an upstream endpoint's requests that failed",
+            labels=ep_labels,
+        )
+        ep_inflight = GaugeMetricFamily(
+            "meshd_endpoint_in_flight_requests",
+            "Requests in flight to an upstream endpoint at the last reports",
+            labels=ep_labels,
+        )
+        for svc in self.topology.red(graph=graph):
+            ns, _, name = svc.service.partition("/")
+            for ep in svc.endpoints:
+                key = [svc.service, f"{name}.{ns}", ep.subset, ep.endpoint]
+                ep_rps.add_metric(key, ep.rps)
+                ep_errors.add_metric(key, ep.error_rate)
+                ep_inflight.add_metric(key, ep.in_flight)
+        yield from (ep_rps, ep_errors, ep_inflight)

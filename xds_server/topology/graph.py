@@ -6,7 +6,10 @@ not a service, e.g. ``gateway``). A sidecar whose node cluster is ``<name>.<ns>`
 
 An edge is allowed when a listener served to the source (its ``nodes`` globs
 match) carries a route to the destination; it is observed when load reports
-show traffic on it. An allowed edge without traffic in the window is ``idle``.
+show traffic on it (requests completed in the window, or in flight). The graph
+holds the edges that are allowed or observed, nothing else: Envoy reports every
+cluster it holds over LRS, traffic or not, so a report alone makes no edge. An
+allowed edge without traffic in the window is ``idle``.
 The per-service default hosts (every HTTP listener routes ``Host: <svc>.<ns>``)
 are not edges: they would make every pair allowed and the graph say nothing.
 """
@@ -16,11 +19,11 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xds_server.model import ServiceRef
 from xds_server.state import RegistryState
-from xds_server.topology.load import EdgeRate
+from xds_server.topology.load import EdgeRate, EndpointRate
 
 __all__ = ["Edge", "Graph", "Recommendation", "ServiceRed", "build_graph", "recommend", "red"]
 
@@ -35,7 +38,9 @@ class Edge:
     error_rate: float
     in_flight: int
     allowed: bool  # some route allows it
-    idle: bool  # no traffic in the window
+    idle: bool  # allowed, and no traffic in the window
+    endpoints: tuple[EndpointRate, ...] = ()
+    """The edge's traffic by upstream (subset, endpoint): those that carried load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ class ServiceRed:
     in_flight: int
     window: float
     duration_ms: float | None = None
+    endpoints: tuple[EndpointRate, ...] = ()
+    """By (subset, endpoint), summed over every source (``source`` is "")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,28 +137,48 @@ def allowed_edges(state: RegistryState, sources: Iterable[str]) -> set[tuple[str
 
 
 def build_graph(
-    state: RegistryState, traffic: Iterable[EdgeRate], sources: Iterable[str], window: float
+    state: RegistryState,
+    traffic: Iterable[EdgeRate],
+    sources: Iterable[str],
+    window: float,
+    endpoints: Iterable[EndpointRate] = (),
 ) -> Graph:
-    """Join the allowed edges (for the given proxy node clusters) with observed traffic."""
+    """Join the allowed edges (for the given proxy node clusters) with observed traffic.
+
+    An edge exists when a route allows it or traffic was seen on it in the window; it is
+    ``idle`` when allowed and without traffic. A reported cluster with no requests and
+    none in flight is no traffic: every proxy reports every cluster it holds.
+    """
     refs = list(state.services)
-    observed = {(source_id(t.source, refs), t.destination): t for t in traffic}
+    traffic = list(traffic)
+    observed = {
+        (source_id(t.source, refs), t.destination): t
+        for t in traffic
+        if t.rps > 0 or t.in_flight > 0
+    }
+    # Allowed edges of every proxy group that reports, even one whose reports carry no
+    # traffic: its routes still allow what they allow.
     allowed = {
         (source_id(src, refs), dst)
-        for src, dst in allowed_edges(state, {*sources, *(t.source for t in observed.values())})
+        for src, dst in allowed_edges(state, {*sources, *(t.source for t in traffic)})
     }
+    by_edge: dict[tuple[str, str], list[EndpointRate]] = {}
+    for ep in endpoints:
+        src = source_id(ep.source, refs)
+        by_edge.setdefault((src, ep.destination), []).append(replace(ep, source=src))
     edges = []
     for key in sorted(allowed | set(observed)):
         t = observed.get(key)
-        rps = t.rps if t else 0.0
         edges.append(
             Edge(
                 key[0],
                 key[1],
-                rps,
+                t.rps if t else 0.0,
                 t.error_rate if t else 0.0,
                 t.in_flight if t else 0,
                 key in allowed,
-                idle=rps <= 0 and not (t and t.in_flight),
+                idle=t is None,
+                endpoints=tuple(by_edge.get(key, ())),
             )
         )
     nodes = (
@@ -160,9 +187,11 @@ def build_graph(
     return Graph(tuple(sorted(nodes)), tuple(edges), window)
 
 
-def red(graph: Graph, service: str | None = None) -> list[ServiceRed]:
-    """RED per destination service (or one), summed over its incoming edges."""
+def red(graph: Graph, service: str | None = None, services: Iterable[str] = ()) -> list[ServiceRed]:
+    """RED per destination service (or one), summed over its incoming edges, with its
+    traffic by upstream endpoint. ``services`` are listed (at zero) even without traffic."""
     acc: dict[str, list[float]] = {}
+    eps: dict[str, dict[tuple[str, str], list[float]]] = {}
     for e in graph.edges:
         if service is not None and e.destination != service:
             continue
@@ -170,12 +199,35 @@ def red(graph: Graph, service: str | None = None) -> list[ServiceRed]:
         row[0] += e.rps
         row[1] += e.rps * e.error_rate
         row[2] += e.in_flight
-    if service is not None and service not in acc and service in graph.nodes:
-        acc[service] = [0.0, 0.0, 0.0]
-    return [
-        ServiceRed(svc, rps, err, err / rps if rps > 0 else 0.0, int(inflight), graph.window)
-        for svc, (rps, err, inflight) in sorted(acc.items())
-    ]
+        for ep in e.endpoints:
+            erow = eps.setdefault(e.destination, {}).setdefault(
+                (ep.subset, ep.endpoint), [0.0, 0.0, 0.0]
+            )
+            erow[0] += ep.rps
+            erow[1] += ep.error_rps
+            erow[2] += ep.in_flight
+    wanted = [service] if service is not None else list(services)
+    for svc in wanted:
+        if svc not in acc and svc in graph.nodes:
+            acc[svc] = [0.0, 0.0, 0.0]
+    out = []
+    for svc, (rps, err, inflight) in sorted(acc.items()):
+        per = tuple(
+            EndpointRate("", svc, subset, ep, ep_rps, ep_err, int(ep_inflight))
+            for (subset, ep), (ep_rps, ep_err, ep_inflight) in sorted(eps.get(svc, {}).items())
+        )
+        out.append(
+            ServiceRed(
+                svc,
+                rps,
+                err,
+                err / rps if rps > 0 else 0.0,
+                int(inflight),
+                graph.window,
+                endpoints=per,
+            )
+        )
+    return out
 
 
 def recommend(state: RegistryState, graph: Graph) -> list[Recommendation]:

@@ -1,7 +1,9 @@
 """Load reports (LRS) folded into per-edge rates over a sliding window. Pure.
 
 An edge is (source, destination): the reporting proxy's node ``cluster`` and the
-upstream service of the Envoy cluster it reports on. Every report carries the
+upstream service of the Envoy cluster it reports on. Per upstream endpoint (Envoy's
+``upstream_endpoint_stats``), rates are kept the same way, per (source, destination,
+subset, endpoint address), over the same report intervals as the cluster's. Every report carries the
 requests completed since the previous one; a proxy's rate on an edge is the sum
 of its requests over the sum of the report intervals inside the window, and an
 edge's rate is the sum over the proxies that report it.
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["ClusterLoad", "EdgeRate", "IngestOutcome", "LoadTracker"]
+__all__ = ["ClusterLoad", "EdgeRate", "EndpointRate", "IngestOutcome", "LoadTracker"]
 
 MAX_RPS = 1_000_000.0
 """More requests per second than this on one edge from one proxy is not a real report."""
@@ -63,6 +65,29 @@ class EdgeRate:
         return self.error_rps / self.rps if self.rps > 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointRate:
+    """Traffic to one upstream endpoint of a cluster over a window.
+
+    ``source`` is the reporting node cluster (or the graph node, once joined; "" when
+    summed over every source); ``subset`` is the Envoy cluster's subset ("" for the
+    service's own cluster); ``endpoint`` is ``address:port`` as Envoy reports it.
+    """
+
+    source: str
+    destination: str
+    subset: str
+    endpoint: str
+    rps: float
+    error_rps: float
+    in_flight: int
+
+    @property
+    def error_rate(self) -> float:
+        """Share of completed requests that failed (0 when idle)."""
+        return self.error_rps / self.rps if self.rps > 0 else 0.0
+
+
 @dataclass(slots=True)
 class _Sample:
     at: float
@@ -70,12 +95,16 @@ class _Sample:
     requests: int
     errors: int
     in_flight: int
+    endpoints: tuple[
+        tuple[str, int, int, int], ...
+    ] = ()  # (address:port, requests, errors, in-flight)
 
 
 @dataclass(slots=True)
 class _Series:
     source: str
     destination: str
+    subset: str = ""
     samples: deque[_Sample] = field(default_factory=deque)
 
 
@@ -125,19 +154,26 @@ class LoadTracker:
             if not 0 < duration <= 10 * self.report_interval:
                 duration = min(max(since_last, 0.001), 10 * self.report_interval)
             requests = load.successful + load.errors
-            if (
-                min(load.successful, load.errors, load.in_progress, load.issued) < 0
-                or requests / duration > MAX_RPS
-                or load.issued / duration > MAX_RPS
-                or load.in_progress > MAX_IN_FLIGHT
+            if _absurd(
+                load.successful, load.errors, load.in_progress, duration, load.issued
+            ) or any(
+                _absurd(ok, err, inflight, duration) for _, ok, err, inflight in load.endpoints
             ):
                 refused["absurd_count"] = refused.get("absurd_count", 0) + 1
                 continue
             series = self._series.get((node_id, load.cluster))
             if series is None or series.source != source:
-                series = self._series[(node_id, load.cluster)] = _Series(source, destination)
+                subset = load.cluster.partition("|")[2]
+                series = self._series[(node_id, load.cluster)] = _Series(
+                    source, destination, subset
+                )
             series.destination = destination
-            series.samples.append(_Sample(now, duration, requests, load.errors, load.in_progress))
+            endpoints = tuple(
+                (a, ok + err, err, inflight) for a, ok, err, inflight in load.endpoints
+            )
+            series.samples.append(
+                _Sample(now, duration, requests, load.errors, load.in_progress, endpoints)
+            )
             accepted += 1
         self._prune(now)
         return IngestOutcome(accepted, refused)
@@ -149,6 +185,7 @@ class LoadTracker:
             if key[0] == node_id and series.samples:
                 last = series.samples[-1]
                 last.in_flight = 0
+                last.endpoints = tuple((a, rq, err, 0) for a, rq, err, _ in last.endpoints)
 
     def edges(self, now: float, window: float) -> list[EdgeRate]:
         """Rates of every edge with a sample in the last ``window`` seconds (sorted)."""
@@ -171,6 +208,44 @@ class LoadTracker:
             for (src, dst), (rps, err, inflight, n) in sorted(acc.items())
         ]
 
+    def endpoint_rates(self, now: float, window: float) -> list[EndpointRate]:
+        """Rates per (source, destination, subset, endpoint) over the last ``window``
+        seconds, for the endpoints that carried load in it (sorted).
+
+        Only endpoints with requests or requests in flight inside the window are listed:
+        the rows (and the Prometheus series made from them) stay bounded by the endpoints
+        actually in use, not by every endpoint every proxy holds.
+        """
+        acc: dict[tuple[str, str, str, str], list[float]] = {}
+        horizon = now - window
+        for series in self._series.values():
+            inside = [s for s in series.samples if s.at > horizon]
+            if not inside:
+                continue
+            # The cluster's report intervals are the endpoints' too: the same denominator
+            # as the edge's rate, so an edge's endpoints add up to the edge.
+            duration = max(sum(s.duration for s in inside), 1e-9)
+            per: dict[str, list[int]] = {}
+            for sample in inside:
+                for address, requests, errors, _ in sample.endpoints:
+                    row = per.setdefault(address, [0, 0, 0])
+                    row[0] += requests
+                    row[1] += errors
+            for address, _, _, inflight in inside[-1].endpoints:
+                per.setdefault(address, [0, 0, 0])[2] = inflight
+            for address, (requests, errors, inflight) in per.items():
+                if not requests and not inflight:
+                    continue
+                key = (series.source, series.destination, series.subset, address)
+                row_f = acc.setdefault(key, [0.0, 0.0, 0.0])
+                row_f[0] += requests / duration
+                row_f[1] += errors / duration
+                row_f[2] += inflight
+        return [
+            EndpointRate(src, dst, subset, ep, rps, err, int(inflight))
+            for (src, dst, subset, ep), (rps, err, inflight) in sorted(acc.items())
+        ]
+
     def _prune(self, now: float) -> None:
         horizon = now - self.horizon
         for key in list(self._series):
@@ -179,3 +254,13 @@ class LoadTracker:
                 samples.popleft()
             if not samples:
                 del self._series[key]
+
+
+def _absurd(ok: int, errors: int, in_flight: int, duration: float, issued: int = 0) -> bool:
+    """Counts no proxy can produce (a "negative" count arrives as a huge uint64)."""
+    return (
+        min(ok, errors, in_flight, issued) < 0
+        or (ok + errors) / duration > MAX_RPS
+        or issued / duration > MAX_RPS
+        or in_flight > MAX_IN_FLIGHT
+    )

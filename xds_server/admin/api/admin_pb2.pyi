@@ -489,7 +489,7 @@ class TopologyNode(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[NodeKind, str]] = ...) -> None: ...
 
 class TopologyEdge(_message.Message):
-    __slots__ = ("source", "destination", "rps", "error_rate", "in_flight", "allowed", "idle")
+    __slots__ = ("source", "destination", "rps", "error_rate", "in_flight", "allowed", "idle", "endpoints")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     RPS_FIELD_NUMBER: _ClassVar[int]
@@ -497,6 +497,7 @@ class TopologyEdge(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     IDLE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     source: str
     destination: str
     rps: float
@@ -504,7 +505,22 @@ class TopologyEdge(_message.Message):
     in_flight: int
     allowed: bool
     idle: bool
-    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ..., allowed: _Optional[bool] = ..., idle: _Optional[bool] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointLoad]
+    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ..., allowed: _Optional[bool] = ..., idle: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointLoad, _Mapping]]] = ...) -> None: ...
+
+class EndpointLoad(_message.Message):
+    __slots__ = ("subset", "endpoint", "rps", "error_rate", "in_flight")
+    SUBSET_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RPS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    subset: str
+    endpoint: str
+    rps: float
+    error_rate: float
+    in_flight: int
+    def __init__(self, subset: _Optional[str] = ..., endpoint: _Optional[str] = ..., rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class GetTopologyResponse(_message.Message):
     __slots__ = ("nodes", "edges", "window_seconds")
@@ -553,3 +569,41 @@ class GetRecommendationsResponse(_message.Message):
     services: _containers.RepeatedCompositeFieldContainer[ServiceRecommendation]
     window_seconds: float
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceRecommendation, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+
+class GetServiceMetricsRequest(_message.Message):
+    __slots__ = ("service", "namespace", "window_seconds")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    namespace: str
+    window_seconds: int
+    def __init__(self, service: _Optional[str] = ..., namespace: _Optional[str] = ..., window_seconds: _Optional[int] = ...) -> None: ...
+
+class ServiceMetrics(_message.Message):
+    __slots__ = ("namespace", "name", "rps", "error_rps", "error_rate", "in_flight", "duration_ms", "endpoints")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RPS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RPS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    rps: float
+    error_rps: float
+    error_rate: float
+    in_flight: int
+    duration_ms: float
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointLoad]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., rps: _Optional[float] = ..., error_rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ..., duration_ms: _Optional[float] = ..., endpoints: _Optional[_Iterable[_Union[EndpointLoad, _Mapping]]] = ...) -> None: ...
+
+class GetServiceMetricsResponse(_message.Message):
+    __slots__ = ("services", "window_seconds")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceMetrics]
+    window_seconds: float
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...

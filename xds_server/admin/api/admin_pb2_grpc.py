@@ -115,6 +115,11 @@ class MeshAdminServiceStub:
                 request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsRequest.SerializeToString,
                 response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsResponse.FromString,
                 _registered_method=True)
+        self.GetServiceMetrics = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/GetServiceMetrics',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -235,6 +240,15 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceMetrics(self, request, context):
+        """GetServiceMetrics returns RED figures per service over a sliding window, from the
+        proxies' load reports (LRS): request rate, errors, requests in flight, and the same by
+        upstream endpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +331,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.GetRecommendations,
                     request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsRequest.FromString,
                     response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsResponse.SerializeToString,
+            ),
+            'GetServiceMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceMetrics,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -752,6 +771,33 @@ class MeshAdminService:
             '/apg.mesh.admin.v1.MeshAdminService/GetRecommendations',
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsRequest.SerializeToString,
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetRecommendationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/GetServiceMetrics',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
