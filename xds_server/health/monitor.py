@@ -313,6 +313,10 @@ class HealthMonitor:
     def verdict(self, key: str) -> Status:
         return self.aggregator.verdict(key)
 
+    def probed(self) -> list[ServiceRef]:
+        """Services whose checks run over HDS (the only ones with verdicts to share)."""
+        return sorted(self._services, key=lambda r: (r.namespace, r.name))
+
     def services(self, ref: ServiceRef | None = None) -> list[ServiceHealth]:
         """Health of one service or of every service with endpoints, sorted by name."""
         refs = (
