@@ -79,6 +79,7 @@ async def test_apply_get_split_delete(admin_mesh: AdminMesh, tmp_path: Path) -> 
     assert code == 0 and out.count("unchanged") == 4
 
     code, out, _ = await meshctl("get", "services", *admin)
+    assert (await meshctl("get", "services", "-o", "text", *admin))[1] == out
     lines = out.splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "REVISION"]
     assert lines[1].split()[:5] == ["shop", "web", "8080", "http", "v1,v2"]

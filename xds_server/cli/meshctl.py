@@ -81,6 +81,11 @@ def _global_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _output(value: str) -> str:
+    """``-o text`` is the people's table (the spelling issue 6 and some tools use)."""
+    return "table" if value == "text" else value
+
+
 def _command(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     name: str,
@@ -90,7 +95,14 @@ def _command(
 ) -> argparse.ArgumentParser:
     c: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
     _global_flags(c, suppress=True)
-    c.add_argument("-o", "--output", choices=outputs, default="table")
+    c.add_argument(
+        "-o",
+        "--output",
+        choices=outputs,
+        default="table",
+        type=_output,
+        help=f"output format ({', '.join(outputs)}; 'text' is the table)",
+    )
     c.set_defaults(func=functools.partial(commands.run, func=func))
     return c
 
