@@ -55,7 +55,7 @@ def test_changes_reach_only_the_watchers_that_hold_them() -> None:
         w.take()
 
     cache.unwatch(holds_a)
-    assert not any(cache._by_name[ENDPOINT].values())
+    assert not cache._sets_by_name[ENDPOINT] and not cache._groups[ENDPOINT]
     _change(cache, ENDPOINT, "b", b"4")
     assert _woken(holds_a) == {}
 

@@ -149,7 +149,11 @@ class ConfigCache:
         # Who hears a change: undeclared watchers hear all; the others by type or by name.
         self._open: set[Watcher] = set()
         self._wild: dict[str, set[Watcher]] = {t: set() for t in TYPE_ORDER}
-        self._by_name: dict[str, dict[str, set[Watcher]]] = {t: {} for t in TYPE_ORDER}
+        # Explicit subscriptions are indexed by subscription set, not by watcher: thousands of
+        # proxies share one interned set (every sidecar asks for the same clusters), so the
+        # name index costs O(distinct sets x names), not O(streams x names).
+        self._groups: dict[str, dict[frozenset[str], set[Watcher]]] = {t: {} for t in TYPE_ORDER}
+        self._sets_by_name: dict[str, dict[str, set[frozenset[str]]]] = {t: {} for t in TYPE_ORDER}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
         self._intern_limit = 1024
         self._set_xors: dict[tuple[str, frozenset[str]], tuple[int, int]] = {}
@@ -196,14 +200,16 @@ class ConfigCache:
             for w in (*self._open, *self._wild[type_url]):
                 _merge(w, type_url, before)
                 woken.add(w)
-            by_name = self._by_name[type_url]
-            if not by_name:
+            sets_by_name = self._sets_by_name[type_url]
+            if not sets_by_name:
                 continue
+            groups = self._groups[type_url]
             for name, old in before.items():
-                for w in by_name.get(name, ()):
-                    mine = w.pending.setdefault(type_url, {})
-                    mine.setdefault(name, old)  # the oldest unseen value: what the client holds
-                    woken.add(w)
+                for subscription in sets_by_name.get(name, ()):
+                    for w in groups[subscription]:
+                        mine = w.pending.setdefault(type_url, {})
+                        mine.setdefault(name, old)  # the oldest unseen value: what it holds
+                        woken.add(w)
         if delta.listeners_changed:
             for w in self._watchers:
                 w.scopes_changed = True
@@ -296,25 +302,49 @@ class ConfigCache:
     def set_interest(self, w: Watcher, interest: Interest) -> None:
         """Declare what ``w`` listens to from now on (see :class:`Watcher`).
 
-        Cost is proportional to the names that changed: subscriptions are interned sets,
-        so an unchanged one is recognised by identity.
+        Subscriptions are interned sets, so an unchanged one is recognised by identity and
+        costs nothing; a set's names are indexed once, when its first watcher joins.
         """
         old = w.interest or {}
         self._open.discard(w)
         for t in set(old) | set(interest):
-            before = old.get(t, (False, frozenset()))
-            after = interest.get(t, (False, frozenset()))
-            if before[0] != after[0]:
-                (self._wild[t].add if after[0] else self._wild[t].discard)(w)
-            if before[1] is after[1]:
+            before = old.get(t)
+            after = interest.get(t)
+            was_wild = before is not None and before[0]
+            is_wild = after is not None and after[0]
+            if was_wild != is_wild:
+                (self._wild[t].add if is_wild else self._wild[t].discard)(w)
+            names_before = before[1] if before is not None else None
+            names_after = after[1] if after is not None else None
+            if names_before is names_after:
                 continue
-            by_name = self._by_name[t]
-            for name in before[1] - after[1]:
-                holders = by_name.get(name)
-                if holders is not None:
-                    holders.discard(w)
-                    if not holders:
-                        del by_name[name]
-            for name in after[1] - before[1]:
-                by_name.setdefault(name, set()).add(w)
+            if names_before:
+                self._leave(t, names_before, w)
+            if names_after:
+                self._join(t, names_after, w)
         w.interest = dict(interest)
+
+    def _join(self, t: str, subscription: frozenset[str], w: Watcher) -> None:
+        group = self._groups[t].get(subscription)
+        if group is None:
+            group = self._groups[t][subscription] = set()
+            by_name = self._sets_by_name[t]
+            for name in subscription:
+                by_name.setdefault(name, set()).add(subscription)
+        group.add(w)
+
+    def _leave(self, t: str, subscription: frozenset[str], w: Watcher) -> None:
+        group = self._groups[t].get(subscription)
+        if group is None:
+            return
+        group.discard(w)
+        if group:
+            return
+        del self._groups[t][subscription]
+        by_name = self._sets_by_name[t]
+        for name in subscription:
+            holders = by_name.get(name)
+            if holders is not None:
+                holders.discard(subscription)
+                if not holders:
+                    del by_name[name]
