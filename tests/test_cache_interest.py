@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from xds_server.cache import ConfigCache
 from xds_server.cache.snapshot import Watcher
 from xds_server.translate import CLUSTER, ENDPOINT
@@ -70,3 +73,27 @@ def test_the_oldest_unseen_value_is_kept() -> None:
     _change(cache, ENDPOINT, "a", b"3")
     pending, _ = w.take()
     assert pending[ENDPOINT]["a"] is first  # what the client still holds
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.one_of(st.none(), st.binary(max_size=3))),
+        max_size=30,
+    ),
+    st.frozensets(st.sampled_from("abcdefghxy")),
+)
+def test_memoized_subscription_xor_follows_changes(
+    changes: list[tuple[str, bytes | None]], subscription: frozenset[str]
+) -> None:
+    """The XOR carried over each change equals one computed from scratch."""
+    cache = ConfigCache()
+    names = cache.intern(subscription)
+    for name, body in changes:
+        cache.subscription_xor(ENDPOINT, names)  # memoize at the current generation
+        delta = Delta()
+        delta.changed[ENDPOINT][name] = (
+            None if body is None else resource_from_bytes(ENDPOINT, name, body)
+        )
+        cache.apply(delta, {}, cache.revision + 1)
+        assert cache.subscription_xor(ENDPOINT, names) == cache.xor_of(ENDPOINT, names)

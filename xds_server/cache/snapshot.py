@@ -178,15 +178,20 @@ class ConfigCache:
                 continue
             index = self.index[type_url]
             before = olds[type_url] = {}
+            flips: dict[str, int] = {}  # name -> old digest ^ new digest
             for name, res in changed.items():
                 old = index.pop(name, None)
                 before[name] = old
+                flip = 0
                 if old is not None:
-                    self.xors[type_url] ^= old.digest
+                    flip = old.digest
                 if res is not None:
                     index[name] = res
-                    self.xors[type_url] ^= res.digest
+                    flip ^= res.digest
+                self.xors[type_url] ^= flip
+                flips[name] = flip
             self.type_generation[type_url] += 1
+            self._advance_set_xors(type_url, flips)
         if delta.listeners_changed or not self._listeners:
             self._listeners = dict(listeners)
             self._scopes.clear()
@@ -267,6 +272,27 @@ class ConfigCache:
             del self._interned[fs]
         self._set_xors = {k: v for k, v in self._set_xors.items() if k[1] in self._interned}
         self._intern_limit = max(1024, 2 * len(self._interned))
+
+    def _advance_set_xors(self, type_url: str, flips: Mapping[str, int]) -> None:
+        """Carry memoized subscription XORs over a change: XOR in each changed name's flip
+        when the set holds it. O(changed names x distinct sets), instead of recomputing a
+        10,000-name subscription on the next push (~15 ms per set at 10,000 services)."""
+        gen = self.type_generation[type_url]
+        stale = gen - 1
+        if len(flips) > 1024:  # a relist: recompute lazily instead
+            return
+        for key, (memo_gen, xor) in self._set_xors.items():
+            if key[0] != type_url or memo_gen != stale:
+                continue
+            names = key[1]
+            if len(flips) <= len(names):
+                for name, flip in flips.items():
+                    if name in names:
+                        xor ^= flip
+            else:
+                for name in names:
+                    xor ^= flips.get(name, 0)
+            self._set_xors[key] = (gen, xor)
 
     def subscription_xor(self, type_url: str, names: frozenset[str]) -> int:
         """XOR of the digests of the existing resources among ``names``, memoized."""

@@ -23,6 +23,7 @@ from xds_server.cache import ConfigCache
 from xds_server.events import EventBus
 from xds_server.metrics import Metrics
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
+from xds_server.server.request_key import subscription_key
 from xds_server.server.stream import Response, SotwStream
 from xds_server.translate.names import SHORT
 
@@ -81,7 +82,7 @@ class AdsServicer:
     def handler(self) -> grpc.GenericRpcHandler:
         sotw = grpc.stream_stream_rpc_method_handler(
             self.stream_aggregated_resources,
-            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            request_deserializer=_sotw_request,
             response_serializer=bytes,
         )
         delta = grpc.stream_stream_rpc_method_handler(
@@ -96,7 +97,7 @@ class AdsServicer:
 
     async def stream_aggregated_resources(
         self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        request_iterator: AsyncIterator[KeyedRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         """ADS state of the world."""
@@ -149,9 +150,16 @@ class AdsServicer:
                 out: list[Response | DeltaResponse] = []
                 while inbox:
                     req = inbox.popleft()
+                    key = None
+                    if isinstance(req, KeyedRequest):
+                        req, key = req.msg, req.key
                     if admin is None and req.HasField("node"):
                         admin = admin_address(req.node, context.peer())
-                    out += stream.on_request(req)
+                    if key is not None:
+                        assert isinstance(stream, SotwStream)
+                        out += stream.on_request(req, key)
+                    else:
+                        out += stream.on_request(req)
                     self._count_request(stream)
                     # From here on, only changes to what it asked for wake this stream
                     # (no await in between: no change can fall through the gap).
@@ -243,6 +251,19 @@ class AdsServicer:
         push_bytes.inc(resp.size)
         if from_change and self.cache.changed_at:
             latency.observe(time.monotonic() - self.cache.changed_at)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedRequest:
+    """A SotW request with the key of the subscription it repeats (see request_key)."""
+
+    msg: discovery_pb2.DiscoveryRequest
+    key: bytes | None
+
+
+def _sotw_request(data: bytes) -> KeyedRequest:
+    msg = discovery_pb2.DiscoveryRequest.FromString(data)
+    return KeyedRequest(msg, subscription_key(data, msg))
 
 
 def admin_address(node: Any, peer: str) -> str | None:

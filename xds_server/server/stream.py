@@ -80,6 +80,7 @@ class TypeStatus(StatusBase):
 
     names: frozenset[str] = frozenset()  # wildcard: the complete set last sent
     rewarm: frozenset[str] = frozenset()
+    request_key: bytes | None = None  # subscription_key of the request ``subscribed`` is from
 
 
 class SotwStream(StreamBase[TypeStatus]):
@@ -98,8 +99,15 @@ class SotwStream(StreamBase[TypeStatus]):
 
     # -- inputs -------------------------------------------------------------------------
 
-    def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[Response]:
-        """Handle one DiscoveryRequest; return the responses to send, in order."""
+    def on_request(
+        self, req: discovery_pb2.DiscoveryRequest, key: bytes | None = None
+    ) -> list[Response]:
+        """Handle one DiscoveryRequest; return the responses to send, in order.
+
+        ``key`` is the request's :func:`~xds_server.server.request_key.subscription_key`
+        when the caller has the bytes: a repeat of the last key means an unchanged
+        subscription, recognised without reading the names.
+        """
         self._adopt_node(req)
         t = req.type_url
         if t not in TYPE_ORDER:
@@ -124,7 +132,7 @@ class SotwStream(StreamBase[TypeStatus]):
         else:
             self.last_outcome = RequestOutcome("initial" if first else "update", t)
         before = ts.subscribed
-        self._subscribe(t, ts, req, first)
+        self._subscribe(t, ts, req, first, key)
         if first and req.version_info and self._already_current(t, ts, req.version_info):
             return self._flush() if self._deferred else []
         if ts.wildcard:
@@ -185,8 +193,16 @@ class SotwStream(StreamBase[TypeStatus]):
     # -- subscription ---------------------------------------------------------------------
 
     def _subscribe(
-        self, t: str, ts: TypeStatus, req: discovery_pb2.DiscoveryRequest, first: bool
+        self,
+        t: str,
+        ts: TypeStatus,
+        req: discovery_pb2.DiscoveryRequest,
+        first: bool,
+        key: bytes | None = None,
     ) -> None:
+        if key is not None and key == ts.request_key and ts.started:
+            return  # byte-identical names (and type, node) as the request before
+        ts.request_key = key
         raw = req.resource_names
         unchanged = raw and len(raw) == len(ts.subscribed) and ts.subscribed.issuperset(raw)
         if unchanged and not ts.wildcard:

@@ -1,0 +1,91 @@
+"""The SotW subscription key: equal exactly when a request repeats the same names."""
+
+from __future__ import annotations
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xds_server.server.request_key import MIN_NAMES, subscription_key
+from xds_server.translate import ENDPOINT
+
+NAMES = [f"s{i}.default" for i in range(200)]
+
+
+def _req(names: list[str], version: str = "", nonce: str = "", node: bool = False) -> bytes:
+    req = discovery_pb2.DiscoveryRequest(
+        type_url=ENDPOINT, resource_names=names, version_info=version, response_nonce=nonce
+    )
+    if node:
+        req.node.id = "gw-1"
+    return req.SerializeToString()
+
+
+def _key(data: bytes) -> bytes | None:
+    return subscription_key(data, discovery_pb2.DiscoveryRequest.FromString(data))
+
+
+def test_acks_of_the_same_subscription_share_a_key() -> None:
+    first = _key(_req(NAMES, "v1", "3.0"))
+    assert first is not None
+    assert _key(_req(NAMES, "v2-longer-version", "17.4")) == first
+    assert _key(_req(NAMES)) == first  # the initial request too
+    assert _key(_req([*NAMES[:-1], "other"], "v1", "3.0")) != first
+    assert _key(_req(list(reversed(NAMES)), "v1", "3.0")) != first  # order counts: safe side
+    assert _key(_req(NAMES, "v1", "3.0", node=True)) != first
+
+
+def test_small_subscriptions_and_nacks_have_no_key() -> None:
+    assert _key(_req(NAMES[: MIN_NAMES - 1], "v1", "1.0")) is None
+    req = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=NAMES)
+    req.error_detail.CopyFrom(status_pb2.Status(message="bad"))
+    assert subscription_key(req.SerializeToString(), req) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(min_size=1, max_size=6), min_size=MIN_NAMES, max_size=MIN_NAMES + 4),
+    st.lists(st.text(min_size=1, max_size=6), min_size=MIN_NAMES, max_size=MIN_NAMES + 4),
+    st.text(alphabet="0123456789.", min_size=1, max_size=5),
+    st.text(alphabet="0123456789.", min_size=1, max_size=5),
+    st.booleans(),
+)
+def test_equal_keys_mean_equal_names(
+    a: list[str], b: list[str], nonce_a: str, nonce_b: str, embed: bool
+) -> None:
+    """Whatever the names contain, even the encoded nonce field itself, keys are equal
+    exactly when the names are."""
+    if embed:  # a name carrying the exact bytes of the nonce field: "*" + length + nonce
+        b = [*b[:-1], f"*{chr(len(nonce_b))}{nonce_b}"]
+    ka = _key(_req(a, "v1", nonce_a))
+    kb = _key(_req(b, "v2", nonce_b))
+    assert ka is not None and kb is not None
+    assert (ka == kb) == (a == b)
+
+
+def test_a_sotw_stream_uses_the_key_and_still_sees_every_change() -> None:
+    from tests.test_stream import Mesh
+
+    content: dict[str, dict[str, object]] = {
+        f"services/default/s{i}": {"port": 80} for i in range(80)
+    }
+    mesh = Mesh(content)  # type: ignore[arg-type]
+    s, _ = mesh.stream()
+    names = sorted(f"s{i}.default" for i in range(80))
+
+    def request(names: list[str], resp: discovery_pb2.DiscoveryResponse | None = None):  # type: ignore[no-untyped-def]
+        req = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=names)
+        req.node.id, req.node.cluster = "gw", "gateway"
+        if resp is not None:
+            req.version_info, req.response_nonce = resp.version_info, resp.nonce
+        data = req.SerializeToString()
+        return s.on_request(req, subscription_key(data, req))
+
+    first = request(names)
+    assert len(first) == 1 and len(first[0].resources) == 80
+    resp = discovery_pb2.DiscoveryResponse.FromString(first[0].encode())
+    assert request(names, resp) == []  # the ACK: same key, nothing to do
+    assert s.types[ENDPOINT].acked
+    request(names[:-1], resp)  # a changed subscription is seen
+    assert s.types[ENDPOINT].subscribed == frozenset(names[:-1])
