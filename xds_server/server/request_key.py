@@ -25,7 +25,7 @@ MIN_NAMES = 64
 
 
 def subscription_key(data: bytes, req: discovery_pb2.DiscoveryRequest) -> bytes | None:
-    """A 16-byte key of everything in ``data`` but version and nonce, or None when not
+    """A 20-byte key of everything in ``data`` but version and nonce, or None when not
     worth it (few names, or a NACK, whose error text makes it unique anyway)."""
     if len(req.resource_names) < MIN_NAMES or req.HasField("error_detail"):
         return None
@@ -43,6 +43,8 @@ def subscription_key(data: bytes, req: discovery_pb2.DiscoveryRequest) -> bytes 
         if at >= 0:
             tail = data[at + len(nonce) :]
             end = at
-    h = hashlib.blake2b(view[start:end], digest_size=16)
+    # SHA-1 runs in hardware here (~3x blake2b on 300 KB); a key only has to tell one
+    # proxy's consecutive requests apart, not resist an adversary.
+    h = hashlib.sha1(view[start:end], usedforsecurity=False)
     h.update(tail)
     return h.digest()
