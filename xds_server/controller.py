@@ -9,10 +9,12 @@ translated) and translates them as one. A lone change is handled at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigCache
@@ -20,7 +22,7 @@ from xds_server.events import EventBus, EventType
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, ServiceRef, status_error_key
 from xds_server.model.names import KINDS
-from xds_server.registry import Changes, Registry, RegistryUpdate
+from xds_server.registry import Changes, Registry, RegistryUpdate, Reset
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate import TYPE_ORDER, Translator
 from xds_server.translate.names import SHORT
@@ -85,6 +87,29 @@ def _status_value(problem: Problem) -> bytes:
     ).encode()
 
 
+BIG_BATCH = 5_000
+"""Registry entries in one batch above which the cyclic GC is paused while it is applied."""
+
+
+def _size(batch: list[tuple[float, RegistryUpdate]]) -> int:
+    return sum(len(u.entries) if isinstance(u, Reset) else len(u.events) for _, u in batch)
+
+
+@contextlib.contextmanager
+def _collector_paused(pause: bool) -> Iterator[None]:
+    """Pause the cyclic garbage collector for a big batch (a cold start lists 110,000
+    entries): the model and resources built are acyclic, and every young-generation pass
+    would rescan the growing heap (~1.3 s of a 4 s cold apply). It runs again after."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class Controller:
     """Owns the registry state and feeds the cache."""
 
@@ -142,13 +167,14 @@ class Controller:
         """Apply queued updates, translate once, publish once."""
         started = self.clock()
         changes = ChangeSet()
-        for _, update in batch:
-            changes.merge(self.state.apply(update))
-            if self.events.active and isinstance(update, Changes):
-                for e in update.events:
-                    kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
-                    self.events.publish(kind, key=e.key, revision=e.revision)
-        delta = self.translator.update(self.state, changes)
+        with _collector_paused(_size(batch) >= BIG_BATCH):
+            for _, update in batch:
+                changes.merge(self.state.apply(update))
+                if self.events.active and isinstance(update, Changes):
+                    for e in update.events:
+                        kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
+                        self.events.publish(kind, key=e.key, revision=e.revision)
+            delta = self.translator.update(self.state, changes)
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
         for observe in self.observers:  # after the batch is cached: they may refresh EDS
             observe(self.state, changes)
