@@ -27,7 +27,7 @@ names its watcher reports as changed (with the resources they replaced).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -116,9 +116,16 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         send: list[Resource] = []
         removed: list[str] = []
         if first or toggled:
-            held = req.initial_resource_versions if first else {}
-            for name in sorted(self._desired_names(t, ts) | set(held)):
-                res = index.get(name) if self._in_scope(t, ts, name) else None
+            # A reconnecting Envoy lists every resource it holds (1,000s at scale): read the
+            # map once into a dict and the scope once, not per name (_in_scope inlined).
+            held: dict[str, str] = dict(req.initial_resource_versions) if first else {}
+            subscribed = ts.subscribed
+            scope_names: Collection[str] = (
+                self.scope.names(t) if ts.wildcard and self.scope is not None else ()
+            )
+            for name in sorted(self._desired_names(t, ts) | held.keys()):
+                in_scope = name in subscribed or name in scope_names
+                res = index.get(name) if in_scope else None
                 if res is None:
                     if name in held or name in subs:
                         removed.append(name)  # held but gone, or subscribed but missing
