@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.debian_tools import ensure
 from tests.fixtures_admin import AdminMesh, spawn_meshctl
 from tests.test_admin_health import feed_load, report, seed_mesh
 from tests.test_meshctl import meshctl
@@ -212,11 +212,7 @@ async def test_topology_svg_through_dot_on_path(admin_mesh: AdminMesh, tmp_path:
 
 
 async def test_topology_svg_with_real_graphviz(admin_mesh: AdminMesh) -> None:
-    dot = shutil.which("dot")
-    if dot is None:
-        reason = "Graphviz `dot` is not installed here: the real -o svg rendering is not run"
-        print(reason)
-        pytest.skip(reason)
+    ensure("graphviz", "dot")
     await seed_mesh(admin_mesh)
     feed_load(admin_mesh.app)
     code, out, err = await meshctl("topology", "-o", "svg", "--admin", admin_mesh.address)

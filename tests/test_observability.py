@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -47,21 +45,12 @@ RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval is with 1 s scrapes, ro
 sys.path.insert(0, str(OBS))
 import generate as dashboards  # noqa: E402  (observability/generate.py is a script)
 
+from tests.debian_tools import ensure  # noqa: E402
+
 
 def prometheus_tools() -> tuple[str, str]:
     """``prometheus`` and ``promtool``, installed with apt-get when missing and allowed."""
-    if not (shutil.which("prometheus") and shutil.which("promtool")):
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            reason = "prometheus is not installed and apt-get (as root) is unavailable"
-            print(f"SKIP: {reason}")
-            pytest.skip(reason)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update"], check=True, capture_output=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "prometheus"], check=True, capture_output=True, env=env
-        )
-    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
-    assert prometheus and promtool, "apt-get installed prometheus, but it is not on PATH"
+    prometheus, promtool = ensure("prometheus", "prometheus", "promtool")
     return prometheus, promtool
 
 
