@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from xds_server.app import split_hostport
 from xds_server.bootstrap import bootstrap, render
-from xds_server.cli import commands
+from xds_server.cli import commands, observed
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -141,24 +141,24 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     c = _command(sub, "errors", commands.errors, "rejected registry entries and why")
     c.add_argument("-n", "--namespace", help="one namespace only")
 
-    c = _command(sub, "health", commands.health, "aggregated endpoint health per service")
+    c = _command(sub, "health", observed.health, "aggregated endpoint health per service")
     c.add_argument("service", nargs="?", help="one service: NAME or NS/NAME")
     c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
 
     c = _command(
         sub,
         "topology",
-        commands.topology,
+        observed.topology,
         "the service graph: allowed edges and observed traffic (svg needs Graphviz's dot)",
         outputs=("table", "json", "yaml", "dot", "svg"),
     )
     c.add_argument("--window", type=int, default=0, help="seconds the rates cover (default 60)")
 
-    c = _command(sub, "recommend", commands.recommend, "endpoints the observed load needs")
+    c = _command(sub, "recommend", observed.recommend, "endpoints the observed load needs")
     c.add_argument("--window", type=int, default=0, help="seconds the load covers (default 60)")
 
     c = _command(
-        sub, "red", commands.red, "rate, errors, in-flight per service and upstream endpoint"
+        sub, "red", observed.red, "rate, errors, in-flight per service and upstream endpoint"
     )
     c.add_argument("service", nargs="?", help="one service: NAME or NS/NAME")
     c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
