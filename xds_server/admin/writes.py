@@ -1,0 +1,282 @@
+"""Registry writes of the admin API: every write is one etcd transaction that compares
+the entry's mod_revision (the one the caller read, or the one read just before writing), so
+two writers racing on one entry never silently overwrite each other: exactly one wins, the
+other gets ABORTED."""
+
+from __future__ import annotations
+
+import json
+from collections import ChainMap
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from xds_server.admin import entries as conv
+from xds_server.admin.api import admin_pb2 as pb
+from xds_server.admin.auth import Principal, require
+from xds_server.admin.base import Ctx, ServicerBase
+from xds_server.admin.entries import Checked
+from xds_server.admin.errors import AdminError, invalid
+from xds_server.errors import RegistryConflict
+from xds_server.model import Listener, Service, ServiceRef
+from xds_server.model.names import DEFAULT_NAMESPACE
+from xds_server.state import check_refs
+
+MAX_APPLY = 500
+"""Entries per ApplyEntries call (one etcd transaction; etcd bounds its operations)."""
+
+
+class RegistryWrites(ServicerBase):
+    """Create, update, delete, apply, split, and endpoint registration with leases."""
+
+    def _check(self, entry: pb.Entry, who: Principal, batch: Sequence[Checked] = ()) -> Checked:
+        checked = conv.check_entry(entry, self.prefix)
+        require(who, "write", checked.key_ref.namespace, checked.where)
+        self._check_refs(checked, batch)
+        return checked
+
+    def _check_refs(self, checked: Checked, batch: Sequence[Checked]) -> None:
+        """The registry's reference rules against what is in force plus this batch."""
+        services: dict[ServiceRef, Service] = {}
+        listeners: dict[str, Listener] = {}
+        for other in batch:
+            if isinstance(other.entity, Service):
+                services[other.entity.ref] = other.entity
+            elif isinstance(other.entity, Listener):
+                listeners[other.entity.name] = other.entity
+        problem = check_refs(
+            checked.entity,
+            ChainMap(services, self.state.services),
+            ChainMap(listeners, self.state.listeners),
+        )
+        if problem is not None:
+            field, reason = problem
+            raise invalid(checked.where, f"spec.{field}" if field else "spec", reason)
+
+    async def _current_revision(self, checked: Checked, given: int) -> tuple[int, int]:
+        """(revision to compare against, lease) of an entry that must exist."""
+        stored = await self.registry.get(checked.key)
+        if stored is None:
+            raise AdminError(grpc.StatusCode.NOT_FOUND, f"{checked.where}: not found")
+        if given and given != stored.mod_revision:
+            raise AdminError(
+                grpc.StatusCode.ABORTED,
+                f"{checked.where}: is at revision {stored.mod_revision}, not {given}; "
+                "re-read and retry",
+            )
+        return stored.mod_revision, stored.lease
+
+    def _written(self, checked: Checked, revision: int, lease: int = 0) -> pb.Entry:
+        entry = pb.Entry(
+            ref=conv.ref_of(checked.key_ref),
+            revision=revision,
+            lease=lease,
+            key=checked.key,
+        )
+        entry.spec.CopyFrom(conv.spec_struct(json.loads(checked.value)))
+        return entry
+
+    async def CreateEntry(self, request: pb.CreateEntryRequest, context: Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            checked = self._check(request.entry, who)
+            try:
+                rev = await self.registry.txn(
+                    puts={checked.key: checked.value}, expect={checked.key: 0}
+                )
+            except RegistryConflict:
+                raise AdminError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"{checked.where}: already exists (use UpdateEntry)",
+                ) from None
+            return pb.CreateEntryResponse(entry=self._written(checked, rev))
+
+        return await self._call(context, request, body)
+
+    async def UpdateEntry(self, request: pb.UpdateEntryRequest, context: Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            checked = self._check(request.entry, who)
+            expect, lease = await self._current_revision(checked, checked.revision)
+            # An endpoint registered with a TTL keeps its lease: an edit must not make a
+            # dead instance immortal.
+            rev = await self.registry.txn(
+                puts={checked.key: checked.value}, expect={checked.key: expect}, lease=lease
+            )
+            return pb.UpdateEntryResponse(entry=self._written(checked, rev, lease))
+
+        return await self._call(context, request, body)
+
+    async def DeleteEntry(self, request: pb.DeleteEntryRequest, context: Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            key, key_ref = conv.key_of(request.ref, self.prefix)
+            where = conv.describe(request.ref)
+            require(who, "write", key_ref.namespace, where)
+            if request.revision < 0:
+                raise invalid(where, "revision", f"must be >= 0, got {request.revision}")
+            stored = await self.registry.get(key)
+            if stored is None:
+                raise AdminError(grpc.StatusCode.NOT_FOUND, f"{where}: not found")
+            if request.revision and request.revision != stored.mod_revision:
+                raise AdminError(
+                    grpc.StatusCode.ABORTED,
+                    f"{where}: is at revision {stored.mod_revision}, not {request.revision}; "
+                    "re-read and retry",
+                )
+            rev = await self.registry.txn(deletes=(key,), expect={key: stored.mod_revision})
+            return pb.DeleteEntryResponse(revision=rev)
+
+        return await self._call(context, request, body)
+
+    async def ApplyEntries(self, request: pb.ApplyEntriesRequest, context: Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            if not request.entries:
+                raise invalid("", "entries", "is empty")
+            if len(request.entries) > MAX_APPLY:
+                raise invalid(
+                    "", "entries", f"{len(request.entries)} entries, at most {MAX_APPLY} per call"
+                )
+            batch: list[Checked] = []
+            for i, entry in enumerate(request.entries):
+                try:
+                    checked = conv.check_entry(entry, self.prefix)
+                except AdminError as exc:
+                    raise AdminError(exc.code, f"entries[{i}] {exc.message}") from None
+                require(who, "write", checked.key_ref.namespace, checked.where)
+                if any(c.key == checked.key for c in batch):
+                    raise invalid(checked.where, "", f"entries[{i}] repeats an earlier entry")
+                batch.append(checked)
+            for checked in batch:
+                self._check_refs(checked, batch)
+            outcomes, puts, expect = [], {}, {}
+            for checked in batch:
+                stored = await self.registry.get(checked.key)
+                current = stored.mod_revision if stored else 0
+                if checked.revision and checked.revision != current:
+                    raise AdminError(
+                        grpc.StatusCode.ABORTED,
+                        f"{checked.where}: is at revision {current}, not {checked.revision}; "
+                        "re-read and retry",
+                    )
+                # Compare every entry, changed or not: the batch was validated against
+                # exactly these values, so all of it applies or none of it does.
+                expect[checked.key] = current
+                if stored is None:
+                    outcomes.append(pb.APPLY_OUTCOME_CREATED)
+                elif json.loads(stored.value or b"null") == json.loads(checked.value):
+                    outcomes.append(pb.APPLY_OUTCOME_UNCHANGED)
+                    continue
+                else:
+                    outcomes.append(pb.APPLY_OUTCOME_UPDATED)
+                puts[checked.key] = checked.value
+            revision = self.state.revision
+            if puts and not request.dry_run:
+                revision = await self.registry.txn(puts=puts, expect=expect)
+            out = pb.ApplyEntriesResponse(revision=revision)
+            for checked, outcome in zip(batch, outcomes, strict=True):
+                out.entries.append(
+                    pb.AppliedEntry(entry=self._written(checked, revision), outcome=outcome)
+                )
+            return out
+
+        return await self._call(context, request, body)
+
+    async def SetSplit(self, request: pb.SetSplitRequest, context: Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            ref = pb.EntryRef(kind=pb.KIND_ROUTE, namespace=request.namespace, name=request.route)
+            key, key_ref = conv.key_of(ref, self.prefix)
+            where = conv.describe(ref)
+            require(who, "write", key_ref.namespace, where)
+            if not request.destinations:
+                raise invalid(where, "destinations", "is empty")
+            stored = await self.registry.get(key)
+            if stored is None:
+                raise AdminError(grpc.StatusCode.NOT_FOUND, f"{where}: not found")
+            try:
+                spec = json.loads(stored.value)
+            except ValueError:
+                spec = None
+            if not isinstance(spec, dict):
+                raise AdminError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{where}: the stored route is not a JSON object; fix it with UpdateEntry",
+                )
+            spec["destinations"] = [
+                {
+                    "service": d.service,
+                    "weight": d.weight,
+                    **({"subset": d.subset} if d.subset else {}),
+                }
+                for d in request.destinations
+            ]
+            entry = pb.Entry(ref=ref, revision=request.revision or stored.mod_revision)
+            entry.spec.CopyFrom(conv.spec_struct(spec))
+            checked = self._check(entry, who)
+            if checked.revision != stored.mod_revision:
+                raise AdminError(
+                    grpc.StatusCode.ABORTED,
+                    f"{where}: is at revision {stored.mod_revision}, not {checked.revision}; "
+                    "re-read and retry",
+                )
+            rev = await self.registry.txn(
+                puts={key: checked.value}, expect={key: stored.mod_revision}
+            )
+            return pb.SetSplitResponse(entry=self._written(checked, rev))
+
+        return await self._call(context, request, body)
+
+    async def RegisterEndpoint(  # noqa: N802
+        self, request: pb.RegisterEndpointRequest, context: Ctx
+    ) -> Message:
+        async def body(who: Principal) -> Message:
+            ref = pb.EntryRef(
+                kind=pb.KIND_ENDPOINT,
+                namespace=request.namespace or DEFAULT_NAMESPACE,
+                service=request.service,
+                name=request.id,
+            )
+            where = conv.describe(ref)
+            if not 1 <= request.ttl_seconds <= 3600:
+                raise invalid(where, "ttl_seconds", f"must be 1..3600, got {request.ttl_seconds}")
+            entry = pb.Entry(ref=ref)
+            entry.spec.CopyFrom(request.spec)
+            checked = self._check(entry, who)
+            lease = await self.registry.lease_grant(int(request.ttl_seconds))
+            try:
+                rev = await self.registry.txn(puts={checked.key: checked.value}, lease=lease)
+            except BaseException:
+                await self.registry.lease_revoke(lease)
+                raise
+            return pb.RegisterEndpointResponse(
+                entry=self._written(checked, rev, lease),
+                lease=lease,
+                ttl_seconds=request.ttl_seconds,
+            )
+
+        return await self._call(context, request, body)
+
+    async def KeepAlive(self, request: pb.KeepAliveRequest, context: Ctx) -> Message:  # noqa: N802
+        async def body(who: Principal) -> Message:
+            if who.role != "editor":
+                require(who, "write", "", "keep-alive")
+            if request.lease <= 0:
+                raise invalid(
+                    "", "lease", f"must be a lease id from RegisterEndpoint, got {request.lease}"
+                )
+            try:
+                ttl = await self.registry.lease_keepalive(request.lease)
+            except RegistryConflict:
+                raise AdminError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"lease {request.lease} expired or does not exist: register again",
+                ) from None
+            return pb.KeepAliveResponse(ttl_seconds=ttl)
+
+        return await self._call(context, request, body)
+
+
+def _destination(d: pb.Destination) -> dict[str, Any]:
+    out: dict[str, Any] = {"service": d.service, "weight": d.weight}
+    if d.subset:
+        out["subset"] = d.subset
+    return out
