@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.health.aggregate import Aggregator, Status
-from xds_server.health.assign import Checker, Target, assign
+from xds_server.health.assign import Checker, Target, assign, checkers_of
 from xds_server.model import Endpoint, HealthCheck, Service, ServiceRef
 from xds_server.state import RegistryState
 from xds_server.translate.names import cluster_name
@@ -125,6 +125,7 @@ class HealthMonitor:
         self._modes: dict[ServiceRef, str] = {}
         self._checkers: dict[str, Checker] = {}
         self._assignment: dict[str, frozenset[str]] = {}
+        self._probers: dict[str, list[str]] = {}  # target key -> node ids, sorted
         self._by_address: dict[tuple[str, str, int], list[str]] = {}
         self._probe_of: dict[str, tuple[ServiceRef, Probe]] = {}
         self.generation = 0
@@ -331,10 +332,7 @@ class HealthMonitor:
 
     def _service_health(self, ref: ServiceRef) -> ServiceHealth:
         entry = self._services.get(ref)
-        probers: dict[str, list[str]] = {}
-        for node, keys in self._assignment.items():
-            for key in keys:
-                probers.setdefault(key, []).append(node)
+        probers = self._probers
         rows: list[EndpointHealth] = []
         for ep in sorted(self._all_endpoints.get(ref, {}).values(), key=lambda e: e.id):
             key = f"{ref.namespace}/{ref.name}/{ep.id}"
@@ -351,7 +349,7 @@ class HealthMonitor:
                     ep.zone,
                     ep.address,
                     status,
-                    tuple(sorted(probers.get(key, ()))),
+                    tuple(probers.get(key, ())),
                     sum(1 for r in fresh if r.healthy),
                     sum(1 for r in fresh if not r.healthy),
                 )
@@ -389,6 +387,7 @@ class HealthMonitor:
                 if keys - new.get(node, frozenset()):
                     self.aggregator.replace_reporter(node, {}, keep=new.get(node, ()))
             self._assignment = new
+            self._probers = checkers_of(new)
         self.generation += 1
 
 
