@@ -20,10 +20,11 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from xds_server.model import Fault, Mirror, RateLimit, Route, Service, ServiceRef
+from xds_server.model import Fault, Mirror, RateLimit, Route, Service, ServiceRef, SessionAffinity
 from xds_server.translate.cluster import ms, u32
-from xds_server.translate.names import ROUTE, cluster_name, service_host
-from xds_server.translate.resource import Resource, make_resource
+from xds_server.translate.names import cluster_name, service_host
+
+Affinities = tuple[SessionAffinity | None, ...]
 
 LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 FAULT = "envoy.filters.http.fault"
@@ -60,11 +61,18 @@ def _match(route: Route) -> rc.RouteMatch:
     return out
 
 
-def _hash_policies(services: Iterable[Service]) -> list[rc.RouteAction.HashPolicy]:
+def affinities(route: Route, services: Mapping[ServiceRef, Service]) -> Affinities:
+    """The session affinity of each live destination's service: all a route entry needs
+    to know of the services it points at (their hash policies)."""
+    return tuple(
+        services[d.service].load_balancer.session_affinity for d in route.destinations if d.weight
+    )
+
+
+def _hash_policies(affs: Iterable[SessionAffinity | None]) -> list[rc.RouteAction.HashPolicy]:
     out: list[rc.RouteAction.HashPolicy] = []
     seen = set()
-    for svc in services:
-        aff = svc.load_balancer.session_affinity
+    for aff in affs:
         if aff is None or aff in seen:
             continue
         seen.add(aff)
@@ -144,6 +152,11 @@ def route_clusters(route: Route) -> set[str]:
 
 def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Route:
     """One Envoy route entry for a registry Route."""
+    return route_entry(route, affinities(route, services))
+
+
+def route_entry(route: Route, affs: Affinities) -> rc.Route:
+    """One Envoy route entry, given its destinations' :func:`affinities`."""
     action = rc.RouteAction()
     live = [d for d in route.destinations if d.weight > 0]
     if len(live) == 1:
@@ -165,7 +178,7 @@ def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Rout
             action.retry_policy.per_try_timeout.CopyFrom(ms(r.per_try_timeout_ms))
     if route.mirror is not None:
         action.request_mirror_policies.append(mirror_policy(route.mirror))
-    action.hash_policy.extend(_hash_policies(services[d.service] for d in live))
+    action.hash_policy.extend(_hash_policies(affs))
     # stat_prefix turns on Envoy's per-route stats (vhost.<host>.route.<ns/name>.*),
     # tagged mesh_route by the generated bootstrap.
     out = rc.Route(
@@ -179,14 +192,20 @@ def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Rout
 
 
 def _default_route(service: Service) -> rc.Route:
-    action = rc.RouteAction(cluster=cluster_name(service.ref))
-    action.hash_policy.extend(_hash_policies([service]))
+    return default_route(service.ref, service.load_balancer.session_affinity)
+
+
+def default_route(ref: ServiceRef, affinity: SessionAffinity | None) -> rc.Route:
+    """A service's default route: everything to its whole cluster."""
+    action = rc.RouteAction(cluster=cluster_name(ref))
+    action.hash_policy.extend(_hash_policies([affinity]))
     return rc.Route(
-        name=f"default:{service_host(service.ref)}", match=rc.RouteMatch(prefix="/"), route=action
+        name=f"default:{service_host(ref)}", match=rc.RouteMatch(prefix="/"), route=action
     )
 
 
-def _service_domains(service: Service) -> list[str]:
+def service_domains(service: Service) -> list[str]:
+    """The spellings of a service's default host: ``<name>.<ns>`` and with ``:port``."""
     host = service_host(service.ref)
     return [host, f"{host}:{service.port}"] if service.port else [host]
 
@@ -203,7 +222,7 @@ def build_route_configuration(
     owner: dict[str, Service] = {}
     for service in sorted(services.values(), key=lambda s: s.ref):
         if service.protocol != "tcp":
-            for domain in _service_domains(service):
+            for domain in service_domains(service):
                 owner[domain] = service
     config = route_pb2.RouteConfiguration(name=name)
     refs: set[str] = set()
@@ -217,7 +236,7 @@ def build_route_configuration(
         if owned is not None:
             # A route names the service's host (with or without port): its virtual host
             # takes the other spelling too if free, and ends with the default route.
-            for domain in _service_domains(owned):
+            for domain in service_domains(owned):
                 if domain not in taken:
                     vh.domains.append(domain)
                     taken.add(domain)
@@ -225,7 +244,7 @@ def build_route_configuration(
             refs.add(cluster_name(owned.ref))
         config.virtual_hosts.append(vh)
     for svc in sorted({id(s): s for s in owner.values()}.values(), key=lambda s: s.ref):
-        domains = [d for d in _service_domains(svc) if d not in taken]
+        domains = [d for d in service_domains(svc) if d not in taken]
         if not domains:
             continue
         taken.update(domains)
@@ -235,11 +254,3 @@ def build_route_configuration(
         config.virtual_hosts.append(vh)
         refs.add(cluster_name(svc.ref))
     return config, frozenset(refs)
-
-
-def route_configuration(
-    name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
-) -> Resource:
-    """The RouteConfiguration resource of HTTP listener ``name``."""
-    config, refs = build_route_configuration(name, routes, services)
-    return make_resource(ROUTE, name, config, refs)

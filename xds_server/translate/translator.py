@@ -31,8 +31,8 @@ from xds_server.translate.names import (
     TYPE_ORDER,
     service_host,
 )
+from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.resource import Resource
-from xds_server.translate.route import route_configuration
 
 
 def _no_dns(name: str) -> tuple[str, ...]:
