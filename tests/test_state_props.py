@@ -9,7 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xds_server.errors import ValidationError
 from xds_server.model import Endpoint, Entity, Listener, Problem, Route, Service, parse_entry
+from xds_server.model.fields import parse_json_object
 from xds_server.registry import Changes, Entry, Event, Reset
 from xds_server.state import ChangeSet, RegistryState
 
@@ -344,3 +346,39 @@ def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> 
     assert set(forced(state)) <= set(target)
     for key, entity in expected_from_scratch(target).items():
         assert forced(state).get(key) == entity, key
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(min_value=-(10**40), max_value=10**40)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=12,
+    ).map(lambda v: {"v": v})
+    | st.binary(max_size=64).map(lambda b: b.decode("latin-1"))
+)
+def test_json_decoding_is_the_json_modules(value: Any) -> None:
+    """The fast decoder (orjson) never changes what a value means: every value decodes to
+    what the json module makes of it, or is refused with the json module's message."""
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else None
+    if raw is None:
+        raw = json.dumps(value).encode()
+    for candidate in (raw, raw.replace(b"1", b"1" * 25, 1), b'{"a": "\\ud800", "b": 1e400}'):
+        try:
+            expected: Any = json.loads(candidate.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            expected = None
+        try:
+            got: Any = parse_json_object(candidate)
+        except ValidationError as exc:
+            got = None
+            assert exc.reason.startswith(("invalid JSON", "value is not UTF-8", "value must be"))
+        if isinstance(expected, dict):
+            assert repr(got) == repr(expected)  # repr: 1 is not 1.0, and nan is nan
+        else:
+            assert got is None

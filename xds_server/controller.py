@@ -174,7 +174,9 @@ class Controller:
                     for e in update.events:
                         kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
                         self.events.publish(kind, key=e.key, revision=e.revision)
+            folded = self.clock()
             delta = self.translator.update(self.state, changes)
+        translated_at = self.clock()
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
         for observe in self.observers:  # after the batch is cached: they may refresh EDS
             observe(self.state, changes)
@@ -183,6 +185,16 @@ class Controller:
         self.batches += 1
         applied = self.clock()
         translated = applied - started
+        if any(isinstance(u, Reset) for _, u in batch):
+            log.info(
+                "registry snapshot applied: %d entries, revision %d: fold %.2fs, "
+                "translate %.2fs, cache and observers %.2fs",
+                _size(batch),
+                self.state.revision,
+                folded - started,
+                translated_at - folded,
+                applied - translated_at,
+            )
         lags = [applied - observed for observed, _ in batch]
         # Bookkeeping waits until the woken streams have written their pushes: their
         # wake-ups were scheduled by cache.apply, so call_soon runs after them.

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, TypeVar
+
+import orjson
 
 from xds_server.errors import ValidationError
 
@@ -19,6 +22,8 @@ T = TypeVar("T")
 
 MAX_VALUE_BYTES = 1024 * 1024
 """Values over 1 MiB are rejected (registry contract)."""
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def join(path: str, name: str | int) -> str:
@@ -32,6 +37,19 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Decode one registry value: at most 1 MiB of UTF-8 JSON holding one object."""
     if len(raw) > MAX_VALUE_BYTES:
         raise ValidationError("", f"value is {len(raw)} bytes, over the 1 MiB limit")
+    # orjson decodes ~6x faster (a cold start decodes 110,000 values). Whatever it refuses
+    # goes through the json module, which decides and words the error, so the outcome for
+    # every input is the json module's: it takes what orjson is stricter about (NaN, 1e400,
+    # lone surrogates). orjson reads integers beyond 64 bits as floats where json keeps
+    # them exact: values with such long digit runs take the json module too.
+    if not _LONG_DIGITS.search(raw):
+        try:
+            fast = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if type(fast) is dict:
+                return fast
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
