@@ -23,7 +23,7 @@ cost more than the change itself.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import (
@@ -71,19 +71,6 @@ class ChangeSet:
             self.problems_cleared.add(key)
 
 
-@dataclass(frozen=True, slots=True)
-class _Put:
-    key: str
-    value: bytes
-    revision: int
-    lease: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Delete:
-    key: str
-
-
 class RegistryState:
     """The registry as validated and resolved at :attr:`revision`."""
 
@@ -108,55 +95,50 @@ class RegistryState:
 
     def apply(self, update: RegistryUpdate) -> ChangeSet:
         """Fold one update in; return what changed in force and in problems."""
-        ops: list[_Put | _Delete]
+        dirty: set[str] = set()
         if isinstance(update, Reset):
-            ops = list(self._reconcile(update))
+            # A listing: store what is new or modified, forget what is gone.
+            raw = self._raw
+            known = bool(raw)  # a first listing (cold start) has nothing to forget
+            seen = set()
+            for e in update.entries:
+                if known:
+                    seen.add(e.key)
+                if raw.get(e.key) != e.mod_revision:
+                    dirty.add(e.key)
+                    self._store(e.key, e.value, e.mod_revision, e.lease)
+            for key in [k for k in raw if k not in seen] if known else ():
+                dirty.add(key)
+                self._forget(key)
         else:
             assert isinstance(update, Changes)
-            ops = [
-                _Put(e.key, e.value, e.revision, e.lease) if e.kind == "put" else _Delete(e.key)
-                for e in update.events
-            ]
+            for ev in update.events:
+                dirty.add(ev.key)
+                if ev.kind == "put":
+                    self._store(ev.key, ev.value, ev.revision, ev.lease)
+                else:
+                    self._forget(ev.key)
         self.revision = max(self.revision, update.revision)
         changes = ChangeSet(revision=self.revision)
-        dirty: set[str] = set()
-        for op in ops:
-            dirty.add(op.key)
-            if isinstance(op, _Delete):
-                self._forget(op.key)
-            else:
-                self._store(op)
         self._resolve(dirty, changes)
         return changes
 
-    def _reconcile(self, reset: Reset) -> Iterable[_Put | _Delete]:
-        """Turn a full listing into the puts and deletes that lead from here to it."""
-        seen = set()
-        for e in reset.entries:
-            seen.add(e.key)
-            if self._raw.get(e.key) != e.mod_revision:
-                yield _Put(e.key, e.value, e.mod_revision, e.lease)
-        for key in [k for k in self._raw if k not in seen]:
-            yield _Delete(key)
-
-    def _store(self, op: _Put) -> None:
-        self._raw[op.key] = op.revision
-        ref, result = parse_entry(
-            op.key, op.value, self.prefix, revision=op.revision, lease=op.lease
-        )
+    def _store(self, key: str, value: bytes, revision: int, lease: int) -> None:
+        self._raw[key] = revision
+        ref, result = parse_entry(key, value, self.prefix, revision=revision, lease=lease)
         if ref is not None:
-            self._refs[op.key] = ref
+            self._refs[key] = ref
             if ref.kind == "routes":
-                self._route_keys.add(op.key)
+                self._route_keys.add(key)
             elif ref.kind == "listeners":
-                self._listener_keys.add(op.key)
+                self._listener_keys.add(key)
         if isinstance(result, Problem):
-            self._schema_problems[op.key] = result
+            self._schema_problems[key] = result
             return
-        self._schema_problems.pop(op.key, None)
-        self._latest[op.key] = result
+        self._schema_problems.pop(key, None)
+        self._latest[key] = result
         if isinstance(result, Endpoint):
-            self._endpoint_keys.setdefault(result.service, set()).add(op.key)
+            self._endpoint_keys.setdefault(result.service, set()).add(key)
 
     def _forget(self, key: str) -> None:
         self._raw.pop(key, None)
@@ -189,8 +171,11 @@ class RegistryState:
         if changes.services:
             # Anything may refer to a service whose presence, port or subsets changed.
             # Endpoints in force are always among _endpoint_keys (a key names its service).
+            endpoints = by_kind["endpoints"]
             for svc in changes.services:
-                by_kind["endpoints"] |= self._endpoint_keys.get(svc, set())
+                keys = self._endpoint_keys.get(svc)
+                if keys and not keys <= endpoints:  # (a listing has them all already)
+                    endpoints |= keys
             by_kind["routes"] |= self._route_keys
             by_kind["listeners"] |= self._listener_keys
         if by_kind["listeners"]:
@@ -218,10 +203,12 @@ class RegistryState:
         previous = self._force.get(key)
         problem: Problem | None
         if current is not None:
-            error = self._check_refs(current)
+            error = check_refs(current, self.services, self.listeners)
             if error is None:
-                self._set_force(key, current, changes)
-                self._set_problem(key, None, changes)
+                if previous is not current:
+                    self._set_force(key, current, changes)
+                if key in self.problems:
+                    self._set_problem(key, None, changes)
                 return
             problem = Problem(key, error[0], error[1], self._raw.get(key, 0))
         else:
@@ -253,29 +240,31 @@ class RegistryState:
 
     def _set_force(self, key: str, entity: Entity | None, changes: ChangeSet) -> None:
         old = self._force.get(key)
-        if old == entity:
+        if old is entity or (old is not None and old == entity):
             return
         if entity is None:
             del self._force[key]
         else:
             self._force[key] = entity
         some = entity if entity is not None else old
-        if isinstance(some, Service):
+        if type(some) is Endpoint:  # the common kind first
+            eps = self.endpoints.get(some.service)
+            if eps is None:
+                eps = self.endpoints[some.service] = {}
+            if entity is not None:
+                eps[some.id] = some
+            else:
+                eps.pop(some.id, None)
+                if not eps:
+                    del self.endpoints[some.service]
+            changes.endpoints.add(some.service)
+        elif isinstance(some, Service):
             ref = some.ref
             if isinstance(entity, Service):
                 self.services[ref] = entity
             else:
                 self.services.pop(ref, None)
             changes.services.add(ref)
-        elif isinstance(some, Endpoint):
-            eps = self.endpoints.setdefault(some.service, {})
-            if isinstance(entity, Endpoint):
-                eps[some.id] = entity
-            else:
-                eps.pop(some.id, None)
-                if not eps:
-                    del self.endpoints[some.service]
-            changes.endpoints.add(some.service)
         elif isinstance(some, Route):
             if isinstance(entity, Route):
                 self.routes[key] = entity

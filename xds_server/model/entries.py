@@ -8,7 +8,7 @@ from xds_server.errors import ValidationError
 from xds_server.model.endpoint import Endpoint, fast_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.listener import Listener, parse_listener
-from xds_server.model.names import KeyRef, ServiceRef, parse_key
+from xds_server.model.names import KeyRef, parse_key
 from xds_server.model.route import Route, parse_route
 from xds_server.model.service import Service, parse_service
 
@@ -45,7 +45,7 @@ def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
             return fast
     obj = Obj(data)
     if ref.kind == "services":
-        return parse_service(ServiceRef(ref.namespace, ref.name), obj)
+        return parse_service(ref.service_ref, obj)
     if ref.kind == "endpoints":
         return parse_endpoint(ref.service_ref, ref.name, obj, lease=lease)
     if ref.kind == "routes":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from xds_server.errors import ValidationError
@@ -18,24 +19,53 @@ _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,251}[A-Za-z0-9])?$")
 DEFAULT_NAMESPACE = "default"
 
 
+_GOOD_LABELS: set[str] = set()
+"""Labels already found valid: keys repeat their namespace and service names (a cold start
+checks 10,000 services' endpoint keys); cleared when large, so it stays bounded."""
+
+
 def check_label(value: str, field: str) -> str:
     """A DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters."""
+    if value in _GOOD_LABELS:
+        return value
     if len(value) > 63 or not _LABEL.fullmatch(value):
         raise ValidationError(
             field, f"{value!r} is not a DNS-1123 label ([a-z0-9]([-a-z0-9]*[a-z0-9])?, max 63)"
         )
+    if len(_GOOD_LABELS) >= 1 << 16:
+        _GOOD_LABELS.clear()
+    _GOOD_LABELS.add(value)
     return value
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class ServiceRef:
-    """A reference to a service: namespace and name."""
+    """A reference to a service: namespace and name.
+
+    The hash is computed once: service references key most of the state and of the
+    translation's indexes (a cold start looks them up millions of times). Keys parsed
+    from the registry share one object per service (:func:`service_ref`), so those
+    lookups also compare by identity.
+    """
 
     namespace: str
     name: str
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.namespace, self.name)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def service_ref(namespace: str, name: str) -> ServiceRef:
+    """The shared :class:`ServiceRef` of a service (any equal one works the same)."""
+    return ServiceRef(namespace, name)
 
 
 def parse_service_ref(value: str, own_namespace: str, field: str) -> ServiceRef:
@@ -46,7 +76,7 @@ def parse_service_ref(value: str, own_namespace: str, field: str) -> ServiceRef:
     ns = ns or own_namespace
     check_label(ns, field)
     check_label(name, field)
-    return ServiceRef(ns, name)
+    return service_ref(ns, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +94,7 @@ class KeyRef:
     @property
     def service_ref(self) -> ServiceRef:
         """The service an endpoint belongs to, or that a service key names."""
-        return ServiceRef(self.namespace, self.service or self.name)
+        return service_ref(self.namespace, self.service or self.name)
 
 
 _SHAPES: dict[str, int] = {"services": 2, "endpoints": 3, "routes": 2, "listeners": 1}

@@ -34,22 +34,41 @@ def _uint32_value(number: int, value: int) -> bytes:
     return _field(number, inner)
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+_VARINTS: dict[int, bytes] = {}
+
+
+def _int(value: int) -> bytes:
+    """Varint of a port, weight or status: few distinct values, each encoded once
+    (ports are at most 65535 and weights at most 1000: the memo stays bounded)."""
+    out = _VARINTS.get(value)
+    if out is None:
+        out = _VARINTS[value] = encode_varint(value)
+    return out
+
+
+def _len(n: int) -> bytes:
+    return _SMALL[n] if n < 128 else encode_varint(n)
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def lb_endpoint(address: str, port: int, health_status: int, weight: int) -> bytes:
     """One LbEndpoint as a ``lb_endpoints`` field (tag and length included), memoized:
     endpoints change one at a time, and re-encoding a big assignment after one change
     is then a join of cached bytes."""
-    v = encode_varint
     a = address.encode()
-    socket_address = b"\x12" + v(len(a)) + a + b"\x18" + v(port)
-    addr = b"\x0a" + v(len(socket_address)) + socket_address  # Address.socket_address
-    endpoint = b"\x0a" + v(len(addr)) + addr  # Endpoint.address
-    out = b"\x0a" + v(len(endpoint)) + endpoint  # LbEndpoint.endpoint
+    socket_address = b"\x12" + _len(len(a)) + a + b"\x18" + _int(port)
+    addr = b"\x0a" + _len(len(socket_address)) + socket_address  # Address.socket_address
+    endpoint = b"\x0a" + _len(len(addr)) + addr  # Endpoint.address
+    out = b"\x0a" + _len(len(endpoint)) + endpoint  # LbEndpoint.endpoint
     if health_status:
-        out += b"\x10" + v(health_status)
-    weight_value = b"\x08" + v(weight) if weight else b""
-    out += b"\x22" + v(len(weight_value)) + weight_value  # load_balancing_weight = 4
-    return b"\x12" + v(len(out)) + out  # LocalityLbEndpoints.lb_endpoints = 2
+        out += b"\x10" + _int(health_status)
+    if weight:
+        weight_value = b"\x08" + _int(weight)
+        out += b"\x22" + _SMALL[len(weight_value)] + weight_value  # load_balancing_weight = 4
+    else:
+        out += b"\x22\x00"
+    return b"\x12" + _len(len(out)) + out  # LocalityLbEndpoints.lb_endpoints = 2
 
 
 def locality_group(zone: str, lb_endpoints: list[bytes], weight: int) -> bytes:

@@ -77,7 +77,8 @@ def route_config_bytes(
     # Every spelling of every HTTP service's default host, and which service owns it.
     owner: dict[str, Service] = {}
     http_services = sorted(
-        (s for s in services.values() if s.protocol != "tcp"), key=lambda s: s.ref
+        (s for s in services.values() if s.protocol != "tcp"),
+        key=lambda s: (s.ref.namespace, s.ref.name),  # ServiceRef's order, compared in C
     )
     for service in http_services:
         for domain in service_domains(service):

@@ -143,12 +143,11 @@ class Translator:
                 self._drop(delta, ROUTE, name)
                 delta.listeners_changed = True
                 continue
-            before = self.index[LISTENER].get(name)
             self._put(delta, LISTENER, listener_resource(listener))
             delta.listeners_changed = True
             if listener.protocol == "tcp":
                 self._drop(delta, ROUTE, name)
-            elif not routes_dirty or before is None:
+            elif not routes_dirty:  # (when dirty, every HTTP listener's is rebuilt below)
                 self._put(delta, ROUTE, self._route_config(state, name))
         if routes_dirty:
             for name, listener in state.listeners.items():
