@@ -97,7 +97,9 @@ class RegistryView:
         self.registry = registry
         self.data: dict[str, bytes] = {}
         self.revision = 0
-        self.resets = 0
+        self.resets = 0  # complete listings
+        self._listing: dict[str, bytes] | None = None  # a listing being received in parts
+        self._parts = 0
         self.changes: list[Changes] = []
         self._task: asyncio.Task[None] | None = None
         self._updated = asyncio.Event()
@@ -158,15 +160,24 @@ class RegistryView:
         """Check ``update`` against the contract and fold it into the view."""
         if isinstance(update, Reset):
             assert update.revision >= self.revision, "a Reset went back in revisions"
-            keys = [entry.key for entry in update.entries]
-            assert len(set(keys)) == len(keys), "a key appears twice in one Reset"
+            if update.part == 0:
+                self._listing = {}
+            else:
+                assert self._listing is not None, "a Reset part without its part 0"
+                assert update.part == self._parts + 1, "Reset parts out of order"
+                assert update.revision == self.revision, "parts of one listing at two revisions"
+            self._parts = update.part
             for entry in update.entries:
                 self._check_key(entry.key)
                 assert 0 < entry.mod_revision <= update.revision, entry
-            self.data = {entry.key: entry.value for entry in update.entries}
-            self.resets += 1
+                assert entry.key not in self._listing, "a key appears twice in one listing"
+                self._listing[entry.key] = entry.value
+            if not update.more:  # the listing is complete: it replaces the view
+                self.data, self._listing = self._listing, None
+                self.resets += 1
         else:
             assert self.resets, "the first update must be a Reset"
+            assert self._listing is None, "Changes before a listing completed"
             assert update.events, "an empty Changes"
             last = self.revision
             for event in update.events:

@@ -139,13 +139,21 @@ async def test_paged_list_is_one_revision_while_writes_go_on(
     writing = asyncio.ensure_future(writer())
     await asyncio.sleep(0.02)
     updates = registry.updates()
-    reset = await asyncio.wait_for(anext(updates), 10)
+    parts = [await asyncio.wait_for(anext(updates), 10)]
+    while isinstance(parts[-1], Reset) and parts[-1].more:
+        parts.append(await asyncio.wait_for(anext(updates), 10))
     listed_at = time.monotonic()
     writing.cancel()
     await updates.aclose()
 
-    assert isinstance(reset, Reset)
-    assert registry.last_list_pages >= 5000 // 50
+    # One listing, delivered page by page as Reset parts, all at one revision.
+    assert all(isinstance(p, Reset) for p in parts)
+    assert [p.part for p in parts] == list(range(len(parts)))  # type: ignore[union-attr]
+    assert len({p.revision for p in parts}) == 1
+    reset = Reset(parts[0].revision, tuple(e for p in parts for e in p.entries))  # type: ignore[union-attr]
+    # A part per non-empty page (the range after the status keys is one more, empty, page).
+    assert all(0 < len(p.entries) <= 50 for p in parts)  # type: ignore[union-attr]
+    assert registry.last_list_pages >= len(parts) >= len(reset.entries) / 50
     during = [rev for done, rev in writes if rev > reset.revision and done < listed_at]
     assert during, "no write landed while the pages were read"
     listed = {e.key: e.value for e in reset.entries}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -346,6 +347,50 @@ def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> 
     assert set(forced(state)) <= set(target)
     for key, entity in expected_from_scratch(target).items():
         assert forced(state).get(key) == entity, key
+
+
+@settings(max_examples=80, deadline=None)
+@given(history=histories, relist=histories, data=st.data())
+def test_a_listing_in_parts_is_the_listing_in_one(
+    history: list[Op], relist: list[Op], data: st.DataObject
+) -> None:
+    """A listing delivered in parts (etcd's pages) ends exactly where the same listing in
+    one Reset does, leaves what is in force alone until its last part, and a part 0 in the
+    middle (a listing that broke off and started over) discards what the broken one saw."""
+    whole, content = replay(history)
+    parts_state, _ = replay(history)
+    target = dict(content)
+    revision = len(history)
+    for op in relist:
+        revision += 1
+        if op.value is None:
+            target.pop(op.key, None)
+        else:
+            target[op.key] = Entry(op.key, op.value, revision)
+    entries = tuple(target.values())
+    expected = whole.apply(Reset(revision, entries))
+
+    if data.draw(st.booleans(), label="a broken-off listing first"):
+        # An earlier listing of the old content, cut short: keys it saw that the new one
+        # does not name must still be deleted, and values it stored must still be resolved.
+        old = tuple(content.values())
+        broken = old[: data.draw(st.integers(0, len(old)), label="broken after")]
+        parts_state.apply(Reset(len(history), broken, 0, more=True))
+    before = (forced(parts_state), dict(parts_state.problems))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(entries)), max_size=4), label="cuts"))
+    bounds = [0, *cuts, len(entries)]
+    merged = ChangeSet(revision=revision)
+    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        last = n == len(bounds) - 2
+        merged.merge(parts_state.apply(Reset(revision, entries[lo:hi], n, more=not last)))
+        if not last:
+            assert parts_state.listing
+            assert (forced(parts_state), dict(parts_state.problems)) == before
+    assert not parts_state.listing
+    assert forced(parts_state) == forced(whole)
+    assert parts_state.problems == whole.problems
+    assert merged.services == expected.services and merged.endpoints == expected.endpoints
+    assert merged.routes == expected.routes and merged.listeners == expected.listeners
 
 
 @settings(max_examples=300, deadline=None)

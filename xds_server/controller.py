@@ -136,6 +136,8 @@ class Controller:
         self.status = StatusWriter(registry, registry.prefix)
         self.clock = clock
         self.batches = 0
+        self._listing_parts = self._listing_entries = 0  # parts of a listing folded so far
+        self._listing_fold = 0.0
         self.observers: list[Callable[[RegistryState, ChangeSet], None]] = []
         """Called after each applied batch (health and topology follow the registry)."""
         self.events = events or EventBus()
@@ -179,6 +181,12 @@ class Controller:
                         kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
                         self.events.publish(kind, key=e.key, revision=e.revision)
             folded = self.clock()
+            if self.state.listing:
+                # Parts of a listing so far: stored, nothing to translate until the last.
+                self._listing_parts += 1
+                self._listing_entries += _size(batch)
+                self._listing_fold += folded - started
+                return changes
             delta = self.translator.update(self.state, changes)
         translated_at = self.clock()
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
@@ -191,14 +199,17 @@ class Controller:
         translated = applied - started
         if any(isinstance(u, Reset) for _, u in batch):
             log.info(
-                "registry snapshot applied: %d entries, revision %d: fold %.2fs, "
+                "registry snapshot applied: %d entries in %d parts, revision %d: fold %.2fs, "
                 "translate %.2fs, cache and observers %.2fs",
-                _size(batch),
+                self._listing_entries + _size(batch),
+                self._listing_parts + 1,
                 self.state.revision,
-                folded - started,
+                self._listing_fold + folded - started,
                 translated_at - folded,
                 applied - translated_at,
             )
+            self._listing_parts = self._listing_entries = 0
+            self._listing_fold = 0.0
         lags = [applied - observed for observed, _ in batch]
         # Bookkeeping waits until the woken streams have written their pushes: their
         # wake-ups were scheduled by cache.apply, so call_soon runs after them.

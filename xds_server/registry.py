@@ -2,10 +2,11 @@
 
 A backend turns its storage into a stream of :class:`RegistryUpdate` values:
 
-* :class:`Reset` -- the complete content under the prefix at one revision. The
-  first update is always a Reset; a backend sends another one after it had to
-  relist (watch compacted, connection lost, backend restarted). The consumer
-  reconciles by diffing, so nothing is dropped or applied twice.
+* :class:`Reset` -- the complete content under the prefix at one revision (possibly
+  in parts, see :class:`Reset`). The first update is always a Reset; a backend sends
+  another one after it had to relist (watch compacted, connection lost, backend
+  restarted). The consumer reconciles by diffing, so nothing is dropped or applied
+  twice.
 * :class:`Changes` -- the events of one or more revisions, in order, all newer
   than the last update's revision.
 
@@ -44,10 +45,19 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """Everything under the prefix at ``revision`` (replaces all earlier knowledge)."""
+    """Everything under the prefix at ``revision`` (replaces all earlier knowledge).
+
+    A backend may deliver one listing in parts, all at the same revision, as it reads
+    them (etcd: page by page), so the consumer folds one part while the next is read.
+    ``part`` counts from 0 (a part 0 starts a listing, and also restarts one that broke
+    off); ``more`` says further parts follow. The listing is complete, and only then
+    replaces earlier knowledge, with the part whose ``more`` is false.
+    """
 
     revision: int
     entries: tuple[Entry, ...]
+    part: int = 0
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)

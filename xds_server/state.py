@@ -71,6 +71,15 @@ class ChangeSet:
             self.problems_cleared.add(key)
 
 
+@dataclass(slots=True)
+class _Listing:
+    """A listing being received in parts."""
+
+    known: bool  # the state held keys when it began: what it does not name is deleted
+    seen: set[str]  # keys it named (only tracked when ``known``)
+    dirty: set[str]  # keys stored from it, to resolve when it completes
+
+
 class RegistryState:
     """The registry as validated and resolved at :attr:`revision`."""
 
@@ -82,6 +91,7 @@ class RegistryState:
         self.routes: dict[str, Route] = {}
         self.listeners: dict[str, Listener] = {}
         self.problems: dict[str, Problem] = {}
+        self._listing: _Listing | None = None
         self._raw: dict[str, int] = {}  # every known key -> mod_revision
         self._refs: dict[str, KeyRef] = {}
         self._latest: dict[str, Entity] = {}  # last schema-valid value per key
@@ -93,21 +103,35 @@ class RegistryState:
 
     # -- folding updates ---------------------------------------------------------------
 
+    @property
+    def listing(self) -> bool:
+        """A listing is being received in parts: what is in force is not its result yet."""
+        return self._listing is not None
+
     def apply(self, update: RegistryUpdate) -> ChangeSet:
         """Fold one update in; return what changed in force and in problems."""
         dirty: set[str] = set()
         if isinstance(update, Reset):
-            # A listing: store what is new or modified, forget what is gone.
-            raw = self._raw
-            known = bool(raw)  # a first listing (cold start) has nothing to forget
-            seen = set()
+            # A listing: store what is new or modified, forget what is gone. Parts of a
+            # listing are stored as they come (entries in force do not change yet); the
+            # last part forgets what the listing did not name and resolves it all.
+            listing = self._listing
+            if listing is None or update.part == 0:
+                # A part 0 restarting a broken-off listing keeps what that one stored (it
+                # is still to be resolved) but not what it saw.
+                dirty = listing.dirty if listing is not None else dirty
+                listing = self._listing = _Listing(bool(self._raw), set(), dirty)
+            raw, seen, dirty = self._raw, listing.seen, listing.dirty
             for e in update.entries:
-                if known:
+                if listing.known:
                     seen.add(e.key)
                 if raw.get(e.key) != e.mod_revision:
                     dirty.add(e.key)
                     self._store(e.key, e.value, e.mod_revision, e.lease)
-            for key in [k for k in raw if k not in seen] if known else ():
+            if update.more:
+                return ChangeSet(revision=self.revision)
+            self._listing = None
+            for key in [k for k in raw if k not in seen] if listing.known else ():
                 dirty.add(key)
                 self._forget(key)
         else:

@@ -11,7 +11,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -176,15 +184,23 @@ class EtcdRegistry:
             conn: _Conn | None = None
             try:
                 conn = await self._connection()
-                reset = await self._list(conn)
-                if failures:
-                    log.info("etcd %s: watching again after %d failure(s)", conn.endpoint, failures)
-                failures = 0
-                self.connected = True
-                self.relists_total += listed
-                listed = 1
-                yield reset
-                async with contextlib.aclosing(self._watch(conn, reset.revision + 1)) as watch:
+                revision = 0
+                async with contextlib.aclosing(self._list_parts(conn)) as parts:
+                    async for part in parts:
+                        if not part.more:  # the listing is complete
+                            if failures:
+                                log.info(
+                                    "etcd %s: listing again after %d failure(s)",
+                                    conn.endpoint,
+                                    failures,
+                                )
+                            failures = 0
+                            self.connected = True
+                            self.relists_total += listed
+                            listed = 1
+                        revision = part.revision
+                        yield part
+                async with contextlib.aclosing(self._watch(conn, revision + 1)) as watch:
                     async for changes in watch:
                         yield changes
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
@@ -335,18 +351,47 @@ class EtcdRegistry:
 
     # -- internals ---------------------------------------------------------------------
 
-    async def _list(self, conn: _Conn) -> Reset:
-        """Everything under the prefix but status keys, paged, at the first page's revision."""
+    async def _list_parts(self, conn: _Conn) -> AsyncGenerator[Reset, None]:
+        """Everything under the prefix but status keys, as Reset parts of a page each, all
+        at the first page's revision. The next page is asked for as soon as a page
+        arrives, so etcd serves it while the consumer folds an earlier one. A page is held
+        until the next non-empty one is read, so the last part is known to be the last
+        (and a registry of one page, the usual case, is one plain Reset)."""
         started = time.monotonic()
-        reset, self.last_list_pages = await self._range_pages(conn, self._ranges)
+        revision = part = total = pages = 0
+        limit = self.page_size
+        held: tuple[Entry, ...] | None = None
+        for start, end in self._ranges:
+            resp, limit = await self._page(conn, start, end, limit, revision)
+            while True:
+                revision = revision or int(resp.header.revision)
+                pages += 1
+                following = self._following(conn, resp, end, limit, revision)
+                try:
+                    entries = await self._decode(resp.kvs)
+                    total += len(entries)
+                    if held is None:
+                        held = entries
+                    elif entries:
+                        yield Reset(revision, held, part, more=True)
+                        part += 1
+                        held = entries
+                except BaseException:
+                    if following is not None:
+                        following.cancel()
+                    raise
+                if following is None:
+                    break
+                resp, limit = await following
+        self.last_list_pages = pages
         log.info(
-            "etcd: listed %d keys at revision %d in %d pages, %.2fs",
-            len(reset.entries),
-            reset.revision,
-            self.last_list_pages,
+            "etcd: listed %d keys at revision %d in %d pages, %.2fs (folding them meanwhile)",
+            total,
+            revision,
+            pages,
             time.monotonic() - started,
         )
-        return reset
+        yield Reset(revision, held or (), part)
 
     async def _range_pages(
         self, conn: _Conn, ranges: Iterable[tuple[bytes, bytes]]
@@ -355,7 +400,7 @@ class EtcdRegistry:
 
         Returns the entries and the number of range reads it took. The next page is asked
         for as soon as a page arrives, before its entries are built: etcd serves one page
-        while this process decodes the previous one (a 110,000-key list: 0.9 s -> ~0.6 s).
+        while this process decodes the previous one.
         """
         entries: list[Entry] = []
         revision = 0
@@ -366,23 +411,9 @@ class EtcdRegistry:
             while True:
                 revision = revision or int(resp.header.revision)
                 pages += 1
-                kvs = resp.kvs
-                following = None
-                if resp.more and kvs:
-                    if sum(len(kv.key) + len(kv.value) for kv in kvs) > _PAGE_BYTES:
-                        limit = max(1, limit // 2)  # big values: keep pages near a few MiB
-                    following = asyncio.ensure_future(
-                        self._page(conn, kvs[-1].key + b"\0", end, limit, revision)
-                    )
+                following = self._following(conn, resp, end, limit, revision)
                 try:
-                    # In slices, yielding between them: the next read is a task that has to
-                    # run (and put its request on the wire) while this page is decoded.
-                    for at in range(0, len(kvs), _DECODE_SLICE):
-                        entries.extend(
-                            Entry(_str(kv.key), kv.value, kv.mod_revision, kv.lease)
-                            for kv in kvs[at : at + _DECODE_SLICE]
-                        )
-                        await asyncio.sleep(0)
+                    entries += await self._decode(resp.kvs)
                 except BaseException:
                     if following is not None:
                         following.cancel()
@@ -391,6 +422,30 @@ class EtcdRegistry:
                     break
                 resp, limit = await following
         return Reset(revision, tuple(entries)), pages
+
+    def _following(
+        self, conn: _Conn, resp: rpc.RangeResponse, end: bytes, limit: int, revision: int
+    ) -> asyncio.Future[tuple[rpc.RangeResponse, int]] | None:
+        """The read of the page after ``resp``, started now; None after the last page."""
+        kvs = resp.kvs
+        if not resp.more or not kvs:
+            return None
+        if sum(len(kv.key) + len(kv.value) for kv in kvs) > _PAGE_BYTES:
+            limit = max(1, limit // 2)  # big values: keep pages near a few MiB
+        return asyncio.ensure_future(self._page(conn, kvs[-1].key + b"\0", end, limit, revision))
+
+    @staticmethod
+    async def _decode(kvs: Sequence[Any]) -> tuple[Entry, ...]:
+        """Entries of one page, in slices with a yield to the event loop between them: the
+        next page's read is a task that has to run (put its request on the wire) meanwhile."""
+        out: list[Entry] = []
+        for at in range(0, len(kvs), _DECODE_SLICE):
+            out.extend(
+                Entry(_str(kv.key), kv.value, kv.mod_revision, kv.lease)
+                for kv in kvs[at : at + _DECODE_SLICE]
+            )
+            await asyncio.sleep(0)
+        return tuple(out)
 
     async def _page(
         self, conn: _Conn, key: bytes, end: bytes, limit: int, revision: int
