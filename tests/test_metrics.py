@@ -182,3 +182,24 @@ def test_sd_document_is_prometheus_http_sd() -> None:
         "node_cluster": "gateway",
         "xds_protocol": "sotw",
     }
+
+
+def test_convergence_waits_only_for_the_streams_a_change_concerns() -> None:
+    """A change that woke no stream (nobody holds it) is not a convergence to wait for,
+    and a stream it did not wake is not waited for: unrelated churn neither piles up
+    generations nor makes every later ACK walk them."""
+    clock = _Clock()
+    metrics = Metrics(clock=clock)
+    tracker = metrics.convergence
+    holder, bystander = object(), object()
+    tracker.opened(holder, 0)
+    tracker.opened(bystander, 0)
+    for g in range(1, 3 * tracker.MAX_OUTSTANDING):
+        tracker.changed(g, observed_at=clock.now, keys=())  # unrelated churn
+    assert _observed(metrics) == (0, 0, 0)
+    g = 3 * tracker.MAX_OUTSTANDING
+    tracker.changed(g, observed_at=100.0, keys=[holder])
+    clock.now = 100.2
+    tracker.synced(holder, g)
+    count, total, dropped = _observed(metrics)
+    assert (count, dropped) == (1, 0) and abs(total - 0.2) < 1e-9

@@ -190,10 +190,12 @@ class Controller:
             delta = self.translator.update(self.state, changes)
         translated_at = self.clock()
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
+        # (an observer may apply to the cache again)
+        generation, woken = self.cache.generation, self.cache.last_woken
         for observe in self.observers:  # after the batch is cached: they may refresh EDS
             observe(self.state, changes)
         if delta or delta.listeners_changed:
-            self.metrics.convergence.changed(self.cache.generation, batch[0][0])
+            self.metrics.convergence.changed(generation, batch[0][0], woken)
         self.batches += 1
         applied = self.clock()
         translated = applied - started
@@ -259,7 +261,7 @@ class Controller:
         now = self.clock()
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=now)
         if delta:
-            self.metrics.convergence.changed(self.cache.generation, now)
+            self.metrics.convergence.changed(self.cache.generation, now, self.cache.last_woken)
         changes = ChangeSet(revision=self.state.revision)
         for ref in refs:
             for name, ids in self.translator.dns_names.get(ref, {}).items():

@@ -147,8 +147,9 @@ class ConvergenceTracker:
     sync with (:meth:`synced`: nothing held back, every response ACKed) and when it
     ends (:meth:`gone`). A generation is converged once every stream that was open
     when it was applied has synced it or gone; proxies that connect later fetch
-    the new state anyway and do not count. Keys are opaque (the streams
-    themselves). No I/O; all calls come from the event loop's thread.
+    the new state anyway and do not count. Keys are opaque (the streams' cache
+    watchers, so the controller can name the streams a change woke). No I/O; all
+    calls come from the event loop's thread.
     """
 
     MAX_OUTSTANDING = 256  # generations kept waiting for a proxy that NACKs or hangs
@@ -164,18 +165,30 @@ class ConvergenceTracker:
         self._clock = clock
         self._live: dict[object, int] = {}  # stream -> newest generation it is in sync with
         self._outstanding: dict[int, tuple[float, set[object]]] = {}  # oldest first
+        self._waits: dict[object, list[int]] = {}  # stream -> generations waiting for it
 
     def opened(self, key: object, generation: int) -> None:
         """A stream started; it will fetch ``generation`` (or later) by itself."""
         self._live[key] = generation
 
-    def changed(self, generation: int, observed_at: float) -> None:
+    def changed(
+        self, generation: int, observed_at: float, keys: Iterable[object] | None = None
+    ) -> None:
         """Cache generation ``generation`` changed resources; the change reached meshd at
-        ``observed_at`` (same clock as this tracker's)."""
-        waiting = {k for k, g in self._live.items() if g < generation}
+        ``observed_at`` (same clock as this tracker's). ``keys``: the streams the change
+        concerns (those it woke), when known; a change no open stream holds converges at
+        once and is not counted, and a stream it does not concern is never waited for."""
+        live = self._live
+        candidates = live if keys is None else keys
+        waiting = {k for k in candidates if live.get(k, generation) < generation}
         if not waiting:
             return
         self._outstanding[generation] = (observed_at, waiting)
+        for k in waiting:
+            gens = self._waits.setdefault(k, [])
+            gens.append(generation)
+            if len(gens) > self.MAX_OUTSTANDING:  # a stuck stream: drop what was given up
+                gens[:] = [g for g in gens if g in self._outstanding]
         while len(self._outstanding) > self.MAX_OUTSTANDING:
             del self._outstanding[next(iter(self._outstanding))]
             self._abandoned.inc()
@@ -185,23 +198,37 @@ class ConvergenceTracker:
         if self._live.get(key, -1) >= generation:
             return
         self._live[key] = generation
-        self._settle(key, lambda g: g <= generation)
+        self._settle(key, generation)
 
     def gone(self, key: object) -> None:
         """Stream ``key`` closed: nobody waits for it any more."""
         self._live.pop(key, None)
-        self._settle(key, lambda g: True)
+        self._settle(key, None)
 
-    def _settle(self, key: object, covers: Callable[[int], bool]) -> None:
+    def _settle(self, key: object, upto: int | None) -> None:
+        """Stop waiting for ``key`` on the generations it covers (all when ``upto`` is
+        None): only those that waited for it are visited, not every outstanding one."""
+        gens = self._waits.get(key)
+        if not gens:
+            return
         now = self._clock()
-        for generation in list(self._outstanding):
-            observed_at, waiting = self._outstanding[generation]
-            if not covers(generation):
+        keep = []
+        for generation in gens:
+            if upto is not None and generation > upto:
+                keep.append(generation)
                 continue
+            entry = self._outstanding.get(generation)
+            if entry is None:
+                continue  # given up already (MAX_OUTSTANDING)
+            observed_at, waiting = entry
             waiting.discard(key)
             if not waiting:
                 del self._outstanding[generation]
                 self._histogram.observe(max(0.0, now - observed_at))
+        if keep:
+            self._waits[key] = keep
+        else:
+            del self._waits[key]
 
 
 # --------------------------------------------------------------------------- live streams

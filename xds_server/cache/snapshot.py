@@ -142,6 +142,8 @@ class ConfigCache:
         self.revision = 0
         self.changed_at = 0.0  # time.monotonic() when the change being pushed reached meshd
         self.ready = asyncio.Event()
+        self.last_woken: set[Watcher] = set()
+        """Watchers the last :meth:`apply` woke (valid until the next one)."""
         self._listeners: Mapping[str, Listener] = {}
         self._scopes: dict[str, Scope] = {}
         self._scope_by_set: dict[frozenset[str], Scope] = {}
@@ -198,6 +200,7 @@ class ConfigCache:
             self._scope_by_set.clear()
         self.generation += 1
         self.ready.set()
+        self.last_woken = set()
         if not olds and not delta.listeners_changed:
             return
         woken: set[Watcher] = set()
@@ -218,9 +221,10 @@ class ConfigCache:
         if delta.listeners_changed:
             for w in self._watchers:
                 w.scopes_changed = True
-            woken = self._watchers
+            woken = set(self._watchers)
         for w in woken:
             w.event.set()
+        self.last_woken = woken
 
     # -- reads ------------------------------------------------------------------------
 

@@ -118,75 +118,81 @@ class AdsServicer:
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         watcher = self.cache.watch()
-        inbox: deque[Any] = deque()
+        inbox: deque[Any] = deque()  # requests that came before the first snapshot
+        outbox: deque[tuple[Response | DeltaResponse, bool]] = deque()  # (response, from change)
         closed = asyncio.Event()
+        failure: list[Exception] = []
+        live = False
+        conn: Connection | None = None
+        labels: tuple[str, str] | None = None
+        admin: str | None = None
+
+        def handle(raw: Any) -> None:
+            """One request, handled where it is read: an ACK (most requests) costs no
+            wake-up of the writer; responses it calls for are queued for the writer."""
+            nonlocal admin, conn, labels
+            req, key = (raw.msg, raw.key) if isinstance(raw, KeyedRequest) else (raw, None)
+            if admin is None and req.HasField("node"):
+                admin = admin_address(req.node, context.peer())
+            if key is not None:
+                assert isinstance(stream, SotwStream)
+                out: list[Response] | list[DeltaResponse] = stream.on_request(req, key)
+            else:
+                out = stream.on_request(req)
+            self._count_request(stream)
+            # From here on, only changes to what it asked for wake this stream
+            # (no await in between: no change can fall through the gap).
+            self.cache.set_interest(watcher, stream.interest())
+            if conn is None and stream.node_id:
+                conn = self._connected(stream, context.peer(), admin)
+                labels = (stream.node_cluster, stream.protocol)
+            if out:
+                outbox.extend((resp, False) for resp in out)
+                watcher.event.set()
+            elif stream.settled and not (outbox or watcher.pending or watcher.scopes_changed):
+                # An ACK that completes a push: in sync with everything so far.
+                self.metrics.convergence.synced(watcher, self.cache.generation)
 
         async def read() -> None:
             try:
                 async for req in request_iterator:
-                    inbox.append(req)
-                    watcher.event.set()
+                    if not live:
+                        inbox.append(req)
+                        watcher.event.set()
+                        continue
+                    try:
+                        handle(req)
+                    except Exception as exc:  # ends the RPC with it, raised by the writer
+                        failure.append(exc)
+                        return
             finally:
                 closed.set()
                 watcher.event.set()
 
         reader = asyncio.create_task(read())
-        conn: Connection | None = None
-        labels: tuple[str, str] | None = None
         try:
             await self.cache.ready.wait()
             # Changes before the first snapshot (the snapshot itself) are not changes to this
             # stream: it has been sent nothing, and its first requests are answered from the
             # current cache. Pushing them would resend a reconnecting proxy what it holds.
             watcher.take()
-            self.metrics.convergence.opened(stream, self.cache.generation)
-            if inbox or closed.is_set():
-                watcher.event.set()
-            admin: str | None = None
+            self.metrics.convergence.opened(watcher, self.cache.generation)
+            while inbox:
+                handle(inbox.popleft())
+            live = True
+            watcher.event.set()
             while True:
                 await watcher.event.wait()
                 pending, scopes_changed = watcher.take()
                 generation = self.cache.generation  # every change up to it is in ``pending``
-                out: list[Response | DeltaResponse] = []
-                while inbox:
-                    req = inbox.popleft()
-                    key = None
-                    if isinstance(req, KeyedRequest):
-                        req, key = req.msg, req.key
-                    if admin is None and req.HasField("node"):
-                        admin = admin_address(req.node, context.peer())
-                    if key is not None:
-                        assert isinstance(stream, SotwStream)
-                        out += stream.on_request(req, key)
-                    else:
-                        out += stream.on_request(req)
-                    self._count_request(stream)
-                    # From here on, only changes to what it asked for wake this stream
-                    # (no await in between: no change can fall through the gap).
-                    self.cache.set_interest(watcher, stream.interest())
-                if conn is None and stream.node_id:
-                    conn = self.streams.add(context.peer(), stream.protocol, stream)
-                    conn.admin_address = admin
-                    labels = (stream.node_cluster, stream.protocol)
-                    self.metrics.connected_proxies.labels(*labels).inc()
-                    log.info(
-                        "proxy connected: node=%s cluster=%s protocol=%s peer=%s",
-                        stream.node_id,
-                        stream.node_cluster,
-                        stream.protocol,
-                        context.peer(),
-                    )
-                    self.events.publish(
-                        "proxy_connected",
-                        node_id=stream.node_id,
-                        message=f"cluster={stream.node_cluster} protocol={stream.protocol} "
-                        f"peer={context.peer()}",
-                    )
+                if failure:
+                    raise failure[0]
                 if pending or scopes_changed:
-                    out += stream.on_change(pending, scopes_changed)
-                for resp in out:
+                    outbox.extend((r, True) for r in stream.on_change(pending, scopes_changed))
+                while outbox:
+                    resp, from_change = outbox.popleft()
                     await context.write(resp.wire(self.cache))
-                    self._count_push(resp, from_change=bool(pending or scopes_changed))
+                    self._count_push(resp, from_change=from_change)
                     if self.events.active:
                         self.events.publish(
                             "push",
@@ -195,20 +201,43 @@ class AdsServicer:
                             version=resp.version,
                             message=f"{len(resp.resources)} resources",
                         )
-                if stream.settled:
-                    self.metrics.convergence.synced(stream, generation)
-                if closed.is_set() and not inbox:
+                if stream.settled and not watcher.pending and not watcher.scopes_changed:
+                    self.metrics.convergence.synced(watcher, generation)
+                if closed.is_set():
+                    if failure:
+                        raise failure[0]
                     return
         finally:
             reader.cancel()
             self.cache.unwatch(watcher)
-            self.metrics.convergence.gone(stream)
+            self.metrics.convergence.gone(watcher)
             if conn is not None:
                 self.streams.remove(conn)
                 log.info("proxy disconnected: node=%s", stream.node_id)
                 self.events.publish("proxy_disconnected", node_id=stream.node_id)
             if labels is not None:
                 self.metrics.connected_proxies.labels(*labels).dec()
+
+    def _connected(
+        self, stream: SotwStream | DeltaStream, peer: str, admin: str | None
+    ) -> Connection:
+        """A stream named its node: list it, count it, say so."""
+        conn = self.streams.add(peer, stream.protocol, stream)
+        conn.admin_address = admin
+        self.metrics.connected_proxies.labels(stream.node_cluster, stream.protocol).inc()
+        log.info(
+            "proxy connected: node=%s cluster=%s protocol=%s peer=%s",
+            stream.node_id,
+            stream.node_cluster,
+            stream.protocol,
+            peer,
+        )
+        self.events.publish(
+            "proxy_connected",
+            node_id=stream.node_id,
+            message=f"cluster={stream.node_cluster} protocol={stream.protocol} peer={peer}",
+        )
+        return conn
 
     def _count_request(self, stream: SotwStream | DeltaStream) -> None:
         outcome = stream.last_outcome
