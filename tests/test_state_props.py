@@ -326,19 +326,27 @@ def test_changes_one_by_one_agree_with_one_reset(history: list[Op]) -> None:
     )
 
 
-@settings(max_examples=60, deadline=None)
-@given(history=histories, relist=histories)
-def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> None:
-    """A Reset to other content reports exactly what changed and serves only valid values."""
-    state, content = replay(history)
+def relisted(
+    content: dict[str, Entry], relist: list[Op], revision: int
+) -> tuple[dict[str, Entry], int]:
+    """The registry after ``relist`` is applied to ``content`` (at ``revision``), and the
+    revision it ends at: what a later listing returns."""
     target = dict(content)
-    revision = len(history)
     for op in relist:
         revision += 1
         if op.value is None:
             target.pop(op.key, None)
         else:
             target[op.key] = Entry(op.key, op.value, revision)
+    return target, revision
+
+
+@settings(max_examples=60, deadline=None)
+@given(history=histories, relist=histories)
+def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> None:
+    """A Reset to other content reports exactly what changed and serves only valid values."""
+    state, content = replay(history)
+    target, revision = relisted(content, relist, len(history))
     before = (forced(state), dict(state.problems))
     changes = state.apply(Reset(revision, tuple(target.values())))
     assert_changeset_exact(before, state, changes)
@@ -359,14 +367,7 @@ def test_a_listing_in_parts_is_the_listing_in_one(
     middle (a listing that broke off and started over) discards what the broken one saw."""
     whole, content = replay(history)
     parts_state, _ = replay(history)
-    target = dict(content)
-    revision = len(history)
-    for op in relist:
-        revision += 1
-        if op.value is None:
-            target.pop(op.key, None)
-        else:
-            target[op.key] = Entry(op.key, op.value, revision)
+    target, revision = relisted(content, relist, len(history))
     entries = tuple(target.values())
     expected = whole.apply(Reset(revision, entries))
 

@@ -353,36 +353,22 @@ class EtcdRegistry:
 
     async def _list_parts(self, conn: _Conn) -> AsyncGenerator[Reset, None]:
         """Everything under the prefix but status keys, as Reset parts of a page each, all
-        at the first page's revision. The next page is asked for as soon as a page
-        arrives, so etcd serves it while the consumer folds an earlier one. A page is held
-        until the next non-empty one is read, so the last part is known to be the last
-        (and a registry of one page, the usual case, is one plain Reset)."""
+        at the first page's revision, yielded while etcd serves the next page. A page is
+        held until the next non-empty one is read, so the last part is known to be the
+        last (and a registry of one page, the usual case, is one plain Reset)."""
         started = time.monotonic()
         revision = part = total = pages = 0
-        limit = self.page_size
         held: tuple[Entry, ...] | None = None
-        for start, end in self._ranges:
-            resp, limit = await self._page(conn, start, end, limit, revision)
-            while True:
-                revision = revision or int(resp.header.revision)
+        async with contextlib.aclosing(self._pages(conn, self._ranges)) as read:
+            async for revision, entries in read:
                 pages += 1
-                following = self._following(conn, resp, end, limit, revision)
-                try:
-                    entries = await self._decode(resp.kvs)
-                    total += len(entries)
-                    if held is None:
-                        held = entries
-                    elif entries:
-                        yield Reset(revision, held, part, more=True)
-                        part += 1
-                        held = entries
-                except BaseException:
-                    if following is not None:
-                        following.cancel()
-                    raise
-                if following is None:
-                    break
-                resp, limit = await following
+                total += len(entries)
+                if held is None:
+                    held = entries
+                elif entries:
+                    yield Reset(revision, held, part, more=True)
+                    part += 1
+                    held = entries
         self.last_list_pages = pages
         log.info(
             "etcd: listed %d keys at revision %d in %d pages, %.2fs (folding them meanwhile)",
@@ -396,24 +382,33 @@ class EtcdRegistry:
     async def _range_pages(
         self, conn: _Conn, ranges: Iterable[tuple[bytes, bytes]]
     ) -> tuple[Reset, int]:
-        """Read ``[start, end)`` ranges page by page, all at the first page's revision.
-
-        Returns the entries and the number of range reads it took. The next page is asked
-        for as soon as a page arrives, before its entries are built: etcd serves one page
-        while this process decodes the previous one.
-        """
+        """Read ``[start, end)`` ranges, all at the first page's revision: the entries and
+        the number of range reads it took."""
         entries: list[Entry] = []
+        revision = pages = 0
+        async with contextlib.aclosing(self._pages(conn, ranges)) as read:
+            async for at, page in read:
+                revision = at
+                pages += 1
+                entries += page
+        return Reset(revision, tuple(entries)), pages
+
+    async def _pages(
+        self, conn: _Conn, ranges: Iterable[tuple[bytes, bytes]]
+    ) -> AsyncGenerator[tuple[int, tuple[Entry, ...]], None]:
+        """(revision, entries) of each page of ``[start, end)`` ranges, all at the first
+        page's revision. The next page is asked for as soon as a page arrives, before its
+        entries are built: etcd serves one page while this process decodes (and its
+        consumer folds) the previous one."""
         revision = 0
-        pages = 0
         limit = self.page_size
         for start, end in ranges:
             resp, limit = await self._page(conn, start, end, limit, revision)
             while True:
                 revision = revision or int(resp.header.revision)
-                pages += 1
                 following = self._following(conn, resp, end, limit, revision)
                 try:
-                    entries += await self._decode(resp.kvs)
+                    yield revision, await self._decode(resp.kvs)
                 except BaseException:
                     if following is not None:
                         following.cancel()
@@ -421,7 +416,6 @@ class EtcdRegistry:
                 if following is None:
                     break
                 resp, limit = await following
-        return Reset(revision, tuple(entries)), pages
 
     def _following(
         self, conn: _Conn, resp: rpc.RangeResponse, end: bytes, limit: int, revision: int
