@@ -21,6 +21,7 @@ import http.client
 import importlib.util
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -57,11 +58,42 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- generic helpers
 
 
+_handed_out: set[int] = set()
+_random = random.SystemRandom()  # independent of any seeding (hypothesis seeds ``random``)
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range: outgoing connections never take them."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    # (from 20000: clear of the defaults of meshd, Envoy and etcd and of the samples)
+    return (20000, low - 1) if low > 22000 else (0, 0)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free a moment ago (bind to port 0, read it, close)."""
+    """Return a TCP port that was free a moment ago and is not handed out twice.
+
+    Picked below the ephemeral range where there is one: a port from port 0 comes from that
+    range, and between the pick and the bind (Envoy's listener, a backend) the kernel may
+    give it to any outgoing connection; a CI run lost a test to exactly that.
+    """
+    lo, hi = _below_ephemeral()
+    for _ in range(100 if hi > lo else 0):
+        port = _random.randint(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
+        port = int(s.getsockname()[1])
         return port
 
 
