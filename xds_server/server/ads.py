@@ -1,8 +1,11 @@
-"""grpc.aio servicer for ADS state-of-the-world: a thin loop over :class:`SotwStream`.
+"""grpc.aio servicer for ADS, state of the world and Delta: thin loops over
+:class:`SotwStream` and :class:`DeltaStream`.
 
 Responses are written as pre-joined bytes (the method is registered with an
 identity serializer), so every stream shares the resources' one serialization.
-Each stream has its own task and inbox: a slow client only delays itself.
+Each stream has a reader, which handles requests as they arrive (an ACK wakes
+nothing else), and a writer, which writes the queued responses in the order they
+were computed and turns cache changes into pushes: a slow client only delays itself.
 """
 
 from __future__ import annotations
