@@ -61,14 +61,16 @@ async def _relist(endpoint: str, keys: int) -> dict[str, float]:
         await registry.txn(puts={f"{prefix}endpoints/default/svc/{i:07d}": value for i in names})
     started = time.perf_counter()
     updates = registry.updates()
-    reset = await anext(updates)
+    parts = [await anext(updates)]  # the listing comes page by page (Reset parts)
+    while isinstance(parts[-1], Reset) and parts[-1].more:
+        parts.append(await anext(updates))
     elapsed = time.perf_counter() - started
     await updates.aclose()
     await registry.close()
-    assert isinstance(reset, Reset)
-    size = sum(len(e.key) + len(e.value) for e in reset.entries)
+    entries = [e for part in parts if isinstance(part, Reset) for e in part.entries]
+    size = sum(len(e.key) + len(e.value) for e in entries)
     return {
-        "keys": len(reset.entries),
+        "keys": len(entries),
         "mbytes": round(size / 1e6, 1),
         "pages": registry.last_list_pages,
         "seconds": round(elapsed, 2),
