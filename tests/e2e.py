@@ -84,9 +84,11 @@ class Rig:
 
 @dataclass
 class Load:
-    """A steady stream of requests in a thread, counting failures."""
+    """A steady stream of requests in a thread, counting failures: back to back (2 ms
+    apart), or paced at ``rate`` requests per second."""
 
     url: str
+    rate: float | None = None
     ok: int = 0
     failed: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -94,17 +96,22 @@ class Load:
 
     def start(self) -> Load:
         def run() -> None:
+            next_at = time.monotonic()
             while not self._stop.is_set():
                 try:
                     status, _, _ = http_get(self.url, timeout=5)
                 except OSError as exc:
                     self.failed.append(repr(exc))
-                    continue
+                    status = 0
                 if status == 200:
                     self.ok += 1
-                else:
+                elif status:
                     self.failed.append(f"HTTP {status}")
-                time.sleep(0.002)
+                if self.rate is None:
+                    time.sleep(0.002)
+                else:
+                    next_at += 1 / self.rate
+                    time.sleep(max(0.0, next_at - time.monotonic()))
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()

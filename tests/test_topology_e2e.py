@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -21,49 +19,13 @@ from envoy.config.endpoint.v3 import load_report_pb2
 from envoy.service.health.v3 import hds_pb2
 from envoy.service.load_stats.v3 import lrs_pb2
 
-from integration.harness import free_port, http_get
+from integration.harness import free_port
+from tests.e2e import Load
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.test_hds_e2e import Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
 from tests.test_meshctl import meshctl
 from xds_server.bootstrap import bootstrap
 from xds_server.server.lrs import LRS_SERVICE
-
-
-@dataclass
-class PacedLoad:
-    """``rate`` GETs per second to ``url`` in a thread; counts what completed."""
-
-    url: str
-    rate: float
-    done: int = 0
-    failed: int = 0
-    started: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> PacedLoad:
-        def run() -> None:
-            self.started = next_at = time.monotonic()
-            while not self._stop.is_set():
-                try:
-                    status, _, _ = http_get(self.url, timeout=5)
-                    if status == 200:
-                        self.done += 1
-                    else:
-                        self.failed += 1
-                except OSError:
-                    self.failed += 1
-                next_at += 1 / self.rate
-                time.sleep(max(0.0, next_at - time.monotonic()))
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(10)
 
 
 async def test_topology_rates_within_20_percent_and_idle_edge(
@@ -100,13 +62,13 @@ async def test_topology_rates_within_20_percent_and_idle_edge(
 
     await asyncio.to_thread(start, "gw-1", "gateway")
     await asyncio.to_thread(start, "a-1", "a.default")
-    gw = PacedLoad(f"http://127.0.0.1:{public}/", rate=40).start()
-    side = PacedLoad(f"http://127.0.0.1:{outbound}/", rate=20).start()
+    gw = Load(f"http://127.0.0.1:{public}/", rate=40).start()
+    side = Load(f"http://127.0.0.1:{outbound}/", rate=20).start()
     admin = ("--admin", f"127.0.0.1:{app.admin_port}")
     window = 6
     try:
         await asyncio.sleep(1.5)  # warm-up: listeners up, first report sent
-        t0, gw0, side0 = time.monotonic(), gw.done, side.done
+        t0, gw0, side0 = time.monotonic(), gw.ok, side.ok
         await asyncio.sleep(window)
         # Read through the real CLI while the load still runs: the window meshd measures
         # (the last 6 s before each call) lies inside the steady load measured here.
@@ -116,7 +78,7 @@ async def test_topology_rates_within_20_percent_and_idle_edge(
         )
         (red_b,) = app.topology.red("b", window=window)
         elapsed = time.monotonic() - t0
-        real_gw, real_side = (gw.done - gw0) / elapsed, (side.done - side0) / elapsed
+        real_gw, real_side = (gw.ok - gw0) / elapsed, (side.ok - side0) / elapsed
     finally:
         gw.stop()
         side.stop()
@@ -127,7 +89,7 @@ async def test_topology_rates_within_20_percent_and_idle_edge(
         {k: (round(e["rps"], 1), e["idle"]) for k, e in edges.items()},
         f"real gw->a {real_gw:.1f}/s a->b {real_side:.1f}/s",
     )
-    assert gw.failed == 0 and side.failed == 0
+    assert not gw.failed and not side.failed, (gw.failed, side.failed)
     assert edges[("gateway", "default/a")]["rps"] == pytest.approx(real_gw, rel=0.2)
     assert edges[("default/a", "default/b")]["rps"] == pytest.approx(real_side, rel=0.2)
     idle = edges[("gateway", "default/c")]
