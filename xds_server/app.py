@@ -14,6 +14,7 @@ import grpc
 
 from xds_server.admin.auth import Authenticator
 from xds_server.admin.server import start_admin_server
+from xds_server.admin.service import AdminServicer
 from xds_server.cache import ConfigCache
 from xds_server.controller import Controller
 from xds_server.events import EventBus
@@ -128,8 +129,7 @@ class MeshApp:
         if self.config.admin:
             if not isinstance(self.registry, WritableRegistry):
                 raise TypeError(f"{type(self.registry).__name__} cannot back the admin API")
-            self._admin_server, self.admin_port = await start_admin_server(
-                self.config.admin,
+            admin = AdminServicer(
                 self.registry,
                 self.controller.state,
                 self.streams,
@@ -138,6 +138,7 @@ class MeshApp:
                 health=self.health,
                 topology=self.topology,
             )
+            self._admin_server, self.admin_port = await start_admin_server(self.config.admin, admin)
         if self.config.metrics:
             host, port = split_hostport(self.config.metrics)
             self._metrics_server = MetricsServer(self.metrics.registry, self.proxy_targets)

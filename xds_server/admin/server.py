@@ -16,13 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from xds_server.admin.auth import Authenticator
 from xds_server.admin.service import SERVICE_NAME, AdminServicer
-from xds_server.events import EventBus
-from xds_server.registry import WritableRegistry
-from xds_server.server.ads import StreamRegistry
 from xds_server.server.csds import CSDS_SERVICE, CsdsServicer
-from xds_server.server.hds import HealthService
-from xds_server.server.lrs import TopologyService
-from xds_server.state import RegistryState
 
 log = logging.getLogger("meshd.admin")
 
@@ -56,29 +50,12 @@ def check_exposure(address: str, auth: Authenticator, *, warn: bool = True) -> N
         log.warning("admin API on %s is open to anyone on this host (no --tokens)", address)
 
 
-async def start_admin_server(
-    address: str,
-    registry: WritableRegistry,
-    state: RegistryState,
-    streams: StreamRegistry,
-    events: EventBus,
-    auth: Authenticator,
-    *,
-    health: HealthService | None = None,
-    topology: TopologyService | None = None,
-) -> tuple[grpc.aio.Server, int]:
-    """Start serving on ``address``; returns the server and the bound port. ``health`` and
-    ``topology`` back GetHealth, GetTopology and GetRecommendations."""
-    check_exposure(address, auth)
+async def start_admin_server(address: str, admin: AdminServicer) -> tuple[grpc.aio.Server, int]:
+    """Serve ``admin`` on ``address``, with CSDS over its streams, gRPC health and
+    reflection; returns the server and the bound port."""
+    check_exposure(address, admin.auth)
     server = grpc.aio.server(options=ADMIN_OPTIONS)
-    server.add_generic_rpc_handlers(
-        (
-            AdminServicer(
-                registry, state, streams, events, auth, health=health, topology=topology
-            ).handler(),
-            CsdsServicer(streams).handler(),
-        )
-    )
+    server.add_generic_rpc_handlers((admin.handler(), CsdsServicer(admin.streams).handler()))
     health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, CSDS_SERVICE):
