@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
@@ -19,9 +19,12 @@ _LABEL_KEY = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A validated Endpoint entry. ``port`` ``None`` means the service's port."""
+class Endpoint(NamedTuple):
+    """A validated Endpoint entry. ``port`` ``None`` means the service's port.
+
+    A named tuple, not a frozen dataclass like the other entities: a cold start builds
+    100,000 of them, and a tuple is built ~4x faster. Immutable and hashable all the same.
+    """
 
     service: ServiceRef
     id: str
