@@ -163,11 +163,17 @@ class Poller:
         self.sock.close()
 
 
+POLL_PAUSE_MS = 0.2
+"""Default pause between probe requests (see the module docstring)."""
+
+
 def percentile(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * p))]
 
 
-def run(changes: int, delta: bool, workdir: Path, poll_pause_ms: float = 0.2) -> dict[str, float]:
+def run(
+    changes: int, delta: bool, workdir: Path, poll_pause_ms: float = POLL_PAUSE_MS
+) -> dict[str, float]:
     """Run the benchmark; return the figures (ms) it also prints."""
     etcd = EmbeddedEtcd(workdir / "etcd", auto_compaction_retention=None)
     etcd.start_sync()
@@ -276,7 +282,7 @@ def main() -> None:
     p.add_argument(
         "--poll-pause-ms",
         type=float,
-        default=0.2,
+        default=POLL_PAUSE_MS,
         help="pause between probe requests (0: a tight loop, which starves etcd on 2 cores)",
     )
     args = p.parse_args()
