@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from xds_server.errors import ValidationError
 from xds_server.model import Endpoint, Entity, Listener, Problem, Route, Service, parse_entry
-from xds_server.model.fields import parse_json_object
+from xds_server.model.endpoint import decode_endpoint, parse_endpoint
+from xds_server.model.fields import Obj, parse_json_object
+from xds_server.model.names import service_ref
 from xds_server.registry import Changes, Entry, Event, Reset
 from xds_server.state import ChangeSet, RegistryState
 
@@ -428,3 +430,68 @@ def test_json_decoding_is_the_json_modules(value: Any) -> None:
             assert repr(got) == repr(expected)  # repr: 1 is not 1.0, and nan is nan
         else:
             assert got is None
+
+
+_endpoint_field_values = {
+    "address": st.sampled_from(
+        [None, "10.0.0.1", "::1", "0:0::1", "001.2.3.4", "db.local", "", 5, "fe80::1%eth0"]
+    ),
+    "port": st.sampled_from([None, 0, 1, 65535, 65536, -1, "80", 80.0, True, 2**64]),
+    "weight": st.sampled_from([None, 0, 1, 1000, 1001, "1", 1.0, False, 2**63]),
+    "labels": st.sampled_from(
+        [None, {}, {"app": "a"}, {"Bad Key": "x"}, {"a": 1}, [], "x", {"x" * 70: "v"}]
+    ),
+    "zone": st.sampled_from([None, "", "z" * 128, "z" * 129, 5, "\ud800"]),
+    "draining": st.sampled_from([None, True, False, 0, 1, "true"]),
+    "extra": st.just(1),
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.fixed_dictionaries(
+        {"address": st.sampled_from(["10.0.0.1", "::1"])},
+        optional={
+            "port": st.sampled_from([1, 8080]),
+            "labels": st.just({"app": "a"}),
+            "zone": st.just("z1"),
+            "draining": st.booleans(),
+        },
+    ),
+    # One or two fields changed, each to an edge or a wrong type.
+    changed=st.lists(
+        st.sampled_from(sorted(_endpoint_field_values)).flatmap(
+            lambda k: _endpoint_field_values[k].map(lambda v: (k, v))
+        ),
+        max_size=2,
+    ),
+    spacing=st.sampled_from([None, 0, 2]),
+    tail=st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}']),
+    duplicate=st.sampled_from([False, False, False, True]),
+)
+def test_endpoint_fast_decoding_is_the_strict_paths(
+    base: dict[str, Any],
+    changed: list[tuple[str, Any]],
+    spacing: int | None,
+    tail: bytes,
+    duplicate: bool,
+) -> None:
+    """The msgspec fast path for endpoint values (decode_endpoint) never changes an
+    outcome: whatever it accepts, the strict reader accepts as the same Endpoint, and
+    whatever it refuses goes to the strict reader, which words the error."""
+    fields = {**base, **dict(changed)}
+    raw = json.dumps(fields, indent=spacing).encode("utf-8", "surrogatepass") + tail
+    if duplicate and fields:
+        first = next(iter(fields))
+        raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
+    ref = service_ref("default", "svc")
+    fast = decode_endpoint(ref, "e1", raw, lease=3)
+    try:
+        strict: Endpoint | None = parse_endpoint(ref, "e1", Obj(parse_json_object(raw)), lease=3)
+    except ValidationError:
+        strict = None
+    if fast is not None:
+        assert fast == strict
+        assert repr(fast) == repr(strict)  # same types too (True is not 1)
+    elif not changed and not tail.strip() and not duplicate:
+        raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xds_server.errors import ValidationError
-from xds_server.model.endpoint import Endpoint, fast_endpoint, parse_endpoint
+from xds_server.model.endpoint import Endpoint, decode_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.listener import Listener, parse_listener
 from xds_server.model.names import KeyRef, parse_key
@@ -38,12 +38,11 @@ class Problem:
 
 def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
     """Decode and validate a value for the entry ``ref`` names; raise ValidationError."""
-    data = parse_json_object(value)
     if ref.kind == "endpoints":
-        fast = fast_endpoint(ref.service_ref, ref.name, data, lease=lease)
+        fast = decode_endpoint(ref.service_ref, ref.name, value, lease=lease)
         if fast is not None:
             return fast
-    obj = Obj(data)
+    obj = Obj(parse_json_object(value))
     if ref.kind == "services":
         return parse_service(ref.service_ref, obj)
     if ref.kind == "endpoints":
