@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from xds_server.errors import ValidationError
 from xds_server.model import Endpoint, Entity, Listener, Problem, Route, Service, parse_entry
+from xds_server.model import names as names_module
 from xds_server.model.endpoint import decode_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
-from xds_server.model.names import service_ref
+from xds_server.model.names import parse_key, service_ref
 from xds_server.registry import Changes, Entry, Event, Reset
 from xds_server.state import ChangeSet, RegistryState
 
@@ -151,6 +152,40 @@ def test_parse_entry_never_raises(key: str, value: bytes) -> None:
         assert result.reason
     else:
         assert ref is not None
+
+
+@FAST
+@given(
+    keys=st.lists(
+        any_keys
+        | st.builds(
+            lambda prefix, head, last: prefix + head + "/" + last,
+            st.sampled_from([PREFIX, "/mesh", "/", "/other/"]),
+            st.sampled_from(
+                ["endpoints/default/web", "endpoints/Default/web", "mesh/endpoints/a/b"]
+            ),
+            segment,
+        ),
+        max_size=8,
+    ),
+    prefixes=st.permutations([PREFIX, "/mesh", "/", "/other/"]),
+)
+def test_parse_key_memo_changes_no_outcome(keys: list[str], prefixes: list[str]) -> None:
+    """parse_key remembers endpoint key heads it validated; a key parses the same with
+    the memo as without it, under any prefix."""
+
+    def outcome(key: str, prefix: str) -> object:
+        try:
+            return parse_key(key, prefix)
+        except ValidationError as exc:
+            return (exc.field, exc.reason)
+
+    for key, prefix in itertools.product(keys, prefixes):
+        remembered = outcome(key, prefix)
+        saved = dict(names_module._ENDPOINT_HEADS)
+        names_module._ENDPOINT_HEADS.clear()
+        assert outcome(key, prefix) == remembered
+        names_module._ENDPOINT_HEADS.update(saved)
 
 
 @FAST

@@ -101,8 +101,18 @@ class KeyRef(NamedTuple):
 _SHAPES: dict[str, int] = {"services": 2, "endpoints": 3, "routes": 2, "listeners": 1}
 
 
+_ENDPOINT_HEADS: dict[str, tuple[str, str, str]] = {}
+"""``<prefix>endpoints/<ns>/<service>`` -> (prefix, ns, service), for heads of endpoint keys
+already parsed: a service's endpoint keys share one (a cold start parses 100,000 keys of
+10,000 services). Cleared when large, so it stays bounded."""
+
+
 def parse_key(key: str, prefix: str) -> KeyRef:
     """Parse ``<prefix><kind>/...`` into a :class:`KeyRef`; raise ValidationError if malformed."""
+    head, _, last = key.rpartition("/")
+    known = _ENDPOINT_HEADS.get(head)
+    if known is not None and known[0] == prefix and _ENDPOINT_ID.fullmatch(last):
+        return KeyRef("endpoints", known[1], last, known[2])
     if not key.startswith(prefix):
         raise ValidationError("", f"key is outside the prefix {prefix!r}")
     parts = key[len(prefix) :].split("/")
@@ -127,6 +137,9 @@ def parse_key(key: str, prefix: str) -> KeyRef:
             raise ValidationError(
                 "key", f"endpoint id {rest[2]!r} has characters outside [A-Za-z0-9._:-]"
             )
+        if len(_ENDPOINT_HEADS) >= 1 << 16:
+            _ENDPOINT_HEADS.clear()
+        _ENDPOINT_HEADS[head] = (prefix, ns, service)
         return KeyRef("endpoints", ns, rest[2], service)
     return KeyRef(kind, ns, check_label(rest[1], "key"))  # type: ignore[arg-type]
 
