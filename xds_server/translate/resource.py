@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -15,6 +15,8 @@ def encode_varint(value: int) -> bytes:
     """Protobuf base-128 varint."""
     if value < 128:
         return _SMALL_VARINTS[value]
+    if value < 16384:  # lengths of most fields and resources: two bytes, no loop
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -32,8 +34,7 @@ def string_field(number: int, value: str | bytes) -> bytes:
     return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
 
 
-@dataclass(frozen=True, slots=True)
-class Resource:
+class Resource(NamedTuple):
     """One Envoy resource ready to send.
 
     ``body`` is the message's deterministic serialization, held once. The
@@ -45,6 +46,9 @@ class Resource:
     these, which makes them order-independent and updatable in O(changed).
     ``refs`` names the clusters a route configuration or listener points at,
     for make-before-break removal.
+
+    A named tuple (immutable like a frozen dataclass, built ~5x faster): a cold start
+    makes one per cluster and assignment, 20,000 and more.
     """
 
     type_url: str
@@ -52,7 +56,7 @@ class Resource:
     version: str
     body: bytes
     digest: int
-    refs: frozenset[str] = field(default=frozenset())
+    refs: frozenset[str] = frozenset()
     sotw_prefix: bytes = b""
     delta_prefix: bytes = b""
     delta_suffix: bytes = b""
@@ -75,23 +79,33 @@ def resource_from_bytes(
 ) -> Resource:
     """Wrap an already serialized message (see :mod:`xds_server.translate.eds_wire`)."""
     version = hashlib.blake2b(body, digest_size=12).hexdigest()
+    version_bytes = version.encode()
+    name_bytes = name.encode()
     digest = int.from_bytes(
-        hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=16).digest(), "big"
+        hashlib.blake2b(name_bytes + b"\0" + version_bytes, digest_size=16).digest(), "big"
     )
     # google.protobuf.Any: type_url = 1, value = 2.
-    any_head = string_field(1, type_url) + b"\x12" + encode_varint(len(body))
+    type_field = _TYPE_URL_FIELDS.get(type_url)
+    if type_field is None:
+        type_field = _TYPE_URL_FIELDS[type_url] = string_field(1, type_url)
+    any_head = type_field + b"\x12" + encode_varint(len(body))
     any_len = len(any_head) + len(body)
-    sotw_prefix = b"\x12" + encode_varint(any_len) + any_head
+    any_len_varint = encode_varint(any_len)
+    sotw_prefix = b"\x12" + any_len_varint + any_head
     # envoy.service.discovery.v3.Resource: version = 1, resource = 2, name = 3.
-    version_field = string_field(1, version)
-    name_field = string_field(3, name)
-    inner = len(version_field) + 1 + len(encode_varint(any_len)) + any_len + len(name_field)
+    version_field = b"\x0a" + encode_varint(len(version_bytes)) + version_bytes
+    name_field = b"\x1a" + encode_varint(len(name_bytes)) + name_bytes
+    inner = len(version_field) + 1 + len(any_len_varint) + any_len + len(name_field)
     delta_prefix = (
-        b"\x12" + encode_varint(inner) + version_field + b"\x12" + encode_varint(any_len) + any_head
+        b"\x12" + encode_varint(inner) + version_field + b"\x12" + any_len_varint + any_head
     )
     return Resource(
         type_url, name, version, body, digest, refs, sotw_prefix, delta_prefix, name_field
     )
+
+
+_TYPE_URL_FIELDS: dict[str, bytes] = {}
+"""``Any.type_url`` fields by type URL (a handful of them, each encoded once)."""
 
 
 def set_version(digests: int) -> str:
