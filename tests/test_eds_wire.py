@@ -42,3 +42,20 @@ def test_encoder_matches_message_api(eps: list[Endpoint], health: dict[str, int]
     assert fast == reference.SerializeToString(deterministic=True)
     for group in reference.endpoints:
         assert group.HasField("locality") and group.load_balancing_weight.value > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    address=st.text(alphabet="0123456789abcdef:.", min_size=1, max_size=300),
+    port=st.integers(1, 65535),
+    status=st.sampled_from([0, 1, 2, 3]),
+    weight=st.integers(0, 1000),
+)
+def test_any_row_encodes_as_the_message_api(
+    address: str, port: int, status: int, weight: int
+) -> None:
+    """Rows beyond what plan() makes (long addresses, weight 0) take the encoder's
+    general path; it too gives protobuf's bytes."""
+    groups = [("", [(address, port, status, weight)], max(weight, 1))]
+    reference = build_cla("c", groups)
+    assert encode_cla("c", groups) == reference.SerializeToString(deterministic=True)

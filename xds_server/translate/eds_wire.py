@@ -57,18 +57,52 @@ def lb_endpoint(address: str, port: int, health_status: int, weight: int) -> byt
     endpoints change one at a time, and re-encoding a big assignment after one change
     is then a join of cached bytes."""
     a = address.encode()
-    socket_address = b"\x12" + _len(len(a)) + a + b"\x18" + _int(port)
-    addr = b"\x0a" + _len(len(socket_address)) + socket_address  # Address.socket_address
-    endpoint = b"\x0a" + _len(len(addr)) + addr  # Endpoint.address
-    out = b"\x0a" + _len(len(endpoint)) + endpoint  # LbEndpoint.endpoint
-    if health_status:
-        out += b"\x10" + _int(health_status)
+    p = _int(port)
+    tail = _TAILS.get((health_status, weight))
+    if tail is None:
+        tail = _TAILS[(health_status, weight)] = _lb_tail(health_status, weight)
+    # Nested lengths, innermost first: SocketAddress, Address, Endpoint, LbEndpoint.
+    n_socket = 3 + len(a) + len(p)  # (an address is shorter than 128 bytes)
+    n_address = n_socket + 2
+    n_endpoint = n_address + 2
+    n_lb = n_endpoint + 2 + len(tail)
+    if n_lb < 128:  # every length one byte: the common case, one join
+        return b"".join(
+            (
+                b"\x12",  # LocalityLbEndpoints.lb_endpoints = 2
+                _SMALL[n_lb],
+                b"\x0a",  # LbEndpoint.endpoint
+                _SMALL[n_endpoint],
+                b"\x0a",  # Endpoint.address
+                _SMALL[n_address],
+                b"\x0a",  # Address.socket_address
+                _SMALL[n_socket],
+                b"\x12",  # SocketAddress.address
+                _SMALL[len(a)],
+                a,
+                b"\x18",  # SocketAddress.port_value
+                p,
+                tail,
+            )
+        )
+    socket_address = b"\x12" + _len(len(a)) + a + b"\x18" + p
+    addr = b"\x0a" + _len(len(socket_address)) + socket_address
+    endpoint = b"\x0a" + _len(len(addr)) + addr
+    out = b"\x0a" + _len(len(endpoint)) + endpoint + tail
+    return b"\x12" + _len(len(out)) + out
+
+
+def _lb_tail(health_status: int, weight: int) -> bytes:
+    """LbEndpoint's fields after ``endpoint``: health_status = 2, load_balancing_weight = 4."""
+    out = b"\x10" + _int(health_status) if health_status else b""
     if weight:
         weight_value = b"\x08" + _int(weight)
-        out += b"\x22" + _SMALL[len(weight_value)] + weight_value  # load_balancing_weight = 4
-    else:
-        out += b"\x22\x00"
-    return b"\x12" + _len(len(out)) + out  # LocalityLbEndpoints.lb_endpoints = 2
+        return out + b"\x22" + _SMALL[len(weight_value)] + weight_value
+    return out + b"\x22\x00"
+
+
+_TAILS: dict[tuple[int, int], bytes] = {}
+"""Encoded (health status, weight) tails: a few statuses times at most 1,000 weights."""
 
 
 def locality_group(zone: str, lb_endpoints: list[bytes], weight: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
@@ -25,6 +26,10 @@ Plan = list[tuple[str, list[tuple[str, int, int, int]], int]]
 """Locality groups: (zone, [(address, port, health_status, weight)], total weight)."""
 
 
+_BY_ID = operator.itemgetter(1)
+"""An Endpoint's id (a named tuple's second field): sorts without a Python call per item."""
+
+
 def plan(
     service: Service,
     endpoints: Iterable[Endpoint],
@@ -38,23 +43,33 @@ def plan(
     Groups whose weights sum to 0 (no address yet) are left out.
     """
     by_zone: dict[str, list[Endpoint]] = {}
-    for ep in sorted(endpoints, key=lambda e: e.id):
-        by_zone.setdefault(ep.zone, []).append(ep)
+    for ep in sorted(endpoints, key=_BY_ID):
+        group = by_zone.get(ep.zone)
+        if group is None:
+            by_zone[ep.zone] = [ep]
+        else:
+            group.append(ep)
     out: Plan = []
-    for zone in sorted(by_zone):
+    default_port = service.port
+    unknown, draining = health_check_pb2.UNKNOWN, health_check_pb2.DRAINING
+    for zone in sorted(by_zone) if len(by_zone) > 1 else by_zone:
         rows: list[tuple[str, int, int, int]] = []
         total = 0
         for ep in by_zone[zone]:
-            port = ep.port if ep.port is not None else service.port
+            port = ep.port if ep.port is not None else default_port
             assert port is not None  # state rejects endpoints with no port to use
-            status = health_check_pb2.UNKNOWN
+            status: int = unknown
             if ep.draining:
-                status = health_check_pb2.DRAINING
+                status = draining
             elif health and ep.id in health:
-                status = health[ep.id]  # type: ignore[assignment]
-            for addr in (ep.address,) if canonical_ip(ep.address) else resolve(ep.address):
-                rows.append((addr, port, status, ep.weight))
+                status = health[ep.id]
+            if canonical_ip(ep.address) is not None:
+                rows.append((ep.address, port, status, ep.weight))
                 total += ep.weight
+            else:
+                for addr in resolve(ep.address):
+                    rows.append((addr, port, status, ep.weight))
+                    total += ep.weight
         if total:
             out.append((zone, rows, min(total, 2**32 - 1)))
     return out
