@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One key as stored: value, the revision that last modified it, its lease (0 = none)."""
+class Entry(NamedTuple):
+    """One key as stored: value, the revision that last modified it, its lease (0 = none).
+
+    A named tuple (immutable, built ~4x faster than a frozen dataclass): a listing makes
+    one per key, 110,000 on the benchmark's cold start.
+    """
 
     key: str
     value: bytes
