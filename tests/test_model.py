@@ -171,6 +171,7 @@ def test_status_error_key() -> None:
         (b"true", "not a boolean"),
         (b"\xff\xfe{}", "not UTF-8"),
         (b'{"protocol": "\xe9"}', "not UTF-8"),
+        (b'{"address": "10.0.0.1", "zone": "\xe9"}', "not UTF-8"),  # (the endpoint fast path)
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )

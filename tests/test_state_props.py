@@ -503,6 +503,8 @@ _endpoint_field_values = {
     spacing=st.sampled_from([None, 0, 2]),
     tail=st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}']),
     duplicate=st.sampled_from([False, False, False, True]),
+    # Raw bytes inside a string: invalid UTF-8, a surrogate, a control character.
+    inside=st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"]),
 )
 def test_endpoint_fast_decoding_is_the_strict_paths(
     base: dict[str, Any],
@@ -510,6 +512,7 @@ def test_endpoint_fast_decoding_is_the_strict_paths(
     spacing: int | None,
     tail: bytes,
     duplicate: bool,
+    inside: bytes,
 ) -> None:
     """The msgspec fast path for endpoint values (decode_endpoint) never changes an
     outcome: whatever it accepts, the strict reader accepts as the same Endpoint, and
@@ -519,6 +522,8 @@ def test_endpoint_fast_decoding_is_the_strict_paths(
     if duplicate and fields:
         first = next(iter(fields))
         raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
+    if inside:
+        raw = raw.replace(b"{", b'{"zone": "' + inside + b'",', 1)
     ref = service_ref("default", "svc")
     fast = decode_endpoint(ref, "e1", raw, lease=3)
     try:
@@ -528,5 +533,5 @@ def test_endpoint_fast_decoding_is_the_strict_paths(
     if fast is not None:
         assert fast == strict
         assert repr(fast) == repr(strict)  # same types too (True is not 1)
-    elif not changed and not tail.strip() and not duplicate:
+    elif not changed and not tail.strip() and not duplicate and inside in (b"", b"\xc3\xa9"):
         raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")

@@ -97,7 +97,7 @@ def decode_endpoint(
 
     A cold start reads 100,000 endpoint values: json + a dict walk cost ~3 us each,
     msgspec ~0.3 us. This accepts only values :func:`parse_endpoint` accepts, with the
-    same outcome (``tests/test_model_props.py`` checks it with hypothesis); anything
+    same outcome (``tests/test_state_props.py`` checks it with hypothesis); anything
     unusual (null fields, DNS names, errors) returns None, so every error still comes
     from the strict path with its messages.
     """
@@ -105,7 +105,7 @@ def decode_endpoint(
         return None
     try:
         v = _decode_value(raw)
-    except msgspec.DecodeError:  # (ValidationError is a DecodeError)
+    except ValueError:  # msgspec's DecodeError and ValidationError; UnicodeDecodeError
         return None
     canonical = canonical_ip(v.address)
     if canonical is None or len(v.zone) > 128:
