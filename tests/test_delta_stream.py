@@ -112,6 +112,15 @@ def test_initial_resource_versions_suppress_current_resources() -> None:
     s2, _ = dstream(mesh)
     (resp,) = s2.on_request(dreq(CLUSTER, node=("n", "gateway"), initial=stale))
     assert names(resp) == ["api.default"] and resp.removed == ("gone.default",)
+    # Everything stale and several gone: both lists come sorted by name, whatever the order
+    # the client listed them in (20 more services: set order is not name order).
+    mesh.change({f"services/default/x{i}": {"port": 80} for i in range(20)})
+    every = {n: "old" for n in reversed([*held, *(f"x{i}.default" for i in range(20))])}
+    every = {"z-gone.default": "v", **every, "a-gone.default": "v"}
+    s3, _ = dstream(mesh)
+    (resp,) = s3.on_request(dreq(CLUSTER, node=("n", "gateway"), initial=every))
+    assert names(resp) == sorted(n for n in every if "gone" not in n)
+    assert resp.removed == ("a-gone.default", "z-gone.default")
 
 
 def test_nack_recorded_per_response_and_not_resent() -> None:

@@ -27,6 +27,7 @@ names its watcher reports as changed (with the resources they replaced).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_
 from xds_server.translate.resource import Resource, set_version, string_field
 
 _FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
+_NAME = operator.attrgetter("name")
 _INFLIGHT_MAX = 16
 
 
@@ -117,20 +119,28 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         removed: list[str] = []
         if first or toggled:
             # A reconnecting Envoy lists every resource it holds (1,000s at scale): read the
-            # map once into a dict and the scope once, not per name (_in_scope inlined).
+            # map once into a dict and the scope once, visit each desired name once (no
+            # union, no sort of them all: only what is sent or removed is sorted).
             held: dict[str, str] = dict(req.initial_resource_versions) if first else {}
             subscribed = ts.subscribed
             scope_names: Collection[str] = (
                 self.scope.names(t) if ts.wildcard and self.scope is not None else ()
             )
-            for name in sorted(self._desired_names(t, ts) | held.keys()):
-                in_scope = name in subscribed or name in scope_names
-                res = index.get(name) if in_scope else None
-                if res is None:
-                    if name in held or name in subs:
-                        removed.append(name)  # held but gone, or subscribed but missing
-                elif held.get(name) != res.version:
-                    send.append(res)
+            for names, skip in ((subscribed, ()), (scope_names, subscribed)):
+                for name in names:
+                    if name in skip:
+                        continue  # (subscribed and in scope: visited once)
+                    res = index.get(name)
+                    if res is None:
+                        if name in held or name in subs:
+                            removed.append(name)  # held but gone, or subscribed but missing
+                    elif held.get(name) != res.version:
+                        send.append(res)
+            for name in held:
+                if name not in subscribed and name not in scope_names:
+                    removed.append(name)  # held, but no longer the client's
+            send.sort(key=_NAME)
+            removed.sort()
         else:
             for name in sorted(subs):
                 res = index.get(name)
