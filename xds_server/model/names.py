@@ -101,18 +101,27 @@ class KeyRef(NamedTuple):
 _SHAPES: dict[str, int] = {"services": 2, "endpoints": 3, "routes": 2, "listeners": 1}
 
 
-_ENDPOINT_HEADS: dict[str, tuple[str, str, str]] = {}
-"""``<prefix>endpoints/<ns>/<service>`` -> (prefix, ns, service), for heads of endpoint keys
-already parsed: a service's endpoint keys share one (a cold start parses 100,000 keys of
-10,000 services). Cleared when large, so it stays bounded."""
+_ENDPOINT_HEADS: dict[str, tuple[str, str, str, ServiceRef]] = {}
+"""``<prefix>endpoints/<ns>/<service>`` -> (prefix, ns, service, its ServiceRef), for heads
+of endpoint keys already parsed: a service's endpoint keys share one (a cold start parses
+100,000 keys of 10,000 services). Cleared when large, so it stays bounded."""
+
+
+def known_endpoint_key(key: str, prefix: str) -> tuple[KeyRef, ServiceRef] | None:
+    """An endpoint key whose ``<prefix>endpoints/<ns>/<service>`` was parsed before, with
+    its service; None for any other key (then :func:`parse_key` decides)."""
+    head, _, last = key.rpartition("/")
+    known = _ENDPOINT_HEADS.get(head)
+    if known is not None and known[0] == prefix and _ENDPOINT_ID.fullmatch(last):
+        return KeyRef("endpoints", known[1], last, known[2]), known[3]
+    return None
 
 
 def parse_key(key: str, prefix: str) -> KeyRef:
     """Parse ``<prefix><kind>/...`` into a :class:`KeyRef`; raise ValidationError if malformed."""
-    head, _, last = key.rpartition("/")
-    known = _ENDPOINT_HEADS.get(head)
-    if known is not None and known[0] == prefix and _ENDPOINT_ID.fullmatch(last):
-        return KeyRef("endpoints", known[1], last, known[2])
+    known = known_endpoint_key(key, prefix)
+    if known is not None:
+        return known[0]
     if not key.startswith(prefix):
         raise ValidationError("", f"key is outside the prefix {prefix!r}")
     parts = key[len(prefix) :].split("/")
@@ -139,7 +148,7 @@ def parse_key(key: str, prefix: str) -> KeyRef:
             )
         if len(_ENDPOINT_HEADS) >= 1 << 16:
             _ENDPOINT_HEADS.clear()
-        _ENDPOINT_HEADS[head] = (prefix, ns, service)
+        _ENDPOINT_HEADS[key.rpartition("/")[0]] = (prefix, ns, service, service_ref(ns, service))
         return KeyRef("endpoints", ns, rest[2], service)
     return KeyRef(kind, ns, check_label(rest[1], "key"))  # type: ignore[arg-type]
 
