@@ -7,8 +7,8 @@ from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xds_server.server.request_key import MIN_NAMES, subscription_key
-from xds_server.translate import ENDPOINT
+from xds_server.server.request_key import MIN_NAMES, light_request, subscription_key
+from xds_server.translate import ENDPOINT, TYPE_ORDER
 
 NAMES = [f"s{i}.default" for i in range(200)]
 
@@ -88,4 +88,88 @@ def test_a_sotw_stream_uses_the_key_and_still_sees_every_change() -> None:
     assert request(names, resp) == []  # the ACK: same key, nothing to do
     assert s.types[ENDPOINT].acked
     request(names[:-1], resp)  # a changed subscription is seen
+    assert s.types[ENDPOINT].subscribed == frozenset(names[:-1])
+
+
+BIG = [f"cluster-{i:04d}.default" for i in range(300)]  # ~7 KB: over LIGHT_MIN_BYTES
+
+
+def _full(data: bytes) -> tuple[str, str, str, bytes | None]:
+    req = discovery_pb2.DiscoveryRequest.FromString(data)
+    return req.type_url, req.version_info, req.response_nonce, subscription_key(data, req)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    type_url=st.sampled_from(TYPE_ORDER),
+    version=st.text(max_size=30),
+    nonce=st.text(max_size=12),
+    node=st.booleans(),
+    error=st.booleans(),
+    cut=st.integers(min_value=0, max_value=40),
+    tricky=st.sampled_from(["", "type.googleapis.com/x", ENDPOINT, "\x2a\x03abc"]),
+)
+def test_light_reading_agrees_with_the_parser(
+    type_url: str, version: str, nonce: str, node: bool, error: bool, cut: int, tricky: str
+) -> None:
+    """Whatever light_request reads from a request (type, version, nonce, key) is what the
+    parser reads; requests laid out otherwise (node, error, truncated) it leaves alone."""
+    req = discovery_pb2.DiscoveryRequest(
+        type_url=type_url,
+        resource_names=[*BIG, f'"{chr(len(tricky))}{tricky}'],  # a name that looks like a field
+        version_info=version,
+        response_nonce=nonce,
+    )
+    if node:
+        req.node.id = "gw"
+    if error:
+        req.error_detail.message = "rejected"
+    data = req.SerializeToString()
+    light = light_request(data)
+    if node or error:
+        assert light is None
+    elif light is not None:
+        msg, key = light
+        assert (msg.type_url, msg.version_info, msg.response_nonce, key) == _full(data)
+        assert not msg.resource_names and not msg.HasField("node")
+    else:
+        raise AssertionError("a request laid out as Envoy writes it was not read lightly")
+    truncated = data[: len(data) - 1 - cut]
+    got = light_request(truncated)
+    if got is not None:  # (a cut can still leave a well-formed request: then it agrees)
+        assert (got[0].type_url, got[0].version_info, got[0].response_nonce, got[1]) == _full(
+            truncated
+        )
+
+
+def test_a_sotw_stream_reads_repeated_acks_lightly() -> None:
+    """Through the servicer's path: the ACK that repeats the subscription is read lightly
+    and recognised; one that changes it is parsed whole and the change is seen."""
+    from tests.test_stream import Mesh
+    from xds_server.server.ads import _sotw_request
+
+    content: dict[str, dict[str, object]] = {
+        f"services/default/s{i:03d}-with-a-longer-name": {"port": 80} for i in range(300)
+    }
+    mesh = Mesh(content)  # type: ignore[arg-type]
+    s, _ = mesh.stream()
+    names = sorted(f"s{i:03d}-with-a-longer-name.default" for i in range(300))
+
+    def request(names: list[str], resp: discovery_pb2.DiscoveryResponse | None = None):  # type: ignore[no-untyped-def]
+        req = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=names)
+        if resp is None:
+            req.node.id, req.node.cluster = "gw", "gateway"
+        else:
+            req.version_info, req.response_nonce = resp.version_info, resp.nonce
+        keyed = _sotw_request(req.SerializeToString())
+        return keyed, s.on_request(*keyed.for_stream(s))
+
+    keyed, first = request(names)
+    assert keyed.data is None  # the first request names the node: parsed whole
+    resp = discovery_pb2.DiscoveryResponse.FromString(first[0].encode())
+    keyed, out = request(names, resp)
+    assert keyed.data is not None and s.knows_key(ENDPOINT, keyed.key) and out == []
+    assert s.types[ENDPOINT].acked
+    keyed, out = request(names[:-1], resp)  # read lightly, unknown key: parsed whole
+    assert keyed.data is not None
     assert s.types[ENDPOINT].subscribed == frozenset(names[:-1])

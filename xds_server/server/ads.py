@@ -26,7 +26,7 @@ from xds_server.cache import ConfigCache
 from xds_server.events import EventBus
 from xds_server.metrics import Metrics
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
-from xds_server.server.request_key import subscription_key
+from xds_server.server.request_key import light_request, subscription_key
 from xds_server.server.stream import Response, SotwStream
 from xds_server.translate.names import SHORT
 
@@ -134,7 +134,11 @@ class AdsServicer:
             """One request, handled where it is read: an ACK (most requests) costs no
             wake-up of the writer; responses it calls for are queued for the writer."""
             nonlocal admin, conn, labels
-            req, key = (raw.msg, raw.key) if isinstance(raw, KeyedRequest) else (raw, None)
+            if isinstance(raw, KeyedRequest):
+                assert isinstance(stream, SotwStream)  # (only SotW requests are keyed)
+                req, key = raw.for_stream(stream)
+            else:
+                req, key = raw, None
             if admin is None and req.HasField("node"):
                 admin = admin_address(req.node, context.peer())
             if key is not None:
@@ -287,13 +291,29 @@ class AdsServicer:
 
 @dataclass(frozen=True, slots=True)
 class KeyedRequest:
-    """A SotW request with the key of the subscription it repeats (see request_key)."""
+    """A SotW request with the key of the subscription it repeats (see request_key).
+
+    ``data`` is set when ``msg`` was read lightly (type, version and nonce only): it is
+    parsed whole unless the stream already holds the subscription ``key`` names.
+    """
 
     msg: discovery_pb2.DiscoveryRequest
     key: bytes | None
+    data: bytes | None = None
+
+    def for_stream(self, stream: SotwStream) -> tuple[discovery_pb2.DiscoveryRequest, bytes | None]:
+        """The request and key ``stream`` is to handle: as read, or parsed whole when it
+        was read lightly but does not repeat the subscription the stream holds."""
+        if self.data is None or stream.knows_key(self.msg.type_url, self.key):
+            return self.msg, self.key
+        msg = discovery_pb2.DiscoveryRequest.FromString(self.data)
+        return msg, subscription_key(self.data, msg)
 
 
 def _sotw_request(data: bytes) -> KeyedRequest:
+    light = light_request(data)
+    if light is not None:
+        return KeyedRequest(light[0], light[1], data)
     msg = discovery_pb2.DiscoveryRequest.FromString(data)
     return KeyedRequest(msg, subscription_key(data, msg))
 

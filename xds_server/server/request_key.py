@@ -18,6 +18,7 @@ import hashlib
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from xds_server.translate.names import TYPE_ORDER
 from xds_server.translate.resource import string_field
 
 MIN_NAMES = 64
@@ -43,8 +44,82 @@ def subscription_key(data: bytes, req: discovery_pb2.DiscoveryRequest) -> bytes 
         if at >= 0:
             tail = data[at + len(nonce) :]
             end = at
+    return _digest(view[start:end], tail)
+
+
+def _digest(middle: memoryview, tail: bytes) -> bytes:
     # SHA-1 runs in hardware here (~3x blake2b on 300 KB); a key only has to tell one
     # proxy's consecutive requests apart, not resist an adversary.
-    h = hashlib.sha1(view[start:end], usedforsecurity=False)
+    h = hashlib.sha1(middle, usedforsecurity=False)
     h.update(tail)
     return h.digest()
+
+
+LIGHT_MIN_BYTES = 4096
+"""Requests this big are read by :func:`light_request` first (upb parses 1,000 names in
+~40 us and 10,000 in ~0.5 ms; the light read costs a few searches and the hash)."""
+
+_TYPE_FIELDS = [string_field(4, t) for t in TYPE_ORDER]
+_TAIL_BYTES = 512  # a type URL field (~70 bytes) and a nonce field, with room to spare
+
+
+def light_request(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
+    """The request's type, version and nonce, and its :func:`subscription_key`, read from
+    the bytes without parsing the names: most SotW requests are ACKs that repeat the
+    subscription, and their names are never read. None unless ``data`` is laid out as
+    Envoy writes it (fields in number order: version, names, type, nonce, nothing else;
+    no node, no error): then the caller parses it whole.
+
+    The message returned holds no names: use it only for a stream that knows the key.
+    """
+    if len(data) < LIGHT_MIN_BYTES:
+        return None
+    try:
+        return _light(data)
+    except (IndexError, UnicodeDecodeError):  # truncated, or not UTF-8: the parser says
+        return None
+
+
+def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
+    start, version = 0, ""
+    if data[0] == 0x0A:  # version_info = 1
+        n, at = _varint(data, 1)
+        start = at + n
+        version = data[at:start].decode()  # (invalid UTF-8 raises: the caller parses)
+    if data[start] != 0x1A:  # resource_names = 3 must come next: no node (2)
+        return None
+    # The type (and the nonce after it) end the request: look only at its last bytes.
+    window = max(start, len(data) - _TAIL_BYTES)
+    type_at = max(data.rfind(f, window) for f in _TYPE_FIELDS)
+    if type_at < start:
+        return None
+    type_field = next(f for f in _TYPE_FIELDS if data.startswith(f, type_at))
+    after = type_at + len(type_field)
+    nonce = ""
+    end = len(data)
+    if after < len(data):
+        if data[after] != 0x2A:  # response_nonce = 5, and nothing after it
+            return None
+        n, at = _varint(data, after + 1)
+        if at + n != len(data):
+            return None
+        nonce = data[at:].decode()
+        end = after
+    # What subscription_key hashes: everything but the leading version and the nonce.
+    key = _digest(memoryview(data)[start:end], b"")
+    type_url = TYPE_ORDER[_TYPE_FIELDS.index(type_field)]
+    msg = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=version)
+    msg.response_nonce = nonce
+    return msg, key
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``at``."""
+    value = shift = 0
+    while True:
+        b = data[at]
+        at += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, at
+        shift += 7

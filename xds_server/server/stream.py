@@ -221,6 +221,12 @@ class SotwStream(StreamBase[TypeStatus]):
             ts.subscribed = self.cache.intern(names)
         ts.started = True
 
+    def knows_key(self, t: str, key: bytes | None) -> bool:
+        """Did the last request of type ``t`` carry this subscription key? Then a request
+        with it repeats that subscription, and its names need not be read."""
+        ts = self.types.get(t)
+        return key is not None and ts is not None and ts.started and key == ts.request_key
+
     def _already_current(self, t: str, ts: TypeStatus, version: str) -> bool:
         """Point 4: a reconnecting client already holds this version; record, send nothing."""
         if ts.wildcard and self.scope is not None and not ts.subscribed:
