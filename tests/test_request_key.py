@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.server.request_key import MIN_NAMES, light_request, subscription_key
+from xds_server.server.stream import SotwStream
 from xds_server.translate import ENDPOINT, TYPE_ORDER
 
 NAMES = [f"s{i}.default" for i in range(200)]
@@ -64,15 +65,17 @@ def test_equal_keys_mean_equal_names(
     assert (ka == kb) == (a == b)
 
 
-def test_a_sotw_stream_uses_the_key_and_still_sees_every_change() -> None:
+def _sotw_stream(services: list[str]) -> tuple[SotwStream, list[str]]:
+    """A SotW stream on a mesh of these services (default namespace), and their clusters."""
     from tests.test_stream import Mesh
 
-    content: dict[str, dict[str, object]] = {
-        f"services/default/s{i}": {"port": 80} for i in range(80)
-    }
-    mesh = Mesh(content)  # type: ignore[arg-type]
+    mesh = Mesh({f"services/default/{name}": {"port": 80} for name in services})
     s, _ = mesh.stream()
-    names = sorted(f"s{i}.default" for i in range(80))
+    return s, sorted(f"{name}.default" for name in services)
+
+
+def test_a_sotw_stream_uses_the_key_and_still_sees_every_change() -> None:
+    s, names = _sotw_stream([f"s{i}" for i in range(80)])
 
     def request(names: list[str], resp: discovery_pb2.DiscoveryResponse | None = None):  # type: ignore[no-untyped-def]
         req = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=names)
@@ -145,15 +148,9 @@ def test_light_reading_agrees_with_the_parser(
 def test_a_sotw_stream_reads_repeated_acks_lightly() -> None:
     """Through the servicer's path: the ACK that repeats the subscription is read lightly
     and recognised; one that changes it is parsed whole and the change is seen."""
-    from tests.test_stream import Mesh
     from xds_server.server.ads import _sotw_request
 
-    content: dict[str, dict[str, object]] = {
-        f"services/default/s{i:04d}-with-a-longer-name": {"port": 80} for i in range(3000)
-    }
-    mesh = Mesh(content)  # type: ignore[arg-type]
-    s, _ = mesh.stream()
-    names = sorted(f"s{i:04d}-with-a-longer-name.default" for i in range(3000))
+    s, names = _sotw_stream([f"s{i:04d}-with-a-longer-name" for i in range(3000)])
 
     def request(names: list[str], resp: discovery_pb2.DiscoveryResponse | None = None):  # type: ignore[no-untyped-def]
         req = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=names)
