@@ -110,9 +110,9 @@ def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     # What subscription_key hashes: everything but the leading version and the nonce.
     key = _digest(memoryview(data)[start:end], b"")
     type_url = TYPE_ORDER[_TYPE_FIELDS.index(type_field)]
-    msg = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=version)
-    msg.response_nonce = nonce
-    return msg, key
+    return discovery_pb2.DiscoveryRequest(
+        type_url=type_url, version_info=version, response_nonce=nonce
+    ), key
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
