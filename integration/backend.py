@@ -197,15 +197,17 @@ class _Handler(BaseHTTPRequestHandler):
             echo = self._echo()
             record = {k: echo[k] for k in ("method", "path", "headers")}
             record["host"] = echo["headers"].get("host", "")
+            # In flight until the answer is decided, not until it is sent: a client that
+            # has its answer and then asks /__stats must not still see its request counted.
             with state.traffic(record) as (fail, delay):
                 if delay:
                     time.sleep(delay)
-                if fail:
-                    self._send(state.fail_status, f"{state.name} failing\n")
-                elif url.path == "/__echo":
-                    self._send(200, json.dumps(self._echo()) + "\n", "application/json")
-                else:
-                    self._send(200, f"{state.name}\n")
+            if fail:
+                self._send(state.fail_status, f"{state.name} failing\n")
+            elif url.path == "/__echo":
+                self._send(200, json.dumps(self._echo()) + "\n", "application/json")
+            else:
+                self._send(200, f"{state.name}\n")
 
     def _control(self, state: BackendState, query: dict[str, list[str]]) -> None:
         def last(key: str) -> str | None:
