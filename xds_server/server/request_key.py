@@ -96,8 +96,8 @@ def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     type_at = max(data.rfind(f, window) for f in _TYPE_FIELDS)
     if type_at < start:
         return None
-    type_field = next(f for f in _TYPE_FIELDS if data.startswith(f, type_at))
-    after = type_at + len(type_field)
+    kind = next(i for i, f in enumerate(_TYPE_FIELDS) if data.startswith(f, type_at))
+    after = type_at + len(_TYPE_FIELDS[kind])
     # An ACK: response_nonce = 5, and nothing after it. (A request without a nonce opens
     # a type: no stream knows its key yet, so it is parsed straight away.)
     if after >= len(data) or data[after] != 0x2A:
@@ -109,9 +109,8 @@ def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     end = after
     # What subscription_key hashes: everything but the leading version and the nonce.
     key = _digest(memoryview(data)[start:end], b"")
-    type_url = TYPE_ORDER[_TYPE_FIELDS.index(type_field)]
     return discovery_pb2.DiscoveryRequest(
-        type_url=type_url, version_info=version, response_nonce=nonce
+        type_url=TYPE_ORDER[kind], version_info=version, response_nonce=nonce
     ), key
 
 

@@ -93,8 +93,8 @@ def resource_from_bytes(
     any_len_varint = encode_varint(any_len)
     sotw_prefix = b"\x12" + any_len_varint + any_head
     # envoy.service.discovery.v3.Resource: version = 1, resource = 2, name = 3.
-    version_field = b"\x0a" + encode_varint(len(version_bytes)) + version_bytes
-    name_field = b"\x1a" + encode_varint(len(name_bytes)) + name_bytes
+    version_field = string_field(1, version_bytes)
+    name_field = string_field(3, name_bytes)
     inner = len(version_field) + 1 + len(any_len_varint) + any_len + len(name_field)
     delta_prefix = (
         b"\x12" + encode_varint(inner) + version_field + b"\x12" + any_len_varint + any_head
