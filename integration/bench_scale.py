@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import io
 import json
@@ -1049,6 +1050,16 @@ def meshd_revision() -> str:
     )
 
 
+def compile_meshd() -> str:
+    """Compile meshd's modules to bytecode before starting it, as installing a package does
+    (pip, the Docker image). Without it a source tree run with PYTHONDONTWRITEBYTECODE=1 (set
+    here) has meshd compile every module changed since its last .pyc at each start, and
+    the cold start figure would count that (~0.2 s of its imports)."""
+    root = Path(__file__).resolve().parent.parent
+    ok = all(compileall.compile_dir(root / pkg, quiet=1) for pkg in ("xds_server", "adapters"))
+    return "meshd bytecode compiled" if ok else "meshd bytecode NOT compiled (errors above)"
+
+
 async def amain(args: argparse.Namespace, workdir: Path) -> None:
     bench = Bench(args, workdir)
     started = time.monotonic()
@@ -1056,7 +1067,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> None:
         f"bench_scale: {os.cpu_count()} CPUs, {load()}, loadgen processes {args.procs}, "
         f"client back-off {args.backoff[0]:g}-{args.backoff[1]:g} s, gap {args.gap:g} s, "
         f"etcd {'fsync' if args.fsync else '--unsafe-no-fsync'}; work dir {workdir}; "
-        f"meshd code at {meshd_revision()}"
+        f"meshd code at {meshd_revision()}; {compile_meshd()}"
     )
     try:
         for fig in args.only:
