@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -18,6 +19,15 @@ from xds_server.admin.server import check_exposure
 from xds_server.app import MeshApp, MeshConfig
 
 log = logging.getLogger("meshd")
+
+GC_YOUNG_THRESHOLD = 50_000
+"""Net new container objects that trigger a young-generation collection (Python's default
+is 700). A push to 1,000 streams keeps tens of thousands of short-lived objects alive at
+once (coroutine frames, futures, responses), so at 700 the collector ran ~40 times a
+second under the churn benchmark, each pass promoting what was in flight to older
+generations: 3.4 s of 35 s went to collecting, with full passes of up to 150 ms. At
+50,000 it runs when the live heap really grows (a few times per run); reference counting
+still frees everything acyclic at once."""
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -121,6 +131,12 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_collector() -> None:
+    """Raise the young-generation threshold to :data:`GC_YOUNG_THRESHOLD` (never lower it)."""
+    gen0, *older = gc.get_threshold()
+    gc.set_threshold(max(gen0, GC_YOUNG_THRESHOLD), *older)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(
@@ -128,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    tune_collector()
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(run(args)))
 
