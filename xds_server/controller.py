@@ -173,7 +173,8 @@ class Controller:
         """Apply queued updates, translate once, publish once."""
         started = self.clock()
         changes = ChangeSet()
-        with _collector_paused(_size(batch) >= BIG_BATCH):
+        # (A listing's last part may be a single key, but it brings the translation of all.)
+        with _collector_paused(_size(batch) + self._listing_entries >= BIG_BATCH):
             for _, update in batch:
                 changes.merge(self.state.apply(update))
                 if self.events.active and isinstance(update, Changes):
