@@ -108,6 +108,12 @@ class MeshApp:
 
     async def start(self) -> None:
         """Start the control loop and the servers; returns once the first snapshot is cached."""
+        # Everything loaded so far (modules, configuration) lives for the process: keep the
+        # collector from rescanning it, so GC pauses stay short on the push path. Done
+        # before the first snapshot, not after it: the pass then costs no first push
+        # ~0.1 s, and a big snapshot is frozen by the controller as it is built.
+        gc.collect()
+        gc.freeze()
         self._loop_task = asyncio.create_task(self.controller.run(), name="controller")
         server = grpc.aio.server(options=GRPC_OPTIONS)
         server.add_generic_rpc_handlers(
@@ -148,10 +154,6 @@ class MeshApp:
         if self._loop_task in done:
             ready.cancel()
             self._loop_task.result()
-        # Everything loaded so far (modules, the first snapshot) lives for the process: keep
-        # the collector from rescanning it, so GC pauses stay short on the push path.
-        gc.collect()
-        gc.freeze()
 
     def proxy_targets(self) -> list[ProxyTarget]:
         """Connected proxies that told their admin address (``/sd/envoy``); thread-safe."""
