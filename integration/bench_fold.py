@@ -46,6 +46,13 @@ def main() -> None:
     if args.stop == "build":
         return
     gc.disable()  # as meshd does for a big batch
+    try:
+        _fold_and_translate(pages, len(entries), args.stop)
+    finally:
+        gc.enable()  # (a test runs this inside pytest's process)
+
+
+def _fold_and_translate(pages: list[tuple[Entry, ...]], entries: int, stop: str) -> None:
     state = RegistryState()
     started = time.perf_counter()
     changes = None
@@ -53,8 +60,8 @@ def main() -> None:
         changes = state.apply(Reset(10, page, n, more=n < len(pages) - 1))
     folded = time.perf_counter()
     assert changes is not None
-    print(f"fold: {len(entries)} entries in {len(pages)} pages, {folded - started:.3f} s")
-    if args.stop == "fold":
+    print(f"fold: {entries} entries in {len(pages)} pages, {folded - started:.3f} s")
+    if stop == "fold":
         return
     delta = Translator().update(state, changes)
     translated = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import pytest
@@ -17,3 +18,4 @@ def test_bench_fold_prints_fold_and_translate(
     out = capsys.readouterr().out
     assert "fold: 10 entries in 1 pages" in out  # 3 services, 6 endpoints, 1 listener
     assert "translate: 8 resources" in out  # 3 clusters and assignments, listener, routes
+    assert gc.isenabled()  # it pauses the collector as meshd does, and turns it back on

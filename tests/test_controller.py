@@ -29,7 +29,8 @@ def test_the_collector_is_paused_for_the_part_that_completes_a_big_listing() -> 
         Entry(f"/mesh/services/default/s{i}", b'{"port": 80}', 2) for i in range(BIG_BATCH)
     )
     last = (Entry("/mesh/services/default/last", b'{"port": 80}', 2),)
-    assert gc.isenabled()
+    was_enabled = gc.isenabled()
+    gc.enable()
     try:
         ctl.apply_batch([(0.0, Reset(2, services, 0, more=True))])
         ctl.apply_batch([(0.0, Reset(2, last, 1, more=False))])
@@ -42,5 +43,6 @@ def test_the_collector_is_paused_for_the_part_that_completes_a_big_listing() -> 
         ctl.apply_batch([(0.0, Reset(4, small, 0, more=False))])
         assert enabled_while_translating[-1] is True
     finally:
-        gc.enable()
+        if not was_enabled:
+            gc.disable()
         gc.unfreeze()  # (the controller froze what the pause built: give it back)
