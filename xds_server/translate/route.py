@@ -195,13 +195,16 @@ def _default_route(service: Service) -> rc.Route:
     return default_route(service.ref, service.load_balancer.session_affinity)
 
 
+def default_route_name(ref: ServiceRef) -> str:
+    """The name of a service's default route (Envoy's stats and admin show it)."""
+    return f"default:{service_host(ref)}"
+
+
 def default_route(ref: ServiceRef, affinity: SessionAffinity | None) -> rc.Route:
     """A service's default route: everything to its whole cluster."""
     action = rc.RouteAction(cluster=cluster_name(ref))
     action.hash_policy.extend(_hash_policies([affinity]))
-    return rc.Route(
-        name=f"default:{service_host(ref)}", match=rc.RouteMatch(prefix="/"), route=action
-    )
+    return rc.Route(name=default_route_name(ref), match=rc.RouteMatch(prefix="/"), route=action)
 
 
 def service_domains(service: Service) -> list[str]:
