@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xds_server.model import (
     CircuitBreaker,
@@ -30,6 +32,7 @@ from xds_server.model import (
     parse_key,
     status_error_key,
 )
+from xds_server.model.endpoint import canonical_ip, is_ip
 from xds_server.model.fields import MAX_VALUE_BYTES
 
 PREFIX = "/mesh/"
@@ -629,6 +632,24 @@ def test_endpoint_addresses(address: str, stored: str) -> None:
     assert isinstance(endpoint, Endpoint)
     assert endpoint.address == stored
     assert endpoint.is_ip == (stored[0].isdigit() or ":" in stored)
+
+
+_ADDRESSES = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda ip: ip.exploded.upper()),
+    st.from_regex(r"[A-Za-z0-9][-A-Za-z0-9.]{0,20}\.?", fullmatch=True),
+    st.from_regex(r"[0-9.:a-fA-F]{1,20}", fullmatch=True),
+    st.text(max_size=12),
+)
+
+
+@given(_ADDRESSES)
+def test_is_ip_reads_the_spelling_of_any_stored_address(address: str) -> None:
+    """Translation tells IP addresses from DNS names by their stored spelling alone; for
+    every address validation accepts, that agrees with parsing it."""
+    endpoint = parse_entry(EP, json.dumps({"address": address}).encode(), PREFIX)[1]
+    if isinstance(endpoint, Endpoint):
+        assert is_ip(endpoint.address) == (canonical_ip(endpoint.address) is not None)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from xds_server.model import Endpoint, Service
-from xds_server.model.endpoint import canonical_ip
+from xds_server.model.endpoint import is_ip
 from xds_server.translate import eds_wire
 from xds_server.translate.names import ENDPOINT, cluster_name
 from xds_server.translate.resource import Resource, resource_from_bytes
@@ -63,7 +63,7 @@ def plan(
                 status = draining
             elif health and ep.id in health:
                 status = health[ep.id]
-            if canonical_ip(ep.address) is not None:
+            if is_ip(ep.address):
                 rows.append((ep.address, port, status, ep.weight))
                 total += ep.weight
             else:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import Service, ServiceRef, SessionAffinity
-from xds_server.model.endpoint import canonical_ip
+from xds_server.model.endpoint import is_ip
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
@@ -128,7 +128,7 @@ class Translator:
             eps = state.endpoints.get(ref, {})
             names: dict[str, set[str]] = {}
             for ep in eps.values():
-                if canonical_ip(ep.address) is None:  # a DNS name (memoized check)
+                if not is_ip(ep.address):  # a DNS name
                     names.setdefault(ep.address, set()).add(ep.id)
             if names:
                 self.dns_names[ref] = names
