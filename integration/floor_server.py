@@ -48,7 +48,6 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 from integration.loadgen import CDS, EDS, LDS, MARKER_BASE, RDS, TYPES, raise_nofile_limit
-from xds_server import eventloop
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 CHURN_RING = 256  # distinct pre-built churn messages, used in turn
@@ -296,7 +295,7 @@ def main() -> None:
     p.add_argument("--prebuilt", type=int, default=1000, help="push messages built at start")
     p.add_argument("--tcp", action="store_true", help="serve a TCP listener to s0 only")
     raise_nofile_limit()
-    eventloop.run(run(p.parse_args()))  # the loop meshd runs on, for a like comparison
+    asyncio.run(run(p.parse_args()))
     os._exit(0)  # grpc's threads can delay exit; nothing is left to flush
 
 

@@ -175,8 +175,7 @@ def test_check_mode_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None
     # meshd's warning about the typo is echoed on the demo's own terminal.
     assert re.search(r"meshd \| .*WARNING.*web-split.*wieght", done.stderr), done.stderr
     assert (data_dir / "gateway.yaml").is_file()
-    # meshd runs on uvloop (xds_server.eventloop), and says so when ready.
-    assert re.search(r"meshd ready: .* loop=uvloop", (data_dir / "meshd.log").read_text())
+    assert "meshd ready" in (data_dir / "meshd.log").read_text()
 
     pids = banner_pids(done.stdout)
     assert sorted(pids) == ["Envoy", "backend v1", "backend v2", "etcd", "meshd"], out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 
-from xds_server import eventloop
 from xds_server.cli.meshd import GC_YOUNG_THRESHOLD, tune_collector
 
 
@@ -19,10 +18,3 @@ def test_tune_collector_raises_the_young_threshold_and_keeps_the_older_ones() ->
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD * 2, 7, 9)
     finally:
         gc.set_threshold(*saved)
-
-
-def test_the_event_loop_is_uvloop_where_it_is_installed() -> None:
-    async def which() -> str:
-        return eventloop.loop_name()
-
-    assert eventloop.run(which()) == "uvloop"  # (a dependency on every platform but Windows)

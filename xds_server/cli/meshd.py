@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
-from xds_server import eventloop
 from xds_server.admin.auth import Authenticator, load_tokens
 from xds_server.admin.server import check_exposure
 from xds_server.app import MeshApp, MeshConfig
@@ -115,13 +114,12 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await app.start()
         log.info(
-            "meshd ready: etcd=%s xds=%s admin=%s metrics=%s revision=%d loop=%s",
+            "meshd ready: etcd=%s xds=%s admin=%s metrics=%s revision=%d",
             endpoint,
             args.xds.rsplit(":", 1)[0] + f":{app.xds_port}",
             f"{args.admin.rsplit(':', 1)[0]}:{app.admin_port}" if args.admin else "off",
             f"{args.metrics.rsplit(':', 1)[0]}:{app.metrics_port}" if args.metrics else "off",
             app.revision,
-            eventloop.loop_name(),
         )
         await stop.wait()
         log.info("stopping: closing xDS streams")
@@ -148,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     tune_collector()
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(eventloop.run(run(args)))
+        sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":
