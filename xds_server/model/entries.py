@@ -61,10 +61,12 @@ def parse_entry(
         endpoint = decode_endpoint(known[1], known[0].name, value, lease=lease)
         if endpoint is not None:
             return known[0], endpoint
-    try:
-        ref = parse_key(key, prefix)
-    except ValidationError as exc:
-        return None, Problem(key, exc.field, exc.reason, revision)
+        ref = known[0]  # (the key is known good: only its value takes the strict path)
+    else:
+        try:
+            ref = parse_key(key, prefix)
+        except ValidationError as exc:
+            return None, Problem(key, exc.field, exc.reason, revision)
     try:
         return ref, parse_entity(ref, value, lease=lease)
     except ValidationError as exc:
