@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import Any
 
 import pytest
@@ -650,6 +651,21 @@ def test_is_ip_reads_the_spelling_of_any_stored_address(address: str) -> None:
     endpoint = parse_entry(EP, json.dumps({"address": address}).encode(), PREFIX)[1]
     if isinstance(endpoint, Endpoint):
         assert is_ip(endpoint.address) == (canonical_ip(endpoint.address) is not None)
+
+
+@given(_ADDRESSES | st.from_regex(r"0*[0-9]{1,4}(\.0*[0-9]{1,4}){2,4}", fullmatch=True))
+def test_canonical_ip_is_the_round_trip_through_the_binary_form(address: str) -> None:
+    """An IPv4 address is returned as written when inet_pton takes it, without the round
+    trip: that holds only if inet_pton takes no spelling but the canonical one (no leading
+    zeros, four parts), which this checks against the round trip itself."""
+    expected = None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            expected = socket.inet_ntop(family, socket.inet_pton(family, address))
+            break
+        except (OSError, ValueError):
+            continue
+    assert canonical_ip(address) == expected
 
 
 @pytest.mark.parametrize(

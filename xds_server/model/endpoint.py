@@ -55,12 +55,21 @@ def canonical_ip(address: str) -> str | None:
     Not memoized: a registry's addresses are nearly all distinct, and a memo of 100,000
     of them held ~10 MB while saving nothing.
     """
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            return socket.inet_ntop(family, socket.inet_pton(family, address))
-        except (OSError, ValueError):
-            continue
-    return None
+    try:
+        _pton(_AF_INET, address)
+    except (OSError, ValueError):
+        pass
+    else:
+        # inet_pton takes only the dotted quad without leading zeros (glibc, BSD), which is
+        # already canonical: no inet_ntop round trip (~0.6 us of each endpoint's decode).
+        return address
+    try:
+        return socket.inet_ntop(_AF_INET6, _pton(_AF_INET6, address))
+    except (OSError, ValueError):
+        return None
+
+
+_pton, _AF_INET, _AF_INET6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
 
 
 def is_ip(address: str) -> bool:
