@@ -29,8 +29,6 @@ import ipaddress
 import json
 from typing import Any, Literal
 
-import yaml
-
 __all__ = [
     "ADS_RETRY_BASE_INTERVAL",
     "ADS_RETRY_MAX_INTERVAL",
@@ -214,17 +212,20 @@ _ENVOY_DEFAULT_TAGS = (
 def render(d: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
     """Serialize a bootstrap dict as YAML or JSON text, keys in insertion order."""
     if fmt == "yaml":
-        return yaml.dump(d, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
+        # (imported here: meshd imports this module at start for its constants, and
+        # PyYAML costs ~15-20 ms of a cold start that never renders a bootstrap)
+        import yaml
+
+        class NoAliasDumper(yaml.SafeDumper):
+            """Never writes ``&id001`` anchors for objects used twice."""
+
+            def ignore_aliases(self, data: Any) -> bool:
+                return True
+
+        return yaml.dump(d, Dumper=NoAliasDumper, sort_keys=False, default_flow_style=False)
     if fmt == "json":
         return json.dumps(d, indent=2) + "\n"
     raise ValueError(f"unknown format {fmt!r}: expected 'yaml' or 'json'")
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    """Safe dumper that never writes ``&id001`` anchors for objects used twice."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
 
 
 def _grpc_api() -> dict[str, Any]:
