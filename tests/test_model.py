@@ -35,6 +35,7 @@ from xds_server.model import (
 )
 from xds_server.model.endpoint import canonical_ip, is_ip
 from xds_server.model.fields import MAX_VALUE_BYTES
+from xds_server.model.names import _ENDPOINT_ID, _endpoint_id_ok
 
 PREFIX = "/mesh/"
 SVC = "/mesh/services/default/web"
@@ -1067,3 +1068,15 @@ def test_tcp_listener_requires_a_service() -> None:
 
 def test_http_listener_has_no_service() -> None:
     bad(LS, {"port": 80, "service": "db"}, "service", "only allowed with protocol tcp")
+
+
+@given(
+    st.text(max_size=260)
+    | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,260}", fullmatch=True)
+    | st.text(alphabet=st.characters(categories=["Nd", "Lo", "Lu"]), max_size=4)
+)
+def test_the_endpoint_id_fast_check_agrees_with_the_pattern(value: str) -> None:
+    """Endpoint ids of plain ASCII letters and digits skip the regex; any other id, and
+    any length over 253, still takes it (non-ASCII digits and letters are alphanumeric
+    to ``str.isalnum`` but not ids)."""
+    assert _endpoint_id_ok(value) == (_ENDPOINT_ID.fullmatch(value) is not None)

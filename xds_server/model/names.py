@@ -99,12 +99,20 @@ of endpoint keys already parsed: a service's endpoint keys share one (a cold sta
 100,000 keys of 10,000 services). Cleared when large, so it stays bounded."""
 
 
+def _endpoint_id_ok(value: str) -> bool:
+    """``_ENDPOINT_ID.fullmatch``, with plain ASCII letters and digits (most ids) checked
+    in C first: ~40 ns instead of ~250 for the regex."""
+    if value.isascii() and value.isalnum() and len(value) <= 253:
+        return True
+    return _ENDPOINT_ID.fullmatch(value) is not None
+
+
 def known_endpoint_key(key: str, prefix: str) -> tuple[KeyRef, ServiceRef] | None:
     """An endpoint key whose ``<prefix>endpoints/<ns>/<service>`` was parsed before, with
     its service; None for any other key (then :func:`parse_key` decides)."""
     head, _, last = key.rpartition("/")
     known = _ENDPOINT_HEADS.get(head)
-    if known is not None and known[0] == prefix and _ENDPOINT_ID.fullmatch(last):
+    if known is not None and known[0] == prefix and _endpoint_id_ok(last):
         # (tuple.__new__: a named tuple's own __new__ is a Python call, ~30% slower)
         return tuple.__new__(KeyRef, ("endpoints", known[1], last, known[2])), known[3]
     return None
@@ -135,7 +143,7 @@ def parse_key(key: str, prefix: str) -> KeyRef:
     ns = check_label(rest[0], "key")
     if kind == "endpoints":
         service = check_label(rest[1], "key")
-        if not _ENDPOINT_ID.fullmatch(rest[2]):
+        if not _endpoint_id_ok(rest[2]):
             raise ValidationError(
                 "key", f"endpoint id {rest[2]!r} has characters outside [A-Za-z0-9._:-]"
             )
