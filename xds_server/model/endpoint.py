@@ -47,6 +47,10 @@ class Endpoint(NamedTuple):
         return all(mine.get(k) == v for k, v in selector)
 
 
+_pton, _AF_INET, _AF_INET6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
+_new = tuple.__new__
+
+
 def canonical_ip(address: str) -> str | None:
     """The canonical spelling of an IPv4/IPv6 address, or None when it is not one.
 
@@ -67,9 +71,6 @@ def canonical_ip(address: str) -> str | None:
         return socket.inet_ntop(_AF_INET6, _pton(_AF_INET6, address))
     except (OSError, ValueError):
         return None
-
-
-_pton, _AF_INET, _AF_INET6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
 
 
 def is_ip(address: str) -> bool:
@@ -136,9 +137,6 @@ def decode_endpoint(
         Endpoint,
         (service, endpoint_id, canonical, v.port, v.weight, pairs, v.zone, v.draining, lease),
     )
-
-
-_new = tuple.__new__
 
 
 def parse_endpoint(service: ServiceRef, endpoint_id: str, o: Obj, *, lease: int = 0) -> Endpoint:
