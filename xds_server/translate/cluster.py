@@ -9,8 +9,9 @@ from envoy.type.v3 import http_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from xds_server.model import HealthCheck, Service
+from xds_server.translate.cds_wire import cluster_bytes
 from xds_server.translate.names import CLUSTER, cluster_name
-from xds_server.translate.resource import Resource, make_resource
+from xds_server.translate.resource import Resource, resource_from_bytes
 
 _LB = {
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
@@ -131,9 +132,10 @@ def build_cluster(service: Service, subset: str = "") -> cluster_pb2.Cluster:
 
 
 def service_clusters(service: Service) -> list[Resource]:
-    """Every Cluster resource a service yields: the service's own, then one per subset."""
-    names = ("", *service.subset_names)
-    return [
-        make_resource(CLUSTER, cluster_name(service.ref, s), build_cluster(service, s))
-        for s in names
-    ]
+    """Every Cluster resource a service yields: the service's own, then one per subset
+    (encoded from a template per service shape: :mod:`xds_server.translate.cds_wire`)."""
+    out = []
+    for subset in ("", *service.subset_names):
+        name = cluster_name(service.ref, subset)
+        out.append(resource_from_bytes(CLUSTER, name, cluster_bytes(service, name, build_cluster)))
+    return out
