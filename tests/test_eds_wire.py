@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_stream import Mesh
 from xds_server.model import Endpoint, Service, ServiceRef
+from xds_server.translate import eds_wire, translator
 from xds_server.translate.endpoint import build_cla, encode_cla, plan
 
 REF = ServiceRef("default", "web")
@@ -59,3 +64,22 @@ def test_any_row_encodes_as_the_message_api(
     groups = [("", [(address, port, status, weight)], max(weight, 1))]
     reference = build_cla("c", groups)
     assert encode_cla("c", groups) == reference.SerializeToString(deterministic=True)
+
+
+def test_a_bulk_translation_bypasses_the_endpoint_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From BULK_SERVICES services at once (a cold start), endpoints are encoded without
+    the memo, to the same bytes; smaller translations fill it."""
+    registry: dict[str, dict[str, Any]] = {}
+    for s in range(3):
+        registry[f"services/default/b{s}"] = {"port": 80, "subsets": {"v": {"v": "1"}}}
+        for e in range(4):
+            address = f"10.77.{s}.{e}"
+            registry[f"endpoints/default/b{s}/e{e}"] = {"address": address, "labels": {"v": "1"}}
+    eds_wire.lb_endpoint.cache_clear()
+    monkeypatch.setattr(translator, "BULK_SERVICES", 3)
+    bulk = Mesh(registry)
+    assert eds_wire.lb_endpoint.cache_info().currsize == 0
+    monkeypatch.setattr(translator, "BULK_SERVICES", 4)
+    memoized = Mesh(registry)
+    assert eds_wire.lb_endpoint.cache_info().currsize == 12
+    assert bulk.cache.index == memoized.cache.index

@@ -92,6 +92,12 @@ def lb_endpoint(address: str, port: int, health_status: int, weight: int) -> byt
     return b"\x12" + _len(len(out)) + out
 
 
+encode_lb_endpoint = lb_endpoint.__wrapped__
+""":func:`lb_endpoint` without the memo, for a bulk translation (a cold start): every one is
+a miss then, and the memo's bookkeeping costs more than the encoding (100,000: 120 ms
+against 78 ms) and keeps ~20 MB of bytes few changes will ask for again."""
+
+
 def _lb_tail(health_status: int, weight: int) -> bytes:
     """LbEndpoint's fields after ``endpoint``: health_status = 2, load_balancing_weight = 4."""
     out = b"\x10" + _int(health_status) if health_status else b""

@@ -94,12 +94,14 @@ def build_cla(name: str, groups: Plan) -> endpoint_pb2.ClusterLoadAssignment:
     return cla
 
 
-def encode_cla(name: str, groups: Plan) -> bytes:
-    """The same ClusterLoadAssignment, encoded directly (fast path)."""
+def encode_cla(name: str, groups: Plan, memo: bool = True) -> bytes:
+    """The same ClusterLoadAssignment, encoded directly (fast path). ``memo``: through
+    :func:`eds_wire.lb_endpoint`'s memo (incremental changes), or not (a bulk translation)."""
+    encode = eds_wire.lb_endpoint if memo else eds_wire.encode_lb_endpoint
     return eds_wire.cluster_load_assignment(
         name,
         [
-            eds_wire.locality_group(zone, [eds_wire.lb_endpoint(*row) for row in rows], total)
+            eds_wire.locality_group(zone, [encode(*row) for row in rows], total)
             for zone, rows, total in groups
         ],
     )
@@ -110,16 +112,18 @@ def service_assignments(
     endpoints: Mapping[str, Endpoint],
     resolve: Resolver = _no_dns,
     health: Mapping[str, int] | None = None,
+    *,
+    memo: bool = True,
 ) -> list[Resource]:
-    """Every ClusterLoadAssignment of a service: its own, then one per subset."""
+    """Every ClusterLoadAssignment of a service: its own, then one per subset (``memo``:
+    see :func:`encode_cla`)."""
     eps = list(endpoints.values())
     name = cluster_name(service.ref)
-    out = [
-        resource_from_bytes(ENDPOINT, name, encode_cla(name, plan(service, eps, resolve, health)))
-    ]
+    groups = plan(service, eps, resolve, health)
+    out = [resource_from_bytes(ENDPOINT, name, encode_cla(name, groups, memo))]
     for subset, selector in service.subsets:
         name = cluster_name(service.ref, subset)
         chosen = [e for e in eps if e.matches(selector)]
         groups = plan(service, chosen, resolve, health)
-        out.append(resource_from_bytes(ENDPOINT, name, encode_cla(name, groups)))
+        out.append(resource_from_bytes(ENDPOINT, name, encode_cla(name, groups, memo)))
     return out

@@ -57,6 +57,10 @@ class Delta:
 
 _RouteSig = tuple[int | None, str, SessionAffinity | None]
 
+BULK_SERVICES = 1_000
+"""Services whose endpoints one translation re-encodes, from which it bypasses the
+endpoint encoding memo (a cold start: every endpoint a miss; see ``eds_wire``)."""
+
 
 def _route_sig(svc: Service) -> _RouteSig:
     """What of a service route configurations depend on (not clusters or endpoints)."""
@@ -121,7 +125,9 @@ class Translator:
             else:
                 self._drop(delta, LISTENER, service_host(ref))
                 self._drop(delta, ROUTE, service_host(ref))
-        for ref in changes.endpoints | changes.services:
+        refs = changes.endpoints | changes.services
+        memo = len(refs) < BULK_SERVICES
+        for ref in refs:
             svc = state.services.get(ref)
             if svc is None:
                 continue
@@ -134,7 +140,8 @@ class Translator:
                 self.dns_names[ref] = names
             else:
                 self.dns_names.pop(ref, None)
-            for res in service_assignments(svc, eps, self.resolve, self.health.get(ref)):
+            health = self.health.get(ref)
+            for res in service_assignments(svc, eps, self.resolve, health, memo=memo):
                 self._put(delta, ENDPOINT, res)
         for name in changes.listeners:
             listener = state.listeners.get(name)
