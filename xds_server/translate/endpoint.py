@@ -35,12 +35,14 @@ def plan(
     endpoints: Iterable[Endpoint],
     resolve: Resolver = _no_dns,
     health: Mapping[str, int] | None = None,
+    dns_names: dict[str, set[str]] | None = None,
 ) -> Plan:
     """What a ClusterLoadAssignment holds, in order: zones become localities.
 
     Draining endpoints are DRAINING; ``health`` maps endpoint ids to an Envoy
-    HealthStatus decided by the mesh; names are replaced by their addresses.
-    Groups whose weights sum to 0 (no address yet) are left out.
+    HealthStatus decided by the mesh; names are replaced by their addresses (and noted in
+    ``dns_names``, name -> endpoint ids, when given). Groups whose weights sum to 0 (no
+    address yet) are left out.
     """
     by_zone: dict[str, list[Endpoint]] = {}
     for ep in sorted(endpoints, key=_BY_ID):
@@ -67,6 +69,8 @@ def plan(
                 rows.append((ep.address, port, status, ep.weight))
                 total += ep.weight
             else:
+                if dns_names is not None:
+                    dns_names.setdefault(ep.address, set()).add(ep.id)
                 for addr in resolve(ep.address):
                     rows.append((addr, port, status, ep.weight))
                     total += ep.weight
@@ -114,12 +118,14 @@ def service_assignments(
     health: Mapping[str, int] | None = None,
     *,
     memo: bool = True,
+    dns_names: dict[str, set[str]] | None = None,
 ) -> list[Resource]:
     """Every ClusterLoadAssignment of a service: its own, then one per subset (``memo``:
-    see :func:`encode_cla`)."""
+    see :func:`encode_cla`; ``dns_names`` is filled with the DNS names its endpoints use,
+    name -> endpoint ids)."""
     eps = list(endpoints.values())
     name = cluster_name(service.ref)
-    groups = plan(service, eps, resolve, health)
+    groups = plan(service, eps, resolve, health, dns_names)
     out = [resource_from_bytes(ENDPOINT, name, encode_cla(name, groups, memo))]
     for subset, selector in service.subsets:
         name = cluster_name(service.ref, subset)

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import Service, ServiceRef, SessionAffinity
-from xds_server.model.endpoint import is_ip
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
@@ -133,16 +132,15 @@ class Translator:
                 continue
             eps = state.endpoints.get(ref, {})
             names: dict[str, set[str]] = {}
-            for ep in eps.values():
-                if not is_ip(ep.address):  # a DNS name
-                    names.setdefault(ep.address, set()).add(ep.id)
+            health = self.health.get(ref)
+            for res in service_assignments(
+                svc, eps, self.resolve, health, memo=memo, dns_names=names
+            ):
+                self._put(delta, ENDPOINT, res)
             if names:
                 self.dns_names[ref] = names
             else:
                 self.dns_names.pop(ref, None)
-            health = self.health.get(ref)
-            for res in service_assignments(svc, eps, self.resolve, health, memo=memo):
-                self._put(delta, ENDPOINT, res)
         for name in changes.listeners:
             listener = state.listeners.get(name)
             if listener is None:
