@@ -19,7 +19,7 @@ import hashlib
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.translate.names import TYPE_ORDER
-from xds_server.translate.resource import string_field
+from xds_server.translate.resource import decode_varint, string_field
 
 MIN_NAMES = 64
 """Below this many names the set comparison is cheaper than hashing."""
@@ -86,7 +86,7 @@ def light_request(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] |
 def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     start, version = 0, ""
     if data[0] == 0x0A:  # version_info = 1
-        n, at = _varint(data, 1)
+        n, at = decode_varint(data, 1)
         start = at + n
         version = data[at:start].decode()  # (invalid UTF-8 raises: the caller parses)
     if data[start] != 0x1A:  # resource_names = 3 must come next: no node (2)
@@ -102,7 +102,7 @@ def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     # a type: no stream knows its key yet, so it is parsed straight away.)
     if after >= len(data) or data[after] != 0x2A:
         return None
-    n, at = _varint(data, after + 1)
+    n, at = decode_varint(data, after + 1)
     if at + n != len(data) or n == 0:
         return None
     nonce = data[at:].decode()
@@ -112,15 +112,3 @@ def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     return discovery_pb2.DiscoveryRequest(
         type_url=TYPE_ORDER[kind], version_info=version, response_nonce=nonce
     ), key
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    """(value, position after it) of the varint at ``at``."""
-    value = shift = 0
-    while True:
-        b = data[at]
-        at += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, at
-        shift += 7

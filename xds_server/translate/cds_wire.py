@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from xds_server.model import Service
-from xds_server.translate.resource import string_field
+from xds_server.translate.resource import decode_varint, string_field
 
 _Template = tuple[bytes, bytes, bytes]
 """(fields before ``eds_cluster_config``, the EdsClusterConfig's fields, fields after it)"""
@@ -81,13 +81,13 @@ def _split(body: bytes) -> _Template | None:
     at = 0
     while at < len(body):
         start = at
-        key, at = _varint(body, at)
+        key, at = decode_varint(body, at)
         number, wire_type = key >> 3, key & 7
         payload = at
         if wire_type == 0:
-            _, at = _varint(body, at)
+            _, at = decode_varint(body, at)
         elif wire_type == 2:
-            length, payload = _varint(body, at)
+            length, payload = decode_varint(body, at)
             at = payload + length
         elif wire_type == 1:
             at += 8
@@ -101,14 +101,3 @@ def _split(body: bytes) -> _Template | None:
         return None
     _, start, payload, end = fields[numbers.index(3)]
     return body[:start], body[payload:end], body[end:]
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7

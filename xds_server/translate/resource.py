@@ -28,6 +28,18 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+def decode_varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
+    """(value, position after it) of the protobuf varint at ``at``."""
+    value = shift = 0
+    while True:
+        b = data[at]
+        at += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, at
+        shift += 7
+
+
 def string_field(number: int, value: str | bytes) -> bytes:
     """A length-delimited protobuf field (string, bytes or embedded message)."""
     data = value.encode() if isinstance(value, str) else value
