@@ -79,6 +79,9 @@ class Resource(NamedTuple):
         return any_pb2.Any(type_url=self.type_url, value=self.body)
 
 
+_new = tuple.__new__
+
+
 def make_resource(
     type_url: str, name: str, msg: Message, refs: frozenset[str] = frozenset()
 ) -> Resource:
@@ -116,9 +119,6 @@ def resource_from_bytes(
         Resource,
         (type_url, name, version, body, digest, refs, sotw_prefix, delta_prefix, name_field),
     )
-
-
-_new = tuple.__new__
 
 
 _TYPE_URL_FIELDS: dict[str, bytes] = {}
