@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -89,7 +90,7 @@ def _names_for(type_url: str, got: dict[str, discovery_pb2.DiscoveryResponse]) -
 
 @contextlib.asynccontextmanager
 async def running_meshd(
-    entries: Mapping[str, object], *, metrics: bool = False
+    entries: Mapping[str, object], *, metrics: bool = False, **config: Any
 ) -> AsyncIterator[tuple[MemoryRegistry, MeshApp]]:
     """An in-memory registry holding ``entries`` (key without prefix -> JSON value, or raw
     bytes) and a meshd serving it on a free port; stopped afterwards."""
@@ -97,7 +98,8 @@ async def running_meshd(
     for key, value in entries.items():
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
         await registry.put(registry.prefix + key, raw)
-    config = MeshConfig(xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}" if metrics else None)
+    metrics_at = f"127.0.0.1:{free_port()}" if metrics else None
+    config = MeshConfig(xds="127.0.0.1:0", metrics=metrics_at, **config)
     app = MeshApp(registry, config)
     await app.start()
     try:

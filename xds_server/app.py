@@ -19,6 +19,7 @@ from xds_server.cache import ConfigCache
 from xds_server.controller import Controller
 from xds_server.events import EventBus
 from xds_server.health.transitions import HealthTransitions
+from xds_server.heap_trim import HeapTrimmer
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import MetricsServer, ProxyTarget
 from xds_server.model import ServiceRef
@@ -60,6 +61,10 @@ class MeshConfig:
     """Names this meshd's health document in etcd (replicas share health through it)."""
     admin: str | None = None  # admin gRPC API; meshd passes --admin (127.0.0.1:18001)
     auth: Authenticator = field(default_factory=lambda: Authenticator(None))
+    heap_trim_quiet: float = 1.0
+    """Give freed memory back to the OS once streams and registry were quiet this long (s)."""
+    heap_trim_max_delay: float = 10.0
+    """... or at the latest this long after the first activity since the last trim (s)."""
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -75,10 +80,22 @@ class MeshApp:
         self.config = config or MeshConfig()
         self.metrics = Metrics()
         self.cache = ConfigCache()
+        self.trimmer = HeapTrimmer(
+            self.config.heap_trim_quiet,
+            max(self.config.heap_trim_quiet, self.config.heap_trim_max_delay),
+            on_trim=self.metrics.heap_trimmed,
+        )
+        """Gives memory back to the OS after bursts: xDS traffic, registry changes."""
         self.streams = StreamRegistry()
         self.events = EventBus()
         self.controller = Controller(registry, self.cache, self.metrics, events=self.events)
-        self.ads = AdsServicer(self.cache, self.metrics, self.streams, events=self.events)
+        self.ads = AdsServicer(
+            self.cache,
+            self.metrics,
+            self.streams,
+            events=self.events,
+            on_activity=self.trimmer.poke,
+        )
         self.metrics.watch_streams(
             lambda: [c.stream for c in list(self.streams.connections.values())]
         )
@@ -174,6 +191,7 @@ class MeshApp:
         self.health_events.changed(health, refs, self.health.panicking)
 
     def _registry_changed(self, state: RegistryState, changes: ChangeSet) -> None:
+        self.trimmer.poke()
         self.topology.registry_changed(state)
         if changes.services or changes.endpoints:
             self.health.registry_changed(
@@ -186,6 +204,7 @@ class MeshApp:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting, close streams gracefully, stop the loop. Idempotent."""
+        self.trimmer.close()
         if self._admin_server is not None:
             await self._admin_server.stop(grace)
             self._admin_server = None

@@ -119,6 +119,21 @@ class Metrics:
         self.resources = Gauge(
             "meshd_resources", "Envoy resources in the cache, by type", ["type"], registry=r
         )
+        self.heap_trims = Counter(
+            "meshd_heap_trims_total",
+            "Times meshd gave freed heap memory back to the OS after a burst (malloc_trim)",
+            registry=r,
+        )
+        self.heap_trim_seconds = Counter(
+            "meshd_heap_trim_seconds_total",
+            "Time spent in those trims (a worker thread)",
+            registry=r,
+        )
+        self.heap_trim_released = Counter(
+            "meshd_heap_trim_released_bytes_total",
+            "Resident memory those trims gave back (RSS before minus after)",
+            registry=r,
+        )
         self.health = HealthMetrics(r)
         # Every series an alert or dashboard reads exists from the start, at 0: a query for
         # NACKs or rejections returns data (zeros) before the first one happens.
@@ -130,6 +145,12 @@ class Metrics:
         self.convergence = ConvergenceTracker(
             self.convergence_seconds, self.convergence_abandoned, clock=clock
         )
+
+    def heap_trimmed(self, seconds: float, released: int) -> None:
+        """One heap trim took ``seconds`` and gave back ``released`` bytes of RSS."""
+        self.heap_trims.inc()
+        self.heap_trim_seconds.inc(seconds)
+        self.heap_trim_released.inc(released)
 
     def watch_streams(self, source: Callable[[], Iterable[StreamView]]) -> None:
         """Export the sync state of the streams ``source`` lists, computed at each scrape."""

@@ -73,12 +73,16 @@ class AdsServicer:
         streams: StreamRegistry,
         clock: Callable[[], float] = time.time,
         events: EventBus | None = None,
+        on_activity: Callable[[], None] = lambda: None,
     ) -> None:
         self.cache = cache
         self.metrics = metrics
         self.streams = streams
         self.clock = clock
         self.events = events or EventBus()
+        self.on_activity = on_activity
+        """Called for each request, push and closed stream (meshd trims its heap after a
+        burst of them: the buffers of a full config sent to each proxy are freed by then)."""
         self._push_children: dict[str, tuple[Any, Any, Any]] = {}
         self._request_children: dict[tuple[str, str], Any] = {}
 
@@ -219,6 +223,7 @@ class AdsServicer:
                     return
         finally:
             reader.cancel()
+            self.on_activity()
             self.cache.unwatch(watcher)
             self.metrics.convergence.gone(watcher)
             if conn is not None:
@@ -250,6 +255,7 @@ class AdsServicer:
         return conn
 
     def _count_request(self, stream: SotwStream | DeltaStream) -> None:
+        self.on_activity()
         outcome = stream.last_outcome
         if outcome is None:
             return
@@ -286,6 +292,7 @@ class AdsServicer:
                 m.push_latency.labels(short),
             )
         pushes, push_bytes, latency = children
+        self.on_activity()
         pushes.inc()
         push_bytes.inc(resp.size)
         if from_change and self.cache.changed_at:
