@@ -136,3 +136,13 @@ async def test_meshd_trims_after_a_proxy_connects() -> None:
             await asyncio.sleep(0.3)
         assert app.trimmer.trims > before
         assert app.metrics.registry.get_sample_value("meshd_heap_trims_total") == app.trimmer.trims
+
+
+async def test_trimmer_ignores_pokes_once_closed() -> None:
+    calls: list[float] = []
+    t = HeapTrimmer(0.01, 0.1, trim=lambda: calls.append(0.0))
+    t.poke()
+    t.close()
+    t.poke()  # (a stream closing while meshd stops)
+    await asyncio.sleep(0.1)
+    assert calls == [] and t.trims == 0

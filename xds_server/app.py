@@ -204,7 +204,6 @@ class MeshApp:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting, close streams gracefully, stop the loop. Idempotent."""
-        self.trimmer.close()
         if self._admin_server is not None:
             await self._admin_server.stop(grace)
             self._admin_server = None
@@ -225,3 +224,4 @@ class MeshApp:
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None
+        self.trimmer.close()  # last: closing streams poked it

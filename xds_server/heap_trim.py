@@ -111,6 +111,7 @@ class HeapTrimmer:
         """Called with (seconds taken, RSS bytes released) after each trim."""
         self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Future[tuple[float, int]] | None = None
+        self._closed = False
         self.trims = 0
 
     @property
@@ -119,7 +120,7 @@ class HeapTrimmer:
 
     def poke(self) -> None:
         """Note a burst of allocation; a trim follows once it is over."""
-        if self._trim is None:
+        if self._trim is None or self._closed:
             return
         self.schedule.poke(self._clock())
         if self._timer is None and self._running is None:
@@ -165,11 +166,13 @@ class HeapTrimmer:
             log.debug("heap trim: %.1f MB returned in %.1f ms", released / 2**20, took * 1e3)
             if self._on_trim is not None:
                 self._on_trim(took, released)
-        if self.schedule.pending:  # poked while trimming
+        if self.schedule.pending and not self._closed:  # poked while trimming
             self._arm()
 
     def close(self) -> None:
-        """Cancel a pending trim (one already running finishes in its thread)."""
+        """Cancel a pending trim and ignore pokes from now on (one already running
+        finishes in its thread)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
