@@ -242,10 +242,9 @@ def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) 
 
     collect()
     assert len(written) >= EXAMPLES // 2
-    # The generator must reach deep: plenty of routes pass validation and get translated.
-    # (About one accepted route per example on average; the examples are random, so the
-    # floor leaves room for an unlucky run: 49 of 100 has been seen.)
-    assert accepted_routes >= EXAMPLES // 4, accepted_routes
+    # Some routes got through (how deep the generator reaches is checked deterministically
+    # below: over random examples the count varies, 22 to 49 of 100 have been seen).
+    assert accepted_routes > 0
     names = sorted(written)
     failed: dict[str, str] = {}
     for start in range(0, len(names), PARALLEL):
@@ -254,3 +253,30 @@ def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) 
             if code != 0:
                 failed[n] = f"{tmp_path / n}.registry.json: {text[-2000:]}"
     assert not failed, failed
+
+
+def test_the_generator_reaches_translated_routes() -> None:
+    """The registries drawn are deep enough to matter: many routes pass validation and get
+    translated. Derandomized, so the count is the same on every run (a random run varies
+    too much for a floor that would catch a generator gone shallow)."""
+    accepted_routes = 0
+
+    @settings(
+        max_examples=100,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(registries())
+    def count(registry: dict[str, dict[str, Any]]) -> None:
+        nonlocal accepted_routes
+        entries = tuple(
+            Entry(key, json.dumps(value).encode(), i)
+            for i, (key, value) in enumerate(registry.items(), start=1)
+        )
+        state, _, _ = translate(entries)
+        accepted_routes += len(state.routes)
+
+    count()
+    assert accepted_routes >= 25, accepted_routes
