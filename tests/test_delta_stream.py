@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_stream import BASE, Mesh
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
@@ -189,3 +191,88 @@ def test_delta_wire_parses() -> None:
     assert [r.name for r in parsed.resources] == names(got[CLUSTER])
     assert parsed.nonce == got[CLUSTER].nonce and parsed.type_url == CLUSTER
     assert all(r.version for r in parsed.resources)
+
+
+class _FullPathStream(DeltaStream):
+    """Every request through the full path: the reference for the ACK fast path."""
+
+    __slots__ = ()
+
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
+        return self._on_request_full(req)
+
+
+_TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+_NAMES = ("api.default", "web.default", "web.default|v1", "public", "inner", "nope", "*")
+_CHANGES = (
+    {"endpoints/default/api/b": {"address": "10.0.0.3"}},
+    {"endpoints/default/api/b": {"address": "10.0.0.4"}},
+    {"services/default/api": {"port": 9090, "connect_timeout_ms": 100}},  # a cluster change
+    {"services/default/api": {"port": 9090, "connect_timeout_ms": 200}},
+    {"services/default/api": {"port": 9191}},  # endpoints change
+    {"routes/default/r2": {"listener": "public", "destinations": [{"service": "api"}]}},
+)
+
+_step = st.one_of(
+    st.tuples(
+        st.just("request"),
+        st.sampled_from(_TYPES),
+        st.lists(st.sampled_from(_NAMES), max_size=2),  # subscribe
+        st.lists(st.sampled_from(_NAMES), max_size=1),  # unsubscribe
+        st.sampled_from(("current", "stale", "none")),
+        st.booleans(),  # a NACK
+        st.booleans(),  # repeats the node
+    ),
+    st.tuples(st.just("change"), st.integers(0, len(_CHANGES) - 1)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_step, max_size=25))
+def test_ack_fast_path_matches_the_full_path(steps: list[tuple[Any, ...]]) -> None:
+    """Any request sequence gives the same responses and the same stream state through the
+    fast path (a request that changes no subscription) as through the full one."""
+    mesh = Mesh(BASE)
+    fast, full = (
+        DeltaStream(mesh.cache, clock=lambda: 1.0),
+        _FullPathStream(mesh.cache, clock=lambda: 1.0),
+    )
+    watchers = {id(fast): mesh.cache.watch(), id(full): mesh.cache.watch()}
+
+    def ask(s: DeltaStream, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
+        out = s.on_request(req)
+        if s.interest_stale:  # as the servicer does: the fast path must not need it
+            s.interest_stale = False
+            mesh.cache.set_interest(watchers[id(s)], s.interest())
+        return out
+
+    for s in (fast, full):  # both start the same way: node, wildcard CDS and LDS
+        ask(s, dreq(CLUSTER, node=("n1", "gateway")))
+        ask(s, dreq(LISTENER))
+    for step in steps:
+        outs = []
+        for s in (fast, full):
+            if step[0] == "change":
+                continue
+            _, t, sub, unsub, nonce_kind, nack, node = step
+            ts = s.types.get(t)
+            nonce = {"current": ts.nonce if ts else "", "stale": "0.0", "none": ""}[nonce_kind]
+            req = dreq(
+                t,
+                tuple(sub),
+                unsubscribe=tuple(unsub),
+                nonce=nonce,
+                error="bad" if nack and nonce else None,
+                node=("n1", "gateway") if node else None,
+            )
+            outs.append(ask(s, req))
+        if step[0] == "change":
+            mesh.change(_CHANGES[step[1]])
+            for s in (fast, full):
+                pending, scopes = watchers[id(s)].take()
+                outs.append(s.on_change(pending, scopes))
+        assert outs[0] == outs[1], step
+        assert fast.types == full.types, step
+        assert fast.last_outcome == full.last_outcome, step
+        assert fast.interest() == full.interest(), step
+        assert fast._deferred == full._deferred, step

@@ -155,7 +155,9 @@ class AdsServicer:
             self._count_request(stream)
             # From here on, only changes to what it asked for wake this stream
             # (no await in between: no change can fall through the gap).
-            self.cache.set_interest(watcher, stream.interest())
+            if stream.interest_stale:
+                stream.interest_stale = False
+                self.cache.set_interest(watcher, stream.interest())
             if conn is None and stream.node_id:
                 conn = self._connected(stream, context.peer(), admin)
                 labels = (stream.node_cluster, stream.protocol)

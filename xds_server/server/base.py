@@ -92,6 +92,7 @@ class StreamBase(Generic[S]):
         "_pending",
         "cache",
         "clock",
+        "interest_stale",
         "last_outcome",
         "node_cluster",
         "node_id",
@@ -107,6 +108,9 @@ class StreamBase(Generic[S]):
         self.scope: Scope | None = None
         self.types: dict[str, S] = {}
         self.last_outcome: RequestOutcome | None = None
+        self.interest_stale = True
+        """A request may have changed :meth:`interest` since the caller last read it (an
+        ACK that changes no subscription leaves it False: most requests are such ACKs)."""
         self._pending: Pending = {}  # changes being pushed right now (their old resources)
         self._deferred: Pending = {}  # changes held back until the type's last push is answered
 

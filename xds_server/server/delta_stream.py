@@ -92,6 +92,28 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
     # -- inputs -------------------------------------------------------------------------
 
     def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
+        ts = self.types.get(req.type_url)
+        if (
+            ts is not None
+            and ts.started
+            and self.scope is not None
+            and not req.resource_names_subscribe
+            and not req.resource_names_unsubscribe
+            and not req.HasField("node")
+        ):
+            # An ACK or NACK that changes no subscription (nearly every request of a long
+            # stream): of the steps below only its answer to the nonce, and what that may
+            # release, apply. Skipping the rest saves a third of a Delta ACK's cost, which
+            # a push to 1,000 proxies pays 1,000 times.
+            self._ack_or_nack(req.type_url, ts, req, False)
+            if self._deferred:
+                return self._flush()
+            return self._release_retained()
+        return self._on_request_full(req)
+
+    def _on_request_full(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
+        """Any request: subscription changes, the node, the first request of a type."""
+        self.interest_stale = True
         self._adopt_node(req)
         t = req.type_url
         if t not in TYPE_ORDER:

@@ -108,6 +108,7 @@ class SotwStream(StreamBase[TypeStatus]):
         when the caller has the bytes: a repeat of the last key means an unchanged
         subscription, recognised without reading the names.
         """
+        self.interest_stale = True
         self._adopt_node(req)
         t = req.type_url
         if t not in TYPE_ORDER:
