@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import time
 
 import pytest
@@ -106,7 +105,7 @@ def test_glibc_malloc_trim_gives_back_freed_pages_in_the_middle_of_the_heap() ->
     trim = load_malloc_trim()
     if trim is None:
         pytest.skip("no malloc_trim in this C library (glibc only)")
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
