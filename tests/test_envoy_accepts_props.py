@@ -215,24 +215,29 @@ def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     return out
 
 
+_SETTINGS: dict[str, Any] = {
+    "deadline": None,
+    "database": None,  # examples are checked after the run: nothing to replay from a DB
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+
+def _entries(registry: dict[str, dict[str, Any]]) -> tuple[Entry, ...]:
+    return tuple(
+        Entry(key, json.dumps(value).encode(), i)
+        for i, (key, value) in enumerate(registry.items(), start=1)
+    )
+
+
 def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) -> None:
     written: dict[str, Path] = {}
     accepted_routes = 0
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,  # examples are checked after the run: nothing to replay from a DB
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @settings(max_examples=EXAMPLES, **_SETTINGS)
     @given(registries())
     def collect(registry: dict[str, dict[str, Any]]) -> None:
         nonlocal accepted_routes
-        entries = tuple(
-            Entry(key, json.dumps(value).encode(), i)
-            for i, (key, value) in enumerate(registry.items(), start=1)
-        )
-        state, translator, _ = translate(entries)
+        state, translator, _ = translate(_entries(registry))
         accepted_routes += len(state.routes)
         name = f"ex{len(written):03d}"
         (tmp_path / f"{name}.registry.json").write_text(json.dumps(registry, indent=1))
@@ -261,21 +266,11 @@ def test_the_generator_reaches_translated_routes() -> None:
     too much for a floor that would catch a generator gone shallow)."""
     accepted_routes = 0
 
-    @settings(
-        max_examples=100,
-        derandomize=True,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @settings(max_examples=100, derandomize=True, **_SETTINGS)
     @given(registries())
     def count(registry: dict[str, dict[str, Any]]) -> None:
         nonlocal accepted_routes
-        entries = tuple(
-            Entry(key, json.dumps(value).encode(), i)
-            for i, (key, value) in enumerate(registry.items(), start=1)
-        )
-        state, _, _ = translate(entries)
+        state, _, _ = translate(_entries(registry))
         accepted_routes += len(state.routes)
 
     count()
