@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.cache import ConfigCache
-from xds_server.cache.snapshot import Watcher
+from xds_server.cache.snapshot import Wakeup, Watcher
 from xds_server.translate import CLUSTER, ENDPOINT
 from xds_server.translate.resource import resource_from_bytes
 from xds_server.translate.translator import Delta
@@ -97,3 +100,27 @@ def test_memoized_subscription_xor_follows_changes(
         )
         cache.apply(delta, {}, cache.revision + 1)
         assert cache.subscription_xor(ENDPOINT, names) == cache.xor_of(ENDPOINT, names)
+
+
+async def test_wakeup_behaves_as_an_event_for_its_one_waiter() -> None:
+    w = Wakeup()
+    assert not w.is_set()
+    w.set()
+    await asyncio.wait_for(w.wait(), 1)  # set before: returns at once
+    w.clear()
+    waiter = asyncio.ensure_future(w.wait())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # cleared: waits
+    w.set()
+    w.set()  # (twice: one wake-up)
+    await asyncio.wait_for(waiter, 1)
+    w.clear()
+    first = asyncio.ensure_future(w.wait())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="one waiter"):
+        await w.wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    w.set()  # a cancelled waiter is gone: setting is harmless
+    await asyncio.wait_for(w.wait(), 1)
