@@ -136,7 +136,7 @@ class Wakeup:
             self._waiter = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Watcher:
     """A stream's inbox: names changed per type (with their old resource), and a wake-up.
 
