@@ -109,8 +109,9 @@ class StreamBase(Generic[S]):
         self.types: dict[str, S] = {}
         self.last_outcome: RequestOutcome | None = None
         self.interest_stale = True
-        """A request may have changed :meth:`interest` since the caller last read it (an
-        ACK that changes no subscription leaves it False: most requests are such ACKs)."""
+        """A request may have changed :meth:`interest` since the caller last read it and
+        reset this. A Delta ACK that changes no subscription leaves it as it was (most
+        requests are such ACKs); every other request sets it."""
         self._pending: Pending = {}  # changes being pushed right now (their old resources)
         self._deferred: Pending = {}  # changes held back until the type's last push is answered
 
