@@ -145,3 +145,17 @@ async def test_trimmer_ignores_pokes_once_closed() -> None:
     t.poke()  # (a stream closing while meshd stops)
     await asyncio.sleep(0.1)
     assert calls == [] and t.trims == 0
+
+
+def test_a_poke_outside_the_event_loop_waits_for_one_inside() -> None:
+    calls: list[float] = []
+    t = HeapTrimmer(0.01, 0.1, trim=lambda: calls.append(0.0))
+    t.poke()  # no running loop: nothing to schedule on, and no error
+    assert t.schedule.pending
+
+    async def later() -> None:
+        t.poke()
+        await asyncio.sleep(0.1)
+
+    asyncio.run(later())
+    assert len(calls) == 1
