@@ -491,6 +491,7 @@ class Run:
     errors: dict[str, int] = field(default_factory=dict)
     error_details: dict[str, str] = field(default_factory=dict)
     traced: int = 0  # tracemalloc bytes held after the clients connected (--trace-memory)
+    trims: str = ""  # meshd's heap trims by the time RSS was read with the clients connected
 
     @property
     def errors_text(self) -> str:
@@ -509,6 +510,7 @@ class Run:
             f"RSS base {self.rss_base_kb / 1024:.0f} MB, with clients "
             f"{self.rss_connected_kb / 1024:.0f} MB, after changes {self.rss_after_kb / 1024:.0f}"
             f" MB: {self.per_client_kb:.1f} KB per client"
+            + (f" ({self.trims})" if self.trims else "")
         )
 
 
@@ -652,6 +654,7 @@ class Bench:
             await asyncio.sleep(self.args.settle)
             meshd.check_alive()
             run.rss_connected_kb = meshd.rss_kb()
+            run.trims = await heap_trims(meshd)
             if meshd.tracing:
                 meshd.profile_phase(False)
                 traced, top = await asyncio.to_thread(meshd.traced, 1)
@@ -1039,6 +1042,15 @@ class Bench:
             "cpu_clients": sum(cpu[2:]),
             "report": report,
         }
+
+
+async def heap_trims(meshd: Meshd) -> str:
+    """How often meshd had given memory back (heap trims) and how much, for the memory line:
+    RSS read before the trim that follows a burst is higher than after it."""
+    m = await meshd.metrics()
+    n = int(m.get("meshd_heap_trims_total", 0))
+    released = m.get("meshd_heap_trim_released_bytes_total", 0) / 2**20
+    return f"{n} heap trims so far, {released:.0f} MB given back"
 
 
 def _connected(metrics: dict[str, float]) -> int:
