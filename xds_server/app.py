@@ -82,7 +82,7 @@ class MeshApp:
         self.cache = ConfigCache()
         self.trimmer = HeapTrimmer(
             self.config.heap_trim_quiet,
-            max(self.config.heap_trim_quiet, self.config.heap_trim_max_delay),
+            self.config.heap_trim_max_delay,
             on_trim=self.metrics.heap_trimmed,
         )
         """Gives memory back to the OS after bursts: xDS traffic, registry changes."""
