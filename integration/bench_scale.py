@@ -34,7 +34,10 @@ client subscribes to ``s0.default`` (as Envoy does, to every cluster) and notes 
 response carrying that port arrives. Latency runs from just before the etcd write (for the
 floor: just before the push command is written to its stdin) to that arrival. The next change
 waits until the server and the clients are idle (their ACKs handled), so each change is
-measured on its own; a series stops after ``--budget`` seconds. Clients run in ``--procs``
+measured on its own; a series stops after ``--budget`` seconds. For figure 2, the floor and
+meshd are up at once, each with its own clients, and take the changes in alternating blocks of
+``--block`` (10): this VM's speed drifts by up to 2x within minutes, and run one after the
+other, a slow spell would land on one of them only. Clients run in ``--procs``
 load generator processes. ``--profile`` runs meshd under cProfile during the changes (cold
 start: all of it) and prints where its time goes. Figures are printed, never asserted. etcd
 runs with ``--unsafe-no-fsync`` unless ``--fsync``.
@@ -47,6 +50,7 @@ import asyncio
 import compileall
 import contextlib
 import io
+import itertools
 import json
 import os
 import pstats
@@ -59,7 +63,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -406,6 +410,13 @@ class Latency:
     def max(self) -> float:
         return max(self.samples, default=float("nan"))
 
+    def merge(self, other: Latency) -> None:
+        """Add another block of the same series."""
+        self.samples += other.samples
+        self.missing += other.missing
+        self.changes += other.changes
+        self.settle_s += other.settle_s
+
     def __str__(self) -> str:
         miss = f" MISSING {self.missing}" if self.missing else ""
         cut = " (time budget)" if self.cut else ""
@@ -466,14 +477,15 @@ async def measure_changes(
     return lat
 
 
-async def churn_loop(rate: float, send: Callable[[int], Awaitable[None]]) -> None:
-    """Background churn at ``rate`` changes per second until cancelled."""
-    k = 0
+async def churn_loop(
+    rate: float, send: Callable[[int], Awaitable[None]], ks: Iterator[int]
+) -> None:
+    """Background churn at ``rate`` changes per second until cancelled; change ``k`` for
+    each ``k`` of ``ks`` (a side's churn goes on where its last block left it)."""
     start = time.monotonic()
-    while True:
+    for n, k in enumerate(ks, 1):
         await send(k)
-        k += 1
-        await asyncio.sleep(max(0.0, start + k / rate - time.monotonic()))
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
 
 
 @dataclass
@@ -507,11 +519,38 @@ class Run:
 
     def memory(self) -> str:
         return (
-            f"RSS base {self.rss_base_kb / 1024:.0f} MB, with clients "
-            f"{self.rss_connected_kb / 1024:.0f} MB, after changes {self.rss_after_kb / 1024:.0f}"
-            f" MB: {self.per_client_kb:.1f} KB per client"
+            f"base {self.rss_base_kb / 1024:.0f} MB, with clients "
+            f"{self.rss_connected_kb / 1024:.0f} MB: {self.per_client_kb:.1f} KB per client"
             + (f" ({self.trims})" if self.trims else "")
         )
+
+    @property
+    def after(self) -> str:
+        return f"{self.rss_after_kb / 1024:.0f} MB"
+
+
+@dataclass
+class Side:
+    """A server with its clients connected, ready for a series of changes (Bench.series)."""
+
+    run: Run
+    clients: LoadGenGroup
+    server_pid: int
+    change: Callable[[int], Awaitable[None]]  # make change k (the clients' marker k)
+    churn: Callable[[int], Awaitable[None]]  # make unrelated change k
+    profile: Callable[[bool], None] = lambda on: None  # profile meshd during its blocks
+    churned: Iterator[int] = field(default_factory=itertools.count)
+    others_cpu_s: float = 0.0  # CPU the other sides (server, clients) used in this side's blocks
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.server_pid, *self.clients.pids]
+
+
+async def _read_errors(run: Run, clients: LoadGenGroup) -> None:
+    status = await clients.status()
+    run.errors = status["errors"]
+    run.error_details = status.get("error_details") or {}
 
 
 class Bench:
@@ -580,69 +619,48 @@ class Bench:
             say(f"  !! only {res['complete']}/{sotw + delta} clients complete after {timeout} s")
         return (res["last"] or time.monotonic()) - t0, res
 
-    async def floor_run(
-        self,
-        services: int,
-        sotw: int,
-        delta: int,
-        changes: int,
-        churn: float = 0.0,
-        tcp_scope: bool = False,
-    ) -> Run:
+    @contextlib.asynccontextmanager
+    async def floor_side(
+        self, services: int, sotw: int, delta: int, tcp_scope: bool = False
+    ) -> AsyncIterator[Side]:
+        """The floor server with its clients connected (RSS read before and after they
+        connect), for :meth:`series`; its last RSS and the clients' errors are read on exit."""
         run = Run("floor", clients=sotw + delta)
         floor = await Floor.start(services, self.args.endpoints, self.workdir, tcp=tcp_scope)
-        clients = await self.clients("loadgen-floor")
-        churner: asyncio.Task[None] | None = None
+        clients: LoadGenGroup | None = None
         try:
+            clients = await self.clients("loadgen-floor")
             await asyncio.sleep(0.5)
             run.rss_base_kb = rss_kb(floor.pid)
             run.connect_s, _ = await self.connect(clients, floor.target, sotw, delta, 300)
             await asyncio.sleep(self.args.settle)
             run.rss_connected_kb = rss_kb(floor.pid)
-            if churn:
-                churner = asyncio.create_task(churn_loop(churn, lambda k: floor.send(f"churn {k}")))
-                await asyncio.sleep(1)
-            if changes:
-                cpu0 = cpu_seconds(floor.pid)
 
-                async def push(k: int) -> None:
-                    await floor.send(f"push {k}")
+            async def push(k: int) -> None:
+                await floor.send(f"push {k}")
 
-                run.latency = await measure_changes(
-                    push,
-                    clients,
-                    self.change_ids(changes),
-                    gap=self.args.gap,
-                    budget=self.args.budget,
-                    quiet=None if churn else [floor.pid, *clients.pids],
-                )
-                run.cpu_s = cpu_seconds(floor.pid) - cpu0
+            async def churn(k: int) -> None:
+                await floor.send(f"churn {k}")
+
+            yield Side(run, clients, floor.pid, push, churn)
             run.rss_after_kb = rss_kb(floor.pid)
-            status = await clients.status()
-            run.errors = status["errors"]
-            run.error_details = status.get("error_details") or {}
+            await _read_errors(run, clients)
         finally:
-            if churner is not None:
-                churner.cancel()
-            await clients.close()
+            if clients is not None:
+                await clients.close()
             await floor.close()
-        return run
 
-    async def meshd_run(
-        self,
-        services: int,
-        sotw: int,
-        delta: int,
-        changes: int,
-        churn: float = 0.0,
-        tcp_scope: bool = False,
-    ) -> Run:
+    @contextlib.asynccontextmanager
+    async def meshd_side(
+        self, services: int, sotw: int, delta: int, tcp_scope: bool = False
+    ) -> AsyncIterator[Side]:
+        """meshd on an etcd seeded with ``services`` with its clients connected, as
+        :meth:`floor_side`; changes are etcd writes, and so is the churn."""
         run = Run("meshd", clients=sotw + delta)
         etcd, registry, revision = await self.registry(services, self.args.endpoints, tcp_scope)
         mode = "tracemalloc" if self.args.trace_memory else "phase" if self.args.profile else ""
         meshd = Meshd(etcd.endpoint, self.workdir, "meshd", profile=mode)
         clients: LoadGenGroup | None = None
-        churner: asyncio.Task[None] | None = None
         try:
             await meshd.wait_ready(revision)
             await asyncio.sleep(1)
@@ -665,55 +683,86 @@ class Bench:
                     f"(tracemalloc: this run's latencies and RSS include its overhead); top:\n    "
                     + "\n    ".join(top[:8])
                 )
-            if churn:
-                e = self.args.endpoints
+            key = registry.prefix + "endpoints/default/s0/e0"
+            e = self.args.endpoints
 
-                async def churn_put(k: int) -> None:
-                    key, value = churn_key_value(k, services, e)
-                    await registry.put(registry.prefix + key, value)
+            async def put(k: int) -> None:
+                await registry.put(key, marker_value(k))
 
-                churner = asyncio.create_task(churn_loop(churn, churn_put))
-                await asyncio.sleep(1)
-            if changes:
-                key = registry.prefix + "endpoints/default/s0/e0"
-                meshd.profile_phase(True)
-                cpu0 = meshd.cpu()
+            async def churn(k: int) -> None:
+                churn_key, value = churn_key_value(k, services, e)
+                await registry.put(registry.prefix + churn_key, value)
 
-                async def put(k: int) -> None:
-                    await registry.put(key, marker_value(k))
-
-                run.latency = await measure_changes(
-                    put,
-                    clients,
-                    self.change_ids(changes),
-                    gap=self.args.gap,
-                    budget=self.args.budget,
-                    quiet=None if churn else [meshd.pid, *clients.pids],
-                )
-                run.cpu_s = meshd.cpu() - cpu0
-                meshd.profile_phase(False)
+            side = Side(run, clients, meshd.pid, put, churn, profile=meshd.profile_phase)
+            yield side
             meshd.check_alive()
             run.rss_after_kb = meshd.rss_kb()
-            if meshd.tracing and changes:
-                meshd.profile_phase(False)
+            if meshd.tracing and run.latency is not None:
                 traced, top = await asyncio.to_thread(meshd.traced, 2)
                 say(
                     f"  meshd Python heap after the changes: {traced / 1024 / 1024:.1f} MB "
                     f"({(traced - run.traced) / 1024 / 1024:+.1f} MB); top:\n    "
                     + "\n    ".join(top[:5])
                 )
-            status = await clients.status()
-            run.errors = status["errors"]
-            run.error_details = status.get("error_details") or {}
+            await _read_errors(run, clients)
         finally:
-            if churner is not None:
-                churner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await churner
             if clients is not None:
                 await clients.close()
             meshd.stop()
-        return run
+
+    async def series(self, sides: list[Side], changes: int, churn: float = 0.0) -> None:
+        """The same series of changes on every side, in alternating blocks.
+
+        This VM's speed changes by up to 2x within minutes. Measured one after the other,
+        a slow minute lands on one side only; in blocks of ``--block`` changes taken in turn
+        (A B, B A, A B, ...), both sides see the same mix of fast and slow minutes. Every
+        side gets the same number of blocks: the series stops once a side has spent
+        ``--budget`` seconds in its blocks. With ``churn``, the churn runs on the side being
+        measured only, from 1 s before the block's first change. Before each block, the other
+        sides are left to go idle (their last ACKs), so they do not load it.
+        """
+        a = self.args
+        spent = {id(s): 0.0 for s in sides}
+        latencies = {id(s): Latency() for s in sides}
+        order = list(sides)
+        done = 0
+        while done < changes and max(spent.values()) <= a.budget:
+            n = min(a.block, changes - done)
+            for side in order:
+                others = [p for o in sides if o is not side for p in o.pids]
+                await quiesce(others)
+                churner: asyncio.Task[None] | None = None
+                if churn:
+                    churner = asyncio.create_task(churn_loop(churn, side.churn, side.churned))
+                    await asyncio.sleep(1)
+                side.profile(True)
+                cpu0 = cpu_seconds(side.server_pid)
+                idle0 = sum(cpu_seconds(p) for p in others)
+                t0 = time.monotonic()
+                try:
+                    block = await measure_changes(
+                        side.change,
+                        side.clients,
+                        self.change_ids(n),
+                        gap=a.gap,
+                        budget=float("inf"),
+                        quiet=None if churn else side.pids,
+                    )
+                finally:
+                    if churner is not None:
+                        churner.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await churner
+                spent[id(side)] += time.monotonic() - t0
+                side.run.cpu_s += cpu_seconds(side.server_pid) - cpu0
+                side.others_cpu_s += sum(cpu_seconds(p) for p in others) - idle0
+                side.profile(False)
+                latencies[id(side)].merge(block)
+            done += n
+            order.reverse()
+        for s in sides:
+            s.run.latency = latencies[id(s)]
+            s.run.latency.cut = done < changes
 
     # -- figures --------------------------------------------------------------------------
 
@@ -774,33 +823,33 @@ class Bench:
         changes = a.changes if with_changes else 0
         fig = "[2a]" if with_changes else "[4]"
         say(f"{fig} {protocol}: {n} clients, {s} services x {a.endpoints} endpoints ({load()})")
-        floor = await self.floor_run(s, sotw, delta, changes)
-        say(
-            f"  floor: connect {floor.connect_s:.1f} s; {floor.memory()}; "
-            f"stream errors {floor.errors_text}"
-        )
-        if floor.latency:
-            per = floor.cpu_s / floor.latency.changes * 1000
-            say(f"  floor: {floor.latency}; floor CPU {per:.1f} ms/change")
-        mesh = await self.meshd_run(s, sotw, delta, changes)
-        say(
-            f"  meshd: connect {mesh.connect_s:.1f} s; {mesh.memory()}; "
-            f"stream errors {mesh.errors_text}"
-        )
+        async with self.floor_side(s, sotw, delta) as fside:
+            say(f"  floor: connect {fside.run.connect_s:.1f} s; RSS {fside.run.memory()}")
+            async with self.meshd_side(s, sotw, delta) as mside:
+                say(f"  meshd: connect {mside.run.connect_s:.1f} s; RSS {mside.run.memory()}")
+                if changes:
+                    await self.series([fside, mside], changes)
+        floor, mesh = fside.run, mside.run
+        say(f"  floor: stream errors {floor.errors_text}; RSS after the changes {floor.after}")
+        say(f"  meshd: stream errors {mesh.errors_text}; RSS after the changes {mesh.after}")
         if mesh.latency and floor.latency:
             fl, ml = floor.latency, mesh.latency
-            say(f"  meshd: {ml}; meshd CPU {mesh.cpu_s / ml.changes * 1000:.1f} ms/change")
+            say(f"  floor: {fl}; floor CPU {_per_change(floor)}; {_idle_note(fside)}")
+            say(f"  meshd: {ml}; meshd CPU {_per_change(mesh)}; {_idle_note(mside)}")
             slowed = " (NOT COMPARABLE: meshd ran under tracemalloc)" if a.trace_memory else ""
             self.report(
                 f"[2a] fan-out{slowed} {protocol} {n} clients {s}x{a.endpoints}: meshd p50 "
                 f"{ml.p50:.0f} ms / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / {fl.p99:.0f} ms, "
                 f"ratio {ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target <= 1.5x); missing "
-                f"{ml.missing}/{fl.missing}; {load()}"
+                f"{ml.missing}/{fl.missing}; {ml.changes} changes each, in blocks of {a.block} "
+                f"taken in turn; {load()}"
             )
         # A bare stream: the floor with a one-cluster config, as the shared floor tool measures
         # it (the full config sent at connect leaves gRPC and malloc holding buffers).
-        bare = await self.floor_run(s, sotw, delta, 0, tcp_scope=True)
-        say(f"  bare streams (floor, 1-cluster config): {bare.memory()}")
+        async with self.floor_side(s, sotw, delta, tcp_scope=True) as bside:
+            pass
+        bare = bside.run
+        say(f"  bare streams (floor, 1-cluster config): RSS {bare.memory()}")
         extra = mesh.per_client_kb - bare.per_client_kb
         self.report(
             f"[4] memory {protocol} {n} clients: meshd {mesh.per_client_kb:.1f} KB/client; bare "
@@ -824,21 +873,25 @@ class Bench:
                 f"[2b] churn ({scope}): {n} Delta clients, {s} services, {a.churn_rate:g} "
                 f"unrelated endpoint changes/s, {what} ({load()})"
             )
-            floor = await self.floor_run(s, 0, n, a.changes, churn=a.churn_rate, tcp_scope=tcp)
-            say(f"  floor: {floor.latency}; stream errors {floor.errors_text}")
-            mesh = await self.meshd_run(s, 0, n, a.changes, churn=a.churn_rate, tcp_scope=tcp)
-            changes = mesh.latency.changes if mesh.latency else 1
-            say(
-                f"  meshd: {mesh.latency}; meshd CPU {mesh.cpu_s / changes * 1000:.0f} ms per "
-                f"measured change (churn included); stream errors {mesh.errors_text}"
-            )
+            async with (
+                self.floor_side(s, 0, n, tcp_scope=tcp) as fside,
+                self.meshd_side(s, 0, n, tcp_scope=tcp) as mside,
+            ):
+                await self.series([fside, mside], a.changes, churn=a.churn_rate)
+            floor, mesh = fside.run, mside.run
             assert floor.latency and mesh.latency
             fl, ml = floor.latency, mesh.latency
+            say(f"  floor: {fl}; stream errors {floor.errors_text}; {_idle_note(fside)}")
+            say(
+                f"  meshd: {ml}; meshd CPU {_per_change(mesh)} (churn included); stream errors "
+                f"{mesh.errors_text}; {_idle_note(mside)}"
+            )
             self.report(
                 f"[2b] churn ({scope}) delta {n} clients {s}x{a.endpoints} + {a.churn_rate:g}/s: "
                 f"meshd p50 {ml.p50:.0f} ms / p99 {ml.p99:.0f} ms, floor {fl.p50:.0f} / "
                 f"{fl.p99:.0f} ms, ratio {ml.p50 / fl.p50:.2f}x / {ml.p99 / fl.p99:.2f}x (target "
-                f"<= 1.5x); missing {ml.missing}/{fl.missing}; {load()}"
+                f"<= 1.5x); missing {ml.missing}/{fl.missing}; {ml.changes} changes each, in "
+                f"blocks of {a.block} taken in turn; {load()}"
             )
 
     async def scaling(self) -> None:
@@ -916,8 +969,8 @@ class Bench:
             dn = after.get(n, 0) - before.get(n, 0)
             return (after.get(s, 0) - before.get(s, 0)) / dn * 1000 if dn else float("nan")
 
-        idle = idle_rate * elapsed / changes * 1000
-        per_change = cpu / changes * 1000 - idle
+        idle = idle_rate * elapsed / lat.changes * 1000
+        per_change = cpu / lat.changes * 1000 - idle
         push = mean("meshd_xds_push_latency_seconds", "{type=EDS}")
         translate = mean("meshd_translate_seconds")
         return per_change, idle, translate, push, lat
@@ -1053,6 +1106,18 @@ async def heap_trims(meshd: Meshd) -> str:
     return f"{n} heap trims so far, {released:.0f} MB given back"
 
 
+def _per_change(run: Run) -> str:
+    changes = run.latency.changes if run.latency else 0
+    return f"{run.cpu_s / max(1, changes) * 1000:.1f} ms/change"
+
+
+def _idle_note(side: Side) -> str:
+    """What the other side (server and clients), connected but idle, used meanwhile."""
+    changes = side.run.latency.changes if side.run.latency else 0
+    per = side.others_cpu_s / max(1, changes) * 1000
+    return f"the other side's processes meanwhile {per:.1f} ms CPU/change"
+
+
 def _connected(metrics: dict[str, float]) -> int:
     return int(sum(v for k, v in metrics.items() if k.startswith("meshd_connected_proxies{")))
 
@@ -1150,6 +1215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2,
         help="load generator processes (1 makes them the bottleneck)",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=10,
+        help="changes per block; the floor's and meshd's blocks are taken in turn",
     )
     p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
     p.add_argument("--budget", type=float, default=30.0, help="max seconds of changes per series")
