@@ -716,10 +716,11 @@ class Bench:
         This VM's speed changes by up to 2x within minutes. Measured one after the other,
         a slow minute lands on one side only; in blocks of ``--block`` changes taken in turn
         (A B, B A, A B, ...), both sides see the same mix of fast and slow minutes. Every
-        side gets the same number of blocks: the series stops once a side has spent
-        ``--budget`` seconds in its blocks. With ``churn``, the churn runs on the side being
-        measured only, from 1 s before the block's first change. Before each block, the other
-        sides are left to go idle (their last ACKs), so they do not load it.
+        side gets the same changes: the series stops once a side has spent ``--budget``
+        seconds in its blocks, and a round's first block stops there too, its count then
+        being the round's. With ``churn``, the churn runs on the side being measured only,
+        from 1 s before the block's first change. Before each block, the other sides are left
+        to go idle (their last ACKs), so they do not load it.
         """
         a = self.args
         spent = {id(s): 0.0 for s in sides}
@@ -728,9 +729,10 @@ class Bench:
         done = 0
         while done < changes and max(spent.values()) <= a.budget:
             n = min(a.block, changes - done)
-            for side in order:
+            for i, side in enumerate(order):
                 others = [p for o in sides if o is not side for p in o.pids]
-                await quiesce(others)
+                # (An overloaded series, like the subscribed churn, can take a while.)
+                await quiesce(others, limit=60)
                 churner: asyncio.Task[None] | None = None
                 if churn:
                     churner = asyncio.create_task(churn_loop(churn, side.churn, side.churned))
@@ -745,7 +747,7 @@ class Bench:
                         side.clients,
                         self.change_ids(n),
                         gap=a.gap,
-                        budget=float("inf"),
+                        budget=a.budget - spent[id(side)] if i == 0 else float("inf"),
                         quiet=None if churn else side.pids,
                     )
                 finally:
@@ -758,6 +760,7 @@ class Bench:
                 side.others_cpu_s += sum(cpu_seconds(p) for p in others) - idle0
                 side.profile(False)
                 latencies[id(side)].merge(block)
+                n = block.changes  # the round's other blocks make as many
             done += n
             order.reverse()
         for s in sides:

@@ -120,6 +120,14 @@ async def test_series_stops_both_sides_after_the_same_blocks_when_one_is_over_bu
     assert fast.run.latency.changes == slow.run.latency.changes == 2
     assert fast.run.latency.cut and slow.run.latency.cut
 
+    # A round's first block stops at the budget too (an overloaded series must not run a
+    # whole block of slow changes), and the round's other blocks make as many changes.
+    bench.args.block, bench.args.budget = 10, 0.5
+    await bench.series([slow, fast], 20)
+    # (0.2 s or more a change: 3 at most fit in 0.5 s, fewer on a loaded machine)
+    assert 1 <= slow.run.latency.changes == fast.run.latency.changes <= 3
+    assert slow.run.latency.cut and fast.run.latency.cut
+
 
 @pytest.mark.etcd
 def test_a_small_run_prints_every_figure(tmp_path: Path) -> None:
