@@ -319,7 +319,7 @@ class HealthMonitor:
         return sorted(self._services, key=lambda r: (r.namespace, r.name))
 
     def services(self, ref: ServiceRef | None = None) -> list[ServiceHealth]:
-        """Health of one service or of every service with endpoints, sorted by name."""
+        """Health of one service or of every registered service, sorted by name."""
         refs = (
             [ref] if ref is not None else sorted(self._modes, key=lambda r: (r.namespace, r.name))
         )
@@ -328,6 +328,29 @@ class HealthMonitor:
             if r not in self._modes:
                 continue
             out.append(self._service_health(r))
+        return out
+
+    def endpoint_counts(self) -> list[tuple[str, int, int]]:
+        """``(ns/name, healthy, total)`` of every service :meth:`services` lists, with the
+        same counts, without building its per-endpoint rows: a /metrics scrape asks for
+        every service (10,000 services: ~1.3 s through :meth:`services`)."""
+        verdict = self.aggregator.verdict
+        healthy_status = Status.HEALTHY
+        out = []
+        for ref in sorted(self._modes, key=lambda r: (r.namespace, r.name)):
+            endpoints = self._all_endpoints.get(ref, {})
+            entry = self._services.get(ref)
+            healthy = 0
+            if entry is not None and entry.probes:
+                probes = entry.probes
+                prefix = f"{ref.namespace}/{ref.name}/"
+                for ep in endpoints.values():
+                    if ep.draining:
+                        continue
+                    key = prefix + ep.id
+                    if key in probes and verdict(key) is healthy_status:
+                        healthy += 1
+            out.append((f"{ref.namespace}/{ref.name}", healthy, len(endpoints)))
         return out
 
     def _service_health(self, ref: ServiceRef) -> ServiceHealth:

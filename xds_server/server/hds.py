@@ -76,6 +76,10 @@ class HealthService:
         ns, _, name = service.rpartition("/")
         return self.monitor.services(ServiceRef(ns or "default", name))
 
+    def endpoint_counts(self) -> list[tuple[str, int, int]]:
+        """``(ns/name, healthy endpoints, endpoints)`` of every service (for /metrics)."""
+        return self.monitor.endpoint_counts()
+
     def assignment(self) -> dict[str, frozenset[str]]:
         """Which proxy probes which endpoints (``ns/service/id``)."""
         return self.monitor.assignment()
@@ -323,9 +327,9 @@ class HealthCollector(Collector):
 
     def collect(self) -> Any:
         family = self._family()
-        for sh in self.health.services():
-            family.add_metric([sh.service, "healthy"], sh.healthy)
-            family.add_metric([sh.service, "total"], sh.total)
+        for service, healthy, total in self.health.endpoint_counts():
+            family.add_metric([service, "healthy"], healthy)
+            family.add_metric([service, "total"], total)
         yield family
 
     @staticmethod
