@@ -17,7 +17,8 @@ churn. Figures (targets for this 2-core machine):
    that), ``subscribed`` (every client gets every cluster, so the churn is pushed to all of
    them, by meshd and by the floor), or ``both`` (default).
 3. ``scaling``: the same single-endpoint change at 100 and at 10,000 services: meshd CPU time
-   per change (from /proc, idle share removed) grows by less than 2x.
+   per change (from /proc, idle share removed) grows by less than 2x. Also printed: what a
+   whole /metrics scrape costs meshd at each size (every service has its health series).
 4. ``memory``: meshd RSS (VmRSS) per connected client beyond its baseline, against what a bare
    gRPC stream costs on the floor server with a one-cluster config (target: at most 25 KB
    more). Measured by ``fanout`` too. ``--trace-memory`` adds meshd's Python heap per client
@@ -79,6 +80,7 @@ FIGURES = ("cold", "fanout", "churn", "scaling", "memory", "storm")
 BASE = MARKER_BASE  # marker ports: BASE + change id
 TXN_BATCH = 1000  # puts per etcd transaction (EmbeddedEtcd allows 1024)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCRAPES = 5  # whole /metrics scrapes timed at each size of the scaling figure
 
 
 # --------------------------------------------------------------------------- helpers
@@ -253,9 +255,12 @@ class Meshd:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"meshd exited with {self.proc.returncode}:\n{tail}")
 
-    async def metrics(self) -> dict[str, float]:
-        """``name{labels}`` -> value of every sample of meshd's /metrics."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+    async def metrics(self, *names: str) -> dict[str, float]:
+        """``name{labels}`` -> value of every sample of meshd's /metrics (only of the
+        samples ``names`` when given: a whole scrape costs meshd ~30 ms of CPU at 1,000
+        services, too much to poll every 50 ms while measuring)."""
+        query = "&".join(f"name[]={n}" for n in names)
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics" + (f"?{query}" if query else "")
 
         def get() -> str:
             with urllib.request.urlopen(url, timeout=5) as r:
@@ -274,7 +279,8 @@ class Meshd:
         while time.monotonic() < deadline:
             self.check_alive()
             with contextlib.suppress(OSError):
-                if (await self.metrics()).get("meshd_registry_revision", 0) >= revision:
+                m = await self.metrics("meshd_registry_revision")
+                if m.get("meshd_registry_revision", 0) >= revision:
                     return time.monotonic() - self.started
             await asyncio.sleep(0.05)
         raise TimeoutError(f"meshd not at revision {revision} after {timeout} s")
@@ -901,14 +907,14 @@ class Bench:
         a = self.args
         k = a.scaling_clients
         say(f"[3] scaling: {k} clients (half SotW, half Delta), {a.changes} changes ({load()})")
-        got: dict[int, tuple[float, float, float, float, Latency]] = {}
+        got: dict[int, tuple[float, float, float, float, Latency, float]] = {}
         for services in (a.scaling_small, a.scaling_large):
             got[services] = await self._scaling_one(services, k // 2, k - k // 2, a.changes)
-            cpu, idle, translate, push, lat = got[services]
+            cpu, idle, translate, push, lat, scrape = got[services]
             say(
                 f"  {services} services: meshd CPU {cpu:.2f} ms/change (idle share {idle:.2f} "
                 f"removed), translate {translate:.2f} ms, change->EDS written {push:.2f} ms, "
-                f"end to end {lat}"
+                f"end to end {lat}; a whole /metrics scrape {scrape:.0f} ms of meshd CPU"
             )
         small, large = got[a.scaling_small], got[a.scaling_large]
         self.report(
@@ -916,12 +922,12 @@ class Bench:
             f"{small[0]:.2f} -> {large[0]:.2f} ms = {large[0] / small[0]:.2f}x (target < 2x); "
             f"translate {small[2]:.2f} -> {large[2]:.2f} ms = {large[2] / small[2]:.2f}x; e2e p50 "
             f"{small[4].p50:.1f} -> {large[4].p50:.1f} ms = {large[4].p50 / small[4].p50:.2f}x; "
-            f"{load()}"
+            f"/metrics scrape {small[5]:.0f} -> {large[5]:.0f} ms CPU; {load()}"
         )
 
     async def _scaling_one(
         self, services: int, sotw: int, delta: int, changes: int
-    ) -> tuple[float, float, float, float, Latency]:
+    ) -> tuple[float, float, float, float, Latency, float]:
         etcd, registry, revision = await self.registry(services, self.args.endpoints)
         meshd = Meshd(
             etcd.endpoint,
@@ -960,6 +966,11 @@ class Bench:
             cpu = meshd.cpu() - c0
             meshd.profile_phase(False)
             after = await meshd.metrics()
+            # What a Prometheus scrape costs meshd (every service has its health series).
+            c0 = meshd.cpu()
+            for _ in range(SCRAPES):
+                await meshd.metrics()
+            scrape = (meshd.cpu() - c0) / SCRAPES * 1000
             meshd.check_alive()
         finally:
             if clients is not None:
@@ -976,7 +987,7 @@ class Bench:
         per_change = cpu / lat.changes * 1000 - idle
         push = mean("meshd_xds_push_latency_seconds", "{type=EDS}")
         translate = mean("meshd_translate_seconds")
-        return per_change, idle, translate, push, lat
+        return per_change, idle, translate, push, lat, scrape
 
     async def storm(self) -> None:
         a = self.args
@@ -1018,7 +1029,9 @@ class Bench:
                 # has handled its first request) on the replica it went to; A's old streams gone.
                 counts = [0, 0]
                 while time.monotonic() - t0 < 30:
-                    counts = [_connected(await m.metrics()) for m in (m1, m2)]
+                    counts = [
+                        _connected(await m.metrics("meshd_connected_proxies")) for m in (m1, m2)
+                    ]
                     if counts == expected:
                         return time.monotonic() - t0, counts
                     await asyncio.sleep(0.05)
