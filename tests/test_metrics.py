@@ -203,3 +203,44 @@ def test_convergence_waits_only_for_the_streams_a_change_concerns() -> None:
     tracker.synced(holder, g)
     count, total, dropped = _observed(metrics)
     assert (count, dropped) == (1, 0) and abs(total - 0.2) < 1e-9
+
+
+async def test_a_scrape_by_name_skips_the_per_service_collectors() -> None:
+    """``/metrics?name[]=...`` answers from the named series alone: the health and
+    topology collectors (a few series per registered service, built at scrape time) are
+    not run for other names, which is what makes polling one gauge cheap on a big
+    registry, and they answer for their own."""
+    async with running_meshd(BASE, metrics=True) as (_, app):
+        ran: list[str] = []
+        graph, counts = app.topology.graph, app.health.endpoint_counts
+
+        def traced_graph(*args: object, **kw: object) -> object:
+            ran.append("topology")
+            return graph(*args, **kw)  # type: ignore[arg-type]
+
+        def traced_counts() -> list[tuple[str, int, int]]:
+            ran.append("health")
+            return counts()
+
+        app.topology.graph = traced_graph  # type: ignore[method-assign]
+        app.health.endpoint_counts = traced_counts  # type: ignore[method-assign]
+        url = f"http://127.0.0.1:{app.metrics_port}/metrics"
+
+        def get(query: str = "") -> str:
+            with urllib.request.urlopen(url + query, timeout=5) as r:
+                return str(r.read().decode())
+
+        some = await asyncio.to_thread(get, "?name[]=meshd_registry_revision")
+        assert "meshd_registry_revision " in some
+        assert "meshd_service_endpoints" not in some
+        assert ran == []
+        # Asked for by name, a scrape-time family is there (and only its collector runs).
+        # A gateway with an LRS stream (set here by hand) has the edge its route allows.
+        app.topology.sources["gw-1"] = "gateway"
+        edges = await asyncio.to_thread(get, "?name[]=meshd_edge_idle")
+        assert 'meshd_edge_idle{destination="default/web",source="gateway"} 1.0' in edges
+        assert ran == ["topology"]
+        ran.clear()
+        whole = await asyncio.to_thread(get)
+        assert 'meshd_service_endpoints{service="default/web",state="total"} 1.0' in whole
+        assert sorted(ran) == ["health", "topology"]

@@ -221,24 +221,13 @@ class TopologyCollector(Collector):
     def __init__(self, topology: TopologyService) -> None:
         self.topology = topology
 
+    def describe(self) -> Any:
+        # Fixed description: registering does not call collect(), and a scrape that asks
+        # for other series by name (``/metrics?name[]=...``) skips building the graph.
+        yield from self._families()
+
     def collect(self) -> Any:
-        labels = ["source", "destination"]
-        rps = GaugeMetricFamily(
-            "meshd_edge_requests_per_second",
-            "Requests per second on an edge (LRS, sliding window)",
-            labels=labels,
-        )
-        errors = GaugeMetricFamily(
-            "meshd_edge_error_ratio", "Share of an edge's requests that failed", labels=labels
-        )
-        inflight = GaugeMetricFamily(
-            "meshd_edge_in_flight_requests",
-            "Requests in flight on an edge at the last report",
-            labels=labels,
-        )
-        idle = GaugeMetricFamily(
-            "meshd_edge_idle", "1 when routes allow an edge that carries no traffic", labels=labels
-        )
+        rps, errors, inflight, idle, ep_rps, ep_errors, ep_inflight = self._families()
         graph = self.topology.graph()
         for e in graph.edges:
             key = [e.source, e.destination]
@@ -247,24 +236,6 @@ class TopologyCollector(Collector):
             inflight.add_metric(key, e.in_flight)
             idle.add_metric(key, 1.0 if e.idle else 0.0)
         yield from (rps, errors, inflight, idle)
-
-        ep_labels = ["service", "mesh_service", "subset", "endpoint"]
-        ep_rps = GaugeMetricFamily(
-            "meshd_endpoint_requests_per_second",
-            "Requests per second to an upstream endpoint, summed over every proxy "
-            "(LRS, sliding window; endpoints that carried load only)",
-            labels=ep_labels,
-        )
-        ep_errors = GaugeMetricFamily(
-            "meshd_endpoint_error_ratio",
-            "Share of an upstream endpoint's requests that failed",
-            labels=ep_labels,
-        )
-        ep_inflight = GaugeMetricFamily(
-            "meshd_endpoint_in_flight_requests",
-            "Requests in flight to an upstream endpoint at the last reports",
-            labels=ep_labels,
-        )
         for svc in self.topology.red(graph=graph):
             ns, _, name = svc.service.partition("/")
             for ep in svc.endpoints:
@@ -273,3 +244,44 @@ class TopologyCollector(Collector):
                 ep_errors.add_metric(key, ep.error_rate)
                 ep_inflight.add_metric(key, ep.in_flight)
         yield from (ep_rps, ep_errors, ep_inflight)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        labels = ["source", "destination"]
+        ep_labels = ["service", "mesh_service", "subset", "endpoint"]
+        return (
+            GaugeMetricFamily(
+                "meshd_edge_requests_per_second",
+                "Requests per second on an edge (LRS, sliding window)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "meshd_edge_error_ratio", "Share of an edge's requests that failed", labels=labels
+            ),
+            GaugeMetricFamily(
+                "meshd_edge_in_flight_requests",
+                "Requests in flight on an edge at the last report",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "meshd_edge_idle",
+                "1 when routes allow an edge that carries no traffic",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "meshd_endpoint_requests_per_second",
+                "Requests per second to an upstream endpoint, summed over every proxy "
+                "(LRS, sliding window; endpoints that carried load only)",
+                labels=ep_labels,
+            ),
+            GaugeMetricFamily(
+                "meshd_endpoint_error_ratio",
+                "Share of an upstream endpoint's requests that failed",
+                labels=ep_labels,
+            ),
+            GaugeMetricFamily(
+                "meshd_endpoint_in_flight_requests",
+                "Requests in flight to an upstream endpoint at the last reports",
+                labels=ep_labels,
+            ),
+        )
