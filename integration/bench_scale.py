@@ -547,6 +547,7 @@ class Side:
     profile: Callable[[bool], None] = lambda on: None  # profile meshd during its blocks
     churned: Iterator[int] = field(default_factory=itertools.count)
     others_cpu_s: float = 0.0  # CPU the other sides (server, clients) used in this side's blocks
+    spent_s: float = 0.0  # time spent in this side's blocks
 
     @property
     def pids(self) -> list[int]:
@@ -762,6 +763,7 @@ class Bench:
                         with contextlib.suppress(asyncio.CancelledError):
                             await churner
                 spent[id(side)] += time.monotonic() - t0
+                side.spent_s += time.monotonic() - t0
                 side.run.cpu_s += cpu_seconds(side.server_pid) - cpu0
                 side.others_cpu_s += sum(cpu_seconds(p) for p in others) - idle0
                 side.profile(False)
@@ -908,8 +910,14 @@ class Bench:
         k = a.scaling_clients
         say(f"[3] scaling: {k} clients (half SotW, half Delta), {a.changes} changes ({load()})")
         got: dict[int, tuple[float, float, float, float, Latency, float]] = {}
+        async with (
+            self._scaling_side(a.scaling_small, k // 2, k - k // 2, got) as small_side,
+            self._scaling_side(a.scaling_large, k // 2, k - k // 2, got) as large_side,
+        ):
+            # Both up at once, the changes in alternating blocks: CPU per change is a ratio
+            # of two runs, and this VM's speed drifts between runs made one after the other.
+            await self.series([small_side, large_side], a.changes)
         for services in (a.scaling_small, a.scaling_large):
-            got[services] = await self._scaling_one(services, k // 2, k - k // 2, a.changes)
             cpu, idle, translate, push, lat, scrape = got[services]
             say(
                 f"  {services} services: meshd CPU {cpu:.2f} ms/change (idle share {idle:.2f} "
@@ -922,12 +930,21 @@ class Bench:
             f"{small[0]:.2f} -> {large[0]:.2f} ms = {large[0] / small[0]:.2f}x (target < 2x); "
             f"translate {small[2]:.2f} -> {large[2]:.2f} ms = {large[2] / small[2]:.2f}x; e2e p50 "
             f"{small[4].p50:.1f} -> {large[4].p50:.1f} ms = {large[4].p50 / small[4].p50:.2f}x; "
+            f"{small[4].changes} changes each, in blocks of {a.block} taken in turn; "
             f"/metrics scrape {small[5]:.0f} -> {large[5]:.0f} ms CPU; {load()}"
         )
 
-    async def _scaling_one(
-        self, services: int, sotw: int, delta: int, changes: int
-    ) -> tuple[float, float, float, float, Latency, float]:
+    @contextlib.asynccontextmanager
+    async def _scaling_side(
+        self,
+        services: int,
+        sotw: int,
+        delta: int,
+        got: dict[int, tuple[float, float, float, float, Latency, float]],
+    ) -> AsyncIterator[Side]:
+        """meshd on ``services`` with its clients, for :meth:`series`; on exit, its figures
+        go into ``got[services]``: CPU per change (idle share removed), the idle share,
+        translate and change -> EDS written means (ms), latency, and a scrape's CPU (ms)."""
         etcd, registry, revision = await self.registry(services, self.args.endpoints)
         meshd = Meshd(
             etcd.endpoint,
@@ -947,24 +964,16 @@ class Bench:
             idle_rate = (meshd.cpu() - c0) / (time.monotonic() - t0)
             before = await meshd.metrics()
             key = registry.prefix + "endpoints/default/s0/e0"
-            meshd.profile_phase(True)
-            c0, t0 = meshd.cpu(), time.monotonic()
 
             async def put(k: int) -> None:
                 await registry.put(key, marker_value(k))
 
-            lat = await measure_changes(
-                put,
-                clients,
-                self.change_ids(changes),
-                gap=self.args.gap,
-                budget=self.args.budget,
-                quiet=[meshd.pid, *clients.pids],
-            )
-            await asyncio.sleep(0.5)  # the last ACKs
-            elapsed = time.monotonic() - t0
-            cpu = meshd.cpu() - c0
-            meshd.profile_phase(False)
+            async def no_churn(k: int) -> None:
+                raise AssertionError("the scaling figure runs without churn")
+
+            side = Side(Run("meshd", sotw + delta), clients, meshd.pid, put, no_churn)
+            side.profile = meshd.profile_phase
+            yield side
             after = await meshd.metrics()
             # What a Prometheus scrape costs meshd (every service has its health series).
             c0 = meshd.cpu()
@@ -983,11 +992,13 @@ class Bench:
             dn = after.get(n, 0) - before.get(n, 0)
             return (after.get(s, 0) - before.get(s, 0)) / dn * 1000 if dn else float("nan")
 
-        idle = idle_rate * elapsed / lat.changes * 1000
-        per_change = cpu / lat.changes * 1000 - idle
+        lat = side.run.latency
+        assert lat is not None and lat.changes
+        idle = idle_rate * side.spent_s / lat.changes * 1000
+        per_change = side.run.cpu_s / lat.changes * 1000 - idle
         push = mean("meshd_xds_push_latency_seconds", "{type=EDS}")
         translate = mean("meshd_translate_seconds")
-        return per_change, idle, translate, push, lat, scrape
+        got[services] = (per_change, idle, translate, push, lat, scrape)
 
     async def storm(self) -> None:
         a = self.args

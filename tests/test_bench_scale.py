@@ -156,5 +156,5 @@ def test_a_small_run_prints_every_figure(tmp_path: Path) -> None:
         "[3] scaling 4 -> 40 services",
     ):
         assert figure in summary, summary
-    assert summary.count("3 changes each, in blocks of 2 taken in turn") == 3
+    assert summary.count("3 changes each, in blocks of 2 taken in turn") == 4  # 2a x2, 2b, 3
     assert "MISSING" not in out.stdout
