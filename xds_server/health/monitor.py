@@ -333,7 +333,7 @@ class HealthMonitor:
     def endpoint_counts(self) -> list[tuple[str, int, int]]:
         """``(ns/name, healthy, total)`` of every service :meth:`services` lists, with the
         same counts, without building its per-endpoint rows: a /metrics scrape asks for
-        every service (10,000 services: ~1.3 s through :meth:`services`)."""
+        every service (through :meth:`services`, ~80 ms of a scrape at 1,000 services)."""
         verdict = self.aggregator.verdict
         healthy_status = Status.HEALTHY
         out = []

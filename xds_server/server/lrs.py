@@ -222,8 +222,9 @@ class TopologyCollector(Collector):
         self.topology = topology
 
     def describe(self) -> Any:
-        # Fixed description: registering does not call collect(), and a scrape that asks
-        # for other series by name (``/metrics?name[]=...``) skips building the graph.
+        # Fixed description: registering does not call collect(), and a scrape by name
+        # (``/metrics?name[]=...``) finds these families (prometheus_client leaves a
+        # collector without names out of such scrapes).
         yield from self._families()
 
     def collect(self) -> Any:
