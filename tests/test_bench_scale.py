@@ -136,7 +136,7 @@ def test_a_small_run_prints_every_figure(tmp_path: Path) -> None:
         *("--clients", 6, "--churn-clients", 6, "--scaling-clients", 2),
         *("--services", 4, "--endpoints", 2, "--changes", 3, "--block", 2),
         *("--scaling-small", 4, "--scaling-large", 40, "--churn-scope", "unsubscribed"),
-        *("--settle", 0.2, "--procs", 1),
+        *("--settle", 0.2, "--procs", 1, "--bare-runs", 2),
     ]
     out = subprocess.run(
         [sys.executable, "-m", "integration.bench_scale", *map(str, args)],
@@ -158,3 +158,5 @@ def test_a_small_run_prints_every_figure(tmp_path: Path) -> None:
         assert figure in summary, summary
     assert summary.count("3 changes each, in blocks of 2 taken in turn") == 4  # 2a x2, 2b, 3
     assert "MISSING" not in out.stdout
+    assert summary.count("(median of ") == 2  # the bare stream of each protocol
+    assert out.stdout.count("bare streams (floor, 1-cluster config)") == 4
