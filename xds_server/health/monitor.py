@@ -334,24 +334,28 @@ class HealthMonitor:
         """``(ns/name, healthy, total)`` of every service :meth:`services` lists, with the
         same counts, without building its per-endpoint rows: a /metrics scrape asks for
         every service (through :meth:`services`, ~80 ms of a scrape at 1,000 services)."""
-        verdict = self.aggregator.verdict
-        healthy_status = Status.HEALTHY
         out = []
         for ref in sorted(self._modes, key=lambda r: (r.namespace, r.name)):
             endpoints = self._all_endpoints.get(ref, {})
             entry = self._services.get(ref)
             healthy = 0
-            if entry is not None and entry.probes:
-                probes = entry.probes
+            if entry is not None and entry.probes:  # (nothing probed: nothing HEALTHY)
                 prefix = f"{ref.namespace}/{ref.name}/"
-                for ep in endpoints.values():
-                    if ep.draining:
-                        continue
-                    key = prefix + ep.id
-                    if key in probes and verdict(key) is healthy_status:
-                        healthy += 1
+                healthy = sum(
+                    1
+                    for ep in endpoints.values()
+                    if self._status(entry, prefix + ep.id, ep) is Status.HEALTHY
+                )
             out.append((f"{ref.namespace}/{ref.name}", healthy, len(endpoints)))
         return out
+
+    def _status(self, entry: _ServiceProbes | None, key: str, ep: Endpoint) -> Status:
+        """An endpoint's aggregated status (``key`` is ``ns/service/id``)."""
+        if ep.draining:
+            return Status.DRAINING
+        if entry is not None and key in entry.probes:
+            return self.aggregator.verdict(key)
+        return Status.UNKNOWN
 
     def _service_health(self, ref: ServiceRef) -> ServiceHealth:
         entry = self._services.get(ref)
@@ -359,12 +363,7 @@ class HealthMonitor:
         rows: list[EndpointHealth] = []
         for ep in sorted(self._all_endpoints.get(ref, {}).values(), key=lambda e: e.id):
             key = f"{ref.namespace}/{ref.name}/{ep.id}"
-            if ep.draining:
-                status = Status.DRAINING
-            elif entry is not None and key in entry.probes:
-                status = self.aggregator.verdict(key)
-            else:
-                status = Status.UNKNOWN
+            status = self._status(entry, key, ep)
             fresh = self.aggregator.reports(key)
             rows.append(
                 EndpointHealth(
