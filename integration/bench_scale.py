@@ -728,14 +728,15 @@ class Bench:
         seconds in its blocks, and a round's first block stops there too, its count then
         being the round's. With ``churn``, the churn runs on the side being measured only,
         from 1 s before the block's first change. Before each block, the other sides are left
-        to go idle (their last ACKs), so they do not load it.
+        to go idle (their last ACKs), so they do not load it. Each side's latency, CPU and
+        time spent are this series' own.
         """
         a = self.args
-        spent = {id(s): 0.0 for s in sides}
-        latencies = {id(s): Latency() for s in sides}
+        for s in sides:
+            s.run.latency, s.run.cpu_s, s.spent_s, s.others_cpu_s = Latency(), 0.0, 0.0, 0.0
         order = list(sides)
         done = 0
-        while done < changes and max(spent.values()) <= a.budget:
+        while done < changes and max(s.spent_s for s in sides) <= a.budget:
             n = min(a.block, changes - done)
             for i, side in enumerate(order):
                 others = [p for o in sides if o is not side for p in o.pids]
@@ -755,7 +756,7 @@ class Bench:
                         side.clients,
                         self.change_ids(n),
                         gap=a.gap,
-                        budget=a.budget - spent[id(side)] if i == 0 else float("inf"),
+                        budget=a.budget - side.spent_s if i == 0 else float("inf"),
                         quiet=None if churn else side.pids,
                     )
                 finally:
@@ -763,17 +764,17 @@ class Bench:
                         churner.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await churner
-                spent[id(side)] += time.monotonic() - t0
                 side.spent_s += time.monotonic() - t0
                 side.run.cpu_s += cpu_seconds(side.server_pid) - cpu0
                 side.others_cpu_s += sum(cpu_seconds(p) for p in others) - idle0
                 side.profile(False)
-                latencies[id(side)].merge(block)
+                assert side.run.latency is not None  # (set above)
+                side.run.latency.merge(block)
                 n = block.changes  # the round's other blocks make as many
             done += n
             order.reverse()
         for s in sides:
-            s.run.latency = latencies[id(s)]
+            assert s.run.latency is not None
             s.run.latency.cut = done < changes
 
     # -- figures --------------------------------------------------------------------------
