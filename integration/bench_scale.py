@@ -197,6 +197,10 @@ class Meshd:
         raise_nofile_limit()
         self.xds_port = xds_port or free_port()
         self.metrics_port = free_port()
+        # Its own admin port, not the default 18001: gRPC binds with SO_REUSEPORT, so
+        # meshds up at once (the scaling figure's two, the storm's replicas) would share one
+        # port, and anything else bound there would stop this meshd from starting.
+        self.admin_port = free_port()
         self.log_path = workdir / f"{name}.log"
         exe = Path(sys.executable).with_name("meshd")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
@@ -224,6 +228,8 @@ class Meshd:
                 f"127.0.0.1:{self.xds_port}",
                 "--metrics",
                 f"127.0.0.1:{self.metrics_port}",
+                "--admin",
+                f"127.0.0.1:{self.admin_port}",
                 "--data-dir",
                 str(workdir / f"{name}-data"),
                 "--log-level",
