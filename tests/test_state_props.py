@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from xds_server.model import names as names_module
 from xds_server.model.endpoint import decode_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.names import parse_key, service_ref
+from xds_server.model.service import MAX_MS, decode_plain_service, parse_service
 from xds_server.registry import Changes, Entry, Event, Reset
 from xds_server.state import ChangeSet, RegistryState
 
@@ -534,4 +536,84 @@ def test_endpoint_fast_decoding_is_the_strict_paths(
         assert fast == strict
         assert repr(fast) == repr(strict)  # same types too (True is not 1)
     elif not changed and not tail.strip() and not duplicate and inside in (b"", b"\xc3\xa9"):
+        raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")
+
+
+_SERVICE_EDGES: dict[str, list[Any]] = {
+    "protocol": [None, "http", "grpc", "tcp", "HTTP", "udp", "", 5, True],
+    "port": [None, 0, 1, 65535, 65536, -1, "80", 80.0, True, 2**64],
+    "connect_timeout_ms": [None, 0, 1, MAX_MS, MAX_MS + 1, 250.0, 1.5, "250", False, 2**63],
+    "load_balancer": [None, {}, {"algorithm": "random"}, {"algorithm": "x"}, []],
+    "subsets": [None, {}, {"v1": {"version": "v1"}}],
+    "extra": [1],
+}
+
+
+def _same_service_outcome(raw: bytes) -> bool:
+    """Whether the fast path took ``raw``; when it did, it is what the strict path makes."""
+    ref = service_ref("default", "svc")
+    fast = decode_plain_service(ref, raw)
+    try:
+        strict: Service | None = parse_service(ref, Obj(parse_json_object(raw)))
+    except ValidationError:
+        strict = None
+    if fast is not None:
+        assert fast == strict, raw
+        assert repr(fast) == repr(strict), raw  # same types too (True is not 1)
+    return fast is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(k, v) for k, values in _SERVICE_EDGES.items() for v in values]
+)
+def test_service_fast_decoding_at_each_edge(field: str, value: Any) -> None:
+    """The msgspec fast path for plain Service values (decode_plain_service) at every
+    edge of every field, alone and beside the other plain fields."""
+    for others in ({}, {"protocol": "grpc", "port": 8080, "connect_timeout_ms": 250}):
+        _same_service_outcome(json.dumps({**others, field: value}).encode())
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.fixed_dictionaries(
+        {},
+        optional={
+            "protocol": st.sampled_from(["http", "http2", "grpc", "tcp"]),
+            "port": st.sampled_from([1, 8080]),
+            "connect_timeout_ms": st.sampled_from([1, 250]),
+        },
+    ),
+    # One or two fields changed, each to an edge, a wrong type or a block.
+    changed=st.lists(
+        st.sampled_from(sorted(_SERVICE_EDGES)).flatmap(
+            lambda k: st.sampled_from(_SERVICE_EDGES[k]).map(lambda v: (k, v))
+        ),
+        max_size=2,
+    ),
+    spacing=st.sampled_from([None, 0, 2]),
+    tail=st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}']),
+    duplicate=st.sampled_from([False, False, False, True]),
+    # Raw bytes inside a string: invalid UTF-8, a surrogate, a control character.
+    inside=st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"]),
+)
+def test_service_fast_decoding_is_the_strict_paths(
+    base: dict[str, Any],
+    changed: list[tuple[str, Any]],
+    spacing: int | None,
+    tail: bytes,
+    duplicate: bool,
+    inside: bytes,
+) -> None:
+    """The fast path for plain Service values never changes an outcome: whatever it
+    accepts, the strict reader accepts as the same Service, and whatever it refuses goes
+    to the strict reader, which words the error."""
+    fields = {**base, **dict(changed)}
+    raw = json.dumps(fields, indent=spacing).encode("utf-8", "surrogatepass") + tail
+    if duplicate and fields:
+        first = next(iter(fields))
+        raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
+    if inside:
+        raw = raw.replace(b"{", b'{"protocol": "http' + inside + b'",', 1)
+    accepted = _same_service_outcome(raw)
+    if not accepted and not changed and not tail.strip() and not duplicate and not inside:
         raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")

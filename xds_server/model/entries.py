@@ -10,7 +10,7 @@ from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.listener import Listener, parse_listener
 from xds_server.model.names import KeyRef, known_endpoint_key, parse_key
 from xds_server.model.route import Route, parse_route
-from xds_server.model.service import Service, parse_service
+from xds_server.model.service import Service, decode_plain_service, parse_service
 
 Entity = Service | Endpoint | Route | Listener
 
@@ -39,7 +39,11 @@ class Problem:
 def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
     """Decode and validate a value for the entry ``ref`` names; raise ValidationError."""
     if ref.kind == "endpoints":
-        fast = decode_endpoint(ref.service_ref, ref.name, value, lease=lease)
+        fast: Entity | None = decode_endpoint(ref.service_ref, ref.name, value, lease=lease)
+        if fast is not None:
+            return fast
+    elif ref.kind == "services":
+        fast = decode_plain_service(ref.service_ref, value)
         if fast is not None:
             return fast
     obj = Obj(parse_json_object(value))
