@@ -270,3 +270,21 @@ def test_no_push_when_nothing_in_scope_changed() -> None:
     # The route lives on the gateway-only listener: a sidecar gets no RDS for it.
     mesh.change({"routes/default/r": {"listener": "public", "destinations": [{"service": "api"}]}})
     assert mesh.push(s, w) == []
+
+
+def test_streams_in_the_same_position_share_their_strings() -> None:
+    """Each stream keeps, per type, its URL, versions, nonce and last outcome; thousands
+    of streams in the same position share one object of each (memory, not behaviour:
+    equal strings would do as well on the wire)."""
+    mesh = Mesh(BASE)
+    (s1, _, _), (s2, _, _) = connect(mesh), connect(mesh)
+    for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        key = next(k for k in s1.types if k == t)
+        assert key is t  # not the request's own copy of the URL
+        a, b = s1.types[t], s2.types[t]
+        assert a.version == b.version and a.version is b.version
+        assert a.nonce == b.nonce and a.nonce is b.nonce
+        assert a.acked_version is a.version  # the ACK's copy is not kept
+        assert a.rewarm is b.rewarm
+    assert s1.last_outcome is not None and s1.last_outcome.kind == "ack"
+    assert s1.last_outcome is s2.last_outcome

@@ -38,12 +38,20 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import WILDCARD_TYPES, ConfigCache
 from xds_server.cache.snapshot import Pending
-from xds_server.server.base import RequestOutcome, StatusBase, StreamBase, SyncState
+from xds_server.server.base import (
+    KNOWN_TYPES,
+    RequestOutcome,
+    StatusBase,
+    StreamBase,
+    SyncState,
+    outcome,
+)
 from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.resource import Resource, set_version, string_field
 
 __all__ = ["RequestOutcome", "Response", "SotwStream", "SyncState", "TypeStatus"]
 _FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
+_NONE: frozenset[str] = frozenset()  # (an empty frozenset is a new object each time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,8 @@ class SotwStream(StreamBase[TypeStatus]):
 
     def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
         super().__init__(cache, clock)
-        self._deferred_scope: set[str] = set()
+        # Immutable, replaced when it changes (rarely): no empty set per stream.
+        self._deferred_scope: frozenset[str] = _NONE
 
     @property
     def settled(self) -> bool:
@@ -110,9 +119,9 @@ class SotwStream(StreamBase[TypeStatus]):
         """
         self.interest_stale = True
         self._adopt_node(req)
-        t = req.type_url
-        if t not in TYPE_ORDER:
-            self.last_outcome = RequestOutcome("unknown_type", t)
+        t = KNOWN_TYPES.get(req.type_url)
+        if t is None:
+            self.last_outcome = RequestOutcome("unknown_type", req.type_url)
             return []
         ts = self.types.get(t)
         if ts is None:
@@ -120,7 +129,7 @@ class SotwStream(StreamBase[TypeStatus]):
         if req.response_nonce and req.response_nonce != ts.nonce:
             # Stale: answers a response that a newer one has superseded. Envoy will
             # send a fresh request for the newer one; acting on this one would race it.
-            self.last_outcome = RequestOutcome("stale", t)
+            self.last_outcome = outcome("stale", t)
             return []
         first = not ts.started
         if req.HasField("error_detail"):
@@ -128,10 +137,12 @@ class SotwStream(StreamBase[TypeStatus]):
             ts.acked = False
             self.last_outcome = RequestOutcome("nack", t, ts.nack)
         elif req.response_nonce:
-            ts.acked, ts.acked_version, ts.nack = True, req.version_info, None
-            self.last_outcome = RequestOutcome("ack", t)
+            # (the version it was sent, as one string with the response's, when it is)
+            acked = ts.version if req.version_info == ts.version else req.version_info
+            ts.acked, ts.acked_version, ts.nack = True, acked, None
+            self.last_outcome = outcome("ack", t)
         else:
-            self.last_outcome = RequestOutcome("initial" if first else "update", t)
+            self.last_outcome = outcome("initial" if first else "update", t)
         before = ts.subscribed
         self._subscribe(t, ts, req, first, key)
         if first and req.version_info and self._already_current(t, ts, req.version_info):
@@ -141,7 +152,7 @@ class SotwStream(StreamBase[TypeStatus]):
         else:
             # First request: everything; later: names newly asked for, plus re-warms.
             wanted = ts.subscribed if first else (ts.subscribed - before) | ts.rewarm
-            ts.rewarm = frozenset()
+            ts.rewarm = _NONE
             out = self._compute_partial(t, ts, wanted, removed=False)
         if self._deferred or self._deferred_scope:
             return out + self._flush()  # an answer may unblock changes held back
@@ -153,7 +164,7 @@ class SotwStream(StreamBase[TypeStatus]):
             self.scope = self.cache.scope(self.node_cluster)
         self._defer(pending)
         if scopes_changed:
-            self._deferred_scope.update(WILDCARD_TYPES)
+            self._deferred_scope |= WILDCARD_TYPES
         return self._flush()
 
     def _flush(self) -> list[Response]:
@@ -175,12 +186,14 @@ class SotwStream(StreamBase[TypeStatus]):
                 ts = self.types.get(t)
                 if ts is None or not ts.started:
                     self._deferred.pop(t, None)
-                    self._deferred_scope.discard(t)
+                    if full:
+                        self._deferred_scope -= {t}
                     continue
                 if ts.awaiting:
                     break
                 changed = self._deferred.pop(t, None) or {}
-                self._deferred_scope.discard(t)
+                if full:
+                    self._deferred_scope -= {t}
                 if ts.wildcard:
                     out += self._compute_full(t, ts, changed)
                 elif changed:

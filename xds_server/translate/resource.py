@@ -126,5 +126,19 @@ _TYPE_URL_FIELDS: dict[str, bytes] = {}
 
 
 def set_version(digests: int) -> str:
-    """The version string of a set of resources from the XOR of their digests."""
-    return f"{digests:032x}"
+    """The version string of a set of resources from the XOR of their digests.
+
+    One string per set version, shared: each stream keeps the version of every type it
+    holds, and streams with the same subscription hold the same ones. Formatting a new
+    string per stream cost ~0.3 KB a stream (tracemalloc, 2,000 SotW streams).
+    """
+    version = _SET_VERSIONS.get(digests)
+    if version is None:
+        if len(_SET_VERSIONS) >= 4096:
+            _SET_VERSIONS.clear()
+        version = _SET_VERSIONS[digests] = f"{digests:032x}"
+    return version
+
+
+_SET_VERSIONS: dict[int, str] = {}
+"""Set version strings by XOR of digests (see :func:`set_version`); cleared when large."""
