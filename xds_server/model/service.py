@@ -272,4 +272,6 @@ def decode_plain_service(ref: ServiceRef, raw: bytes) -> Service | None:
         v = _decode_plain(raw)
     except ValueError:  # msgspec's DecodeError and ValidationError; UnicodeDecodeError
         return None
-    return Service(ref, v.protocol, v.port, v.connect_timeout_ms)
+    return Service(
+        ref=ref, protocol=v.protocol, port=v.port, connect_timeout_ms=v.connect_timeout_ms
+    )
