@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.translate.names import TYPE_ORDER
-from xds_server.translate.resource import encode_varint, resource_from_bytes
+from xds_server.translate.resource import BoundedMemo, encode_varint, resource_from_bytes
 
 # Sizes around every varint length boundary the prefixes meet (1, 2 and 3 bytes).
 sizes = st.sampled_from([0, 1, 127, 128, 200, 16_383, 16_384, 20_000, 2_097_151, 2_097_152])
@@ -44,3 +44,18 @@ def test_prefixes_frame_the_body_as_protobuf_does(
 def test_varints_are_protobufs(value: int) -> None:
     encoded = wrappers_pb2.UInt64Value(value=value).SerializeToString()
     assert (b"\x08" + encode_varint(value) if value else b"") == encoded
+
+
+def test_a_bounded_memo_shares_what_it_made_and_stays_bounded() -> None:
+    made: list[int] = []
+
+    def make(key: int) -> str:
+        made.append(key)
+        return f"v{key}"
+
+    memo: BoundedMemo[int, str] = BoundedMemo(make, limit=3)
+    first = memo[7]
+    assert memo[7] is first and made == [7]  # made once, then shared
+    for key in range(10):
+        assert memo[key] == f"v{key}"
+    assert len(memo) <= 3

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -61,6 +61,18 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError("", f"value must be a JSON object, not {_kind(data)}")
     return data
+
+
+def fast_decode(decode: Callable[[bytes], T], raw: bytes) -> T | None:
+    """``decode(raw)`` with a msgspec decoder of a common value shape, or None when the
+    value is over the size limit or not of that shape (the strict reader then decides and
+    words the error)."""
+    if len(raw) > MAX_VALUE_BYTES:
+        return None
+    try:
+        return decode(raw)
+    except ValueError:  # msgspec's DecodeError and ValidationError; UnicodeDecodeError
+        return None
 
 
 def _kind(value: object) -> str:

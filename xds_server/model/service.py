@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from xds_server.errors import ValidationError
-from xds_server.model.fields import MAX_VALUE_BYTES, Obj
+from xds_server.model.fields import Obj, fast_decode
 from xds_server.model.names import ServiceRef, check_label
 
 Protocol = Literal["http", "http2", "grpc", "tcp"]
@@ -266,11 +266,8 @@ def decode_plain_service(ref: ServiceRef, raw: bytes) -> Service | None:
     with hypothesis); blocks, a null protocol and errors return None, so every error
     still comes from the strict path with its messages.
     """
-    if len(raw) > MAX_VALUE_BYTES:
-        return None
-    try:
-        v = _decode_plain(raw)
-    except ValueError:  # msgspec's DecodeError and ValidationError; UnicodeDecodeError
+    v = fast_decode(_decode_plain, raw)
+    if v is None:
         return None
     return Service(
         ref=ref, protocol=v.protocol, port=v.port, connect_timeout_ms=v.connect_timeout_ms

@@ -14,7 +14,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 from xds_server.cache import ConfigCache, Scope
 from xds_server.cache.snapshot import Pending
 from xds_server.translate.names import LISTENER, ROUTE, TYPE_ORDER
-from xds_server.translate.resource import Resource
+from xds_server.translate.resource import BoundedMemo, Resource
 
 SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
 
@@ -85,18 +85,12 @@ class StatusBase:
         so their responses are byte-identical and encoded once."""
         self.nonce_seq = self.nonce_seq + 1 if self.nonce_gen == generation else 0
         self.nonce_gen = generation
-        key = (generation, self.nonce_seq)
-        nonce = _NONCES.get(key)
-        if nonce is None:
-            if len(_NONCES) >= 4096:
-                _NONCES.clear()
-            nonce = _NONCES[key] = f"{generation}.{self.nonce_seq}"
-        return nonce
+        return _NONCES[generation, self.nonce_seq]
 
 
-_NONCES: dict[tuple[int, int], str] = {}
+_NONCES: BoundedMemo[tuple[int, int], str] = BoundedMemo(lambda key: f"{key[0]}.{key[1]}")
 """Nonce strings by (generation, n): the streams in one position share one string (each
-keeps the last nonce of every type). Cleared when large, so it stays bounded."""
+keeps the last nonce of every type)."""
 
 
 class _HasNode(Protocol):
