@@ -469,7 +469,38 @@ def test_json_decoding_is_the_json_modules(value: Any) -> None:
             assert got is None
 
 
-_endpoint_field_values = {
+# How a value's bytes may be off, for the fast-path tests below: indentation, bytes after
+# the object, its first key repeated in front, raw bytes inside a string (invalid UTF-8, a
+# surrogate, a control character).
+_SPACING = st.sampled_from([None, 0, 2])
+_TAIL = st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}'])
+_DUPLICATE = st.sampled_from([False, False, False, True])
+_INSIDE = st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"])
+
+
+def _changes(values: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[list[Any]]:
+    """Up to two fields changed, each to one of ``values`` (edges, wrong types, blocks)."""
+    return st.lists(
+        st.sampled_from(sorted(values)).flatmap(lambda k: values[k].map(lambda v: (k, v))),
+        max_size=2,
+    )
+
+
+def _value_bytes(
+    fields: dict[str, Any], spacing: int | None, tail: bytes, duplicate: bool, pair: bytes
+) -> bytes:
+    """``fields`` as JSON (indented by ``spacing``) then ``tail``; with ``duplicate``, its
+    first key once more in front; with ``pair`` (raw ``"key": "..."`` bytes), that too."""
+    raw = json.dumps(fields, indent=spacing).encode("utf-8", "surrogatepass") + tail
+    if duplicate and fields:
+        first = next(iter(fields))
+        raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
+    if pair:
+        raw = raw.replace(b"{", b"{" + pair + b",", 1)
+    return raw
+
+
+_endpoint_field_values: dict[str, st.SearchStrategy[Any]] = {
     "address": st.sampled_from(
         [None, "10.0.0.1", "::1", "0:0::1", "001.2.3.4", "db.local", "", 5, "fe80::1%eth0"]
     ),
@@ -495,18 +526,11 @@ _endpoint_field_values = {
             "draining": st.booleans(),
         },
     ),
-    # One or two fields changed, each to an edge or a wrong type.
-    changed=st.lists(
-        st.sampled_from(sorted(_endpoint_field_values)).flatmap(
-            lambda k: _endpoint_field_values[k].map(lambda v: (k, v))
-        ),
-        max_size=2,
-    ),
-    spacing=st.sampled_from([None, 0, 2]),
-    tail=st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}']),
-    duplicate=st.sampled_from([False, False, False, True]),
-    # Raw bytes inside a string: invalid UTF-8, a surrogate, a control character.
-    inside=st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"]),
+    changed=_changes(_endpoint_field_values),
+    spacing=_SPACING,
+    tail=_TAIL,
+    duplicate=_DUPLICATE,
+    inside=_INSIDE,
 )
 def test_endpoint_fast_decoding_is_the_strict_paths(
     base: dict[str, Any],
@@ -519,13 +543,8 @@ def test_endpoint_fast_decoding_is_the_strict_paths(
     """The msgspec fast path for endpoint values (decode_endpoint) never changes an
     outcome: whatever it accepts, the strict reader accepts as the same Endpoint, and
     whatever it refuses goes to the strict reader, which words the error."""
-    fields = {**base, **dict(changed)}
-    raw = json.dumps(fields, indent=spacing).encode("utf-8", "surrogatepass") + tail
-    if duplicate and fields:
-        first = next(iter(fields))
-        raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
-    if inside:
-        raw = raw.replace(b"{", b'{"zone": "' + inside + b'",', 1)
+    pair = b'"zone": "' + inside + b'"' if inside else b""
+    raw = _value_bytes({**base, **dict(changed)}, spacing, tail, duplicate, pair)
     ref = service_ref("default", "svc")
     fast = decode_endpoint(ref, "e1", raw, lease=3)
     try:
@@ -583,18 +602,11 @@ def test_service_fast_decoding_at_each_edge(field: str, value: Any) -> None:
             "connect_timeout_ms": st.sampled_from([1, 250]),
         },
     ),
-    # One or two fields changed, each to an edge, a wrong type or a block.
-    changed=st.lists(
-        st.sampled_from(sorted(_SERVICE_EDGES)).flatmap(
-            lambda k: st.sampled_from(_SERVICE_EDGES[k]).map(lambda v: (k, v))
-        ),
-        max_size=2,
-    ),
-    spacing=st.sampled_from([None, 0, 2]),
-    tail=st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}']),
-    duplicate=st.sampled_from([False, False, False, True]),
-    # Raw bytes inside a string: invalid UTF-8, a surrogate, a control character.
-    inside=st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"]),
+    changed=_changes({k: st.sampled_from(v) for k, v in _SERVICE_EDGES.items()}),
+    spacing=_SPACING,
+    tail=_TAIL,
+    duplicate=_DUPLICATE,
+    inside=_INSIDE,
 )
 def test_service_fast_decoding_is_the_strict_paths(
     base: dict[str, Any],
@@ -607,13 +619,8 @@ def test_service_fast_decoding_is_the_strict_paths(
     """The fast path for plain Service values never changes an outcome: whatever it
     accepts, the strict reader accepts as the same Service, and whatever it refuses goes
     to the strict reader, which words the error."""
-    fields = {**base, **dict(changed)}
-    raw = json.dumps(fields, indent=spacing).encode("utf-8", "surrogatepass") + tail
-    if duplicate and fields:
-        first = next(iter(fields))
-        raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
-    if inside:
-        raw = raw.replace(b"{", b'{"protocol": "http' + inside + b'",', 1)
+    pair = b'"protocol": "http' + inside + b'"' if inside else b""
+    raw = _value_bytes({**base, **dict(changed)}, spacing, tail, duplicate, pair)
     accepted = _same_service_outcome(raw)
     if not accepted and not changed and not tail.strip() and not duplicate and not inside:
         raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")
