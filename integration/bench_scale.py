@@ -100,6 +100,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def ratio(value: float, base: float) -> str:
+    """``value / base`` as a figure, or why there is none: /proc counts CPU in 10 ms ticks,
+    so a side that made a few cheap changes can measure none at all."""
+    if base <= 0:
+        return "n/a (nothing measured on the smaller side: make more changes)"
+    return f"{value / base:.2f}x"
+
+
 def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
@@ -941,9 +949,10 @@ class Bench:
         small, large = got[a.scaling_small], got[a.scaling_large]
         self.report(
             f"[3] scaling {a.scaling_small} -> {a.scaling_large} services: meshd CPU per change "
-            f"{small[0]:.2f} -> {large[0]:.2f} ms = {large[0] / small[0]:.2f}x (target < 2x); "
-            f"translate {small[2]:.2f} -> {large[2]:.2f} ms = {large[2] / small[2]:.2f}x; e2e p50 "
-            f"{small[4].p50:.1f} -> {large[4].p50:.1f} ms = {large[4].p50 / small[4].p50:.2f}x; "
+            f"{small[0]:.2f} -> {large[0]:.2f} ms = {ratio(large[0], small[0])} (target < 2x); "
+            f"translate {small[2]:.2f} -> {large[2]:.2f} ms = {ratio(large[2], small[2])}; e2e "
+            f"p50 {small[4].p50:.1f} -> {large[4].p50:.1f} ms = "
+            f"{ratio(large[4].p50, small[4].p50)}; "
             f"{small[4].changes} changes each, in blocks of {a.block} taken in turn; "
             f"/metrics scrape {small[5]:.0f} -> {large[5]:.0f} ms CPU; {load()}"
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from integration.bench_scale import Bench, Run, Side, parse_args
+from integration.bench_scale import Bench, Run, Side, parse_args, ratio
 
 
 class FakeClients:
@@ -160,3 +160,10 @@ def test_a_small_run_prints_every_figure(tmp_path: Path) -> None:
     assert "MISSING" not in out.stdout
     assert summary.count("(median of ") == 2  # the bare stream of each protocol
     assert out.stdout.count("bare streams (floor, 1-cluster config)") == 4
+
+
+def test_a_ratio_over_nothing_measured_says_so() -> None:
+    # A few cheap changes can measure 0 ms of CPU (/proc counts 10 ms ticks): the scaling
+    # figure divided by it and the whole benchmark died (seen in a small run under CI).
+    assert ratio(3.0, 2.0) == "1.50x"
+    assert ratio(3.0, 0.0).startswith("n/a")
