@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -469,13 +469,26 @@ def test_json_decoding_is_the_json_modules(value: Any) -> None:
             assert got is None
 
 
-# How a value's bytes may be off, for the fast-path tests below: indentation, bytes after
-# the object, its first key repeated in front, raw bytes inside a string (invalid UTF-8, a
-# surrogate, a control character).
-_SPACING = st.sampled_from([None, 0, 2])
-_TAIL = st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}'])
-_DUPLICATE = st.sampled_from([False, False, False, True])
-_INSIDE = st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"])
+class _Spoil(NamedTuple):
+    """How a value's bytes may be off, for the fast-path tests below."""
+
+    spacing: int | None  # JSON indentation
+    tail: bytes  # bytes after the object
+    duplicate: bool  # its first key repeated in front
+    inside: bytes  # raw bytes inside a string: invalid UTF-8, a surrogate, a control character
+
+    def clean(self, inside_ok: tuple[bytes, ...] = (b"",)) -> bool:
+        """Nothing in it makes the value malformed (``inside_ok``: what the string takes)."""
+        return not self.tail.strip() and not self.duplicate and self.inside in inside_ok
+
+
+_SPOILS = st.builds(
+    _Spoil,
+    st.sampled_from([None, 0, 2]),
+    st.sampled_from([b"", b"", b"", b" ", b"\n", b"x", b"}", b'{"port": 1}']),
+    st.sampled_from([False, False, False, True]),
+    st.sampled_from([b"", b"", b"", b"\xff", b"\xed\xa0\x80", b"\x00", b"\xc3\xa9"]),
+)
 
 
 def _changes(values: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[list[Any]]:
@@ -486,17 +499,16 @@ def _changes(values: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[lis
     )
 
 
-def _value_bytes(
-    fields: dict[str, Any], spacing: int | None, tail: bytes, duplicate: bool, pair: bytes
-) -> bytes:
-    """``fields`` as JSON (indented by ``spacing``) then ``tail``; with ``duplicate``, its
-    first key once more in front; with ``pair`` (raw ``"key": "..."`` bytes), that too."""
-    raw = json.dumps(fields, indent=spacing).encode("utf-8", "surrogatepass") + tail
-    if duplicate and fields:
+def _value_bytes(fields: dict[str, Any], spoil: _Spoil, string_head: bytes) -> bytes:
+    """``fields`` as JSON, spoiled: indented, followed by the tail, with the first key once
+    more in front, and with ``string_head`` + the inside bytes + ``"`` in front (a raw
+    ``"key": "...`` pair whose string holds them)."""
+    raw = json.dumps(fields, indent=spoil.spacing).encode("utf-8", "surrogatepass") + spoil.tail
+    if spoil.duplicate and fields:
         first = next(iter(fields))
         raw = raw.replace(b"{", b'{"' + first.encode() + b'": 7,', 1)
-    if pair:
-        raw = raw.replace(b"{", b"{" + pair + b",", 1)
+    if spoil.inside:
+        raw = raw.replace(b"{", b"{" + string_head + spoil.inside + b'",', 1)
     return raw
 
 
@@ -527,24 +539,17 @@ _endpoint_field_values: dict[str, st.SearchStrategy[Any]] = {
         },
     ),
     changed=_changes(_endpoint_field_values),
-    spacing=_SPACING,
-    tail=_TAIL,
-    duplicate=_DUPLICATE,
-    inside=_INSIDE,
+    spoil=_SPOILS,
 )
 def test_endpoint_fast_decoding_is_the_strict_paths(
     base: dict[str, Any],
     changed: list[tuple[str, Any]],
-    spacing: int | None,
-    tail: bytes,
-    duplicate: bool,
-    inside: bytes,
+    spoil: _Spoil,
 ) -> None:
     """The msgspec fast path for endpoint values (decode_endpoint) never changes an
     outcome: whatever it accepts, the strict reader accepts as the same Endpoint, and
     whatever it refuses goes to the strict reader, which words the error."""
-    pair = b'"zone": "' + inside + b'"' if inside else b""
-    raw = _value_bytes({**base, **dict(changed)}, spacing, tail, duplicate, pair)
+    raw = _value_bytes({**base, **dict(changed)}, spoil, b'"zone": "')
     ref = service_ref("default", "svc")
     fast = decode_endpoint(ref, "e1", raw, lease=3)
     try:
@@ -554,7 +559,7 @@ def test_endpoint_fast_decoding_is_the_strict_paths(
     if fast is not None:
         assert fast == strict
         assert repr(fast) == repr(strict)  # same types too (True is not 1)
-    elif not changed and not tail.strip() and not duplicate and inside in (b"", b"\xc3\xa9"):
+    elif not changed and spoil.clean(inside_ok=(b"", b"\xc3\xa9")):
         raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")
 
 
@@ -603,24 +608,17 @@ def test_service_fast_decoding_at_each_edge(field: str, value: Any) -> None:
         },
     ),
     changed=_changes({k: st.sampled_from(v) for k, v in _SERVICE_EDGES.items()}),
-    spacing=_SPACING,
-    tail=_TAIL,
-    duplicate=_DUPLICATE,
-    inside=_INSIDE,
+    spoil=_SPOILS,
 )
 def test_service_fast_decoding_is_the_strict_paths(
     base: dict[str, Any],
     changed: list[tuple[str, Any]],
-    spacing: int | None,
-    tail: bytes,
-    duplicate: bool,
-    inside: bytes,
+    spoil: _Spoil,
 ) -> None:
     """The fast path for plain Service values never changes an outcome: whatever it
     accepts, the strict reader accepts as the same Service, and whatever it refuses goes
     to the strict reader, which words the error."""
-    pair = b'"protocol": "http' + inside + b'"' if inside else b""
-    raw = _value_bytes({**base, **dict(changed)}, spacing, tail, duplicate, pair)
+    raw = _value_bytes({**base, **dict(changed)}, spoil, b'"protocol": "http')
     accepted = _same_service_outcome(raw)
-    if not accepted and not changed and not tail.strip() and not duplicate and not inside:
+    if not accepted and not changed and spoil.clean():
         raise AssertionError(f"the fast path refused a well-formed value: {raw!r}")
