@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,30 @@ def test_buf_breaking_catches_a_renumbered_field(tmp_path: Path) -> None:
     assert 'field "3" with name "revision"' in out.stdout + out.stderr
 
 
+def _pinned(name: str) -> str:
+    """The exact version pyproject.toml pins ``name`` to (what generates or is compared)."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]["test"]
+    for spec in extras:
+        if spec.split("==")[0].strip() == name and "==" in spec:
+            return spec.split("==")[1].strip()
+    raise AssertionError(f"pyproject.toml does not pin {name} with ==")
+
+
+def test_the_code_generator_is_pinned_and_locked() -> None:
+    """The generated files are compared byte for byte, so the generator is pinned, and the
+    lock file `make` installs from agrees with the pin (a fresh clone on any day gets it)."""
+    pinned = _pinned("grpcio-tools")
+    locked = (ROOT / "constraints.txt").read_text().splitlines()
+    assert f"grpcio-tools=={pinned}" in locked
+
+
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
+    installed = metadata.version("grpcio-tools")
+    pinned = _pinned("grpcio-tools")
+    assert installed == pinned, (
+        f"grpcio-tools {installed} is installed but pyproject.toml pins {pinned}: `make install`"
+    )
     subprocess.run(
         [sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)],
         check=True,
