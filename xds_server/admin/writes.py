@@ -163,7 +163,7 @@ class RegistryWrites(ServicerBase):
                 expect[checked.key] = current
                 if stored is None:
                     outcomes.append(pb.APPLY_OUTCOME_CREATED)
-                elif json.loads(stored.value or b"null") == json.loads(checked.value):
+                elif _stored_json(stored.value) == json.loads(checked.value):
                     outcomes.append(pb.APPLY_OUTCOME_UNCHANGED)
                     continue
                 else:
@@ -199,7 +199,8 @@ class RegistryWrites(ServicerBase):
             if not isinstance(spec, dict):
                 raise AdminError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{where}: the stored route is not a JSON object; fix it with UpdateEntry",
+                    f"{where}: the stored route is not a JSON object; replace it whole with "
+                    "`meshctl apply -f FILE` (UpdateEntry or ApplyEntries)",
                 )
             spec["destinations"] = [
                 {
@@ -273,6 +274,18 @@ class RegistryWrites(ServicerBase):
             return pb.KeepAliveResponse(ttl_seconds=ttl)
 
         return await self._call(context, request, body)
+
+
+def _stored_json(value: bytes) -> Any:
+    """A stored value as JSON, or a marker unequal to any JSON when it does not parse: a
+    key holding garbage (put with etcdctl) is replaced by an apply, not an INTERNAL error."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return _UNPARSEABLE
+
+
+_UNPARSEABLE = object()
 
 
 def _destination(d: pb.Destination) -> dict[str, Any]:
