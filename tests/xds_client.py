@@ -106,3 +106,30 @@ async def running_meshd(
         yield registry, app
     finally:
         await app.stop()
+
+
+class RawAds:
+    """An ADS stream, SotW or Delta, whose every request the test writes itself."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, delta: bool = False) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        method = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
+        self.call = method(self._requests())
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self.queue.get()
+
+    def send(self, req: Any) -> None:
+        """Queue one DiscoveryRequest (DeltaDiscoveryRequest) to write."""
+        self.queue.put_nowait(req)
+
+    async def read(self, timeout: float = 10.0) -> Any:
+        """The next response; fails when none comes within ``timeout`` seconds."""
+        try:
+            resp = await asyncio.wait_for(self.call.read(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no response within {timeout} s") from None
+        assert resp is not grpc.aio.EOF, "the stream ended"
+        return resp

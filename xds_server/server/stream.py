@@ -291,9 +291,11 @@ class SotwStream(StreamBase[TypeStatus]):
             ts.names = names
             return []
         follow = _FOLLOWS.get(t)
-        if follow and changed and ts.nonce:
+        if follow and changed and (ts.nonce or ts.acked):
             # Point 2: a changed Cluster (Listener) is re-warmed; its EDS (RDS) request
-            # will look like an ACK and must be answered with the resource.
+            # will look like an ACK and must be answered with the resource. The client
+            # holds the old one when it was sent a set, or came with the current one (a
+            # reconnect after a restart: nothing sent on this stream yet, no nonce).
             rewarm = {n for n, old in changed.items() if old is not None and n in names}
             if rewarm and follow in self.types:
                 ts_follow = self.types[follow]
