@@ -182,3 +182,24 @@ def test_fault_aborts_and_delays_the_configured_share(mesh: Mesh) -> None:
     # Binomial(60, 0.5): sd 3.9; 30 +- 18 is over 4.5 sd.
     assert 12 <= injected <= 48, injected
     assert min(latencies) < 0.38, latencies  # not every request was delayed
+
+
+def test_service_host_with_any_port_reaches_the_service(mesh: Mesh) -> None:
+    """``Host: <svc>.<ns>:<any port>`` reaches the service like ``Host: <svc>.<ns>``: a
+    client that names the gateway's port (10000 here, any port) is not sent to ``*``."""
+    (solo,) = mesh.backend_service("solo")
+    mesh.backend_service("catchall")
+    mesh.backend_service("api")
+    mesh.route("everything", [{"service": "catchall"}], hosts=["*"])
+    # A route on the service's own host applies whatever port the Host names, too.
+    mesh.route("api", [{"service": "api"}], hosts=[f"solo.{mesh.ns}"], match={"prefix": "/api"})
+    mesh.http_listener()
+    mesh.start_envoy()
+    host = f"solo.{mesh.ns}"
+    mesh.wait_body("solo-0", headers={"host": host})
+    for spelling in (host, f"{host}:{solo.port}", f"{host}:{mesh.port}", f"{host}:10000"):
+        assert mesh.get("/", {"host": spelling})[1] == "solo-0", spelling
+        assert mesh.get("/api/x", {"host": spelling})[1] == "api-0", spelling
+    # Other hosts still fall through to the "*" route; a port does not make a new name.
+    assert mesh.get("/", {"host": "elsewhere.example:10000"})[1] == "catchall-0"
+    assert mesh.get("/", {"host": f"{host}x:10000"})[1] == "catchall-0"

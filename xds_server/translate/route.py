@@ -1,8 +1,8 @@
 """Routes of one HTTP listener -> its RouteConfiguration. Pure.
 
 Virtual hosts are built from the routes' ``hosts``; every service that speaks
-HTTP also gets its default host (``<name>.<ns>`` with and without ``:port``),
-so any registered service is reachable with no route. Envoy rejects a domain
+HTTP also gets its default host (``<name>.<ns>``, with its own ``:port`` and with
+any port), so any registered service is reachable with no route. Envoy rejects a domain
 that appears in two virtual hosts, so a service host that a route names too is
 merged into that route's virtual host, with the default route last.
 """
@@ -208,9 +208,18 @@ def default_route(ref: ServiceRef, affinity: SessionAffinity | None) -> rc.Route
 
 
 def service_domains(service: Service) -> list[str]:
-    """The spellings of a service's default host: ``<name>.<ns>`` and with ``:port``."""
+    """The spellings of a service's default host: ``<name>.<ns>``, with its ``:port``, and
+    with any port (``<name>.<ns>:*``).
+
+    A client names whatever port it dialed (a gateway's 10000, say), and the registry
+    promises the service with or without ``:port``. Envoy's prefix wildcard ``host:*``
+    matches every port; exact domains win over it, so a route that names one spelling
+    (``host:8080``) still takes it. The exact ``:port`` spelling stays for that reason.
+    """
     host = service_host(service.ref)
-    return [host, f"{host}:{service.port}"] if service.port else [host]
+    if service.port:
+        return [host, f"{host}:{service.port}", f"{host}:*"]
+    return [host, f"{host}:*"]
 
 
 def build_route_configuration(
