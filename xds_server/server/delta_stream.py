@@ -13,7 +13,8 @@ the incremental protocol's rules (xDS "Incremental xDS" and ``shared/spec/xds.md
 * ``initial_resource_versions`` on a new stream say what the client holds;
   nothing is sent for a resource whose version is current (point 4).
 * A NACKed response is recorded with the names it carried and not resent;
-  only new content goes out again (point 1).
+  only new content goes out again (point 1). A NACK whose nonce is not the last
+  one sent for its type is stale: its error is ignored.
 * Envoy sends nothing when it re-warms a changed Cluster (Listener) over Delta,
   so the endpoints (routes) of every changed one are pushed right after it,
   even when they did not change (point 2).
@@ -240,16 +241,24 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         self, t: str, ts: DeltaTypeStatus, req: discovery_pb2.DeltaDiscoveryRequest, first: bool
     ) -> None:
         nonce = req.response_nonce
-        if req.HasField("error_detail"):
+        nacks = req.HasField("error_detail")
+        if nacks and nonce and nonce == ts.nonce:
             ts.nack = req.error_detail.message or f"code {req.error_detail.code}"
             ts.nack_names = ts.inflight.get(nonce, ())
             ts.acked = False
             self.last_outcome = RequestOutcome("nack", t, ts.nack)
+        elif nacks and (nonce or ts.nonce):
+            # Stale (xDS "ACK and NACK semantics"): a NACK whose nonce is not the last one
+            # sent for this type rejects no response in force (an older one, one never sent
+            # here, or none at all). Its subscription changes still apply; the error is
+            # neither recorded nor counted as a NACK.
+            self.last_outcome = outcome("stale", t)
         elif nonce:
             if nonce == ts.nonce:
                 ts.acked, ts.acked_version, ts.nack, ts.nack_names = True, ts.version, None, ()
             self.last_outcome = outcome("ack" if nonce in ts.inflight else "stale", t)
         else:
+            # No nonce, nothing sent for the type yet: an error detail NACKs nothing.
             self.last_outcome = outcome("initial" if first else "update", t)
         ts.inflight.pop(nonce, None)
 

@@ -7,9 +7,10 @@ Rules (see ``shared/spec/xds.md`` and the xDS protocol's "ACK and NACK
 semantics"):
 
 * A request whose ``response_nonce`` is not the last nonce sent for its type is
-  stale and ignored entirely (point 1).
-* A request with ``error_detail`` is a NACK: recorded and counted; the same
-  content is not sent again, only new content is (point 1).
+  stale and ignored entirely (point 1); so is a NACK without a nonce once a
+  response was sent. A request without a nonce is otherwise a subscription.
+* A request with ``error_detail`` and the last nonce is a NACK: recorded and
+  counted; the same content is not sent again, only new content is (point 1).
 * After a Cluster (Listener) changes, Envoy re-warms it and sends an EDS (RDS)
   request that looks exactly like an ACK; it is answered with the resources
   (point 2).
@@ -126,22 +127,29 @@ class SotwStream(StreamBase[TypeStatus]):
         ts = self.types.get(t)
         if ts is None:
             ts = self.types[t] = TypeStatus()
-        if req.response_nonce and req.response_nonce != ts.nonce:
-            # Stale: answers a response that a newer one has superseded. Envoy will
-            # send a fresh request for the newer one; acting on this one would race it.
+        nonce = req.response_nonce
+        nacks = req.HasField("error_detail")
+        if nonce != ts.nonce and (nonce or (nacks and ts.nonce)):
+            # Stale (xDS "ACK and NACK semantics"): the nonce is not the last one sent for
+            # this type on this stream, so it answers a response a newer one has superseded
+            # (Envoy will answer the newer one; acting on this would race it), or none sent
+            # here at all. A NACK without a nonce once a response was sent is the same: it
+            # rejects no response in force, and is neither recorded nor counted as a NACK.
             self.last_outcome = outcome("stale", t)
             return []
         first = not ts.started
-        if req.HasField("error_detail"):
+        if nacks and nonce:
             ts.nack = req.error_detail.message or f"code {req.error_detail.code}"
             ts.acked = False
             self.last_outcome = RequestOutcome("nack", t, ts.nack)
-        elif req.response_nonce:
+        elif nonce:
             # (the version it was sent, as one string with the response's, when it is)
             acked = ts.version if req.version_info == ts.version else req.version_info
             ts.acked, ts.acked_version, ts.nack = True, acked, None
             self.last_outcome = outcome("ack", t)
         else:
+            # No nonce: a subscription (the first, or new names). An error detail here NACKs
+            # nothing: no response was sent for the type yet (else it was stale above).
             self.last_outcome = outcome("initial" if first else "update", t)
         before = ts.subscribed
         self._subscribe(t, ts, req, first, key)
