@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from adapters.etcd import EmbeddedEtcd, find_etcd_binary
-from tests.fixtures_admin import AdminMesh
+from tests.fixtures_admin import AdminMesh, running_admin
 from tests.test_meshctl import meshctl
+from xds_server.admin.auth import Authenticator
 
 pytestmark = pytest.mark.etcd
 
@@ -49,7 +50,9 @@ async def etcdctl(etcd: EmbeddedEtcd, *args: str, stdin: bytes | None = None) ->
 
 async def test_apply_repairs_a_key_holding_invalid_json(admin_mesh: AdminMesh) -> None:
     admin = ("--admin", admin_mesh.address)
-    code, _, err = await meshctl("apply", "-f", "-", *admin, stdin=SERVICE_DOC + "---\n" + ROUTE_DOC)
+    code, _, err = await meshctl(
+        "apply", "-f", "-", *admin, stdin=SERVICE_DOC + "---\n" + ROUTE_DOC
+    )
     assert code == 0, err
     key = f"{admin_mesh.prefix}routes/shop/front"
     await etcdctl(admin_mesh.etcd, "put", key, stdin=b'{"listener": "public", "destin')
@@ -72,3 +75,69 @@ async def test_apply_repairs_a_key_holding_invalid_json(admin_mesh: AdminMesh) -
     assert stored["destinations"] == [{"service": "web", "weight": 100}]
     code, out, _ = await meshctl("errors", *admin)
     assert code == 0 and out.strip() == "no rejected registry entries"
+
+
+async def test_huge_bad_field_names_do_not_block_status_reports(admin_mesh: AdminMesh) -> None:
+    admin = ("--admin", admin_mesh.address)
+    prefix = admin_mesh.prefix
+    huge = "x" * (900 * 1024)  # a value etcd takes; its error, naming the field twice, it does not
+    await etcdctl(
+        admin_mesh.etcd,
+        "put",
+        f"{prefix}services/shop/huge",
+        stdin=json.dumps({"port": 80, huge: 1}).encode(),
+    )
+    await etcdctl(admin_mesh.etcd, "put", f"{prefix}services/shop/small", stdin=b'{"port": "http"}')
+
+    async def reported() -> dict[str, dict[str, object]]:
+        out = await etcdctl(admin_mesh.etcd, "get", "--prefix", f"{prefix}status/errors/")
+        lines = out.splitlines()
+        return {k: json.loads(v) for k, v in zip(lines[::2], lines[1::2], strict=True)}
+
+    deadline = asyncio.get_running_loop().time() + 15
+    while len(status := await reported()) < 2:
+        assert asyncio.get_running_loop().time() < deadline, f"status keys: {list(status)}"
+        await asyncio.sleep(0.1)
+    small = status[f"{prefix}status/errors/services/shop/small"]
+    assert small["field"] == "port" and "must be an integer" in str(small["error"]), small
+    big = status[f"{prefix}status/errors/services/shop/huge"]
+    assert big["key"] == f"{prefix}services/shop/huge"
+    assert len(json.dumps(big)) < 16 * 1024, len(json.dumps(big))
+    assert str(big["field"]).startswith("xxxx") and "truncated" in str(big["field"]), big
+    assert "unknown field" in str(big["error"]) and "truncated" in str(big["error"]), big
+
+    code, out, err = await meshctl("errors", "-o", "json", *admin)
+    assert code == 0, err
+    keys = {e["key"] for e in json.loads(out)["errors"]}
+    assert keys == {f"{prefix}services/shop/huge", f"{prefix}services/shop/small"}
+
+
+async def test_a_status_write_etcd_refuses_does_not_block_the_others(tmp_path: Path) -> None:
+    # An etcd with a small request limit (--max-request-bytes): the first entry fits, the
+    # report of what is wrong with it (quoting its 1,000-digit port) does not.
+    etcd = EmbeddedEtcd(
+        tmp_path / "etcd",
+        unsafe_no_fsync=True,
+        auto_compaction_retention=None,
+        extra_args=("--max-request-bytes=1100",),
+    )
+    await etcd.start()
+    try:
+        async with running_admin(etcd, "/mesh/", Authenticator(None)) as mesh:
+            await etcdctl(
+                etcd, "put", "/mesh/services/shop/big", stdin=b'{"port": 1%s}' % (b"0" * 1000)
+            )
+            state = mesh.app.controller.state
+            await mesh.wait_for(lambda: "/mesh/services/shop/big" in state.problems, "big")
+            await etcdctl(etcd, "put", "/mesh/services/shop/small", stdin=b'{"port": "http"}')
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await etcdctl(etcd, "get", "/mesh/status/errors/services/shop/small"):
+                assert asyncio.get_running_loop().time() < deadline, "small's status never came"
+                await asyncio.sleep(0.1)
+            assert not await etcdctl(etcd, "get", "/mesh/status/errors/services/shop/big")
+            # Both are reported where meshd keeps them in memory, too.
+            code, out, err = await meshctl("errors", "--admin", mesh.address)
+            assert code == 0, err
+            assert "/mesh/services/shop/big" in out and "/mesh/services/shop/small" in out
+    finally:
+        etcd.stop()

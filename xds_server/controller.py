@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigCache
+from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.events import EventBus, EventType
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, ServiceRef, status_error_key
-from xds_server.model.names import KINDS
+from xds_server.model.entries import MAX_FIELD_CHARS, MAX_REASON_CHARS, bounded
+from xds_server.model.names import KINDS, MAX_STATUS_REST
 from xds_server.registry import Changes, Registry, RegistryUpdate, Reset
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate import TYPE_ORDER, Translator
@@ -58,28 +60,52 @@ class StatusWriter:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
-                key, value = next(iter(self._dirty.items()))
-                try:
-                    if value is None:
-                        await self.registry.delete(key)
-                    else:
-                        await self.registry.put(key, value)
-                except Exception as exc:  # etcd down: keep the desired state, retry later
-                    log.warning("cannot write status %s: %s", key, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                if await self._write_pass():
+                    backoff = 0.05
                     continue
-                backoff = 0.05
+                await asyncio.sleep(backoff)  # etcd down or a write refused: retry later
+                backoff = min(backoff * 2, 2.0)
+
+    async def _write_pass(self) -> bool:
+        """Try every pending status write once; False when any has to be retried.
+
+        One key that etcd refuses must not hold back the others: a write etcd refuses as
+        invalid (too large) is dropped and logged (ListErrors still reports the problem),
+        another failure goes to the back of the queue. etcd being unreachable ends the pass
+        (every write would wait for it).
+        """
+        ok = True
+        for key, value in list(self._dirty.items()):
+            try:
+                if value is None:
+                    await self.registry.delete(key)
+                else:
+                    await self.registry.put(key, value)
+            except RegistryUnavailable as exc:  # keep the desired state, retry later
+                log.warning("cannot write status %s: %s", key, exc)
+                return False
+            except ValidationError as exc:  # etcd refuses this very write: retrying cannot help
+                log.error("cannot write status %s, not retried: %s", key, exc)
+            except Exception as exc:
+                log.warning("cannot write status %s: %s", key, exc)
                 if self._dirty.get(key, b"") == value:
                     del self._dirty[key]
+                    self._dirty[key] = value  # (to the back)
+                ok = False
+                continue
+            if self._dirty.get(key, b"") == value:
+                del self._dirty[key]
+        return ok
 
 
 def _status_value(problem: Problem) -> bytes:
+    """The status value of a rejected entry, its strings bounded (and saying so where cut):
+    etcd refuses a request over 1.5 MiB, and the value must always be writable."""
     return json.dumps(
         {
-            "key": problem.key,
-            "field": problem.field,
-            "error": problem.message,
+            "key": bounded(problem.key, MAX_STATUS_REST),
+            "field": bounded(problem.field, MAX_FIELD_CHARS),
+            "error": bounded(problem.message, MAX_FIELD_CHARS + MAX_REASON_CHARS + 64),
             "revision": problem.revision,
             "last_good_kept": problem.last_good_kept,
         },

@@ -56,10 +56,34 @@ def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
     return parse_listener(ref.name, obj)
 
 
+MAX_FIELD_CHARS = 256
+"""A problem's field path longer than this is cut (the field of an unknown key is the key)."""
+MAX_REASON_CHARS = 1024
+"""A problem's reason longer than this is cut (reasons may quote the value)."""
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying so: a 900 KB bad field name must not
+    make an error report too large to log, send or store in etcd."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (truncated, {len(text)} characters)"
+
+
+def _problem(key: str, exc: ValidationError, revision: int) -> Problem:
+    return Problem(
+        key,
+        bounded(exc.field, MAX_FIELD_CHARS),
+        bounded(exc.reason, MAX_REASON_CHARS),
+        revision,
+    )
+
+
 def parse_entry(
     key: str, value: bytes, prefix: str, *, revision: int = 0, lease: int = 0
 ) -> tuple[KeyRef | None, Entity | Problem]:
-    """Parse a key and its value. Never raises: bad input becomes a Problem."""
+    """Parse a key and its value. Never raises: bad input becomes a Problem (its field and
+    reason bounded in length)."""
     known = known_endpoint_key(key, prefix)
     if known is not None:  # most keys of a big registry: the endpoint fast path, or else
         endpoint = decode_endpoint(known[1], known[0].name, value, lease=lease)
@@ -70,11 +94,11 @@ def parse_entry(
         try:
             ref = parse_key(key, prefix)
         except ValidationError as exc:
-            return None, Problem(key, exc.field, exc.reason, revision)
+            return None, _problem(key, exc, revision)
     try:
         return ref, parse_entity(ref, value, lease=lease)
     except ValidationError as exc:
-        return ref, Problem(key, exc.field, exc.reason, revision)
+        return ref, _problem(key, exc, revision)
     except RecursionError:
         # json.loads on pathologically nested input: still just a bad value.
         return ref, Problem(key, "", "value is nested too deeply", revision)

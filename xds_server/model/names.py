@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from typing import Literal, NamedTuple
 
@@ -154,7 +155,15 @@ def parse_key(key: str, prefix: str) -> KeyRef:
     return KeyRef(kind, ns, check_label(rest[1], "key"))  # type: ignore[arg-type]
 
 
+MAX_STATUS_REST = 1024
+"""Characters of a rejected key kept in its status key; a longer (invalid) key is cut and
+followed by a hash of it, so its status write stays small and distinct."""
+
+
 def status_error_key(key: str, prefix: str) -> str:
     """``/mesh/status/errors/<kind>/<rest of the key>`` for a rejected entry."""
     rest = key[len(prefix) :] if key.startswith(prefix) else key.lstrip("/")
+    if len(rest) > MAX_STATUS_REST:
+        digest = hashlib.sha256(rest.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        rest = f"{rest[:MAX_STATUS_REST]}...{digest}"
     return f"{prefix}status/errors/{rest}"
