@@ -44,6 +44,7 @@ class Connection:
     stream: SotwStream | DeltaStream
     connected_at: float = field(default_factory=time.time)
     admin_address: str | None = None  # host:port of the proxy's admin (node metadata)
+    node_metadata: bytes = b""  # the node's metadata Struct, serialized (CSDS matchers)
 
 
 class StreamRegistry:
@@ -160,6 +161,8 @@ class AdsServicer:
                 self.cache.set_interest(watcher, stream.interest())
             if conn is None and stream.node_id:
                 conn = self._connected(stream, context.peer(), admin)
+                if req.HasField("node"):  # (the request that named the node)
+                    conn.node_metadata = req.node.metadata.SerializeToString()
                 labels = (stream.node_cluster, stream.protocol)
             if out:
                 outbox.extend((resp, False) for resp in out)

@@ -7,7 +7,7 @@ and the type's state (ACKED / NACKED with Envoy's message / REQUESTED).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeAlias
 
 import grpc
@@ -15,8 +15,8 @@ import re2
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2
-from envoy.type.matcher.v3 import node_pb2, string_pb2
-from google.protobuf import timestamp_pb2
+from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from xds_server.server.ads import Connection, StreamRegistry
 from xds_server.translate.names import TYPE_ORDER
@@ -63,13 +63,70 @@ def string_matches(m: string_pb2.StringMatcher, value: str) -> bool:
     return True  # no pattern: matches anything
 
 
+_PRIMITIVE = frozenset({"null_value", "number_value", "string_value", "bool_value"})
+
+
+def value_matches(m: value_pb2.ValueMatcher, value: struct_pb2.Value | None) -> bool:
+    """Envoy's ValueMatcher on one metadata value (None: the path leads nowhere, which
+    nothing matches)."""
+    if value is None:
+        return False
+    which: str | None = m.WhichOneof("match_pattern")
+    kind: str | None = value.WhichOneof("kind")
+    if which == "null_match":
+        return kind == "null_value"
+    if which == "double_match":
+        if kind != "number_value":
+            return False
+        d = m.double_match
+        if d.WhichOneof("match_pattern") == "range":  # [start, end), as Envoy's range
+            return bool(d.range.start <= value.number_value < d.range.end)
+        return bool(value.number_value == d.exact)
+    if which == "string_match":
+        return kind == "string_value" and string_matches(m.string_match, value.string_value)
+    if which == "bool_match":
+        return kind == "bool_value" and value.bool_value == bool(m.bool_match)
+    if which == "present_match":  # a primitive value: a struct or list is never "present"
+        return bool(m.present_match) and kind in _PRIMITIVE
+    if which == "list_match":
+        return kind == "list_value" and any(
+            value_matches(m.list_match.one_of, v) for v in value.list_value.values
+        )
+    if which == "or_match":
+        return any(value_matches(v, value) for v in m.or_match.value_matchers)
+    return False  # no pattern (or one this version does not know): no match
+
+
+def _lookup(metadata: struct_pb2.Struct, path: Iterable[str]) -> struct_pb2.Value | None:
+    """The value at ``path`` (keys of nested structs), None when a step is missing."""
+    value: struct_pb2.Value | None = None
+    current: struct_pb2.Struct | None = metadata
+    for key in path:
+        if current is None or key not in current.fields:
+            return None
+        value = current.fields[key]
+        current = value.struct_value if value.WhichOneof("kind") == "struct_value" else None
+    return value
+
+
 def node_matches(matchers: list[node_pb2.NodeMatcher], conn: Connection) -> bool:
+    """Does any matcher select the node? Within one, ``node_id`` and every
+    ``node_metadatas`` entry must hold (envoy.type.matcher.v3.NodeMatcher)."""
     if not matchers:
         return True
-    return any(
-        not m.HasField("node_id") or string_matches(m.node_id, conn.stream.node_id)
-        for m in matchers
-    )
+    metadata: struct_pb2.Struct | None = None
+    for m in matchers:
+        if m.HasField("node_id") and not string_matches(m.node_id, conn.stream.node_id):
+            continue
+        if m.node_metadatas and metadata is None:
+            metadata = struct_pb2.Struct.FromString(conn.node_metadata)
+        if all(
+            value_matches(sm.value, _lookup(metadata, (seg.key for seg in sm.path)))
+            for sm in m.node_metadatas
+            if metadata is not None
+        ):
+            return True
+    return False
 
 
 def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.ClientConfig:
@@ -81,8 +138,11 @@ def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.Clien
         ts = conn.stream.types.get(t)
         if ts is None:
             continue
-        pushed = timestamp_pb2.Timestamp()
+        # When this stream last sent the type. A client that came back holding the current
+        # version was sent nothing on it: no time is known, and the field stays unset.
+        pushed: timestamp_pb2.Timestamp | None = None
         if ts.last_push is not None:
+            pushed = timestamp_pb2.Timestamp()
             pushed.FromNanoseconds(int(ts.last_push * 1e9))
         for res in conn.stream.held(t):
             cfg = out.generic_xds_configs.add(
@@ -92,12 +152,14 @@ def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.Clien
                 config_status=_CONFIG_STATUS[ts.state],
                 client_status=_CLIENT_STATUS[ts.state],
             )
-            cfg.last_updated.CopyFrom(pushed)
+            if pushed is not None:
+                cfg.last_updated.CopyFrom(pushed)
             if include_contents:
                 cfg.xds_config.CopyFrom(res.any)
             if ts.nack is not None:
                 cfg.error_state.details = ts.nack
-                cfg.error_state.last_update_attempt.CopyFrom(pushed)
+                if pushed is not None:
+                    cfg.error_state.last_update_attempt.CopyFrom(pushed)
     return out
 
 
