@@ -20,6 +20,7 @@ from xds_server.controller import Controller
 from xds_server.events import EventBus
 from xds_server.health.transitions import HealthTransitions
 from xds_server.heap_trim import HeapTrimmer
+from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import MetricsServer, ProxyTarget
 from xds_server.model import ServiceRef
@@ -46,6 +47,8 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A port in use must fail to bind, not be shared with whatever listens there.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -68,8 +71,11 @@ class MeshConfig:
 
 
 def split_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """``HOST:PORT`` as host and port (ValueError when the port is not 0..65535)."""
+    try:
+        return parse_listen("", value)
+    except ListenError as exc:
+        raise ValueError(str(exc).strip()) from None
 
 
 class MeshApp:
@@ -124,7 +130,12 @@ class MeshApp:
         self._metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
-        """Start the control loop and the servers; returns once the first snapshot is cached."""
+        """Start the control loop and the servers; returns once the first snapshot is cached.
+
+        Raises ListenError (naming meshd's flag) when an address is out of range or in use,
+        before anything starts; the servers listen before the registry is read.
+        """
+        self._check_addresses()
         self._loop_task = asyncio.create_task(self.controller.run(), name="controller")
         server = grpc.aio.server(options=GRPC_OPTIONS)
         server.add_generic_rpc_handlers(
@@ -138,9 +149,7 @@ class MeshApp:
             asyncio.create_task(self.health.run(), name="health"),
             asyncio.create_task(self.health_sync.run(), name="health-sync"),
         ]
-        self.xds_port = server.add_insecure_port(self.config.xds)
-        if self.xds_port == 0:
-            raise OSError(f"cannot listen for xDS on {self.config.xds}")
+        self.xds_port = bind_grpc(server, "--xds", self.config.xds)
         await server.start()
         self._server = server
         if self.config.admin:
@@ -157,9 +166,12 @@ class MeshApp:
             )
             self._admin_server, self.admin_port = await start_admin_server(self.config.admin, admin)
         if self.config.metrics:
-            host, port = split_hostport(self.config.metrics)
+            host, port = parse_listen("--metrics", self.config.metrics)
             self._metrics_server = MetricsServer(self.metrics.registry, self.proxy_targets)
-            self.metrics_port = self._metrics_server.start(host, port).port
+            try:
+                self.metrics_port = self._metrics_server.start(host, port).port
+            except OSError as exc:
+                raise ListenError("--metrics", self.config.metrics, listen_reason(exc)) from None
         # Everything loaded so far (modules, configuration, servers) lives for the process:
         # keep the collector from rescanning it, so GC pauses stay short on the push path.
         # Done here, while etcd reads the registry's first page (~40-60 ms for 10,000 keys,
@@ -169,10 +181,24 @@ class MeshApp:
         gc.collect()
         gc.freeze()
         ready = asyncio.ensure_future(self.cache.ready.wait())
-        done, _ = await asyncio.wait({ready, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._loop_task in done:
+        try:
+            done, _ = await asyncio.wait(
+                {ready, self._loop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:  # also when cancelled (meshd stopped while etcd does not answer)
             ready.cancel()
+        if self._loop_task in done:
             self._loop_task.result()
+
+    def _check_addresses(self) -> None:
+        """Every listen address in range and free, before any server binds one."""
+        for flag, address in (
+            ("--xds", self.config.xds),
+            ("--admin", self.config.admin),
+            ("--metrics", self.config.metrics),
+        ):
+            if address:
+                check_free(flag, address)
 
     def proxy_targets(self) -> list[ProxyTarget]:
         """Connected proxies that told their admin address (``/sd/envoy``); thread-safe."""

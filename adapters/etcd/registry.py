@@ -171,6 +171,15 @@ class EtcdRegistry:
         """The endpoint currently connected to, if any."""
         return self._conn.endpoint if self._conn else None
 
+    def reachable(self) -> bool:
+        """A connection to etcd is up now (not: etcd answered a call). Calls made while
+        it is down wait for it up to ``timeout``; meshd uses this to say it is waiting."""
+        conn = self._conn
+        if conn is None:
+            return False
+        state = conn.channel.get_state(try_to_connect=False)
+        return bool(state == grpc.ChannelConnectivity.READY)
+
     # -- reading -----------------------------------------------------------------------
 
     async def updates(self) -> AsyncGenerator[RegistryUpdate, None]:

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from xds_server.admin.auth import Authenticator
 from xds_server.admin.service import SERVICE_NAME, AdminServicer
+from xds_server.listen import bind_grpc
 from xds_server.server.csds import CSDS_SERVICE, CsdsServicer
 
 log = logging.getLogger("meshd.admin")
@@ -24,6 +25,8 @@ ADMIN_OPTIONS = [
     # Registry values are small; a bigger request is a mistake or an attack.
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # A port in use must fail to bind, not be shared with whatever listens there.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -63,8 +66,6 @@ async def start_admin_server(address: str, admin: AdminServicer) -> tuple[grpc.a
     reflection.enable_server_reflection(
         (SERVICE_NAME, CSDS_SERVICE, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen for the admin API on {address}")
+    port = bind_grpc(server, "--admin", address)
     await server.start()
     return server, port

@@ -1,4 +1,4 @@
-"""``meshd``: the control plane process (flags and env of ``shared/spec/interfaces.md``)."""
+"""``meshd``: the control plane process (flags and environment variables: ``meshd --help``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from xds_server.admin.auth import Authenticator, load_tokens
 from xds_server.admin.server import check_exposure
 from xds_server.app import MeshApp, MeshConfig
+from xds_server.listen import ListenError, check_free, parse_listen
 
 log = logging.getLogger("meshd")
+
+ETCD_WAIT_NOTICE = 1.0
+"""Seconds without a connection to etcd before meshd says it is waiting for it."""
+ETCD_WAIT_REPEAT = 30.0
+"""Seconds between two reminders while etcd still does not answer."""
 
 GC_YOUNG_THRESHOLD = 50_000
 """Net new container objects that trigger a young-generation collection (Python's default
@@ -80,6 +86,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
     if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
         p.error(f"--prefix must start and end with '/': {args.prefix!r}")
+    for flag, value, optional in (
+        ("--xds", args.xds, False),
+        ("--admin", args.admin, True),
+        ("--metrics", args.metrics, True),
+    ):
+        if value or not optional:
+            try:
+                parse_listen(flag, value)
+            except ListenError as exc:
+                p.error(str(exc))  # exit 2, before anything starts
     return args
 
 
@@ -88,7 +104,14 @@ async def run(args: argparse.Namespace) -> int:
         auth = load_tokens(args.tokens) if args.tokens else Authenticator(None)
         if args.admin:
             check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
-    except ValueError as exc:
+        for flag, address in (
+            ("--xds", args.xds),
+            ("--admin", args.admin),
+            ("--metrics", args.metrics),
+        ):
+            if address:
+                check_free(flag, address)  # (MeshApp checks again: the embedded etcd takes time)
+    except (ValueError, ListenError) as exc:
         log.error("%s", exc)
         return 2
     embedded: EmbeddedEtcd | None = None
@@ -112,7 +135,13 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await app.start()
+        try:
+            if not await _start(app, registry, stop):
+                log.info("stopped before etcd answered")
+                return 0
+        except ListenError as exc:
+            log.error("%s", exc)
+            return 2
         log.info(
             "meshd ready: etcd=%s xds=%s admin=%s metrics=%s revision=%d",
             endpoint,
@@ -129,6 +158,41 @@ async def run(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+async def _start(app: MeshApp, registry: EtcdRegistry, stop: asyncio.Event) -> bool:
+    """``app.start()`` unless a signal comes first (False then). While etcd does not
+    answer, say so: once after :data:`ETCD_WAIT_NOTICE`, then every :data:`ETCD_WAIT_REPEAT`."""
+    loop = asyncio.get_running_loop()
+    starting = asyncio.ensure_future(app.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    notice_at = loop.time() + ETCD_WAIT_NOTICE
+    waited = False
+    try:
+        while True:
+            timeout = max(0.0, notice_at - loop.time())
+            done, _ = await asyncio.wait(
+                {starting, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if starting in done:
+                starting.result()  # raises what start raised
+                return True
+            if stopping in done:
+                return False
+            if not registry.reachable():
+                where = ",".join(registry.endpoints)
+                if waited:
+                    log.warning("still waiting for etcd at %s", where)
+                else:
+                    log.warning("waiting for etcd at %s (it does not answer yet)", where)
+                waited = True
+            notice_at = loop.time() + (ETCD_WAIT_REPEAT if waited else ETCD_WAIT_NOTICE)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
 
 
 def tune_collector() -> None:
