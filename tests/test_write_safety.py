@@ -141,3 +141,50 @@ async def test_a_status_write_etcd_refuses_does_not_block_the_others(tmp_path: P
             assert "/mesh/services/shop/big" in out and "/mesh/services/shop/small" in out
     finally:
         etcd.stop()
+
+
+def _bulk(n: int) -> str:
+    """A manifest of ``n`` documents: one service and ``n - 1`` of its endpoints."""
+    docs: list[dict[str, object]] = [
+        {"kind": "Service", "namespace": "shop", "name": "bulk", "spec": {"port": 8080}}
+    ]
+    docs += [
+        {
+            "kind": "Endpoint",
+            "namespace": "shop",
+            "service": "bulk",
+            "name": f"ep-{i}",
+            "spec": {"address": f"10.0.{i // 250}.{i % 250 + 1}"},
+        }
+        for i in range(n - 1)
+    ]
+    return json.dumps(docs)
+
+
+async def test_apply_beyond_a_stock_etcds_transaction_limit(tmp_path: Path) -> None:
+    # etcd's own default: at most 128 operations in one transaction (--max-txn-ops).
+    etcd = EmbeddedEtcd(
+        tmp_path / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None, max_txn_ops=128
+    )
+    await etcd.start()
+    try:
+        async with running_admin(etcd, "/mesh/", Authenticator(None)) as mesh:
+            admin = ("--admin", mesh.address)
+            for dry_run in (("--dry-run",), ()):
+                code, out, err = await meshctl(
+                    "apply", *dry_run, "-f", "-", *admin, stdin=_bulk(300)
+                )
+                assert code == 1, (dry_run, out)
+                assert "INVALID_ARGUMENT" in err, err
+                assert "300 entries" in err and "at most 128" in err, err
+                assert "--max-txn-ops" in err, err
+            for kind in ("services", "endpoints"):
+                assert await etcdctl(etcd, "get", "--prefix", f"/mesh/{kind}/", "--keys-only") == ""
+            # At the limit, it all goes in, in one transaction.
+            code, out, err = await meshctl("apply", "-f", "-", *admin, stdin=_bulk(128))
+            assert code == 0, err
+            assert out.count(" created") == 128
+            keys = await etcdctl(etcd, "get", "--prefix", "/mesh/endpoints/", "--keys-only")
+            assert len(keys.split()) == 127
+    finally:
+        etcd.stop()

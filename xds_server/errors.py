@@ -43,3 +43,17 @@ class RegistryConflict(MeshError):
 
 class ProtocolError(MeshError):
     """A peer broke the xDS protocol (unknown type URL, malformed request)."""
+
+
+class TxnTooLarge(ValidationError):
+    """A transaction has more operations than the registry takes in one (etcd's
+    ``--max-txn-ops``, 128 unless configured): it cannot be written atomically as it is."""
+
+    def __init__(self, operations: int, limit: int) -> None:
+        super().__init__(
+            "",
+            f"{operations} operations in one transaction, etcd takes at most {limit} "
+            "(--max-txn-ops)",
+        )
+        self.operations = operations
+        self.limit = limit

@@ -32,6 +32,7 @@ from xds_server.errors import (
     RegistryCompacted,
     RegistryConflict,
     RegistryUnavailable,
+    TxnTooLarge,
     ValidationError,
 )
 from xds_server.registry import Changes, Entry, Event, RegistryUpdate, Reset
@@ -283,11 +284,14 @@ class EtcdRegistry:
         any mismatch raises RegistryConflict naming the key and writes nothing. ``lease``
         applies to every put. Returns the revision after the transaction. etcd bounds the
         operations per transaction (``--max-txn-ops``: 128 by default, 1024 in
-        EmbeddedEtcd); beyond it this raises ValidationError.
+        EmbeddedEtcd); beyond it this raises TxnTooLarge naming the limit. With no puts or
+        deletes nothing is written: the comparisons (and the limit) are checked alone.
         """
         puts = puts or {}
         expect = expect or {}
         _check_txn(puts, deletes)
+        # etcd counts the largest of the compare, success and failure lists.
+        operations = max(len(expect), len(puts) + len(deletes))
         mod = rpc.Compare.CompareTarget.Value("MOD")
         equal = rpc.Compare.CompareResult.Value("EQUAL")
         compare = [
@@ -303,7 +307,12 @@ class EtcdRegistry:
         # On failure, read the expected keys back so the error can say which one moved.
         failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=_key(k))) for k in expect]
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
-        resp = await self._call(lambda c: c.kv.Txn(request, **self._call_options))
+        try:
+            resp = await self._call(lambda c: c.kv.Txn(request, **self._call_options))
+        except ValidationError as exc:
+            if _TOO_MANY_OPS not in exc.reason:
+                raise
+            raise TxnTooLarge(operations, await self._max_txn_ops(operations)) from exc
         if not resp.succeeded:
             actual = dict.fromkeys(expect, 0)
             for op in resp.responses:
@@ -311,6 +320,36 @@ class EtcdRegistry:
                     actual[_str(kv.key)] = int(kv.mod_revision)
             raise RegistryConflict(_conflict_message(expect, actual))
         return int(resp.header.revision)
+
+    async def _max_txn_ops(self, refused: int) -> int:
+        """The most operations this etcd takes in one transaction, fewer than ``refused``.
+
+        etcd has no call that tells, so a few read-only transactions of comparisons find it
+        (a binary search: about 7 round trips for the default of 128). Learned only after a
+        refusal, and never cached: etcd may be restarted with another limit.
+        """
+        accepted, too_many = 0, refused
+        while too_many - accepted > 1:
+            middle = (accepted + too_many) // 2
+            if await self._txn_accepted(middle):
+                accepted = middle
+            else:
+                too_many = middle
+        return accepted
+
+    async def _txn_accepted(self, operations: int) -> bool:
+        """Does etcd take a (read-only) transaction of ``operations`` comparisons?"""
+        version = rpc.Compare.CompareTarget.Value("VERSION")
+        equal = rpc.Compare.CompareResult.Value("EQUAL")
+        compare = rpc.Compare(key=self._key_prefix, target=version, result=equal, version=0)
+        request = rpc.TxnRequest(compare=[compare] * operations)
+        try:
+            await self._call(lambda c: c.kv.Txn(request, **self._call_options))
+        except ValidationError as exc:
+            if _TOO_MANY_OPS not in exc.reason:
+                raise
+            return False
+        return True
 
     # -- leases ------------------------------------------------------------------------
 
@@ -588,6 +627,9 @@ def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, grpc.aio.AioRpcError):
         return is_unavailable(exc)
     return not isinstance(exc, MeshError) or isinstance(exc, RegistryUnavailable)
+
+
+_TOO_MANY_OPS = "too many operations in txn request"  # etcd's INVALID_ARGUMENT message
 
 
 def _check_txn(puts: Mapping[str, bytes], deletes: Collection[str]) -> None:

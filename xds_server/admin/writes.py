@@ -19,13 +19,15 @@ from xds_server.admin.auth import Principal, require
 from xds_server.admin.base import Ctx, ServicerBase
 from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, invalid
-from xds_server.errors import RegistryConflict
+from xds_server.errors import RegistryConflict, TxnTooLarge
 from xds_server.model import Listener, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE
 from xds_server.state import check_refs
 
 MAX_APPLY = 500
-"""Entries per ApplyEntries call (one etcd transaction; etcd bounds its operations)."""
+"""Entries per ApplyEntries call. They are one etcd transaction of one operation per entry,
+so etcd's ``--max-txn-ops`` (128 by default) may allow fewer: such a call is refused, dry
+run or not, naming that limit."""
 
 
 class RegistryWrites(ServicerBase):
@@ -170,8 +172,21 @@ class RegistryWrites(ServicerBase):
                     outcomes.append(pb.APPLY_OUTCOME_UPDATED)
                 puts[checked.key] = checked.value
             revision = self.state.revision
-            if puts and not request.dry_run:
-                revision = await self.registry.txn(puts=puts, expect=expect)
+            try:
+                if puts and not request.dry_run:
+                    revision = await self.registry.txn(puts=puts, expect=expect)
+                else:
+                    # The same transaction without its writes: a dry run is refused exactly
+                    # where the write would be (etcd's limit on operations, a moved entry).
+                    await self.registry.txn(expect=expect)
+            except TxnTooLarge as exc:
+                raise invalid(
+                    "",
+                    "entries",
+                    f"{len(batch)} entries need one etcd transaction of {exc.operations} "
+                    f"operations, and this etcd takes at most {exc.limit} (--max-txn-ops): "
+                    f"apply at most {exc.limit} entries per call",
+                ) from None
             out = pb.ApplyEntriesResponse(revision=revision)
             for checked, outcome in zip(batch, outcomes, strict=True):
                 out.entries.append(
