@@ -1,23 +1,28 @@
 """Odd and hostile requests on ADS streams, from a real gRPC client to a real meshd: NACKs
-of no current response are stale, not NACKs."""
+of no current response are stale, not NACKs; bytes that are no request end the stream with
+INVALID_ARGUMENT and one short log line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import grpc
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from tests.test_meshctl import meshctl
 from tests.test_metrics import scrape
 from tests.test_stream import BASE
-from tests.xds_client import RawAds, running_meshd
+from tests.xds_client import RawAds, running_meshd, sotw_client
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
+from xds_server.server.ads import ADS_SERVICE
 from xds_server.translate import CLUSTER, LISTENER
+from xds_server.translate.resource import string_field
 
 _ERROR = status_pb2.Status(code=3, message="rejected by the proxy")
 
@@ -110,3 +115,60 @@ async def test_nacks_of_no_current_response_are_stale() -> None:
             delta.call.cancel()
         watch.cancel()
         await admin.close()
+
+
+def _light_but_unparseable() -> bytes:
+    """An ACK as Envoy lays it out and big enough to be read lightly first (version, names,
+    type, nonce), whose one name is not UTF-8: only the full parse finds it malformed."""
+    fields = [
+        string_field(1, "v1"),
+        b"\x1a" + _varint(70_000) + b"\xff" * 70_000,
+        string_field(4, CLUSTER),
+        string_field(5, "1.0"),
+    ]
+    return b"".join(fields)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+GARBAGE = b"\x0a\xff\xff\xff\x0f" + b"\x00" * 100_000  # a length running past the end
+
+
+@pytest.mark.parametrize(
+    ("method", "data"),
+    [
+        ("StreamAggregatedResources", GARBAGE),
+        ("StreamAggregatedResources", GARBAGE[:5]),  # small: not read lightly
+        ("StreamAggregatedResources", _light_but_unparseable()),
+        ("DeltaAggregatedResources", GARBAGE),
+    ],
+    ids=["sotw", "sotw-small", "sotw-light", "delta"],
+)
+async def test_malformed_request_bytes_are_invalid_argument(
+    method: str, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshd")
+    async with running_meshd(BASE) as (_, app):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.xds_port}") as channel:
+            raw = channel.stream_stream(f"/{ADS_SERVICE}/{method}")  # bytes as they are
+            call = raw()
+            await call.write(data)
+            code = await asyncio.wait_for(call.code(), 10)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            details = await call.details()
+            assert "malformed" in details and "DiscoveryRequest" in details, details
+            assert len(details) < 300
+        lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert "\n" not in lines[0] and len(lines[0]) < 400, lines[0]
+        assert f"{len(data)} bytes" in lines[0]
+        # The server goes on serving.
+        async with sotw_client(app.xds_port, "gateway") as got:
+            assert len(got) == 4

@@ -6,6 +6,7 @@ identity serializer), so every stream shares the resources' one serialization.
 Each stream has a reader, which handles requests as they arrive (an ACK wakes
 nothing else), and a writer, which writes the queued responses in the order they
 were computed and turns cache changes into pushes: a slow client only delays itself.
+Bytes that are no request end their stream with INVALID_ARGUMENT and one log line.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 
 from xds_server.cache import ConfigCache
+from xds_server.errors import ProtocolError
 from xds_server.events import EventBus
 from xds_server.metrics import Metrics
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
@@ -94,7 +97,7 @@ class AdsServicer:
         )
         delta = grpc.stream_stream_rpc_method_handler(
             self.delta_aggregated_resources,
-            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            request_deserializer=_delta_request,
             response_serializer=bytes,
         )
         return grpc.method_handlers_generic_handler(
@@ -104,7 +107,7 @@ class AdsServicer:
 
     async def stream_aggregated_resources(
         self,
-        request_iterator: AsyncIterator[KeyedRequest],
+        request_iterator: AsyncIterator[KeyedRequest | MalformedRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         """ADS state of the world."""
@@ -112,7 +115,7 @@ class AdsServicer:
 
     async def delta_aggregated_resources(
         self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest | MalformedRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         """ADS incremental (Delta)."""
@@ -141,6 +144,8 @@ class AdsServicer:
             """One request, handled where it is read: an ACK (most requests) costs no
             wake-up of the writer; responses it calls for are queued for the writer."""
             nonlocal admin, conn, labels
+            if isinstance(raw, MalformedRequest):
+                raise raw
             if isinstance(raw, KeyedRequest):
                 assert isinstance(stream, SotwStream)  # (only SotW requests are keyed)
                 req, key = raw.for_stream(stream)
@@ -230,6 +235,17 @@ class AdsServicer:
                     if failure:
                         raise failure[0]
                     return
+        except MalformedRequest as exc:
+            # One bounded line: the request's size and first bytes, never all of them.
+            log.warning(
+                "ending stream from peer=%s node=%.64s: %s (%d bytes, starting %s)",
+                context.peer(),
+                stream.node_id or "-",
+                exc,
+                exc.size,
+                exc.head,
+            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             reader.cancel()
             self.on_activity()
@@ -325,16 +341,55 @@ class KeyedRequest:
         was read lightly but does not repeat the subscription the stream holds."""
         if self.data is None or stream.knows_key(self.msg.type_url, self.key):
             return self.msg, self.key
-        msg = discovery_pb2.DiscoveryRequest.FromString(self.data)
+        msg = _parse(discovery_pb2.DiscoveryRequest, self.data)
+        if isinstance(msg, MalformedRequest):
+            raise msg
         return msg, subscription_key(self.data, msg)
 
 
-def _sotw_request(data: bytes) -> KeyedRequest:
+class MalformedRequest(ProtocolError):
+    """Request bytes that do not parse as the method's request message.
+
+    The deserializers return it (raising there would leave grpc to end the stream with OK);
+    the stream ends with INVALID_ARGUMENT and its message. It keeps only the size and first
+    bytes of the request, for the log line.
+    """
+
+    def __init__(self, message_type: str, data: bytes, error: BaseException) -> None:
+        reason = " ".join(str(error).split())  # one line, whatever the parser said
+        if reason.startswith("Error parsing message"):  # (protobuf names the type first)
+            reason = reason.partition("': ")[2] or reason
+        reason = reason[:100] or type(error).__name__
+        super().__init__(f"malformed {message_type}: {reason}")
+        self.size = len(data)
+        self.head = data[:_HEAD_BYTES].hex()
+
+
+_HEAD_BYTES = 16
+"""How much of a malformed request its log line shows."""
+
+_M = TypeVar("_M", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
+
+
+def _parse(cls: type[_M], data: bytes) -> _M | MalformedRequest:
+    try:
+        return cls.FromString(data)
+    except (DecodeError, ValueError, RecursionError) as exc:  # (deep nesting: RecursionError)
+        return MalformedRequest(cls.DESCRIPTOR.name, data, exc)
+
+
+def _sotw_request(data: bytes) -> KeyedRequest | MalformedRequest:
     light = light_request(data)
     if light is not None:
         return KeyedRequest(light[0], light[1], data)
-    msg = discovery_pb2.DiscoveryRequest.FromString(data)
+    msg = _parse(discovery_pb2.DiscoveryRequest, data)
+    if isinstance(msg, MalformedRequest):
+        return msg
     return KeyedRequest(msg, subscription_key(data, msg))
+
+
+def _delta_request(data: bytes) -> discovery_pb2.DeltaDiscoveryRequest | MalformedRequest:
+    return _parse(discovery_pb2.DeltaDiscoveryRequest, data)
 
 
 def admin_address(node: Any, peer: str) -> str | None:
