@@ -117,6 +117,10 @@ class AdminServicer(RegistryWrites):
     async def GetProxyStatus(self, request: pb.GetProxyStatusRequest, context: Ctx) -> Message:  # noqa: N802
         async def body(who: Principal) -> Message:
             conns = connections(self.streams, request.node_id)
+            if request.node_id and not conns:  # as GetProxyConfig: a node asked for by name
+                raise AdminError(
+                    grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} is not connected"
+                )
             return pb.GetProxyStatusResponse(proxies=[proxy_status(c) for c in conns])
 
         return await self._call(context, request, body)
