@@ -3,6 +3,7 @@ descriptor, and one place that turns errors into gRPC status codes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -12,7 +13,7 @@ from google.protobuf.message import DecodeError, Message
 
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import Authenticator, Principal
-from xds_server.admin.errors import AdminError, from_mesh_error
+from xds_server.admin.errors import REGISTRY_UNAVAILABLE, AdminError, from_mesh_error
 from xds_server.errors import MeshError
 from xds_server.events import EventBus
 from xds_server.registry import WritableRegistry
@@ -24,6 +25,9 @@ from xds_server.state import RegistryState
 log = logging.getLogger("meshd.admin")
 
 SERVICE_NAME = "apg.mesh.admin.v1.MeshAdminService"
+
+REGISTRY_PATIENCE = 2.0
+"""Seconds an admin call waits for etcd while meshd has no connection to it."""
 
 _Req = TypeVar("_Req", bound=Message)
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -96,7 +100,7 @@ class ServicerBase:
             if isinstance(request, Malformed):
                 raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, request.error)
             principal = self.auth.principal(context.invocation_metadata())
-            return await body(principal)
+            return await self._patiently(body(principal))
         except MeshError as exc:
             err = from_mesh_error(exc)
             await context.abort(err.code, err.message)
@@ -104,6 +108,28 @@ class ServicerBase:
             log.exception("admin call failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (see meshd log)")
         raise AssertionError("unreachable")  # context.abort raises
+
+    async def _patiently(self, call: Awaitable[Message]) -> Message:
+        """``call``, given up after :data:`REGISTRY_PATIENCE` seconds while there is no
+        connection to etcd: UNAVAILABLE naming etcd, as a person waits no longer (a call
+        to etcd otherwise waits for it up to its own timeout, twice for a write). A slow
+        call on a live connection is left to finish."""
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=REGISTRY_PATIENCE)
+                if done:
+                    return task.result()
+                reachable = getattr(self.registry, "reachable", None)
+                if reachable is not None and not reachable():
+                    where = getattr(self.registry, "endpoints", None) or ["?"]
+                    raise AdminError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{REGISTRY_UNAVAILABLE}: etcd at {','.join(where)} does not answer "
+                        f"(waited {REGISTRY_PATIENCE:g}s)",
+                    )
+        finally:
+            task.cancel()
 
 
 def _safe_parser(cls: type[_Req]) -> Callable[[bytes], _Req | Malformed]:

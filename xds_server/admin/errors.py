@@ -11,6 +11,10 @@ from xds_server.errors import (
     ValidationError,
 )
 
+REGISTRY_UNAVAILABLE = "registry (etcd) unavailable"
+"""How an UNAVAILABLE answer of meshd begins when etcd, not meshd, is out of reach
+(meshctl tells the two apart by it)."""
+
 
 class AdminError(MeshError):
     """An admin call fails with ``code`` and a message for people."""
@@ -37,5 +41,5 @@ def from_mesh_error(exc: MeshError, where: str = "") -> AdminError:
         # Optimistic concurrency lost: the caller re-reads and retries (google.rpc ABORTED).
         return AdminError(grpc.StatusCode.ABORTED, f"conflict: {exc}; re-read and retry")
     if isinstance(exc, RegistryUnavailable):
-        return AdminError(grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}")
+        return AdminError(grpc.StatusCode.UNAVAILABLE, f"{REGISTRY_UNAVAILABLE}: {exc}")
     return AdminError(grpc.StatusCode.INTERNAL, str(exc))

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
+from xds_server.admin.errors import REGISTRY_UNAVAILABLE
 from xds_server.cli.manifest import KIND_DOCS, ManifestError, dumps, parse_manifest, to_document
 from xds_server.cli.tables import (
     entry_rows,
@@ -88,7 +89,9 @@ def run(args: argparse.Namespace, func: Callable[[Client, argparse.Namespace], i
     except grpc.RpcError as exc:
         code = exc.code()  # type: ignore[attr-defined]
         details = exc.details()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if code == grpc.StatusCode.UNAVAILABLE and details.startswith(REGISTRY_UNAVAILABLE):
+            pass  # meshd answered: its registry is out of reach, not meshd
+        elif code == grpc.StatusCode.UNAVAILABLE:
             details = f"admin API at {args.admin} unreachable ({details})"
         print(f"meshctl {args.command}: {code.name}: {details}", file=sys.stderr)
         return 2 if code in AUTH_CODES else 1
