@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from adapters.memory import MemoryRegistry
 from integration.grpc_backend import serve
 from tests.xds_client import running_meshd
+from xds_server.app import MeshApp
 
 CLIENT = textwrap.dedent(
     """
@@ -95,3 +97,129 @@ async def test_proxyless_grpc_client_splits_90_10(backends: dict[str, int]) -> N
             assert sample("meshd_xds_nacks_total", {"type": short}) in (None, 0.0)
             acks = sample("meshd_xds_requests_total", {"type": short, "kind": "ack"})
             assert acks is not None and acks >= 1, short
+
+
+OUTCOMES = textwrap.dedent(
+    """
+    import collections, sys, grpc
+    n, target = int(sys.argv[1]), sys.argv[2]
+    got = collections.Counter()
+    with grpc.insecure_channel(target) as ch:
+        who = ch.unary_unary("/apg.test.Who/Who")
+        for _ in range(n):
+            try:
+                got[who(b"", timeout=float(sys.argv[3])).decode()] += 1
+            except grpc.RpcError as exc:
+                got[exc.code().name] += 1
+    print(dict(got))
+    """
+)
+
+
+def run_outcomes(
+    xds_port: int, n: int, target: str = "xds:///echo.default", timeout: float = 10
+) -> Counter[str]:
+    """``n`` calls from a grpcio xDS client: reply bodies, or status code names."""
+    bootstrap = {
+        "xds_servers": [
+            {
+                "server_uri": f"127.0.0.1:{xds_port}",
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }
+        ],
+        "node": {"id": "grpc-client-2", "cluster": "proxyless", "locality": {"zone": "z"}},
+    }
+    env = {**os.environ, "GRPC_XDS_BOOTSTRAP_CONFIG": json.dumps(bootstrap)}
+    out = subprocess.run(
+        [sys.executable, "-c", OUTCOMES, str(n), target, str(timeout)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    return Counter(json.loads(out.stdout.decode().strip().replace("'", '"')))
+
+
+def _nacks(app: MeshApp) -> dict[str, float | None]:
+    sample = app.metrics.registry.get_sample_value
+    return {t: sample("meshd_xds_nacks_total", {"type": t}) for t in ("LDS", "RDS", "CDS", "EDS")}
+
+
+async def _status_error(registry: MemoryRegistry, key: str) -> dict[str, object]:
+    """The status key meshd writes for ``key`` (waited for: it is written off the push path)."""
+    for _ in range(250):
+        stored = await registry.get(f"{registry.prefix}status/errors/{key}")
+        if stored is not None:
+            value: dict[str, object] = json.loads(stored.value)
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no status error for {key}")
+
+
+async def test_proxyless_client_runs_route_fault_and_is_told_of_rate_limit(
+    backends: dict[str, int],
+) -> None:
+    entries = {
+        "services/default/echo": {"protocol": "grpc", "port": backends["v1"]},
+        "endpoints/default/echo/v1": {"address": "127.0.0.1", "port": backends["v1"], "zone": "z"},
+        "routes/default/echo-fault": {
+            "listener": "*",
+            "hosts": ["echo.default"],
+            "destinations": [{"service": "echo"}],
+            "fault": {"abort_percent": 100, "abort_status": 503},
+            "rate_limit": {"requests_per_minute": 6000, "burst": 100},
+        },
+    }
+    async with running_meshd(entries) as (registry, app):
+        counts = await asyncio.to_thread(run_outcomes, app.xds_port, 20)
+        # 503 is UNAVAILABLE in gRPC's HTTP status mapping: every call aborted by the fault.
+        assert counts == {"UNAVAILABLE": 20}, counts
+        assert all(v in (None, 0.0) for v in _nacks(app).values()), _nacks(app)
+        # The rate limit cannot run in a gRPC client: said on the route's key, not dropped.
+        error = await _status_error(registry, "routes/default/echo-fault")
+        assert error["field"] == "rate_limit", error
+        assert "xds:///echo.default" in str(error["error"]), error
+        problem = app.controller.state.problems[f"{registry.prefix}routes/default/echo-fault"]
+        assert problem.field == "rate_limit"
+
+
+@pytest.mark.parametrize("algorithm", ["maglev", "random", "least_request"])
+async def test_unsupported_algorithm_is_a_clear_error_not_a_nack(
+    backends: dict[str, int], algorithm: str
+) -> None:
+    entries = {
+        "services/default/echo": {
+            "protocol": "grpc",
+            "port": backends["v1"],
+            "load_balancer": {"algorithm": algorithm},
+        },
+        "endpoints/default/echo/v1": {"address": "127.0.0.1", "port": backends["v1"], "zone": "z"},
+        "services/default/fine": {"protocol": "grpc", "port": backends["v2"]},
+        "endpoints/default/fine/v2": {"address": "127.0.0.1", "port": backends["v2"], "zone": "z"},
+    }
+    async with running_meshd(entries) as (registry, app):
+        counts = await asyncio.to_thread(run_outcomes, app.xds_port, 2, timeout=3)
+        # Not served: the listener is missing for the client (it fails its calls until
+        # it gives the name up as nonexistent), and nothing was NACKed.
+        assert set(counts) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, counts
+        assert all(v in (None, 0.0) for v in _nacks(app).values()), _nacks(app)
+        error = await _status_error(registry, "services/default/echo")
+        assert error["field"] == "load_balancer.algorithm", error
+        assert algorithm in str(error["error"]) and "xds:///echo.default" in str(error["error"])
+        # The rest is served to proxyless clients as before.
+        fine = await asyncio.to_thread(run_outcomes, app.xds_port, 3, "xds:///fine.default")
+        assert fine == {"v2": 3}, fine
+        assert all(v in (None, 0.0) for v in _nacks(app).values()), _nacks(app)
+        # Fixed: served again, and the error is gone.
+        await registry.put(
+            f"{registry.prefix}services/default/echo",
+            json.dumps({"protocol": "grpc", "port": backends["v1"]}).encode(),
+        )
+        for _ in range(250):
+            if await registry.get(f"{registry.prefix}status/errors/services/default/echo") is None:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the status error stayed")
+        assert await asyncio.to_thread(run_outcomes, app.xds_port, 2) == {"v1": 2}

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
+from xds_server.dns_problems import DnsProblems
 from xds_server.cache import ConfigCache
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.events import EventBus, EventType
@@ -159,6 +160,8 @@ class Controller:
         self.state = RegistryState(registry.prefix)
         self.dns = DnsCache(self._dns_changed, resolve=resolve)
         self.translator = Translator(resolve=self.dns.lookup)
+        self.dns_problems = DnsProblems(registry.prefix)
+        """Endpoints whose name does not resolve (reported beside the state's problems)."""
         self.status = StatusWriter(registry, registry.prefix)
         self.clock = clock
         self.batches = 0
@@ -215,6 +218,8 @@ class Controller:
                 self._listing_fold += folded - started
                 return changes
             delta = self.translator.update(self.state, changes)
+            self._dns_reconcile(changes.services | changes.endpoints, changes)
+            self.translator.report_notes(self.state.problems, changes)
         translated_at = self.clock()
         self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
         # (an observer may apply to the cache again)
@@ -290,19 +295,24 @@ class Controller:
         if delta:
             self.metrics.convergence.changed(self.cache.generation, now, self.cache.last_woken)
         changes = ChangeSet(revision=self.state.revision)
-        for ref in refs:
-            for name, ids in self.translator.dns_names.get(ref, {}).items():
-                if name not in names:
-                    continue
-                error = self.dns.error(name)
-                for endpoint_id in ids:
-                    key = f"{self.state.prefix}endpoints/{ref.namespace}/{ref.name}/{endpoint_id}"
-                    if error:
-                        problem = Problem(key, "address", f"{name} {error}", self.state.revision)
-                        changes.problems_set[key] = problem
-                    elif key not in self.state.problems:
-                        changes.problems_cleared.add(key)
+        self._dns_reconcile(refs, changes)
         self._report(changes)
+
+    def _dns_reconcile(self, refs: set[ServiceRef], changes: ChangeSet) -> None:
+        """The DNS problems of ``refs``' endpoints as their names resolve now."""
+        self.dns_problems.reconcile(
+            refs,
+            self.translator.dns_names,
+            self.dns.error,
+            self.dns.lookup,
+            self.state.revision,
+            changes,
+            self.state.problems,
+        )
+
+    def problems(self) -> dict[str, Problem]:
+        """Every rejected registry key and why: the state's, and names that do not resolve."""
+        return self.dns_problems.merged(self.state.problems)
 
     def _report(self, changes: ChangeSet) -> None:
         for key, problem in sorted(changes.problems_set.items()):
@@ -314,7 +324,7 @@ class Controller:
             log.info("entry %s is valid again", key)
         if changes.problems_set or changes.problems_cleared:
             counts = dict.fromkeys((*KINDS, "unknown"), 0)
-            for key in self.state.problems:
+            for key in self.problems():
                 kind = key[len(self.state.prefix) :].split("/", 1)[0]
                 counts[kind if kind in counts else "unknown"] += 1
             for kind, n in counts.items():

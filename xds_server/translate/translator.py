@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from xds_server.model import Service, ServiceRef, SessionAffinity
+from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
 from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
-from xds_server.translate.grpc_api import api_listener, api_route_configuration
+from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.listener import listener_resource
 from xds_server.translate.names import (
     CLUSTER,
@@ -54,7 +54,7 @@ class Delta:
         return sum(len(v) for v in self.changed.values())
 
 
-_RouteSig = tuple[int | None, str, SessionAffinity | None]
+_RouteSig = tuple[int | None, str, SessionAffinity | None, str]
 
 BULK_SERVICES = 1_000
 """Services whose endpoints one translation re-encodes, from which it bypasses the
@@ -62,8 +62,10 @@ endpoint encoding memo (a cold start: every endpoint a miss; see ``eds_wire``)."
 
 
 def _route_sig(svc: Service) -> _RouteSig:
-    """What of a service route configurations depend on (not clusters or endpoints)."""
-    return (svc.port, svc.protocol, svc.load_balancer.session_affinity)
+    """What of a service route configurations depend on (not clusters or endpoints; the
+    algorithm decides whether proxyless clients can be served the routes to it)."""
+    lb = svc.load_balancer
+    return (svc.port, svc.protocol, lb.session_affinity, lb.algorithm)
 
 
 class Translator:
@@ -77,6 +79,9 @@ class Translator:
         self.health: Mapping[ServiceRef, Mapping[str, int]] = {}
         self.dns_names: dict[ServiceRef, dict[str, set[str]]] = {}
         """Per service: DNS name -> keys of the endpoints that use it (for resolution)."""
+        self.notes: dict[str, Problem] = {}
+        """Registry key -> what of it proxyless gRPC clients cannot honour (grpc_api)."""
+        self._noted: dict[str, Problem] = {}  # notes put into the registry's problems
 
     def _put(self, delta: Delta, type_url: str, res: Resource) -> None:
         old = self.index[type_url].get(res.name)
@@ -119,9 +124,7 @@ class Translator:
                     self._drop(delta, CLUSTER, name)
                     self._drop(delta, ENDPOINT, name)
             self._by_service[ref] = [r.name for r in clusters]
-            if svc.protocol == "grpc":
-                self._put(delta, LISTENER, api_listener(svc))
-            else:
+            if svc.protocol != "grpc":  # (a gRPC service's are put with the routes below)
                 self._drop(delta, LISTENER, service_host(ref))
                 self._drop(delta, ROUTE, service_host(ref))
         refs = changes.endpoints | changes.services
@@ -158,11 +161,55 @@ class Translator:
             for name, listener in state.listeners.items():
                 if listener.protocol == "http":
                     self._put(delta, ROUTE, self._route_config(state, name))
-            for svc in state.services.values():
-                if svc.protocol == "grpc":
-                    routes = state.routes.values()
-                    self._put(delta, ROUTE, api_route_configuration(svc, routes, state.services))
+            self._proxyless(state, delta)
         return delta
+
+    def _proxyless(self, state: RegistryState, delta: Delta) -> None:
+        """Every gRPC service's api_listener and route configuration, or neither when
+        gRPC clients could not run them; :attr:`notes` says what they cannot honour."""
+        notes: Notes = {}
+        for svc in state.services.values():
+            if svc.protocol != "grpc":
+                continue
+            served = proxyless_resources(svc, state.routes.values(), state.services, notes)
+            if served is None:
+                self._drop(delta, LISTENER, service_host(svc.ref))
+                self._drop(delta, ROUTE, service_host(svc.ref))
+            else:
+                self._put(delta, LISTENER, served[0])
+                self._put(delta, ROUTE, served[1])
+        out: dict[str, Problem] = {}
+        for note, targets in notes.items():
+            kind, name, field_ = note
+            key = f"{state.prefix}{kind}/{name}"
+            algorithm = ""
+            if kind == "services":
+                ns, _, svc_name = name.partition("/")
+                algorithm = state.services[ServiceRef(ns, svc_name)].load_balancer.algorithm
+            reason = note_reason(note, targets, algorithm)
+            old = self.notes.get(key)
+            # An unchanged note keeps its revision: the status key is not rewritten.
+            same = old is not None and (old.field, old.reason) == (field_, reason)
+            out[key] = old if same and old else Problem(key, field_, reason, state.revision)
+        self.notes = out
+
+    def report_notes(self, problems: dict[str, Problem], changes: ChangeSet) -> None:
+        """Show :attr:`notes` among the registry's ``problems`` (status keys, ``meshctl
+        errors``) and record in ``changes`` what that changed. A rejection of the key itself
+        comes first; a note it hid shows again once the key is valid. Call after each
+        :meth:`update`."""
+        for key, old in list(self._noted.items()):
+            if problems.get(key) is not old:  # replaced by a rejection of the key
+                del self._noted[key]
+            elif self.notes.get(key) is not old:
+                del problems[key], self._noted[key]
+                changes.problems_set.pop(key, None)
+                changes.problems_cleared.add(key)
+        for key, note in self.notes.items():
+            if key not in problems:
+                problems[key] = self._noted[key] = note
+                changes.problems_set[key] = note
+                changes.problems_cleared.discard(key)
 
     def refresh_endpoints(self, state: RegistryState, refs: set[ServiceRef]) -> Delta:
         """Re-translate the assignments of some services (health or DNS changed)."""
