@@ -223,3 +223,36 @@ async def test_unsupported_algorithm_is_a_clear_error_not_a_nack(
         else:
             raise AssertionError("the status error stayed")
         assert await asyncio.to_thread(run_outcomes, app.xds_port, 2) == {"v1": 2}
+
+
+async def test_a_route_to_a_service_grpc_cannot_balance_withholds_the_name(
+    backends: dict[str, int],
+) -> None:
+    """The algorithm of a route's destination counts too: a proxyless client of the name
+    the route is on would be sent that cluster."""
+    entries = {
+        "services/default/echo": {"protocol": "grpc", "port": backends["v1"]},
+        "endpoints/default/echo/v1": {"address": "127.0.0.1", "port": backends["v1"], "zone": "z"},
+        "services/default/hashed": {
+            "protocol": "http2",
+            "port": backends["v2"],
+            "load_balancer": {"algorithm": "maglev"},
+        },
+        "endpoints/default/hashed/v2": {"address": "127.0.0.1", "port": backends["v2"]},
+        "routes/default/to-hashed": {
+            "listener": "*",
+            "hosts": ["echo.default"],
+            "destinations": [{"service": "hashed"}],
+        },
+    }
+    async with running_meshd(entries) as (registry, app):
+        counts = await asyncio.to_thread(run_outcomes, app.xds_port, 1, timeout=3)
+        assert set(counts) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, counts
+        assert all(v in (None, 0.0) for v in _nacks(app).values()), _nacks(app)
+        error = await _status_error(registry, "services/default/hashed")
+        assert error["field"] == "load_balancer.algorithm", error
+        assert "maglev" in str(error["error"]) and "xds:///echo.default" in str(error["error"])
+        # The route goes: the name is served again, and the error is gone.
+        await registry.delete(f"{registry.prefix}routes/default/to-hashed")
+        assert await asyncio.to_thread(run_outcomes, app.xds_port, 2) == {"v1": 2}
+        assert await registry.get(f"{registry.prefix}status/errors/services/default/hashed") is None
