@@ -163,6 +163,7 @@ class MeshApp:
                 self.config.auth,
                 health=self.health,
                 topology=self.topology,
+                problems=self.controller.problems,
             )
             self._admin_server, self.admin_port = await start_admin_server(self.config.admin, admin)
         if self.config.metrics:

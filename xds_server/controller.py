@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
-from xds_server.dns_problems import DnsProblems
 from xds_server.cache import ConfigCache
+from xds_server.dns_problems import DnsProblems
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.events import EventBus, EventType
 from xds_server.metrics import Metrics

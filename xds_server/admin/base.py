@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -16,6 +16,7 @@ from xds_server.admin.auth import Authenticator, Principal
 from xds_server.admin.errors import REGISTRY_UNAVAILABLE, AdminError, from_mesh_error
 from xds_server.errors import MeshError
 from xds_server.events import EventBus
+from xds_server.model import Problem
 from xds_server.registry import WritableRegistry
 from xds_server.server.ads import StreamRegistry
 from xds_server.server.hds import HealthService
@@ -53,10 +54,14 @@ class ServicerBase:
         *,
         health: HealthService | None = None,
         topology: TopologyService | None = None,
+        problems: Callable[[], Mapping[str, Problem]] | None = None,
     ) -> None:
         self.registry = registry
         self.prefix = registry.prefix
         self.state = state
+        self.problems = problems or (lambda: state.problems)
+        """Every rejected key and why (ListErrors): the state's problems, and meshd's own
+        findings such as endpoint names that do not resolve."""
         self.streams = streams
         self.events = events
         self.auth = auth

@@ -83,8 +83,9 @@ class AdminServicer(RegistryWrites):
     async def ListErrors(self, request: pb.ListErrorsRequest, context: Ctx) -> Message:  # noqa: N802
         async def body(who: Principal) -> Message:
             out = pb.ListErrorsResponse()
-            for key in sorted(self.state.problems):
-                problem = self.state.problems[key]
+            problems = self.problems()
+            for key in sorted(problems):
+                problem = problems[key]
                 ns = self._namespace_of(key)
                 if request.namespace and ns != request.namespace:
                     continue
