@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import grpc
 import pytest
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import free_port
 from tests.fixtures_admin import AdminMesh
 from tests.test_meshctl import meshctl
+from xds_server.admin.api import admin_pb2_grpc
 from xds_server.app import MeshApp, MeshConfig
 
 pytestmark = pytest.mark.etcd
@@ -27,14 +29,8 @@ BAD_NAME = "db.invalid"  # RFC 6761: never resolves
 @pytest.fixture
 async def mesh(etcd_shared: EmbeddedEtcd, etcd_prefix: str) -> AsyncIterator[AdminMesh]:
     """meshd with its admin API and /metrics on free ports, on the shared etcd."""
-    import grpc
-
-    from xds_server.admin.api import admin_pb2_grpc
-
     registry = EtcdRegistry(etcd_shared.endpoint, prefix=etcd_prefix)
-    config = MeshConfig(
-        xds="127.0.0.1:0", admin="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}"
-    )
+    config = MeshConfig(xds="127.0.0.1:0", admin="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}")
     app = MeshApp(registry, config)
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.admin_port}")
@@ -64,10 +60,12 @@ async def _errors(mesh: AdminMesh) -> dict[str, dict[str, object]]:
     return {e["key"]: e for e in json.loads(out)["errors"]}
 
 
-async def _until(mesh: AdminMesh, check: object, what: str, timeout: float = 15) -> None:
+async def _until(
+    mesh: AdminMesh, check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15
+) -> None:
     """Poll an async ``check()`` (through meshctl) until it returns True."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():  # type: ignore[operator]
+    while not await check():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.2)
 
@@ -110,3 +108,60 @@ async def test_an_endpoint_name_that_does_not_resolve_is_listed_and_counted(
 
     await _until(mesh, cleared, "the endpoints no longer rejected")
     assert _rejected_metric(mesh.app, "endpoints") == 0
+
+
+def _table(out: str) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Header, rows by NAME (split on two spaces or more) and the lines after the table."""
+    lines = out.splitlines()
+    header = lines[0].split()
+    rows: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for line in lines[1:]:
+        if notes or not line or line.startswith(" ") or "  " not in line:
+            notes.append(line)
+            continue
+        cells = [c.strip() for c in line.split("  ") if c.strip()]
+        rows[cells[header.index("NAME")]] = cells
+    return header, rows, notes
+
+
+async def test_get_shows_what_is_in_force_and_what_is_rejected(mesh: AdminMesh) -> None:
+    admin = ("--admin", mesh.address)
+    await mesh.put_json("services/shop/web", {"port": 8080})
+    await mesh.put_json("services/shop/api", {"port": 9090})
+    await mesh.put_json("listeners/public", {"port": free_port()})
+    await mesh.put_json(
+        "routes/shop/front", {"listener": "public", "destinations": [{"service": "web"}]}
+    )
+    # A route to a service that does not exist: rejected, nothing kept.
+    await mesh.put_json(
+        "routes/shop/ghost",
+        {"listener": "public", "match": {"prefix": "/g"}, "destinations": [{"service": "nosuch"}]},
+    )
+    state = mesh.app.controller.state
+    await mesh.wait_for(lambda: "front" in {r.name for r in state.routes.values()}, "front")
+    # A bad update of a service in force: rejected, its last good value kept.
+    await mesh.put_json("services/shop/api", {"port": 9090, "protocl": "http"})
+    await mesh.wait_for(lambda: len(state.problems) == 2, "two rejected entries")
+
+    code, out, err = await meshctl("get", "routes", "-n", "shop", *admin)
+    assert code == 0, err
+    header, rows, notes = _table(out)
+    assert header[-1] == "STATUS", out
+    assert rows["front"][-1] == "in force", out
+    assert rows["ghost"][-1] == "rejected", out
+    assert "nosuch=1" in rows["ghost"] and "None" not in out, out  # weight defaults to 1
+    (note,) = [n for n in notes if "ghost" in n]
+    assert "shop/ghost" in note and "nosuch" in note, out  # the reason, naming the service
+
+    code, out, err = await meshctl("get", "services", "-n", "shop", *admin)
+    assert code == 0, err
+    header, rows, notes = _table(out)
+    assert rows["web"][-1] == "in force", out
+    assert rows["api"][-1] == "rejected, last good in force", out
+    (note,) = [n for n in notes if "api" in n]
+    assert "protocl" in note and "last good value kept" in note, out
+
+    # Everything in force: the table as before, no STATUS column.
+    code, out, err = await meshctl("get", "listeners", *admin)
+    assert code == 0 and out.splitlines()[0].split()[-1] == "REVISION", out

@@ -183,8 +183,12 @@ def get(client: Client, args: argparse.Namespace) -> int:
     if not entries:
         print(f"no {args.kind} found", file=sys.stderr)
         return 0
-    header, rows = entry_rows(kind, entries)
+    # What is rejected (meshd's view, not etcd's): marked in the table, reasons below it.
+    errors = client.call("ListErrors", pb.ListErrorsRequest(namespace=args.namespace or ""))
+    header, rows, notes = entry_rows(kind, entries, {e.key: e for e in errors.errors})
     sys.stdout.write(table(header, rows))
+    for note in notes:
+        print(note)
     return 0
 
 

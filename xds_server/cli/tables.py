@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from xds_server.admin.api import admin_pb2 as pb
@@ -38,8 +38,22 @@ def _spec(entry: pb.Entry) -> dict[str, Any]:
     return spec_json(entry.spec) if not entry.raw else {}
 
 
-def entry_rows(kind: int, entries: Sequence[pb.Entry]) -> tuple[list[str], list[list[object]]]:
-    """Header and rows of ``meshctl get`` for one kind."""
+IN_FORCE = "in force"
+REJECTED = "rejected"
+REJECTED_KEPT = "rejected, last good in force"
+
+
+def entry_rows(
+    kind: int,
+    entries: Sequence[pb.Entry],
+    errors: Mapping[str, pb.RegistryError] | None = None,
+) -> tuple[list[str], list[list[object]], list[str]]:
+    """Header, rows and notes of ``meshctl get`` for one kind.
+
+    ``errors`` (ListErrors by key) adds a STATUS column when any entry shown is rejected:
+    ``in force``, ``rejected`` (serves nothing) or ``rejected, last good in force`` (the
+    value shown is not the one served); the notes say why, one line per rejected entry.
+    """
     rows: list[list[object]] = []
     if kind == pb.KIND_SERVICE:
         header = ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "REVISION"]
@@ -110,20 +124,29 @@ def entry_rows(kind: int, entries: Sequence[pb.Entry]) -> tuple[list[str], list[
                     e.revision,
                 ]
             )
-    for e, row in zip(entries, rows, strict=True):
-        if e.raw:
-            row.append(f"rejected value: {json.dumps(e.raw)[:40]}")
-    if any(e.raw for e in entries):
-        header = [*header, "NOTE"]
+    errors = errors or {}
+    notes: list[str] = []
+    if any(e.raw or e.key in errors for e in entries):
+        header = [*header, "STATUS"]
         for e, row in zip(entries, rows, strict=True):
-            if not e.raw:
-                row.append("")
-    return header, rows
+            problem = errors.get(e.key)
+            if problem is None and not e.raw:
+                row.append(IN_FORCE)
+                continue
+            row.append(REJECTED_KEPT if problem and problem.last_good_kept else REJECTED)
+            where = "/".join(p for p in (e.ref.namespace, e.ref.service, e.ref.name) if p)
+            if problem is not None:
+                field = f"{problem.field}: " if problem.field else ""
+                kept = "; last good value kept" if problem.last_good_kept else ""
+                notes.append(f"{where}: {field}{problem.reason}{kept}")
+            if e.raw:
+                notes.append(f"{where}: stored value is not JSON: {json.dumps(e.raw)[:40]}")
+    return header, rows, notes
 
 
 def _destination(d: dict[str, Any]) -> str:
     subset = f"@{d['subset']}" if d.get("subset") else ""
-    return f"{d.get('service')}{subset}={d.get('weight')}"
+    return f"{d.get('service')}{subset}={d.get('weight', 1)}"  # (the registry's default)
 
 
 def short_version(version: str) -> str:
