@@ -129,6 +129,7 @@ async def make_rig(
     backend_factory: BackendFactory,
     *,
     delta: bool = False,
+    admin: str | None = None,
 ) -> AsyncIterator[Rig]:
     etcd = EmbeddedEtcd(tmp_path / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
     await etcd.start()
@@ -141,7 +142,7 @@ async def make_rig(
     }
     await seed(registry, split_entries(ports["v1"], ports["v2"], ports["listener"]))
     xds_port = free_port()
-    app = MeshApp(registry, MeshConfig(xds=f"127.0.0.1:{xds_port}", metrics=None))
+    app = MeshApp(registry, MeshConfig(xds=f"127.0.0.1:{xds_port}", metrics=None, admin=admin))
     await app.start()
     bs = bootstrap("gw-1", "gateway", xds_port=xds_port, admin_port=0, delta=delta)
     envoy = await asyncio.to_thread(envoy_factory, bs, name="gateway")

@@ -118,7 +118,11 @@ def test_last_good_value_returns_when_its_service_comes_back() -> None:
     reg.put("routes/default/r", b"{not json")
     assert P + "routes/default/r" in reg.state.routes
     reg.delete("services/default/web")
-    assert P + "routes/default/r" not in reg.state.routes
+    # The route's last good value still sends to web: both stay in force (an etcd edit
+    # does not cut traffic that flows), and the service's key says why.
+    assert P + "routes/default/r" in reg.state.routes
+    assert reg.state.problems[P + "services/default/web"].last_good_kept
     reg.put("services/default/web", {"port": 80})
+    assert P + "services/default/web" not in reg.state.problems
     assert P + "routes/default/r" in reg.state.routes
     assert reg.state.problems[P + "routes/default/r"].last_good_kept

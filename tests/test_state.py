@@ -18,6 +18,7 @@ SVC_API = "/mesh/services/default/api"
 EP1 = "/mesh/endpoints/default/web/w1"
 EP2 = "/mesh/endpoints/default/web/w2"
 RT = "/mesh/routes/default/r"
+RT_API = "/mesh/routes/default/to-api"
 LS = "/mesh/listeners/public"
 TCP = "/mesh/listeners/db"
 
@@ -130,16 +131,40 @@ def test_route_and_its_service_in_one_batch_in_any_order() -> None:
     assert mesh.state.problems == {}
 
 
-def test_removing_a_subset_takes_routes_to_it_out_of_force() -> None:
+def test_removing_a_subset_a_route_uses_keeps_it_until_the_route_changes() -> None:
     mesh = Mesh()
     mesh.put((SVC, web()), (RT, route({"service": "web", "subset": "v2"})))
+    old = mesh.state.services[WEB]
     changes = mesh.put((SVC, {"port": 8080, "subsets": {"v1": {"version": "v1"}}}))
-    problem = Problem(RT, "destinations[0].subset", "service default/web has no subset 'v2'", 2)
-    assert changes == only(mesh, services={WEB}, routes={RT}, problems_set={RT: problem})
-    assert mesh.state.routes == {}
+    # Nothing changes in force; both keys say why.
+    assert changes == only(mesh, problems_set=changes.problems_set)
+    assert set(changes.problems_set) == {SVC, RT}
+    assert mesh.state.services[WEB] is old and RT in mesh.state.routes
+    held = mesh.state.problems[SVC]
+    assert (held.field, held.revision, held.last_good_kept) == ("", 3, True)
+    assert held.reason == (
+        "changed while routes/default/r still depends on it (routes/default/r: "
+        "destinations[0].subset: service default/web has no subset 'v2'); the last good "
+        "value stays in force until they change or it is restored"
+    )
+    leaning = mesh.state.problems[RT]
+    assert (leaning.field, leaning.revision, leaning.last_good_kept) == (
+        "destinations[0].subset",
+        2,
+        True,
+    )
+    assert leaning.reason.startswith("service default/web has no subset 'v2' in the registry")
+    # A new route to the subset that is gone is judged by the registry as it is.
+    changes = mesh.put((RT_API, route({"service": "web", "subset": "v2"})))
+    assert RT_API not in mesh.state.routes
+    assert mesh.state.problems[RT_API].reason == "service default/web has no subset 'v2'"
+
+    changes = mesh.put((RT, route({"service": "web", "subset": "v1"})))
+    assert changes == only(mesh, services={WEB}, routes={RT}, problems_cleared={SVC, RT})
+    assert mesh.state.services[WEB].subset_names == ("v1",)
 
 
-def test_deleting_a_service_takes_its_dependents_out_and_re_adding_restores_them() -> None:
+def test_deleting_a_service_keeps_it_for_its_dependents_until_they_go() -> None:
     mesh = Mesh()
     mesh.put(
         (SVC, web()),
@@ -148,38 +173,61 @@ def test_deleting_a_service_takes_its_dependents_out_and_re_adding_restores_them
         (TCP, {"port": 5432, "protocol": "tcp", "service": "web"}),
         (LS, {"port": 10000}),
     )
-    before = copy.deepcopy((mesh.state.endpoints, mesh.state.routes, mesh.state.listeners))
+    before = copy.deepcopy(
+        (mesh.state.services, mesh.state.endpoints, mesh.state.routes, mesh.state.listeners)
+    )
     assert mesh.state.problems == {}
 
     changes = mesh.delete(SVC)
-    assert changes == only(
-        mesh,
-        services={WEB},
-        endpoints={WEB},
-        routes={RT},
-        listeners={"db"},
-        problems_set={
-            EP1: Problem(EP1, "", "service default/web is not registered", 2),
-            RT: Problem(RT, "destinations[0].service", "unknown service default/web", 3),
-            TCP: Problem(TCP, "service", "unknown service default/web", 4),
-        },
+    assert changes == only(mesh, problems_set=changes.problems_set)
+    assert set(changes.problems_set) == {SVC, RT, TCP}
+    assert (
+        mesh.state.services,
+        mesh.state.endpoints,
+        mesh.state.routes,
+        mesh.state.listeners,
+    ) == before
+    held = mesh.state.problems[SVC]
+    assert held.last_good_kept and held.revision == 6
+    assert held.reason.startswith(
+        "deleted while listeners/db and 1 more still depend on it (listeners/db: service: "
+        "unknown service default/web)"
     )
-    assert mesh.state.services == {}
-    assert mesh.state.endpoints == {}
-    assert mesh.state.routes == {}
-    assert list(mesh.state.listeners) == ["public"]
-    assert not any(p.last_good_kept for p in mesh.state.problems.values())
+    assert mesh.state.problems[RT].field == "destinations[0].service"
+    assert mesh.state.problems[TCP].field == "service"
 
+    # Put back as it was: nothing to push, the problems clear.
     changes = mesh.put((SVC, web()))
+    assert changes == only(mesh, services=set(), problems_cleared={SVC, RT, TCP})
+    assert mesh.state.problems == {}
+
+    # Deleted again, then its dependents go: then so does it, and its endpoints with it.
+    mesh.delete(SVC)
+    changes = mesh.delete(RT)
+    assert changes == only(mesh, routes={RT}, problems_cleared={RT})
+    assert WEB in mesh.state.services
+    changes = mesh.delete(TCP)
     assert changes == only(
         mesh,
         services={WEB},
         endpoints={WEB},
-        routes={RT},
         listeners={"db"},
-        problems_cleared={EP1, RT, TCP},
+        problems_set={EP1: Problem(EP1, "", "service default/web is not registered", 2)},
+        problems_cleared={SVC, TCP},
     )
-    assert (mesh.state.endpoints, mesh.state.routes, mesh.state.listeners) == before
+    assert mesh.state.services == {} and mesh.state.endpoints == {}
+    assert list(mesh.state.listeners) == ["public"]
+
+
+def test_a_service_nothing_in_force_needs_goes_at_once() -> None:
+    mesh = Mesh()
+    mesh.put((SVC, web()), (RT, route({"service": "web", "subset": "v1"})))
+    changes = mesh.put((SVC, {"port": 8080, "subsets": {"v1": {"version": "v1"}}}))
+    assert changes == only(mesh, services={WEB}, routes=changes.routes)
+    assert mesh.state.problems == {}
+    mesh.delete(RT)
+    changes = mesh.delete(SVC)
+    assert changes == only(mesh, services={WEB})
     assert mesh.state.problems == {}
 
 
@@ -289,15 +337,20 @@ def test_unresolvable_update_keeps_the_last_good_route() -> None:
     assert mesh.state.routes[RT].destinations[0].service == API
 
 
-def test_last_good_route_goes_when_it_no_longer_resolves() -> None:
+def test_a_last_good_route_holds_its_service_too() -> None:
     mesh = Mesh()
     mesh.put((SVC, web()), (RT, route()))
     mesh.put((RT, route({"service": "api"})))
     assert mesh.state.problems[RT].last_good_kept
-    changes = mesh.delete(SVC)  # the last good value's service is gone
-    problem = Problem(RT, "destinations[0].service", "unknown service default/api", 3)
-    assert changes == only(mesh, services={WEB}, routes={RT}, problems_set={RT: problem})
-    assert mesh.state.routes == {}
+    changes = mesh.delete(SVC)  # the service of the route's last good value
+    assert changes == only(mesh, problems_set={SVC: mesh.state.problems[SVC]})
+    assert mesh.state.problems[SVC].last_good_kept
+    assert mesh.state.problems[RT].reason == "unknown service default/api"
+    assert RT in mesh.state.routes
+    # The route's current value comes into force: nothing needs web any more.
+    changes = mesh.put((SVC_API, {}))
+    assert changes == only(mesh, services={API, WEB}, routes={RT}, problems_cleared={RT, SVC})
+    assert list(mesh.state.services) == [API]
 
 
 def test_unresolvable_endpoint_update_keeps_the_last_good_endpoint() -> None:

@@ -57,6 +57,52 @@ def resolves(entity: Entity, services: dict[Any, Service]) -> bool:
     return True
 
 
+def held(state: RegistryState, content: dict[str, Entry]) -> dict[str, Service]:
+    """Services in force that are not their key's value in the registry (deleted, or
+    changed to another valid value): kept for the routes and listeners that need them."""
+    out = {}
+    for ref, svc in state.services.items():
+        key = f"{PREFIX}services/{ref.namespace}/{ref.name}"
+        entry = content.get(key)
+        value = parse_entry(key, entry.value, PREFIX)[1] if entry is not None else None
+        if value != svc and not isinstance(value, Problem):  # (invalid: last good kept)
+            out[key] = svc
+    return out
+
+
+def touches(entity: Entity, refs: set[Any]) -> bool:
+    """Does ``entity`` refer to (or belong to) one of the services ``refs``?"""
+    if isinstance(entity, Service):
+        return entity.ref in refs
+    if isinstance(entity, Endpoint):
+        return entity.service in refs
+    if isinstance(entity, Route):
+        mirror = {entity.mirror.service} if entity.mirror is not None else set()
+        return bool(({d.service for d in entity.destinations} | mirror) & refs)
+    tracing = {entity.tracing.service} if entity.tracing is not None else set()
+    return bool(({entity.service} | tracing) & refs)
+
+
+def assert_held_for_a_reason(state: RegistryState, content: dict[str, Entry]) -> None:
+    """A held service says so on its key, and some route or listener in force needs it: it
+    would not resolve with the registry's value of that service."""
+    for key, svc in held(state, content).items():
+        assert state.problems[key].last_good_kept, key
+        entry = content.get(key)
+        value = parse_entry(key, entry.value, PREFIX)[1] if entry is not None else None
+        registered = {**state.services}
+        if isinstance(value, Service):
+            registered[svc.ref] = value
+        else:
+            del registered[svc.ref]
+        users = [
+            e
+            for e in (*state.routes.values(), *state.listeners.values())
+            if touches(e, {svc.ref}) and not resolves(e, registered)
+        ]
+        assert users, key
+
+
 def assert_references_hold(state: RegistryState) -> None:
     """Nothing in force points at something that is not in force."""
     for key, entity in forced(state).items():
@@ -306,6 +352,7 @@ def replay(history: list[Op]) -> tuple[RegistryState, dict[str, Entry]]:
     state = RegistryState(PREFIX)
     content: dict[str, Entry] = {}
     put_since_delete: dict[str, list[Entity]] = {}
+    put_ever: dict[str, list[Entity]] = {}
     for revision, op in enumerate(history, start=1):
         before = (forced(state), dict(state.problems))
         if op.value is None:
@@ -318,14 +365,19 @@ def replay(history: list[Op]) -> tuple[RegistryState, dict[str, Entry]]:
             _, result = parse_entry(op.key, op.value, PREFIX, revision=revision)
             if not isinstance(result, Problem):
                 put_since_delete.setdefault(op.key, []).append(result)
+                put_ever.setdefault(op.key, []).append(result)
         changes = state.apply(Changes(revision, (event,)))
         assert changes.revision == revision
         assert_changeset_exact(before, state, changes)
-        # (c) nothing invalid is in force: each entity is a valid value put for its key.
+        # (c) nothing invalid is in force: each entity is a valid value put for its key
+        # (since it was deleted, unless it is a service held for what needs it).
+        kept = held(state, content)
         for key, entity in forced(state).items():
-            assert entity in put_since_delete.get(key, []), (key, entity)
+            values = put_ever if key in kept else put_since_delete
+            assert entity in values.get(key, []), (key, entity)
         assert_references_hold(state)
-        assert set(state.problems) <= set(content)
+        assert_held_for_a_reason(state, content)
+        assert set(state.problems) <= set(content) | set(kept)
     return state, content
 
 
@@ -341,9 +393,13 @@ def test_changes_one_by_one_agree_with_one_reset(history: list[Op]) -> None:
     assert forced(from_scratch) == expected
     assert set(from_scratch.problems) == set(content) - set(expected)
     assert not any(p.last_good_kept for p in from_scratch.problems.values())
-    # History only adds last good values: whatever a fresh start serves, so does the history.
+    # History only adds last good values (and services held for their dependents):
+    # whatever a fresh start serves, so does the history, but what held services touch.
     incremental_force = forced(incremental)
+    kept = {svc.ref for svc in held(incremental, content).values()}
     for key, entity in expected.items():
+        if touches(entity, kept):
+            continue
         assert incremental_force.get(key) == entity, key
         assert key not in incremental.problems, key
     for key, entry in content.items():
@@ -390,10 +446,14 @@ def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> 
     changes = state.apply(Reset(revision, tuple(target.values())))
     assert_changeset_exact(before, state, changes)
     assert_references_hold(state)
-    assert set(state.problems) <= set(target)
-    assert set(forced(state)) <= set(target)
+    assert_held_for_a_reason(state, target)
+    kept = held(state, target)
+    assert set(state.problems) <= set(target) | set(kept)
+    assert set(forced(state)) <= set(target) | set(kept)
+    refs = {svc.ref for svc in kept.values()}
     for key, entity in expected_from_scratch(target).items():
-        assert forced(state).get(key) == entity, key
+        if not touches(entity, refs):
+            assert forced(state).get(key) == entity, key
 
 
 @settings(max_examples=80, deadline=None)

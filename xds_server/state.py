@@ -22,8 +22,8 @@ cost more than the change itself.
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.errors import ValidationError
@@ -39,7 +39,10 @@ from xds_server.model import (
     parse_entry,
 )
 from xds_server.model.names import KINDS, parse_key
+from xds_server.refs import Dependent, ServiceView, check_refs, dependents
 from xds_server.registry import Changes, RegistryUpdate, Reset
+
+__all__ = ["ChangeSet", "RegistryState", "check_refs"]
 
 
 @dataclass
@@ -121,6 +124,9 @@ class RegistryState:
         self._endpoint_keys: dict[ServiceRef, set[str]] = {}
         self._route_keys: set[str] = set()
         self._listener_keys: set[str] = set()
+        self._held: dict[ServiceRef, Service | None] = {}
+        """Services kept in force as they were for routes or listeners that depend on them,
+        though the registry deleted them (None) or changed them (their new value)."""
 
     # -- folding updates ---------------------------------------------------------------
 
@@ -219,7 +225,7 @@ class RegistryState:
             self._set_problem(key, self._schema_problems.get(key), changes)
 
         for key in by_kind["services"]:
-            self._resolve_key(key, changes)
+            self._resolve_service(key, changes, by_kind)
         if changes.services:
             # Anything may refer to a service whose presence, port or subsets changed.
             # Endpoints in force are always among _endpoint_keys (a key names its service).
@@ -241,6 +247,8 @@ class RegistryState:
                 ordered = sorted(ordered, key=lambda k: (self._raw.get(k, 0), k))
             for key in ordered:
                 self._resolve_key(key, changes)
+        if self._held:
+            self._release_held(changes)
         for key in dirty.forgotten:
             if key not in self._raw:  # (not put again after)
                 self._route_keys.discard(key)
@@ -277,18 +285,21 @@ class RegistryState:
             changed.add(current.service)
 
     def _resolve_key(self, key: str, changes: ChangeSet) -> None:
+        entity, problem = self._decide(key)
+        self._set_force(key, entity, changes)
+        self._set_problem(key, problem, changes)
+
+    def _decide(self, key: str) -> tuple[Entity | None, Problem | None]:
+        """What ``key`` puts in force, and what is wrong with it (None: nothing)."""
         schema_problem = self._schema_problems.get(key)
         current = None if schema_problem else self._latest.get(key)
         previous = self._force.get(key)
         problem: Problem | None
         if current is not None:
-            error = check_refs(current, self.services, self.listeners)
+            held = previous is not None and (previous is current or previous == current)
+            error = self._refs_error(current, held)
             if error is None:
-                if previous is not current:
-                    self._set_force(key, current, changes)
-                if key in self.problems:
-                    self._set_problem(key, None, changes)
-                return
+                return current, self._held_problem(key, current) if held else None
             problem = Problem(key, error[0], error[1], self._raw.get(key, 0))
         else:
             problem = schema_problem
@@ -299,21 +310,117 @@ class RegistryState:
         if schema_problem is not None:
             fallbacks.append(self._latest.get(key))
         for fallback in fallbacks:
-            if fallback is None or key not in self._raw or self._check_refs(fallback) is not None:
+            if fallback is None or key not in self._raw:
+                continue
+            if self._refs_error(fallback, fallback is previous) is not None:
                 continue
             if problem is not None:
                 problem = Problem(
                     problem.key, problem.field, problem.reason, problem.revision, True
                 )
-            self._set_force(key, fallback, changes)
-            self._set_problem(key, problem, changes)
-            return
-        self._set_force(key, None, changes)
+            return fallback, problem
+        return None, problem
+
+    def _refs_error(self, entity: Entity, in_force: bool) -> tuple[str, str] | None:
+        """(field, reason) when ``entity`` refers to something missing. A route or listener
+        value in force may lean on services held for it; a new value may not (it is judged
+        by the registry as it is), nor may endpoints' be told apart (they go with their
+        service, held or not)."""
+        if in_force or not self._held or not isinstance(entity, (Route, Listener)):
+            return check_refs(entity, self.services, self.listeners)
+        return check_refs(entity, self.registered_services, self.listeners)
+
+    # -- services held in force for their dependents -----------------------------------
+    #
+    # Traffic that flows is not cut by one etcd edit: a service (or subset) that a route or
+    # listener in force needs, deleted or changed away, stays in force as it was until they
+    # change or it comes back. Both keys report why (the admin API refuses such a write
+    # unless forced).
+
+    @property
+    def registered_services(self) -> Mapping[ServiceRef, Service]:
+        """:attr:`services` as the registry holds them: those held in force only for their
+        dependents appear as they are in the registry (or not at all). New values, here and
+        in the admin API, are judged against these."""
+        return ServiceView(self.services, self._held) if self._held else self.services
+
+    def dependents(self, ref: ServiceRef, new: Service | None) -> list[Dependent]:
+        """Routes and listeners in force that service ``ref`` becoming ``new`` (None:
+        deleted) would break, with the field and reason each would be rejected for."""
+        return dependents(ref, new, self._users(), self.services, self.listeners)
+
+    def _users(self) -> Iterator[tuple[str, Entity]]:
+        """(key, entity) of every route and listener in force."""
+        force = self._force
+        for key in itertools.chain(self._route_keys, self._listener_keys):
+            entity = force.get(key)
+            if entity is not None:
+                yield key, entity
+
+    def _resolve_service(
+        self, key: str, changes: ChangeSet, by_kind: dict[str, dict[str, None]]
+    ) -> None:
+        entity, problem = self._decide(key)
+        previous = self._force.get(key)
+        if isinstance(previous, Service):
+            ref = previous.ref
+            was_held = ref in self._held
+            if entity is previous or entity == previous:
+                self._held.pop(ref, None)
+            else:
+                new = entity if isinstance(entity, Service) else None
+                broken = self.dependents(ref, new)
+                if broken:
+                    self._held[ref] = new
+                    problem = self._holding_problem(key, new, broken)
+                    entity = previous
+                else:
+                    self._held.pop(ref, None)
+            if was_held or ref in self._held:
+                # Their problems say whether they hold it: judge them again.
+                by_kind["routes"].update(dict.fromkeys(self._route_keys))
+                by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
+        self._set_force(key, entity, changes)
         self._set_problem(key, problem, changes)
 
-    def _check_refs(self, entity: Entity) -> tuple[str, str] | None:
-        """(field, reason) when ``entity`` refers to something not in force."""
-        return check_refs(entity, self.services, self.listeners)
+    def _release_held(self, changes: ChangeSet) -> None:
+        """Let the registry's value of a held service into force once nothing in force
+        needs the old one (its dependents changed or were deleted)."""
+        for ref, new in list(self._held.items()):
+            if self.dependents(ref, new):
+                continue
+            del self._held[ref]
+            key = f"{self.prefix}services/{ref.namespace}/{ref.name}"
+            self._resolve_key(key, changes)
+            keys = self._endpoint_keys.get(ref)
+            if keys and ref in changes.services:
+                self._resolve_endpoints(list(keys), changes)
+
+    def _holding_problem(self, key: str, new: Service | None, broken: list[Dependent]) -> Problem:
+        """The problem of a service key held in force for ``broken``."""
+        first = broken[0]
+        name = first.key.removeprefix(self.prefix)
+        what = "deleted" if new is None else "changed"
+        who = f"{name} and {len(broken) - 1} more" if len(broken) > 1 else name
+        reason = (
+            f"{what} while {who} still depend{'' if len(broken) > 1 else 's'} on it "
+            f"({name}: {first.field}: {first.reason}); the last good value stays in force "
+            "until they change or it is restored"
+        )
+        return Problem(key, "", reason, self._raw.get(key, self.revision), True)
+
+    def _held_problem(self, key: str, entity: Entity) -> Problem | None:
+        """The problem of a route or listener in force that leans on a held service."""
+        if not self._held or not isinstance(entity, (Route, Listener)):
+            return None
+        error = check_refs(entity, self.registered_services, self.listeners)
+        if error is None:
+            return None
+        reason = (
+            f"{error[1]} in the registry; the service stays in force as it was for this "
+            "entry until it changes or the service is restored"
+        )
+        return Problem(key, error[0], reason, self._raw.get(key, 0), True)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -369,85 +476,3 @@ class RegistryState:
             self.problems[key] = problem
             changes.problems_set[key] = problem
             changes.problems_cleared.discard(key)
-
-
-def check_refs(
-    entity: Entity, services: Mapping[ServiceRef, Service], listeners: Mapping[str, Listener]
-) -> tuple[str, str] | None:
-    """(field, reason) when ``entity`` refers to a service, subset or listener port that
-    ``services`` / ``listeners`` do not allow: the reference rules of registry.md, shared
-    by the registry fold and the admin API's validation of writes."""
-    if isinstance(entity, Endpoint):
-        svc = services.get(entity.service)
-        if svc is None:
-            return ("", f"service {entity.service} is not registered")
-        if entity.port is None and svc.port is None:
-            return ("port", f"is required: service {entity.service} has no port")
-        return None
-    if isinstance(entity, Route):
-        for i, d in enumerate(entity.destinations):
-            svc = services.get(d.service)
-            if svc is None:
-                return (f"destinations[{i}].service", f"unknown service {d.service}")
-            if d.subset and svc.selector(d.subset) is None:
-                return (
-                    f"destinations[{i}].subset",
-                    f"service {d.service} has no subset {d.subset!r}",
-                )
-            if svc.protocol == "tcp":
-                return (
-                    f"destinations[{i}].service",
-                    f"service {d.service} speaks tcp, not http",
-                )
-        m = entity.mirror
-        if m is not None:
-            svc = services.get(m.service)
-            if svc is None:
-                return ("mirror.service", f"unknown service {m.service}")
-            if m.subset and svc.selector(m.subset) is None:
-                return ("mirror.subset", f"service {m.service} has no subset {m.subset!r}")
-            if svc.protocol == "tcp":
-                return ("mirror.service", f"service {m.service} speaks tcp, not http")
-        return None
-    if isinstance(entity, Listener):
-        if entity.service is not None and entity.service not in services:
-            return ("service", f"unknown service {entity.service}")
-        if entity.tracing is not None:
-            tracing = entity.tracing
-            collector = services.get(tracing.service)
-            if collector is None:
-                return ("tracing.service", f"unknown service {tracing.service}")
-            # Zipkin posts JSON over HTTP; OpenTelemetry speaks OTLP over gRPC (HTTP/2).
-            wanted = ("grpc", "http2") if tracing.provider == "opentelemetry" else ("http", "http2")
-            if collector.protocol not in wanted:
-                return (
-                    "tracing.service",
-                    f"service {tracing.service} speaks {collector.protocol}; "
-                    f"{tracing.provider} needs {' or '.join(wanted)}",
-                )
-        for other in listeners.values():
-            if other.name != entity.name and _listeners_clash(entity, other):
-                return (
-                    "port",
-                    f"{entity.address}:{entity.port} is already used by listener "
-                    f"{other.name} for the same nodes",
-                )
-    return None
-
-
-_ANY = frozenset({"0.0.0.0", "::"})
-
-
-def _listeners_clash(a: Listener, b: Listener) -> bool:
-    """Would one Envoy be asked to bind both? Same port, overlapping address and nodes."""
-    if a.port != b.port:
-        return False
-    if a.address != b.address and not ({a.address, b.address} & _ANY):
-        return False
-    # Node globs overlap if either could match the other (an approximation that errs
-    # towards reporting a clash: a rejected listener is reported, a clash would be NACKed).
-    return any(
-        x == y or fnmatch.fnmatchcase(x, y) or fnmatch.fnmatchcase(y, x)
-        for x in a.nodes
-        for y in b.nodes
-    )
