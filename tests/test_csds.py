@@ -120,7 +120,7 @@ async def test_node_matchers_select_by_node_metadata(admin_mesh: AdminMesh) -> N
     await seed(admin_mesh.stub, MESH)
     await admin_mesh.wait_for(lambda: bool(admin_mesh.app.controller.state.listeners), "config")
     csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(admin_mesh.channel)
-    nodes = {
+    nodes: dict[str, dict[str, object]] = {
         "edge-1": {"role": "edge", "site": {"zone": "a", "rack": 3}, "canary": True},
         "edge-2": {"role": "edge", "site": {"zone": "b", "rack": 7}},
         "inner-1": {"role": "inner", "tags": ["blue", "green"]},
