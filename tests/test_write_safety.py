@@ -16,7 +16,7 @@ import pytest
 
 from adapters.etcd import EmbeddedEtcd, find_etcd_binary
 from tests.fixtures_admin import AdminMesh, running_admin
-from tests.test_meshctl import meshctl
+from tests.test_meshctl import MANIFEST, meshctl
 from xds_server.admin.auth import Authenticator
 
 pytestmark = pytest.mark.etcd
@@ -188,3 +188,74 @@ async def test_apply_beyond_a_stock_etcds_transaction_limit(tmp_path: Path) -> N
             assert len(keys.split()) == 127
     finally:
         etcd.stop()
+
+
+WEB_ONLY_V2 = """\
+kind: Service
+namespace: shop
+name: web
+spec: {port: 8080, subsets: {v2: {version: v2}}}
+"""
+
+
+async def test_writes_that_would_break_a_route_are_refused_unless_forced(
+    admin_mesh: AdminMesh,
+) -> None:
+    admin = ("--admin", admin_mesh.address)
+    prefix = admin_mesh.prefix
+    code, _, err = await meshctl("apply", "-f", "-", *admin, stdin=MANIFEST)  # front -> web@v1
+    assert code == 0, err
+    state = admin_mesh.app.controller.state
+    await admin_mesh.wait_for(lambda: f"{prefix}routes/shop/front" in state.routes, "front")
+    web_key = f"{prefix}services/shop/web"
+
+    for dry_run in ((), ("--dry-run",)):
+        code, out, err = await meshctl("delete", "svc", "web", "-n", "shop", *dry_run, *admin)
+        assert code == 1, (dry_run, out)
+        assert "FAILED_PRECONDITION" in err and "services/shop/web:" in err, err
+        assert "routes/shop/front (destinations[0].service: unknown service shop/web)" in err, err
+        assert "--force" in err, err
+        code, out, err = await meshctl("apply", *dry_run, "-f", "-", *admin, stdin=WEB_ONLY_V2)
+        assert code == 1, (dry_run, out)
+        assert "FAILED_PRECONDITION" in err, err
+        assert (
+            "routes/shop/front (destinations[0].subset: service shop/web has no subset 'v1')" in err
+        )
+    assert json.loads(await etcdctl(admin_mesh.etcd, "get", "--print-value-only", web_key))[
+        "subsets"
+    ] == {"v1": {"version": "v1"}, "v2": {"version": "v2"}}
+
+    # What nothing uses may go; a route changed in the same apply is judged as written.
+    code, out, err = await meshctl(
+        "apply", "-f", "-", *admin, stdin=MANIFEST.replace(", v2: {version: v2}", "")
+    )
+    assert code == 0, err
+    moved = MANIFEST.replace("subset: v1", "subset: v2").replace("{v1: {version: v1}, ", "{")
+    code, out, err = await meshctl("apply", "-f", "-", *admin, stdin=moved)
+    assert code == 0, err
+    assert "service/shop/web configured" in out and "route/shop/front configured" in out
+    await admin_mesh.wait_for(
+        lambda: state.routes[f"{prefix}routes/shop/front"].destinations[0].subset == "v2", "v2"
+    )
+
+    # Forced: a dry run reports and writes nothing; then the delete goes through, and meshd
+    # keeps the service in force for the route, saying so on both keys.
+    code, out, err = await meshctl(
+        "delete", "service", "web", "-n", "shop", "--force", "--dry-run", *admin
+    )
+    assert code == 0, err
+    assert out.strip() == "service/web deleted (dry run)"
+    assert "routes/shop/front" in err and "warning" in err, err
+    assert await etcdctl(admin_mesh.etcd, "get", "--keys-only", web_key)
+    code, out, err = await meshctl("delete", "service", "web", "-n", "shop", "--force", *admin)
+    assert code == 0, err
+    assert out.strip() == "service/web deleted"
+    assert "routes/shop/front still depends on it" in err, err
+    assert not await etcdctl(admin_mesh.etcd, "get", "--keys-only", web_key)
+    await admin_mesh.wait_for(lambda: web_key in state.problems, "the held service")
+    assert f"{prefix}routes/shop/front" in state.routes
+    code, out, err = await meshctl("errors", "-o", "json", *admin)
+    assert {e["key"] for e in json.loads(out)["errors"]} == {
+        web_key,
+        f"{prefix}routes/shop/front",
+    }

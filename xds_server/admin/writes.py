@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import ChainMap
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -22,7 +22,7 @@ from xds_server.admin.errors import AdminError, invalid
 from xds_server.errors import RegistryConflict, TxnTooLarge
 from xds_server.model import Listener, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE
-from xds_server.state import check_refs
+from xds_server.refs import Dependent, ServiceView, check_refs
 
 MAX_APPLY = 500
 """Entries per ApplyEntries call. They are one etcd transaction of one operation per entry,
@@ -41,7 +41,7 @@ class RegistryWrites(ServicerBase):
 
     def _check_refs(self, checked: Checked, batch: Sequence[Checked]) -> None:
         """The registry's reference rules against what is in force plus this batch."""
-        services: dict[ServiceRef, Service] = {}
+        services: dict[ServiceRef, Service | None] = {}
         listeners: dict[str, Listener] = {}
         for other in batch:
             if isinstance(other.entity, Service):
@@ -50,12 +50,44 @@ class RegistryWrites(ServicerBase):
                 listeners[other.entity.name] = other.entity
         problem = check_refs(
             checked.entity,
-            ChainMap(services, self.state.services),
+            ServiceView(self.state.registered_services, services),
             ChainMap(listeners, self.state.listeners),
         )
         if problem is not None:
             field, reason = problem
             raise invalid(checked.where, f"spec.{field}" if field else "spec", reason)
+
+    def _dependents(
+        self,
+        where: str,
+        changed: Mapping[ServiceRef, Service | None],
+        force: bool,
+        skip: Collection[str] = (),
+    ) -> list[str]:
+        """Keys of the routes and listeners in force that services becoming ``changed``
+        (None: deleted) would break. Without ``force`` such a write is FAILED_PRECONDITION
+        naming them: it would take their traffic down (an etcd edit doing the same is
+        held off by meshd, which keeps the old value in force for them)."""
+        found: dict[str, Dependent] = {}
+        for ref, new in changed.items():
+            for dep in self.state.dependents(ref, new):
+                if dep.key not in skip:
+                    found.setdefault(dep.key, dep)
+        if found and not force:
+            deps = sorted(found.values())
+            shown = "; ".join(
+                f"{d.key.removeprefix(self.prefix)} ({d.field}: {d.reason})" for d in deps[:5]
+            )
+            more = f"; and {len(deps) - 5} more" if len(deps) > 5 else ""
+            one = len(deps) == 1
+            raise AdminError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{where + ': ' if where else ''}{len(deps)} entr{'y' if one else 'ies'} in "
+                f"force depend{'s' if one else ''} on it: {shown}{more}; change "
+                f"{'it' if one else 'them'} first, or force the write (meshctl --force; meshd "
+                "then keeps the old value in force for them until they change)",
+            )
+        return sorted(found)
 
     async def _current_revision(self, checked: Checked, given: int) -> tuple[int, int]:
         """(revision to compare against, lease) of an entry that must exist."""
@@ -100,12 +132,15 @@ class RegistryWrites(ServicerBase):
         async def body(who: Principal) -> Message:
             checked = self._check(request.entry, who)
             expect, lease = await self._current_revision(checked, checked.revision)
+            dependents = self._dependents(checked.where, _services([checked]), request.force)
             # An endpoint registered with a TTL keeps its lease: an edit must not make a
             # dead instance immortal.
             rev = await self.registry.txn(
                 puts={checked.key: checked.value}, expect={checked.key: expect}, lease=lease
             )
-            return pb.UpdateEntryResponse(entry=self._written(checked, rev, lease))
+            return pb.UpdateEntryResponse(
+                entry=self._written(checked, rev, lease), dependents=dependents
+            )
 
         return await self._call(context, request, body)
 
@@ -125,8 +160,12 @@ class RegistryWrites(ServicerBase):
                     f"{where}: is at revision {stored.mod_revision}, not {request.revision}; "
                     "re-read and retry",
                 )
+            gone = {key_ref.service_ref: None} if key_ref.kind == "services" else {}
+            dependents = self._dependents(where, gone, request.force)
+            if request.dry_run:
+                return pb.DeleteEntryResponse(revision=self.state.revision, dependents=dependents)
             rev = await self.registry.txn(deletes=(key,), expect={key: stored.mod_revision})
-            return pb.DeleteEntryResponse(revision=rev)
+            return pb.DeleteEntryResponse(revision=rev, dependents=dependents)
 
         return await self._call(context, request, body)
 
@@ -150,6 +189,10 @@ class RegistryWrites(ServicerBase):
                 batch.append(checked)
             for checked in batch:
                 self._check_refs(checked, batch)
+            # What this call rewrites was judged above, against the batch.
+            dependents = self._dependents(
+                "", _services(batch), request.force, skip={c.key for c in batch}
+            )
             outcomes, puts, expect = [], {}, {}
             for checked in batch:
                 stored = await self.registry.get(checked.key)
@@ -187,7 +230,7 @@ class RegistryWrites(ServicerBase):
                     f"operations, and this etcd takes at most {exc.limit} (--max-txn-ops): "
                     f"apply at most {exc.limit} entries per call",
                 ) from None
-            out = pb.ApplyEntriesResponse(revision=revision)
+            out = pb.ApplyEntriesResponse(revision=revision, dependents=dependents)
             for checked, outcome in zip(batch, outcomes, strict=True):
                 out.entries.append(
                     pb.AppliedEntry(entry=self._written(checked, revision), outcome=outcome)
@@ -289,6 +332,11 @@ class RegistryWrites(ServicerBase):
             return pb.KeepAliveResponse(ttl_seconds=ttl)
 
         return await self._call(context, request, body)
+
+
+def _services(batch: Sequence[Checked]) -> dict[ServiceRef, Service | None]:
+    """The services a batch of checked entries writes, by ref."""
+    return {c.entity.ref: c.entity for c in batch if isinstance(c.entity, Service)}
 
 
 def _stored_json(value: bytes) -> Any:

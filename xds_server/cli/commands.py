@@ -10,7 +10,7 @@ import argparse
 import datetime
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -125,8 +125,10 @@ def _read(path: str) -> str:
 def apply(client: Client, args: argparse.Namespace) -> int:
     entries = parse_manifest(_read(args.filename), args.filename)
     resp = client.call(
-        "ApplyEntries", pb.ApplyEntriesRequest(entries=entries, dry_run=args.dry_run)
+        "ApplyEntries",
+        pb.ApplyEntriesRequest(entries=entries, dry_run=args.dry_run, force=args.force),
     )
+    _warn_dependents(args, resp.dependents)
     results = [
         {
             "kind": KIND_DOCS[a.entry.ref.kind],
@@ -195,12 +197,36 @@ def get(client: Client, args: argparse.Namespace) -> int:
 def delete(client: Client, args: argparse.Namespace) -> int:
     kind = kind_arg(args.kind)
     ref = _ref(kind, args.name, args.namespace)
-    resp = client.call("DeleteEntry", pb.DeleteEntryRequest(ref=ref, revision=args.revision))
+    request = pb.DeleteEntryRequest(
+        ref=ref, revision=args.revision, force=args.force, dry_run=args.dry_run
+    )
+    resp = client.call("DeleteEntry", request)
+    _warn_dependents(args, resp.dependents)
     if args.output in ("json", "yaml"):
-        sys.stdout.write(dumps({"deleted": args.name, "revision": resp.revision}, args.output))
+        doc = {
+            "deleted": args.name,
+            "revision": resp.revision,
+            "dry_run": args.dry_run,
+            "dependents": list(resp.dependents),
+        }
+        sys.stdout.write(dumps(doc, args.output))
     else:
-        print(f"{args.kind.rstrip('s')}/{args.name} deleted")
+        what = KIND_DOCS[kind].lower()
+        print(f"{what}/{args.name} deleted{' (dry run)' if args.dry_run else ''}")
     return 0
+
+
+def _warn_dependents(args: argparse.Namespace, keys: Sequence[str]) -> None:
+    """Say on stderr what still depends on a forced write (meshd keeps the old value for it)."""
+    if not keys:
+        return
+    names = ", ".join(keys)
+    verb = "depends" if len(keys) == 1 else "depend"
+    print(
+        f"meshctl {args.command}: warning: {names} still {verb} on it: meshd keeps the old "
+        "value in force for them until they change (see meshctl errors)",
+        file=sys.stderr,
+    )
 
 
 def split(client: Client, args: argparse.Namespace) -> int:

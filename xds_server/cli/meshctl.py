@@ -113,6 +113,11 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     c.add_argument("-f", "--filename", required=True, help="YAML or JSON manifest ('-': stdin)")
     c.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="write service changes that routes or listeners in force depend on",
+    )
 
     c = _command(sub, "get", commands.get, "show registry entries")
     c.add_argument("kind", help="services, endpoints, routes or listeners")
@@ -124,6 +129,12 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     c.add_argument("name", help="entry name (endpoints: SERVICE/ID)")
     c.add_argument("-n", "--namespace", help="namespace (default: default)")
     c.add_argument("--revision", type=int, default=0, help="only if still at this revision")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="delete a service that routes or listeners in force depend on",
+    )
+    c.add_argument("--dry-run", action="store_true", help="check the delete, write nothing")
 
     c = _command(sub, "split", commands.split, "replace a route's destinations in one write")
     c.add_argument("route", help="route name")

@@ -173,38 +173,50 @@ class CreateEntryResponse(_message.Message):
     def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
 
 class UpdateEntryRequest(_message.Message):
-    __slots__ = ("entry",)
+    __slots__ = ("entry", "force")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     entry: Entry
-    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+    force: bool
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class UpdateEntryResponse(_message.Message):
-    __slots__ = ("entry",)
+    __slots__ = ("entry", "dependents")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     entry: Entry
-    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+    dependents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., dependents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteEntryRequest(_message.Message):
-    __slots__ = ("ref", "revision")
+    __slots__ = ("ref", "revision", "force", "dry_run")
     REF_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     ref: EntryRef
     revision: int
-    def __init__(self, ref: _Optional[_Union[EntryRef, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    force: bool
+    dry_run: bool
+    def __init__(self, ref: _Optional[_Union[EntryRef, _Mapping]] = ..., revision: _Optional[int] = ..., force: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class DeleteEntryResponse(_message.Message):
-    __slots__ = ("revision",)
+    __slots__ = ("revision", "dependents")
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     revision: int
-    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+    dependents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., dependents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApplyEntriesRequest(_message.Message):
-    __slots__ = ("entries", "dry_run")
+    __slots__ = ("entries", "dry_run", "force")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     dry_run: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    force: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class AppliedEntry(_message.Message):
     __slots__ = ("entry", "outcome")
@@ -215,12 +227,14 @@ class AppliedEntry(_message.Message):
     def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., outcome: _Optional[_Union[ApplyOutcome, str]] = ...) -> None: ...
 
 class ApplyEntriesResponse(_message.Message):
-    __slots__ = ("entries", "revision")
+    __slots__ = ("entries", "revision", "dependents")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AppliedEntry]
     revision: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[AppliedEntry, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    dependents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AppliedEntry, _Mapping]]] = ..., revision: _Optional[int] = ..., dependents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Destination(_message.Message):
     __slots__ = ("service", "subset", "weight")
