@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.test_stream import BASE
 from tests.xds_client import running_meshd, sotw_client
 from xds_server.metrics import Metrics
-from xds_server.metrics_http import ProxyTarget, sd_document
+from xds_server.metrics_http import ProxyTarget, RecentTargets, sd_document
 from xds_server.server.ads import admin_address
 from xds_server.translate import CLUSTER
 
@@ -244,3 +244,16 @@ async def test_a_scrape_by_name_skips_the_per_service_collectors() -> None:
         whole = await asyncio.to_thread(get)
         assert 'meshd_service_endpoints{service="default/web",state="total"} 1.0' in whole
         assert sorted(ran) == ["health", "topology"]
+
+
+def test_sd_keeps_a_disconnected_proxy_for_a_while_then_forgets_it() -> None:
+    now = [100.0]
+    recent = RecentTargets(lambda: now[0], keep_s=600)
+    gw = ProxyTarget("127.0.0.1:9901", "gw-1", "gateway", "sotw")
+    sc = ProxyTarget("127.0.0.1:9902", "sc-1", "sidecar", "delta")
+    assert recent.targets([gw, sc]) == [gw, sc]
+    now[0] += 300
+    assert recent.targets([sc]) == [sc, gw]  # gw's stream closed: still scraped
+    now[0] += 301
+    assert recent.targets([sc]) == [sc]  # 601 s since gw was last connected
+    assert recent.targets([gw, sc]) == [gw, sc]  # back

@@ -249,12 +249,13 @@ def _entries(v1: int, v2: int, public: int, inner: int) -> dict[str, dict[str, A
     }
 
 
-def _test_config(tmp: Path, metrics_port: int) -> Path:
-    """The repo's Prometheus config and rules, pointed at this meshd, every second."""
+def _test_config(tmp: Path, metrics_port: int, hold: str = "0s") -> Path:
+    """The repo's Prometheus config and rules, pointed at this meshd, every second, each
+    rule's ``for:`` shortened to ``hold``."""
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
-            rule["for"] = "0s"
+            rule["for"] = hold
     (tmp / "rules.yml").write_text(yaml.safe_dump(rules))
     config = yaml.safe_load(PROM_CONFIG.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
@@ -390,3 +391,106 @@ def _wait_for_alerts(prom: Prometheus, timeout: float = 30) -> None:
     for group in prom.get("/api/v1/rules")["groups"]:
         for rule in group["rules"]:
             assert rule["health"] == "ok", rule
+
+
+class _Relay:
+    """A TCP relay on loopback (real sockets) that the test can cut: what an Envoy sees
+    when the network to meshd fails while both keep running."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> _Relay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+        for w in self._writers:
+            w.transport.abort()
+        self._writers.clear()
+
+
+@pytest.mark.envoy
+async def test_proxy_disconnected_alert_fires_on_real_prometheus(
+    tmp_path: Path, envoy_factory: EnvoyFactory
+) -> None:
+    """An Envoy that loses its stream to meshd (and keeps running) is still scraped, so the
+    repo's MeshProxyDisconnected rule fires for it. Its ``for:`` (1 m) is shortened to 5 s
+    here, still longer than service discovery's refresh (1 s here, 15 s in the repo's
+    config): the Envoy must stay a target that long after it is gone from meshd."""
+    prometheus_bin, _ = prometheus_tools()
+    etcd = EmbeddedEtcd(tmp_path / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
+    await etcd.start()
+    registry = EtcdRegistry(etcd.endpoint)
+    app = MeshApp(registry, MeshConfig(xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}"))
+    prom: Prometheus | None = None
+    try:
+        await app.start()
+        relay = await _Relay(app.xds_port).start()
+        bs = bootstrap("gw-lost", "gateway", xds_port=relay.port, admin_port=free_port())
+        envoy = await asyncio.to_thread(envoy_factory, bs, name="gw-lost")
+        config = _test_config(tmp_path, app.metrics_port, hold="5s")
+        prom = Prometheus(prometheus_bin, config, tmp_path)
+        await asyncio.to_thread(prom.wait_ready)
+        connected = 'envoy_control_plane_connected_state{node_id="gw-lost"} == 1'
+        await asyncio.to_thread(_wait_for_query, prom, connected, "the Envoy scraped, connected")
+
+        await relay.cut()
+        await asyncio.to_thread(
+            envoy.wait_for,
+            lambda: envoy.stat("control_plane.connected_state") == 0,
+            10,
+            "Envoy notices the lost stream",
+        )
+        await asyncio.to_thread(_wait_for_alert, prom, "MeshProxyDisconnected", "gw-lost")
+    finally:
+        if prom is not None:
+            prom.stop()
+        await app.stop(grace=0.2)
+        await registry.close()
+        etcd.stop()
+
+
+def _wait_for_query(prom: Prometheus, expr: str, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not prom.query(expr):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {expr}"
+        time.sleep(0.5)
+
+
+def _wait_for_alert(prom: Prometheus, name: str, node_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        alerts = prom.get("/api/v1/alerts")["alerts"]
+        if any(
+            a["labels"]["alertname"] == name
+            and a["labels"].get("node_id") == node_id
+            and a["state"] == "firing"
+            for a in alerts
+        ):
+            return
+        assert time.monotonic() < deadline, f"{name} for {node_id} not firing: {alerts}"
+        time.sleep(0.5)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,7 +23,12 @@ from xds_server.health.transitions import HealthTransitions
 from xds_server.heap_trim import HeapTrimmer
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
-from xds_server.metrics_http import MetricsServer, ProxyTarget
+from xds_server.metrics_http import (
+    DISCONNECTED_KEEP_S,
+    MetricsServer,
+    ProxyTarget,
+    RecentTargets,
+)
 from xds_server.model import ServiceRef
 from xds_server.registry import Registry, WritableRegistry
 from xds_server.server.ads import AdsServicer, StreamRegistry
@@ -68,6 +74,8 @@ class MeshConfig:
     """Give freed memory back to the OS once streams and registry were quiet this long (s)."""
     heap_trim_max_delay: float = 10.0
     """... or at the latest this long after the first activity since the last trim (s)."""
+    sd_keep_disconnected_s: float = DISCONNECTED_KEEP_S
+    """How long a proxy stays in ``/sd/envoy`` after its stream closed (s)."""
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -128,6 +136,7 @@ class MeshApp:
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
+        self._sd_targets = RecentTargets(time.monotonic, self.config.sd_keep_disconnected_s)
 
     async def start(self) -> None:
         """Start the control loop and the servers; returns once the first snapshot is cached.
@@ -202,12 +211,13 @@ class MeshApp:
                 check_free(flag, address)
 
     def proxy_targets(self) -> list[ProxyTarget]:
-        """Connected proxies that told their admin address (``/sd/envoy``); thread-safe."""
-        return [
+        """Proxies that told their admin address (``/sd/envoy``): connected now, or within
+        ``sd_keep_disconnected_s`` (so a lost stream shows in their metrics); thread-safe."""
+        return self._sd_targets.targets(
             ProxyTarget(c.admin_address, c.stream.node_id, c.stream.node_cluster, c.protocol)
             for c in list(self.streams.connections.values())
             if c.admin_address
-        ]
+        )
 
     def _health_changed(
         self, health: Mapping[ServiceRef, Mapping[str, int]], refs: set[ServiceRef]

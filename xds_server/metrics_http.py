@@ -4,7 +4,8 @@
 - ``/sd/envoy``: the connected proxies' Envoy admin addresses in Prometheus
   ``http_sd_config`` JSON, so a scrape config finds every Envoy without listing
   them (``observability/prometheus/prometheus.yml``). A proxy is listed when its
-  node metadata carries ``admin_port`` (``meshctl bootstrap`` sets it).
+  node metadata carries ``admin_port`` (``meshctl bootstrap`` sets it), and for
+  :data:`DISCONNECTED_KEEP_S` after its stream closed (:class:`RecentTargets`).
 
 It runs in a daemon thread (like ``prometheus_client.start_http_server``), so
 scrapes never wait for the event loop; what it reads of the streams it copies
@@ -38,6 +39,43 @@ class ProxyTarget:
     node_id: str
     node_cluster: str
     protocol: str
+
+
+DISCONNECTED_KEEP_S = 600.0
+"""Seconds a proxy stays in ``/sd/envoy`` after its stream to this meshd closed."""
+
+
+class RecentTargets:
+    """The proxies to list for scraping: those connected now, and those seen connected in
+    the last ``keep_s`` seconds.
+
+    Prometheus scrapes only what ``/sd/envoy`` lists. Were a proxy dropped as soon as its
+    stream closes, an Envoy that lost meshd but keeps serving would stop being scraped at
+    the next discovery refresh, and its ``envoy_control_plane_connected_state`` of 0 (what
+    MeshProxyDisconnected alerts on) would never be seen for long. An Envoy that is gone
+    for good just fails its scrapes until it ages out. Thread-safe (the metrics HTTP thread
+    asks); ``clock`` is passed in.
+    """
+
+    def __init__(self, clock: Callable[[], float], keep_s: float = DISCONNECTED_KEEP_S) -> None:
+        self._clock = clock
+        self.keep_s = keep_s
+        self._seen: dict[ProxyTarget, float] = {}
+        self._lock = threading.Lock()
+
+    def targets(self, connected: Iterable[ProxyTarget]) -> list[ProxyTarget]:
+        """``connected`` (noted as seen now), then the others seen within ``keep_s``."""
+        now = self._clock()
+        current = list(connected)
+        with self._lock:
+            for target in current:
+                self._seen[target] = now
+            for target, seen in list(self._seen.items()):
+                if now - seen > self.keep_s:
+                    del self._seen[target]
+            listed = set(current)
+            recent = [t for t in self._seen if t not in listed]
+        return current + recent
 
 
 def sd_document(targets: Iterable[ProxyTarget]) -> list[dict[str, Any]]:
