@@ -104,6 +104,36 @@ def test_meshd_says_it_waits_for_etcd_and_stops_on_a_signal(
     assert "Traceback" not in text, text
 
 
+def test_meshd_waiting_for_etcd_starts_serving_once_it_answers(tmp_path: Path) -> None:
+    port = _closed_port()
+    log_path = tmp_path / "meshd.log"
+    log = log_path.open("w+")
+    proc = subprocess.Popen(
+        [*MESHD, *_flags(tmp_path, f"127.0.0.1:{port}")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    etcd = EmbeddedEtcd(tmp_path / "etcd", client_port=port, unsafe_no_fsync=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for etcd" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        etcd.start_sync()
+        while "meshd ready" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        etcd.stop()
+
+
 # -- listen addresses -------------------------------------------------------------------------
 
 

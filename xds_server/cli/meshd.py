@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         try:
             if not await _start(app, registry, stop):
-                log.info("stopped before etcd answered")
+                log.info("stopped before the registry was read")
                 return 0
         except ListenError as exc:
             log.error("%s", exc)
