@@ -370,10 +370,13 @@ def replay(history: list[Op]) -> tuple[RegistryState, dict[str, Entry]]:
         assert changes.revision == revision
         assert_changeset_exact(before, state, changes)
         # (c) nothing invalid is in force: each entity is a valid value put for its key
-        # (since it was deleted, unless it is a service held for what needs it).
+        # (since it was deleted, unless it is a service kept for what needs it: held, or
+        # put back invalid while held, which keeps the held value as its last good one).
         kept = held(state, content)
         for key, entity in forced(state).items():
-            values = put_ever if key in kept else put_since_delete
+            problem = state.problems.get(key)
+            service_kept = isinstance(entity, Service) and bool(problem and problem.last_good_kept)
+            values = put_ever if key in kept or service_kept else put_since_delete
             assert entity in values.get(key, []), (key, entity)
         assert_references_hold(state)
         assert_held_for_a_reason(state, content)

@@ -224,8 +224,9 @@ class RegistryState:
         for key in dirty.orphans:
             self._set_problem(key, self._schema_problems.get(key), changes)
 
+        before: dict[str, Problem | None] = {}  # problems of services held meanwhile
         for key in by_kind["services"]:
-            self._resolve_service(key, changes, by_kind)
+            self._resolve_service(key, changes, by_kind, before)
         if changes.services:
             # Anything may refer to a service whose presence, port or subsets changed.
             # Endpoints in force are always among _endpoint_keys (a key names its service).
@@ -248,7 +249,7 @@ class RegistryState:
             for key in ordered:
                 self._resolve_key(key, changes)
         if self._held:
-            self._release_held(changes)
+            self._release_held(changes, before)
         for key in dirty.forgotten:
             if key not in self._raw:  # (not put again after)
                 self._route_keys.discard(key)
@@ -358,7 +359,11 @@ class RegistryState:
                 yield key, entity
 
     def _resolve_service(
-        self, key: str, changes: ChangeSet, by_kind: dict[str, dict[str, None]]
+        self,
+        key: str,
+        changes: ChangeSet,
+        by_kind: dict[str, dict[str, None]],
+        before: dict[str, Problem | None],
     ) -> None:
         entity, problem = self._decide(key)
         previous = self._force.get(key)
@@ -371,6 +376,7 @@ class RegistryState:
                 new = entity if isinstance(entity, Service) else None
                 broken = self.dependents(ref, new)
                 if broken:
+                    before.setdefault(key, self.problems.get(key))
                     self._held[ref] = new
                     problem = self._holding_problem(key, new, broken)
                     entity = previous
@@ -383,15 +389,20 @@ class RegistryState:
         self._set_force(key, entity, changes)
         self._set_problem(key, problem, changes)
 
-    def _release_held(self, changes: ChangeSet) -> None:
+    def _release_held(self, changes: ChangeSet, before: dict[str, Problem | None]) -> None:
         """Let the registry's value of a held service into force once nothing in force
-        needs the old one (its dependents changed or were deleted)."""
+        needs the old one (its dependents changed or were deleted). A hold taken and let go
+        within one update (a service and its route deleted together) leaves no trace in
+        ``changes`` beyond what really changed."""
         for ref, new in list(self._held.items()):
             if self.dependents(ref, new):
                 continue
             del self._held[ref]
             key = f"{self.prefix}services/{ref.namespace}/{ref.name}"
             self._resolve_key(key, changes)
+            if key in before and self.problems.get(key) == before[key]:
+                changes.problems_set.pop(key, None)
+                changes.problems_cleared.discard(key)
             keys = self._endpoint_keys.get(ref)
             if keys and ref in changes.services:
                 self._resolve_endpoints(list(keys), changes)
