@@ -31,7 +31,7 @@ from integration.backend import Backend
 from integration.harness import EnvoyProcess, free_port, http_get
 from tests.fixtures_envoy import EnvoyFactory
 from xds_server.app import MeshApp, MeshConfig
-from xds_server.bootstrap import bootstrap
+from xds_server.cli.bootstrap import bootstrap
 
 T = TypeVar("T")
 PREFIX = "/behaviour/"

@@ -20,7 +20,7 @@ from integration.harness import EnvoyProcess, count_bodies, free_port, http_get
 from integration.scenario import seed, split_entries
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from xds_server.app import MeshApp, MeshConfig
-from xds_server.bootstrap import bootstrap
+from xds_server.cli.bootstrap import bootstrap
 
 
 @dataclass

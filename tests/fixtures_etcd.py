@@ -24,7 +24,7 @@ import pytest
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from adapters.memory import MemoryRegistry
-from xds_server.registry import Changes, Event, Registry, RegistryUpdate, Reset
+from xds_server.ingest.registry import Changes, Event, Registry, RegistryUpdate, Reset
 
 _prefix_numbers = itertools.count(1)
 

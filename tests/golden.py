@@ -22,9 +22,10 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from xds_server.registry import Entry, Reset
-from xds_server.state import ChangeSet, RegistryState
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, Translator
+from xds_server.ingest.registry import Entry, Reset
+from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+from xds_server.translate import Translator
 
 PREFIX = "/mesh/"
 TESTDATA = Path(__file__).parent / "testdata"

@@ -11,8 +11,8 @@ import pytest
 from tests.fixtures_admin import AdminMesh, entry, rpc_error, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.entries import spec_json
+from xds_server.ingest.registry import Entry
 from xds_server.model.entries import parse_entry
-from xds_server.registry import Entry
 
 pytestmark = pytest.mark.etcd
 

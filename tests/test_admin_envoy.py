@@ -16,9 +16,9 @@ from tests.fixtures_admin import AdminMesh, entry, seed
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.test_meshctl import meshctl
 from xds_server.admin.api import admin_pb2 as pb
-from xds_server.bootstrap import bootstrap
-from xds_server.translate import ROUTE
-from xds_server.translate.resource import make_resource
+from xds_server.cli.bootstrap import bootstrap
+from xds_server.resources import ROUTE
+from xds_server.resources.resource import make_resource
 from xds_server.translate.translator import Delta
 
 pytestmark = [pytest.mark.etcd, pytest.mark.envoy]

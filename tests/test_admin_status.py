@@ -16,7 +16,7 @@ from google.rpc import status_pb2
 from tests.fixtures_admin import AdminMesh, entry, seed
 from tests.xds_client import sotw_client
 from xds_server.admin.api import admin_pb2 as pb
-from xds_server.translate import CLUSTER, LISTENER, ROUTE
+from xds_server.resources import CLUSTER, LISTENER, ROUTE
 
 pytestmark = pytest.mark.etcd
 

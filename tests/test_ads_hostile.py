@@ -20,9 +20,9 @@ from tests.test_stream import BASE
 from tests.xds_client import RawAds, running_meshd, sotw_client
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
+from xds_server.resources import CLUSTER, LISTENER
+from xds_server.resources.resource import string_field
 from xds_server.server.ads import ADS_SERVICE
-from xds_server.translate import CLUSTER, LISTENER
-from xds_server.translate.resource import string_field
 
 _ERROR = status_pb2.Status(code=3, message="rejected by the proxy")
 

@@ -12,7 +12,7 @@ import time
 from adapters.memory import MemoryRegistry
 from tests.xds_client import sotw_client
 from xds_server.app import MeshApp, MeshConfig
-from xds_server.translate import CLUSTER
+from xds_server.resources import CLUSTER
 
 STUCK_CLIENT = """
 import sys, time, grpc

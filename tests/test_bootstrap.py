@@ -31,7 +31,7 @@ from google.protobuf import json_format
 
 from integration.harness import envoy_binary, wait_for
 from tests.fixtures_envoy import EnvoyFactory
-from xds_server.bootstrap import XDS_CLUSTER, bootstrap, render
+from xds_server.cli.bootstrap import XDS_CLUSTER, bootstrap, render
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 

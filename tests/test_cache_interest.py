@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from xds_server.cache import ConfigCache
 from xds_server.cache.snapshot import Wakeup, Watcher
-from xds_server.translate import CLUSTER, ENDPOINT
-from xds_server.translate.resource import resource_from_bytes
+from xds_server.resources import CLUSTER, ENDPOINT
+from xds_server.resources.resource import resource_from_bytes
 from xds_server.translate.translator import Delta
 
 

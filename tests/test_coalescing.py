@@ -9,7 +9,7 @@ import time
 from tests.test_stream import BASE
 from tests.xds_client import running_meshd, sotw_client
 from xds_server.app import MeshApp
-from xds_server.translate import ENDPOINT
+from xds_server.resources import ENDPOINT
 
 
 def eds_pushes(app: MeshApp) -> float:

@@ -6,10 +6,10 @@ import gc
 
 from adapters.memory import MemoryRegistry
 from xds_server.cache import ConfigCache
-from xds_server.controller import BIG_BATCH, Controller
+from xds_server.ingest.controller import BIG_BATCH, Controller
+from xds_server.ingest.registry import Entry, Reset
+from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.metrics import Metrics
-from xds_server.registry import Entry, Reset
-from xds_server.state import ChangeSet, RegistryState
 from xds_server.translate.translator import Delta
 
 

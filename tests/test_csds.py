@@ -16,7 +16,7 @@ from envoy.type.matcher.v3 import node_pb2, struct_pb2, value_pb2
 
 from tests.fixtures_admin import AdminMesh, entry, seed
 from xds_server.admin.api import admin_pb2 as pb
-from xds_server.translate import CLUSTER, LISTENER
+from xds_server.resources import CLUSTER, LISTENER
 
 pytestmark = pytest.mark.etcd
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_stream import BASE, Mesh
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 
 def dreq(

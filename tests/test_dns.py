@@ -10,9 +10,9 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from adapters.memory import MemoryRegistry
 from xds_server.cache import ConfigCache
-from xds_server.controller import Controller
+from xds_server.ingest.controller import Controller
 from xds_server.metrics import Metrics
-from xds_server.translate import ENDPOINT
+from xds_server.resources import ENDPOINT
 
 
 def _addresses(cache: ConfigCache, name: str) -> list[str]:

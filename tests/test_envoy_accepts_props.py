@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 from tests.golden import translate
 from tests.test_translate_envoy_validate import envoy_validate, static_bootstrap
+from xds_server.ingest.registry import Entry
 from xds_server.model.route import METHODS, RETRY_ON
 from xds_server.model.service import ALGORITHMS, MAX_MS, PROTOCOLS
-from xds_server.registry import Entry
 
 pytestmark = pytest.mark.envoy
 

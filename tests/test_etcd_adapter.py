@@ -15,7 +15,7 @@ from aetcd import rpc
 from adapters.etcd import EmbeddedEtcd, EmbeddedEtcdError, EtcdRegistry
 from tests.fixtures_etcd import RegistryView
 from xds_server.errors import RegistryUnavailable, ValidationError
-from xds_server.registry import Reset
+from xds_server.ingest.registry import Reset
 
 pytestmark = pytest.mark.etcd
 

@@ -22,7 +22,7 @@ from tests.e2e import Load
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.test_meshctl import meshctl
 from xds_server.app import MeshApp, MeshConfig
-from xds_server.bootstrap import bootstrap
+from xds_server.cli.bootstrap import bootstrap
 from xds_server.health.aggregate import Status
 
 INTERVAL_MS = 1000

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from xds_server.health.assign import Checker
 from xds_server.health.monitor import HealthMonitor
-from xds_server.registry import Entry, Reset
-from xds_server.state import RegistryState
+from xds_server.ingest.registry import Entry, Reset
+from xds_server.ingest.state import RegistryState
 
 P = "/mesh/"
 CHECK = {"path": "/health", "interval_ms": 1000, "timeout_ms": 500}

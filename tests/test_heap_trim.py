@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from tests.test_stream import BASE
 from tests.xds_client import running_meshd, sotw_client
-from xds_server import heap_trim
-from xds_server.heap_trim import HeapTrimmer, TrimSchedule, load_malloc_trim, rss_bytes
+from xds_server.server import heap_trim
+from xds_server.server.heap_trim import HeapTrimmer, TrimSchedule, load_malloc_trim, rss_bytes
 
 
 def test_schedule_waits_for_quiet_after_the_last_poke() -> None:

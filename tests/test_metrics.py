@@ -18,8 +18,8 @@ from tests.test_stream import BASE
 from tests.xds_client import running_meshd, sotw_client
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import ProxyTarget, RecentTargets, sd_document
+from xds_server.resources import CLUSTER
 from xds_server.server.ads import admin_address
-from xds_server.translate import CLUSTER
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,9 +10,9 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 
 from tests.golden import translate, unpack
+from xds_server.ingest.registry import Entry
 from xds_server.model import Fault, Mirror, Problem, Route, ServiceRef, parse_entry
-from xds_server.registry import Entry
-from xds_server.translate import ROUTE
+from xds_server.resources import ROUTE
 from xds_server.translate.route import FAULT
 
 PREFIX = "/mesh/"

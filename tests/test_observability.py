@@ -34,7 +34,7 @@ from integration.harness import free_port, http_get
 from integration.scenario import seed
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from xds_server.app import MeshApp, MeshConfig
-from xds_server.bootstrap import bootstrap
+from xds_server.cli.bootstrap import bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent
 OBS = ROOT / "observability"

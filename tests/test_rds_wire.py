@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.golden import translate
 from tests.test_envoy_accepts_props import registries
-from xds_server.registry import Entry
+from xds_server.ingest.registry import Entry
 from xds_server.translate.rds_wire import route_config_bytes
 from xds_server.translate.route import build_route_configuration
 

@@ -19,7 +19,7 @@ from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from adapters.memory import MemoryRegistry
 from tests.fixtures_etcd import RegistryView
 from xds_server.errors import RegistryConflict, RegistryUnavailable
-from xds_server.registry import Changes, Registry, Reset
+from xds_server.ingest.registry import Changes, Registry, Reset
 
 _BACKENDS = ["memory", pytest.param("etcd", marks=pytest.mark.etcd)]
 

@@ -7,7 +7,7 @@ import pytest
 from adapters.memory import MemoryRegistry
 from tests.fixtures_etcd import RegistryView
 from xds_server.errors import RegistryUnavailable, ValidationError
-from xds_server.registry import Changes, Reset
+from xds_server.ingest.registry import Changes, Reset
 
 
 async def test_revisions_move_like_etcd(memory_registry: MemoryRegistry) -> None:

@@ -10,9 +10,10 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.type.v3 import http_pb2
 
-from xds_server.registry import Changes, Entry, Event, Reset
-from xds_server.state import RegistryState
-from xds_server.translate import CLUSTER, ROUTE, Translator
+from xds_server.ingest.registry import Changes, Entry, Event, Reset
+from xds_server.ingest.state import RegistryState
+from xds_server.resources import CLUSTER, ROUTE
+from xds_server.translate import Translator
 from xds_server.translate.route import LOCAL_RATELIMIT
 
 P = "/mesh/"

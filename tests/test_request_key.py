@@ -7,9 +7,9 @@ from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xds_server.resources import ENDPOINT, TYPE_ORDER
 from xds_server.server.request_key import MIN_NAMES, light_request, subscription_key
 from xds_server.server.stream import SotwStream
-from xds_server.translate import ENDPOINT, TYPE_ORDER
 
 NAMES = [f"s{i}.default" for i in range(200)]
 

@@ -7,8 +7,8 @@ from google.protobuf import any_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xds_server.translate.names import TYPE_ORDER
-from xds_server.translate.resource import BoundedMemo, encode_varint, resource_from_bytes
+from xds_server.resources.resource import BoundedMemo, encode_varint, resource_from_bytes
+from xds_server.resources.types import TYPE_ORDER
 
 # Sizes around every varint length boundary the prefixes meet (1, 2 and 3 bytes).
 sizes = st.sampled_from([0, 1, 127, 128, 200, 16_383, 16_384, 20_000, 2_097_151, 2_097_152])

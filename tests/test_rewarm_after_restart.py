@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from tests.e2e import Rig, rig
 from tests.test_stream import BASE
 from tests.xds_client import RawAds, running_meshd, sotw_client
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 __all__ = ["rig"]
 

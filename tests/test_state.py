@@ -6,9 +6,9 @@ import copy
 import json
 from typing import Any
 
+from xds_server.ingest.registry import Changes, Entry, Event, Reset
+from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.model import Endpoint, Problem, Route, Service, ServiceRef
-from xds_server.registry import Changes, Entry, Event, Reset
-from xds_server.state import ChangeSet, RegistryState
 
 PREFIX = "/mesh/"
 WEB = ServiceRef("default", "web")

@@ -10,10 +10,11 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import ConfigCache
-from xds_server.registry import Changes, Entry, Event, Reset
+from xds_server.ingest.registry import Changes, Entry, Event, Reset
+from xds_server.ingest.state import RegistryState
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.server.stream import Response, SotwStream
-from xds_server.state import RegistryState
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Translator
+from xds_server.translate import Translator
 
 P = "/mesh/"
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xds_server.ingest.registry import Entry, Reset
+from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef
-from xds_server.registry import Entry, Reset
-from xds_server.state import RegistryState
 from xds_server.topology.graph import build_graph, destination_of, recommend, red
 from xds_server.topology.load import ClusterLoad, EndpointRate, LoadTracker
 

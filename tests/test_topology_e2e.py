@@ -24,8 +24,8 @@ from tests.e2e import Load
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.test_hds_e2e import Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
 from tests.test_meshctl import meshctl
-from xds_server.bootstrap import bootstrap
-from xds_server.server.lrs import LRS_SERVICE
+from xds_server.cli.bootstrap import bootstrap
+from xds_server.topology.lrs import LRS_SERVICE
 
 
 async def test_topology_rates_within_20_percent_and_idle_edge(

@@ -15,13 +15,13 @@ from integration.harness import free_port, http_get
 from integration.zipkin_receiver import SPANS_PATH, ZipkinReceiver
 from tests.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.xds_client import running_meshd
-from xds_server.bootstrap import bootstrap
+from xds_server.cli.bootstrap import bootstrap
 from xds_server.errors import ValidationError
+from xds_server.ingest.registry import Entry, Reset
+from xds_server.ingest.state import RegistryState
 from xds_server.model.fields import Obj
 from xds_server.model.listener import Tracing, parse_listener
 from xds_server.model.names import ServiceRef
-from xds_server.registry import Entry, Reset
-from xds_server.state import RegistryState
 
 
 def listener(value: dict[str, Any]) -> Any:

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 
 from tests.golden import PREFIX, cases, load_entries
 from tests.test_state_props import Op, histories
-from xds_server.registry import Changes, Entry, Event
-from xds_server.state import ChangeSet, RegistryState
+from xds_server.ingest.registry import Changes, Entry, Event
+from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.translate import Delta, Translator
 
 Versions = dict[str, dict[str, str]]

@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from adapters.memory import MemoryRegistry
 from integration.harness import free_port
 from xds_server.app import MeshApp, MeshConfig
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 
 @contextlib.asynccontextmanager

@@ -17,10 +17,13 @@ from xds_server.admin.auth import Authenticator
 from xds_server.admin.server import start_admin_server
 from xds_server.admin.service import AdminServicer
 from xds_server.cache import ConfigCache
-from xds_server.controller import Controller
 from xds_server.events import EventBus
+from xds_server.health.hds import HdsServicer, HealthCollector, HealthService
+from xds_server.health.sync import HealthSync
 from xds_server.health.transitions import HealthTransitions
-from xds_server.heap_trim import HeapTrimmer
+from xds_server.ingest.controller import Controller
+from xds_server.ingest.registry import Registry, WritableRegistry
+from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import (
@@ -30,12 +33,9 @@ from xds_server.metrics_http import (
     RecentTargets,
 )
 from xds_server.model import ServiceRef
-from xds_server.registry import Registry, WritableRegistry
 from xds_server.server.ads import AdsServicer, StreamRegistry
-from xds_server.server.hds import HdsServicer, HealthCollector, HealthService
-from xds_server.server.health_sync import HealthSync
-from xds_server.server.lrs import LrsServicer, TopologyCollector, TopologyService
-from xds_server.state import ChangeSet, RegistryState
+from xds_server.server.heap_trim import HeapTrimmer
+from xds_server.topology.lrs import LrsServicer, TopologyCollector, TopologyService
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

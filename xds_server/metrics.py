@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from xds_server.model.names import KINDS
-from xds_server.translate.names import SHORT
+from xds_server.resources.types import SHORT
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Convergence waits for the slowest proxy's round trip: its tail is longer than a push's.
@@ -351,8 +351,8 @@ def _short_type(type_url: str) -> str:
 class HealthMetrics:
     """Endpoint health (HDS) and load report (LRS) counters. Gauges computed at scrape
     time come from collectors: ``meshd_service_endpoints`` from
-    :class:`xds_server.server.hds.HealthCollector`, per-edge and per-endpoint load from
-    :class:`xds_server.server.lrs.TopologyCollector`."""
+    :class:`xds_server.health.hds.HealthCollector`, per-edge and per-endpoint load from
+    :class:`xds_server.topology.lrs.TopologyCollector`."""
 
     def __init__(self, r: CollectorRegistry) -> None:
         self.health_panic = Counter(

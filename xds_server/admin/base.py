@@ -16,12 +16,12 @@ from xds_server.admin.auth import Authenticator, Principal
 from xds_server.admin.errors import REGISTRY_UNAVAILABLE, AdminError, from_mesh_error
 from xds_server.errors import MeshError
 from xds_server.events import EventBus
+from xds_server.health.hds import HealthService
+from xds_server.ingest.registry import WritableRegistry
+from xds_server.ingest.state import RegistryState
 from xds_server.model import Problem
-from xds_server.registry import WritableRegistry
 from xds_server.server.ads import StreamRegistry
-from xds_server.server.hds import HealthService
-from xds_server.server.lrs import TopologyService
-from xds_server.state import RegistryState
+from xds_server.topology.lrs import TopologyService
 
 log = logging.getLogger("meshd.admin")
 

@@ -17,9 +17,9 @@ from google.protobuf import json_format, struct_pb2
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.errors import invalid
 from xds_server.errors import ValidationError
+from xds_server.ingest.registry import Entry
 from xds_server.model.entries import Entity, parse_entity
 from xds_server.model.names import DEFAULT_NAMESPACE, KeyRef, Kind, parse_key
-from xds_server.registry import Entry
 
 KIND_TO_REGISTRY: dict[pb.Kind, Kind] = {
     pb.KIND_SERVICE: "services",

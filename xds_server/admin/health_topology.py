@@ -1,7 +1,7 @@
 """Bodies of the admin API's health and topology RPCs: GetHealth, GetTopology,
 GetRecommendations, GetServiceMetrics. No I/O: they read
-:class:`~xds_server.server.hds.HealthService` and
-:class:`~xds_server.server.lrs.TopologyService` (``app.health`` / ``app.topology``).
+:class:`~xds_server.health.hds.HealthService` and
+:class:`~xds_server.topology.lrs.TopologyService` (``app.health`` / ``app.topology``).
 
 Reads need the viewer role. What a caller sees is filtered by its namespaces like
 ListEntries filters entries: a service outside them is left out of a listing and refused
@@ -18,13 +18,13 @@ from xds_server.admin.auth import Principal, require
 from xds_server.admin.errors import AdminError, invalid
 from xds_server.errors import ValidationError
 from xds_server.health.aggregate import Status
+from xds_server.health.hds import HealthService
 from xds_server.health.monitor import ServiceHealth
 from xds_server.model import ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE, check_label
-from xds_server.server.hds import HealthService
-from xds_server.server.lrs import TopologyService
 from xds_server.topology.graph import Graph, Recommendation, ServiceRed
 from xds_server.topology.load import EndpointRate
+from xds_server.topology.lrs import TopologyService
 
 __all__ = [
     "get_health",

@@ -12,9 +12,9 @@ import json
 from google.protobuf import json_format, timestamp_pb2
 
 from xds_server.admin.api import admin_pb2 as pb
+from xds_server.resources.resource import Resource
+from xds_server.resources.types import SHORT, TYPE_ORDER
 from xds_server.server.ads import Connection, StreamRegistry
-from xds_server.translate.names import SHORT, TYPE_ORDER
-from xds_server.translate.resource import Resource
 
 STATE_TO_PB = {
     "SYNCED": pb.SYNC_STATE_SYNCED,

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from xds_server.health.aggregate import Aggregator, Status
 from xds_server.health.assign import Checker, Target, assign, checkers_of
+from xds_server.ingest.state import RegistryState
 from xds_server.model import Endpoint, HealthCheck, Service, ServiceRef
-from xds_server.state import RegistryState
 from xds_server.translate.names import cluster_name
 
 __all__ = [

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 from xds_server.events import EventBus
+from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef
-from xds_server.state import RegistryState
 
 __all__ = ["HealthTransitions"]
 

@@ -27,10 +27,10 @@ from xds_server.cache import ConfigCache
 from xds_server.errors import ProtocolError
 from xds_server.events import EventBus
 from xds_server.metrics import Metrics
+from xds_server.resources.types import SHORT
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 from xds_server.server.request_key import light_request, subscription_key
 from xds_server.server.stream import Response, SotwStream
-from xds_server.translate.names import SHORT
 
 log = logging.getLogger("meshd.ads")
 

@@ -13,8 +13,8 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from xds_server.cache import ConfigCache, Scope
 from xds_server.cache.snapshot import Pending
-from xds_server.translate.names import LISTENER, ROUTE, TYPE_ORDER
-from xds_server.translate.resource import BoundedMemo, Resource
+from xds_server.resources.resource import BoundedMemo, Resource
+from xds_server.resources.types import LISTENER, ROUTE, TYPE_ORDER
 
 SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
 

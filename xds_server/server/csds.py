@@ -18,8 +18,8 @@ from envoy.service.status.v3 import csds_pb2
 from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from xds_server.resources.types import TYPE_ORDER
 from xds_server.server.ads import Connection, StreamRegistry
-from xds_server.translate.names import TYPE_ORDER
 
 CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 _Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"

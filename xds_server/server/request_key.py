@@ -18,8 +18,8 @@ import hashlib
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.translate.names import TYPE_ORDER
-from xds_server.translate.resource import decode_varint, string_field
+from xds_server.resources.resource import decode_varint, string_field
+from xds_server.resources.types import TYPE_ORDER
 
 MIN_NAMES = 64
 """Below this many names the set comparison is cheaper than hashing."""

@@ -39,6 +39,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import WILDCARD_TYPES, ConfigCache
 from xds_server.cache.snapshot import Pending
+from xds_server.resources.resource import Resource, set_version, string_field
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.server.base import (
     KNOWN_TYPES,
     RequestOutcome,
@@ -47,8 +49,6 @@ from xds_server.server.base import (
     SyncState,
     outcome,
 )
-from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
-from xds_server.translate.resource import Resource, set_version, string_field
 
 __all__ = ["RequestOutcome", "Response", "SotwStream", "SyncState", "TypeStatus"]
 _FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}

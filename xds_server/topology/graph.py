@@ -21,8 +21,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef
-from xds_server.state import RegistryState
 from xds_server.topology.load import EdgeRate, EndpointRate
 
 __all__ = ["Edge", "Graph", "Recommendation", "ServiceRed", "build_graph", "recommend", "red"]

@@ -2,19 +2,6 @@
 
 from __future__ import annotations
 
-from xds_server.translate.names import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, TYPE_ORDER
-from xds_server.translate.resource import Resource, make_resource
 from xds_server.translate.translator import Delta, Translator
 
-__all__ = [
-    "CLUSTER",
-    "ENDPOINT",
-    "LISTENER",
-    "ROUTE",
-    "SHORT",
-    "TYPE_ORDER",
-    "Delta",
-    "Resource",
-    "Translator",
-    "make_resource",
-]
+__all__ = ["Delta", "Translator"]

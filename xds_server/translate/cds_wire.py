@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from xds_server.model import Service
-from xds_server.translate.resource import decode_varint, string_field
+from xds_server.resources.resource import decode_varint, string_field
 
 _Template = tuple[bytes, bytes, bytes]
 """(fields before ``eds_cluster_config``, the EdsClusterConfig's fields, fields after it)"""

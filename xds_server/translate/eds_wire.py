@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from xds_server.translate.resource import encode_varint
+from xds_server.resources.resource import encode_varint
 
 
 def _field(number: int, payload: bytes) -> bytes:

@@ -7,7 +7,7 @@ to it and the services' routing-relevant fields. Node scopes are selections of
 names over this one index (see :mod:`xds_server.cache`), so every scope shares
 the same serialized bytes.
 
-:meth:`Translator.update` rebuilds only what a :class:`~xds_server.state.ChangeSet`
+:meth:`Translator.update` rebuilds only what a :class:`~xds_server.ingest.state.ChangeSet`
 touches and returns the resources whose content changed. I/O-free.
 """
 
@@ -16,22 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
-from xds_server.state import ChangeSet, RegistryState
+from xds_server.resources.resource import Resource
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.listener import listener_resource
-from xds_server.translate.names import (
-    CLUSTER,
-    ENDPOINT,
-    LISTENER,
-    ROUTE,
-    TYPE_ORDER,
-    service_host,
-)
+from xds_server.translate.names import service_host
 from xds_server.translate.rds_wire import route_configuration
-from xds_server.translate.resource import Resource
 
 
 def _no_dns(name: str) -> tuple[str, ...]:

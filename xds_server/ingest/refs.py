@@ -1,7 +1,7 @@
 """The registry's reference rules: what an entry may refer to, and which entries in force
 depend on a service. Pure: no I/O.
 
-Shared by the registry fold (:mod:`xds_server.state`) and the admin API's validation of
+Shared by the registry fold (:mod:`xds_server.ingest.state`) and the admin API's validation of
 writes, so an etcdctl edit and an API write are judged alike.
 """
 

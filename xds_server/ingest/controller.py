@@ -18,17 +18,18 @@ from collections.abc import Callable, Iterator, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigCache
-from xds_server.dns_problems import DnsProblems
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.events import EventBus, EventType
+from xds_server.ingest.dns_problems import DnsProblems
+from xds_server.ingest.registry import Changes, Registry, RegistryUpdate, Reset
+from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, ServiceRef, status_error_key
 from xds_server.model.entries import MAX_FIELD_CHARS, MAX_REASON_CHARS, bounded
 from xds_server.model.names import KINDS, MAX_STATUS_REST
-from xds_server.registry import Changes, Registry, RegistryUpdate, Reset
-from xds_server.state import ChangeSet, RegistryState
-from xds_server.translate import TYPE_ORDER, Translator
-from xds_server.translate.names import SHORT
+from xds_server.resources import TYPE_ORDER
+from xds_server.resources.types import SHORT
+from xds_server.translate import Translator
 
 log = logging.getLogger("meshd.controller")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from xds_server.ingest.state import ChangeSet
 from xds_server.model import Problem, ServiceRef
-from xds_server.state import ChangeSet
 
 __all__ = ["DnsProblems"]
 

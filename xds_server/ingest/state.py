@@ -1,6 +1,6 @@
 """Registry state: what is in force, what is rejected, and what changed.
 
-:meth:`RegistryState.apply` folds one :class:`~xds_server.registry.RegistryUpdate`
+:meth:`RegistryState.apply` folds one :class:`~xds_server.ingest.registry.RegistryUpdate`
 into the state and returns a :class:`ChangeSet` naming exactly what changed in
 force, so translation and the cache redo only that work. No I/O happens here.
 
@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.errors import ValidationError
+from xds_server.ingest.refs import Dependent, ServiceView, check_refs, dependents
+from xds_server.ingest.registry import Changes, RegistryUpdate, Reset
 from xds_server.model import (
     Endpoint,
     Entity,
@@ -39,8 +41,6 @@ from xds_server.model import (
     parse_entry,
 )
 from xds_server.model.names import KINDS, parse_key
-from xds_server.refs import Dependent, ServiceView, check_refs, dependents
-from xds_server.registry import Changes, RegistryUpdate, Reset
 
 __all__ = ["ChangeSet", "RegistryState", "check_refs"]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from xds_server.health.aggregate import Status
 from xds_server.health.assign import Checker
+from xds_server.health.hds import HealthService
 from xds_server.health.monitor import lease_ttl
-from xds_server.registry import Registry
-from xds_server.server.hds import HealthService
+from xds_server.ingest.registry import Registry
 
 log = logging.getLogger("meshd.health")
 
