@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
-from xds_server.registry import Reset
+from xds_server.ingest.registry import Reset
 
 
 def _percentile(sorted_ms: list[float], p: float) -> float:

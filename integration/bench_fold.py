@@ -24,8 +24,8 @@ import json
 import time
 
 from integration.bench_scale import registry_entries
-from xds_server.registry import Entry, Reset
-from xds_server.state import RegistryState
+from xds_server.ingest.registry import Entry, Reset
+from xds_server.ingest.state import RegistryState
 from xds_server.translate.translator import Translator
 
 PAGE = 10_000

@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import EnvoyProcess, free_port, http_get, wait_for
 from integration.scenario import seed, split_entries, split_route
-from xds_server.bootstrap import bootstrap
+from xds_server.cli.bootstrap import bootstrap
 
 
 def _meshd(etcd: str, xds_port: int, metrics_port: int, workdir: Path) -> subprocess.Popen[bytes]:

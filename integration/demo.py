@@ -10,7 +10,7 @@ It starts, in this order, and stops in the reverse order on Ctrl-C (SIGINT) or S
 4. the registry entries: service ``default/web`` with subsets ``v1``/``v2``, its two
    endpoints, listener ``public`` and route ``default/web-split`` (90/10);
 5. one Envoy gateway (node ``gateway-1``, cluster ``gateway``) from a bootstrap made by
-   :mod:`xds_server.bootstrap`, written to ``<data-dir>/gateway.yaml``.
+   :mod:`xds_server.cli.bootstrap`, written to ``<data-dir>/gateway.yaml``.
 
 Once a request through the gateway answers, it prints a banner with what runs where and the
 exact commands to try next, and waits for Ctrl-C.
@@ -536,7 +536,7 @@ class Demo:
         asyncio.run(_seed(self.etcd.endpoint, values))
 
         # 5. Envoy: it retries the ADS stream every 0.1-0.5 s until meshd listens.
-        from xds_server.bootstrap import bootstrap, render
+        from xds_server.cli.bootstrap import bootstrap, render
 
         config = bootstrap(
             NODE_ID,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from xds_server.registry import Registry
+from xds_server.ingest.registry import Registry
 
 
 def split_route(v1: int, v2: int, *, listener: str = "public", **extra: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from xds_server.errors import (
     TxnTooLarge,
     ValidationError,
 )
-from xds_server.registry import Changes, Entry, Event, RegistryUpdate, Reset
+from xds_server.ingest.registry import Changes, Entry, Event, RegistryUpdate, Reset
 
 __all__ = ["EtcdRegistry"]
 
@@ -107,7 +107,7 @@ def _parse_endpoints(endpoint: str) -> list[str]:
 
 
 class EtcdRegistry:
-    """Registry backend on etcd. See :class:`xds_server.registry.Registry` for the contract.
+    """Registry backend on etcd. See :class:`xds_server.ingest.registry.Registry` for the contract.
 
     ``endpoint`` is ``host:port`` or a comma-separated list (the first reachable one is used,
     and the list is tried again after a failure). Observable state for metrics:

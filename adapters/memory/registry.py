@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from xds_server.errors import RegistryConflict, RegistryUnavailable, ValidationError
-from xds_server.registry import Changes, Entry, Event, RegistryUpdate, Reset
+from xds_server.ingest.registry import Changes, Entry, Event, RegistryUpdate, Reset
 
 __all__ = ["MemoryRegistry"]
 
