@@ -78,14 +78,6 @@ class MeshConfig:
     """How long a proxy stays in ``/sd/envoy`` after its stream closed (s)."""
 
 
-def split_hostport(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` as host and port (ValueError when the port is not 0..65535)."""
-    try:
-        return parse_listen("", value)
-    except ListenError as exc:
-        raise ValueError(str(exc).strip()) from None
-
-
 class MeshApp:
     """One control plane instance. ``await start()``, then ``await stop()``."""
 

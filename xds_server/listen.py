@@ -14,7 +14,14 @@ import socket
 
 import grpc
 
-__all__ = ["ListenError", "bind_grpc", "check_free", "listen_reason", "parse_listen"]
+__all__ = [
+    "ListenError",
+    "bind_grpc",
+    "check_free",
+    "listen_reason",
+    "parse_listen",
+    "split_hostport",
+]
 
 
 class ListenError(OSError):
@@ -42,6 +49,15 @@ def parse_listen(flag: str, value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ListenError(flag, repr(value), f"port {port} is not in 0..65535 (0: any free port)")
     return host.strip("[]") or "127.0.0.1", port
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` as host and port (ValueError when the port is not 0..65535); for
+    clients such as meshctl, which name no flag of meshd."""
+    try:
+        return parse_listen("", value)
+    except ListenError as exc:
+        raise ValueError(str(exc).strip()) from None
 
 
 def check_free(flag: str, value: str) -> None:

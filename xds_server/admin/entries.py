@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
 
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.errors import invalid
 from xds_server.errors import ValidationError
-from xds_server.ingest.registry import Entry
 from xds_server.model.entries import Entity, parse_entity
 from xds_server.model.names import DEFAULT_NAMESPACE, KeyRef, Kind, parse_key
+
+if TYPE_CHECKING:  # (meshctl loads this module: it imports nothing of the server)
+    from xds_server.ingest.registry import Entry
 
 KIND_TO_REGISTRY: dict[pb.Kind, Kind] = {
     pb.KIND_SERVICE: "services",

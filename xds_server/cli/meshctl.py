@@ -15,9 +15,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from xds_server.app import split_hostport
 from xds_server.cli import commands, observed
 from xds_server.cli.bootstrap import bootstrap, render
+from xds_server.listen import split_hostport
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
