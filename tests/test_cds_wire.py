@@ -12,10 +12,10 @@ from tests.golden import translate
 from tests.test_envoy_accepts_props import registries
 from xds_server.ingest.registry import Entry
 from xds_server.model import Service
+from xds_server.model.names import cluster_name
 from xds_server.translate import cds_wire
 from xds_server.translate.cds_wire import cluster_bytes
 from xds_server.translate.cluster import build_cluster
-from xds_server.translate.names import cluster_name
 
 
 def _services(registry: dict[str, dict[str, Any]]) -> list[Service]:

@@ -18,7 +18,7 @@ from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.errors import invalid
 from xds_server.errors import ValidationError
 from xds_server.model.entries import Entity, parse_entity
-from xds_server.model.names import DEFAULT_NAMESPACE, KeyRef, Kind, parse_key
+from xds_server.model.names import DEFAULT_NAMESPACE, KeyRef, Kind, parse_key, registry_key
 
 if TYPE_CHECKING:  # (meshctl loads this module: it imports nothing of the server)
     from xds_server.ingest.registry import Entry
@@ -51,11 +51,7 @@ def describe(ref: pb.EntryRef) -> str:
     """``services/default/web``-style name of a ref for error messages (never raises)."""
     kind = KIND_TO_REGISTRY.get(ref.kind, "?")
     ns = ref.namespace or DEFAULT_NAMESPACE
-    if kind == "listeners":
-        return f"listeners/{ref.name}"
-    if kind == "endpoints":
-        return f"endpoints/{ns}/{ref.service}/{ref.name}"
-    return f"{kind}/{ns}/{ref.name}"
+    return registry_key("", KeyRef(kind, ns, ref.name, ref.service))  # type: ignore[arg-type]
 
 
 def key_of(ref: pb.EntryRef, prefix: str) -> tuple[str, KeyRef]:
@@ -67,18 +63,13 @@ def key_of(ref: pb.EntryRef, prefix: str) -> tuple[str, KeyRef]:
     if kind == "listeners":
         if ref.namespace:
             raise invalid(where, "ref.namespace", "listeners have no namespace")
-        rest = ref.name
-    else:
-        ns = ref.namespace or DEFAULT_NAMESPACE
-        if kind == "endpoints":
-            if not ref.service:
-                raise invalid(where, "ref.service", "is required for endpoints")
-            rest = f"{ns}/{ref.service}/{ref.name}"
-        else:
-            if ref.service:
-                raise invalid(where, "ref.service", "is only for endpoints")
-            rest = f"{ns}/{ref.name}"
-    key = f"{prefix}{kind}/{rest}"
+    elif kind == "endpoints":
+        if not ref.service:
+            raise invalid(where, "ref.service", "is required for endpoints")
+    elif ref.service:
+        raise invalid(where, "ref.service", "is only for endpoints")
+    ns = ref.namespace or DEFAULT_NAMESPACE
+    key = registry_key(prefix, KeyRef(kind, ns, ref.name, ref.service))
     try:
         return key, parse_key(key, prefix)
     except ValidationError as exc:

@@ -27,9 +27,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import Listener
+from xds_server.model.names import cluster_name
 from xds_server.resources.resource import Resource, set_version
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
-from xds_server.translate.names import cluster_name
 from xds_server.translate.translator import Delta
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})

@@ -25,7 +25,7 @@ from xds_server.health.aggregate import Aggregator, Status
 from xds_server.health.assign import Checker, Target, assign, checkers_of
 from xds_server.ingest.state import RegistryState
 from xds_server.model import Endpoint, HealthCheck, Service, ServiceRef
-from xds_server.translate.names import cluster_name
+from xds_server.model.names import cluster_name
 
 __all__ = [
     "EndpointHealth",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from xds_server.events import EventBus
 from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef
+from xds_server.model.names import endpoint_key, service_key
 
 __all__ = ["HealthTransitions"]
 
@@ -67,7 +68,7 @@ class HealthTransitions:
                 healthy = sum(1 for s in new.values() if s == 1)
                 self.events.publish(
                     "health",
-                    key=f"{self.prefix}endpoints/{ref.namespace}/{ref.name}/{ep_id}",
+                    key=endpoint_key(self.prefix, ref, ep_id),
                     message=(
                         f"{ref}/{ep_id} {before} -> {after} "
                         f"({ref}: {healthy}/{len(endpoints)} healthy)"
@@ -82,7 +83,7 @@ class HealthTransitions:
                 self._panic.add(ref)
                 self.events.publish(
                     "health",
-                    key=f"{self.prefix}services/{ref.namespace}/{ref.name}",
+                    key=service_key(self.prefix, ref),
                     message=(
                         f"{ref}: every endpoint is UNHEALTHY; Envoy's panic threshold keeps "
                         "sending traffic to all of them"
@@ -92,7 +93,7 @@ class HealthTransitions:
                 self._panic.discard(ref)
                 self.events.publish(
                     "health",
-                    key=f"{self.prefix}services/{ref.namespace}/{ref.name}",
+                    key=service_key(self.prefix, ref),
                     message=f"{ref}: no longer all UNHEALTHY (panic over)",
                 )
         # Services that left the registry leave no state behind.

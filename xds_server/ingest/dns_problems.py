@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from xds_server.ingest.state import ChangeSet
 from xds_server.model import Problem, ServiceRef
+from xds_server.model.names import endpoint_key
 
 __all__ = ["DnsProblems"]
 
@@ -49,7 +50,7 @@ class DnsProblems:
                     continue
                 kept = bool(addresses(name))  # the last addresses it resolved to are served
                 for endpoint_id in ids:
-                    key = f"{self.prefix}endpoints/{ref.namespace}/{ref.name}/{endpoint_id}"
+                    key = endpoint_key(self.prefix, ref, endpoint_id)
                     wanted[key] = Problem(key, "address", f"{name} {why}", revision, kept)
             for key in self._keys.pop(ref, set()) - wanted.keys():
                 del self.problems[key]

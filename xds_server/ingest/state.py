@@ -40,7 +40,7 @@ from xds_server.model import (
     ServiceRef,
     parse_entry,
 )
-from xds_server.model.names import KINDS, parse_key
+from xds_server.model.names import KINDS, parse_key, service_key
 
 __all__ = ["ChangeSet", "RegistryState", "check_refs"]
 
@@ -398,7 +398,7 @@ class RegistryState:
             if self.dependents(ref, new):
                 continue
             del self._held[ref]
-            key = f"{self.prefix}services/{ref.namespace}/{ref.name}"
+            key = service_key(self.prefix, ref)
             self._resolve_key(key, changes)
             if key in before and self.problems.get(key) == before[key]:
                 changes.problems_set.pop(key, None)

@@ -1,4 +1,13 @@
-"""Names and registry keys: DNS-1123 labels, ``ns/name`` references, key parsing."""
+"""Every name meshd builds or reads back, each builder beside its parser.
+
+* DNS-1123 labels and ``ns/name`` service references;
+* registry keys (``<prefix><kind>/...``): :func:`parse_key` and :func:`registry_key`,
+  :func:`service_key`, :func:`endpoint_key`; status keys (:func:`status_error_key`);
+* Envoy resource names (stable: docs/registry.md lists them): :func:`cluster_name` and
+  :func:`parse_cluster_name`, :func:`service_host`.
+
+A new kind of key or name goes here, with both directions and a round-trip test.
+"""
 
 from __future__ import annotations
 
@@ -155,6 +164,30 @@ def parse_key(key: str, prefix: str) -> KeyRef:
     return KeyRef(kind, ns, check_label(rest[1], "key"))  # type: ignore[arg-type]
 
 
+def registry_key(prefix: str, ref: KeyRef) -> str:
+    """The registry key :func:`parse_key` reads back as ``ref``."""
+    if ref.kind == "listeners":
+        return f"{prefix}listeners/{ref.name}"
+    if ref.kind == "endpoints":
+        return f"{prefix}endpoints/{ref.namespace}/{ref.service}/{ref.name}"
+    return f"{prefix}{ref.kind}/{ref.namespace}/{ref.name}"
+
+
+def service_key(prefix: str, ref: ServiceRef) -> str:
+    """``<prefix>services/<ns>/<name>``: the key of a service."""
+    return f"{prefix}services/{ref.namespace}/{ref.name}"
+
+
+def endpoint_key(prefix: str, service: ServiceRef, endpoint_id: str) -> str:
+    """``<prefix>endpoints/<ns>/<service>/<id>``: the key of one endpoint of a service."""
+    return f"{prefix}endpoints/{service.namespace}/{service.name}/{endpoint_id}"
+
+
+def entry_key(prefix: str, kind: str, ns_name: str) -> str:
+    """``<prefix><kind>/<ns/name>`` from a kind and an ``ns/name`` (or listener name)."""
+    return f"{prefix}{kind}/{ns_name}"
+
+
 MAX_STATUS_REST = 1024
 """Characters of a rejected key kept in its status key; a longer (invalid) key is cut and
 followed by a hash of it, so its status write stays small and distinct."""
@@ -166,4 +199,45 @@ def status_error_key(key: str, prefix: str) -> str:
     if len(rest) > MAX_STATUS_REST:
         digest = hashlib.sha256(rest.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         rest = f"{rest[:MAX_STATUS_REST]}...{digest}"
-    return f"{prefix}status/errors/{rest}"
+    return f"{prefix}{STATUS_ERRORS}{rest}"
+
+
+STATUS_ERRORS = "status/errors/"
+"""Below the prefix: one key per rejected entry, its path the rejected key's."""
+
+
+# -- Envoy resource names ------------------------------------------------------------------
+
+
+def cluster_name(ref: ServiceRef, subset: str = "") -> str:
+    """``<name>.<ns>`` per service, ``<name>.<ns>|<subset>`` per subset."""
+    base = f"{ref.name}.{ref.namespace}"
+    return f"{base}|{subset}" if subset else base
+
+
+class ClusterName(NamedTuple):
+    """What an Envoy cluster name of the mesh names: a service, and a subset or ``""``."""
+
+    service: ServiceRef
+    subset: str
+
+
+def parse_cluster_name(cluster: str) -> ClusterName | None:
+    """The service and subset of ``<name>.<ns>[|subset]`` (None: not a cluster of the
+    mesh, such as the bootstrap's own)."""
+    base, _, subset = cluster.partition("|")
+    name, sep, ns = base.rpartition(".")
+    if not sep or not name or not ns or "." in name:
+        return None
+    return ClusterName(ServiceRef(ns, name), subset)
+
+
+def cluster_subset(cluster: str) -> str:
+    """The subset a cluster name ends with (``|<subset>``), or ``""``."""
+    return cluster.partition("|")[2]
+
+
+def service_host(ref: ServiceRef) -> str:
+    """``<name>.<ns>``: the Host every HTTP listener routes to a service by default, and
+    the name proxyless gRPC clients dial (``xds:///<name>.<ns>``)."""
+    return f"{ref.name}.{ref.namespace}"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef
+from xds_server.model.names import parse_cluster_name
 from xds_server.topology.load import EdgeRate, EndpointRate
 
 __all__ = ["Edge", "Graph", "Recommendation", "ServiceRed", "build_graph", "recommend", "red"]
@@ -108,11 +109,8 @@ def source_id(node_cluster: str, services: Iterable[ServiceRef]) -> str:
 
 def destination_of(cluster: str) -> ServiceRef | None:
     """The service of an Envoy cluster name ``<name>.<ns>[|subset]`` (None: not ours)."""
-    base = cluster.split("|", 1)[0]
-    name, sep, ns = base.rpartition(".")
-    if not sep or not name or not ns or "." in name:
-        return None
-    return ServiceRef(ns, name)
+    parsed = parse_cluster_name(cluster)
+    return parsed.service if parsed is not None else None
 
 
 def allowed_edges(state: RegistryState, sources: Iterable[str]) -> set[tuple[str, str]]:

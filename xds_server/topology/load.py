@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from xds_server.model.names import cluster_subset
+
 __all__ = ["ClusterLoad", "EdgeRate", "EndpointRate", "IngestOutcome", "LoadTracker"]
 
 MAX_RPS = 1_000_000.0
@@ -163,7 +165,7 @@ class LoadTracker:
                 continue
             series = self._series.get((node_id, load.cluster))
             if series is None or series.source != source:
-                subset = load.cluster.partition("|")[2]
+                subset = cluster_subset(load.cluster)
                 series = self._series[(node_id, load.cluster)] = _Series(
                     source, destination, subset
                 )

@@ -9,10 +9,10 @@ from envoy.type.v3 import http_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from xds_server.model import HealthCheck, Service
+from xds_server.model.names import cluster_name
 from xds_server.resources.resource import Resource, resource_from_bytes
 from xds_server.resources.types import CLUSTER
 from xds_server.translate.cds_wire import cluster_bytes
-from xds_server.translate.names import cluster_name
 
 _LB = {
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,

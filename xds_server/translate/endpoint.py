@@ -10,10 +10,10 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from xds_server.model import Endpoint, Service
 from xds_server.model.endpoint import is_ip
+from xds_server.model.names import cluster_name
 from xds_server.resources.resource import Resource, resource_from_bytes
 from xds_server.resources.types import ENDPOINT
 from xds_server.translate import eds_wire
-from xds_server.translate.names import cluster_name
 
 Resolver = Callable[[str], tuple[str, ...]]
 """Maps a DNS name to the addresses it currently resolves to (empty: unresolved)."""

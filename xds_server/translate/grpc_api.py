@@ -40,11 +40,11 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xds_server.model import Route, Service, ServiceRef
+from xds_server.model.names import service_host
 from xds_server.resources.resource import Resource, make_resource
 from xds_server.resources.types import LISTENER, ROUTE
 from xds_server.translate.cluster import ads_source
 from xds_server.translate.listener import ROUTER
-from xds_server.translate.names import service_host
 from xds_server.translate.route import FAULT, LOCAL_RATELIMIT, build_route_configuration
 
 GRPC_ALGORITHMS = frozenset({"round_robin", "ring_hash"})

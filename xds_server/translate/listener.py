@@ -15,10 +15,10 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xds_server.model import Listener
+from xds_server.model.names import cluster_name
 from xds_server.resources.resource import Resource, make_resource
 from xds_server.resources.types import LISTENER
 from xds_server.translate.cluster import ads_source
-from xds_server.translate.names import cluster_name
 from xds_server.translate.route import FAULT, LOCAL_RATELIMIT
 from xds_server.translate.tracing import apply_tracing
 

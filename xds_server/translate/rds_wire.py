@@ -22,9 +22,9 @@ import functools
 from collections.abc import Iterable, Mapping
 
 from xds_server.model import Route, Service, ServiceRef, SessionAffinity
+from xds_server.model.names import cluster_name, service_host
 from xds_server.resources.resource import Resource, resource_from_bytes, string_field
 from xds_server.resources.types import ROUTE
-from xds_server.translate.names import cluster_name, service_host
 from xds_server.translate.route import (
     Affinities,
     affinities,

@@ -21,8 +21,8 @@ from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, duration_pb2
 
 from xds_server.model import Fault, Mirror, RateLimit, Route, Service, ServiceRef, SessionAffinity
+from xds_server.model.names import cluster_name, service_host
 from xds_server.translate.cluster import ms, u32
-from xds_server.translate.names import cluster_name, service_host
 
 Affinities = tuple[SessionAffinity | None, ...]
 

@@ -18,7 +18,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_server.model.listener import Tracing
-from xds_server.translate.names import cluster_name
+from xds_server.model.names import cluster_name
 
 ZIPKIN = "envoy.tracers.zipkin"
 OPENTELEMETRY = "envoy.tracers.opentelemetry"

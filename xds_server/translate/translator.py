@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
+from xds_server.model.names import entry_key, service_host
 from xds_server.resources.resource import Resource
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.listener import listener_resource
-from xds_server.translate.names import service_host
 from xds_server.translate.rds_wire import route_configuration
 
 
@@ -175,7 +175,7 @@ class Translator:
         out: dict[str, Problem] = {}
         for note, targets in notes.items():
             kind, name, field_ = note
-            key = f"{state.prefix}{kind}/{name}"
+            key = entry_key(state.prefix, kind, name)
             algorithm = ""
             if kind == "services":
                 ns, _, svc_name = name.partition("/")
