@@ -86,7 +86,7 @@ def to_dict(msg: Message) -> dict[str, Any]:
 
 def messages(translator: Translator, kind: str) -> list[Message]:
     """The translated resources of one kind, sorted by name."""
-    index = translator.index[KINDS[kind]]
+    index = translator.served[KINDS[kind]]
     return [unpack(index[name]) for name in sorted(index)]
 
 

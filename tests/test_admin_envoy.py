@@ -115,14 +115,15 @@ async def test_nacked_route_shows_in_proxy_status_until_fixed(
 
     # Craft a route configuration Envoy must refuse (a regex RE2 cannot compile), and put it
     # in the cache the way a translation bug would: validation never lets one through.
-    good = app.cache.index[ROUTE]["public"]
+    good = app.cache.get(ROUTE, "public")
+    assert good is not None
     msg = route_pb2.RouteConfiguration.FromString(good.body)
     bad_route = msg.virtual_hosts[0].routes.add()
     bad_route.match.safe_regex.regex = "(unclosed"
     bad_route.direct_response.status = 200
     delta = Delta()
     delta.changed[ROUTE]["public"] = make_resource(ROUTE, "public", msg, good.refs)
-    app.cache.apply(delta, app.controller.state.listeners, app.controller.state.revision)
+    app.cache.apply(delta, app.controller.state.revision)
 
     deadline = time.monotonic() + 10
     while (rds := await _proxy_rds(admin_mesh)).get("state") != "NACKED":

@@ -9,16 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.cache import ConfigCache
-from xds_server.cache.snapshot import Wakeup, Watcher
+from xds_server.cache.watch import Wakeup, Watcher
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.resources.resource import resource_from_bytes
+from xds_server.resources.scope import no_scopes
 from xds_server.translate.translator import Delta
 
 
 def _change(cache: ConfigCache, type_url: str, name: str, body: bytes) -> None:
     delta = Delta()
     delta.changed[type_url][name] = resource_from_bytes(type_url, name, body)
-    cache.apply(delta, {}, cache.revision + 1)
+    cache.apply(delta, cache.revision + 1)
 
 
 def _woken(w: Watcher) -> dict[str, set[str]]:
@@ -53,9 +54,9 @@ def test_changes_reach_only_the_watchers_that_hold_them() -> None:
     _change(cache, ENDPOINT, "b", b"3")
     assert _woken(holds_a) == {ENDPOINT: {"b"}}
 
-    # A listener change may move any stream's scope: everyone wakes.
-    delta = Delta(listeners_changed=True)
-    cache.apply(delta, {}, cache.revision + 1)
+    # A new scope rule (listeners changed) may move any stream's scope: everyone wakes.
+    delta = Delta(scopes=no_scopes)
+    cache.apply(delta, cache.revision + 1)
     for w in (undeclared, holds_a, wild, cds_only):
         assert w.event.is_set() and w.scopes_changed
         w.take()
@@ -69,7 +70,7 @@ def test_changes_reach_only_the_watchers_that_hold_them() -> None:
 def test_the_oldest_unseen_value_is_kept() -> None:
     cache = ConfigCache()
     _change(cache, ENDPOINT, "a", b"1")
-    first = cache.index[ENDPOINT]["a"]
+    first = cache.get(ENDPOINT, "a")
     w = cache.watch()
     cache.set_interest(w, {ENDPOINT: (False, cache.intern({"a"}))})
     _change(cache, ENDPOINT, "a", b"2")
@@ -98,7 +99,7 @@ def test_memoized_subscription_xor_follows_changes(
         delta.changed[ENDPOINT][name] = (
             None if body is None else resource_from_bytes(ENDPOINT, name, body)
         )
-        cache.apply(delta, {}, cache.revision + 1)
+        cache.apply(delta, cache.revision + 1)
         assert cache.subscription_xor(ENDPOINT, names) == cache.xor_of(ENDPOINT, names)
 
 

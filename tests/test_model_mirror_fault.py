@@ -121,7 +121,7 @@ def test_mirror_and_fault_translate_to_policy_and_per_route_filter_config() -> N
         Entry(RT, json.dumps(route).encode(), 3),
     )
     _, translator, _ = translate(entries)
-    config = unpack(translator.index[ROUTE]["public"])
+    config = unpack(translator.served[ROUTE]["public"])
     envoy_route = next(
         r
         for vh in config.virtual_hosts
@@ -137,7 +137,7 @@ def test_mirror_and_fault_translate_to_policy_and_per_route_filter_config() -> N
     assert (fault.abort.http_status, fault.abort.percentage.numerator) == (503, 20)
     assert fault.delay.fixed_delay.ToMilliseconds() == 1500
     assert fault.delay.percentage.numerator == 40
-    assert translator.index[ROUTE]["public"].refs >= {"web.default", "web.default|v1"}
+    assert translator.served[ROUTE]["public"].refs >= {"web.default", "web.default|v1"}
 
 
 def test_an_empty_regex_is_refused_as_envoy_would() -> None:

@@ -42,7 +42,7 @@ class Reg:
 def test_grpc_health_check_uses_http2_codec_not_http3() -> None:
     hc = {"every_proxy": True}  # Envoy's own active check (HDS checks are not in the cluster)
     reg = Reg({"services/default/g": {"protocol": "grpc", "port": 9, "health_check": hc}})
-    res = reg.tr.index[CLUSTER]["g.default"]
+    res = reg.tr.served[CLUSTER]["g.default"]
     cluster = cluster_pb2.Cluster.FromString(res.body)
     assert cluster.health_checks[0].http_health_check.codec_client_type == http_pb2.HTTP2
 
@@ -60,7 +60,7 @@ def test_route_host_with_port_keeps_the_default_route() -> None:
             },
         }
     )
-    config = route_pb2.RouteConfiguration.FromString(reg.tr.index[ROUTE]["public"].body)
+    config = route_pb2.RouteConfiguration.FromString(reg.tr.served[ROUTE]["public"].body)
     domains: dict[str, list[str]] = {}
     for vh in config.virtual_hosts:
         for d in vh.domains:
@@ -97,7 +97,7 @@ def test_rate_limit_bucket_holds_at_least_one_fill() -> None:
             },
         }
     )
-    config = route_pb2.RouteConfiguration.FromString(reg.tr.index[ROUTE]["public"].body)
+    config = route_pb2.RouteConfiguration.FromString(reg.tr.served[ROUTE]["public"].body)
     route = next(r for vh in config.virtual_hosts for r in vh.routes if r.name == "default/r")
     cfg = local_rate_limit_pb2.LocalRateLimit()
     route.typed_per_filter_config[LOCAL_RATELIMIT].Unpack(cfg)

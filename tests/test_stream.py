@@ -24,8 +24,8 @@ class Mesh:
 
     def __init__(self, content: dict[str, dict[str, Any]]) -> None:
         self.state = RegistryState(P)
-        self.translator = Translator()
         self.cache = ConfigCache()
+        self.translator = Translator(served=self.cache.served())
         self.rev = 1
         entries = tuple(Entry(P + k, json.dumps(v).encode(), 1) for k, v in content.items())
         self._apply(Reset(1, entries))
@@ -33,7 +33,7 @@ class Mesh:
     def _apply(self, update: Reset | Changes) -> None:
         changes = self.state.apply(update)
         delta = self.translator.update(self.state, changes)
-        self.cache.apply(delta, self.state.listeners, self.state.revision)
+        self.cache.apply(delta, self.state.revision)
 
     def change(self, puts: dict[str, dict[str, Any]], deletes: tuple[str, ...] = ()) -> None:
         self.rev += 1

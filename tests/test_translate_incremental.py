@@ -14,7 +14,7 @@ Versions = dict[str, dict[str, str]]
 
 
 def versions(translator: Translator) -> Versions:
-    return {t: {n: r.version for n, r in res.items()} for t, res in translator.index.items()}
+    return {t: {n: r.version for n, r in res.items()} for t, res in translator.served.items()}
 
 
 def afresh(state: RegistryState) -> Versions:
@@ -78,10 +78,10 @@ def test_golden_cases_built_and_torn_down_one_key_at_a_time() -> None:
             pipeline = Pipeline()
             for entry in order:
                 pipeline.put(entry)
-            assert any(pipeline.translator.index.values()), case
+            assert any(pipeline.translator.served.values()), case
             for entry in order:
                 pipeline.delete(entry.key)
-            assert not any(pipeline.translator.index.values()), case
+            assert not any(pipeline.translator.served.values()), case
 
 
 @settings(max_examples=120, deadline=None)

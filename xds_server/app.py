@@ -35,6 +35,12 @@ from xds_server.metrics_http import (
 from xds_server.model import ServiceRef
 from xds_server.server.ads import AdsServicer, StreamRegistry
 from xds_server.server.heap_trim import HeapTrimmer
+from xds_server.server.observers import (
+    StreamActivity,
+    StreamConvergence,
+    StreamEvents,
+    StreamMetrics,
+)
 from xds_server.topology.lrs import LrsServicer, TopologyCollector, TopologyService
 
 if TYPE_CHECKING:
@@ -97,10 +103,13 @@ class MeshApp:
         self.controller = Controller(registry, self.cache, self.metrics, events=self.events)
         self.ads = AdsServicer(
             self.cache,
-            self.metrics,
             self.streams,
-            events=self.events,
-            on_activity=self.trimmer.poke,
+            observers=[
+                StreamMetrics(self.metrics, self.cache),
+                StreamEvents(self.events),
+                StreamConvergence(self.metrics.convergence),
+                StreamActivity(self.trimmer.poke),
+            ],
         )
         self.metrics.watch_streams(
             lambda: [c.stream for c in list(self.streams.connections.values())]
@@ -182,7 +191,7 @@ class MeshApp:
         # frozen by the controller as it is built.
         gc.collect()
         gc.freeze()
-        ready = asyncio.ensure_future(self.cache.ready.wait())
+        ready = asyncio.ensure_future(self.cache.wait_ready())
         try:
             done, _ = await asyncio.wait(
                 {ready, self._loop_task}, return_when=asyncio.FIRST_COMPLETED

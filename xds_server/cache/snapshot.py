@@ -1,171 +1,39 @@
-"""The config cache: the global resource index, node scopes, and change fan-out.
+"""The config cache: the resource index served, node scopes, and change fan-out.
 
-Resources live once in the index (serialized once, shared by every stream).
-A :class:`Scope` is what a node whose ``cluster`` matches a set of listeners
-gets by wildcard: those listeners, their route configurations, and the
-clusters (with endpoints) they need. Scopes are memoized per node cluster and
-shared by every node with the same listener set, and their type versions are
-XORs of per-resource digests so they update in O(changed).
+Resources live once in the index (serialized once, shared by every stream), and it is
+the only index: translation computes its changes against it (:meth:`ConfigCache.served`).
+A :class:`~xds_server.cache.scope.Scope` is what a node gets by wildcard; which names
+that is, per node cluster, is decided by the scope rule translation hands over with its
+changes (the cache knows names and selections, not what a listener is). Scopes are
+memoized per node cluster and shared by every node with the same selection, and their
+type versions are XORs of per-resource digests so they update in O(changed).
 
-Per-stream state is kept small by sharing: subscription sets are interned
-(every Envoy of a scope asks for the same cluster names), the complete set of
-a type in a scope and the version of a subscription are memoized per type
-generation, and encoded responses that come out identical for many streams
-are built once (:meth:`ConfigCache.shared_wire`).
+Per-stream state is kept small by sharing: subscription sets are interned (every Envoy
+of a scope asks for the same cluster names), the complete set of a type in a scope and
+the version of a subscription are memoized per type generation, and encoded responses
+that come out identical for many streams are built once (:meth:`ConfigCache.shared_wire`).
 
-Streams register a :class:`Watcher`; each change records, per type, the names
-that changed with the resource each had before the first unseen change, and
-wakes the stream. A slow stream only accumulates names; it never holds up the
-others (backpressure stays per stream).
+Streams register a :class:`~xds_server.cache.watch.Watcher`; each change records, per
+type, the names that changed with the resource each had before the first unseen change,
+and wakes the stream. A slow stream only accumulates names; it never holds up the others
+(backpressure stays per stream). Servers use the cache through
+:mod:`xds_server.cache.contract` only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 
-from xds_server.model import Listener
-from xds_server.model.names import cluster_name
-from xds_server.resources.resource import Resource, set_version
-from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
-from xds_server.translate.translator import Delta
+from xds_server.cache.contract import WILDCARD_TYPES, TranslatedChanges
+from xds_server.cache.scope import Scope
+from xds_server.cache.watch import Interest, Pending, Watcher, merge_pending
+from xds_server.resources.resource import Resource
+from xds_server.resources.scope import ScopeRule, no_scopes
+from xds_server.resources.types import TYPE_ORDER
 
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-
-Pending = dict[str, dict[str, Resource | None]]
-"""Type URL -> changed name -> the resource before the change (None: it did not exist)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FullSet:
-    """The complete set of one type in a scope, as one generation of the cache has it."""
-
-    xor: int
-    resources: tuple[Resource, ...]  # sorted by name
-    names: frozenset[str]
-
-    @property
-    def version(self) -> str:
-        return set_version(self.xor)
-
-
-@dataclass(eq=False)
-class Scope:
-    """The wildcard selection of one node scope (a set of listener names)."""
-
-    listeners: frozenset[str]
-    http: frozenset[str]
-    tcp_clusters: frozenset[str]
-    cache: ConfigCache
-    _full: dict[str, tuple[int, FullSet]] = field(default_factory=dict)
-
-    @property
-    def all_clusters(self) -> bool:
-        # Every HTTP listener routes every service's default host, so it needs every cluster.
-        return bool(self.http)
-
-    def names(self, type_url: str) -> Collection[str]:
-        """The names a wildcard subscriber of ``type_url`` in this scope gets."""
-        if type_url == LISTENER:
-            return self.listeners
-        if type_url == ROUTE:
-            return self.http
-        if self.all_clusters:
-            return self.cache.index[type_url].keys()
-        return self.tcp_clusters
-
-    def xor(self, type_url: str) -> int:
-        if type_url in (CLUSTER, ENDPOINT) and self.all_clusters:
-            return self.cache.xors[type_url]
-        return self.cache.xor_of(type_url, self.names(type_url))
-
-    def version(self, type_url: str) -> str:
-        return set_version(self.xor(type_url))
-
-    def full(self, type_url: str) -> FullSet:
-        """The complete set of ``type_url`` here: shared until the type changes."""
-        gen = self.cache.type_generation[type_url]
-        memo = self._full.get(type_url)
-        if memo is not None and memo[0] == gen:
-            return memo[1]
-        index = self.cache.index[type_url]
-        names = sorted(n for n in self.names(type_url) if n in index)
-        result = FullSet(self.xor(type_url), tuple(index[n] for n in names), frozenset(names))
-        self._full[type_url] = (gen, result)
-        return result
-
-
-Interest = Mapping[str, tuple[bool, frozenset[str]]]
-"""What a stream listens to, per type URL: (wildcard, explicitly subscribed names)."""
-
-
-class Wakeup:
-    """An :class:`asyncio.Event` for one waiter (a stream's writer), in 58 bytes instead
-    of ~860 (an Event holds a deque of waiters): thousands of streams each have one."""
-
-    __slots__ = ("_set", "_waiter")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        """Return once set (at once if it is)."""
-        if self._set:
-            return
-        if self._waiter is not None:
-            raise RuntimeError("Wakeup has one waiter at a time")
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-
-@dataclass(eq=False, slots=True)
-class Watcher:
-    """A stream's inbox: names changed per type (with their old resource), and a wake-up.
-
-    ``interest`` is None until the stream declares one (:meth:`ConfigCache.set_interest`):
-    such a watcher hears every change. Once declared, it hears only changes of types it
-    watches as a wildcard and of names it subscribed to, so an endpoint change wakes the
-    streams that hold that cluster and no others.
-    """
-
-    event: Wakeup = field(default_factory=Wakeup)
-    pending: Pending = field(default_factory=dict)
-    scopes_changed: bool = False
-    interest: Interest | None = None
-
-    def take(self) -> tuple[Pending, bool]:
-        pending, scopes = self.pending, self.scopes_changed
-        self.pending, self.scopes_changed = {}, False
-        self.event.clear()
-        return pending, scopes
-
-
-def _merge(w: Watcher, type_url: str, before: dict[str, Resource | None]) -> None:
-    mine = w.pending.setdefault(type_url, {})
-    if not mine:
-        mine.update(before)
-    else:
-        for name, old in before.items():
-            mine.setdefault(name, old)  # keep the oldest unseen value: what the client holds
+__all__ = ["WILDCARD_TYPES", "ConfigCache", "Pending", "Scope", "Watcher"]
 
 
 class ConfigCache:
@@ -181,9 +49,9 @@ class ConfigCache:
         self.ready = asyncio.Event()
         self.last_woken: set[Watcher] = set()
         """Watchers the last :meth:`apply` woke (valid until the next one)."""
-        self._listeners: Mapping[str, Listener] = {}
+        self._scope_rule: ScopeRule = no_scopes
         self._scopes: dict[str, Scope] = {}
-        self._scope_by_set: dict[frozenset[str], Scope] = {}
+        self._scope_by_key: dict[object, Scope] = {}
         self._watchers: set[Watcher] = set()
         # Who hears a change: undeclared watchers hear all; the others by type or by name.
         self._open: set[Watcher] = set()
@@ -201,14 +69,9 @@ class ConfigCache:
 
     # -- writes -----------------------------------------------------------------------
 
-    def apply(
-        self,
-        delta: Delta,
-        listeners: Mapping[str, Listener],
-        revision: int,
-        observed_at: float = 0.0,
-    ) -> None:
-        """Install translated changes and wake every watcher."""
+    def apply(self, delta: TranslatedChanges, revision: int, observed_at: float = 0.0) -> None:
+        """Install translated changes and wake the watchers they concern (every watcher
+        when the scope rule changed)."""
         self.revision = revision
         self.changed_at = observed_at
         olds: dict[str, dict[str, Resource | None]] = {}
@@ -231,19 +94,20 @@ class ConfigCache:
                 flips[name] = flip
             self.type_generation[type_url] += 1
             self._advance_set_xors(type_url, flips)
-        if delta.listeners_changed or not self._listeners:
-            self._listeners = dict(listeners)
+        scopes = delta.scopes
+        if scopes is not None:
+            self._scope_rule = scopes
             self._scopes.clear()
-            self._scope_by_set.clear()
+            self._scope_by_key.clear()
         self.generation += 1
         self.ready.set()
         self.last_woken = set()
-        if not olds and not delta.listeners_changed:
+        if not olds and scopes is None:
             return
         woken: set[Watcher] = set()
         for type_url, before in olds.items():
             for w in (*self._open, *self._wild[type_url]):
-                _merge(w, type_url, before)
+                merge_pending(w, type_url, before)
                 woken.add(w)
             sets_by_name = self._sets_by_name[type_url]
             if not sets_by_name:
@@ -255,7 +119,7 @@ class ConfigCache:
                         mine = w.pending.setdefault(type_url, {})
                         mine.setdefault(name, old)  # the oldest unseen value: what it holds
                         woken.add(w)
-        if delta.listeners_changed:
+        if scopes is not None:
             for w in self._watchers:
                 w.scopes_changed = True
             woken = set(self._watchers)
@@ -270,26 +134,37 @@ class ConfigCache:
         scope = self._scopes.get(node_cluster)
         if scope is not None:
             return scope
-        mine = [lst for lst in self._listeners.values() if lst.serves(node_cluster)]
-        key = frozenset(lst.name for lst in mine)
-        scope = self._scope_by_set.get(key)
+        selection = self._scope_rule(node_cluster)
+        key = selection.key()
+        scope = self._scope_by_key.get(key)
         if scope is None:
-            scope = Scope(
-                listeners=key,
-                http=frozenset(lst.name for lst in mine if lst.protocol == "http"),
-                tcp_clusters=frozenset(
-                    cluster_name(lst.service) for lst in mine if lst.service is not None
-                ),
-                cache=self,
-            )
-            self._scope_by_set[key] = scope
+            scope = self._scope_by_key[key] = Scope(selection, self)
         self._scopes[node_cluster] = scope
         return scope
 
+    def served(self) -> Mapping[str, Mapping[str, Resource]]:
+        """Type URL -> name -> resource served now (read-only, not a copy): translation
+        computes its changes against it, so the served index is the only one."""
+        return self.index
+
+    def resources(self, type_url: str) -> Mapping[str, Resource]:
+        """Every resource of ``type_url`` served now, by name (read-only, not a copy)."""
+        return self.index[type_url]
+
+    def count(self, type_url: str) -> int:
+        """How many resources of ``type_url`` are served."""
+        return len(self.index[type_url])
+
+    async def wait_ready(self) -> None:
+        """Return once the first snapshot is in (at once after that)."""
+        await self.ready.wait()
+
     def get(self, type_url: str, name: str) -> Resource | None:
+        """One resource served now, if it exists."""
         return self.index[type_url].get(name)
 
     def xor_of(self, type_url: str, names: Iterable[str]) -> int:
+        """XOR of the digests of the existing resources among ``names``."""
         index = self.index[type_url]
         acc = 0
         for name in names:
@@ -316,8 +191,8 @@ class ConfigCache:
 
     def _advance_set_xors(self, type_url: str, flips: Mapping[str, int]) -> None:
         """Carry memoized subscription XORs over a change: XOR in each changed name's flip
-        when the set holds it. O(changed names x distinct sets), instead of recomputing a
-        10,000-name subscription on the next push (~15 ms per set at 10,000 services)."""
+        when the set holds it. O(changed names x distinct sets), instead of recomputing
+        every name of a large subscription on the next push."""
         gen = self.type_generation[type_url]
         stale = gen - 1
         if len(flips) > 1024:  # a relist: recompute lazily instead
@@ -356,12 +231,14 @@ class ConfigCache:
         return wire
 
     def watch(self) -> Watcher:
+        """A new inbox that hears every change until :meth:`set_interest` narrows it."""
         w = Watcher()
         self._watchers.add(w)
         self._open.add(w)
         return w
 
     def unwatch(self, w: Watcher) -> None:
+        """``w`` hears nothing more."""
         self.set_interest(w, {})
         self._watchers.discard(w)
         self._open.discard(w)
@@ -374,7 +251,7 @@ class ConfigCache:
         """
         if w.interest == interest:
             # Most requests are ACKs that change no subscription: the same interned sets,
-            # so this compares by identity (~0.3 us, not ~3 us for the walk below).
+            # so this compares by identity, far cheaper than the walk below.
             return
         old = w.interest or {}
         self._open.discard(w)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
-from xds_server.cache import ConfigCache
+from xds_server.cache import ConfigSink
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.events import EventBus, EventType
 from xds_server.ingest.dns_problems import DnsProblems
@@ -148,7 +148,7 @@ class Controller:
     def __init__(
         self,
         registry: Registry,
-        cache: ConfigCache,
+        cache: ConfigSink,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -160,7 +160,7 @@ class Controller:
         self.metrics = metrics
         self.state = RegistryState(registry.prefix)
         self.dns = DnsCache(self._dns_changed, resolve=resolve)
-        self.translator = Translator(resolve=self.dns.lookup)
+        self.translator = Translator(resolve=self.dns.lookup, served=cache.served())
         self.dns_problems = DnsProblems(registry.prefix)
         """Endpoints whose name does not resolve (reported beside the state's problems)."""
         self.status = StatusWriter(registry, registry.prefix)
@@ -222,7 +222,7 @@ class Controller:
             self._dns_reconcile(changes.services | changes.endpoints, changes)
             self.translator.report_notes(self.state.problems, changes)
         translated_at = self.clock()
-        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=batch[0][0])
+        self.cache.apply(delta, self.state.revision, observed_at=batch[0][0])
         # (an observer may apply to the cache again)
         generation, woken = self.cache.generation, self.cache.last_woken
         for observe in self.observers:  # after the batch is cached: they may refresh EDS
@@ -260,7 +260,7 @@ class Controller:
             self.metrics.watch_lag.observe(lag)
         self.metrics.registry_revision.set(self.state.revision)
         for type_url in TYPE_ORDER:
-            self.metrics.resources.labels(SHORT[type_url]).set(len(self.cache.index[type_url]))
+            self.metrics.resources.labels(SHORT[type_url]).set(self.cache.count(type_url))
         self._report(changes)
 
     async def _watch_registry_health(self, period: float = 1.0) -> None:
@@ -285,14 +285,14 @@ class Controller:
         """
         self.translator.health = health
         delta = self.translator.refresh_endpoints(self.state, refs & set(self.state.services))
-        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=self.clock())
+        self.cache.apply(delta, self.state.revision, observed_at=self.clock())
 
     def _dns_changed(self, names: set[str]) -> None:
         """Addresses of some endpoint names changed: re-translate the services using them."""
         refs = {ref for ref, used in self.translator.dns_names.items() if used.keys() & names}
         delta = self.translator.refresh_endpoints(self.state, refs)
         now = self.clock()
-        self.cache.apply(delta, self.state.listeners, self.state.revision, observed_at=now)
+        self.cache.apply(delta, self.state.revision, observed_at=now)
         if delta:
             self.metrics.convergence.changed(self.cache.generation, now, self.cache.last_woken)
         changes = ChangeSet(revision=self.state.revision)

@@ -7,87 +7,60 @@ Each stream has a reader, which handles requests as they arrive (an ACK wakes
 nothing else), and a writer, which writes the queued responses in the order they
 were computed and turns cache changes into pushes: a slow client only delays itself.
 Bytes that are no request end their stream with INVALID_ARGUMENT and one log line.
+
+Only the stream plumbing is here: metrics, the log and event bus, convergence and heap
+trimming are :mod:`~xds_server.server.observers` the composition root subscribes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
-from xds_server.cache import ConfigCache
+from xds_server.cache import ConfigWatcher
 from xds_server.errors import ProtocolError
-from xds_server.events import EventBus
-from xds_server.metrics import Metrics
-from xds_server.resources.types import SHORT
+from xds_server.server.connections import (
+    Connection,
+    StreamRegistry,
+    XdsResponse,
+    XdsStream,
+)
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
+from xds_server.server.observers import StreamHooks, StreamObserver
 from xds_server.server.request_key import light_request, subscription_key
 from xds_server.server.stream import Response, SotwStream
+
+__all__ = ["ADS_SERVICE", "AdsServicer", "Connection", "StreamRegistry", "admin_address"]
 
 log = logging.getLogger("meshd.ads")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
-@dataclass
-class Connection:
-    """A connected proxy, as proxy status reports it."""
-
-    id: int
-    peer: str
-    protocol: str
-    stream: SotwStream | DeltaStream
-    connected_at: float = field(default_factory=time.time)
-    admin_address: str | None = None  # host:port of the proxy's admin (node metadata)
-    node_metadata: bytes = b""  # the node's metadata Struct, serialized (CSDS matchers)
-
-
-class StreamRegistry:
-    """Every open stream, for proxy status and the connected-proxies gauge."""
-
-    def __init__(self) -> None:
-        self.connections: dict[int, Connection] = {}
-        self._ids = itertools.count(1)
-
-    def add(self, peer: str, protocol: str, stream: SotwStream | DeltaStream) -> Connection:
-        conn = Connection(next(self._ids), peer, protocol, stream)
-        self.connections[conn.id] = conn
-        return conn
-
-    def remove(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
-
-
 class AdsServicer:
-    """Serves ``StreamAggregatedResources`` from a :class:`ConfigCache`."""
+    """Serves ``StreamAggregatedResources`` and ``DeltaAggregatedResources`` from the
+    cache (through its :class:`~xds_server.cache.ConfigWatcher` contract)."""
 
     def __init__(
         self,
-        cache: ConfigCache,
-        metrics: Metrics,
+        cache: ConfigWatcher,
         streams: StreamRegistry,
+        observers: Iterable[StreamObserver] = (),
         clock: Callable[[], float] = time.time,
-        events: EventBus | None = None,
-        on_activity: Callable[[], None] = lambda: None,
     ) -> None:
         self.cache = cache
-        self.metrics = metrics
         self.streams = streams
         self.clock = clock
-        self.events = events or EventBus()
-        self.on_activity = on_activity
-        """Called for each request, push and closed stream (meshd trims its heap after a
-        burst of them: the buffers of a full config sent to each proxy are freed by then)."""
-        self._push_children: dict[str, tuple[Any, Any, Any]] = {}
-        self._request_children: dict[tuple[str, str], Any] = {}
+        self.hooks = StreamHooks(observers)
+        """What the observers hear of every stream (metrics, events, convergence, ...)."""
 
     def handler(self) -> grpc.GenericRpcHandler:
         sotw = grpc.stream_stream_rpc_method_handler(
@@ -123,27 +96,26 @@ class AdsServicer:
 
     async def _serve(
         self,
-        stream: SotwStream | DeltaStream,
+        stream: XdsStream,
         request_iterator: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
+        hooks = self.hooks
         watcher = self.cache.watch()
-        # Lists and a flag, not deques and an Event: thousands of streams each hold these
-        # (~2.4 KB a stream as deques and an Event, ~0.25 KB as lists), and they hold a few
-        # items at most.
+        # Lists and a flag, not deques and an Event: thousands of streams each hold these,
+        # and they hold a few items at most.
         inbox: list[Any] = []  # requests that came before the first snapshot
-        outbox: list[tuple[Response | DeltaResponse, bool]] = []  # (response, from change)
+        outbox: list[tuple[XdsResponse, bool]] = []  # (response, from change)
         closed = False  # the reader has ended
         failure: list[Exception] = []
         live = False
         conn: Connection | None = None
-        labels: tuple[str, str] | None = None
         admin: str | None = None
 
         def handle(raw: Any) -> None:
             """One request, handled where it is read: an ACK (most requests) costs no
             wake-up of the writer; responses it calls for are queued for the writer."""
-            nonlocal admin, conn, labels
+            nonlocal admin, conn
             if isinstance(raw, MalformedRequest):
                 raise raw
             if isinstance(raw, KeyedRequest):
@@ -158,23 +130,27 @@ class AdsServicer:
                 out: list[Response] | list[DeltaResponse] = stream.on_request(req, key)
             else:
                 out = stream.on_request(req)
-            self._count_request(stream)
+            for hook in hooks.request:
+                hook(stream, stream.last_outcome)
             # From here on, only changes to what it asked for wake this stream
             # (no await in between: no change can fall through the gap).
             if stream.interest_stale:
                 stream.interest_stale = False
                 self.cache.set_interest(watcher, stream.interest())
             if conn is None and stream.node_id:
-                conn = self._connected(stream, context.peer(), admin)
+                conn = self.streams.add(context.peer(), stream.protocol, stream)
+                conn.admin_address = admin
                 if req.HasField("node"):  # (the request that named the node)
                     conn.node_metadata = req.node.metadata.SerializeToString()
-                labels = (stream.node_cluster, stream.protocol)
+                for connected in hooks.connected:
+                    connected(conn)
             if out:
                 outbox.extend((resp, False) for resp in out)
                 watcher.event.set()
             elif stream.settled and not (outbox or watcher.pending or watcher.scopes_changed):
                 # An ACK that completes a push: in sync with everything so far.
-                self.metrics.convergence.synced(watcher, self.cache.generation)
+                for synced in hooks.synced:
+                    synced(watcher, self.cache.generation)
 
         async def read() -> None:
             nonlocal closed
@@ -190,7 +166,7 @@ class AdsServicer:
                         failure.append(exc)
                         return
                     # Hold nothing of it while waiting for the next one: a SotW ACK repeats
-                    # every name (14 KB at 1,000 services), times thousands of streams.
+                    # every name, times thousands of streams.
                     del req
             finally:
                 closed = True
@@ -198,12 +174,13 @@ class AdsServicer:
 
         reader = asyncio.create_task(read())
         try:
-            await self.cache.ready.wait()
+            await self.cache.wait_ready()
             # Changes before the first snapshot (the snapshot itself) are not changes to this
             # stream: it has been sent nothing, and its first requests are answered from the
             # current cache. Pushing them would resend a reconnecting proxy what it holds.
             watcher.take()
-            self.metrics.convergence.opened(watcher, self.cache.generation)
+            for opened in hooks.opened:
+                opened(watcher, self.cache.generation)
             for req in inbox:
                 handle(req)
             inbox.clear()
@@ -220,17 +197,11 @@ class AdsServicer:
                 while outbox:
                     resp, from_change = outbox.pop(0)
                     await context.write(resp.wire(self.cache))
-                    self._count_push(resp, from_change=from_change)
-                    if self.events.active:
-                        self.events.publish(
-                            "push",
-                            node_id=stream.node_id,
-                            resource_type=SHORT[resp.type_url],
-                            version=resp.version,
-                            message=f"{len(resp.resources)} resources",
-                        )
+                    for pushed in hooks.pushed:
+                        pushed(stream, resp, from_change)
                 if stream.settled and not watcher.pending and not watcher.scopes_changed:
-                    self.metrics.convergence.synced(watcher, generation)
+                    for synced in hooks.synced:
+                        synced(watcher, generation)
                 if closed:
                     if failure:
                         raise failure[0]
@@ -248,80 +219,11 @@ class AdsServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             reader.cancel()
-            self.on_activity()
             self.cache.unwatch(watcher)
-            self.metrics.convergence.gone(watcher)
             if conn is not None:
                 self.streams.remove(conn)
-                log.info("proxy disconnected: node=%s", stream.node_id)
-                self.events.publish("proxy_disconnected", node_id=stream.node_id)
-            if labels is not None:
-                self.metrics.connected_proxies.labels(*labels).dec()
-
-    def _connected(
-        self, stream: SotwStream | DeltaStream, peer: str, admin: str | None
-    ) -> Connection:
-        """A stream named its node: list it, count it, say so."""
-        conn = self.streams.add(peer, stream.protocol, stream)
-        conn.admin_address = admin
-        self.metrics.connected_proxies.labels(stream.node_cluster, stream.protocol).inc()
-        log.info(
-            "proxy connected: node=%s cluster=%s protocol=%s peer=%s",
-            stream.node_id,
-            stream.node_cluster,
-            stream.protocol,
-            peer,
-        )
-        self.events.publish(
-            "proxy_connected",
-            node_id=stream.node_id,
-            message=f"cluster={stream.node_cluster} protocol={stream.protocol} peer={peer}",
-        )
-        return conn
-
-    def _count_request(self, stream: SotwStream | DeltaStream) -> None:
-        self.on_activity()
-        outcome = stream.last_outcome
-        if outcome is None:
-            return
-        short = SHORT.get(outcome.type_url, "other")
-        key = (short, outcome.kind)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.metrics.requests.labels(*key)
-        child.inc()
-        if outcome.kind == "nack":
-            self.metrics.nacks.labels(short).inc()
-            log.warning("NACK from node=%s type=%s: %s", stream.node_id, short, outcome.message)
-            ts = stream.types.get(outcome.type_url)
-            self.events.publish(
-                "nack",
-                node_id=stream.node_id,
-                resource_type=short,
-                version=ts.version if ts is not None else "",
-                message=outcome.message,
-            )
-        elif outcome.kind == "unknown_type":
-            log.warning("node=%s asked for unknown type %s", stream.node_id, outcome.type_url)
-
-    def _count_push(self, resp: Response | DeltaResponse, *, from_change: bool) -> None:
-        children = self._push_children.get(resp.type_url)
-        if children is None:
-            # labels() costs a lock and a dict lookup per call; a change pushed to thousands
-            # of streams calls it thousands of times: look the children up once.
-            short = SHORT[resp.type_url]
-            m = self.metrics
-            children = self._push_children[resp.type_url] = (
-                m.pushes.labels(short),
-                m.push_bytes.labels(short),
-                m.push_latency.labels(short),
-            )
-        pushes, push_bytes, latency = children
-        self.on_activity()
-        pushes.inc()
-        push_bytes.inc(resp.size)
-        if from_change and self.cache.changed_at:
-            latency.observe(time.monotonic() - self.cache.changed_at)
+            for closed_hook in hooks.closed:
+                closed_hook(watcher, stream, conn)
 
 
 @dataclass(frozen=True, slots=True)

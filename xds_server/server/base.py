@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-from xds_server.cache import ConfigCache, Scope
-from xds_server.cache.snapshot import Pending
+from xds_server.cache import ConfigWatcher, Pending, ScopeView
 from xds_server.resources.resource import BoundedMemo, Resource
 from xds_server.resources.types import LISTENER, ROUTE, TYPE_ORDER
 
@@ -127,12 +126,12 @@ class StreamBase(Generic[S]):
         "types",
     )
 
-    def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
+    def __init__(self, cache: ConfigWatcher, clock: Callable[[], float]) -> None:
         self.cache = cache
         self.clock = clock
         self.node_id = ""
         self.node_cluster = ""
-        self.scope: Scope | None = None
+        self.scope: ScopeView | None = None
         self.types: dict[str, S] = {}
         self.last_outcome: RequestOutcome | None = None
         self.interest_stale = True
@@ -185,7 +184,7 @@ class StreamBase(Generic[S]):
         ts = self.types.get(t)
         if ts is None or not ts.started:
             return []
-        index = self.cache.index[t]
+        index = self.cache.resources(t)
         unsent = {**self._pending.get(t, {}), **self._deferred.get(t, {})}
         out: dict[str, Resource] = {}
         for name in self._held_names(t, ts):
@@ -203,7 +202,7 @@ class StreamBase(Generic[S]):
             ts = self.types.get(t)
             if ts is None or not ts.started:
                 continue
-            index = self.cache.index[t]
+            index = self.cache.resources(t)
             changed = self._pending.get(t, {})
             for name in self._held_names(t, ts):
                 # A name changed but not yet re-sent is still held in its old version.

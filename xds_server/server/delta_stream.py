@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, ConfigCache
-from xds_server.cache.snapshot import Pending
+from xds_server.cache import WILDCARD_TYPES, ConfigReader, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.server.base import KNOWN_TYPES, RequestOutcome, StatusBase, StreamBase, outcome
@@ -63,7 +62,7 @@ class DeltaResponse:
         parts += [string_field(6, name) for name in self.removed]
         return b"".join(parts)
 
-    def wire(self, cache: ConfigCache | None = None) -> bytes:
+    def wire(self, cache: ConfigReader | None = None) -> bytes:
         """The encoded response; identical ones are built once through ``cache``."""
         if cache is None:
             return self.encode()
@@ -137,7 +136,7 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         if subs or unsubs:
             ts.subscribed = self.cache.intern((ts.subscribed | subs) - unsubs)
         ts.started = True
-        index = self.cache.index[t]
+        index = self.cache.resources(t)
         send: list[Resource] = []
         removed: list[str] = []
         if first or toggled:
@@ -191,8 +190,9 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
                 if ts is not None and ts.wildcard:
                     moved = set(old_scope.names(t)) ^ set(self.scope.names(t))
                     mine = self._deferred.setdefault(t, {})
+                    index = self.cache.resources(t)
                     for name in moved:
-                        mine.setdefault(name, self.cache.index[t].get(name))
+                        mine.setdefault(name, index.get(name))
         return self._flush()
 
     def _flush(self) -> list[DeltaResponse]:
@@ -222,7 +222,7 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
                     # without asking again: push its assignment (routes) too.
                     follow = _FOLLOWS[t]
                     ts_follow = self.types.get(follow)
-                    index = self.cache.index[follow]
+                    index = self.cache.resources(follow)
                     mine = self._deferred.setdefault(follow, {})
                     for r in resp[0].resources:
                         if (
@@ -291,7 +291,7 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
     def _compute(
         self, t: str, ts: DeltaTypeStatus, changed: dict[str, Resource | None]
     ) -> list[DeltaResponse]:
-        index = self.cache.index[t]
+        index = self.cache.resources(t)
         held_refs: set[str] | None = None
         send: list[Resource] = []
         removed: list[str] = []

@@ -37,8 +37,7 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, ConfigCache
-from xds_server.cache.snapshot import Pending
+from xds_server.cache import WILDCARD_TYPES, ConfigReader, ConfigWatcher, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.server.base import (
@@ -71,7 +70,7 @@ class Response:
         parts += (string_field(4, self.type_url), string_field(5, self.nonce))
         return b"".join(parts)
 
-    def wire(self, cache: ConfigCache | None = None) -> bytes:
+    def wire(self, cache: ConfigReader | None = None) -> bytes:
         """The encoded response; identical ones are built once through ``cache``."""
         if cache is None:
             return self.encode()
@@ -98,7 +97,7 @@ class SotwStream(StreamBase[TypeStatus]):
     protocol = "sotw"
     __slots__ = ("_deferred_scope",)
 
-    def __init__(self, cache: ConfigCache, clock: Callable[[], float]) -> None:
+    def __init__(self, cache: ConfigWatcher, clock: Callable[[], float]) -> None:
         super().__init__(cache, clock)
         # Immutable, replaced when it changes (rarely): no empty set per stream.
         self._deferred_scope: frozenset[str] = _NONE
@@ -206,7 +205,8 @@ class SotwStream(StreamBase[TypeStatus]):
                     out += self._compute_full(t, ts, changed)
                 elif changed:
                     names = ts.subscribed.intersection(changed)
-                    gone = any(self.cache.index[t].get(n) is None for n in names)
+                    index = self.cache.resources(t)
+                    gone = any(index.get(n) is None for n in names)
                     out += self._compute_partial(t, ts, names, removed=gone)
         finally:
             self._pending = {}
@@ -280,7 +280,7 @@ class SotwStream(StreamBase[TypeStatus]):
         full = self.scope.full(t)
         version, resources, names, xor = full.version, full.resources, full.names, full.xor
         if ts.subscribed - names:  # wildcard plus explicit extra names (rare): build our own
-            index = self.cache.index[t]
+            index = self.cache.resources(t)
             extra = sorted(n for n in ts.subscribed - names if n in index)
             if extra:
                 resources = tuple(sorted((*resources, *(index[n] for n in extra)), key=_by_name))
@@ -329,7 +329,7 @@ class SotwStream(StreamBase[TypeStatus]):
         self, t: str, ts: TypeStatus, names: frozenset[str] | set[str], *, removed: bool
     ) -> list[Response]:
         """Endpoints/routes (or any explicit subscription): only what changed."""
-        index = self.cache.index[t]
+        index = self.cache.resources(t)
         send = tuple(index[n] for n in sorted(names) if n in index)
         if not send and not (removed and t in WILDCARD_TYPES):
             return []

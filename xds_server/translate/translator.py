@@ -20,12 +20,14 @@ from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
 from xds_server.model.names import entry_key, service_host
 from xds_server.resources.resource import Resource
+from xds_server.resources.scope import ScopeRule
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import Resolver, service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.listener import listener_resource
 from xds_server.translate.rds_wire import route_configuration
+from xds_server.translate.scoping import mesh_scopes
 
 
 def _no_dns(name: str) -> tuple[str, ...]:
@@ -34,12 +36,18 @@ def _no_dns(name: str) -> tuple[str, ...]:
 
 @dataclass
 class Delta:
-    """Resources changed by one translation: name -> new Resource, or None when removed."""
+    """Resources changed by one translation: name -> new Resource, or None when removed;
+    and the scope rule, when the listeners changed it."""
 
     changed: dict[str, dict[str, Resource | None]] = field(
         default_factory=lambda: {t: {} for t in TYPE_ORDER}
     )
-    listeners_changed: bool = False
+    scopes: ScopeRule | None = None
+    """Which resources each node cluster gets by wildcard from now on (None: unchanged)."""
+
+    @property
+    def listeners_changed(self) -> bool:
+        return self.scopes is not None
 
     def __bool__(self) -> bool:
         return any(self.changed.values())
@@ -62,12 +70,36 @@ def _route_sig(svc: Service) -> _RouteSig:
     return (svc.port, svc.protocol, lb.session_affinity, lb.algorithm)
 
 
-class Translator:
-    """Keeps :attr:`index` (type URL -> name -> Resource) equal to the translated state."""
+Served = Mapping[str, Mapping[str, Resource]]
+"""Type URL -> name -> Resource: what is served (the cache's index, read-only here)."""
 
-    def __init__(self, resolve: Resolver = _no_dns) -> None:
+
+def _serve(index: dict[str, dict[str, Resource]], delta: Delta) -> None:
+    """Apply ``delta`` to a translator's own index (when it serves nothing else)."""
+    for type_url, changed in delta.changed.items():
+        mine = index[type_url]
+        for name, res in changed.items():
+            if res is None:
+                mine.pop(name, None)
+            else:
+                mine[name] = res
+
+
+class Translator:
+    """Computes the changes that bring what is served (:attr:`served`) up to the state.
+
+    There is one index, the one served: each :class:`Delta` is computed against
+    ``served`` (the cache's, read-only here), and whoever serves must apply it before the
+    next :meth:`update`. Without ``served`` (tools and tests that translate without
+    serving), the translator keeps its own and applies each delta to it.
+    """
+
+    def __init__(self, resolve: Resolver = _no_dns, served: Served | None = None) -> None:
         self.resolve = resolve
-        self.index: dict[str, dict[str, Resource]] = {t: {} for t in TYPE_ORDER}
+        self._own: dict[str, dict[str, Resource]] | None = None
+        if served is None:
+            served = self._own = {t: {} for t in TYPE_ORDER}
+        self.served: Served = served
         self._by_service: dict[ServiceRef, list[str]] = {}
         self._route_sigs: dict[ServiceRef, _RouteSig] = {}
         self.health: Mapping[ServiceRef, Mapping[str, int]] = {}
@@ -78,19 +110,25 @@ class Translator:
         self._noted: dict[str, Problem] = {}  # notes put into the registry's problems
 
     def _put(self, delta: Delta, type_url: str, res: Resource) -> None:
-        old = self.index[type_url].get(res.name)
+        # What is in force after this update so far: this delta over what is served.
+        changed = delta.changed[type_url]
+        name = res.name
+        old = changed[name] if name in changed else self.served[type_url].get(name)
         if old is not None and old.version == res.version:
             return
-        self.index[type_url][res.name] = res
-        delta.changed[type_url][res.name] = res
+        changed[name] = res
 
     def _drop(self, delta: Delta, type_url: str, name: str) -> None:
-        if self.index[type_url].pop(name, None) is not None:
-            delta.changed[type_url][name] = None
+        changed = delta.changed[type_url]
+        old = changed[name] if name in changed else self.served[type_url].get(name)
+        if old is not None:
+            changed[name] = None
 
     def update(self, state: RegistryState, changes: ChangeSet) -> Delta:
-        """Bring the index up to date with ``state`` after ``changes``."""
+        """The changes that bring what is served up to date with ``state`` after
+        ``changes``."""
         delta = Delta()
+        listeners_changed = False
         routes_dirty = bool(changes.routes)
         for ref in changes.services:
             svc = state.services.get(ref)
@@ -143,10 +181,10 @@ class Translator:
             if listener is None:
                 self._drop(delta, LISTENER, name)
                 self._drop(delta, ROUTE, name)
-                delta.listeners_changed = True
+                listeners_changed = True
                 continue
             self._put(delta, LISTENER, listener_resource(listener))
-            delta.listeners_changed = True
+            listeners_changed = True
             if listener.protocol == "tcp":
                 self._drop(delta, ROUTE, name)
             elif not routes_dirty:  # (when dirty, every HTTP listener's is rebuilt below)
@@ -156,6 +194,10 @@ class Translator:
                 if listener.protocol == "http":
                     self._put(delta, ROUTE, self._route_config(state, name))
             self._proxyless(state, delta)
+        if listeners_changed:
+            delta.scopes = mesh_scopes(state.listeners)
+        if self._own is not None:
+            _serve(self._own, delta)
         return delta
 
     def _proxyless(self, state: RegistryState, delta: Delta) -> None:

@@ -1,0 +1,43 @@
+"""The mesh's scope rule: which resources a node gets when it subscribes by wildcard.
+
+A node whose ``cluster`` matches a listener's ``nodes`` gets that listener, its route
+configuration (HTTP) and the clusters (with endpoints) it needs. The cache applies this
+rule without knowing what a listener is: translation builds it from the listeners in
+force whenever they change (:attr:`~xds_server.translate.translator.Delta.scopes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from xds_server.model import Listener
+from xds_server.model.names import cluster_name
+from xds_server.resources.scope import ScopeRule, Selection
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+_ALL_CLUSTERS = frozenset({CLUSTER, ENDPOINT})
+_NONE: frozenset[str] = frozenset()
+
+
+def mesh_scopes(listeners: Mapping[str, Listener]) -> ScopeRule:
+    """The scope rule of the listeners in force (a snapshot: later changes to
+    ``listeners`` come with a new rule)."""
+    held = tuple(listeners.values())
+
+    def select(node_cluster: str) -> Selection:
+        mine = [lst for lst in held if lst.serves(node_cluster)]
+        http = frozenset(lst.name for lst in mine if lst.protocol == "http")
+        tcp = frozenset(cluster_name(lst.service) for lst in mine if lst.service is not None)
+        return Selection(
+            {
+                LISTENER: frozenset(lst.name for lst in mine),
+                ROUTE: http,
+                CLUSTER: tcp,
+                ENDPOINT: tcp,
+            },
+            # Every HTTP listener routes every service's default host, so it needs every
+            # cluster; a TCP listener needs only its service's.
+            every=_ALL_CLUSTERS if http else _NONE,
+        )
+
+    return select
