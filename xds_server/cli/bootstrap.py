@@ -29,6 +29,8 @@ import ipaddress
 import json
 from typing import Any, Literal
 
+from xds_server.resources.types import XDS_CLUSTER
+
 __all__ = [
     "ADS_RETRY_BASE_INTERVAL",
     "ADS_RETRY_MAX_INTERVAL",
@@ -39,8 +41,6 @@ __all__ = [
     "stats_config",
 ]
 
-#: Name of the static cluster that carries the ADS stream to meshd.
-XDS_CLUSTER = "xds_cluster"
 #: Reconnect back-off of the ADS stream (Envoy's default starts at 0.5 s and grows to 30 s,
 #: so a restarted control plane could wait that long for its proxies to come back).
 ADS_RETRY_BASE_INTERVAL = "0.1s"

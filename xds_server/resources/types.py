@@ -11,3 +11,7 @@ TYPE_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 """Push order over ADS: clusters, endpoints, listeners, routes (make before break)."""
 
 SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+
+XDS_CLUSTER = "xds_cluster"
+"""Name of the bootstrap's static cluster that carries the ADS stream to meshd (proxies
+report load on it too; it is no service's)."""

@@ -20,8 +20,8 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from xds_server.cli.bootstrap import XDS_CLUSTER
 from xds_server.ingest.state import RegistryState
+from xds_server.resources.types import XDS_CLUSTER
 from xds_server.topology.graph import (
     Graph,
     Recommendation,
