@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from xds_server.health.aggregate import Status
 from xds_server.health.assign import Checker
 from xds_server.health.monitor import HealthMonitor, ProbeGroup, ServiceHealth
-from xds_server.ingest.state import RegistryState
+from xds_server.ingest.view import RegistryView
 from xds_server.model import ServiceRef
 from xds_server.translate.cluster import health_check, ms
 
@@ -65,7 +65,7 @@ class HealthService:
         self.rejected_reports = 0
         self.panicking: set[ServiceRef] = set()
         self._wake: dict[str, asyncio.Event] = {}
-        self._state: RegistryState | None = None
+        self._state: RegistryView | None = None
 
     # -- queries (admin API) ------------------------------------------------------------
 
@@ -88,7 +88,7 @@ class HealthService:
 
     def registry_changed(
         self,
-        state: RegistryState,
+        state: RegistryView,
         resolve: Callable[[str], tuple[str, ...]],
         changed: Collection[ServiceRef] | None = None,
     ) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from xds_server.health.aggregate import Aggregator, Status
 from xds_server.health.assign import Checker, Target, assign, checkers_of
-from xds_server.ingest.state import RegistryState
+from xds_server.ingest.view import RegistryView
 from xds_server.model import Endpoint, HealthCheck, Service, ServiceRef
 from xds_server.model.names import cluster_name
 
@@ -135,7 +135,7 @@ class HealthMonitor:
 
     def update_registry(
         self,
-        state: RegistryState,
+        state: RegistryView,
         resolve: Resolver = _no_dns,
         changed: Collection[ServiceRef] | None = None,
     ) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 from xds_server.events import EventBus
-from xds_server.ingest.state import RegistryState
+from xds_server.ingest.view import RegistryView
 from xds_server.model import ServiceRef
 from xds_server.model.names import endpoint_key, service_key
 
@@ -36,7 +36,7 @@ def _name(status: int | None) -> str:
 class HealthTransitions:
     """Publishes verdict changes and panic starts / ends as ``health`` events."""
 
-    def __init__(self, events: EventBus, prefix: str, state: Callable[[], RegistryState]) -> None:
+    def __init__(self, events: EventBus, prefix: str, state: Callable[[], RegistryView]) -> None:
         """``prefix`` is the registry prefix (events carry registry keys); ``state`` gives
         the registry state in force (to tell a verdict lost from an endpoint removed)."""
         self.events = events

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from xds_server.ingest.state import RegistryState
+from xds_server.ingest.view import RegistryView
 from xds_server.model import ServiceRef
 from xds_server.model.names import parse_cluster_name
 from xds_server.topology.load import EdgeRate, EndpointRate
@@ -113,7 +113,7 @@ def destination_of(cluster: str) -> ServiceRef | None:
     return parsed.service if parsed is not None else None
 
 
-def allowed_edges(state: RegistryState, sources: Iterable[str]) -> set[tuple[str, str]]:
+def allowed_edges(state: RegistryView, sources: Iterable[str]) -> set[tuple[str, str]]:
     """(source node cluster, destination service id) pairs the routes allow."""
     by_listener: dict[str, set[str]] = {}
     for route in state.routes.values():
@@ -135,7 +135,7 @@ def allowed_edges(state: RegistryState, sources: Iterable[str]) -> set[tuple[str
 
 
 def build_graph(
-    state: RegistryState,
+    state: RegistryView,
     traffic: Iterable[EdgeRate],
     sources: Iterable[str],
     window: float,
@@ -229,7 +229,7 @@ def red(graph: Graph, service: str | None = None, services: Iterable[str] = ()) 
     return out
 
 
-def recommend(state: RegistryState, graph: Graph) -> list[Recommendation]:
+def recommend(state: RegistryView, graph: Graph) -> list[Recommendation]:
     """Endpoint counts for every service with ``scaling``, from the graph's incoming rates."""
     rates = {r.service: r.rps for r in red(graph)}
     out = []

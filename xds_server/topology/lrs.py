@@ -20,7 +20,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from xds_server.ingest.state import RegistryState
+from xds_server.ingest.view import RegistryView
 from xds_server.resources.types import XDS_CLUSTER
 from xds_server.topology.graph import (
     Graph,
@@ -57,7 +57,7 @@ class TopologyService:
         self.metrics = metrics
         self.window = max(window, 2 * report_interval)
         self.tracker = LoadTracker(report_interval)
-        self.state: RegistryState | None = None
+        self.state: RegistryView | None = None
         self.sources: dict[str, str] = {}
         """Node id -> node cluster of every proxy with an LRS stream here."""
         self.refused: dict[str, int] = {}
@@ -100,7 +100,7 @@ class TopologyService:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def registry_changed(self, state: RegistryState) -> None:
+    def registry_changed(self, state: RegistryView) -> None:
         self.state = state
 
     def report(
