@@ -7,8 +7,10 @@ import gc
 from adapters.memory import MemoryRegistry
 from xds_server.cache import ConfigCache
 from xds_server.ingest.controller import BIG_BATCH, Controller
+from xds_server.ingest.inputs import NO_INPUTS, Inputs
 from xds_server.ingest.registry import Entry, Reset
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import ChangeSet
+from xds_server.ingest.view import RegistryView
 from xds_server.metrics import Metrics
 from xds_server.translate.translator import Delta
 
@@ -20,9 +22,9 @@ def test_the_collector_is_paused_for_the_part_that_completes_a_big_listing() -> 
     enabled_while_translating: list[bool] = []
     translate = ctl.translator.update
 
-    def update(state: RegistryState, changes: ChangeSet) -> Delta:
+    def update(state: RegistryView, changes: ChangeSet, inputs: Inputs = NO_INPUTS) -> Delta:
         enabled_while_translating.append(gc.isenabled())
-        return translate(state, changes)
+        return translate(state, changes, inputs)
 
     ctl.translator.update = update  # type: ignore[method-assign]
     services = tuple(

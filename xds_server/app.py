@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from adapters.dns import DnsCache
 from xds_server.admin.auth import Authenticator
 from xds_server.admin.server import start_admin_server
 from xds_server.admin.service import AdminServicer
@@ -22,8 +23,10 @@ from xds_server.health.hds import HdsServicer, HealthCollector, HealthService
 from xds_server.health.sync import HealthSync
 from xds_server.health.transitions import HealthTransitions
 from xds_server.ingest.controller import Controller
+from xds_server.ingest.inputs import DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import ChangeSet
+from xds_server.ingest.view import RegistryView
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import (
@@ -100,7 +103,11 @@ class MeshApp:
         """Gives memory back to the OS after bursts: xDS traffic, registry changes."""
         self.streams = StreamRegistry()
         self.events = EventBus()
-        self.controller = Controller(registry, self.cache, self.metrics, events=self.events)
+        self.dns = DnsCache(self._dns_answered)
+        """Addresses of endpoint names, resolved in the background (an input of the loop)."""
+        self.controller = Controller(
+            registry, self.cache, self.metrics, dns=self.dns, events=self.events
+        )
         self.ads = AdsServicer(
             self.cache,
             self.streams,
@@ -158,6 +165,7 @@ class MeshApp:
         self._health_tasks = [
             asyncio.create_task(self.health.run(), name="health"),
             asyncio.create_task(self.health_sync.run(), name="health-sync"),
+            asyncio.create_task(self.dns.run(), name="dns"),
         ]
         self.xds_port = bind_grpc(server, "--xds", self.config.xds)
         await server.start()
@@ -223,17 +231,21 @@ class MeshApp:
     def _health_changed(
         self, health: Mapping[ServiceRef, Mapping[str, int]], refs: set[ServiceRef]
     ) -> None:
-        """Verdicts changed: re-translate EDS first (proxies matter most), then tell
+        """Verdicts changed: into the loop first (EDS: proxies matter most), then tell
         watchers."""
-        self.controller.set_health(health, refs)
+        self.controller.submit(HealthVerdicts(health, refs))
         self.health_events.changed(health, refs, self.health.panicking)
 
-    def _registry_changed(self, state: RegistryState, changes: ChangeSet) -> None:
+    def _dns_answered(self, names: set[str]) -> None:
+        """The addresses of some endpoint names changed: into the loop."""
+        self.controller.submit(DnsAnswers(names))
+
+    def _registry_changed(self, state: RegistryView, changes: ChangeSet) -> None:
         self.trimmer.poke()
         self.topology.registry_changed(state)
         if changes.services or changes.endpoints:
             self.health.registry_changed(
-                state, self.controller.dns.lookup, changes.services | changes.endpoints
+                state, self.dns.lookup, changes.services | changes.endpoints
             )
 
     @property

@@ -1,9 +1,17 @@
-"""The control loop: registry updates -> state -> translation -> cache.
+"""The control loop: one pipeline from every input to the cache.
 
-Bursts are coalesced without a fixed debounce: the loop takes every update
-already waiting when it wakes (a 50-write etcd transaction arrives as one
-watch response; a burst of single writes queues up while a batch is being
-translated) and translates them as one. A lone change is handled at once.
+Inputs (:mod:`xds_server.ingest.inputs`) are registry updates from the adapter, health
+verdicts from HDS and DNS answers from the resolver. Each is queued as a typed value; the
+loop takes every input waiting as one batch, folds each with the handler of its type,
+translates once from the registry state (read-only to translation) and the latest
+:class:`~xds_server.ingest.inputs.Inputs`, and applies the result to the cache in one
+place. Status keys, events and metrics are outputs of each batch, written after the push.
+
+Bursts are coalesced without a fixed debounce: a 50-write etcd transaction arrives as one
+watch response, and a burst of single writes queues up while a batch is translated. A lone
+input is handled at once: an input a producer pushes (:meth:`Controller.submit`) is handled
+in the producer's own call when the loop is idle, so it reaches the cache as soon as it is
+known, with whatever else was waiting.
 """
 
 from __future__ import annotations
@@ -11,22 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
-from adapters.dns import DnsCache, ResolveFn, system_resolve
 from xds_server.cache import ConfigSink
-from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.events import EventBus, EventType
 from xds_server.ingest.dns_problems import DnsProblems
-from xds_server.ingest.registry import Changes, Registry, RegistryUpdate, Reset
+from xds_server.ingest.inputs import AddressSource, DnsAnswers, HealthVerdicts, Input, Inputs
+from xds_server.ingest.registry import Changes, Registry, Reset
 from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.status import StatusWriter
+from xds_server.ingest.view import RegistryView
 from xds_server.metrics import Metrics
-from xds_server.model import Problem, ServiceRef, status_error_key
-from xds_server.model.entries import MAX_FIELD_CHARS, MAX_REASON_CHARS, bounded
-from xds_server.model.names import KINDS, MAX_STATUS_REST
+from xds_server.model import Problem, ServiceRef
+from xds_server.model.names import KINDS
 from xds_server.resources import TYPE_ORDER
 from xds_server.resources.types import SHORT
 from xds_server.translate import Translator
@@ -34,93 +42,19 @@ from xds_server.translate import Translator
 log = logging.getLogger("meshd.controller")
 
 
-class StatusWriter:
-    """Writes ``<prefix>status/errors/...`` for rejected entries, off the push path.
-
-    Desired state is kept in memory and written by one background task, so a
-    slow or unreachable etcd never delays a push and bursts collapse into the
-    last value per key.
-    """
-
-    def __init__(self, registry: Registry, prefix: str) -> None:
-        self.registry = registry
-        self.prefix = prefix
-        self._dirty: dict[str, bytes | None] = {}
-        self._wake = asyncio.Event()
-
-    def update(self, changes: ChangeSet) -> None:
-        for key, problem in changes.problems_set.items():
-            self._dirty[status_error_key(key, self.prefix)] = _status_value(problem)
-        for key in changes.problems_cleared:
-            self._dirty[status_error_key(key, self.prefix)] = None
-        if self._dirty:
-            self._wake.set()
-
-    async def run(self) -> None:
-        backoff = 0.05
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._dirty:
-                if await self._write_pass():
-                    backoff = 0.05
-                    continue
-                await asyncio.sleep(backoff)  # etcd down or a write refused: retry later
-                backoff = min(backoff * 2, 2.0)
-
-    async def _write_pass(self) -> bool:
-        """Try every pending status write once; False when any has to be retried.
-
-        One key that etcd refuses must not hold back the others: a write etcd refuses as
-        invalid (too large) is dropped and logged (ListErrors still reports the problem),
-        another failure goes to the back of the queue. etcd being unreachable ends the pass
-        (every write would wait for it).
-        """
-        ok = True
-        for key, value in list(self._dirty.items()):
-            try:
-                if value is None:
-                    await self.registry.delete(key)
-                else:
-                    await self.registry.put(key, value)
-            except RegistryUnavailable as exc:  # keep the desired state, retry later
-                log.warning("cannot write status %s: %s", key, exc)
-                return False
-            except ValidationError as exc:  # etcd refuses this very write: retrying cannot help
-                log.error("cannot write status %s, not retried: %s", key, exc)
-            except Exception as exc:
-                log.warning("cannot write status %s: %s", key, exc)
-                if self._dirty.get(key, b"") == value:
-                    del self._dirty[key]
-                    self._dirty[key] = value  # (to the back)
-                ok = False
-                continue
-            if self._dirty.get(key, b"") == value:
-                del self._dirty[key]
-        return ok
-
-
-def _status_value(problem: Problem) -> bytes:
-    """The status value of a rejected entry, its strings bounded (and saying so where cut):
-    etcd refuses a request over 1.5 MiB, and the value must always be writable."""
-    return json.dumps(
-        {
-            "key": bounded(problem.key, MAX_STATUS_REST),
-            "field": bounded(problem.field, MAX_FIELD_CHARS),
-            "error": bounded(problem.message, MAX_FIELD_CHARS + MAX_REASON_CHARS + 64),
-            "revision": problem.revision,
-            "last_good_kept": problem.last_good_kept,
-        },
-        sort_keys=True,
-    ).encode()
-
-
 BIG_BATCH = 5_000
 """Registry entries in one batch above which the cyclic GC is paused while it is applied."""
 
 
-def _size(batch: list[tuple[float, RegistryUpdate]]) -> int:
-    return sum(len(u.entries) if isinstance(u, Reset) else len(u.events) for _, u in batch)
+def _size(batch: list[tuple[float, Input]]) -> int:
+    """Registry entries in a batch."""
+    n = 0
+    for _, item in batch:
+        if isinstance(item, Reset):
+            n += len(item.entries)
+        elif isinstance(item, Changes):
+            n += len(item.events)
+    return n
 
 
 @contextlib.contextmanager
@@ -142,8 +76,41 @@ def _collector_paused(pause: bool) -> Iterator[None]:
         gc.enable()
 
 
+class _NoDns:
+    """No resolver: names have no addresses and no error (tools and tests)."""
+
+    def lookup(self, name: str) -> tuple[str, ...]:
+        return ()
+
+    def error(self, name: str) -> str | None:
+        return None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What the handlers of one batch's inputs found to do."""
+
+    changes: ChangeSet = field(default_factory=ChangeSet)
+    """What the registry updates changed in force (and, after, in problems)."""
+    observed: list[float] = field(default_factory=list)
+    """When each registry update was received."""
+    reset: bool = False
+    """A listing (or its last part) is among the updates."""
+    refresh: set[ServiceRef] = field(default_factory=set)
+    """Services whose assignments another input changed (health, DNS)."""
+    dns: set[ServiceRef] = field(default_factory=set)
+    """Services whose names' DNS problems to bring up to date."""
+    converges: bool = False
+    """The convergence of this batch's pushes is measured (registry and DNS inputs)."""
+
+
+Observer = Callable[[RegistryView, ChangeSet], None]
+"""Called after each batch of registry updates is cached (health and topology follow the
+registry): the view, and what the batch changed."""
+
+
 class Controller:
-    """Owns the registry state and feeds the cache."""
+    """Owns the registry state and feeds the cache from every input."""
 
     def __init__(
         self,
@@ -152,91 +119,140 @@ class Controller:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
-        resolve: ResolveFn = system_resolve,
+        dns: AddressSource | None = None,
         events: EventBus | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.metrics = metrics
         self.state = RegistryState(registry.prefix)
-        self.dns = DnsCache(self._dns_changed, resolve=resolve)
-        self.translator = Translator(resolve=self.dns.lookup, served=cache.served())
+        """The registry folded so far: only the controller changes it."""
+        self.dns: AddressSource = dns if dns is not None else _NoDns()
+        """Addresses of endpoint names; its changes come in as :class:`DnsAnswers`."""
+        self.inputs = Inputs(addresses=self.dns.lookup)
+        """What translation reads besides the state, as of the last batch."""
+        self.translator = Translator(served=cache.served())
         self.dns_problems = DnsProblems(registry.prefix)
         """Endpoints whose name does not resolve (reported beside the state's problems)."""
         self.status = StatusWriter(registry, registry.prefix)
         self.clock = clock
         self.batches = 0
+        """Batches of registry updates applied."""
         self._listing_parts = self._listing_entries = 0  # parts of a listing folded so far
         self._listing_fold = 0.0
-        self.observers: list[Callable[[RegistryState, ChangeSet], None]] = []
-        """Called after each applied batch (health and topology follow the registry)."""
+        self.observers: list[Observer] = []
+        """Called after each batch of registry updates (see :data:`Observer`)."""
         self.events = events or EventBus()
+        self._queue: asyncio.Queue[tuple[float, Input]] = asyncio.Queue()
+        self._draining = False
+        self._handlers: dict[type, Callable[[_Batch, float, Input], None]] = {
+            Reset: self._registry_update,
+            Changes: self._registry_update,
+            HealthVerdicts: self._health_verdicts,
+            DnsAnswers: self._dns_answers,
+        }
+        """Input type -> the handler that folds it into a batch."""
+
+    # -- taking inputs -------------------------------------------------------------------
+
+    def submit(self, item: Input) -> None:
+        """Take an input a producer pushes (health verdicts, DNS answers).
+
+        When the loop is idle it is handled now, in this call, with every input waiting;
+        pushed while a batch is applied (by an observer), right after that batch.
+        """
+        self._queue.put_nowait((self.clock(), item))
+        self._drain()
 
     async def run(self) -> None:
         """Consume the registry forever (cancel to stop)."""
-        queue: asyncio.Queue[tuple[float, RegistryUpdate]] = asyncio.Queue()
 
         async def pump() -> None:
             async for update in self.registry.updates():
-                queue.put_nowait((self.clock(), update))
+                self._queue.put_nowait((self.clock(), update))
 
         pumper = asyncio.create_task(pump(), name="registry-pump")
         writer = asyncio.create_task(self.status.run(), name="status-writer")
-        resolver = asyncio.create_task(self.dns.run(), name="dns")
         health = asyncio.create_task(self._watch_registry_health(), name="registry-health")
         try:
             while True:
-                first = await queue.get()
-                batch = [first]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                self.apply_batch(batch)
+                self._drain(await self._queue.get())
                 if pumper.done():
                     pumper.result()  # surface a crash of the registry adapter
         finally:
             pumper.cancel()
             writer.cancel()
-            resolver.cancel()
             health.cancel()
 
-    def apply_batch(self, batch: list[tuple[float, RegistryUpdate]]) -> ChangeSet:
-        """Apply queued updates, translate once, publish once."""
+    def _drain(self, first: tuple[float, Input] | None = None) -> None:
+        """Apply everything queued, as one batch per pass, until nothing is left."""
+        if self._draining:
+            if first is not None:  # (not reached: the loop's task never nests)
+                self._queue.put_nowait(first)
+            return
+        self._draining = True
+        try:
+            batch = [first] if first is not None else []
+            while True:
+                queue = self._queue
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                if not batch:
+                    return
+                self.apply_batch(batch)
+                batch = []
+        finally:
+            self._draining = False
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def apply_batch(self, batch: list[tuple[float, Input]]) -> ChangeSet:
+        """Fold a batch of inputs, translate once, apply to the cache once; return what
+        the registry updates changed."""
         started = self.clock()
-        changes = ChangeSet()
+        work = _Batch()
+        size = _size(batch)
         # (A listing's last part may be a single key, but it brings the translation of all.)
-        with _collector_paused(_size(batch) + self._listing_entries >= BIG_BATCH):
-            for _, update in batch:
-                changes.merge(self.state.apply(update))
-                if self.events.active and isinstance(update, Changes):
-                    for e in update.events:
-                        kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
-                        self.events.publish(kind, key=e.key, revision=e.revision)
+        with _collector_paused(size + self._listing_entries >= BIG_BATCH):
+            handlers = self._handlers
+            for observed_at, item in batch:
+                handlers[type(item)](work, observed_at, item)
+            changes = work.changes
             folded = self.clock()
-            if self.state.listing:
+            registry = bool(work.observed)
+            if registry and self.state.listing:
                 # Parts of a listing so far: stored, nothing to translate until the last.
                 self._listing_parts += 1
-                self._listing_entries += _size(batch)
+                self._listing_entries += size
                 self._listing_fold += folded - started
-                return changes
-            delta = self.translator.update(self.state, changes)
-            self._dns_reconcile(changes.services | changes.endpoints, changes)
+                if not work.refresh:
+                    return changes
+            translate = changes
+            if work.refresh:  # (other inputs' services, beside the registry's changes)
+                refresh = work.refresh & self.state.services.keys()
+                translate = replace(changes, endpoints=changes.endpoints | refresh)
+            delta = self.translator.update(self.state, translate, self.inputs)
+            self._dns_reconcile(changes.services | changes.endpoints | work.dns, changes)
             self.translator.report_notes(self.state.problems, changes)
         translated_at = self.clock()
-        self.cache.apply(delta, self.state.revision, observed_at=batch[0][0])
-        # (an observer may apply to the cache again)
+        observed_at = batch[0][0]
+        self.cache.apply(delta, self.state.revision, observed_at=observed_at)
+        # (an observer may submit an input: it is applied right after this batch)
         generation, woken = self.cache.generation, self.cache.last_woken
-        for observe in self.observers:  # after the batch is cached: they may refresh EDS
-            observe(self.state, changes)
-        if delta or delta.listeners_changed:
-            self.metrics.convergence.changed(generation, batch[0][0], woken)
-        self.batches += 1
+        if registry:
+            for observe in self.observers:  # after the batch is cached: they may refresh EDS
+                observe(self.state, changes)
+        if work.converges and (delta or delta.listeners_changed):
+            self.metrics.convergence.changed(generation, observed_at, woken)
+        if registry:
+            self.batches += 1
         applied = self.clock()
         translated = applied - started
-        if any(isinstance(u, Reset) for _, u in batch):
+        if work.reset and not self.state.listing:
             log.info(
                 "registry snapshot applied: %d entries in %d parts, revision %d: fold %.2fs, "
                 "translate %.2fs, cache and observers %.2fs",
-                self._listing_entries + _size(batch),
+                self._listing_entries + size,
                 self._listing_parts + 1,
                 self.state.revision,
                 self._listing_fold + folded - started,
@@ -245,7 +261,7 @@ class Controller:
             )
             self._listing_parts = self._listing_entries = 0
             self._listing_fold = 0.0
-        lags = [applied - observed for observed, _ in batch]
+        lags = [applied - observed for observed in work.observed]
         # Bookkeeping waits until the woken streams have written their pushes: their
         # wake-ups were scheduled by cache.apply, so call_soon runs after them.
         try:
@@ -254,13 +270,48 @@ class Controller:
             self._after(changes, translated, lags)
         return changes
 
+    # -- handlers, one per input type ----------------------------------------------------
+
+    def _registry_update(self, work: _Batch, observed_at: float, item: Input) -> None:
+        """A registry update: folded into the state; what it changed is translated."""
+        assert isinstance(item, (Reset, Changes))
+        work.changes.merge(self.state.apply(item))
+        work.observed.append(observed_at)
+        work.converges = True
+        if isinstance(item, Reset):
+            work.reset = True
+        elif self.events.active:
+            for e in item.events:
+                kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
+                self.events.publish(kind, key=e.key, revision=e.revision)
+
+    def _health_verdicts(self, work: _Batch, observed_at: float, item: Input) -> None:
+        """Health verdicts changed: the services whose verdicts moved are translated again
+        with the new health."""
+        assert isinstance(item, HealthVerdicts)
+        self.inputs = replace(self.inputs, health=item.health)
+        work.refresh |= item.changed
+
+    def _dns_answers(self, work: _Batch, observed_at: float, item: Input) -> None:
+        """Addresses of some endpoint names changed: the services using them are
+        translated again, and their names' problems brought up to date."""
+        assert isinstance(item, DnsAnswers)
+        names = item.names
+        refs = {ref for ref, used in self.translator.dns_names.items() if used.keys() & names}
+        work.refresh |= refs
+        work.dns |= refs
+        work.converges = True
+
+    # -- outputs after the push ----------------------------------------------------------
+
     def _after(self, changes: ChangeSet, translated: float, lags: list[float]) -> None:
-        self.metrics.translate_seconds.observe(translated)
-        for lag in lags:
-            self.metrics.watch_lag.observe(lag)
-        self.metrics.registry_revision.set(self.state.revision)
-        for type_url in TYPE_ORDER:
-            self.metrics.resources.labels(SHORT[type_url]).set(self.cache.count(type_url))
+        if lags:  # (registry updates were in the batch)
+            self.metrics.translate_seconds.observe(translated)
+            for lag in lags:
+                self.metrics.watch_lag.observe(lag)
+            self.metrics.registry_revision.set(self.state.revision)
+            for type_url in TYPE_ORDER:
+                self.metrics.resources.labels(SHORT[type_url]).set(self.cache.count(type_url))
         self._report(changes)
 
     async def _watch_registry_health(self, period: float = 1.0) -> None:
@@ -275,29 +326,6 @@ class Controller:
                 1 if getattr(self.registry, "connected", True) else 0
             )
             await asyncio.sleep(period)
-
-    def set_health(
-        self, health: Mapping[ServiceRef, Mapping[str, int]], refs: set[ServiceRef]
-    ) -> None:
-        """Aggregated endpoint health (HDS) changed: re-translate those services' EDS.
-
-        ``health`` maps services to endpoint id -> Envoy HealthStatus for every proxy.
-        """
-        self.translator.health = health
-        delta = self.translator.refresh_endpoints(self.state, refs & set(self.state.services))
-        self.cache.apply(delta, self.state.revision, observed_at=self.clock())
-
-    def _dns_changed(self, names: set[str]) -> None:
-        """Addresses of some endpoint names changed: re-translate the services using them."""
-        refs = {ref for ref, used in self.translator.dns_names.items() if used.keys() & names}
-        delta = self.translator.refresh_endpoints(self.state, refs)
-        now = self.clock()
-        self.cache.apply(delta, self.state.revision, observed_at=now)
-        if delta:
-            self.metrics.convergence.changed(self.cache.generation, now, self.cache.last_woken)
-        changes = ChangeSet(revision=self.state.revision)
-        self._dns_reconcile(refs, changes)
-        self._report(changes)
 
     def _dns_reconcile(self, refs: set[ServiceRef], changes: ChangeSet) -> None:
         """The DNS problems of ``refs``' endpoints as their names resolve now."""

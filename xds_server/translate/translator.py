@@ -16,22 +16,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.inputs import NO_INPUTS, Inputs
+from xds_server.ingest.state import ChangeSet
+from xds_server.ingest.view import RegistryView
 from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
 from xds_server.model.names import entry_key, service_host
 from xds_server.resources.resource import Resource
 from xds_server.resources.scope import ScopeRule
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
-from xds_server.translate.endpoint import Resolver, service_assignments
+from xds_server.translate.endpoint import service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.listener import listener_resource
 from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.scoping import mesh_scopes
-
-
-def _no_dns(name: str) -> tuple[str, ...]:
-    return ()
 
 
 @dataclass
@@ -94,15 +92,13 @@ class Translator:
     serving), the translator keeps its own and applies each delta to it.
     """
 
-    def __init__(self, resolve: Resolver = _no_dns, served: Served | None = None) -> None:
-        self.resolve = resolve
+    def __init__(self, served: Served | None = None) -> None:
         self._own: dict[str, dict[str, Resource]] | None = None
         if served is None:
             served = self._own = {t: {} for t in TYPE_ORDER}
         self.served: Served = served
         self._by_service: dict[ServiceRef, list[str]] = {}
         self._route_sigs: dict[ServiceRef, _RouteSig] = {}
-        self.health: Mapping[ServiceRef, Mapping[str, int]] = {}
         self.dns_names: dict[ServiceRef, dict[str, set[str]]] = {}
         """Per service: DNS name -> keys of the endpoints that use it (for resolution)."""
         self.notes: dict[str, Problem] = {}
@@ -124,9 +120,10 @@ class Translator:
         if old is not None:
             changed[name] = None
 
-    def update(self, state: RegistryState, changes: ChangeSet) -> Delta:
+    def update(self, state: RegistryView, changes: ChangeSet, inputs: Inputs = NO_INPUTS) -> Delta:
         """The changes that bring what is served up to date with ``state`` after
-        ``changes``."""
+        ``changes``, read with ``inputs`` (health verdicts, DNS answers): a function of
+        the registry view and the inputs, besides the translator's own memos."""
         delta = Delta()
         listeners_changed = False
         routes_dirty = bool(changes.routes)
@@ -161,16 +158,15 @@ class Translator:
                 self._drop(delta, ROUTE, service_host(ref))
         refs = changes.endpoints | changes.services
         memo = len(refs) < BULK_SERVICES
+        resolve, all_health = inputs.addresses, inputs.health
         for ref in refs:
             svc = state.services.get(ref)
             if svc is None:
                 continue
             eps = state.endpoints.get(ref, {})
             names: dict[str, set[str]] = {}
-            health = self.health.get(ref)
-            for res in service_assignments(
-                svc, eps, self.resolve, health, memo=memo, dns_names=names
-            ):
+            health = all_health.get(ref)
+            for res in service_assignments(svc, eps, resolve, health, memo=memo, dns_names=names):
                 self._put(delta, ENDPOINT, res)
             if names:
                 self.dns_names[ref] = names
@@ -200,7 +196,7 @@ class Translator:
             _serve(self._own, delta)
         return delta
 
-    def _proxyless(self, state: RegistryState, delta: Delta) -> None:
+    def _proxyless(self, state: RegistryView, delta: Delta) -> None:
         """Every gRPC service's api_listener and route configuration, or neither when
         gRPC clients could not run them; :attr:`notes` says what they cannot honour."""
         notes: Notes = {}
@@ -247,10 +243,6 @@ class Translator:
                 changes.problems_set[key] = note
                 changes.problems_cleared.discard(key)
 
-    def refresh_endpoints(self, state: RegistryState, refs: set[ServiceRef]) -> Delta:
-        """Re-translate the assignments of some services (health or DNS changed)."""
-        return self.update(state, ChangeSet(endpoints=refs))
-
-    def _route_config(self, state: RegistryState, listener: str) -> Resource:
+    def _route_config(self, state: RegistryView, listener: str) -> Resource:
         attached = [r for r in state.routes.values() if r.listener_matches(listener)]
         return route_configuration(listener, attached, state.services)

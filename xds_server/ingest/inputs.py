@@ -1,0 +1,94 @@
+"""What the controller's pipeline takes in, and what translation reads besides the registry.
+
+Every input reaches the cache the same way: it is queued as a typed value
+(:data:`Input`), the controller's loop takes every input waiting as one batch, folds each
+with the handler of its type, translates once and applies to the cache once. Registry
+updates (:class:`~xds_server.ingest.registry.Reset`,
+:class:`~xds_server.ingest.registry.Changes`) come from the registry adapter; the others
+are pushed by the services that produce them (:class:`HealthVerdicts` from HDS,
+:class:`DnsAnswers` from the resolver).
+
+A new input (certificates, policies) is a new frozen value here, a member of
+:data:`Input`, a handler in the controller that folds it into :class:`Inputs` (what
+translation reads) and names what to translate again, and a producer that calls
+``Controller.submit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from xds_server.ingest.registry import RegistryUpdate
+from xds_server.model import ServiceRef
+
+__all__ = [
+    "NO_INPUTS",
+    "AddressSource",
+    "DnsAnswers",
+    "HealthVerdicts",
+    "Input",
+    "Inputs",
+    "Resolver",
+]
+
+Resolver = Callable[[str], tuple[str, ...]]
+"""Addresses a name resolves to now (empty while unknown); never blocks."""
+
+EndpointHealth = Mapping[ServiceRef, Mapping[str, int]]
+"""Per service, endpoint id -> Envoy HealthStatus (HDS verdicts of every proxy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthVerdicts:
+    """Aggregated endpoint health changed: ``health`` is every service's, ``changed`` the
+    services whose verdicts moved (their assignments are translated again)."""
+
+    health: EndpointHealth
+    changed: Set[ServiceRef]
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswers:
+    """The addresses (or the error) of these endpoint names changed."""
+
+    names: Set[str]
+
+
+Input = RegistryUpdate | HealthVerdicts | DnsAnswers
+"""Anything the controller's pipeline takes."""
+
+
+def _no_dns(name: str) -> tuple[str, ...]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What translation reads besides the registry view: the latest value of each
+    non-registry input. The controller's handlers replace it (one per batch at most);
+    the translator only reads it."""
+
+    health: EndpointHealth = field(default_factory=dict)
+    """The latest :class:`HealthVerdicts` health."""
+    addresses: Resolver = _no_dns
+    """Addresses of endpoint names (the resolver's answers so far)."""
+
+
+NO_INPUTS = Inputs()
+"""No health verdicts and no DNS: what tools and tests that translate alone read."""
+
+
+class AddressSource(Protocol):
+    """Where endpoint names get their addresses (``adapters.dns.DnsCache``): answers so far
+    without blocking; the composition root builds it and passes its changes in as
+    :class:`DnsAnswers`."""
+
+    def lookup(self, name: str) -> tuple[str, ...]:
+        """Addresses known for ``name`` now (empty while unresolved; queues it)."""
+        ...
+
+    def error(self, name: str) -> str | None:
+        """Why ``name`` has no addresses, once a lookup failed."""
+        ...
