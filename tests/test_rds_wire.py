@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from tests.golden import translate
+from tests.route_reference import build_proxyless_route_configuration, build_route_configuration
 from tests.test_envoy_accepts_props import registries
 from xds_server.ingest.registry import Entry
 from xds_server.translate.rds_wire import route_config_bytes
-from xds_server.translate.route import build_route_configuration
 
 
 def _entries(registry: dict[str, dict[str, Any]]) -> tuple[Entry, ...]:
@@ -29,6 +29,21 @@ def test_assembled_bytes_match_message_api(registry: dict[str, dict[str, Any]]) 
         attached = [r for r in state.routes.values() if r.listener_matches(name)]
         config, refs = build_route_configuration(name, attached, state.services)
         body, fast_refs = route_config_bytes(name, attached, state.services)
+        assert body == config.SerializeToString(deterministic=True)
+        assert fast_refs == refs
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(registries())
+def test_proxyless_bytes_match_message_api(registry: dict[str, dict[str, Any]]) -> None:
+    """The route configuration of ``xds:///<name>.<ns>``: the same assembler, keeping only
+    the virtual hosts a client of that name matches, without the local rate limit."""
+    state, _, _ = translate(_entries(registry))
+    for svc in state.services.values():
+        name = f"{svc.ref.name}.{svc.ref.namespace}"
+        attached = [r for r in state.routes.values() if {name, "*"} & set(r.hosts)]
+        config, refs = build_proxyless_route_configuration(name, attached, state.services)
+        body, fast_refs = route_config_bytes(name, attached, state.services, proxyless=True)
         assert body == config.SerializeToString(deterministic=True)
         assert fast_refs == refs
 

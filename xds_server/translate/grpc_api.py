@@ -41,11 +41,12 @@ from google.protobuf.message import Message
 
 from xds_server.model import Route, Service, ServiceRef
 from xds_server.model.names import service_host
-from xds_server.resources.resource import Resource, make_resource
+from xds_server.resources.resource import Resource, make_resource, resource_from_bytes
 from xds_server.resources.types import LISTENER, ROUTE
 from xds_server.translate.cluster import ads_source
 from xds_server.translate.listener import ROUTER
-from xds_server.translate.route import FAULT, LOCAL_RATELIMIT, build_route_configuration
+from xds_server.translate.rds_wire import route_config_bytes
+from xds_server.translate.route import FAULT
 
 GRPC_ALGORITHMS = frozenset({"round_robin", "ring_hash"})
 """Load balancing every gRPC client runs (grpc-go also has least_request; grpcio has not)."""
@@ -134,16 +135,10 @@ def api_route_configuration(
     needed = {service.ref: service}
     for route in attached:
         needed.update({d.service: services[d.service] for d in route.destinations})
-    config, refs = build_route_configuration(name, attached, needed)
-    # Keep only the virtual hosts a client of this name can match, and no config for a
-    # filter gRPC does not run (it would NACK the route configuration).
-    keep = [vh for vh in config.virtual_hosts if name in vh.domains or "*" in vh.domains]
-    del config.virtual_hosts[:]
-    for vh in keep:
-        for route in vh.routes:
-            route.typed_per_filter_config.pop(LOCAL_RATELIMIT, None)
-        config.virtual_hosts.append(vh)
-    return make_resource(ROUTE, name, config, refs)
+    # Only the virtual hosts a client of this name can match, and no config for a filter
+    # gRPC does not run (it would NACK the route configuration).
+    body, refs = route_config_bytes(name, attached, needed, proxyless=True)
+    return resource_from_bytes(ROUTE, name, body, refs)
 
 
 def note_reason(key: NoteKey, targets: Iterable[str], algorithm: str = "") -> str:

@@ -1,16 +1,17 @@
-"""Fast path: a listener's RouteConfiguration assembled from memoized bytes.
+"""RouteConfigurations assembled from memoized bytes (listeners' and proxyless gRPC's).
 
 A route change re-translates the route configuration of every listener the route
 attaches to, and that configuration holds every route of the listener plus one virtual
-host per HTTP service. Building all of them as upb messages again costs ~25 us per route
-and per service, on every change. Here each route entry and each service's own virtual
+host per HTTP service. Building all of them as upb messages again, on every change,
+costs per route and per service. Here each route entry and each service's own virtual
 host is serialized once (memoized on the frozen model values it is made of) and a change
 joins cached bytes; only what changed is built again.
 
-The layout follows :func:`xds_server.translate.route.build_route_configuration`, the
-message-API reference, and fields are written in field-number order as protobuf's own
-deterministic serializer does; ``tests/test_rds_wire.py`` checks with hypothesis that
-both give identical bytes.
+This is the one assembler of RouteConfiguration resources: Envoy listeners' and proxyless
+gRPC clients' (``proxyless=True``). The layout follows ``build_route_configuration`` in
+``tests/route_reference.py``, the message-API reference, and fields are written in
+field-number order as protobuf's own deterministic serializer does;
+``tests/test_rds_wire.py`` checks with hypothesis that both give identical bytes.
 
 Field numbers (envoy.config.route.v3): RouteConfiguration{name=1, virtual_hosts=2},
 VirtualHost{name=1, domains=2, routes=3}.
@@ -26,6 +27,7 @@ from xds_server.model.names import cluster_name, service_host
 from xds_server.resources.resource import Resource, resource_from_bytes, string_field
 from xds_server.resources.types import ROUTE
 from xds_server.translate.route import (
+    LOCAL_RATELIMIT,
     Affinities,
     affinities,
     default_route,
@@ -44,6 +46,15 @@ _MEMO = 1 << 16
 def _route_field(route: Route, affs: Affinities) -> bytes:
     """One route entry as a ``VirtualHost.routes`` field."""
     return string_field(3, route_entry(route, affs).SerializeToString(deterministic=True))
+
+
+@functools.lru_cache(maxsize=_MEMO)
+def _proxyless_route_field(route: Route, affs: Affinities) -> bytes:
+    """One route entry as proxyless gRPC clients take it: without the local rate limit's
+    config (gRPC runs no such filter, and would NACK the route configuration)."""
+    msg = route_entry(route, affs)
+    msg.typed_per_filter_config.pop(LOCAL_RATELIMIT, None)
+    return string_field(3, msg.SerializeToString(deterministic=True))
 
 
 @functools.lru_cache(maxsize=_MEMO)
@@ -81,9 +92,18 @@ def _service_vhost(
 
 
 def route_config_bytes(
-    name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
+    name: str,
+    routes: Iterable[Route],
+    services: Mapping[ServiceRef, Service],
+    *,
+    proxyless: bool = False,
 ) -> tuple[bytes, frozenset[str]]:
-    """The serialized RouteConfiguration of listener ``name`` and the clusters it names."""
+    """The serialized RouteConfiguration of listener ``name`` and the clusters it names.
+
+    ``proxyless``: the one of ``xds:///<name>`` for proxyless gRPC clients: only the
+    virtual hosts a client of ``name`` can match, and no local rate limit config (the
+    clusters named are those of the whole configuration all the same)."""
+    route_field = _proxyless_route_field if proxyless else _route_field
     by_host: dict[str, list[Route]] = {}
     for route in routes:
         for host in route.hosts:
@@ -102,9 +122,10 @@ def route_config_bytes(
     taken: set[str] = set(by_host)
     for host in sorted(by_host):
         domains = [string_field(2, host)]
+        matched = host == name or host == "*"  # (by a proxyless client of ``name``)
         entries = []
         for route in sorted(by_host[host], key=route_order):
-            entries.append(_route_field(route, affinities(route, services)))
+            entries.append(route_field(route, affinities(route, services)))
             refs |= _route_refs(route)
         owned = owner.get(host)
         if owned is not None:
@@ -114,15 +135,18 @@ def route_config_bytes(
                 if domain not in taken:
                     domains.append(string_field(2, domain))
                     taken.add(domain)
+                    matched = matched or domain == name
             entries.append(_default_route_field(owned.ref, owned.load_balancer.session_affinity))
             refs.add(cluster_name(owned.ref))
-        out.append(string_field(2, b"".join([string_field(1, host), *domains, *entries])))
+        if matched or not proxyless:
+            out.append(string_field(2, b"".join([string_field(1, host), *domains, *entries])))
     for svc in http_services:
         free = tuple(d for d in service_domains(svc) if d not in taken)
         if not free:
             continue
         taken.update(free)
-        out.append(_service_vhost(svc.ref, svc.load_balancer.session_affinity, free))
+        if not proxyless or name in free:
+            out.append(_service_vhost(svc.ref, svc.load_balancer.session_affinity, free))
         refs.add(cluster_name(svc.ref))
     return b"".join(out), frozenset(refs)
 

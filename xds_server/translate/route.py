@@ -1,4 +1,8 @@
-"""Routes of one HTTP listener -> its RouteConfiguration. Pure.
+"""Routes of one HTTP listener -> the parts of its RouteConfiguration. Pure.
+
+The configuration itself is assembled from these parts' memoized bytes by
+:mod:`xds_server.translate.rds_wire` (``tests/route_reference.py`` keeps the message-API
+assembly the tests compare it with, byte for byte).
 
 Virtual hosts are built from the routes' ``hosts``; every service that speaks
 HTTP also gets its default host (``<name>.<ns>``, with its own ``:port`` and with
@@ -13,7 +17,6 @@ from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
@@ -150,11 +153,6 @@ def route_clusters(route: Route) -> set[str]:
     return out
 
 
-def build_route(route: Route, services: Mapping[ServiceRef, Service]) -> rc.Route:
-    """One Envoy route entry for a registry Route."""
-    return route_entry(route, affinities(route, services))
-
-
 def route_entry(route: Route, affs: Affinities) -> rc.Route:
     """One Envoy route entry, given its destinations' :func:`affinities`."""
     action = rc.RouteAction()
@@ -191,10 +189,6 @@ def route_entry(route: Route, affs: Affinities) -> rc.Route:
     return out
 
 
-def _default_route(service: Service) -> rc.Route:
-    return default_route(service.ref, service.load_balancer.session_affinity)
-
-
 def default_route_name(ref: ServiceRef) -> str:
     """The name of a service's default route (Envoy's stats and admin show it)."""
     return f"default:{service_host(ref)}"
@@ -220,49 +214,3 @@ def service_domains(service: Service) -> list[str]:
     if service.port:
         return [host, f"{host}:{service.port}", f"{host}:*"]
     return [host, f"{host}:*"]
-
-
-def build_route_configuration(
-    name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
-) -> tuple[route_pb2.RouteConfiguration, frozenset[str]]:
-    """The RouteConfiguration of listener ``name`` and the clusters it points at."""
-    by_host: dict[str, list[Route]] = {}
-    for route in routes:
-        for host in route.hosts:
-            by_host.setdefault(host, []).append(route)
-    # Every spelling of every HTTP service's default host, and which service owns it.
-    owner: dict[str, Service] = {}
-    for service in sorted(services.values(), key=lambda s: s.ref):
-        if service.protocol != "tcp":
-            for domain in service_domains(service):
-                owner[domain] = service
-    config = route_pb2.RouteConfiguration(name=name)
-    refs: set[str] = set()
-    taken: set[str] = set(by_host)
-    for host in sorted(by_host):
-        vh = rc.VirtualHost(name=host, domains=[host])
-        for route in sorted(by_host[host], key=route_order):
-            vh.routes.append(build_route(route, services))
-            refs.update(route_clusters(route))
-        owned = owner.get(host)
-        if owned is not None:
-            # A route names the service's host (with or without port): its virtual host
-            # takes the other spelling too if free, and ends with the default route.
-            for domain in service_domains(owned):
-                if domain not in taken:
-                    vh.domains.append(domain)
-                    taken.add(domain)
-            vh.routes.append(_default_route(owned))
-            refs.add(cluster_name(owned.ref))
-        config.virtual_hosts.append(vh)
-    for svc in sorted({id(s): s for s in owner.values()}.values(), key=lambda s: s.ref):
-        domains = [d for d in service_domains(svc) if d not in taken]
-        if not domains:
-            continue
-        taken.update(domains)
-        vh = rc.VirtualHost(
-            name=f"service:{service_host(svc.ref)}", domains=domains, routes=[_default_route(svc)]
-        )
-        config.virtual_hosts.append(vh)
-        refs.add(cluster_name(svc.ref))
-    return config, frozenset(refs)
