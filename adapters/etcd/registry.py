@@ -35,7 +35,15 @@ from xds_server.errors import (
     TxnTooLarge,
     ValidationError,
 )
-from xds_server.ingest.registry import Changes, Entry, Event, RegistryUpdate, Reset
+from xds_server.ingest.registry import (
+    Changes,
+    ConditionalWrites,
+    Entry,
+    Event,
+    RegistryUpdate,
+    Reset,
+    check_txn,
+)
 
 __all__ = ["EtcdRegistry"]
 
@@ -106,7 +114,7 @@ def _parse_endpoints(endpoint: str) -> list[str]:
     return found
 
 
-class EtcdRegistry:
+class EtcdRegistry(ConditionalWrites):
     """Registry backend on etcd. See :class:`xds_server.ingest.registry.Registry` for the contract.
 
     ``endpoint`` is ``host:port`` or a comma-separated list (the first reachable one is used,
@@ -259,17 +267,6 @@ class EtcdRegistry:
         resp = await self._call(lambda c: c.kv.DeleteRange(request, **self._call_options))
         return int(resp.header.revision)
 
-    async def put_if(self, key: str, value: bytes, mod_revision: int, *, lease: int = 0) -> int:
-        """Write only if ``key`` is still at ``mod_revision`` (0: must not exist).
-
-        Returns the new revision; raises RegistryConflict when the key moved on.
-        """
-        return await self.txn(puts={key: value}, expect={key: mod_revision}, lease=lease)
-
-    async def delete_if(self, key: str, mod_revision: int) -> int:
-        """Delete only if ``key`` is still at ``mod_revision``; RegistryConflict otherwise."""
-        return await self.txn(deletes=(key,), expect={key: mod_revision})
-
     async def txn(
         self,
         *,
@@ -289,7 +286,7 @@ class EtcdRegistry:
         """
         puts = puts or {}
         expect = expect or {}
-        _check_txn(puts, deletes)
+        check_txn(puts, deletes)
         # etcd counts the largest of the compare, success and failure lists.
         operations = max(len(expect), len(puts) + len(deletes))
         mod = rpc.Compare.CompareTarget.Value("MOD")
@@ -630,13 +627,6 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 _TOO_MANY_OPS = "too many operations in txn request"  # etcd's INVALID_ARGUMENT message
-
-
-def _check_txn(puts: Mapping[str, bytes], deletes: Collection[str]) -> None:
-    both = set(puts).intersection(deletes)
-    if both:
-        # etcd rejects a txn touching one key twice; say so before the round trip.
-        raise ValidationError("", f"keys both put and deleted in one txn: {sorted(both)}")
 
 
 def _conflict_message(expect: Mapping[str, int], actual: Mapping[str, int]) -> str:

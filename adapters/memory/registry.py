@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from xds_server.errors import RegistryConflict, RegistryUnavailable, ValidationError
-from xds_server.ingest.registry import Changes, Entry, Event, RegistryUpdate, Reset
+from xds_server.ingest.registry import (
+    Changes,
+    ConditionalWrites,
+    Entry,
+    Event,
+    RegistryUpdate,
+    Reset,
+    check_txn,
+)
 
 __all__ = ["MemoryRegistry"]
 
@@ -31,7 +39,7 @@ class _Lease:
     keys: set[str] = field(default_factory=set)
 
 
-class MemoryRegistry:
+class MemoryRegistry(ConditionalWrites):
     """In-memory registry. Same observable state as EtcdRegistry for metrics tests.
 
     Set ``unavailable = True`` to make every read and write raise RegistryUnavailable (an
@@ -110,14 +118,6 @@ class MemoryRegistry:
         """Delete ``key`` (no error when missing) and return the revision."""
         return await self.txn(deletes=(key,))
 
-    async def put_if(self, key: str, value: bytes, mod_revision: int, *, lease: int = 0) -> int:
-        """Write only if ``key`` is still at ``mod_revision`` (0: must not exist)."""
-        return await self.txn(puts={key: value}, expect={key: mod_revision}, lease=lease)
-
-    async def delete_if(self, key: str, mod_revision: int) -> int:
-        """Delete only if ``key`` is still at ``mod_revision``; RegistryConflict otherwise."""
-        return await self.txn(deletes=(key,), expect={key: mod_revision})
-
     async def txn(
         self,
         *,
@@ -130,9 +130,7 @@ class MemoryRegistry:
         self._check()
         puts = puts or {}
         expect = expect or {}
-        both = set(puts).intersection(deletes)
-        if both:
-            raise ValidationError("", f"keys both put and deleted in one txn: {sorted(both)}")
+        check_txn(puts, deletes)
         if sum(len(k) + len(v) for k, v in puts.items()) > self.max_request_bytes:
             raise ValidationError("", "request is too large")  # what etcd says, too
         moved = [

@@ -17,9 +17,11 @@ output and are never delivered by :meth:`Registry.updates`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+from xds_server.errors import ValidationError
 
 
 class Entry(NamedTuple):
@@ -142,3 +144,29 @@ class WritableRegistry(Registry, Protocol):
     async def lease_revoke(self, lease_id: int) -> None:
         """Revoke a lease and delete its keys."""
         ...
+
+
+class ConditionalWrites:
+    """``put_if`` and ``delete_if`` as one-key transactions of a backend's own ``txn``
+    (EtcdRegistry and MemoryRegistry inherit them)."""
+
+    txn: Callable[..., Awaitable[int]]
+
+    async def put_if(self, key: str, value: bytes, mod_revision: int, *, lease: int = 0) -> int:
+        """Write only if ``key`` is still at ``mod_revision`` (0: must not exist).
+
+        Returns the new revision; raises RegistryConflict when the key moved on.
+        """
+        return await self.txn(puts={key: value}, expect={key: mod_revision}, lease=lease)
+
+    async def delete_if(self, key: str, mod_revision: int) -> int:
+        """Delete only if ``key`` is still at ``mod_revision``; RegistryConflict otherwise."""
+        return await self.txn(deletes=(key,), expect={key: mod_revision})
+
+
+def check_txn(puts: Mapping[str, bytes], deletes: Collection[str]) -> None:
+    """Refuse a transaction that both puts and deletes a key (etcd rejects one touching a
+    key twice; a backend says so before doing anything)."""
+    both = set(puts).intersection(deletes)
+    if both:
+        raise ValidationError("", f"keys both put and deleted in one txn: {sorted(both)}")
