@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-from xds_server.cache import ConfigWatcher, Pending, ScopeView
+from xds_server.cache import ConfigReader, ConfigWatcher, Pending, ScopeView
 from xds_server.resources.resource import BoundedMemo, Resource
 from xds_server.resources.types import LISTENER, ROUTE, TYPE_ORDER
 
@@ -47,6 +47,31 @@ def outcome(kind: OutcomeKind, type_url: str) -> RequestOutcome:
     one (mostly an ACK)."""
     shared = _OUTCOMES.get((kind, type_url))
     return shared if shared is not None else RequestOutcome(kind, type_url)
+
+
+class ResponseBase:
+    """What a SotW and a Delta response share: their bytes, built once per identical
+    response through the cache, and the size of the resources they carry."""
+
+    __slots__ = ()
+    resources: tuple[Resource, ...]
+
+    def encode(self) -> bytes:
+        raise NotImplementedError
+
+    def wire_key(self) -> tuple[object, ...]:
+        """What two responses with identical bytes have in common."""
+        raise NotImplementedError
+
+    def wire(self, cache: ConfigReader | None = None) -> bytes:
+        """The encoded response; identical ones are built once through ``cache``."""
+        if cache is None:
+            return self.encode()
+        return cache.shared_wire(self.wire_key(), self.encode)
+
+    @property
+    def size(self) -> int:
+        return sum(len(r.body) for r in self.resources)
 
 
 @dataclass(slots=True)

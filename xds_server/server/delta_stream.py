@@ -34,10 +34,17 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, ConfigReader, Pending
+from xds_server.cache import WILDCARD_TYPES, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
-from xds_server.server.base import KNOWN_TYPES, RequestOutcome, StatusBase, StreamBase, outcome
+from xds_server.server.base import (
+    KNOWN_TYPES,
+    RequestOutcome,
+    ResponseBase,
+    StatusBase,
+    StreamBase,
+    outcome,
+)
 
 _FOLLOWS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 _NAME = operator.attrgetter("name")
@@ -45,7 +52,7 @@ _INFLIGHT_MAX = 16
 
 
 @dataclass(frozen=True, slots=True)
-class DeltaResponse:
+class DeltaResponse(ResponseBase):
     """One DeltaDiscoveryResponse to write."""
 
     type_url: str
@@ -62,17 +69,9 @@ class DeltaResponse:
         parts += [string_field(6, name) for name in self.removed]
         return b"".join(parts)
 
-    def wire(self, cache: ConfigReader | None = None) -> bytes:
-        """The encoded response; identical ones are built once through ``cache``."""
-        if cache is None:
-            return self.encode()
+    def wire_key(self) -> tuple[object, ...]:
         names = tuple(r.name for r in self.resources)
-        key = ("delta", self.type_url, self.version, self.nonce, names, self.removed)
-        return cache.shared_wire(key, self.encode)
-
-    @property
-    def size(self) -> int:
-        return sum(len(r.body) for r in self.resources)
+        return ("delta", self.type_url, self.version, self.nonce, names, self.removed)
 
 
 @dataclass(slots=True)

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, ConfigReader, ConfigWatcher, Pending
+from xds_server.cache import WILDCARD_TYPES, ConfigWatcher, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.server.base import (
     KNOWN_TYPES,
     RequestOutcome,
+    ResponseBase,
     StatusBase,
     StreamBase,
     SyncState,
@@ -55,7 +56,7 @@ _NONE: frozenset[str] = frozenset()  # (an empty frozenset is a new object each 
 
 
 @dataclass(frozen=True, slots=True)
-class Response:
+class Response(ResponseBase):
     """One DiscoveryResponse to write; :meth:`wire` joins the pre-encoded resources."""
 
     type_url: str
@@ -70,16 +71,8 @@ class Response:
         parts += (string_field(4, self.type_url), string_field(5, self.nonce))
         return b"".join(parts)
 
-    def wire(self, cache: ConfigReader | None = None) -> bytes:
-        """The encoded response; identical ones are built once through ``cache``."""
-        if cache is None:
-            return self.encode()
-        key = ("sotw", self.type_url, self.version, self.nonce, *(r.name for r in self.resources))
-        return cache.shared_wire(key, self.encode)
-
-    @property
-    def size(self) -> int:
-        return sum(len(r.body) for r in self.resources)
+    def wire_key(self) -> tuple[object, ...]:
+        return ("sotw", self.type_url, self.version, self.nonce, *(r.name for r in self.resources))
 
 
 @dataclass(slots=True)
