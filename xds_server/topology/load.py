@@ -50,8 +50,21 @@ class IngestOutcome:
     refused: dict[str, int] = field(default_factory=dict)
 
 
+class _Rates:
+    """The failed share of the requests a rate counts, for EdgeRate and EndpointRate."""
+
+    __slots__ = ()
+    rps: float
+    error_rps: float
+
+    @property
+    def error_rate(self) -> float:
+        """Share of completed requests that failed (0 when idle)."""
+        return self.error_rps / self.rps if self.rps > 0 else 0.0
+
+
 @dataclass(frozen=True, slots=True)
-class EdgeRate:
+class EdgeRate(_Rates):
     """Traffic on one edge over a window: rates per second, and requests in flight now."""
 
     source: str
@@ -61,14 +74,9 @@ class EdgeRate:
     in_flight: int
     reporters: int
 
-    @property
-    def error_rate(self) -> float:
-        """Share of completed requests that failed (0 when idle)."""
-        return self.error_rps / self.rps if self.rps > 0 else 0.0
-
 
 @dataclass(frozen=True, slots=True)
-class EndpointRate:
+class EndpointRate(_Rates):
     """Traffic to one upstream endpoint of a cluster over a window.
 
     ``source`` is the reporting node cluster (or the graph node, once joined; "" when
@@ -83,11 +91,6 @@ class EndpointRate:
     rps: float
     error_rps: float
     in_flight: int
-
-    @property
-    def error_rate(self) -> float:
-        """Share of completed requests that failed (0 when idle)."""
-        return self.error_rps / self.rps if self.rps > 0 else 0.0
 
 
 @dataclass(slots=True)
