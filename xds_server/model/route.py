@@ -187,10 +187,7 @@ def _destinations(o: Obj, namespace: str) -> tuple[Destination, ...]:
     out = []
     for path, item in items:
         d = Obj(item, path)
-        ref = parse_service_ref(d.str_("service", required=True), namespace, d.field("service"))
-        subset = d.str_("subset", "")
-        if subset:
-            check_label(subset, d.field("subset"))
+        ref, subset = _service_subset(d, namespace)
         weight = d.int_("weight", 1, lo=0, hi=10000)
         d.done()
         out.append(Destination(ref, subset, weight))
@@ -221,11 +218,18 @@ def _rate_limit(o: Obj) -> RateLimit:
     return RateLimit(rpm, burst)
 
 
-def _mirror(o: Obj, namespace: str) -> Mirror:
+def _service_subset(o: Obj, namespace: str) -> tuple[ServiceRef, str]:
+    """The ``service`` (resolved in ``namespace``) and optional ``subset`` a destination or
+    a mirror sends to."""
     ref = parse_service_ref(o.str_("service", required=True), namespace, o.field("service"))
     subset = o.str_("subset", "")
     if subset:
         check_label(subset, o.field("subset"))
+    return ref, subset
+
+
+def _mirror(o: Obj, namespace: str) -> Mirror:
+    ref, subset = _service_subset(o, namespace)
     percent = o.int_("percent", 100, lo=0, hi=100)
     o.done()
     return Mirror(ref, subset, percent)
