@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from xds_server.errors import ValidationError
 from xds_server.ingest.refs import Dependent, ServiceView, check_refs, dependents
@@ -456,24 +457,11 @@ class RegistryState:
                     del self.endpoints[some.service]
             changes.endpoints.add(some.service)
         elif isinstance(some, Service):
-            ref = some.ref
-            if isinstance(entity, Service):
-                self.services[ref] = entity
-            else:
-                self.services.pop(ref, None)
-            changes.services.add(ref)
+            _index(self.services, some.ref, entity, changes.services)
         elif isinstance(some, Route):
-            if isinstance(entity, Route):
-                self.routes[key] = entity
-            else:
-                self.routes.pop(key, None)
-            changes.routes.add(key)
+            _index(self.routes, key, entity, changes.routes)
         elif isinstance(some, Listener):
-            if isinstance(entity, Listener):
-                self.listeners[some.name] = entity
-            else:
-                self.listeners.pop(some.name, None)
-            changes.listeners.add(some.name)
+            _index(self.listeners, some.name, entity, changes.listeners)
 
     def _set_problem(self, key: str, problem: Problem | None, changes: ChangeSet) -> None:
         old = self.problems.get(key)
@@ -487,3 +475,16 @@ class RegistryState:
             self.problems[key] = problem
             changes.problems_set[key] = problem
             changes.problems_cleared.discard(key)
+
+
+_K = TypeVar("_K")
+
+
+def _index(index: dict[_K, Any], name: _K, entity: Entity | None, changed: set[_K]) -> None:
+    """Put ``entity`` under ``name`` in the index of its kind (None: take the name out), and
+    note the name as changed."""
+    if entity is None:
+        index.pop(name, None)
+    else:
+        index[name] = entity
+    changed.add(name)
