@@ -6,7 +6,8 @@ Nothing is cached here: reads go to etcd; proxy status comes from the open strea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -148,30 +149,33 @@ class AdminServicer(RegistryWrites):
     # -- health and topology (bodies in health_topology.py) ---------------------------------------
 
     async def GetHealth(self, request: pb.GetHealthRequest, context: Ctx) -> Message:  # noqa: N802
-        async def body(who: Principal) -> Message:
-            return get_health(self.health, who, request)
-
-        return await self._call(context, request, body)
+        return await self._now(context, request, get_health, self.health)
 
     async def GetTopology(self, request: pb.GetTopologyRequest, context: Ctx) -> Message:  # noqa: N802
-        async def body(who: Principal) -> Message:
-            return get_topology(self.topology, who, request)
-
-        return await self._call(context, request, body)
+        return await self._now(context, request, get_topology, self.topology)
 
     async def GetRecommendations(  # noqa: N802
         self, request: pb.GetRecommendationsRequest, context: Ctx
     ) -> Message:
-        async def body(who: Principal) -> Message:
-            return get_recommendations(self.topology, who, request)
-
-        return await self._call(context, request, body)
+        return await self._now(context, request, get_recommendations, self.topology)
 
     async def GetServiceMetrics(  # noqa: N802
         self, request: pb.GetServiceMetricsRequest, context: Ctx
     ) -> Message:
+        return await self._now(context, request, get_service_metrics, self.topology)
+
+    async def _now(
+        self,
+        context: Ctx,
+        request: Any,
+        answer: Callable[[Any, Principal, Any], Message],
+        source: object,
+    ) -> Message:
+        """:meth:`_call` for ``answer(source, who, request)``, computed at once from what
+        meshd holds (health, topology)."""
+
         async def body(who: Principal) -> Message:
-            return get_service_metrics(self.topology, who, request)
+            return answer(source, who, request)
 
         return await self._call(context, request, body)
 
