@@ -129,6 +129,9 @@ class _Request(Protocol):
     @property
     def node(self) -> _HasNode: ...
 
+    @property
+    def type_url(self) -> str: ...
+
     def HasField(self, name: str) -> bool: ...  # noqa: N802 (protobuf's spelling)
 
 
@@ -183,6 +186,21 @@ class StreamBase(Generic[S]):
             if req.HasField("node"):
                 self.node_id, self.node_cluster = req.node.id, req.node.cluster
             self.scope = self.cache.scope(self.node_cluster)
+
+    def _request_type(self, req: _Request, new_status: Callable[[], S]) -> tuple[str, S] | None:
+        """How a request starts (all but a Delta ACK's fast path): the node adopted, then
+        the request's type and its status, created on first sight; None, with the outcome
+        recorded, for a type meshd does not serve."""
+        self.interest_stale = True
+        self._adopt_node(req)
+        t = KNOWN_TYPES.get(req.type_url)
+        if t is None:
+            self.last_outcome = RequestOutcome("unknown_type", req.type_url)
+            return None
+        ts = self.types.get(t)
+        if ts is None:
+            ts = self.types[t] = new_status()
+        return t, ts
 
     def _defer(self, pending: Pending) -> None:
         """Merge a cache change into the changes not sent yet."""

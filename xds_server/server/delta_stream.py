@@ -112,15 +112,10 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
 
     def _on_request_full(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
         """Any request: subscription changes, the node, the first request of a type."""
-        self.interest_stale = True
-        self._adopt_node(req)
-        t = KNOWN_TYPES.get(req.type_url)
-        if t is None:
-            self.last_outcome = RequestOutcome("unknown_type", req.type_url)
+        found = self._request_type(req, DeltaTypeStatus)
+        if found is None:
             return []
-        ts = self.types.get(t)
-        if ts is None:
-            ts = self.types[t] = DeltaTypeStatus()
+        t, ts = found
         first = not ts.started
         self._ack_or_nack(t, ts, req, first)
         subs = set(req.resource_names_subscribe)

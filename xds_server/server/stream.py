@@ -41,7 +41,6 @@ from xds_server.cache import WILDCARD_TYPES, ConfigWatcher, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.server.base import (
-    KNOWN_TYPES,
     RequestOutcome,
     ResponseBase,
     StatusBase,
@@ -110,15 +109,10 @@ class SotwStream(StreamBase[TypeStatus]):
         when the caller has the bytes: a repeat of the last key means an unchanged
         subscription, recognised without reading the names.
         """
-        self.interest_stale = True
-        self._adopt_node(req)
-        t = KNOWN_TYPES.get(req.type_url)
-        if t is None:
-            self.last_outcome = RequestOutcome("unknown_type", req.type_url)
+        found = self._request_type(req, TypeStatus)
+        if found is None:
             return []
-        ts = self.types.get(t)
-        if ts is None:
-            ts = self.types[t] = TypeStatus()
+        t, ts = found
         nonce = req.response_nonce
         nacks = req.HasField("error_detail")
         if nonce != ts.nonce and (nonce or (nacks and ts.nonce)):
