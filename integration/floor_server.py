@@ -233,7 +233,7 @@ class FloorServer:
                     if t in initial and t not in answered:
                         answered.add(t)
                         # Nothing here ever changes: a client that comes back holding any
-                        # version holds the current one (xds.md point 4, done for free).
+                        # version holds the current one (``docs/xds.md`` point 4, done for free).
                         if not holds(req):
                             q.put_nowait(initial[t][framing])
 

@@ -1,7 +1,7 @@
 """A ready-made mesh for tests and benchmarks: a service with two versions behind a gateway.
 
 ``seed_split`` writes the registry entries of the Quick start scenario; the
-JSON values are exactly the registry contract's (``shared/spec/registry.md``).
+JSON values are exactly the registry contract's (``docs/registry.md``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Proxy status and proxy config from the open ADS streams. Pure reads, no I/O.
 
-The states are those of xds.md / interfaces.md: ``SYNCED`` (the last response was ACKed),
-``STALE`` (sent, not answered yet), ``NACKED`` (rejected, with the proxy's error_detail
-message), ``NOT_SENT`` (never asked for or nothing sent yet).
+The states are those of ``docs/xds.md`` / ``docs/admin-api.md``: ``SYNCED`` (the last
+response was ACKed), ``STALE`` (sent, not answered yet), ``NACKED`` (rejected, with the
+proxy's error_detail message), ``NOT_SENT`` (never asked for or nothing sent yet).
 """
 
 from __future__ import annotations

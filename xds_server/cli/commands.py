@@ -1,4 +1,4 @@
-"""``meshctl`` commands that talk to the admin API (interfaces.md).
+"""``meshctl`` commands that talk to the admin API (``docs/admin-api.md``).
 
 Exit codes: 0 ok; 1 user or validation error (the message names the document and field);
 2 admin API unreachable or auth failure.
@@ -76,7 +76,7 @@ class Client:
 
 
 def run(args: argparse.Namespace, func: Callable[[Client, argparse.Namespace], int]) -> int:
-    """Run a command; map failures to the exit codes of interfaces.md."""
+    """Run a command; map failures to the exit codes of ``docs/admin-api.md``."""
     client = Client(args.admin, args.token)
     try:
         return func(client, args)

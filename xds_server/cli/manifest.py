@@ -1,6 +1,6 @@
 """``meshctl`` manifests: YAML or JSON documents <-> admin API entries.
 
-A document (interfaces.md)::
+A document (``docs/admin-api.md``)::
 
     {"kind": "Service", "namespace": "default", "name": "web", "spec": {...}}
 

@@ -1,4 +1,4 @@
-"""``meshctl``: the command-line client (``shared/spec/interfaces.md``).
+"""``meshctl``: the command-line client (``docs/admin-api.md``).
 
 ``bootstrap`` works offline; every other command talks to meshd's admin API
 (``--admin HOST:PORT`` / ``MESHCTL_ADMIN``, token from ``--token`` / ``MESHCTL_TOKEN``;

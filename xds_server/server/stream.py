@@ -3,7 +3,7 @@
 Feed it requests (:meth:`SotwStream.on_request`) and cache changes
 (:meth:`SotwStream.on_change`); it returns the responses to write, in order.
 
-Rules (see ``shared/spec/xds.md`` and the xDS protocol's "ACK and NACK
+Rules (the numbered points are those of ``docs/xds.md``; see also the xDS protocol's "ACK and NACK
 semantics"):
 
 * A request whose ``response_nonce`` is not the last nonce sent for its type is
@@ -215,8 +215,8 @@ class SotwStream(StreamBase[TypeStatus]):
         raw = req.resource_names
         unchanged = raw and len(raw) == len(ts.subscribed) and ts.subscribed.issuperset(raw)
         if unchanged and not ts.wildcard:
-            # Envoy repeats its whole subscription in every ACK (10,000 names at 10,000
-            # services): when it is unchanged, say so without building and interning a set.
+            # Envoy repeats its whole subscription in every ACK (a name per service): when
+            # it is unchanged, say so without building and interning a set.
             # ("*" is never in ``subscribed``, so a list holding it takes the slow path.)
             ts.started = True
             return

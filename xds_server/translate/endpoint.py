@@ -85,7 +85,7 @@ def build_cla(name: str, groups: Plan) -> endpoint_pb2.ClusterLoadAssignment:
 
     Every locality group carries a locality (possibly empty) and a weight:
     proxyless gRPC clients NACK groups without a locality and ignore groups of
-    weight 0 (xds.md point 6).
+    weight 0 (``docs/xds.md`` point 6).
     """
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     for zone, rows, total in groups:

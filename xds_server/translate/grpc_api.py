@@ -1,7 +1,7 @@
 """Proxyless gRPC: an ``api_listener`` Listener and a RouteConfiguration per gRPC service. Pure.
 
 A grpcio client dialing ``xds:///<name>.<ns>`` asks for the Listener named
-exactly so, expecting an ``api_listener`` (xds.md point 6). meshd publishes
+exactly so, expecting an ``api_listener`` (``docs/xds.md`` point 6). meshd publishes
 one for every ``protocol: grpc`` service, under the service's host name (no
 registry listener can clash: listener names have no dots). Its route
 configuration carries the registry routes that attach to that name (e.g.
