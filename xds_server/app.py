@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshd")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-"""A full config for thousands of services exceeds gRPC's 4 MiB default (xds.md point 8)."""
+"""A full config for thousands of services exceeds gRPC's 4 MiB default receive limit
+(``docs/xds.md``, point 8)."""
 
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -193,8 +194,8 @@ class MeshApp:
                 raise ListenError("--metrics", self.config.metrics, listen_reason(exc)) from None
         # Everything loaded so far (modules, configuration, servers) lives for the process:
         # keep the collector from rescanning it, so GC pauses stay short on the push path.
-        # Done here, while etcd reads the registry's first page (~40-60 ms for 10,000 keys,
-        # during which meshd has nothing else to do; the pass takes ~20 ms), and before the
+        # Done here, while etcd reads the registry's first page (meshd has nothing else to
+        # do meanwhile, and the pass is shorter than that read), and before the
         # first snapshot: after it, it would delay the first push, and a big snapshot is
         # frozen by the controller as it is built.
         gc.collect()

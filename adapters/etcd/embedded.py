@@ -283,7 +283,7 @@ class EmbeddedEtcd:
             f"--initial-cluster={self.name}={peer}",
             f"--initial-cluster-token={self.name}",
             "--initial-cluster-state=new",
-            # A single member has no one to wait for: elect itself in ~100 ms, not ~1 s.
+            # A single member has no one to wait for: short timeouts let it elect itself at once.
             "--heartbeat-interval=10",
             "--election-timeout=100",
             f"--max-txn-ops={self._max_txn_ops}",

@@ -56,8 +56,8 @@ _CHANNEL_OPTIONS = (
     # A page is bounded by key count, not bytes, and a watch response may batch many events:
     # never let gRPC's default 4 MiB receive limit turn a big registry into an outage.
     ("grpc.max_receive_message_length", 256 * _MiB),
-    # gRPC's default reconnect back-off starts at 1 s and grows to 120 s; etcd restarts in
-    # ~150 ms, so stay close behind it.
+    # gRPC's default reconnect back-off starts at 1 s and grows to 120 s; etcd restarts far
+    # faster than that, so stay close behind it.
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
@@ -141,8 +141,8 @@ class EtcdRegistry(ConditionalWrites):
         """Configure; nothing connects until the first call.
 
         ``page_size`` is the key count per range read while listing: etcd counts the whole
-        rest of the range on every page, so small pages make a big relist quadratic (10,000
-        registry keys are ~1.6 MB, far below the receive limit). ``timeout`` bounds each
+        rest of the range on every page, so small pages make a big relist quadratic (a page of
+        registry keys stays far below the receive limit). ``timeout`` bounds each
         call in seconds, including the wait for an etcd that is (re)starting. Failures of
         :meth:`updates` are retried after ``backoff_initial`` seconds, doubling up to
         ``backoff_max``.
@@ -469,7 +469,7 @@ class EtcdRegistry(ConditionalWrites):
         kvs = resp.kvs
         if not resp.more or not kvs:
             return None
-        if resp.ByteSize() > _PAGE_BYTES:  # (computed in C: ~1 ms for 10,000 keys, not ~3)
+        if resp.ByteSize() > _PAGE_BYTES:  # (computed in C, cheaper than summing in Python)
             limit = max(1, limit // 2)  # big values: keep pages near a few MiB
         return asyncio.ensure_future(self._page(conn, kvs[-1].key + b"\0", end, limit, revision))
 
@@ -478,7 +478,7 @@ class EtcdRegistry(ConditionalWrites):
         """Entries of one page, in slices with a yield to the event loop between them: the
         next page's read is a task that has to run (put its request on the wire) meanwhile."""
         out: list[Entry] = []
-        new = tuple.__new__  # (a named tuple's own __new__ is a Python call: ~30% slower)
+        new = tuple.__new__  # (a named tuple's own __new__ is a Python call: slower)
         for at in range(0, len(kvs), _DECODE_SLICE):
             out.extend(
                 new(Entry, (_str(kv.key), kv.value, kv.mod_revision, kv.lease))

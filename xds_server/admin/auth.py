@@ -1,6 +1,6 @@
 """Bearer tokens, roles and namespace scopes of the admin API (``meshd --tokens FILE``).
 
-Tokens file, YAML or JSON (interfaces.md)::
+Tokens file, YAML or JSON (``docs/admin-api.md``)::
 
     {"tokens": [{"token": "s3cret", "role": "editor", "namespaces": ["*"]},
                 {"token": "look", "role": "viewer", "namespaces": ["auth"]}]}
@@ -86,7 +86,7 @@ def parse_tokens(data: object, source: str = "tokens file") -> list[tuple[str, P
 
 def load_tokens(path: str | Path) -> Authenticator:
     """Read a tokens file; ValueError with the file and field on any problem."""
-    import yaml  # (here: PyYAML costs ~15-20 ms of every meshd start, most without tokens)
+    import yaml  # (here: importing PyYAML slows every meshd start, most without tokens)
 
     try:
         data = yaml.safe_load(Path(path).read_text())

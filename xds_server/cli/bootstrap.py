@@ -213,7 +213,7 @@ def render(d: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
     """Serialize a bootstrap dict as YAML or JSON text, keys in insertion order."""
     if fmt == "yaml":
         # (imported here: meshd imports this module at start for its constants, and
-        # PyYAML costs ~15-20 ms of a cold start that never renders a bootstrap)
+        # importing PyYAML would slow a cold start that never renders a bootstrap)
         import yaml
 
         class NoAliasDumper(yaml.SafeDumper):

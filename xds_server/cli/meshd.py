@@ -28,12 +28,11 @@ ETCD_WAIT_REPEAT = 30.0
 
 GC_YOUNG_THRESHOLD = 50_000
 """Net new container objects that trigger a young-generation collection (Python's default
-is 700). A push to 1,000 streams keeps tens of thousands of short-lived objects alive at
-once (coroutine frames, futures, responses), so at 700 the collector ran ~40 times a
-second under the churn benchmark, each pass promoting what was in flight to older
-generations: 3.4 s of 35 s went to collecting, with full passes of up to 150 ms. At
-50,000 it runs when the live heap really grows (a few times per run); reference counting
-still frees everything acyclic at once."""
+is 700). A push to many streams keeps a great many short-lived objects alive at once
+(coroutine frames, futures, responses), so at 700 the collector runs over and over during
+a push, each pass promoting what was in flight to older generations, which later full
+passes must scan again. At 50,000 it runs when the live heap really grows; reference
+counting still frees everything acyclic at once."""
 
 
 def _env(name: str, default: str | None) -> str | None:

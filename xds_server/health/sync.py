@@ -143,8 +143,8 @@ class HealthSync:
     async def _write_verdicts(self) -> None:
         desired: dict[str, bytes] = {}
         monitor = self.health.monitor
-        # Only HDS-checked services have verdicts: walking every service of a 10,000-service
-        # registry on each sync would cost half a second for nothing.
+        # Only HDS-checked services have verdicts: walking every service of a large registry
+        # on each sync would cost time in proportion to the registry for nothing.
         for sh in (h for ref in monitor.probed() for h in monitor.services(ref)):
             for ep in sh.endpoints:
                 if ep.status in (Status.UNKNOWN,) or sh.mode != "hds":

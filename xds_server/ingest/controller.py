@@ -59,11 +59,11 @@ def _size(batch: list[tuple[float, Input]]) -> int:
 
 @contextlib.contextmanager
 def _collector_paused(pause: bool) -> Iterator[None]:
-    """Pause the cyclic garbage collector for a big batch (a cold start lists 110,000
-    entries): the model and resources built are acyclic, and every young-generation pass
-    would rescan the growing heap (~1.3 s of a 4 s cold apply). It runs again after, with
-    what exists then frozen: the millions of objects allocated meanwhile would otherwise
-    all sit in the young generation, and its next pass (~0.3 s) would stall the first
+    """Pause the cyclic garbage collector for a big batch (a cold start lists every entry
+    of the registry): the model and resources built are acyclic, and every young-generation
+    pass would rescan the growing heap, a large share of a cold apply. It runs again after,
+    with what exists then frozen: the millions of objects allocated meanwhile would
+    otherwise all sit in the young generation, and its next pass would stall the first
     pushes. Frozen objects are still freed by reference counting when dropped."""
     if not pause or not gc.isenabled():
         yield

@@ -16,8 +16,8 @@ Either way the key's last good value stays in force when there is one that
 still resolves (``Problem.last_good_kept``), and nothing bad reaches Envoy.
 
 The state is mutated in place by its one owner (the controller task); it is not
-copied per revision because a registry of 100,000 endpoints would make that
-cost more than the change itself.
+copied per revision because for a large registry that would cost more than the
+change itself.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class _Dirty:
     """Keys to resolve, by kind, each kind in the order its keys came.
 
     Sorted by kind as they are stored, not in a pass of their own afterwards: a cold start
-    stores 110,000 keys, and a second walk to look up each key's kind was ~4% of its fold.
+    stores every key of the registry, and a second walk would look up each key's kind again.
     Walking them in the order they came, where their values were allocated one after the
     other, takes about half the time it takes in hash order.
     """
@@ -156,7 +156,7 @@ class RegistryState:
                     seen.add(e.key)
                 if raw.get(e.key) != e.mod_revision:
                     ref = store(e.key, e.value, e.mod_revision, e.lease)
-                    # (dirty.add, inlined: a cold start stores 110,000 keys here)
+                    # (dirty.add, inlined: a cold start stores every key of the registry here)
                     (by_kind[ref.kind] if ref is not None else orphans)[e.key] = None
             if update.more:
                 return ChangeSet(revision=self.revision)
@@ -198,7 +198,7 @@ class RegistryState:
 
     def _ref(self, key: str) -> KeyRef | None:
         """What a key names (None: nothing). Parsed again rather than kept: only deleted
-        keys need it, and a map of 110,000 refs held ~14 MB."""
+        keys need it, and a map of a ref per key would hold memory in proportion to the registry."""
         try:
             return parse_key(key, self.prefix)
         except ValidationError:
@@ -257,7 +257,7 @@ class RegistryState:
                 self._listener_keys.discard(key)
 
     def _resolve_endpoints(self, keys: Iterable[str], changes: ChangeSet) -> None:
-        """:meth:`_resolve_key` for endpoint keys, the bulk of a registry (100,000 at a cold
+        """:meth:`_resolve_key` for endpoint keys, the bulk of a registry (and of a cold
         start): a valid endpoint of a registered service, with no problem to clear, is put
         in force inline; anything else takes :meth:`_resolve_key`."""
         latest, force, schema, problems = (

@@ -3,8 +3,8 @@
 Only ingest holds the mutable :class:`~xds_server.ingest.state.RegistryState` (the
 controller folds updates into it). Translation, the admin API, health and topology read
 it through :class:`RegistryView`, which names what they may read: the mappings are the
-state's own (no copy is made per batch; a registry of 100,000 endpoints would make that
-cost more than the change), typed read-only so that no reader writes through them.
+state's own (no copy is made per batch; for a large registry that would cost more than
+the change), typed read-only so that no reader writes through them.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ _LABEL_KEY = re.compile(
 class Endpoint(NamedTuple):
     """A validated Endpoint entry. ``port`` ``None`` means the service's port.
 
-    A named tuple, not a frozen dataclass like the other entities: a cold start builds
-    100,000 of them, and a tuple is built ~4x faster. Immutable and hashable all the same.
+    A named tuple, not a frozen dataclass like the other entities: a cold start builds one
+    per endpoint, the bulk of a registry, and a tuple is built much faster. Immutable and
+    hashable all the same.
     """
 
     service: ServiceRef
@@ -54,10 +55,10 @@ _new = tuple.__new__
 def canonical_ip(address: str) -> str | None:
     """The canonical spelling of an IPv4/IPv6 address, or None when it is not one.
 
-    inet_pton/inet_ntop run in C: a cold start parses 100,000 endpoint addresses, and
-    the ipaddress module costs ~15 us each. Zone ids (``fe80::1%eth0``) are rejected.
-    Not memoized: a registry's addresses are nearly all distinct, and a memo of 100,000
-    of them held ~10 MB while saving nothing.
+    inet_pton/inet_ntop run in C: a cold start parses every endpoint address, and the
+    ipaddress module is far slower. Zone ids (``fe80::1%eth0``) are rejected.
+    Not memoized: a registry's addresses are nearly all distinct, and a memo of them
+    would hold memory in proportion to the registry while saving nothing.
     """
     try:
         _pton(_AF_INET, address)
@@ -65,7 +66,7 @@ def canonical_ip(address: str) -> str | None:
         pass
     else:
         # inet_pton takes only the dotted quad without leading zeros (glibc, BSD), which is
-        # already canonical: no inet_ntop round trip (~0.6 us of each endpoint's decode).
+        # already canonical: no inet_ntop round trip in each endpoint's decode.
         return address
     try:
         return socket.inet_ntop(_AF_INET6, _pton(_AF_INET6, address))
@@ -111,14 +112,14 @@ def decode_endpoint(
 ) -> Endpoint | None:
     """The common case decoded and checked in C (msgspec), or None for the strict path.
 
-    A cold start reads 100,000 endpoint values: json + a dict walk cost ~3 us each,
-    msgspec ~0.3 us. This accepts only values :func:`parse_endpoint` accepts, with the
+    A cold start reads every endpoint value, and msgspec decodes and checks one far faster
+    than json and a dict walk. This accepts only values :func:`parse_endpoint` accepts, with the
     same outcome (``tests/test_state_props.py`` checks it with hypothesis); anything
     unusual (null fields, DNS names, errors) returns None, so every error still comes
     from the strict path with its messages.
     """
-    # fast_decode's checks, inlined: its call was ~1% of a cold start's fold (callgrind,
-    # 300 services x 10 endpoints), paid once per endpoint.
+    # fast_decode's checks, inlined: a call of its own would be paid once per endpoint of
+    # a cold start's fold.
     if len(raw) > MAX_VALUE_BYTES:
         return None
     try:
@@ -134,7 +135,7 @@ def decode_endpoint(
             if not _LABEL_KEY.fullmatch(key):
                 return None
         pairs = tuple(sorted(v.labels.items()))
-    # (tuple.__new__: a named tuple's own __new__ is a Python call, ~30% slower)
+    # (tuple.__new__: a named tuple's own __new__ is a Python call, slower)
     return _new(
         Endpoint,
         (service, endpoint_id, canonical, v.port, v.weight, pairs, v.zone, v.draining, lease),

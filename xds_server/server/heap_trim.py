@@ -1,13 +1,12 @@
 """Give memory freed after a burst back to the OS (glibc ``malloc_trim``).
 
-A burst of work allocates far more than meshd keeps: 2,000 proxies connecting each get
+A burst of work allocates far more than meshd keeps: many proxies connecting each get
 the full config (gRPC copies every response into its own buffers until the socket takes
-it), and a cold start translates 100,000 endpoints. When the burst is over, glibc keeps
+it), and a cold start translates every endpoint. When the burst is over, glibc keeps
 most of what was freed: the main heap only shrinks from its top, and free chunks in the
 middle, and in gRPC's thread arenas, stay resident. ``malloc_trim(0)`` walks every arena
-and returns the free pages inside it too (``madvise(MADV_DONTNEED)``). Measured with 500
-SotW clients of a 1,000-service config: meshd's RSS fell from 117 to 102 MB (99.5 to
-67.8 KB per client over its baseline).
+and returns the free pages inside it too (``madvise(MADV_DONTNEED)``), so meshd's RSS
+falls back towards what it really holds.
 
 :class:`TrimSchedule` decides *when* (pure, clock passed in): once activity has been quiet
 for ``quiet`` seconds, or ``max_delay`` after the first unanswered poke if it never goes
@@ -37,7 +36,7 @@ def load_malloc_trim() -> TrimFn | None:
     """``malloc_trim(0)`` from the C library, or ``None`` where there is none."""
     try:
         # The symbols already loaded into this process (libc among them): no search for
-        # the library file (``ctypes.util.find_library`` runs ``ldconfig``, ~2 ms).
+        # the library file (``ctypes.util.find_library`` runs ``ldconfig``, a subprocess).
         fn = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return None

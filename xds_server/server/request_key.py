@@ -1,8 +1,8 @@
 """A cheap identity for the subscription a SotW DiscoveryRequest repeats. Pure.
 
-Envoy repeats its whole subscription in every ACK: 10,000 cluster names at 10,000
-services. Comparing them as Python strings costs ~2 ms per ACK; hashing the request's
-bytes, minus the two fields that change from ACK to ACK (``version_info`` and
+Envoy repeats its whole subscription in every ACK: a cluster name per service. Comparing
+them as Python strings costs time in proportion to the registry on every ACK; hashing the
+request's bytes, minus the two fields that change from ACK to ACK (``version_info`` and
 ``response_nonce``), costs a fraction of that, in C. Two requests with equal keys carry
 byte-identical resource names (and node and type), so the subscription is unchanged.
 
@@ -48,7 +48,7 @@ def subscription_key(data: bytes, req: discovery_pb2.DiscoveryRequest) -> bytes 
 
 
 def _digest(middle: memoryview, tail: bytes) -> bytes:
-    # SHA-1 runs in hardware here (~3x blake2b on 300 KB); a key only has to tell one
+    # SHA-1 runs in hardware on common CPUs (faster than blake2b); a key only has to tell one
     # proxy's consecutive requests apart, not resist an adversary.
     h = hashlib.sha1(middle, usedforsecurity=False)
     h.update(tail)
@@ -56,11 +56,10 @@ def _digest(middle: memoryview, tail: bytes) -> bytes:
 
 
 LIGHT_MIN_BYTES = 64 * 1024
-"""ACKs this big (~4,000 names and more) are read by :func:`light_request` first: parsing
-and keying 10,000 names costs ~0.65 ms, the light read ~0.12 ms. Below it the light read
-also saves CPU (47 -> 21 us at 1,000 names), but with it meshd's RSS with 2,000 SotW clients
-of 1,000 names measured ~15 KB per client higher (90 against 73 KB, five runs each; why
-is not found), so small requests keep the plain parse."""
+"""ACKs this big (thousands of names) are read by :func:`light_request` first: it costs a
+fraction of parsing and keying every name. Below it the light read also saves CPU, but
+with it meshd's RSS per SotW client was measured higher (why is not found), so small
+requests keep the plain parse."""
 
 _TYPE_FIELDS = [string_field(4, t) for t in TYPE_ORDER]
 _TAIL_BYTES = 512  # a type URL field (~70 bytes) and a nonce field, with room to spare

@@ -1,7 +1,7 @@
 """Fast path: Cluster bytes from a template per service shape.
 
-A cold start translates 10,000 services and more, and building each Cluster as an upb
-message and serializing it costs ~20 us in Python. A service's clusters differ from those
+A cold start translates every service, and building each Cluster as an upb message and
+serializing it is slow in Python. A service's clusters differ from those
 of every other service of the same *shape* (load balancing, timeouts, circuit breakers,
 outlier detection, health check, protocol) only in their name, which the Cluster holds
 twice: ``name`` (field 1) and ``eds_cluster_config.service_name`` (field 3, its field 2).

@@ -69,7 +69,7 @@ _MATCH_ALL = string_field(1, string_field(1, "/"))
 @functools.lru_cache(maxsize=_MEMO)
 def _default_route_field(ref: ServiceRef, affinity: SessionAffinity | None) -> bytes:
     """A service's default route as a ``VirtualHost.routes`` field. Without session
-    affinity (the common case: a cold start writes 10,000 of them) it is written here, at
+    affinity (the common case: a cold start writes one per service) it is written here, at
     about a third of the message API's cost: Route{match=1, route=2 RouteAction{cluster=1},
     name=14}, as :func:`~xds_server.translate.route.default_route` builds it."""
     if affinity is not None:
