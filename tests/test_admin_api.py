@@ -8,7 +8,7 @@ import json
 import grpc
 import pytest
 
-from tests.fixtures_admin import AdminMesh, entry, rpc_error, seed
+from tests.support.fixtures_admin import AdminMesh, entry, rpc_error, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.entries import spec_json
 from xds_server.ingest.registry import Entry

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.fixtures_admin import AdminMesh, bearer, entry, rpc_error, seed
+from tests.support.fixtures_admin import AdminMesh, bearer, entry, rpc_error, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import load_tokens, parse_tokens
 from xds_server.admin.server import check_exposure, is_loopback

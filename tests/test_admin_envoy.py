@@ -12,9 +12,9 @@ import pytest
 from envoy.config.route.v3 import route_pb2
 
 from integration.harness import EnvoyProcess, free_port
-from tests.fixtures_admin import AdminMesh, entry, seed
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.test_meshctl import meshctl
+from tests.support.fixtures_admin import AdminMesh, entry, seed
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.meshctl import meshctl
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.resources import ROUTE

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures_admin import AdminMesh, entry, seed
+from tests.support.fixtures_admin import AdminMesh, entry, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.service import SERVICE_NAME
 

@@ -13,8 +13,8 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from envoy.type.matcher.v3 import node_pb2
 from google.rpc import status_pb2
 
-from tests.fixtures_admin import AdminMesh, entry, seed
-from tests.xds_client import sotw_client
+from tests.support.fixtures_admin import AdminMesh, entry, seed
+from tests.support.xds_client import sotw_client
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.resources import CLUSTER, LISTENER, ROUTE
 

@@ -14,10 +14,10 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from tests.test_meshctl import meshctl
-from tests.test_metrics import scrape
-from tests.test_stream import BASE
-from tests.xds_client import RawAds, running_meshd, sotw_client
+from tests.support.meshctl import meshctl
+from tests.support.metrics import scrape
+from tests.support.stream_mesh import BASE
+from tests.support.xds_client import RawAds, running_meshd, sotw_client
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
 from xds_server.resources import CLUSTER, LISTENER

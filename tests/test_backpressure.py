@@ -10,7 +10,7 @@ import sys
 import time
 
 from adapters.memory import MemoryRegistry
-from tests.xds_client import sotw_client
+from tests.support.xds_client import sotw_client
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.resources import CLUSTER
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from integration.backend import Backend
-from tests.behaviour_mesh import Mesh
+from tests.support.behaviour_mesh import Mesh
 
 pytestmark = [pytest.mark.envoy, pytest.mark.etcd]
 

@@ -13,7 +13,7 @@ import pytest
 
 from integration.grpc_backend import WHO_METHOD, serve
 from integration.tcp_echo import TcpEcho
-from tests.behaviour_mesh import Mesh
+from tests.support.behaviour_mesh import Mesh
 
 pytestmark = [pytest.mark.envoy, pytest.mark.etcd]
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.behaviour_mesh import Mesh
+from tests.support.behaviour_mesh import Mesh
 
 pytestmark = [pytest.mark.envoy, pytest.mark.etcd]
 

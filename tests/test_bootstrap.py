@@ -30,7 +30,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from integration.harness import envoy_binary, wait_for
-from tests.fixtures_envoy import EnvoyFactory
+from tests.support.fixtures_envoy import EnvoyFactory
 from xds_server.cli.bootstrap import XDS_CLUSTER, bootstrap, render
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.golden import translate
-from tests.test_envoy_accepts_props import registries
+from tests.support.golden import translate
+from tests.support.registry_strategies import registries
 from xds_server.ingest.registry import Entry
 from xds_server.model import Service
 from xds_server.model.names import cluster_name

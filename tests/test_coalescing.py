@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 
-from tests.test_stream import BASE
-from tests.xds_client import running_meshd, sotw_client
+from tests.support.stream_mesh import BASE
+from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.app import MeshApp
 from xds_server.resources import ENDPOINT
 

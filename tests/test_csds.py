@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from envoy.type.matcher.v3 import node_pb2, struct_pb2, value_pb2
 
-from tests.fixtures_admin import AdminMesh, entry, seed
+from tests.support.fixtures_admin import AdminMesh, entry, seed
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.resources import CLUSTER, LISTENER
 

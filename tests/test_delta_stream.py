@@ -8,7 +8,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_stream import BASE, Mesh
+from tests.support.stream_mesh import BASE, Mesh
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from integration.scenario import split_entries
-from tests.e2e import Load, Rig, make_rig
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.test_meshctl import meshctl
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.meshctl import meshctl
+from tests.support.rig import Load, Rig, make_rig
 
 pytestmark = [pytest.mark.etcd, pytest.mark.envoy]
 

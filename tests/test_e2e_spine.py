@@ -8,9 +8,7 @@ import json
 import time
 
 from integration.scenario import split_route
-from tests.e2e import Load, Rig, rig
-
-__all__ = ["rig"]
+from tests.support.rig import Load, Rig
 
 
 async def test_split_90_10_and_live_change_through_etcdctl(rig: Rig) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_stream import Mesh
+from tests.support.stream_mesh import Mesh
 from xds_server.model import Endpoint, Service, ServiceRef
 from xds_server.translate import eds_wire, translator
 from xds_server.translate.endpoint import build_cla, encode_cla, plan

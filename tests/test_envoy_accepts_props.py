@@ -16,204 +16,23 @@ from __future__ import annotations
 
 import json
 import os
-import string
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from tests.golden import translate
-from tests.test_translate_envoy_validate import envoy_validate, static_bootstrap
+from tests.support.envoy_validate import envoy_validate, static_bootstrap
+from tests.support.golden import translate
+from tests.support.registry_strategies import registries
 from xds_server.ingest.registry import Entry
-from xds_server.model.route import METHODS, RETRY_ON
-from xds_server.model.service import ALGORITHMS, MAX_MS, PROTOCOLS
 
 pytestmark = pytest.mark.envoy
 
 # ENVOY_PROPS_EXAMPLES=1000 for a longer hunt; the default keeps the suite's share ~10 s.
 EXAMPLES = int(os.environ.get("ENVOY_PROPS_EXAMPLES", "100"))
 PARALLEL = 4
-
-NAMESPACES = ["default", "ns1"]
-SERVICES = ["web", "api", "raw"]
-LISTENERS = ["public", "edge", "tcp1"]
-LABELS = st.dictionaries(
-    st.sampled_from(["version", "zone", "tier"]), st.sampled_from(["v1", "v2", "a"]), max_size=2
-)
-SELECTOR = st.dictionaries(
-    st.sampled_from(["version", "zone"]), st.sampled_from(["v1", "v2"]), min_size=1
-)
-U31 = 2**31 - 1
-TOKEN = st.text(alphabet=string.ascii_letters + string.digits + "-_.!#$%&'*+^`|~", min_size=1)
-
-
-def opt(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """A JSON object with any subset of ``fields``."""
-    return st.fixed_dictionaries({}, optional=fields)
-
-
-def ref() -> st.SearchStrategy[str]:
-    return st.one_of(
-        st.sampled_from(SERVICES),
-        st.builds("{}/{}".format, st.sampled_from(NAMESPACES), st.sampled_from(SERVICES)),
-    )
-
-
-PERCENT = st.integers(0, 100)
-STATUS = st.integers(200, 599)
-DURATION = st.one_of(st.integers(1, 5000), st.integers(1, MAX_MS))
-AFFINITY = st.one_of(
-    opt(ttl_ms=st.integers(0, MAX_MS)).map(lambda d: {"cookie": "SESSIONID", **d}),
-    st.builds(lambda name: {"cookie": name}, TOKEN),
-    st.builds(lambda name: {"header": name}, TOKEN),
-    st.just({"source_ip": True}),
-)
-HASHING = st.sampled_from(["ring_hash", "maglev"])
-SERVICE = st.fixed_dictionaries(
-    # Mostly valid (so that routes resolve); the optional fields span the model's ranges.
-    {"port": st.integers(1, 65535)},
-    optional=dict(
-        protocol=st.sampled_from([*PROTOCOLS, "http", "http"]),
-        connect_timeout_ms=DURATION,
-        load_balancer=st.one_of(
-            opt(algorithm=st.sampled_from(ALGORITHMS)),
-            st.fixed_dictionaries({"algorithm": HASHING, "session_affinity": AFFINITY}),
-            opt(algorithm=st.sampled_from(ALGORITHMS), session_affinity=AFFINITY),
-        ),
-        circuit_breaker=opt(
-            max_connections=st.integers(1, U31),
-            max_pending_requests=st.integers(1, U31),
-            max_requests=st.integers(1, U31),
-            max_retries=st.integers(0, U31),
-        ),
-        outlier_detection=opt(
-            consecutive_5xx=st.integers(1, 1000),
-            interval_ms=DURATION,
-            base_ejection_time_ms=DURATION,
-            max_ejection_percent=st.integers(0, 100),
-        ),
-        health_check=opt(
-            path=st.text(max_size=12).map(lambda s: "/" + s),
-            interval_ms=DURATION,
-            timeout_ms=DURATION,
-            healthy_threshold=st.integers(1, 1000),
-            unhealthy_threshold=st.integers(1, 1000),
-            every_proxy=st.booleans(),
-        ),
-        subsets=st.fixed_dictionaries(
-            {"v1": SELECTOR, "v2": SELECTOR}, optional={"canary": SELECTOR}
-        ),
-    ),
-)
-ENDPOINT = st.fixed_dictionaries(
-    {"address": st.one_of(st.ip_addresses().map(str), st.just("127.0.0.1"))},
-    optional={
-        "port": st.integers(1, 65535),
-        "weight": st.integers(1, 1000),
-        "labels": LABELS,
-        "zone": st.text(max_size=8),
-        "draining": st.booleans(),
-    },
-)
-LISTENER = st.fixed_dictionaries(
-    {"port": st.sampled_from([10000, 10001, 65535])},
-    optional={
-        "address": st.one_of(st.just("127.0.0.1"), st.ip_addresses().map(str)),
-        "protocol": st.sampled_from(["http", "tcp"]),
-        "service": ref(),
-        "nodes": st.lists(st.sampled_from(["*", "gateway", "side*"]), min_size=1, max_size=2),
-    },
-)
-PATH = st.text(max_size=12).map(lambda s: "/" + s)
-REGEX = st.text(alphabet="ab/.*+?()|^$[]\\d{},0-9-", max_size=12)
-MATCH = st.one_of(
-    st.builds(lambda p: {"prefix": p}, PATH),
-    st.builds(lambda p: {"path": p}, PATH),
-    st.builds(lambda r: {"regex": r}, REGEX),
-).flatmap(
-    lambda m: opt(
-        headers=st.dictionaries(
-            st.sampled_from(["x-canary", ":authority", "content-type", "x-user"]),
-            st.text(max_size=8),
-            max_size=2,
-        ),
-        methods=st.lists(st.sampled_from(METHODS), max_size=3),
-    ).map(lambda extra: {**m, **extra})
-)
-DESTINATION = st.fixed_dictionaries(
-    {"service": ref()},
-    optional={"subset": st.sampled_from(["v1", "v2", "canary"]), "weight": st.integers(0, 10000)},
-)
-ROUTE = st.fixed_dictionaries(
-    {
-        "listener": st.sampled_from([*LISTENERS, "*", "e*"]),
-        "destinations": st.lists(DESTINATION, min_size=1, max_size=3),
-    },
-    optional={
-        "hosts": st.lists(
-            st.sampled_from(
-                ["*", "*.example.com", "example.com", "a.b:8080", "web.default", "x.*"]
-            ),
-            min_size=1,
-            max_size=3,
-        ),
-        "match": MATCH,
-        "timeout_ms": st.integers(0, MAX_MS),
-        "retries": opt(
-            on=st.lists(st.sampled_from(RETRY_ON), min_size=1, max_size=3),
-            per_try_timeout_ms=DURATION,
-        ).map(lambda d: {"attempts": 3, **d}),
-        "priority": st.integers(-(2**31), U31),
-        "rate_limit": st.fixed_dictionaries(
-            {"requests_per_minute": st.integers(1, 10**9)},
-            optional={"burst": st.integers(1, 10**9)},
-        ),
-        "mirror": st.fixed_dictionaries(
-            {"service": ref()},
-            optional={"subset": st.sampled_from(["v1", "v2"]), "percent": st.integers(0, 100)},
-        ),
-        "fault": st.one_of(
-            # Mostly coherent halves, sometimes any combination (validation sorts it out).
-            st.fixed_dictionaries({"abort_percent": PERCENT, "abort_status": STATUS}),
-            st.fixed_dictionaries({"delay_percent": PERCENT, "delay_ms": DURATION}),
-            st.fixed_dictionaries(
-                {
-                    "abort_percent": PERCENT,
-                    "abort_status": STATUS,
-                    "delay_percent": PERCENT,
-                    "delay_ms": DURATION,
-                }
-            ),
-            opt(
-                abort_percent=PERCENT,
-                abort_status=STATUS,
-                delay_percent=PERCENT,
-                delay_ms=DURATION,
-            ),
-        ),
-    },
-)
-
-
-@st.composite
-def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
-    """Registry content: key -> JSON value, across two namespaces."""
-    out: dict[str, dict[str, Any]] = {}
-    for ns in NAMESPACES:
-        # Most services exist, so that most routes' references resolve.
-        for name in [n for n in SERVICES if draw(st.integers(0, 9)) > 1]:
-            out[f"/mesh/services/{ns}/{name}"] = draw(SERVICE)
-            for i in range(draw(st.integers(0, 3))):
-                out[f"/mesh/endpoints/{ns}/{name}/e{i}"] = draw(ENDPOINT)
-        for i in range(draw(st.integers(0, 4))):
-            out[f"/mesh/routes/{ns}/r{i}"] = draw(ROUTE)
-    for name in draw(st.lists(st.sampled_from(LISTENERS), unique=True, min_size=1)):
-        out[f"/mesh/listeners/{name}"] = draw(LISTENER)
-    return out
-
 
 _SETTINGS: dict[str, Any] = {
     "deadline": None,

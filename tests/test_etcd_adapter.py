@@ -13,7 +13,7 @@ import pytest
 from aetcd import rpc
 
 from adapters.etcd import EmbeddedEtcd, EmbeddedEtcdError, EtcdRegistry
-from tests.fixtures_etcd import RegistryView
+from tests.support.fixtures_etcd import RegistryView
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.ingest.registry import Reset
 

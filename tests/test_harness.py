@@ -24,7 +24,7 @@ from integration.harness import (
     http_get,
     wait_for,
 )
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 
 pytestmark = pytest.mark.envoy
 

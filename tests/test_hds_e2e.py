@@ -9,23 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from adapters.etcd import EmbeddedEtcd, EtcdRegistry
-from integration.harness import BackendProcess, EnvoyProcess, free_port
-from tests.e2e import Load
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.test_meshctl import meshctl
-from xds_server.app import MeshApp, MeshConfig
+from integration.harness import BackendProcess, EnvoyProcess
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.hds_mesh import INTERVAL_MS, Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
+from tests.support.meshctl import meshctl
+from tests.support.rig import Load
+from xds_server.app import MeshApp
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.health.aggregate import Status
 
-INTERVAL_MS = 1000
 UNHEALTHY_THRESHOLD = 2
 BUDGET = INTERVAL_MS / 1000 * UNHEALTHY_THRESHOLD + 2.0  # the issue's bound, in seconds
 
@@ -41,48 +36,6 @@ def web_service() -> dict[str, Any]:
             "unhealthy_threshold": UNHEALTHY_THRESHOLD,
         },
     }
-
-
-@dataclass
-class Mesh:
-    etcd: EmbeddedEtcd
-    registry: EtcdRegistry
-    apps: list[MeshApp]
-    listener_port: int
-
-    async def put(self, key: str, value: dict[str, Any]) -> None:
-        await self.registry.put(self.registry.prefix + key, json.dumps(value).encode())
-
-
-@pytest.fixture(name="mesh")
-async def mesh_fixture(tmp_path: Path) -> AsyncIterator[Mesh]:
-    """etcd with a registry client; meshd replicas started by the test, all stopped after."""
-    etcd = EmbeddedEtcd(tmp_path / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
-    await etcd.start()
-    registry = EtcdRegistry(etcd.endpoint)
-    m = Mesh(etcd, registry, [], free_port())
-    try:
-        yield m
-    finally:
-        for app in m.apps:
-            await app.stop(grace=0.2)
-        await registry.close()
-        etcd.stop()
-
-
-async def start_meshd(mesh: Mesh) -> MeshApp:
-    app = MeshApp(
-        mesh.registry,
-        MeshConfig(
-            xds=f"127.0.0.1:{free_port()}",
-            metrics=None,
-            report_interval_ms=INTERVAL_MS,
-            admin="127.0.0.1:0",  # for meshctl health / topology
-        ),
-    )
-    await app.start()
-    mesh.apps.append(app)
-    return app
 
 
 async def seed_web(mesh: Mesh, ports: list[int]) -> None:

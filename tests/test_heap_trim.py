@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_stream import BASE
-from tests.xds_client import running_meshd, sotw_client
+from tests.support.stream_mesh import BASE
+from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.server import heap_trim
 from xds_server.server.heap_trim import HeapTrimmer, TrimSchedule, load_malloc_trim, rss_bytes
 

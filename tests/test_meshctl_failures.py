@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from adapters.etcd import EmbeddedEtcd
-from tests.fixtures_admin import AdminMesh, running_admin
-from tests.test_meshctl import MANIFEST, meshctl
-from tests.xds_client import sotw_client
+from tests.support.fixtures_admin import AdminMesh, running_admin
+from tests.support.meshctl import MANIFEST, meshctl
+from tests.support.xds_client import sotw_client
 from xds_server.admin.auth import Authenticator
 
 pytestmark = pytest.mark.etcd

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.debian_tools import ensure
-from tests.fixtures_admin import AdminMesh, spawn_meshctl
-from tests.test_admin_health import feed_load, report, seed_mesh
-from tests.test_meshctl import meshctl
+from tests.support.debian_tools import ensure
+from tests.support.fixtures_admin import AdminMesh
+from tests.support.health_feed import feed_load, report, seed_mesh
+from tests.support.meshctl import meshctl, spawn_meshctl
 
 pytestmark = pytest.mark.etcd
 

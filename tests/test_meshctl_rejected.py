@@ -16,8 +16,8 @@ import pytest
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import free_port
-from tests.fixtures_admin import AdminMesh
-from tests.test_meshctl import meshctl
+from tests.support.fixtures_admin import AdminMesh
+from tests.support.meshctl import meshctl
 from xds_server.admin.api import admin_pb2_grpc
 from xds_server.app import MeshApp, MeshConfig
 

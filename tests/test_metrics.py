@@ -12,23 +12,14 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.config.core.v3 import base_pb2 as core_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_stream import BASE
-from tests.xds_client import running_meshd, sotw_client
+from tests.support.metrics import scrape
+from tests.support.stream_mesh import BASE
+from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import ProxyTarget, RecentTargets, sd_document
 from xds_server.resources import CLUSTER
 from xds_server.server.ads import admin_address
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 async def test_metrics_after_pushes_and_a_rejected_entry() -> None:

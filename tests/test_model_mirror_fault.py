@@ -9,7 +9,7 @@ import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 
-from tests.golden import translate, unpack
+from tests.support.golden import translate, unpack
 from xds_server.ingest.registry import Entry
 from xds_server.model import Fault, Mirror, Problem, Route, ServiceRef, parse_entry
 from xds_server.resources import ROUTE

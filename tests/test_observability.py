@@ -32,7 +32,7 @@ import yaml
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import free_port, http_get
 from integration.scenario import seed
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
 
@@ -45,7 +45,7 @@ RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval is with 1 s scrapes, ro
 sys.path.insert(0, str(OBS))
 import generate as dashboards  # noqa: E402  (observability/generate.py is a script)
 
-from tests.debian_tools import ensure  # noqa: E402
+from tests.support.debian_tools import ensure  # noqa: E402
 
 
 def prometheus_tools() -> tuple[str, str]:

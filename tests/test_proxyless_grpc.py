@@ -15,7 +15,7 @@ import pytest
 
 from adapters.memory import MemoryRegistry
 from integration.grpc_backend import serve
-from tests.xds_client import running_meshd
+from tests.support.xds_client import running_meshd
 from xds_server.app import MeshApp
 
 CLIENT = textwrap.dedent(

@@ -7,9 +7,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.golden import translate
-from tests.route_reference import build_proxyless_route_configuration, build_route_configuration
-from tests.test_envoy_accepts_props import registries
+from tests.support.golden import translate
+from tests.support.registry_strategies import registries
+from tests.support.route_reference import (
+    build_proxyless_route_configuration,
+    build_route_configuration,
+)
 from xds_server.ingest.registry import Entry
 from xds_server.translate.rds_wire import route_config_bytes
 

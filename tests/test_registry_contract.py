@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from adapters.memory import MemoryRegistry
-from tests.fixtures_etcd import RegistryView
+from tests.support.fixtures_etcd import RegistryView
 from xds_server.errors import RegistryConflict, RegistryUnavailable
 from xds_server.ingest.registry import Changes, Registry, Reset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.memory import MemoryRegistry
-from tests.fixtures_etcd import RegistryView
+from tests.support.fixtures_etcd import RegistryView
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.ingest.registry import Changes, Reset
 

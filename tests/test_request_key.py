@@ -67,7 +67,7 @@ def test_equal_keys_mean_equal_names(
 
 def _sotw_stream(services: list[str]) -> tuple[SotwStream, list[str]]:
     """A SotW stream on a mesh of these services (default namespace), and their clusters."""
-    from tests.test_stream import Mesh
+    from tests.support.stream_mesh import Mesh
 
     mesh = Mesh({f"services/default/{name}": {"port": 80} for name in services})
     s, _ = mesh.stream()

@@ -23,12 +23,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.e2e import Rig, rig
-from tests.test_stream import BASE
-from tests.xds_client import RawAds, running_meshd, sotw_client
+from tests.support.rig import Rig
+from tests.support.stream_mesh import BASE
+from tests.support.xds_client import RawAds, running_meshd, sotw_client
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-
-__all__ = ["rig"]
 
 REWARM_WITHIN = 5.0
 """Seconds: far below Envoy's 15 s initial_fetch_timeout, far above a normal push."""

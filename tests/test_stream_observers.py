@@ -8,8 +8,8 @@ import asyncio
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.test_stream import BASE
-from tests.xds_client import RawAds, running_meshd
+from tests.support.stream_mesh import BASE
+from tests.support.xds_client import RawAds, running_meshd
 from xds_server.cache import Watcher
 from xds_server.resources import LISTENER
 from xds_server.server.base import RequestOutcome

@@ -20,10 +20,10 @@ from envoy.service.health.v3 import hds_pb2
 from envoy.service.load_stats.v3 import lrs_pb2
 
 from integration.harness import free_port
-from tests.e2e import Load
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.test_hds_e2e import Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
-from tests.test_meshctl import meshctl
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.hds_mesh import Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
+from tests.support.meshctl import meshctl
+from tests.support.rig import Load
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.topology.lrs import LRS_SERVICE
 

@@ -13,8 +13,8 @@ import pytest
 
 from integration.harness import free_port, http_get
 from integration.zipkin_receiver import SPANS_PATH, ZipkinReceiver
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.xds_client import running_meshd
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.xds_client import running_meshd
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.errors import ValidationError
 from xds_server.ingest.registry import Entry, Reset

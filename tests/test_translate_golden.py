@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.golden import (
+from tests.support.golden import (
     KINDS,
     TESTDATA,
     cases,

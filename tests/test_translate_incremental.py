@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 
-from tests.golden import PREFIX, cases, load_entries
-from tests.test_state_props import Op, histories
+from tests.support.golden import PREFIX, cases, load_entries
+from tests.support.histories import Op, histories
 from xds_server.ingest.registry import Changes, Entry, Event
 from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.translate import Delta, Translator

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from adapters.etcd import EmbeddedEtcd, find_etcd_binary
-from tests.fixtures_admin import AdminMesh, running_admin
-from tests.test_meshctl import MANIFEST, meshctl
+from tests.support.fixtures_admin import AdminMesh, running_admin
+from tests.support.meshctl import MANIFEST, meshctl
 from xds_server.admin.auth import Authenticator
 
 pytestmark = pytest.mark.etcd

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -83,18 +82,6 @@ async def rpc_error(call: Any) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     return info.value.code(), info.value.details() or ""
-
-
-async def spawn_meshctl(*args: str) -> asyncio.subprocess.Process:
-    """A long-running ``meshctl`` (e.g. ``watch``) with its stdout piped."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "xds_server.cli.meshctl",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

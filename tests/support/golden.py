@@ -22,13 +22,13 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tests.support.paths import TESTDATA
 from xds_server.ingest.registry import Entry, Reset
 from xds_server.ingest.state import ChangeSet, RegistryState
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from xds_server.translate import Translator
 
 PREFIX = "/mesh/"
-TESTDATA = Path(__file__).parent / "testdata"
 KINDS: dict[str, str] = {
     "clusters": CLUSTER,
     "endpoints": ENDPOINT,

@@ -29,7 +29,7 @@ import pytest
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.backend import Backend
 from integration.harness import EnvoyProcess, free_port, http_get
-from tests.fixtures_envoy import EnvoyFactory
+from tests.support.fixtures_envoy import EnvoyFactory
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
 

@@ -18,7 +18,7 @@ import pytest
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry, find_etcd_binary
 from integration.harness import EnvoyProcess, count_bodies, free_port, http_get
 from integration.scenario import seed, split_entries
-from tests.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
 
