@@ -1,0 +1,176 @@
+"""The meshd process: its own settings, its listen flags, and how it waits for etcd.
+
+The process tests run the real ``meshd`` console script (or ``python -m`` when the script
+is not installed next to the interpreter) on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.etcd import EmbeddedEtcd
+from integration.harness import free_port
+from xds_server.cli.meshd import GC_YOUNG_THRESHOLD, tune_collector
+
+_EXE = Path(sys.executable).with_name("meshd")
+MESHD = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
+
+
+def test_tune_collector_raises_the_young_threshold_and_keeps_the_older_ones() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 7, 9)
+        tune_collector()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 7, 9)
+        gc.set_threshold(GC_YOUNG_THRESHOLD * 2, 7, 9)
+        tune_collector()  # a higher one set before stays
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD * 2, 7, 9)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def _flags(tmp_path: Path, etcd: str, **listen: str) -> list[str]:
+    addresses = {
+        "xds": f"127.0.0.1:{free_port()}",
+        "admin": f"127.0.0.1:{free_port()}",
+        "metrics": f"127.0.0.1:{free_port()}",
+        **listen,
+    }
+    out = ["--etcd", etcd, "--data-dir", str(tmp_path / "data"), "--grace", "0.2"]
+    for flag, address in addresses.items():
+        out += [f"--{flag}", address]
+    return out
+
+
+def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """meshd that must end by itself; a meshd that keeps running fails the test."""
+    proc = subprocess.Popen(
+        [*MESHD, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"meshd {args} did not exit within {timeout}s:\n{out}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, "")
+
+
+# -- waiting for etcd ------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    return free_port()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_meshd_says_it_waits_for_etcd_and_stops_on_a_signal(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    etcd = f"127.0.0.1:{_closed_port()}"
+    log = (tmp_path / "meshd.log").open("w+")
+    proc = subprocess.Popen(
+        [*MESHD, *_flags(tmp_path, etcd)], stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while f"waiting for etcd at {etcd}" not in (tmp_path / "meshd.log").read_text():
+            assert proc.poll() is None, (tmp_path / "meshd.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "meshd.log").read_text()
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        # Prompt: a person pressing Ctrl-C or a supervisor's SIGTERM (bound loosely here: the
+        # machine running the suite may be busy).
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / "meshd.log").read_text()
+    assert code == 0, text
+    assert text.count("waiting for etcd") == 1, text  # once, not once per retry
+    assert "Traceback" not in text, text
+
+
+def test_meshd_waiting_for_etcd_starts_serving_once_it_answers(tmp_path: Path) -> None:
+    port = _closed_port()
+    log_path = tmp_path / "meshd.log"
+    log = log_path.open("w+")
+    proc = subprocess.Popen(
+        [*MESHD, *_flags(tmp_path, f"127.0.0.1:{port}")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    etcd = EmbeddedEtcd(tmp_path / "etcd", client_port=port, unsafe_no_fsync=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for etcd" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        etcd.start_sync()
+        while "meshd ready" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        etcd.stop()
+
+
+# -- listen addresses -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["xds", "admin", "metrics"])
+@pytest.mark.parametrize("port", ["99999", "-1", "http", ""])
+def test_meshd_refuses_a_port_out_of_range(tmp_path: Path, flag: str, port: str) -> None:
+    address = f"127.0.0.1:{port}"
+    out = _run(_flags(tmp_path, f"127.0.0.1:{_closed_port()}", **{flag: address}))
+    assert out.returncode == 2, out.stdout
+    assert f"--{flag}" in out.stdout and repr(address) in out.stdout, out.stdout
+    assert "Traceback" not in out.stdout, out.stdout
+    assert not (tmp_path / "data").exists()  # refused before starting anything
+
+
+@contextlib.contextmanager
+def _taken(reuse_port: bool) -> Iterator[str]:
+    """A loopback address another server listens on (with SO_REUSEPORT, as a gRPC server
+    does, when ``reuse_port``)."""
+    sock = socket.socket()
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("flag", ["xds", "admin", "metrics"])
+@pytest.mark.parametrize("reuse_port", [True, False], ids=["reuseport", "plain"])
+def test_meshd_refuses_a_port_in_use(
+    tmp_path: Path, etcd_shared: EmbeddedEtcd, flag: str, reuse_port: bool
+) -> None:
+    with _taken(reuse_port) as address:
+        out = _run(_flags(tmp_path, etcd_shared.endpoint, **{flag: address}))
+    lines = [line for line in out.stdout.splitlines() if f"--{flag} {address}" in line]
+    assert out.returncode == 2, out.stdout
+    assert len(lines) == 1 and "in use" in lines[0], out.stdout
+    assert "Traceback" not in out.stdout and "meshd ready" not in out.stdout, out.stdout
