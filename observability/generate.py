@@ -62,19 +62,57 @@ def T(expr: str, legend: str = "") -> Target:  # noqa: N802 (reads like a constr
     return Target(" ".join(expr.split()), legend)
 
 
+def panel(title: str, *targets: Target, **options: Any) -> Panel:
+    """A panel of ``targets``; ``options`` are :class:`Panel`'s other fields."""
+    return Panel(title, targets, **options)
+
+
+def series(metric: str, selector: str = "") -> str:
+    """``metric{selector}``, or the bare name when there is no selector."""
+    return f"{metric}{{{selector}}}" if selector else metric
+
+
+def agg(op: str, by: str, expr: str) -> str:
+    """``op by (by) (expr)``: ``sum``, ``max`` or ``min`` of ``expr`` per ``by``."""
+    return f"{op} by ({by}) ({expr})"
+
+
+def per(op: str, by: str, expr: str) -> Target:
+    """``op`` of ``expr`` per label ``by``, a legend entry per value of the label."""
+    return T(agg(op, by, expr), f"{{{{{by}}}}}")
+
+
+def rate(by: str, metric: str, selector: str = "", fn: str = "rate") -> str:
+    """Per-second rate of a counter summed per ``by`` (``fn="increase"``: its increase)."""
+    return agg("sum", by, f"{fn}({series(metric, selector)}[{RATE}])")
+
+
+def increase(by: str, metric: str, selector: str = "") -> str:
+    return rate(by, metric, selector, fn="increase")
+
+
+def weighted(by: str, ratio: str, weight: str) -> str:
+    """``ratio`` averaged per ``by``, each series weighted by ``weight``."""
+    return f"{agg('sum', by, f'{ratio} * {weight}')} / {agg('sum', by, weight)}"
+
+
 def error_ratio(selector: str, by: str) -> str:
-    return (
-        f'sum by ({by}) (rate(envoy_cluster_upstream_rq_xx{{envoy_response_code_class="5",'
-        f"{selector}}}[{RATE}])) / sum by ({by}) (rate(envoy_cluster_upstream_rq_total"
-        f"{{{selector}}}[{RATE}]))"
-    )
+    errors = rate(by, "envoy_cluster_upstream_rq_xx", 'envoy_response_code_class="5",' + selector)
+    return f"{errors} / {rate(by, 'envoy_cluster_upstream_rq_total', selector)}"
 
 
-def quantile(q: float, selector: str, by: str) -> str:
-    return (
-        f"histogram_quantile({q}, sum by ({by}, le) "
-        f"(rate(envoy_cluster_upstream_rq_time_bucket{{{selector}}}[{RATE}])))"
-    )
+def quantile(q: float, by: str, metric: str, selector: str = "") -> str:
+    """Quantile ``q`` per ``by`` (none when empty) of histogram ``metric``."""
+    by_le = f"{by}, le" if by else "le"
+    return f"histogram_quantile({q}, {rate(by_le, f'{metric}_bucket', selector)})"
+
+
+def latency(q: float, selector: str, by: str) -> str:
+    """Quantile ``q`` of Envoy's upstream request time (ms) per ``by``."""
+    return quantile(q, by, "envoy_cluster_upstream_rq_time", selector)
+
+
+MEDIAN_AND_TAIL = ((0.5, "p50"), (0.99, "p99"))
 
 
 def overflows(selector: str, by: str) -> str:
@@ -82,137 +120,105 @@ def overflows(selector: str, by: str) -> str:
     (One selector over the three names would not do: rate() drops the names, and series
     that differ only by name collide.)"""
     return " + ".join(
-        f"sum by ({by}) (rate(envoy_cluster_upstream_{what}_overflow{{{selector}}}[{RATE}]))"
+        rate(by, f"envoy_cluster_upstream_{what}_overflow", selector)
         for what in ("cx", "rq_pending", "rq_retry")
     )
 
 
+CONNECTED = T(
+    agg("sum", "node_cluster, protocol", "meshd_connected_proxies"), "{{node_cluster}} {{protocol}}"
+)
+
+
 def mesh_overview() -> Dashboard:
+    by = "mesh_service"
+    each = "{{mesh_service}}"
+    top = f'{MESH},mesh_subset=""'  # the service's own cluster (no subset)
     return Dashboard(
         uid="mesh-overview",
         title="Mesh overview",
         description="Traffic, errors, latency and resilience of every service, from Envoy.",
         panels=[
-            Panel(
+            panel(
                 "Requests per second by service",
-                (
-                    T(
-                        f"sum by (mesh_service) (rate(envoy_cluster_upstream_rq_total{{{MESH}}}[{RATE}]))",
-                        "{{mesh_service}}",
-                    ),
-                ),
+                T(rate(by, "envoy_cluster_upstream_rq_total", MESH), each),
                 unit="reqps",
             ),
-            Panel(
-                "5xx error ratio by service",
-                (T(error_ratio(MESH, "mesh_service"), "{{mesh_service}}"),),
-                unit="percentunit",
-            ),
-            Panel(
-                "p50 upstream latency by service",
-                (T(quantile(0.5, MESH, "mesh_service"), "{{mesh_service}}"),),
-                unit="ms",
-            ),
-            Panel(
-                "p99 upstream latency by service",
-                (T(quantile(0.99, MESH, "mesh_service"), "{{mesh_service}}"),),
-                unit="ms",
-            ),
-            Panel(
+            panel("5xx error ratio by service", T(error_ratio(MESH, by), each), unit="percentunit"),
+            panel("p50 upstream latency by service", T(latency(0.5, MESH, by), each), unit="ms"),
+            panel("p99 upstream latency by service", T(latency(0.99, MESH, by), each), unit="ms"),
+            panel(
                 "Healthy endpoints by service",
-                (
-                    T(
-                        f'max by (mesh_service) (envoy_cluster_membership_healthy{{{MESH},mesh_subset=""}})',
-                        "{{mesh_service}} healthy",
-                    ),
-                    T(
-                        f'max by (mesh_service) (envoy_cluster_membership_total{{{MESH},mesh_subset=""}})',
-                        "{{mesh_service}} total",
-                    ),
+                T(
+                    agg("max", by, series("envoy_cluster_membership_healthy", top)),
+                    f"{each} healthy",
                 ),
+                T(agg("max", by, series("envoy_cluster_membership_total", top)), f"{each} total"),
             ),
-            Panel(
+            panel(
                 "Outlier ejections (active) by service",
-                (
-                    T(
-                        f"sum by (mesh_service) (envoy_cluster_outlier_detection_ejections_active{{{MESH}}})",
-                        "{{mesh_service}}",
-                    ),
-                ),
+                per("sum", by, series("envoy_cluster_outlier_detection_ejections_active", MESH)),
                 description="Endpoints currently ejected by outlier detection, summed over proxies and subsets.",
             ),
-            Panel(
+            panel(
                 "Circuit-breaker overflows by service",
-                (T(overflows(MESH, "mesh_service"), "{{mesh_service}}"),),
+                T(overflows(MESH, by), each),
                 unit="reqps",
                 description="Connections, pending requests and retries refused because a circuit-breaker limit was reached.",
             ),
-            Panel(
+            panel(
                 "Rate-limited requests by listener",
-                (
-                    T(
-                        f"sum by (envoy_http_conn_manager_prefix) (rate(envoy_http_local_rate_limit_rate_limited[{RATE}]))",
-                        "{{envoy_http_conn_manager_prefix}}",
+                T(
+                    rate(
+                        "envoy_http_conn_manager_prefix", "envoy_http_local_rate_limit_rate_limited"
                     ),
+                    "{{envoy_http_conn_manager_prefix}}",
                 ),
                 unit="reqps",
                 description="Requests answered 429 by a route's local rate limit.",
             ),
-            Panel(
+            panel(
                 "Downstream requests per second by listener",
-                (
-                    T(
-                        f"sum by (envoy_http_conn_manager_prefix) (rate(envoy_http_downstream_rq_total[{RATE}]))",
-                        "{{envoy_http_conn_manager_prefix}}",
-                    ),
+                T(
+                    rate("envoy_http_conn_manager_prefix", "envoy_http_downstream_rq_total"),
+                    "{{envoy_http_conn_manager_prefix}}",
                 ),
                 unit="reqps",
             ),
-            Panel(
+            panel(
                 "Healthy endpoints by service (meshd, HDS verdicts)",
-                (
-                    T(
-                        'max by (service) (meshd_service_endpoints{state="healthy"})',
-                        "{{service}} healthy",
-                    ),
-                    T(
-                        'max by (service) (meshd_service_endpoints{state="total"})',
-                        "{{service}} total",
-                    ),
+                T(
+                    agg("max", "service", 'meshd_service_endpoints{state="healthy"}'),
+                    "{{service}} healthy",
+                ),
+                T(
+                    agg("max", "service", 'meshd_service_endpoints{state="total"}'),
+                    "{{service}} total",
                 ),
                 description="The verdicts meshd aggregates from HDS probes and sends to every proxy in EDS (max over meshd replicas, which agree). Endpoints no proxy probes (no health_check, or no report yet) are UNKNOWN: not counted healthy, though Envoy keeps sending to them.",
             ),
-            Panel(
+            panel(
                 "Traffic between services (meshd, LRS edges)",
-                (
-                    T(
-                        "sum by (source, destination) (meshd_edge_requests_per_second)",
-                        "{{source}} -> {{destination}}",
-                    ),
+                T(
+                    agg("sum", "source, destination", "meshd_edge_requests_per_second"),
+                    "{{source}} -> {{destination}}",
                 ),
                 unit="reqps",
                 description="Requests per second per edge (proxy group or service -> upstream service) from the proxies' load reports, over meshd's sliding window (summed over meshd replicas: each counts its own proxies). Idle allowed edges read 0.",
             ),
-            Panel(
+            panel(
                 "Error ratio between services (meshd, LRS edges)",
-                (
-                    T(
-                        "sum by (source, destination) (meshd_edge_error_ratio * meshd_edge_requests_per_second) / sum by (source, destination) (meshd_edge_requests_per_second)",
-                        "{{source}} -> {{destination}}",
+                T(
+                    weighted(
+                        "source, destination",
+                        "meshd_edge_error_ratio",
+                        "meshd_edge_requests_per_second",
                     ),
+                    "{{source}} -> {{destination}}",
                 ),
                 unit="percentunit",
             ),
-            Panel(
-                "Connected proxies",
-                (
-                    T(
-                        "sum by (node_cluster, protocol) (meshd_connected_proxies)",
-                        "{{node_cluster}} {{protocol}}",
-                    ),
-                ),
-                kind="stat",
-            ),
+            panel("Connected proxies", CONNECTED, kind="stat"),
         ],
     )
 
@@ -221,6 +227,10 @@ SERVICE = 'mesh_service="$service"'
 
 
 def service_detail() -> Dashboard:
+    by = "mesh_subset"
+    each = "{{mesh_subset}}"
+    endpoints = "subset, endpoint"
+    each_endpoint = "{{endpoint}} {{subset}}"
     return Dashboard(
         uid="mesh-service",
         title="Mesh service detail",
@@ -241,122 +251,101 @@ def service_detail() -> Dashboard:
             }
         ],
         panels=[
-            Panel(
+            panel(
                 "Requests per second by subset",
-                (
-                    T(
-                        f"sum by (mesh_subset) (rate(envoy_cluster_upstream_rq_total{{{SERVICE}}}[{RATE}]))",
-                        "{{mesh_subset}}",
-                    ),
-                ),
+                T(rate(by, "envoy_cluster_upstream_rq_total", SERVICE), each),
                 unit="reqps",
                 description="The service's own cluster (no subset) carries requests routed to the service as a whole.",
             ),
-            Panel(
-                "5xx error ratio by subset",
-                (T(error_ratio(SERVICE, "mesh_subset"), "{{mesh_subset}}"),),
-                unit="percentunit",
+            panel(
+                "5xx error ratio by subset", T(error_ratio(SERVICE, by), each), unit="percentunit"
             ),
-            Panel(
+            panel(
                 "p50 / p99 latency by subset",
-                (
-                    T(quantile(0.5, SERVICE, "mesh_subset"), "p50 {{mesh_subset}}"),
-                    T(quantile(0.99, SERVICE, "mesh_subset"), "p99 {{mesh_subset}}"),
-                ),
+                *(T(latency(q, SERVICE, by), f"{p} {each}") for q, p in MEDIAN_AND_TAIL),
                 unit="ms",
             ),
-            Panel(
+            panel(
                 "Responses by code class",
-                (
-                    T(
-                        f"sum by (envoy_response_code_class) (rate(envoy_cluster_upstream_rq_xx{{{SERVICE}}}[{RATE}]))",
-                        "{{envoy_response_code_class}}xx",
-                    ),
+                T(
+                    rate("envoy_response_code_class", "envoy_cluster_upstream_rq_xx", SERVICE),
+                    "{{envoy_response_code_class}}xx",
                 ),
                 unit="reqps",
             ),
-            Panel(
+            panel(
                 "Requests per second by route",
-                (
-                    T(
-                        f'sum by (mesh_route) (rate(envoy_vhost_route_upstream_rq_total{{mesh_route!=""}}[{RATE}]))',
-                        "{{mesh_route}}",
-                    ),
+                T(
+                    rate("mesh_route", "envoy_vhost_route_upstream_rq_total", 'mesh_route!=""'),
+                    "{{mesh_route}}",
                 ),
                 unit="reqps",
                 description="Per-route stats of every route (Envoy's vhost.<host>.route.<ns/name>.*).",
             ),
-            Panel(
+            panel(
                 "Healthy / total endpoints by subset",
-                (
-                    T(
-                        f"max by (mesh_subset) (envoy_cluster_membership_healthy{{{SERVICE}}})",
-                        "healthy {{mesh_subset}}",
-                    ),
-                    T(
-                        f"max by (mesh_subset) (envoy_cluster_membership_total{{{SERVICE}}})",
-                        "total {{mesh_subset}}",
-                    ),
+                T(
+                    agg("max", by, series("envoy_cluster_membership_healthy", SERVICE)),
+                    f"healthy {each}",
+                ),
+                T(
+                    agg("max", by, series("envoy_cluster_membership_total", SERVICE)),
+                    f"total {each}",
                 ),
                 description="Endpoints as the proxies see them (health checks, outlier ejections and draining included).",
             ),
-            Panel(
+            panel(
                 "Upstream connection failures by subset",
-                (
-                    T(
-                        f"sum by (mesh_subset) (rate(envoy_cluster_upstream_cx_connect_fail{{{SERVICE}}}[{RATE}]))",
-                        "{{mesh_subset}}",
-                    ),
-                ),
+                T(rate(by, "envoy_cluster_upstream_cx_connect_fail", SERVICE), each),
                 unit="ops",
             ),
-            Panel(
+            panel(
                 "Outlier ejections by subset",
-                (
-                    T(
-                        f"sum by (mesh_subset) (envoy_cluster_outlier_detection_ejections_active{{{SERVICE}}})",
-                        "active {{mesh_subset}}",
+                T(
+                    agg(
+                        "sum",
+                        by,
+                        series("envoy_cluster_outlier_detection_ejections_active", SERVICE),
                     ),
-                    T(
-                        f"sum by (mesh_subset) (increase(envoy_cluster_outlier_detection_ejections_enforced_total{{{SERVICE}}}[{RATE}]))",
-                        "enforced {{mesh_subset}}",
+                    f"active {each}",
+                ),
+                T(
+                    increase(
+                        by, "envoy_cluster_outlier_detection_ejections_enforced_total", SERVICE
                     ),
+                    f"enforced {each}",
                 ),
             ),
-            Panel(
-                "Circuit-breaker overflows by subset",
-                (T(overflows(SERVICE, "mesh_subset"), "{{mesh_subset}}"),),
-                unit="reqps",
+            panel(
+                "Circuit-breaker overflows by subset", T(overflows(SERVICE, by), each), unit="reqps"
             ),
-            Panel(
+            panel(
                 "Requests per second by upstream endpoint (meshd, LRS)",
-                (
-                    T(
-                        f"sum by (subset, endpoint) (meshd_endpoint_requests_per_second{{{SERVICE}}})",
-                        "{{endpoint}} {{subset}}",
-                    ),
+                T(
+                    agg("sum", endpoints, series("meshd_endpoint_requests_per_second", SERVICE)),
+                    each_endpoint,
                 ),
                 unit="reqps",
                 description="From the proxies' load reports (per-endpoint LRS stats, summed over proxies and meshd replicas): Envoy cannot keep per-endpoint stats next to LRS. Only endpoints that carried load in meshd's window have a series.",
             ),
-            Panel(
+            panel(
                 "Error ratio by upstream endpoint (meshd, LRS)",
-                (
-                    T(
-                        f"sum by (subset, endpoint) (meshd_endpoint_error_ratio{{{SERVICE}}} * meshd_endpoint_requests_per_second{{{SERVICE}}}) / sum by (subset, endpoint) (meshd_endpoint_requests_per_second{{{SERVICE}}})",
-                        "{{endpoint}} {{subset}}",
+                T(
+                    weighted(
+                        endpoints,
+                        series("meshd_endpoint_error_ratio", SERVICE),
+                        series("meshd_endpoint_requests_per_second", SERVICE),
                     ),
+                    each_endpoint,
                 ),
                 unit="percentunit",
                 description="Failed requests (5xx and connection failures) over completed requests, per endpoint.",
             ),
-            Panel(
+            panel(
                 "Requests in flight by upstream endpoint (meshd, LRS)",
-                (
-                    T(
-                        f"sum by (subset, endpoint) (meshd_endpoint_in_flight_requests{{{SERVICE}}})",
-                        "{{endpoint}} {{subset}}",
-                    ),
+                T(
+                    agg("sum", endpoints, series("meshd_endpoint_in_flight_requests", SERVICE)),
+                    each_endpoint,
                 ),
             ),
         ],
@@ -369,120 +358,70 @@ def control_plane() -> Dashboard:
         title="Mesh control plane",
         description="meshd: proxies, pushes, NACKs, convergence, registry; and the proxies' view of it.",
         panels=[
-            Panel(
-                "Connected proxies by node cluster and protocol",
-                (
-                    T(
-                        "sum by (node_cluster, protocol) (meshd_connected_proxies)",
-                        "{{node_cluster}} {{protocol}}",
-                    ),
-                ),
-            ),
-            Panel(
+            panel("Connected proxies by node cluster and protocol", CONNECTED),
+            panel(
                 "Proxy resource types by sync state",
-                (T("sum by (state) (meshd_xds_proxy_types)", "{{state}}"),),
+                per("sum", "state", "meshd_xds_proxy_types"),
                 description="(proxy, type) pairs SYNCED, STALE (sent, not ACKed yet), NACKED or NOT_SENT.",
             ),
-            Panel(
+            panel(
                 "Pushes per second by type",
-                (T(f"sum by (type) (rate(meshd_xds_pushes_total[{RATE}]))", "{{type}}"),),
+                T(rate("type", "meshd_xds_pushes_total"), "{{type}}"),
                 unit="ops",
             ),
-            Panel(
+            panel(
                 "Pushed bytes per second by type",
-                (T(f"sum by (type) (rate(meshd_xds_push_bytes_total[{RATE}]))", "{{type}}"),),
+                T(rate("type", "meshd_xds_push_bytes_total"), "{{type}}"),
                 unit="Bps",
             ),
-            Panel(
-                "NACKs by type",
-                (T(f"sum by (type) (increase(meshd_xds_nacks_total[{RATE}]))", "{{type}}"),),
-            ),
-            Panel(
+            panel("NACKs by type", T(increase("type", "meshd_xds_nacks_total"), "{{type}}")),
+            panel(
                 "Push latency p99 by type (change reaching meshd -> response written)",
-                (
-                    T(
-                        f"histogram_quantile(0.99, sum by (type, le) (rate(meshd_xds_push_latency_seconds_bucket[{RATE}])))",
-                        "{{type}}",
-                    ),
-                ),
+                T(quantile(0.99, "type", "meshd_xds_push_latency_seconds"), "{{type}}"),
                 unit="s",
             ),
-            Panel(
+            panel(
                 "Config convergence (change -> last proxy ACK)",
-                (
-                    T(
-                        f"histogram_quantile(0.5, sum by (le) (rate(meshd_config_convergence_seconds_bucket[{RATE}])))",
-                        "p50",
-                    ),
-                    T(
-                        f"histogram_quantile(0.99, sum by (le) (rate(meshd_config_convergence_seconds_bucket[{RATE}])))",
-                        "p99",
-                    ),
+                *(
+                    T(quantile(q, "", "meshd_config_convergence_seconds"), p)
+                    for q, p in MEDIAN_AND_TAIL
                 ),
                 unit="s",
             ),
-            Panel(
+            panel(
                 "Oldest unACKed push by node cluster",
-                (
-                    T(
-                        "max by (node_cluster) (meshd_xds_oldest_unacked_push_seconds)",
-                        "{{node_cluster}}",
-                    ),
-                ),
+                per("max", "node_cluster", "meshd_xds_oldest_unacked_push_seconds"),
                 unit="s",
             ),
-            Panel(
-                "Registry revision",
-                (T("max by (instance) (meshd_registry_revision)", "{{instance}}"),),
-            ),
-            Panel(
+            panel("Registry revision", per("max", "instance", "meshd_registry_revision")),
+            panel(
                 "Registry watch lag p99 and translation p99",
-                (
-                    T(
-                        f"histogram_quantile(0.99, sum by (le) (rate(meshd_registry_watch_lag_seconds_bucket[{RATE}])))",
-                        "watch lag",
-                    ),
-                    T(
-                        f"histogram_quantile(0.99, sum by (le) (rate(meshd_translate_seconds_bucket[{RATE}])))",
-                        "translate",
-                    ),
-                ),
+                T(quantile(0.99, "", "meshd_registry_watch_lag_seconds"), "watch lag"),
+                T(quantile(0.99, "", "meshd_translate_seconds"), "translate"),
                 unit="s",
             ),
-            Panel(
+            panel(
                 "Rejected registry entries by kind",
-                (T("sum by (kind) (meshd_registry_rejected_entries)", "{{kind}}"),),
+                per("sum", "kind", "meshd_registry_rejected_entries"),
             ),
-            Panel(
+            panel(
                 "etcd: connected and errors",
-                (
-                    T("min by (instance) (meshd_registry_connected)", "connected {{instance}}"),
-                    T(
-                        f"sum by (instance) (increase(meshd_registry_errors_total[{RATE}]))",
-                        "errors {{instance}}",
-                    ),
-                ),
+                T(agg("min", "instance", "meshd_registry_connected"), "connected {{instance}}"),
+                T(increase("instance", "meshd_registry_errors_total"), "errors {{instance}}"),
             ),
-            Panel(
+            panel(
                 "Proxies' view: connected to the control plane",
-                (
-                    T(
-                        "min by (node_cluster) (envoy_control_plane_connected_state)",
-                        "{{node_cluster}}",
-                    ),
-                ),
+                per("min", "node_cluster", "envoy_control_plane_connected_state"),
             ),
-            Panel(
+            panel(
                 "Proxies' view: updates rejected (NACKs)",
-                (
-                    T(
-                        f"sum by (node_cluster) (increase(envoy_cluster_manager_cds_update_rejected[{RATE}]))",
-                        "CDS {{node_cluster}}",
-                    ),
-                    T(
-                        f"sum by (node_cluster) (increase(envoy_listener_manager_lds_update_rejected[{RATE}]))",
-                        "LDS {{node_cluster}}",
-                    ),
+                T(
+                    increase("node_cluster", "envoy_cluster_manager_cds_update_rejected"),
+                    "CDS {{node_cluster}}",
+                ),
+                T(
+                    increase("node_cluster", "envoy_listener_manager_lds_update_rejected"),
+                    "LDS {{node_cluster}}",
                 ),
             ),
         ],

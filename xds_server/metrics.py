@@ -31,108 +31,109 @@ _CONVERGENCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1
 SYNC_STATES = ("SYNCED", "STALE", "NACKED", "NOT_SENT")
 
 
+class _Families:
+    """Metric constructors bound to one registry: a metric is its name, help text and
+    label names (and a histogram's buckets), nothing else to repeat."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self._registry)
+
+    def gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self._registry)
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        *labels: str,
+        buckets: tuple[float, ...] = _LATENCY_BUCKETS,
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self._registry)
+
+
 class Metrics:
     """meshd's metrics, named the Prometheus way (base units, ``_total`` counters)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         r = self.registry = CollectorRegistry()
-        self.connected_proxies = Gauge(
+        new = _Families(r)
+        self.connected_proxies = new.gauge(
             "meshd_connected_proxies",
             "xDS streams currently open, by node cluster and protocol (sotw, delta)",
-            ["node_cluster", "protocol"],
-            registry=r,
+            "node_cluster",
+            "protocol",
         )
-        self.pushes = Counter(
-            "meshd_xds_pushes_total",
-            "DiscoveryResponses sent, by resource type",
-            ["type"],
-            registry=r,
+        self.pushes = new.counter(
+            "meshd_xds_pushes_total", "DiscoveryResponses sent, by resource type", "type"
         )
-        self.push_bytes = Counter(
-            "meshd_xds_push_bytes_total",
-            "Bytes of resources sent, by resource type",
-            ["type"],
-            registry=r,
+        self.push_bytes = new.counter(
+            "meshd_xds_push_bytes_total", "Bytes of resources sent, by resource type", "type"
         )
-        self.nacks = Counter(
-            "meshd_xds_nacks_total",
-            "Responses rejected by proxies, by resource type",
-            ["type"],
-            registry=r,
+        self.nacks = new.counter(
+            "meshd_xds_nacks_total", "Responses rejected by proxies, by resource type", "type"
         )
-        self.requests = Counter(
+        self.requests = new.counter(
             "meshd_xds_requests_total",
             "DiscoveryRequests received, by type and kind (initial, ack, nack, stale, update)",
-            ["type", "kind"],
-            registry=r,
+            "type",
+            "kind",
         )
-        self.push_latency = Histogram(
+        self.push_latency = new.histogram(
             "meshd_xds_push_latency_seconds",
             "Time from a registry change reaching meshd to the response being written",
-            ["type"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "type",
         )
-        self.convergence_seconds = Histogram(
+        self.convergence_seconds = new.histogram(
             "meshd_config_convergence_seconds",
             "Time from a registry change reaching meshd until every proxy connected at that "
             "moment has ACKed all it was sent because of it (or has disconnected)",
             buckets=_CONVERGENCE_BUCKETS,
-            registry=r,
         )
-        self.convergence_abandoned = Counter(
+        self.convergence_abandoned = new.counter(
             "meshd_config_convergence_abandoned_total",
             "Registry changes whose convergence was not measured because a proxy kept "
             "NACKing or never answered while many newer changes arrived",
-            registry=r,
         )
-        self.translate_seconds = Histogram(
+        self.translate_seconds = new.histogram(
             "meshd_translate_seconds",
             "Time to validate, translate and cache one batch of registry updates",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.watch_lag = Histogram(
+        self.watch_lag = new.histogram(
             "meshd_registry_watch_lag_seconds",
             "Time from a registry update arriving from the watch to its being in force in the "
             "cache (queueing behind earlier batches plus translation)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.registry_revision = Gauge(
-            "meshd_registry_revision", "etcd revision of the registry state in force", registry=r
+        self.registry_revision = new.gauge(
+            "meshd_registry_revision", "etcd revision of the registry state in force"
         )
-        self.rejected_entries = Gauge(
+        self.rejected_entries = new.gauge(
             "meshd_registry_rejected_entries",
             "Registry entries currently rejected, by kind",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.registry_errors = Counter(
+        self.registry_errors = new.counter(
             "meshd_registry_errors_total",
             "Failed calls to the registry (etcd), watch breaks included",
-            registry=r,
         )
-        self.registry_connected = Gauge(
-            "meshd_registry_connected", "1 while the registry watch is established", registry=r
+        self.registry_connected = new.gauge(
+            "meshd_registry_connected", "1 while the registry watch is established"
         )
-        self.resources = Gauge(
-            "meshd_resources", "Envoy resources in the cache, by type", ["type"], registry=r
+        self.resources = new.gauge(
+            "meshd_resources", "Envoy resources in the cache, by type", "type"
         )
-        self.heap_trims = Counter(
+        self.heap_trims = new.counter(
             "meshd_heap_trims_total",
             "Times meshd gave freed heap memory back to the OS after a burst (malloc_trim)",
-            registry=r,
         )
-        self.heap_trim_seconds = Counter(
-            "meshd_heap_trim_seconds_total",
-            "Time spent in those trims (a worker thread)",
-            registry=r,
+        self.heap_trim_seconds = new.counter(
+            "meshd_heap_trim_seconds_total", "Time spent in those trims (a worker thread)"
         )
-        self.heap_trim_released = Counter(
+        self.heap_trim_released = new.counter(
             "meshd_heap_trim_released_bytes_total",
             "Resident memory those trims gave back (RSS before minus after)",
-            registry=r,
         )
         self.health = HealthMetrics(r)
         # Every series an alert or dashboard reads exists from the start, at 0: a query for
@@ -355,16 +356,16 @@ class HealthMetrics:
     :class:`xds_server.topology.lrs.TopologyCollector`."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.health_panic = Counter(
+        new = _Families(r)
+        self.health_panic = new.counter(
             "meshd_health_all_unhealthy_total",
             "Times every endpoint of a service became unhealthy (Envoy's panic mode serves "
             "all of them)",
-            ["service"],
-            registry=r,
+            "service",
         )
-        self.report_rejected = Counter(
+        self.report_rejected = new.counter(
             "meshd_report_rejected_total",
             "Health (hds) and load (lrs) report rows refused, by reason",
-            ["protocol", "reason"],
-            registry=r,
+            "protocol",
+            "reason",
         )
