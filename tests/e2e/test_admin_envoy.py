@@ -14,6 +14,7 @@ from integration.harness import EnvoyProcess, free_port
 from tests.support.fixtures_admin import AdminMesh, entry, seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.meshctl import meshctl
+from tests.support.wait import eventually
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.resources import ROUTE
@@ -71,19 +72,26 @@ async def test_ttl_endpoint_leaves_envoy_when_keepalives_stop(
         )
     )
     address = f"127.0.0.1:{backend.port}"
-    deadline = time.monotonic() + 10
-    while address not in await asyncio.to_thread(_hosts, envoy, "web.shop"):
-        assert time.monotonic() < deadline, "endpoint never reached Envoy"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: _hosts(envoy, "web.shop"),
+        f"{address} in Envoy",
+        10,
+        until=lambda hosts: address in hosts,
+        blocking=True,
+    )
     # Kept alive for longer than its TTL: it stays.
     for _ in range(8):
         await asyncio.sleep(0.5)
         await admin_mesh.stub.KeepAlive(pb.KeepAliveRequest(lease=reg.lease))
     assert address in await asyncio.to_thread(_hosts, envoy, "web.shop")
     stopped = time.monotonic()
-    while address in await asyncio.to_thread(_hosts, envoy, "web.shop"):
-        assert time.monotonic() - stopped < 5, "the dead instance is still in Envoy after 5 s"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: _hosts(envoy, "web.shop"),
+        f"the dead instance {address} to leave Envoy",
+        5,
+        until=lambda hosts: address not in hosts,
+        blocking=True,
+    )
     gone_after = time.monotonic() - stopped
     print(f"\nTTL 2 s endpoint left Envoy {gone_after:.2f} s after its last keep-alive")
     assert await admin_mesh.registry.get(reg.entry.key) is None
@@ -99,16 +107,17 @@ async def _proxy_rds(admin_mesh: AdminMesh) -> dict[str, str]:
     return {"state": rds["state"], "error": rds.get("error", "")}
 
 
+def _synced(rds: dict[str, str]) -> bool:
+    return rds.get("state") == "SYNCED"
+
+
 async def test_nacked_route_shows_in_proxy_status_until_fixed(
     admin_mesh: AdminMesh, envoy_factory: EnvoyFactory, backend_factory: BackendFactory
 ) -> None:
     backend = backend_factory("web-1")
     envoy = await _mesh_with_envoy(admin_mesh, envoy_factory, backend.port)
     app = admin_mesh.app
-    deadline = time.monotonic() + 10
-    while (await _proxy_rds(admin_mesh)).get("state") != "SYNCED":
-        assert time.monotonic() < deadline, "RDS never SYNCED"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: _proxy_rds(admin_mesh), "RDS SYNCED", 10, until=_synced, interval=0.1)
 
     # Craft a route configuration Envoy must refuse (a regex RE2 cannot compile), and put it
     # in the cache the way a translation bug would: validation never lets one through.
@@ -122,10 +131,13 @@ async def test_nacked_route_shows_in_proxy_status_until_fixed(
     delta.changed[ROUTE]["public"] = make_resource(ROUTE, "public", msg, good.refs)
     app.cache.apply(delta, app.controller.state.revision)
 
-    deadline = time.monotonic() + 10
-    while (rds := await _proxy_rds(admin_mesh)).get("state") != "NACKED":
-        assert time.monotonic() < deadline, f"no NACK shown: {rds}"
-        await asyncio.sleep(0.1)
+    rds = await eventually(
+        lambda: _proxy_rds(admin_mesh),
+        "the NACK shown",
+        10,
+        until=lambda rds: rds.get("state") == "NACKED",
+        interval=0.1,
+    )
     assert "(unclosed" in rds["error"], rds  # Envoy's own message
     code, out, _ = await meshctl("proxy-status", "--admin", admin_mesh.address)
     assert "NACKED" in out and "gw-1 RDS NACKED:" in out
@@ -149,8 +161,7 @@ async def test_nacked_route_shows_in_proxy_status_until_fixed(
         "apply", "-f", "-", "--admin", admin_mesh.address, stdin=json.dumps(fixed)
     )
     assert code == 0, err
-    deadline = time.monotonic() + 10
-    while (rds := await _proxy_rds(admin_mesh)).get("state") != "SYNCED":
-        assert time.monotonic() < deadline, f"never SYNCED after the fix: {rds}"
-        await asyncio.sleep(0.1)
+    rds = await eventually(
+        lambda: _proxy_rds(admin_mesh), "RDS SYNCED after the fix", 10, until=_synced, interval=0.1
+    )
     assert rds["error"] == ""

@@ -29,9 +29,10 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
-from integration.harness import envoy_binary, wait_for
+from integration.harness import envoy_binary
 from tests.support.fixtures_envoy import EnvoyFactory
 from tests.support.paths import REPO_ROOT
+from tests.support.wait import wait_until
 from xds_server.cli.bootstrap import XDS_CLUSTER, bootstrap, render
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -266,7 +267,7 @@ def test_envoy_accepts_a_cds_response_above_4_mib(envoy_factory: EnvoyFactory, d
         assert first_protocol == ("delta" if delta else "sotw")
         assert (first.node.id, first.node.cluster) == ("gw-big", "gateway")
         # set_node_on_first_message_only: later requests on the stream omit the node.
-        later = wait_for(lambda: _next(stub.requests), timeout=5, what="a second ADS request")
+        later = wait_until(lambda: _next(stub.requests), "a second ADS request", 5, interval=0.02)
         assert not later[1].HasField("node")
     finally:
         server.stop(grace=None)

@@ -23,6 +23,7 @@ import pytest
 
 from integration.harness import http_get
 from tests.support.paths import REPO_ROOT
+from tests.support.wait import wait_until
 
 BANNER_END = "Press Ctrl-C to stop everything."
 
@@ -86,10 +87,12 @@ def children(pid: int) -> list[int]:
 
 def assert_nothing_left(pids: list[int], data_dir: Path) -> None:
     # The demo reaps its children before exiting, but allow the kernel a moment.
-    deadline = time.monotonic() + 3.0
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [p for p in pids if alive(p)] == []
+    wait_until(
+        lambda: [p for p in pids if alive(p)],
+        "the demo's processes to be gone",
+        3.0,
+        until=lambda left: left == [],
+    )
     assert naming(str(data_dir)) == []
 
 
@@ -212,11 +215,11 @@ def test_sigterm_during_start_up_stops_what_was_started(tmp_path: Path) -> None:
     proc, reader = start_interactive(data_dir)
     try:
         # meshd.log appears once etcd is up and meshd is being started.
-        deadline = time.monotonic() + 20
-        while not (data_dir / "meshd.log").exists():
+        def meshd_log() -> bool:
             assert proc.poll() is None, "".join(reader.seen)
-            assert time.monotonic() < deadline, "meshd.log never appeared"
-            time.sleep(0.01)
+            return (data_dir / "meshd.log").exists()
+
+        wait_until(meshd_log, "meshd.log", 20, interval=0.01)
         started = children(proc.pid)
         assert started, "the demo has no child process yet"
         code, _ = stop_and_wait(proc, signal.SIGTERM, timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,20 +30,7 @@ async def rig(
         yield r
 
 
-def _status(rig: Rig, key: str) -> dict[str, Any] | None:
-    out = rig.etcdctl("get", "--print-value-only", f"{rig.prefix}status/errors/{key}")
-    return json.loads(out) if out.strip() else None
-
-
-async def _wait_status(rig: Rig, key: str, present: bool, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(_status, rig, key)
-        if (value is not None) == present:
-            return value or {}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status of {key} never became present={present}")
-        await asyncio.sleep(0.05)
+STATUS_TIMEOUT = 10.0  # seconds for meshd to write or remove a status entry
 
 
 async def _errors(rig: Rig) -> dict[str, dict[str, Any]]:
@@ -60,8 +46,8 @@ async def test_etcdctl_delete_of_a_routed_service_keeps_traffic_and_says_why(rig
     load = Load(rig.url).start()
     try:
         await asyncio.to_thread(rig.etcdctl, "del", rig.prefix + SERVICE)
-        service = await _wait_status(rig, SERVICE, present=True)
-        route = await _wait_status(rig, ROUTE, present=True)
+        service = await rig.wait_status(SERVICE, present=True, timeout=STATUS_TIMEOUT)
+        route = await rig.wait_status(ROUTE, present=True, timeout=STATUS_TIMEOUT)
         await asyncio.sleep(1.0)  # requests keep flowing meanwhile
     finally:
         load.stop()
@@ -79,8 +65,8 @@ async def test_etcdctl_delete_of_a_routed_service_keeps_traffic_and_says_why(rig
     # Put back: the errors clear, nothing was lost.
     web = split_entries(rig.ports["v1"], rig.ports["v2"], rig.ports["listener"])[SERVICE]
     await asyncio.to_thread(rig.put, SERVICE, web)
-    await _wait_status(rig, SERVICE, present=False)
-    await _wait_status(rig, ROUTE, present=False)
+    await rig.wait_status(SERVICE, present=False, timeout=STATUS_TIMEOUT)
+    await rig.wait_status(ROUTE, present=False, timeout=STATUS_TIMEOUT)
     assert await _errors(rig) == {}
     assert rig.rejected() == {}
 
@@ -91,8 +77,8 @@ async def test_etcdctl_dropping_a_routed_subset_keeps_it_until_the_route_changes
     web = split_entries(rig.ports["v1"], rig.ports["v2"], rig.ports["listener"])[SERVICE]
     only_v1 = {**web, "subsets": {"v1": {"version": "v1"}}}
     await asyncio.to_thread(rig.put, SERVICE, only_v1)
-    service = await _wait_status(rig, SERVICE, present=True)
-    route = await _wait_status(rig, ROUTE, present=True)
+    service = await rig.wait_status(SERVICE, present=True, timeout=STATUS_TIMEOUT)
+    route = await rig.wait_status(ROUTE, present=True, timeout=STATUS_TIMEOUT)
     assert service["error"].startswith(f"changed while {ROUTE} still depends on it"), service
     assert route["field"] == "destinations[1].subset"
     assert set(await asyncio.to_thread(rig.counts, 400)) == {"v1", "v2"}  # the 10% still flows
@@ -100,8 +86,8 @@ async def test_etcdctl_dropping_a_routed_subset_keeps_it_until_the_route_changes
     # The route stops using v2: the service's new value applies, the errors clear.
     v1_only_route = {"listener": "public", "destinations": [{"service": "web", "subset": "v1"}]}
     await asyncio.to_thread(rig.put, ROUTE, v1_only_route)
-    await _wait_status(rig, SERVICE, present=False)
-    await _wait_status(rig, ROUTE, present=False)
+    await rig.wait_status(SERVICE, present=False, timeout=STATUS_TIMEOUT)
+    await rig.wait_status(ROUTE, present=False, timeout=STATUS_TIMEOUT)
     await rig.wait_body("v1")
     assert await _errors(rig) == {}
     assert rig.rejected() == {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from integration.scenario import split_route
 from tests.support.rig import Load, Rig
@@ -23,22 +22,7 @@ async def test_split_90_10_and_live_change_through_etcdctl(rig: Rig) -> None:
     assert rig.rejected() == {}
 
 
-def _status(rig: Rig, key: str) -> dict[str, object] | None:
-    out = rig.etcdctl("get", "--print-value-only", f"{rig.prefix}status/errors/{key}")
-    return json.loads(out) if out.strip() else None
-
-
-async def _wait_status(
-    rig: Rig, key: str, present: bool, timeout: float = 5.0
-) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(_status, rig, key)
-        if (value is not None) == present:
-            return value or {}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status of {key} never became present={present}")
-        await asyncio.sleep(0.05)
+STATUS_TIMEOUT = 5.0  # seconds for meshd to write or remove a status entry
 
 
 BAD_INPUTS: list[tuple[str, bytes, str, str]] = [
@@ -82,7 +66,7 @@ async def test_bad_input_keeps_traffic_and_reports_then_clears(rig: Rig) -> None
     good_listener = {"address": "127.0.0.1", "port": rig.ports["listener"], "nodes": ["*"]}
     for key, value, field, reason in BAD_INPUTS:
         await asyncio.to_thread(rig.put, key, value)
-        status = await _wait_status(rig, key, present=True)
+        status = await rig.wait_status(key, present=True, timeout=STATUS_TIMEOUT)
         assert status["key"] == rig.prefix + key
         assert status["field"] == field
         assert reason in str(status["error"]), status
@@ -92,7 +76,7 @@ async def test_bad_input_keeps_traffic_and_reports_then_clears(rig: Rig) -> None
         assert set(counts) == {"v1", "v2"}, (key, counts)
         good = good_route if key.startswith("routes/") else good_listener
         await asyncio.to_thread(rig.put, key, good)
-        await _wait_status(rig, key, present=False)
+        await rig.wait_status(key, present=False, timeout=STATUS_TIMEOUT)
     assert rig.rejected() == {}
 
 

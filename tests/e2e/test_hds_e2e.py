@@ -17,12 +17,15 @@ from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.hds_mesh import INTERVAL_MS, Mesh, mesh_fixture, start_meshd  # noqa: F401  (fixture)
 from tests.support.meshctl import meshctl
 from tests.support.rig import Load
+from tests.support.wait import eventually
 from xds_server.app import MeshApp
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.health.aggregate import Status
 
 UNHEALTHY_THRESHOLD = 2
 BUDGET = INTERVAL_MS / 1000 * UNHEALTHY_THRESHOLD + 2.0  # the issue's bound, in seconds
+# Checks read Envoys' /clusters (blocking HTTP): in a thread, every 100 ms.
+POLL: dict[str, Any] = {"interval": 0.1, "blocking": True}
 
 
 def web_service() -> dict[str, Any]:
@@ -70,17 +73,6 @@ def eds_health(envoy: EnvoyProcess, cluster: str = "web.default") -> dict[int, s
     return out
 
 
-async def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, period: float = 0.1
-) -> float:
-    start = time.monotonic()
-    while not await asyncio.to_thread(check):
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(period)
-    return time.monotonic() - start
-
-
 def all_show(envoys: list[EnvoyProcess], port: int, status: str) -> Callable[[], bool]:
     return lambda: all(eds_health(e).get(port) == status for e in envoys)
 
@@ -95,7 +87,9 @@ async def test_killed_backend_is_unhealthy_everywhere_within_budget_and_returns(
         app = await start_meshd(mesh)
         envoys = await start_envoys(envoy_factory, app, 4)
         for port in ports:
-            await wait_until(all_show(envoys, port, "HEALTHY"), 15, f"{port} HEALTHY in EDS")
+            await eventually(
+                all_show(envoys, port, "HEALTHY"), f"{port} HEALTHY in EDS", 15, **POLL
+            )
         # With 4 proxies and 3 endpoints each endpoint is probed by 3 proxies, never all 4.
         probers = app.health.assignment()
         per_endpoint: dict[str, int] = {}
@@ -109,9 +103,11 @@ async def test_killed_backend_is_unhealthy_everywhere_within_budget_and_returns(
         victim = backends[1]
         victim.proc.kill()  # kill -9: no goodbye
         victim.proc.wait()
-        took = await wait_until(
-            all_show(envoys, ports[1], "UNHEALTHY"), BUDGET + 5, "UNHEALTHY in every Envoy"
+        killed = time.monotonic()
+        await eventually(
+            all_show(envoys, ports[1], "UNHEALTHY"), "UNHEALTHY in every Envoy", BUDGET + 5, **POLL
         )
+        took = time.monotonic() - killed
         print(f"killed backend UNHEALTHY in all 4 Envoys' EDS after {took:.2f}s (budget {BUDGET}s)")
         assert took <= BUDGET, f"{took:.2f}s > {BUDGET}s"
         # What people see: meshctl health (the real CLI over the admin API).
@@ -139,7 +135,9 @@ async def test_killed_backend_is_unhealthy_everywhere_within_budget_and_returns(
         assert failed / (ok + failed) < 0.01, load.failed[-5:]
         # Restart on the same port: it comes back everywhere.
         backends[1] = BackendProcess("web-1", port=ports[1])
-        back = await wait_until(all_show(envoys, ports[1], "HEALTHY"), 15, "HEALTHY again")
+        restarted = time.monotonic()
+        await eventually(all_show(envoys, ports[1], "HEALTHY"), "HEALTHY again", 15, **POLL)
+        back = time.monotonic() - restarted
         print(f"restarted backend HEALTHY again after {back:.2f}s")
         # ...and the verdict is published in etcd for people and other tools.
         entry = await mesh.registry.get("/mesh/status/health/endpoints/default/web/ep-0")
@@ -157,11 +155,11 @@ async def test_twenty_proxies_ten_endpoints_about_three_probes_per_interval(
     await seed_web(mesh, ports)
     app = await start_meshd(mesh)
     envoys = await start_envoys(envoy_factory, app, 20)
-    await wait_until(
-        lambda: all(len(eds_health(e)) == 10 for e in envoys), 30, "EDS in all 20 Envoys"
+    await eventually(
+        lambda: all(len(eds_health(e)) == 10 for e in envoys), "EDS in all 20 Envoys", 30, **POLL
     )
     # Every proxy has its HDS stream and its share of the probes.
-    await wait_until(lambda: len(app.health.local) == 20, 15, "20 HDS streams")
+    await eventually(lambda: len(app.health.local) == 20, "20 HDS streams", 15, **POLL)
     await asyncio.sleep(2 * INTERVAL_MS / 1000)  # the new clusters' first probes settle
     before = [b.stats()["health_checks"] for b in backends]
     window = 4.0
@@ -188,25 +186,33 @@ async def test_two_replicas_on_one_etcd_agree(mesh: Mesh, envoy_factory: EnvoyFa
             *await start_envoys(envoy_factory, b, 1, "b"),
         ]
         # Each replica sees both proxies as checkers (its own and the other replica's).
-        await wait_until(lambda: a.health.monitor.checker_count() == 2, 10, "a sees 2 checkers")
-        await wait_until(lambda: b.health.monitor.checker_count() == 2, 10, "b sees 2 checkers")
+        await eventually(
+            lambda: a.health.monitor.checker_count() == 2, "a sees 2 checkers", 10, **POLL
+        )
+        await eventually(
+            lambda: b.health.monitor.checker_count() == 2, "b sees 2 checkers", 10, **POLL
+        )
         assert a.health.assignment() == b.health.assignment()
         for port in ports:
-            await wait_until(all_show(envoys, port, "HEALTHY"), 15, "HEALTHY on both")
+            await eventually(all_show(envoys, port, "HEALTHY"), "HEALTHY on both", 15, **POLL)
         backends[0].proc.kill()
         backends[0].proc.wait()
-        await wait_until(all_show(envoys, ports[0], "UNHEALTHY"), BUDGET + 3, "UNHEALTHY on both")
+        await eventually(
+            all_show(envoys, ports[0], "UNHEALTHY"), "UNHEALTHY on both", BUDGET + 3, **POLL
+        )
 
         def verdicts(app: MeshApp) -> dict[str, Status]:
             (web,) = app.health.services("web")
             return {e.endpoint_id: e.status for e in web.endpoints}
 
         want = {"ep-0": Status.UNHEALTHY, "ep-1": Status.HEALTHY, "ep-2": Status.HEALTHY}
-        await wait_until(lambda: verdicts(a) == verdicts(b) == want, 5, "replicas agree")
+        await eventually(lambda: verdicts(a) == verdicts(b) == want, "replicas agree", 5, **POLL)
         # A replica that stops takes its proxies' reports with it (its lease is revoked).
         await b.stop(grace=0.2)
         mesh.apps.remove(b)
-        await wait_until(lambda: a.health.monitor.checker_count() == 1, 10, "b's proxy forgotten")
+        await eventually(
+            lambda: a.health.monitor.checker_count() == 1, "b's proxy forgotten", 10, **POLL
+        )
     finally:
         for backend in backends:
             backend.stop()

@@ -34,6 +34,7 @@ from integration.harness import free_port, http_get
 from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.paths import REPO_ROOT
+from tests.support.wait import wait_until
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
 
@@ -157,17 +158,12 @@ class Prometheus:
         return result
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             assert self.proc.poll() is None, "prometheus exited; see prometheus.log"
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "prometheus not ready"
-            time.sleep(0.1)
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        wait_until(ready, "prometheus ready", timeout, interval=0.1, ignoring=(OSError,))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -360,29 +356,36 @@ def _wait_for_data(prom: Prometheus, timeout: float = 60) -> None:
         for dash, title, expr in panel_queries()
     }
     pending.update(_measures())
-    deadline = time.monotonic() + timeout
-    while pending:
+
+    def without_data() -> dict[str, str]:
         for what, expr in list(pending.items()):
             if prom.query(expr):
                 del pending[what]
-        if not pending:
-            return
-        assert time.monotonic() < deadline, "no data for:\n" + "\n".join(
-            f"  {what}: {expr}" for what, expr in pending.items()
-        )
-        time.sleep(0.5)
+        return pending
+
+    wait_until(
+        without_data,
+        "data for every expression",
+        timeout,
+        until=lambda left: not left,
+        interval=0.5,
+        context=lambda: "no data for:\n" + "\n".join(f"  {w}: {e}" for w, e in pending.items()),
+    )
 
 
 def _wait_for_alerts(prom: Prometheus, timeout: float = 30) -> None:
     wanted = {"MeshServiceHighErrorRate", "MeshOutlierEjections", "MeshRegistryEntriesRejected"}
-    deadline = time.monotonic() + timeout
-    while True:
-        alerts = prom.get("/api/v1/alerts")["alerts"]
-        firing = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
-        if wanted <= firing:
-            break
-        assert time.monotonic() < deadline, f"firing {sorted(firing)}, wanted {sorted(wanted)}"
-        time.sleep(0.5)
+
+    def firing(alerts: list[dict[str, Any]]) -> set[str]:
+        return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+    alerts = wait_until(
+        lambda: prom.get("/api/v1/alerts")["alerts"],
+        f"{sorted(wanted)} firing",
+        timeout,
+        until=lambda alerts: wanted <= firing(alerts),
+        interval=0.5,
+    )
     by_name = {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
     assert by_name["MeshServiceHighErrorRate"]["labels"]["mesh_service"] == "web.default"
     assert by_name["MeshOutlierEjections"]["labels"]["mesh_service"] == "web.default"
@@ -474,22 +477,22 @@ async def test_proxy_disconnected_alert_fires_on_real_prometheus(
 
 
 def _wait_for_query(prom: Prometheus, expr: str, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not prom.query(expr):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {expr}"
-        time.sleep(0.5)
+    wait_until(lambda: prom.query(expr), f"{what}: {expr}", timeout, interval=0.5)
 
 
 def _wait_for_alert(prom: Prometheus, name: str, node_id: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        alerts = prom.get("/api/v1/alerts")["alerts"]
-        if any(
+    def firing(alerts: list[dict[str, Any]]) -> bool:
+        return any(
             a["labels"]["alertname"] == name
             and a["labels"].get("node_id") == node_id
             and a["state"] == "firing"
             for a in alerts
-        ):
-            return
-        assert time.monotonic() < deadline, f"{name} for {node_id} not firing: {alerts}"
-        time.sleep(0.5)
+        )
+
+    wait_until(
+        lambda: prom.get("/api/v1/alerts")["alerts"],
+        f"{name} for {node_id} firing",
+        timeout,
+        until=firing,
+        interval=0.5,
+    )

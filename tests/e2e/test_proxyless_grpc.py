@@ -15,6 +15,7 @@ import pytest
 
 from adapters.memory import MemoryRegistry
 from integration.grpc_backend import serve
+from tests.support.wait import eventually
 from tests.support.xds_client import running_meshd
 from xds_server.app import MeshApp
 
@@ -148,13 +149,15 @@ def _nacks(app: MeshApp) -> dict[str, float | None]:
 
 async def _status_error(registry: MemoryRegistry, key: str) -> dict[str, object]:
     """The status key meshd writes for ``key`` (waited for: it is written off the push path)."""
-    for _ in range(250):
-        stored = await registry.get(f"{registry.prefix}status/errors/{key}")
-        if stored is not None:
-            value: dict[str, object] = json.loads(stored.value)
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no status error for {key}")
+    stored = await eventually(
+        lambda: registry.get(f"{registry.prefix}status/errors/{key}"),
+        f"a status error for {key}",
+        5.0,
+        interval=0.02,
+    )
+    assert stored is not None
+    value: dict[str, object] = json.loads(stored.value)
+    return value
 
 
 async def test_proxyless_client_runs_route_fault_and_is_told_of_rate_limit(
@@ -216,12 +219,13 @@ async def test_unsupported_algorithm_is_a_clear_error_not_a_nack(
             f"{registry.prefix}services/default/echo",
             json.dumps({"protocol": "grpc", "port": backends["v1"]}).encode(),
         )
-        for _ in range(250):
-            if await registry.get(f"{registry.prefix}status/errors/services/default/echo") is None:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the status error stayed")
+        await eventually(
+            lambda: registry.get(f"{registry.prefix}status/errors/services/default/echo"),
+            "the status error to go",
+            5.0,
+            until=lambda stored: stored is None,
+            interval=0.02,
+        )
         assert await asyncio.to_thread(run_outcomes, app.xds_port, 2) == {"v1": 2}
 
 

@@ -25,6 +25,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.support.rig import Rig
 from tests.support.stream_mesh import BASE
+from tests.support.wait import eventually
 from tests.support.xds_client import RawAds, running_meshd, sotw_client
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
@@ -52,14 +53,12 @@ async def _restarted_and_sent_nothing(rig: Rig) -> None:
 
 
 async def _settles(rig: Rig, done: Callable[[dict[str, int]], bool], what: str) -> float:
+    """Seconds until Envoy's stats satisfy ``done`` (at most 20)."""
     start = time.monotonic()
-    while True:
-        stats = await asyncio.to_thread(rig.envoy.stats)
-        if done(stats):
-            return time.monotonic() - start
-        if time.monotonic() - start > 20:
-            raise AssertionError(f"{what} never happened: {rig.envoy.log_tail()}")
-        await asyncio.sleep(0.05)
+    await eventually(
+        rig.envoy.stats, what, 20, until=done, blocking=True, context=rig.envoy.log_tail
+    )
+    return time.monotonic() - start
 
 
 async def test_changed_service_rewarms_at_once_after_a_restart(rig: Rig) -> None:
@@ -126,10 +125,7 @@ async def test_sotw_rewarm_requests_are_answered_on_a_stream_sent_nothing() -> N
                 conns = [c for c in app.streams.connections.values() if c.stream.node_id == "gw-1"]
                 return bool(conns) and len(conns[0].stream.types) == 4
 
-            deadline = time.monotonic() + 10
-            while not sent_nothing():
-                assert time.monotonic() < deadline, "the new stream never asked for 4 types"
-                await asyncio.sleep(0.02)
+            await eventually(sent_nothing, "the new stream to ask for 4 types", 10, interval=0.02)
             (conn,) = [c for c in app.streams.connections.values() if c.stream.node_id == "gw-1"]
             assert all(s.nonce == "" for s in conn.stream.types.values())
 

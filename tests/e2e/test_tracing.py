@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from integration.harness import free_port, http_get
 from integration.zipkin_receiver import SPANS_PATH, ZipkinReceiver
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.wait import eventually
 from tests.support.xds_client import running_meshd
 from xds_server.cli.bootstrap import bootstrap
 from xds_server.errors import ValidationError
@@ -140,15 +140,15 @@ async def test_a_span_reaches_the_zipkin_receiver_with_the_request_id(
                     out.append((json.loads(body)["headers"], headers))
                 return out
 
-            deadline = time.monotonic() + 10
-            while True:  # the listener (and its route) may not be there on the first try
-                try:
-                    seen = await asyncio.to_thread(traced_requests)
-                    break
-                except (AssertionError, OSError, ValueError):
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.1)
+            # The listener (and its route) may not be there on the first try.
+            seen = await eventually(
+                traced_requests,
+                "six traced requests answered 200",
+                10,
+                interval=0.1,
+                ignoring=(AssertionError, OSError, ValueError),
+                blocking=True,
+            )
             upstream, response = seen[-1]
             # Request id: generated, passed upstream, and returned to the caller.
             assert upstream["x-request-id"] == response["x-request-id"]
@@ -156,13 +156,17 @@ async def test_a_span_reaches_the_zipkin_receiver_with_the_request_id(
             trace_id = upstream["x-b3-traceid"]
             assert len(trace_id) == 32 and upstream["x-b3-sampled"] == "1"
 
-            deadline = time.monotonic() + 10
-            while not any(s.get("traceId") == trace_id for s in zipkin.spans()):
-                assert time.monotonic() < deadline, (
-                    f"no span for {trace_id}: {zipkin.spans()}; Envoy's tracing stats: "
+            await eventually(
+                zipkin.spans,
+                f"a span for {trace_id}",
+                10,
+                until=lambda spans: any(s.get("traceId") == trace_id for s in spans),
+                interval=0.1,
+                context=lambda: (
+                    "Envoy's tracing stats: "
                     f"{envoy.stats('tracing|cluster.zipkin.obs.upstream_rq_')}"
-                )
-                await asyncio.sleep(0.1)
+                ),
+            )
         span = next(s for s in zipkin.spans() if s.get("traceId") == trace_id)
         assert span["localEndpoint"]["serviceName"] == "gateway"  # the node's cluster
         assert span["tags"]["guid:x-request-id"] == upstream["x-request-id"]

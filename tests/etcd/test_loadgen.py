@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from integration.loadgen import (
     first_string,
     marker_ids,
 )
+from tests.support.wait import eventually
 from xds_server.model import Problem, parse_entry
 
 SERVICES, ENDPOINTS = 5, 3
@@ -60,13 +60,6 @@ async def clients(tmp_path: Path) -> AsyncIterator[LoadGenGroup]:
         await group.close()
 
 
-async def _wait_streams(clients: LoadGenGroup, n: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (await clients.status())["streams"] < n:
-        assert time.monotonic() < deadline, f"clients did not reopen {n} streams"
-        await asyncio.sleep(0.05)
-
-
 async def test_clients_follow_meshd_changes_restart_and_replica(
     etcd: EmbeddedEtcd, tmp_path: Path, clients: LoadGenGroup
 ) -> None:
@@ -90,7 +83,12 @@ async def test_clients_follow_meshd_changes_restart_and_replica(
             meshd.stop()
             meshd = Meshd(etcd.endpoint, tmp_path, "meshd2", xds_port=meshd.xds_port)
             await meshd.wait_ready(revision, timeout=15)
-            await _wait_streams(clients, 80)
+            await eventually(
+                clients.status,
+                "the clients to reopen 80 streams",
+                10.0,
+                until=lambda status: status["streams"] >= 80,
+            )
             await registry.put(key, marker_value(1))
             times, missing = await clients.wait_change(1, 10)
             assert (len(times), missing) == (40, 0)
@@ -133,7 +131,12 @@ async def test_reconnecting_while_meshd_starts_is_sent_nothing(
             etcd.stop()
             meshd.stop()
             meshd = Meshd(etcd.endpoint, tmp_path, "meshd2", xds_port=meshd.xds_port)
-            await _wait_streams(clients, 40)
+            await eventually(
+                clients.status,
+                "the clients to reopen 40 streams",
+                10.0,
+                until=lambda status: status["streams"] >= 40,
+            )
             await etcd.start()
             await meshd.wait_ready(revision, timeout=15)
             await asyncio.sleep(0.5)

@@ -6,10 +6,9 @@ Real etcd, a real meshd (MeshApp with its admin API and ``/metrics``) and the re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -18,6 +17,7 @@ from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import free_port
 from tests.support.fixtures_admin import AdminMesh
 from tests.support.meshctl import meshctl
+from tests.support.wait import eventually
 from xds_server.admin.api import admin_pb2_grpc
 from xds_server.app import MeshApp, MeshConfig
 
@@ -58,16 +58,6 @@ async def _errors(mesh: AdminMesh) -> dict[str, dict[str, object]]:
     return {e["key"]: e for e in json.loads(out)["errors"]}
 
 
-async def _until(
-    mesh: AdminMesh, check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15
-) -> None:
-    """Poll an async ``check()`` (through meshctl) until it returns True."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 async def test_an_endpoint_name_that_does_not_resolve_is_listed_and_counted(
     mesh: AdminMesh,
 ) -> None:
@@ -79,7 +69,7 @@ async def test_an_endpoint_name_that_does_not_resolve_is_listed_and_counted(
     async def listed() -> bool:
         return key in await _errors(mesh)
 
-    await _until(mesh, listed, "the unresolvable endpoint in meshctl errors")
+    await eventually(listed, "the unresolvable endpoint in meshctl errors", 15, interval=0.2)
     problem = (await _errors(mesh))[key]
     assert problem["field"] == "address", problem
     assert BAD_NAME in str(problem["reason"]) and "does not resolve" in str(problem["reason"])
@@ -94,7 +84,7 @@ async def test_an_endpoint_name_that_does_not_resolve_is_listed_and_counted(
     async def both() -> bool:
         return {key, second} <= set(await _errors(mesh))
 
-    await _until(mesh, both, "the second unresolvable endpoint")
+    await eventually(both, "the second unresolvable endpoint", 15, interval=0.2)
     assert _rejected_metric(mesh.app, "endpoints") == 2
 
     # Fixed (an IP) or deleted: gone from the list and from the count.
@@ -104,7 +94,7 @@ async def test_an_endpoint_name_that_does_not_resolve_is_listed_and_counted(
     async def cleared() -> bool:
         return not await _errors(mesh)
 
-    await _until(mesh, cleared, "the endpoints no longer rejected")
+    await eventually(cleared, "the endpoints no longer rejected", 15, interval=0.2)
     assert _rejected_metric(mesh.app, "endpoints") == 0
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from adapters.etcd import EmbeddedEtcd
 from integration.harness import free_port
+from tests.support.wait import wait_until
 from xds_server.cli.meshd import GC_YOUNG_THRESHOLD, tune_collector
 
 _EXE = Path(sys.executable).with_name("meshd")
@@ -84,11 +85,18 @@ def test_meshd_says_it_waits_for_etcd_and_stops_on_a_signal(
         [*MESHD, *_flags(tmp_path, etcd)], stdout=log, stderr=subprocess.STDOUT, text=True
     )
     try:
-        deadline = time.monotonic() + 30
-        while f"waiting for etcd at {etcd}" not in (tmp_path / "meshd.log").read_text():
+
+        def meshd_log() -> str:
             assert proc.poll() is None, (tmp_path / "meshd.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "meshd.log").read_text()
-            time.sleep(0.1)
+            return (tmp_path / "meshd.log").read_text()
+
+        wait_until(
+            meshd_log,
+            f"meshd waiting for etcd at {etcd}",
+            30,
+            until=lambda text: f"waiting for etcd at {etcd}" in text,
+            interval=0.1,
+        )
         proc.send_signal(sig)
         # Prompt: a person pressing Ctrl-C or a supervisor's SIGTERM (bound loosely here: the
         # machine running the suite may be busy).
@@ -116,14 +124,27 @@ def test_meshd_waiting_for_etcd_starts_serving_once_it_answers(tmp_path: Path) -
     )
     etcd = EmbeddedEtcd(tmp_path / "etcd", client_port=port, unsafe_no_fsync=True)
     try:
-        deadline = time.monotonic() + 30
-        while "waiting for etcd" not in log_path.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+
+        def meshd_log() -> str:
+            assert proc.poll() is None, log_path.read_text()
+            return log_path.read_text()
+
+        deadline = time.monotonic() + 30  # for both waits together
+        wait_until(
+            meshd_log,
+            "meshd waiting for etcd",
+            30,
+            until=lambda text: "waiting for etcd" in text,
+            interval=0.1,
+        )
         etcd.start_sync()
-        while "meshd ready" not in log_path.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_until(
+            meshd_log,
+            "meshd ready",
+            deadline - time.monotonic(),
+            until=lambda text: "meshd ready" in text,
+            interval=0.1,
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, log_path.read_text()
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -15,6 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.support.metrics import scrape
 from tests.support.stream_mesh import BASE
+from tests.support.wait import eventually
 from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import ProxyTarget, RecentTargets, sd_document
@@ -53,15 +53,14 @@ async def test_convergence_watch_lag_and_sync_state_after_a_change() -> None:
                 registry.prefix + "endpoints/default/web/b",
                 json.dumps({"address": "10.0.0.9", "labels": {"version": "v1"}}).encode(),
             )
-            deadline = time.monotonic() + 10
-            while True:
-                m = await asyncio.to_thread(scrape, app.metrics_port)
-                if m.get(("meshd_config_convergence_seconds_count", ()), 0) > before.get(
-                    ("meshd_config_convergence_seconds_count", ()), 0
-                ):
-                    break
-                assert time.monotonic() < deadline, "convergence never observed"
-                await asyncio.sleep(0.05)
+            convergences = ("meshd_config_convergence_seconds_count", ())
+            m = await eventually(
+                lambda: scrape(app.metrics_port),
+                "a convergence observed",
+                10,
+                until=lambda m: m.get(convergences, 0) > before.get(convergences, 0),
+                blocking=True,
+            )
         # The change converged once its one proxy ACKed the new endpoints: well under 10 s.
         assert 0 < m[("meshd_config_convergence_seconds_sum", ())] < 10
         assert m[("meshd_registry_watch_lag_seconds_count", ())] >= 1

@@ -3,12 +3,11 @@ stream (SotW and Delta), and calls only the hooks an observer overrides."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.support.stream_mesh import BASE
+from tests.support.wait import eventually
 from tests.support.xds_client import RawAds, running_meshd
 from xds_server.cache import Watcher
 from xds_server.resources import LISTENER
@@ -63,14 +62,6 @@ def _node(req: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequ
     req.node.id, req.node.cluster = "gw-1", "gateway"
 
 
-async def _until(cond: object, what: str) -> None:
-    for _ in range(200):
-        if callable(cond) and cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(what)
-
-
 async def test_observers_hear_a_sotw_and_a_delta_stream_from_open_to_close() -> None:
     async with running_meshd(BASE) as (_, app):
         recorder = Recorder()
@@ -98,9 +89,14 @@ async def test_observers_hear_a_sotw_and_a_delta_stream_from_open_to_close() -> 
                         type_url=LISTENER, response_nonce=resp.nonce, version_info=resp.version_info
                     )
                 ads.send(ack)
-                await _until(lambda: _synced_after_ack(recorder.seen), "never synced")
+                await eventually(
+                    lambda: _synced_after_ack(recorder.seen),
+                    "in sync after the ACK",
+                    4.0,
+                    interval=0.02,
+                )
                 ads.call.cancel()
-            await _until(lambda: recorder.seen[-1][0] == "closed", "never closed")
+            await eventually(lambda: recorder.seen[-1][0] == "closed", "closed", 4.0, interval=0.02)
             # (An empty stream is in sync at once: "synced" may also come before requests.)
             events = [e for e in recorder.seen if e[0] != "synced"]
             assert events == [

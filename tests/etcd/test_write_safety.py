@@ -15,6 +15,7 @@ from pathlib import Path
 from adapters.etcd import EmbeddedEtcd, find_etcd_binary
 from tests.support.fixtures_admin import AdminMesh, running_admin
 from tests.support.meshctl import MANIFEST, meshctl
+from tests.support.wait import eventually
 from xds_server.admin.auth import Authenticator
 
 ROUTE_DOC = """\
@@ -90,10 +91,9 @@ async def test_huge_bad_field_names_do_not_block_status_reports(admin_mesh: Admi
         lines = out.splitlines()
         return {k: json.loads(v) for k, v in zip(lines[::2], lines[1::2], strict=True)}
 
-    deadline = asyncio.get_running_loop().time() + 15
-    while len(status := await reported()) < 2:
-        assert asyncio.get_running_loop().time() < deadline, f"status keys: {list(status)}"
-        await asyncio.sleep(0.1)
+    status = await eventually(
+        reported, "two status entries", 15, until=lambda status: len(status) >= 2, interval=0.1
+    )
     small = status[f"{prefix}status/errors/services/shop/small"]
     assert small["field"] == "port" and "must be an integer" in str(small["error"]), small
     big = status[f"{prefix}status/errors/services/shop/huge"]
@@ -126,10 +126,12 @@ async def test_a_status_write_etcd_refuses_does_not_block_the_others(tmp_path: P
             state = mesh.app.controller.state
             await mesh.wait_for(lambda: "/mesh/services/shop/big" in state.problems, "big")
             await etcdctl(etcd, "put", "/mesh/services/shop/small", stdin=b'{"port": "http"}')
-            deadline = asyncio.get_running_loop().time() + 10
-            while not await etcdctl(etcd, "get", "/mesh/status/errors/services/shop/small"):
-                assert asyncio.get_running_loop().time() < deadline, "small's status never came"
-                await asyncio.sleep(0.1)
+            await eventually(
+                lambda: etcdctl(etcd, "get", "/mesh/status/errors/services/shop/small"),
+                "small's status",
+                10,
+                interval=0.1,
+            )
             assert not await etcdctl(etcd, "get", "/mesh/status/errors/services/shop/big")
             # Both are reported where meshd keeps them in memory, too.
             code, out, err = await meshctl("errors", "--admin", mesh.address)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -18,6 +17,7 @@ import grpc
 import pytest
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
+from tests.support.wait import eventually
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
 from xds_server.admin.auth import Authenticator, parse_tokens
@@ -50,11 +50,7 @@ class AdminMesh:
         return f"127.0.0.1:{self.app.admin_port}"
 
     async def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 5) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.02)
+        await eventually(predicate, what, timeout, interval=0.02)
 
     async def put_json(self, key: str, value: object) -> None:
         await self.registry.put(self.prefix + key, json.dumps(value).encode())

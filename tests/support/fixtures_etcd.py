@@ -24,6 +24,7 @@ import pytest
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from adapters.memory import MemoryRegistry
+from tests.support.wait import eventually
 from xds_server.ingest.registry import Changes, Event, Registry, RegistryUpdate, Reset
 
 _prefix_numbers = itertools.count(1)
@@ -102,7 +103,6 @@ class RegistryView:
         self._parts = 0
         self.changes: list[Changes] = []
         self._task: asyncio.Task[None] | None = None
-        self._updated = asyncio.Event()
 
     async def __aenter__(self) -> RegistryView:
         """Start consuming and return once the first Reset is applied."""
@@ -131,21 +131,19 @@ class RegistryView:
     async def wait_for(
         self, predicate: Callable[[], bool], what: str = "condition", timeout: float = 5.0
     ) -> None:
-        """Wait until ``predicate()`` holds; AssertionError on timeout.
+        """Wait until ``predicate()`` holds; AssertionError on timeout (with the view's
+        revision) or at once when ``updates()`` ended (with its failure, if any).
 
-        Checked after every update and every 10 ms (for state such as ``connected``).
+        Checked every 10 ms (for state such as ``connected``, too).
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate():
+
+        def probe() -> str | None:
             if self._task is not None and self._task.done():
                 self._task.result()
                 raise AssertionError(f"updates() ended while waiting for {what}")
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {what}; view at {self.revision}")
-            self._updated.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._updated.wait(), min(remaining, 0.01))
+            return None if predicate() else f"the view at revision {self.revision}"
+
+        await eventually(probe, what, timeout, until=lambda view: view is None, interval=0.01)
 
     async def wait_revision(self, revision: int, timeout: float = 5.0) -> None:
         """Wait until the view has seen ``revision``."""
@@ -154,7 +152,6 @@ class RegistryView:
     async def _consume(self) -> None:
         async for update in self.registry.updates():
             self.apply(update)
-            self._updated.set()
 
     def apply(self, update: RegistryUpdate) -> None:
         """Check ``update`` against the contract and fold it into the view."""

@@ -19,6 +19,7 @@ from adapters.etcd import EmbeddedEtcd, EtcdRegistry, find_etcd_binary
 from integration.harness import EnvoyProcess, count_bodies, free_port, http_get
 from integration.scenario import seed, split_entries
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
+from tests.support.wait import eventually
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
 
@@ -75,11 +76,25 @@ class Rig:
         def ok() -> bool:
             return all(http_get(self.url)[1].strip() == body for _ in range(20))
 
-        while not await asyncio.to_thread(ok):
-            if time.monotonic() - start > timeout:
-                raise AssertionError(f"gateway never answered {body!r} consistently")
-            await asyncio.sleep(0.02)
+        what = f"the gateway to answer {body!r} 20 times in a row"
+        await eventually(ok, what, timeout, interval=0.02, blocking=True)
         return time.monotonic() - start
+
+    def status(self, key: str) -> dict[str, Any] | None:
+        """meshd's status entry for ``key`` (``<prefix>status/errors/<key>``), read with etcdctl."""
+        out = self.etcdctl("get", "--print-value-only", f"{self.prefix}status/errors/{key}")
+        return json.loads(out) if out.strip() else None
+
+    async def wait_status(self, key: str, present: bool, timeout: float) -> dict[str, Any]:
+        """Until ``key``'s status entry is there (``present``) or gone; the entry or ``{}``."""
+        value = await eventually(
+            lambda: self.status(key),
+            f"the status of {key} to be {'present' if present else 'gone'}",
+            timeout,
+            until=lambda status: (status is not None) == present,
+            blocking=True,
+        )
+        return value or {}
 
 
 @dataclass

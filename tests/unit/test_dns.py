@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from adapters.dns import DnsCache, ResolveFn, system_resolve
 from adapters.memory import MemoryRegistry
+from tests.support.wait import eventually
 from xds_server.cache import ConfigCache
 from xds_server.ingest.controller import Controller
 from xds_server.ingest.inputs import DnsAnswers
@@ -26,21 +26,15 @@ def _addresses(cache: ConfigCache, name: str) -> list[str]:
     )
 
 
-async def _until(predicate: Callable[[], object], timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def _status(registry: MemoryRegistry, key: str, present: bool) -> dict[str, object]:
-    for _ in range(300):
-        entry = await registry.get(key)
-        if (entry is not None) == present:
-            return json.loads(entry.value) if entry else {}
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{key} never became present={present}")
+    entry = await eventually(
+        lambda: registry.get(key),
+        f"{key} to be {'present' if present else 'gone'}",
+        3.0,
+        until=lambda entry: (entry is not None) == present,
+        interval=0.01,
+    )
+    return json.loads(entry.value) if entry else {}
 
 
 def _controller(
@@ -73,7 +67,13 @@ async def test_names_resolve_and_unresolvable_names_are_reported() -> None:
     task = asyncio.create_task(ctl.run())
     resolver = asyncio.create_task(dns.run())
     try:
-        await _until(lambda: _addresses_or_none(cache) == ["10.1.0.1", "10.1.0.2"])
+        await eventually(
+            lambda: _addresses_or_none(cache),
+            "web's addresses in EDS",
+            3.0,
+            until=lambda got: got == ["10.1.0.1", "10.1.0.2"],
+            interval=0.01,
+        )
         status_key = "/mesh/status/errors/endpoints/default/web/b"
         status = await _status(registry, status_key, present=True)
         assert status["field"] == "address"
@@ -82,7 +82,13 @@ async def test_names_resolve_and_unresolvable_names_are_reported() -> None:
         table["gone.internal"] = ("10.2.0.9",)
         dns.refresh_s = 0.05
         dns._wake.set()
-        await _until(lambda: "10.2.0.9" in (_addresses_or_none(cache) or []))
+        await eventually(
+            lambda: _addresses_or_none(cache),
+            "10.2.0.9 in EDS",
+            3.0,
+            until=lambda got: "10.2.0.9" in (got or []),
+            interval=0.01,
+        )
         await _status(registry, status_key, present=False)
     finally:
         task.cancel()
@@ -104,7 +110,13 @@ async def test_localhost_resolves_with_the_system_resolver() -> None:
     task = asyncio.create_task(ctl.run())
     resolver = asyncio.create_task(dns.run())
     try:
-        await _until(lambda: "127.0.0.1" in (_addresses_or_none(cache) or []))
+        await eventually(
+            lambda: _addresses_or_none(cache),
+            "127.0.0.1 in EDS",
+            3.0,
+            until=lambda got: "127.0.0.1" in (got or []),
+            interval=0.01,
+        )
     finally:
         task.cancel()
         resolver.cancel()
