@@ -25,8 +25,6 @@ from xds_server.health.transitions import HealthTransitions
 from xds_server.ingest.controller import Controller
 from xds_server.ingest.inputs import DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
-from xds_server.ingest.state import ChangeSet
-from xds_server.ingest.view import RegistryView
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
 from xds_server.metrics_http import (
@@ -36,6 +34,7 @@ from xds_server.metrics_http import (
     RecentTargets,
 )
 from xds_server.model import ServiceRef
+from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.server.ads import AdsServicer, StreamRegistry
 from xds_server.server.heap_trim import HeapTrimmer
 from xds_server.server.observers import (

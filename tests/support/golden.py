@@ -24,7 +24,8 @@ from google.protobuf.message import Message
 
 from tests.support.paths import TESTDATA
 from xds_server.ingest.registry import Entry, Reset
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import RegistryState
+from xds_server.model.view import ChangeSet
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from xds_server.translate import Translator
 

@@ -7,11 +7,10 @@ import gc
 from adapters.memory import MemoryRegistry
 from xds_server.cache import ConfigCache
 from xds_server.ingest.controller import BIG_BATCH, Controller
-from xds_server.ingest.inputs import NO_INPUTS, Inputs
 from xds_server.ingest.registry import Entry, Reset
-from xds_server.ingest.state import ChangeSet
-from xds_server.ingest.view import RegistryView
 from xds_server.metrics import Metrics
+from xds_server.model.view import ChangeSet, RegistryView
+from xds_server.translate.inputs import NO_INPUTS, Inputs
 from xds_server.translate.translator import Delta
 
 

@@ -12,10 +12,9 @@ from xds_server.cache import ConfigCache
 from xds_server.ingest.controller import Controller
 from xds_server.ingest.inputs import DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
-from xds_server.ingest.state import ChangeSet
-from xds_server.ingest.view import RegistryView
 from xds_server.metrics import Metrics
 from xds_server.model import ServiceRef
+from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources import ENDPOINT
 
 WEB = ServiceRef("default", "web")

@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import RegistryState
 from xds_server.model import Endpoint, Problem, Route, Service, ServiceRef
+from xds_server.model.view import ChangeSet
 
 PREFIX = "/mesh/"
 WEB = ServiceRef("default", "web")

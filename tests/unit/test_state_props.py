@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from tests.support.histories import Op, histories
 from xds_server.errors import ValidationError
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import RegistryState
 from xds_server.model import Endpoint, Entity, Listener, Problem, Route, Service, parse_entry
 from xds_server.model import names as names_module
 from xds_server.model.endpoint import decode_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.names import parse_key, service_ref
 from xds_server.model.service import MAX_MS, decode_plain_service, parse_service
+from xds_server.model.view import ChangeSet
 
 PREFIX = "/mesh/"
 FAST = settings(max_examples=80, deadline=None)

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from tests.support.golden import PREFIX, cases, load_entries
 from tests.support.histories import Op, histories
 from xds_server.ingest.registry import Changes, Entry, Event
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import RegistryState
+from xds_server.model.view import ChangeSet
 from xds_server.translate import Delta, Translator
 
 Versions = dict[str, dict[str, str]]

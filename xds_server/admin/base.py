@@ -18,8 +18,8 @@ from xds_server.errors import MeshError
 from xds_server.events import EventBus
 from xds_server.health.hds import HealthService
 from xds_server.ingest.registry import WritableRegistry
-from xds_server.ingest.view import RegistryView
 from xds_server.model import Problem
+from xds_server.model.view import RegistryView
 from xds_server.server.ads import StreamRegistry
 from xds_server.topology.lrs import TopologyService
 

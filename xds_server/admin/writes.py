@@ -19,9 +19,10 @@ from xds_server.admin.base import Ctx, ServicerBase
 from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, invalid
 from xds_server.errors import RegistryConflict, TxnTooLarge
-from xds_server.ingest.refs import Dependent, ServiceView, check_refs
+from xds_server.ingest.refs import ServiceView, check_refs
 from xds_server.model import Listener, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE
+from xds_server.model.view import Dependent
 
 MAX_APPLY = 500
 """Entries per ApplyEntries call. They are one etcd transaction of one operation per entry,

@@ -29,8 +29,8 @@ from prometheus_client.registry import Collector
 from xds_server.health.aggregate import Status
 from xds_server.health.assign import Checker
 from xds_server.health.monitor import HealthMonitor, ProbeGroup, ServiceHealth
-from xds_server.ingest.view import RegistryView
 from xds_server.model import ServiceRef
+from xds_server.model.view import RegistryView
 from xds_server.translate.cluster import health_check, ms
 
 log = logging.getLogger("meshd.hds")

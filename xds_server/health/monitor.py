@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from xds_server.health.aggregate import Aggregator, Status
 from xds_server.health.assign import Checker, Target, assign, checkers_of
-from xds_server.ingest.view import RegistryView
 from xds_server.model import Endpoint, HealthCheck, Service, ServiceRef
 from xds_server.model.names import cluster_name
+from xds_server.model.view import RegistryView
 
 __all__ = [
     "EndpointHealth",

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 from xds_server.events import EventBus
-from xds_server.ingest.view import RegistryView
 from xds_server.model import ServiceRef
 from xds_server.model.names import endpoint_key, service_key
+from xds_server.model.view import RegistryView
 
 __all__ = ["HealthTransitions"]
 

@@ -27,17 +27,18 @@ from dataclasses import dataclass, field, replace
 from xds_server.cache import ConfigSink
 from xds_server.events import EventBus, EventType
 from xds_server.ingest.dns_problems import DnsProblems
-from xds_server.ingest.inputs import AddressSource, DnsAnswers, HealthVerdicts, Input, Inputs
+from xds_server.ingest.inputs import AddressSource, DnsAnswers, HealthVerdicts, Input
 from xds_server.ingest.registry import Changes, Registry, Reset
-from xds_server.ingest.state import ChangeSet, RegistryState
+from xds_server.ingest.state import RegistryState
 from xds_server.ingest.status import StatusWriter
-from xds_server.ingest.view import RegistryView
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, ServiceRef
 from xds_server.model.names import KINDS
+from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources import TYPE_ORDER
 from xds_server.resources.types import SHORT
 from xds_server.translate import Translator
+from xds_server.translate.inputs import Inputs
 
 log = logging.getLogger("meshd.controller")
 

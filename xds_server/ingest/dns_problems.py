@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from xds_server.ingest.state import ChangeSet
 from xds_server.model import Problem, ServiceRef
 from xds_server.model.names import endpoint_key
+from xds_server.model.view import ChangeSet
 
 __all__ = ["DnsProblems"]
 

@@ -16,12 +16,13 @@ translation reads) and names what to translate again, and a producer that calls
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass, field
+from collections.abc import Set
+from dataclasses import dataclass
 from typing import Protocol
 
 from xds_server.ingest.registry import RegistryUpdate
 from xds_server.model import ServiceRef
+from xds_server.translate.inputs import NO_INPUTS, EndpointHealth, Inputs, Resolver
 
 __all__ = [
     "NO_INPUTS",
@@ -32,12 +33,6 @@ __all__ = [
     "Inputs",
     "Resolver",
 ]
-
-Resolver = Callable[[str], tuple[str, ...]]
-"""Addresses a name resolves to now (empty while unknown); never blocks."""
-
-EndpointHealth = Mapping[ServiceRef, Mapping[str, int]]
-"""Per service, endpoint id -> Envoy HealthStatus (HDS verdicts of every proxy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,26 +53,6 @@ class DnsAnswers:
 
 Input = RegistryUpdate | HealthVerdicts | DnsAnswers
 """Anything the controller's pipeline takes."""
-
-
-def _no_dns(name: str) -> tuple[str, ...]:
-    return ()
-
-
-@dataclass(frozen=True, slots=True)
-class Inputs:
-    """What translation reads besides the registry view: the latest value of each
-    non-registry input. The controller's handlers replace it (one per batch at most);
-    the translator only reads it."""
-
-    health: EndpointHealth = field(default_factory=dict)
-    """The latest :class:`HealthVerdicts` health."""
-    addresses: Resolver = _no_dns
-    """Addresses of endpoint names (the resolver's answers so far)."""
-
-
-NO_INPUTS = Inputs()
-"""No health verdicts and no DNS: what tools and tests that translate alone read."""
 
 
 class AddressSource(Protocol):

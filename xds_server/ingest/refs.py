@@ -9,17 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple
 
 from xds_server.model import Endpoint, Entity, Listener, Route, Service, ServiceRef
-
-
-class Dependent(NamedTuple):
-    """An entry in force that a change to a service would break, and how."""
-
-    key: str
-    field: str
-    reason: str
+from xds_server.model.view import Dependent
 
 
 class ServiceView(Mapping[ServiceRef, Service]):

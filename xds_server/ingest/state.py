@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from xds_server.errors import ValidationError
-from xds_server.ingest.refs import Dependent, ServiceView, check_refs, dependents
+from xds_server.ingest.refs import ServiceView, check_refs, dependents
 from xds_server.ingest.registry import Changes, RegistryUpdate, Reset
 from xds_server.model import (
     Endpoint,
@@ -42,39 +42,9 @@ from xds_server.model import (
     parse_entry,
 )
 from xds_server.model.names import KINDS, parse_key, service_key
+from xds_server.model.view import ChangeSet, Dependent
 
-__all__ = ["ChangeSet", "RegistryState", "check_refs"]
-
-
-@dataclass
-class ChangeSet:
-    """What one update changed in force. Empty sets mean nothing to push."""
-
-    revision: int = 0
-    services: set[ServiceRef] = field(default_factory=set)
-    endpoints: set[ServiceRef] = field(default_factory=set)
-    routes: set[str] = field(default_factory=set)
-    listeners: set[str] = field(default_factory=set)
-    problems_set: dict[str, Problem] = field(default_factory=dict)
-    problems_cleared: set[str] = field(default_factory=set)
-
-    @property
-    def config_changed(self) -> bool:
-        return bool(self.services or self.endpoints or self.routes or self.listeners)
-
-    def merge(self, later: ChangeSet) -> None:
-        """Fold a later ChangeSet into this one (bursts are translated once)."""
-        self.revision = max(self.revision, later.revision)
-        self.services |= later.services
-        self.endpoints |= later.endpoints
-        self.routes |= later.routes
-        self.listeners |= later.listeners
-        for key, problem in later.problems_set.items():
-            self.problems_set[key] = problem
-            self.problems_cleared.discard(key)
-        for key in later.problems_cleared:
-            self.problems_set.pop(key, None)
-            self.problems_cleared.add(key)
+__all__ = ["RegistryState", "check_refs"]
 
 
 @dataclass(slots=True)

@@ -14,10 +14,10 @@ import logging
 
 from xds_server.errors import RegistryUnavailable, ValidationError
 from xds_server.ingest.registry import Registry
-from xds_server.ingest.state import ChangeSet
 from xds_server.model import Problem, status_error_key
 from xds_server.model.entries import MAX_FIELD_CHARS, MAX_REASON_CHARS, bounded
 from xds_server.model.names import MAX_STATUS_REST
+from xds_server.model.view import ChangeSet
 
 __all__ = ["StatusWriter", "status_value"]
 

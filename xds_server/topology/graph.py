@@ -21,9 +21,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from xds_server.ingest.view import RegistryView
 from xds_server.model import ServiceRef
 from xds_server.model.names import parse_cluster_name
+from xds_server.model.view import RegistryView
 from xds_server.topology.load import EdgeRate, EndpointRate
 
 __all__ = ["Edge", "Graph", "Recommendation", "ServiceRed", "build_graph", "recommend", "red"]

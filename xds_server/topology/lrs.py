@@ -20,7 +20,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from xds_server.ingest.view import RegistryView
+from xds_server.model.view import RegistryView
 from xds_server.resources.types import XDS_CLUSTER
 from xds_server.topology.graph import (
     Graph,

@@ -16,17 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from xds_server.ingest.inputs import NO_INPUTS, Inputs
-from xds_server.ingest.state import ChangeSet
-from xds_server.ingest.view import RegistryView
 from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
 from xds_server.model.names import entry_key, service_host
+from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources.resource import Resource
 from xds_server.resources.scope import ScopeRule
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
+from xds_server.translate.inputs import NO_INPUTS, Inputs
 from xds_server.translate.listener import listener_resource
 from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.scoping import mesh_scopes

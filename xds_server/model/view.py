@@ -1,4 +1,4 @@
-"""The registry as its readers see it: in force, read-only.
+"""The registry as its readers see it: in force, read-only, and what one update changed.
 
 Only ingest holds the mutable :class:`~xds_server.ingest.state.RegistryState` (the
 controller folds updates into it). Translation, the admin API, health and topology read
@@ -10,14 +10,51 @@ the change), typed read-only so that no reader writes through them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 from xds_server.model import Endpoint, Listener, Problem, Route, Service, ServiceRef
 
-if TYPE_CHECKING:
-    from xds_server.ingest.refs import Dependent
+__all__ = ["ChangeSet", "Dependent", "RegistryView"]
 
-__all__ = ["RegistryView"]
+
+class Dependent(NamedTuple):
+    """An entry in force that a change to a service would break, and how."""
+
+    key: str
+    field: str
+    reason: str
+
+
+@dataclass
+class ChangeSet:
+    """What one update changed in force. Empty sets mean nothing to push."""
+
+    revision: int = 0
+    services: set[ServiceRef] = field(default_factory=set)
+    endpoints: set[ServiceRef] = field(default_factory=set)
+    routes: set[str] = field(default_factory=set)
+    listeners: set[str] = field(default_factory=set)
+    problems_set: dict[str, Problem] = field(default_factory=dict)
+    problems_cleared: set[str] = field(default_factory=set)
+
+    @property
+    def config_changed(self) -> bool:
+        return bool(self.services or self.endpoints or self.routes or self.listeners)
+
+    def merge(self, later: ChangeSet) -> None:
+        """Fold a later ChangeSet into this one (bursts are translated once)."""
+        self.revision = max(self.revision, later.revision)
+        self.services |= later.services
+        self.endpoints |= later.endpoints
+        self.routes |= later.routes
+        self.listeners |= later.listeners
+        for key, problem in later.problems_set.items():
+            self.problems_set[key] = problem
+            self.problems_cleared.discard(key)
+        for key in later.problems_cleared:
+            self.problems_set.pop(key, None)
+            self.problems_cleared.add(key)
 
 
 class RegistryView(Protocol):
