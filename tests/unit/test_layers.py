@@ -28,6 +28,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "events": frozenset(),
     X + "listen": frozenset(),
     X + "model": frozenset({X + "errors", X + "resources"}),
+    X + "identity": frozenset({X + "model", X + "resources", X + "errors"}),
     X + "cache": frozenset({X + "resources"}),
     X + "translate": frozenset({X + "model", X + "resources", X + "errors"}),
     X + "metrics": frozenset({X + "model", X + "resources"}),

@@ -1,0 +1,84 @@
+"""The mesh CA: a P-256 root, workload and server certificates, operator CAs checked."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from xds_server.errors import ValidationError
+from xds_server.identity.ca import CaError, MeshCA, generate_root
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+@pytest.fixture(scope="module")
+def ca() -> MeshCA:
+    cert, key = generate_root("mesh.local", NOW)
+    return MeshCA(cert, key, "mesh.local")
+
+
+def test_root_is_a_p256_ca(ca: MeshCA) -> None:
+    cert = ca.certificate
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert b"PRIVATE KEY" not in ca.bundle_pem
+
+
+def test_workload_certificate_carries_the_spiffe_id(ca: MeshCA) -> None:
+    ttl = datetime.timedelta(hours=24)
+    issued = ca.issue_workload("spiffe://mesh.local/ns/shop/svc/web", NOW, ttl)
+    leaf = x509.load_pem_x509_certificates(issued.chain_pem)[0]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://mesh.local/ns/shop/svc/web"
+    ]
+    assert leaf.not_valid_after_utc == NOW + ttl
+    assert leaf.serial_number == issued.serial
+    assert ca.verifies(issued.chain_pem)
+    assert b"PRIVATE KEY" in issued.key_pem and "PRIVATE" not in repr(issued)
+    # The chain ends with the bundle: a peer trusting the root verifies the leaf.
+    assert issued.chain_pem.endswith(ca.bundle_pem)
+
+
+def test_workload_outside_the_trust_domain_is_refused(ca: MeshCA) -> None:
+    with pytest.raises(ValidationError, match="spiffe_id"):
+        ca.issue_workload("spiffe://evil.org/ns/a/svc/b", NOW, datetime.timedelta(hours=1))
+
+
+def test_server_certificate_has_dns_and_ip_sans(ca: MeshCA) -> None:
+    chain, key = ca.issue_server_certificate(["localhost", "meshd"], ["127.0.0.1", "0.0.0.0"], NOW)
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "meshd"]
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert b"PRIVATE KEY" in key
+    assert ca.verifies(chain)
+
+
+def test_operator_ca_that_is_not_a_ca_is_refused(ca: MeshCA) -> None:
+    chain, key = ca.issue_server_certificate(["localhost"], [], NOW)
+    with pytest.raises(CaError, match="is not a CA"):
+        MeshCA(chain, key, "mesh.local")
+
+
+def test_operator_ca_with_a_foreign_key_is_refused() -> None:
+    cert, _ = generate_root("mesh.local", NOW)
+    _, other_key = generate_root("mesh.local", NOW)
+    with pytest.raises(CaError, match="do not match"):
+        MeshCA(cert, other_key, "mesh.local")
+
+
+def test_garbage_is_one_clear_error() -> None:
+    with pytest.raises(CaError, match="CA certificate"):
+        MeshCA(b"nope", b"nope", "mesh.local")
+
+
+def test_intermediate_chain_is_the_bundle(ca: MeshCA) -> None:
+    # An operator's intermediate signed by their root: the bundle holds the whole chain.
+    inter_cert, inter_key = generate_root("mesh.local", NOW)
+    inter = MeshCA(inter_cert + ca.bundle_pem, inter_key, "mesh.local")
+    assert inter.bundle_pem == inter_cert + ca.bundle_pem

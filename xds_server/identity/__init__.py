@@ -1,0 +1,1 @@
+"""The mesh CA and the workload certificates it issues (pure: clocks come in as arguments)."""
