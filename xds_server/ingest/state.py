@@ -35,6 +35,7 @@ from xds_server.model import (
     Entity,
     KeyRef,
     Listener,
+    Namespace,
     Problem,
     Route,
     Service,
@@ -45,6 +46,15 @@ from xds_server.model.names import KINDS, parse_key, service_key
 from xds_server.model.view import ChangeSet, Dependent
 
 __all__ = ["RegistryState", "check_refs"]
+
+
+@dataclass(slots=True)
+class _HeldFrom:
+    """What services held within one update had in force before it: a hold taken and let
+    go in the same update must leave in the ChangeSet only what really changed."""
+
+    problems: dict[str, Problem | None] = field(default_factory=dict)
+    endpoints: dict[ServiceRef, dict[str, Endpoint]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -86,6 +96,7 @@ class RegistryState:
         self.endpoints: dict[ServiceRef, dict[str, Endpoint]] = {}
         self.routes: dict[str, Route] = {}
         self.listeners: dict[str, Listener] = {}
+        self.namespaces: dict[str, Namespace] = {}
         self.problems: dict[str, Problem] = {}
         self._listing: _Listing | None = None
         self._raw: dict[str, int] = {}  # every known key -> mod_revision
@@ -195,7 +206,7 @@ class RegistryState:
         for key in dirty.orphans:
             self._set_problem(key, self._schema_problems.get(key), changes)
 
-        before: dict[str, Problem | None] = {}  # problems of services held meanwhile
+        before = _HeldFrom()  # what services held meanwhile had before this update
         for key in by_kind["services"]:
             self._resolve_service(key, changes, by_kind, before)
         if changes.services:
@@ -213,7 +224,7 @@ class RegistryState:
             # nodes): re-check them all, oldest first, so the outcome is deterministic.
             by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
         self._resolve_endpoints(by_kind["endpoints"], changes)
-        for kind in ("routes", "listeners"):
+        for kind in ("namespaces", "routes", "listeners"):
             ordered: Iterable[str] = by_kind[kind]
             if kind == "listeners":
                 ordered = sorted(ordered, key=lambda k: (self._raw.get(k, 0), k))
@@ -334,7 +345,7 @@ class RegistryState:
         key: str,
         changes: ChangeSet,
         by_kind: dict[str, dict[str, None]],
-        before: dict[str, Problem | None],
+        before: _HeldFrom,
     ) -> None:
         entity, problem = self._decide(key)
         previous = self._force.get(key)
@@ -347,7 +358,8 @@ class RegistryState:
                 new = entity if isinstance(entity, Service) else None
                 broken = self.dependents(ref, new)
                 if broken:
-                    before.setdefault(key, self.problems.get(key))
+                    before.problems.setdefault(key, self.problems.get(key))
+                    before.endpoints.setdefault(ref, dict(self.endpoints.get(ref, {})))
                     self._held[ref] = new
                     problem = self._holding_problem(key, new, broken)
                     entity = previous
@@ -360,7 +372,7 @@ class RegistryState:
         self._set_force(key, entity, changes)
         self._set_problem(key, problem, changes)
 
-    def _release_held(self, changes: ChangeSet, before: dict[str, Problem | None]) -> None:
+    def _release_held(self, changes: ChangeSet, before: _HeldFrom) -> None:
         """Let the registry's value of a held service into force once nothing in force
         needs the old one (its dependents changed or were deleted). A hold taken and let go
         within one update (a service and its route deleted together) leaves no trace in
@@ -371,12 +383,17 @@ class RegistryState:
             del self._held[ref]
             key = service_key(self.prefix, ref)
             self._resolve_key(key, changes)
-            if key in before and self.problems.get(key) == before[key]:
+            if key in before.problems and self.problems.get(key) == before.problems[key]:
                 changes.problems_set.pop(key, None)
                 changes.problems_cleared.discard(key)
             keys = self._endpoint_keys.get(ref)
             if keys and ref in changes.services:
                 self._resolve_endpoints(list(keys), changes)
+            # Endpoints may have come into force against the held value and left with it.
+            if ref in changes.endpoints and self.endpoints.get(ref, {}) == before.endpoints.get(
+                ref
+            ):
+                changes.endpoints.discard(ref)
 
     def _holding_problem(self, key: str, new: Service | None, broken: list[Dependent]) -> Problem:
         """The problem of a service key held in force for ``broken``."""
@@ -432,6 +449,8 @@ class RegistryState:
             _index(self.routes, key, entity, changes.routes)
         elif isinstance(some, Listener):
             _index(self.listeners, some.name, entity, changes.listeners)
+        elif isinstance(some, Namespace):
+            _index(self.namespaces, some.name, entity, changes.namespaces)
 
     def _set_problem(self, key: str, problem: Problem | None, changes: ChangeSet) -> None:
         old = self.problems.get(key)
