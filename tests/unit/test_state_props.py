@@ -7,7 +7,7 @@ import json
 from typing import Any, NamedTuple
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.histories import Op, histories
@@ -369,8 +369,29 @@ def relisted(
     return target, revision
 
 
+_A1 = "/mesh/endpoints/default/api/a1"
+_A1_VALUE = b'{"address": "10.0.1.1"}'
+
+
 @settings(max_examples=60, deadline=None)
 @given(history=histories, relist=histories)
+@example(  # an endpoint came into force against a held service and left with it
+    history=[
+        Op(_A1, _A1_VALUE),
+        Op(_A1, _A1_VALUE),
+        Op(
+            "/mesh/routes/default/r1",
+            b'{"listener": "public", "destinations": [{"service": "api"}]}',
+        ),
+        Op("/mesh/services/default/api", b"{}"),
+    ],
+    relist=[
+        Op(_A1, _A1_VALUE),
+        Op(_A1, b'{"address": "10.0.1.1", "port": 9}'),
+        Op("/mesh/routes/default/r1", None),
+        Op("/mesh/services/default/api", None),
+    ],
+)
 def test_reset_after_a_history_is_exact(history: list[Op], relist: list[Op]) -> None:
     """A Reset to other content reports exactly what changed and serves only valid values."""
     state, content = replay(history)
