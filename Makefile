@@ -39,7 +39,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Regenerate the admin API's Python code from proto/ (tests/test_admin_proto.py checks it).
+# Regenerate the admin API's Python code from proto/ (tests/e2e/test_admin_proto.py checks it).
 proto: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/python proto/generate.py

@@ -5,7 +5,7 @@
     .venv/bin/python observability/generate.py --check  # exit 1 if they are out of date
 
 Dashboards are plain Grafana JSON (schema 39, Grafana 10/11); every panel queries the
-Prometheus datasource chosen by the ``datasource`` variable. ``tests/test_observability.py``
+Prometheus datasource chosen by the ``datasource`` variable. ``tests/e2e/test_observability.py``
 runs every panel's PromQL against a real Prometheus scraping meshd and Envoys, and checks
 that the committed JSON is what this script writes.
 

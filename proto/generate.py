@@ -2,7 +2,7 @@
 
 Writes ``xds_server/admin/api/admin_pb2.py``, ``admin_pb2.pyi`` and ``admin_pb2_grpc.py``
 (grpcio-tools' protoc), with the one import protoc writes as ``apg.mesh.admin.v1`` pointed
-at the package instead, so no top-level ``apg`` package is needed. tests/test_admin_proto.py
+at the package instead, so no top-level ``apg`` package is needed. tests/e2e/test_admin_proto.py
 checks that the committed files match what this produces.
 
     python proto/generate.py [OUT_DIR]

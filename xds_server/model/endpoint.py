@@ -114,7 +114,7 @@ def decode_endpoint(
 
     A cold start reads every endpoint value, and msgspec decodes and checks one far faster
     than json and a dict walk. This accepts only values :func:`parse_endpoint` accepts, with the
-    same outcome (``tests/test_state_props.py`` checks it with hypothesis); anything
+    same outcome (``tests/unit/test_state_props.py`` checks it with hypothesis); anything
     unusual (null fields, DNS names, errors) returns None, so every error still comes
     from the strict path with its messages.
     """

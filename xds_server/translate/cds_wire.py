@@ -8,7 +8,7 @@ twice: ``name`` (field 1) and ``eds_cluster_config.service_name`` (field 3, its 
 So the message API builds one Cluster per shape, with both names empty (proto3 leaves
 them out), and every cluster of that shape is that serialization with the two names put
 in: the name first (field 1 comes first in field-number order), then what precedes field
-3, field 3 with the name appended, and the rest. ``tests/test_cds_wire.py`` checks with
+3, field 3 with the name appended, and the rest. ``tests/unit/test_cds_wire.py`` checks with
 hypothesis that the bytes equal the message API's deterministic serialization.
 
 Field numbers (envoy.config.cluster.v3): Cluster{name=1, type=2, eds_cluster_config=3};

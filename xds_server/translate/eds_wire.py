@@ -4,7 +4,7 @@ A cold start translates every endpoint; building them as upb messages is slow in
 Python, encoding the few fields directly is many times faster, and an
 endpoint's bytes are memoized so an incremental change re-encodes only the
 endpoints that changed. Fields are written in field-number order, as
-protobuf's own serializer does, and ``tests/test_eds_wire.py`` checks with
+protobuf's own serializer does, and ``tests/unit/test_eds_wire.py`` checks with
 hypothesis that the bytes parse to exactly what :func:`endpoint.build_cla`
 builds with the message API.
 

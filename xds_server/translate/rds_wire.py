@@ -9,9 +9,9 @@ joins cached bytes; only what changed is built again.
 
 This is the one assembler of RouteConfiguration resources: Envoy listeners' and proxyless
 gRPC clients' (``proxyless=True``). The layout follows ``build_route_configuration`` in
-``tests/route_reference.py``, the message-API reference, and fields are written in
+``tests/support/route_reference.py``, the message-API reference, and fields are written in
 field-number order as protobuf's own deterministic serializer does;
-``tests/test_rds_wire.py`` checks with hypothesis that both give identical bytes.
+``tests/unit/test_rds_wire.py`` checks with hypothesis that both give identical bytes.
 
 Field numbers (envoy.config.route.v3): RouteConfiguration{name=1, virtual_hosts=2},
 VirtualHost{name=1, domains=2, routes=3}.

@@ -1,7 +1,7 @@
 """Routes of one HTTP listener -> the parts of its RouteConfiguration. Pure.
 
 The configuration itself is assembled from these parts' memoized bytes by
-:mod:`xds_server.translate.rds_wire` (``tests/route_reference.py`` keeps the message-API
+:mod:`xds_server.translate.rds_wire` (``tests/support/route_reference.py`` keeps the message-API
 assembly the tests compare it with, byte for byte).
 
 Virtual hosts are built from the routes' ``hosts``; every service that speaks
