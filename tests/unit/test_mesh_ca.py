@@ -82,3 +82,19 @@ def test_intermediate_chain_is_the_bundle(ca: MeshCA) -> None:
     inter_cert, inter_key = generate_root("mesh.local", NOW)
     inter = MeshCA(inter_cert + ca.bundle_pem, inter_key, "mesh.local")
     assert inter.bundle_pem == inter_cert + ca.bundle_pem
+
+
+def test_registry_state_ignores_the_ca_keys() -> None:
+    # The CA lives under <prefix>ca/ beside the entries: not an unknown kind, not a problem.
+    from xds_server.ingest.registry import Changes, Entry, Event, Reset
+    from xds_server.ingest.state import RegistryState
+
+    state = RegistryState("/mesh/")
+    ca_keys = ("/mesh/ca/cert", "/mesh/ca/key", "/mesh/ca/bundle")
+    state.apply(Reset(5, tuple(Entry(k, b"pem", 5) for k in ca_keys)))
+    assert not state.problems
+    state.apply(Changes(6, (Event("put", "/mesh/ca/bundle", b"x", 6),)))
+    assert not state.problems
+    state.apply(Changes(7, (Event("delete", "/mesh/ca/bundle", b"", 7),)))
+    state.apply(Changes(8, (Event("put", "/mesh/bogus/x", b"{}", 8),)))
+    assert list(state.problems) == ["/mesh/bogus/x"]  # other unknown keys still are
