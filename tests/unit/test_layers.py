@@ -27,6 +27,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "errors": frozenset(),
     X + "events": frozenset(),
     X + "listen": frozenset(),
+    X + "stream_auth": frozenset(),
     X + "model": frozenset({X + "errors", X + "resources"}),
     X + "identity": frozenset({X + "model", X + "resources", X + "errors"}),
     X + "cache": frozenset({X + "resources"}),
@@ -35,6 +36,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "metrics_http": frozenset({X + "metrics", X + "model", X + "resources"}),
     X + "server": frozenset(
         {X + "cache", X + "resources", X + "errors", X + "events", X + "metrics"}
+        | {X + "stream_auth"}
     ),
     X + "ingest": frozenset(
         {X + "cache", X + "translate", X + "model", X + "resources", X + "errors"}
@@ -42,15 +44,18 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     X + "health": frozenset(
         {X + "ingest", X + "translate", X + "model", X + "resources", X + "errors"}
-        | {X + "events", X + "metrics"}
+        | {X + "events", X + "metrics", X + "stream_auth"}
     ),
     X + "topology": frozenset(
         {X + "ingest", X + "translate", X + "model", X + "resources", X + "errors"}
-        | {X + "events", X + "metrics"}
+        | {X + "events", X + "metrics", X + "stream_auth"}
+    ),
+    X + "token_authority": frozenset(
+        {X + "ingest", X + "model", X + "resources", X + "errors", X + "stream_auth"}
     ),
     X + "admin": frozenset(
         {X + "server", X + "health", X + "topology", X + "ingest", X + "model"}
-        | {X + "resources", X + "errors", X + "events", X + "listen"}
+        | {X + "resources", X + "errors", X + "events", X + "listen", X + "stream_auth"}
     ),
     "adapters": frozenset({X + "ingest", X + "model", X + "resources", X + "errors"}),
 }

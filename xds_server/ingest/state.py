@@ -91,7 +91,8 @@ class RegistryState:
 
     def __init__(self, prefix: str = "/mesh/") -> None:
         self.prefix = prefix
-        self._ca_prefix = prefix + "ca/"  # the mesh CA's keys: meshd's own, no entries
+        # meshd's own keys, no entries: the mesh CA's, and join tokens (hashes only)
+        self._ca_prefix = (prefix + "ca/", prefix + "tokens/")
         self.revision = 0
         self.services: dict[ServiceRef, Service] = {}
         self.endpoints: dict[ServiceRef, dict[str, Endpoint]] = {}
@@ -160,7 +161,7 @@ class RegistryState:
     def _store(self, key: str, value: bytes, revision: int, lease: int) -> KeyRef | None:
         """Parse and keep a key's new value; return the key's ref (None: names no entry)."""
         if key.startswith(self._ca_prefix):
-            return None  # the mesh CA (identity/ca.py) keeps its certificate here
+            return None  # the mesh CA (identity/ca.py) and join tokens (model/join_token.py)
         self._raw[key] = revision
         ref, result = parse_entry(key, value, self.prefix, revision=revision, lease=lease)
         if ref is not None:

@@ -1,0 +1,102 @@
+"""Who is at the other end of an xDS stream: the seam the ADS, HDS and LRS servicers call.
+
+With ``meshd --xds-auth required`` every stream carries a join token (gRPC metadata
+``authorization: Bearer <token>``). A servicer asks its :class:`StreamAuthenticator` who
+the caller is when the stream opens (:meth:`~StreamAuthenticator.authenticate`), claims
+the node the stream names (:meth:`~StreamAuthenticator.claim`: the node's cluster must be
+the token's identity, and the node id must not be held by another identity) and releases
+it when the stream ends. The authenticator may end a live stream (its token revoked, or a
+newer stream of the same identity took its node id): it calls :meth:`StreamPeer.end`, which
+wakes the servicer, and the servicer ends the RPC with the status it was given.
+
+Servicers given no authenticator (``--xds-auth off``) serve everyone, as before.
+This module is a leaf: the servicers (``server/``, ``health/``, ``topology/``) and the
+token authority that implements it (``tokens/``) all import it, none of them each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import grpc
+
+__all__ = ["Metadata", "StreamAuthenticator", "StreamPeer", "StreamRejected", "bearer_token"]
+
+Metadata = Sequence[tuple[str, str | bytes]]
+"""A call's invocation metadata, as grpc.aio gives it."""
+
+
+class StreamRejected(Exception):
+    """A stream refused or ended, with the gRPC status to end it with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StreamPeer:
+    """One authenticated stream: its identity (short form) and token, and whether it was
+    ended from outside (``ended``: the status to end it with)."""
+
+    __slots__ = ("_wakers", "claimed", "ended", "identity", "token_id")
+
+    def __init__(self, identity: str, token_id: str) -> None:
+        self.identity = identity
+        """The identity its token was issued for (``ns/name`` or ``gateway:<cluster>``)."""
+        self.token_id = token_id
+        self.ended: StreamRejected | None = None
+        self.claimed: tuple[str, str, str] | None = None
+        """(kind, node id, node cluster) once the stream named its node."""
+        self._wakers: list[Callable[[], None]] = []
+
+    def on_end(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when the stream is ended from outside (at once if it already is)."""
+        self._wakers.append(wake)
+        if self.ended is not None:
+            wake()
+
+    def end(self, code: grpc.StatusCode, message: str) -> None:
+        """End the stream: its servicer wakes and ends the RPC with ``code``."""
+        if self.ended is None:
+            self.ended = StreamRejected(code, message)
+            for wake in self._wakers:
+                wake()
+
+    def check(self) -> None:
+        """Raise the status the stream was ended with, if it was."""
+        if self.ended is not None:
+            raise self.ended
+
+
+class StreamAuthenticator(Protocol):
+    """What the xDS servicers ask about the peer of each stream."""
+
+    def authenticate(self, metadata: Metadata | None) -> StreamPeer:
+        """The peer of a new stream; StreamRejected (UNAUTHENTICATED) when its token is
+        missing, unknown, expired or revoked."""
+        ...
+
+    def claim(self, peer: StreamPeer, kind: str, node_id: str, node_cluster: str) -> None:
+        """``peer``'s stream of ``kind`` (``ads``, ``hds``, ``lrs``) names this node.
+
+        StreamRejected (PERMISSION_DENIED) when the node's cluster is not the token's
+        identity, or another identity holds the node id. A stream of the same kind and node
+        id held before by the same identity is ended: the newer one replaces it."""
+        ...
+
+    def release(self, peer: StreamPeer) -> None:
+        """``peer``'s stream ended: its node id is free again if nothing else holds it."""
+        ...
+
+
+def bearer_token(metadata: Metadata | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` header (None: there is none)."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
