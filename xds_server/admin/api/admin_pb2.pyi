@@ -18,6 +18,7 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_ENDPOINT: _ClassVar[Kind]
     KIND_ROUTE: _ClassVar[Kind]
     KIND_LISTENER: _ClassVar[Kind]
+    KIND_POLICY: _ClassVar[Kind]
 
 class ApplyOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -71,6 +72,7 @@ KIND_SERVICE: Kind
 KIND_ENDPOINT: Kind
 KIND_ROUTE: Kind
 KIND_LISTENER: Kind
+KIND_POLICY: Kind
 APPLY_OUTCOME_UNSPECIFIED: ApplyOutcome
 APPLY_OUTCOME_CREATED: ApplyOutcome
 APPLY_OUTCOME_UPDATED: ApplyOutcome
@@ -621,3 +623,29 @@ class GetServiceMetricsResponse(_message.Message):
     services: _containers.RepeatedCompositeFieldContainer[ServiceMetrics]
     window_seconds: float
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+
+class CheckPolicyRequest(_message.Message):
+    __slots__ = ("source", "target", "path", "method")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    path: str
+    method: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., path: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+
+class CheckPolicyResponse(_message.Message):
+    __slots__ = ("allowed", "policy", "reason", "default_policy", "revision")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    policy: str
+    reason: str
+    default_policy: str
+    revision: int
+    def __init__(self, allowed: _Optional[bool] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ..., default_policy: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -120,6 +120,11 @@ class MeshAdminServiceStub:
                 request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsRequest.SerializeToString,
                 response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsResponse.FromString,
                 _registered_method=True)
+        self.CheckPolicy = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/CheckPolicy',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -249,6 +254,15 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckPolicy(self, request, context):
+        """CheckPolicy says whether the authorization policies in force let one caller identity
+        reach a service (for a path and method), and which policy decided, without sending
+        traffic: the same rule the services' inbound proxies are configured with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +350,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.GetServiceMetrics,
                     request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsRequest.FromString,
                     response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsResponse.SerializeToString,
+            ),
+            'CheckPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckPolicy,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -798,6 +817,33 @@ class MeshAdminService:
             '/apg.mesh.admin.v1.MeshAdminService/GetServiceMetrics',
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsRequest.SerializeToString,
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetServiceMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/CheckPolicy',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
