@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -22,6 +24,8 @@ from xds_server.events import EventBus
 from xds_server.health.hds import HdsServicer, HealthCollector, HealthService
 from xds_server.health.sync import HealthSync
 from xds_server.health.transitions import HealthTransitions
+from xds_server.identity.ca import MeshCA, generate_root
+from xds_server.identity.store import load_mesh_ca
 from xds_server.ingest.controller import Controller
 from xds_server.ingest.inputs import DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
@@ -34,6 +38,7 @@ from xds_server.metrics_http import (
     RecentTargets,
 )
 from xds_server.model import ServiceRef
+from xds_server.model.identity import DEFAULT_TRUST_DOMAIN
 from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.server.ads import AdsServicer, StreamRegistry
 from xds_server.server.heap_trim import HeapTrimmer
@@ -85,6 +90,18 @@ class MeshConfig:
     """... or at the latest this long after the first activity since the last trim (s)."""
     sd_keep_disconnected_s: float = DISCONNECTED_KEEP_S
     """How long a proxy stays in ``/sd/envoy`` after its stream closed (s)."""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    """SPIFFE trust domain of the mesh's identities (``--trust-domain``)."""
+    operator_ca: tuple[bytes, bytes] | None = None
+    """An operator's CA or intermediate (cert chain PEM, key PEM) instead of the mesh CA
+    kept in etcd (``--ca-cert``/``--ca-key``)."""
+    cert_ttl_s: float = 24 * 3600.0
+    """Lifetime of workload certificates (``--cert-ttl``; the CLI refuses under 5 minutes)."""
+    test_only_cert_ttl_s: float | None = None
+    """TEST ONLY: a workload certificate lifetime below the 5-minute floor, so tests see a
+    rotation in seconds. No flag sets it."""
+    data_dir: str | None = None
+    """Where meshd writes ``ca.pem`` (the trust bundle) at start; None: nowhere."""
 
 
 class MeshApp:
@@ -137,6 +154,8 @@ class MeshApp:
         self.metrics.registry.register(TopologyCollector(self.topology))
         self.metrics.registry.register(HealthCollector(self.health))
         self._health_tasks: list[asyncio.Task[None]] = []
+        self.ca: MeshCA | None = None
+        """The mesh CA, once :meth:`start` loaded it (shared by replicas through etcd)."""
         self.xds_port = 0
         self.metrics_port = 0
         self.admin_port = 0
@@ -170,6 +189,7 @@ class MeshApp:
         self.xds_port = bind_grpc(server, "--xds", self.config.xds)
         await server.start()
         self._server = server
+        self.ca = await self._load_ca()
         if self.config.admin:
             if not isinstance(self.registry, WritableRegistry):
                 raise TypeError(f"{type(self.registry).__name__} cannot back the admin API")
@@ -208,6 +228,24 @@ class MeshApp:
             ready.cancel()
         if self._loop_task in done:
             self._loop_task.result()
+
+    async def _load_ca(self) -> MeshCA:
+        """The mesh CA from etcd (created there by the first replica), or the operator's;
+        its trust bundle written to ``<data_dir>/ca.pem``. Raises CaError (bad CA)."""
+        now = datetime.datetime.now(datetime.UTC)
+        if isinstance(self.registry, WritableRegistry):
+            ca = await load_mesh_ca(
+                self.registry, self.config.trust_domain, now, self.config.operator_ca
+            )
+        elif self.config.operator_ca is not None:
+            ca = MeshCA(*self.config.operator_ca, self.config.trust_domain)
+        else:  # a read-only registry (tools): a CA of this process alone
+            ca = MeshCA(*generate_root(self.config.trust_domain, now), self.config.trust_domain)
+        if self.config.data_dir:
+            path = Path(self.config.data_dir) / "ca.pem"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(ca.bundle_pem)
+        return ca
 
     def _check_addresses(self) -> None:
         """Every listen address in range and free, before any server binds one."""

@@ -17,7 +17,10 @@ from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from xds_server.admin.auth import Authenticator, load_tokens
 from xds_server.admin.server import check_exposure
 from xds_server.app import MeshApp, MeshConfig
+from xds_server.errors import ValidationError
+from xds_server.identity.ca import CaError, MeshCA
 from xds_server.listen import ListenError, check_free, parse_listen
+from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, check_trust_domain
 
 log = logging.getLogger("meshd")
 
@@ -37,6 +40,34 @@ counting still frees everything acyclic at once."""
 
 def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(name, default)
+
+
+MIN_CERT_TTL_S = 300.0
+"""The shortest workload certificate lifetime meshd accepts (a proxy must get a new one
+well before expiry, at half-life, even when meshd restarts meanwhile)."""
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(p: argparse.ArgumentParser, flag: str, text: str) -> float:
+    """``90s``, ``5m``, ``24h`` in seconds; exit 2 naming the flag otherwise."""
+    unit = _UNITS.get(text[-1:])
+    try:
+        if unit is None:
+            raise ValueError(text)
+        value = float(text[:-1]) * unit
+    except ValueError:
+        p.error(f"{flag} must be a duration like 30s, 5m or 24h, got {text!r}")
+    return value
+
+
+def _operator_ca(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """The ``--ca-cert``/``--ca-key`` pair read and checked (CaError, OSError otherwise)."""
+    if not args.ca_cert:
+        return None
+    pair = Path(args.ca_cert).read_bytes(), Path(args.ca_key).read_bytes()
+    MeshCA(*pair, args.trust_domain)  # refuse a non-CA or a mismatched key before starting
+    return pair
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -80,7 +111,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "service's health_check interval is shorter)",
     )
     p.add_argument("--grace", type=float, default=2.0, help="seconds to close streams on stop")
+    p.add_argument(
+        "--trust-domain",
+        default=_env("MESHD_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN),
+        help="SPIFFE trust domain of workload identities (env MESHD_TRUST_DOMAIN)",
+    )
+    p.add_argument(
+        "--ca-cert",
+        default=_env("MESHD_CA_CERT", None),
+        help="PEM file of an operator's CA or intermediate (then its chain) to sign with, "
+        "instead of the mesh CA kept in etcd (env MESHD_CA_CERT; needs --ca-key)",
+    )
+    p.add_argument(
+        "--ca-key", default=_env("MESHD_CA_KEY", None), help="its PEM key (env MESHD_CA_KEY)"
+    )
+    p.add_argument(
+        "--cert-ttl",
+        default=_env("MESHD_CERT_TTL", "24h"),
+        help="lifetime of workload certificates, e.g. 24h, 90m (at least 5m; re-issued at "
+        "half-life) (env MESHD_CERT_TTL)",
+    )
     args = p.parse_args(argv)
+    try:
+        check_trust_domain(args.trust_domain, "--trust-domain")
+    except ValidationError as exc:
+        p.error(str(exc))
+    args.cert_ttl_s = _duration(p, "--cert-ttl", args.cert_ttl)
+    if args.cert_ttl_s < MIN_CERT_TTL_S:
+        p.error(f"--cert-ttl must be at least 5m, got {args.cert_ttl!r}")
+    if bool(args.ca_cert) != bool(args.ca_key):
+        p.error("--ca-cert and --ca-key go together")
     if not 100 <= args.report_interval_ms <= 3_600_000:
         p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
     if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
@@ -101,6 +161,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     try:
         auth = load_tokens(args.tokens) if args.tokens else Authenticator(None)
+        try:
+            operator_ca = _operator_ca(args)
+        except (CaError, OSError) as exc:
+            raise ValueError(f"--ca-cert/--ca-key: {exc}") from None
         if args.admin:
             check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
         for flag, address in (
@@ -127,6 +191,10 @@ async def run(args: argparse.Namespace) -> int:
         admin=args.admin or None,
         auth=auth,
         report_interval_ms=args.report_interval_ms,
+        trust_domain=args.trust_domain,
+        operator_ca=operator_ca,
+        cert_ttl_s=args.cert_ttl_s,
+        data_dir=args.data_dir,
     )
     app = MeshApp(registry, config)
     stop = asyncio.Event()
@@ -138,7 +206,7 @@ async def run(args: argparse.Namespace) -> int:
             if not await _start(app, registry, stop):
                 log.info("stopped before the registry was read")
                 return 0
-        except ListenError as exc:
+        except (ListenError, CaError) as exc:
             log.error("%s", exc)
             return 2
         log.info(
