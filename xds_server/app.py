@@ -39,6 +39,7 @@ from xds_server.metrics_http import (
 )
 from xds_server.model import ServiceRef
 from xds_server.model.identity import DEFAULT_TRUST_DOMAIN
+from xds_server.model.join_token import TOKENS_DIR
 from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.server.ads import AdsServicer, StreamRegistry
 from xds_server.server.heap_trim import HeapTrimmer
@@ -48,6 +49,7 @@ from xds_server.server.observers import (
     StreamEvents,
     StreamMetrics,
 )
+from xds_server.token_authority import TokenAuthority
 from xds_server.topology.lrs import LrsServicer, TopologyCollector, TopologyService
 
 if TYPE_CHECKING:
@@ -90,6 +92,9 @@ class MeshConfig:
     """... or at the latest this long after the first activity since the last trim (s)."""
     sd_keep_disconnected_s: float = DISCONNECTED_KEEP_S
     """How long a proxy stays in ``/sd/envoy`` after its stream closed (s)."""
+    xds_auth: bool = False
+    """Every ADS, HDS and LRS stream must present a join token (``--xds-auth required``);
+    then ``MeshApp`` needs ``tokens``, a registry of the ``<prefix>tokens/`` keys."""
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     """SPIFFE trust domain of the mesh's identities (``--trust-domain``)."""
     operator_ca: tuple[bytes, bytes] | None = None
@@ -107,9 +112,25 @@ class MeshConfig:
 class MeshApp:
     """One control plane instance. ``await start()``, then ``await stop()``."""
 
-    def __init__(self, registry: Registry, config: MeshConfig | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        config: MeshConfig | None = None,
+        *,
+        tokens: Registry | None = None,
+    ) -> None:
+        """``tokens``: a registry whose prefix is ``<prefix>tokens/`` (the join tokens
+        are listed and watched through it); needed with ``config.xds_auth``."""
         self.registry = registry
         self.config = config or MeshConfig()
+        if self.config.xds_auth and tokens is None:
+            raise ValueError("xds_auth needs a registry of the join tokens (tokens=...)")
+        self._token_source = tokens
+        self.join_tokens = TokenAuthority(
+            registry.prefix + TOKENS_DIR, lambda: self.controller.state.registered_services
+        )
+        """Join tokens in force and the streams bound to them (``--xds-auth required``)."""
+        xds_auth = self.join_tokens if self.config.xds_auth else None
         self.metrics = Metrics()
         self.cache = ConfigCache()
         self.trimmer = HeapTrimmer(
@@ -134,6 +155,7 @@ class MeshApp:
                 StreamConvergence(self.metrics.convergence),
                 StreamActivity(self.trimmer.poke),
             ],
+            auth=xds_auth,
         )
         self.metrics.watch_streams(
             lambda: [c.stream for c in list(self.streams.connections.values())]
@@ -177,8 +199,8 @@ class MeshApp:
         server.add_generic_rpc_handlers(
             (
                 self.ads.handler(),
-                HdsServicer(self.health).handler(),
-                LrsServicer(self.topology).handler(),
+                HdsServicer(self.health, self.ads.auth).handler(),
+                LrsServicer(self.topology, self.ads.auth).handler(),
             )
         )
         self._health_tasks = [
@@ -186,6 +208,10 @@ class MeshApp:
             asyncio.create_task(self.health_sync.run(), name="health-sync"),
             asyncio.create_task(self.dns.run(), name="dns"),
         ]
+        if self.config.xds_auth and self._token_source is not None:
+            self._health_tasks.append(
+                asyncio.create_task(self.join_tokens.run(self._token_source), name="join-tokens")
+            )
         self.xds_port = bind_grpc(server, "--xds", self.config.xds)
         await server.start()
         self._server = server
@@ -228,6 +254,10 @@ class MeshApp:
             ready.cancel()
         if self._loop_task in done:
             self._loop_task.result()
+        while self.config.xds_auth and not self.join_tokens.loaded:
+            # The tokens' first listing, read meanwhile: until it is in, every stream would
+            # be refused (UNAVAILABLE) and retried.
+            await asyncio.sleep(0.01)
 
     async def _load_ca(self) -> MeshCA:
         """The mesh CA from etcd (created there by the first replica), or the operator's;

@@ -16,12 +16,22 @@ token authority that implements it (``tokens/``) all import it, none of them eac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 
-__all__ = ["Metadata", "StreamAuthenticator", "StreamPeer", "StreamRejected", "bearer_token"]
+__all__ = [
+    "Metadata",
+    "StreamAuthenticator",
+    "StreamPeer",
+    "StreamRejected",
+    "bearer_token",
+    "until_ended",
+]
+
+_T = TypeVar("_T")
 
 Metadata = Sequence[tuple[str, str | bytes]]
 """A call's invocation metadata, as grpc.aio gives it."""
@@ -100,3 +110,28 @@ def bearer_token(metadata: Metadata | None) -> str | None:
             token = token.strip()
             return token if scheme.lower() == "bearer" and token else None
     return None
+
+
+async def until_ended(peer: StreamPeer, items: AsyncIterator[_T]) -> AsyncIterator[_T]:
+    """``items`` until ``peer`` is ended from outside; then StreamRejected, without waiting
+    for the next item (a stream that reports seldom, such as LRS, still ends at once)."""
+    ended = asyncio.Event()
+    peer.on_end(ended.set)
+    source = aiter(items)
+    stop = asyncio.ensure_future(ended.wait())
+    try:
+        while True:
+            item = asyncio.ensure_future(anext(source, _DONE))
+            await asyncio.wait({item, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done():
+                item.cancel()
+                peer.check()
+            value = item.result()
+            if value is _DONE:
+                return
+            yield value  # type: ignore[misc]
+    finally:
+        stop.cancel()
+
+
+_DONE = object()

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from xds_server.admin.auth import Authenticator, load_tokens
-from xds_server.admin.server import check_exposure
+from xds_server.admin.server import check_exposure, is_loopback
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.errors import ValidationError
 from xds_server.identity.ca import CaError, MeshCA
 from xds_server.listen import ListenError, check_free, parse_listen
 from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, check_trust_domain
+from xds_server.model.join_token import TOKENS_DIR
 
 log = logging.getLogger("meshd")
 
@@ -110,6 +111,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often Envoys send LRS load reports and HDS results (HDS: sooner when a "
         "service's health_check interval is shorter)",
     )
+    p.add_argument(
+        "--xds-auth",
+        choices=("required", "off"),
+        default=_env("MESHD_XDS_AUTH", None),
+        help="every ADS/HDS/LRS stream must present a join token (env MESHD_XDS_AUTH); "
+        "default: required, but off (with a warning) on a loopback --xds",
+    )
     p.add_argument("--grace", type=float, default=2.0, help="seconds to close streams on stop")
     p.add_argument(
         "--trust-domain",
@@ -143,6 +151,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--ca-cert and --ca-key go together")
     if not 100 <= args.report_interval_ms <= 3_600_000:
         p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
+    if args.xds_auth not in (None, "required", "off"):  # (from the environment)
+        p.error(f"--xds-auth must be required or off, got {args.xds_auth!r}")
     if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
         p.error(f"--prefix must start and end with '/': {args.prefix!r}")
     for flag, value, optional in (
@@ -167,6 +177,7 @@ async def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--ca-cert/--ca-key: {exc}") from None
         if args.admin:
             check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
+        xds_auth = xds_exposure("--xds-auth", args.xds_auth, "required", args.xds)
         for flag, address in (
             ("--xds", args.xds),
             ("--admin", args.admin),
@@ -185,6 +196,7 @@ async def run(args: argparse.Namespace) -> int:
         endpoint = embedded.endpoint
         log.info("started embedded etcd at %s (data in %s)", endpoint, embedded.data_dir)
     registry = EtcdRegistry(endpoint, args.prefix)
+    tokens = EtcdRegistry(endpoint, args.prefix + TOKENS_DIR) if xds_auth else None
     config = MeshConfig(
         xds=args.xds,
         metrics=args.metrics or None,
@@ -195,8 +207,9 @@ async def run(args: argparse.Namespace) -> int:
         operator_ca=operator_ca,
         cert_ttl_s=args.cert_ttl_s,
         data_dir=args.data_dir,
+        xds_auth=xds_auth,
     )
-    app = MeshApp(registry, config)
+    app = MeshApp(registry, config, tokens=tokens)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,9 +235,34 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await app.stop(args.grace)
         await registry.close()
+        if tokens is not None:
+            await tokens.close()
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def xds_exposure(flag: str, value: str | None, on: str, xds: str) -> bool:
+    """Whether an xDS safeguard (``--xds-auth``, ``--xds-tls``) is on: by default only
+    off a loopback ``--xds``, and never off there (ValueError: meshd exits 2), as the admin
+    API refuses to run open beyond loopback. Off on loopback is development mode: said."""
+    if not is_loopback(xds):
+        if value == "off":
+            raise ValueError(
+                f"{flag} off: --xds {xds} is not a loopback address, xDS there needs {flag} {on}"
+            )
+        return True
+    if value is None or value == "off":
+        log.warning(
+            "%s off: on --xds %s any local process may claim any proxy identity "
+            "(development mode; %s %s to close it)",
+            flag,
+            xds,
+            flag,
+            on,
+        )
+        return False
+    return True
 
 
 async def _start(app: MeshApp, registry: EtcdRegistry, stop: asyncio.Event) -> bool:

@@ -31,6 +31,7 @@ from xds_server.health.assign import Checker
 from xds_server.health.monitor import HealthMonitor, ProbeGroup, ServiceHealth
 from xds_server.model import ServiceRef
 from xds_server.model.view import RegistryView
+from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected
 from xds_server.translate.cluster import health_check, ms
 
 log = logging.getLogger("meshd.hds")
@@ -113,11 +114,15 @@ class HealthService:
     def connect(self, node_id: str, zone: str) -> asyncio.Event:
         """A proxy opened an HDS stream; returns the event set when its share changes."""
         self.local[node_id] = Checker(node_id, zone)
-        wake = self._wake.setdefault(node_id, asyncio.Event())
+        wake = self._wake[node_id] = asyncio.Event()
         self._reassign()
         return wake
 
-    def disconnect(self, node_id: str) -> None:
+    def disconnect(self, node_id: str, wake: asyncio.Event | None = None) -> None:
+        """A proxy's HDS stream ended; with ``wake`` (what :meth:`connect` returned), only
+        if no newer stream of the same node id connected since."""
+        if wake is not None and self._wake.get(node_id) is not wake:
+            return
         self.local.pop(node_id, None)
         self._wake.pop(node_id, None)
         if not any(c.node_id == node_id for cs in self.remote.values() for c in cs):
@@ -232,8 +237,10 @@ def cluster_health_check(group: ProbeGroup) -> hds_pb2.ClusterHealthCheck:
 class HdsServicer:
     """``StreamHealthCheck`` over a :class:`HealthService`."""
 
-    def __init__(self, health: HealthService) -> None:
+    def __init__(self, health: HealthService, auth: StreamAuthenticator | None = None) -> None:
         self.health = health
+        self.auth = auth
+        """With ``--xds-auth required``: only authenticated checkers, bound to their node."""
 
     def handler(self) -> grpc.GenericRpcHandler:
         stream = grpc.stream_stream_rpc_method_handler(
@@ -258,12 +265,45 @@ class HdsServicer:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "health_check_request.node.id is required"
             )
+        if self.auth is not None:
+            try:
+                peer = self.auth.authenticate(context.invocation_metadata())
+                try:
+                    self.auth.claim(
+                        peer, "hds-fetch", node, request.health_check_request.node.cluster
+                    )
+                finally:
+                    self.auth.release(peer)
+            except StreamRejected as exc:
+                await context.abort(exc.code, exc.message)
         return self.health.specifier(node)
 
     async def stream_health_check(
         self,
         requests: AsyncIterator[hds_pb2.HealthCheckRequestOrEndpointHealthResponse],
         context: Any,
+    ) -> AsyncIterator[hds_pb2.HealthCheckSpecifier]:
+        peer: StreamPeer | None = None
+        if self.auth is not None:
+            try:
+                peer = self.auth.authenticate(context.invocation_metadata())
+            except StreamRejected as exc:
+                await context.abort(exc.code, exc.message)
+        try:
+            async for spec in self._checker(requests, context, peer):
+                yield spec
+        except StreamRejected as exc:
+            log.warning("ending HDS stream from %s: %s", context.peer(), exc)
+            await context.abort(exc.code, exc.message)
+        finally:
+            if peer is not None and self.auth is not None:
+                self.auth.release(peer)
+
+    async def _checker(
+        self,
+        requests: AsyncIterator[hds_pb2.HealthCheckRequestOrEndpointHealthResponse],
+        context: Any,
+        peer: StreamPeer | None,
     ) -> AsyncIterator[hds_pb2.HealthCheckSpecifier]:
         first = await anext(aiter(requests), None)
         if first is None:
@@ -275,7 +315,13 @@ class HdsServicer:
                 "the first HDS message must be a health_check_request with node.id",
             )
         node_id = node.id
+        if peer is not None and self.auth is not None:
+            # Bound before it is a checker: its reports count only for the endpoints
+            # assigned to this node, and the node is its token's identity's.
+            self.auth.claim(peer, "hds", node_id, node.cluster)
         wake = self.health.connect(node_id, node.locality.zone)
+        if peer is not None:
+            peer.on_end(wake.set)  # revoked or replaced: end the stream
         log.info("HDS stream from %s (zone %r)", node_id, node.locality.zone)
 
         async def read() -> None:
@@ -295,6 +341,8 @@ class HdsServicer:
                     reader.result()
                     return
                 wake.clear()
+                if peer is not None:
+                    peer.check()
                 spec = self.health.specifier(node_id)
                 data = spec.SerializeToString(deterministic=True)
                 if data != sent:
@@ -302,7 +350,7 @@ class HdsServicer:
                     yield spec
         finally:
             reader.cancel()
-            self.health.disconnect(node_id)
+            self.health.disconnect(node_id, wake)
             log.info("HDS stream from %s closed", node_id)
 
 

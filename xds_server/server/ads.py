@@ -37,6 +37,7 @@ from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 from xds_server.server.observers import StreamHooks, StreamObserver
 from xds_server.server.request_key import light_request, subscription_key
 from xds_server.server.stream import Response, SotwStream
+from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected
 
 __all__ = ["ADS_SERVICE", "AdsServicer", "Connection", "StreamRegistry", "admin_address"]
 
@@ -55,10 +56,13 @@ class AdsServicer:
         streams: StreamRegistry,
         observers: Iterable[StreamObserver] = (),
         clock: Callable[[], float] = time.time,
+        auth: StreamAuthenticator | None = None,
     ) -> None:
         self.cache = cache
         self.streams = streams
         self.clock = clock
+        self.auth = auth
+        """Who may open a stream and for which node (``--xds-auth``); None: everyone."""
         self.hooks = StreamHooks(observers)
         """What the observers hear of every stream (metrics, events, convergence, ...)."""
 
@@ -101,6 +105,15 @@ class AdsServicer:
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         hooks = self.hooks
+        auth = self.auth
+        peer: StreamPeer | None = None
+        if auth is not None:
+            # Before anything is watched or read: a stream without a valid token costs
+            # nothing but this check.
+            try:
+                peer = auth.authenticate(context.invocation_metadata())
+            except StreamRejected as exc:
+                await context.abort(exc.code, exc.message)
         watcher = self.cache.watch()
         # Lists and a flag, not deques and an Event: thousands of streams each hold these,
         # and they hold a few items at most.
@@ -123,6 +136,8 @@ class AdsServicer:
                 req, key = raw.for_stream(stream)
             else:
                 req, key = raw, None
+            if peer is not None:
+                _claim(auth, peer, req)
             if admin is None and req.HasField("node"):
                 admin = admin_address(req.node, context.peer())
             if key is not None:
@@ -172,6 +187,8 @@ class AdsServicer:
                 closed = True
                 watcher.event.set()
 
+        if peer is not None:
+            peer.on_end(watcher.event.set)  # revoked, or replaced: the writer ends the RPC
         reader = asyncio.create_task(read())
         try:
             await self.cache.wait_ready()
@@ -190,6 +207,8 @@ class AdsServicer:
                 await watcher.event.wait()
                 pending, scopes_changed = watcher.take()
                 generation = self.cache.generation  # every change up to it is in ``pending``
+                if peer is not None:
+                    peer.check()
                 if failure:
                     raise failure[0]
                 if pending or scopes_changed:
@@ -217,13 +236,32 @@ class AdsServicer:
                 exc.head,
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StreamRejected as exc:
+            log.warning(
+                "ending stream from peer=%s node=%.64s: %s", context.peer(), stream.node_id, exc
+            )
+            await context.abort(exc.code, exc.message)
         finally:
             reader.cancel()
+            if peer is not None and auth is not None:
+                auth.release(peer)
             self.cache.unwatch(watcher)
             if conn is not None:
                 self.streams.remove(conn)
             for closed_hook in hooks.closed:
                 closed_hook(watcher, stream, conn)
+
+
+def _claim(auth: StreamAuthenticator | None, peer: StreamPeer, req: Any) -> None:
+    """Bind an authenticated stream to the node its request names (every request that
+    names one: a later request may name another node). The first must name it."""
+    assert auth is not None
+    if req.HasField("node") and req.node.id:
+        auth.claim(peer, "ads", req.node.id, req.node.cluster)
+    elif peer.claimed is None:
+        raise StreamRejected(
+            grpc.StatusCode.INVALID_ARGUMENT, "the first request must name its node (node.id)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from xds_server.model.view import RegistryView
 from xds_server.resources.types import XDS_CLUSTER
+from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected, until_ended
 from xds_server.topology.graph import (
     Graph,
     Recommendation,
@@ -170,8 +171,11 @@ def _cluster_load(cs: Any) -> ClusterLoad:
 class LrsServicer:
     """``StreamLoadStats`` over a :class:`TopologyService`."""
 
-    def __init__(self, topology: TopologyService) -> None:
+    def __init__(self, topology: TopologyService, auth: StreamAuthenticator | None = None) -> None:
         self.topology = topology
+        self.auth = auth
+        """With ``--xds-auth required``: reports only from authenticated proxies, for the
+        identity of their token (their node is bound to it)."""
 
     def handler(self) -> grpc.GenericRpcHandler:
         stream = grpc.stream_stream_rpc_method_handler(
@@ -184,6 +188,29 @@ class LrsServicer:
     async def stream_load_stats(
         self, requests: AsyncIterator[lrs_pb2.LoadStatsRequest], context: Any
     ) -> AsyncIterator[lrs_pb2.LoadStatsResponse]:
+        peer: StreamPeer | None = None
+        if self.auth is not None:
+            try:
+                peer = self.auth.authenticate(context.invocation_metadata())
+                requests = until_ended(peer, requests)
+            except StreamRejected as exc:
+                await context.abort(exc.code, exc.message)
+        try:
+            async for response in self._reporter(requests, context, peer):
+                yield response
+        except StreamRejected as exc:
+            log.warning("ending LRS stream from %s: %s", context.peer(), exc)
+            await context.abort(exc.code, exc.message)
+        finally:
+            if peer is not None and self.auth is not None:
+                self.auth.release(peer)
+
+    async def _reporter(
+        self,
+        requests: AsyncIterator[lrs_pb2.LoadStatsRequest],
+        context: Any,
+        peer: StreamPeer | None,
+    ) -> AsyncIterator[lrs_pb2.LoadStatsResponse]:
         first = await anext(aiter(requests), None)
         if first is None:
             return
@@ -192,6 +219,9 @@ class LrsServicer:
                 grpc.StatusCode.INVALID_ARGUMENT, "the first LoadStatsRequest must carry node.id"
             )
         node_id, node_cluster = first.node.id, first.node.cluster or first.node.id
+        if peer is not None and self.auth is not None:
+            # Its reports are then the load of its token's identity, never another's.
+            self.auth.claim(peer, "lrs", node_id, first.node.cluster)
         self.topology.sources[node_id] = node_cluster
         try:
             yield lrs_pb2.LoadStatsResponse(
