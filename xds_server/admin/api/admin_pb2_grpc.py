@@ -125,6 +125,21 @@ class MeshAdminServiceStub:
                 request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyRequest.SerializeToString,
                 response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/CreateJoinToken',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.ListJoinTokens = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/ListJoinTokens',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.ListJoinTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeJoinToken = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/RevokeJoinToken',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -263,6 +278,31 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """CreateJoinToken issues a join token for one proxy identity (`ns/name` or
+        `gateway:<cluster>`): proxies present it on their xDS streams. The token is in this
+        response only; etcd keeps its SHA-256. Needs an editor token covering the identity's
+        namespace (a gateway: namespaces ["*"]).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """ListJoinTokens lists the join tokens (id, identity, expiry; never a token) of the
+        identities the caller may read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeJoinToken(self, request, context):
+        """RevokeJoinToken deletes a join token: the streams it opened end within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -355,6 +395,21 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.CheckPolicy,
                     request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyRequest.FromString,
                     response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.ListJoinTokensResponse.SerializeToString,
+            ),
+            'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeJoinToken,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -844,6 +899,87 @@ class MeshAdminService:
             '/apg.mesh.admin.v1.MeshAdminService/CheckPolicy',
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyRequest.SerializeToString,
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CheckPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/CreateJoinToken',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/ListJoinTokens',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.ListJoinTokensRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.ListJoinTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/RevokeJoinToken',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
