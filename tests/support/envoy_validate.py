@@ -12,6 +12,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -36,6 +37,9 @@ def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
     for msg in messages(translator, "clusters"):
         cluster = cluster_pb2.Cluster()
         cluster.CopyFrom(msg)
+        if cluster.type == cluster_pb2.Cluster.STATIC:  # (a sidecar's local application)
+            boot.static_resources.clusters.append(cluster)
+            continue
         assert cluster.type == cluster_pb2.Cluster.EDS, cluster.name
         cluster.ClearField("eds_cluster_config")
         cluster.type = cluster_pb2.Cluster.STATIC
@@ -52,12 +56,46 @@ def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
                     continue
                 hcm = hcm_pb2.HttpConnectionManager()
                 assert f.typed_config.Unpack(hcm)
+                if hcm.HasField("route_config"):  # (a sidecar inbound listener's own)
+                    continue
                 assert hcm.rds.route_config_name == listener.name
                 hcm.ClearField("rds")
                 hcm.route_config.CopyFrom(routes[listener.name])
                 f.typed_config.Pack(hcm)
         boot.static_resources.listeners.append(listener)
+    _static_secrets(boot)
     return boot
+
+
+def _static_secrets(boot: bootstrap_pb2.Bootstrap) -> None:
+    """Serve the SDS secrets (``default``, ``ROOTCA``) the TLS contexts name as static
+    secrets of the bootstrap: ``envoy --mode validate`` crashes initializing SDS over ADS
+    (it has no ADS stream), and a static secret of the same name checks the same shape."""
+    from tests.support.mtls_certs import validation_secrets
+
+    sockets = [c.transport_socket for c in boot.static_resources.clusters]
+    sockets += [
+        ch.transport_socket for ls in boot.static_resources.listeners for ch in ls.filter_chains
+    ]
+    used = False
+    for socket in sockets:
+        if not socket.name:
+            continue
+        context: tls_pb2.UpstreamTlsContext | tls_pb2.DownstreamTlsContext
+        context = tls_pb2.DownstreamTlsContext()
+        if not socket.typed_config.Unpack(context):
+            context = tls_pb2.UpstreamTlsContext()
+            assert socket.typed_config.Unpack(context)
+        common = context.common_tls_context
+        for sds in common.tls_certificate_sds_secret_configs:
+            sds.ClearField("sds_config")
+        common.combined_validation_context.validation_context_sds_secret_config.ClearField(
+            "sds_config"
+        )
+        socket.typed_config.Pack(context)
+        used = True
+    if used:
+        boot.static_resources.secrets.extend(validation_secrets())
 
 
 def envoy_validate(configs: dict[str, Path]) -> dict[str, tuple[int, str]]:

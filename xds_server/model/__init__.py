@@ -11,6 +11,7 @@ from xds_server.model.endpoint import Endpoint
 from xds_server.model.entries import Entity, Problem, parse_entity, parse_entry
 from xds_server.model.listener import Listener
 from xds_server.model.names import KeyRef, ServiceRef, parse_key, status_error_key
+from xds_server.model.namespace import Namespace
 from xds_server.model.route import (
     Destination,
     Fault,
@@ -28,6 +29,7 @@ from xds_server.model.service import (
     Scaling,
     Service,
     SessionAffinity,
+    Sidecar,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "LoadBalancer",
     "Match",
     "Mirror",
+    "Namespace",
     "OutlierDetection",
     "Problem",
     "RateLimit",
@@ -51,6 +54,7 @@ __all__ = [
     "Service",
     "ServiceRef",
     "SessionAffinity",
+    "Sidecar",
     "parse_entity",
     "parse_entry",
     "parse_key",

@@ -9,10 +9,11 @@ from xds_server.model.endpoint import Endpoint, decode_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.listener import Listener, parse_listener
 from xds_server.model.names import KeyRef, known_endpoint_key, parse_key
+from xds_server.model.namespace import Namespace, parse_namespace
 from xds_server.model.route import Route, parse_route
 from xds_server.model.service import Service, decode_plain_service, parse_service
 
-Entity = Service | Endpoint | Route | Listener
+Entity = Service | Endpoint | Route | Listener | Namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
         return parse_endpoint(ref.service_ref, ref.name, obj, lease=lease)
     if ref.kind == "routes":
         return parse_route(ref.namespace, ref.name, obj)
+    if ref.kind == "namespaces":
+        return parse_namespace(ref.name, obj)
     return parse_listener(ref.name, obj)
 
 

@@ -18,8 +18,8 @@ from typing import Literal, NamedTuple
 
 from xds_server.errors import ValidationError
 
-Kind = Literal["services", "endpoints", "routes", "listeners"]
-KINDS: tuple[Kind, ...] = ("services", "endpoints", "routes", "listeners")
+Kind = Literal["services", "endpoints", "routes", "listeners", "namespaces"]
+KINDS: tuple[Kind, ...] = ("services", "endpoints", "routes", "listeners", "namespaces")
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Endpoint ids are chosen by registrants (pod names, host:port, UUIDs): allow a bit more.
@@ -84,7 +84,8 @@ def parse_service_ref(value: str, own_namespace: str, field: str) -> ServiceRef:
 class KeyRef(NamedTuple):
     """What a registry key names.
 
-    ``namespace`` is empty for listeners; ``service`` is set for endpoints only.
+    ``namespace`` is empty for listeners (a namespace entry's is its own name);
+    ``service`` is set for endpoints only.
     A named tuple, not a frozen dataclass: a cold start makes one per key of the registry,
     and a tuple is built much faster.
     """
@@ -100,7 +101,13 @@ class KeyRef(NamedTuple):
         return service_ref(self.namespace, self.service or self.name)
 
 
-_SHAPES: dict[str, int] = {"services": 2, "endpoints": 3, "routes": 2, "listeners": 1}
+_SHAPES: dict[str, int] = {
+    "services": 2,
+    "endpoints": 3,
+    "routes": 2,
+    "listeners": 1,
+    "namespaces": 1,
+}
 
 
 _ENDPOINT_HEADS: dict[str, tuple[str, str, str, ServiceRef]] = {}
@@ -146,10 +153,14 @@ def parse_key(key: str, prefix: str) -> KeyRef:
             "endpoints": "endpoints/<ns>/<service>/<id>",
             "routes": "routes/<ns>/<name>",
             "listeners": "listeners/<name>",
+            "namespaces": "namespaces/<ns>",
         }[kind]
         raise ValidationError("", f"key must look like {prefix}{shape}")
     if kind == "listeners":
         return KeyRef("listeners", "", check_label(rest[0], "key"))
+    if kind == "namespaces":
+        ns = check_label(rest[0], "key")
+        return KeyRef("namespaces", ns, ns)
     ns = check_label(rest[0], "key")
     if kind == "endpoints":
         service = check_label(rest[1], "key")
@@ -168,6 +179,8 @@ def registry_key(prefix: str, ref: KeyRef) -> str:
     """The registry key :func:`parse_key` reads back as ``ref``."""
     if ref.kind == "listeners":
         return f"{prefix}listeners/{ref.name}"
+    if ref.kind == "namespaces":
+        return namespace_key(prefix, ref.name)
     if ref.kind == "endpoints":
         return f"{prefix}endpoints/{ref.namespace}/{ref.service}/{ref.name}"
     return f"{prefix}{ref.kind}/{ref.namespace}/{ref.name}"
@@ -176,6 +189,11 @@ def registry_key(prefix: str, ref: KeyRef) -> str:
 def service_key(prefix: str, ref: ServiceRef) -> str:
     """``<prefix>services/<ns>/<name>``: the key of a service."""
     return f"{prefix}services/{ref.namespace}/{ref.name}"
+
+
+def namespace_key(prefix: str, namespace: str) -> str:
+    """``<prefix>namespaces/<ns>``: the key of a namespace's entry."""
+    return f"{prefix}namespaces/{namespace}"
 
 
 def endpoint_key(prefix: str, service: ServiceRef, endpoint_id: str) -> str:
@@ -207,6 +225,14 @@ STATUS_ERRORS = "status/errors/"
 
 
 # -- Envoy resource names ------------------------------------------------------------------
+
+
+def inbound_name(ref: ServiceRef) -> str:
+    """``inbound|<name>.<ns>``: the inbound Listener of a service's sidecars and the local
+    Cluster it forwards to (``127.0.0.1:app_port``). The ``|`` keeps it apart from every
+    registry listener (a DNS label) and every service cluster (``<name>.<ns>[|subset]``:
+    :func:`parse_cluster_name` reads it as no cluster of the mesh)."""
+    return f"inbound|{ref.name}.{ref.namespace}"
 
 
 def cluster_name(ref: ServiceRef, subset: str = "") -> str:

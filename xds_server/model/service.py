@@ -11,6 +11,7 @@ import msgspec
 from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj, fast_decode
 from xds_server.model.names import ServiceRef, check_label
+from xds_server.model.namespace import MtlsMode, mtls_mode
 
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc", "tcp")
@@ -89,6 +90,15 @@ class Scaling:
 
 
 @dataclass(frozen=True, slots=True)
+class Sidecar:
+    """The service's sidecars take inbound traffic on ``inbound_port`` (where its endpoints
+    are registered) and forward it to the application on ``127.0.0.1:app_port``."""
+
+    inbound_port: int
+    app_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """A validated Service entry."""
 
@@ -103,6 +113,9 @@ class Service:
     scaling: Scaling | None = None
     subsets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     """Subset name -> label selector, both sorted for a deterministic order."""
+    mtls: MtlsMode | None = None
+    """The service's own mTLS mode; None: its namespace's (see ``effective_mtls``)."""
+    sidecar: Sidecar | None = None
 
     @property
     def subset_names(self) -> tuple[str, ...]:
@@ -216,6 +229,20 @@ def _subsets(o: Obj) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
     return tuple(sorted(out))
 
 
+def _sidecar(o: Obj) -> Sidecar:
+    sidecar = Sidecar(
+        inbound_port=o.int_("inbound_port", lo=1, hi=65535),
+        app_port=o.int_("app_port", lo=1, hi=65535),
+    )
+    if sidecar.inbound_port == sidecar.app_port:
+        # Both are ports of the same host: the listener would forward to itself.
+        raise ValidationError(
+            o.field("app_port"), f"must differ from inbound_port ({sidecar.inbound_port})"
+        )
+    o.done()
+    return sidecar
+
+
 def parse_service(ref: ServiceRef, o: Obj) -> Service:
     """Validate a Service value (already decoded) for the service named by its key."""
     protocol = o.str_("protocol", "http")
@@ -229,6 +256,8 @@ def parse_service(ref: ServiceRef, o: Obj) -> Service:
     hc = o.obj("health_check")
     scaling = o.obj("scaling")
     subsets = o.obj("subsets")
+    mtls = mtls_mode(o)
+    sidecar = o.obj("sidecar")
     service = Service(
         ref=ref,
         protocol=protocol,  # type: ignore[arg-type]
@@ -240,6 +269,8 @@ def parse_service(ref: ServiceRef, o: Obj) -> Service:
         health_check=_health_check(hc) if hc else None,
         scaling=_scaling(scaling) if scaling else None,
         subsets=_subsets(subsets) if subsets else (),
+        mtls=mtls,
+        sidecar=_sidecar(sidecar) if sidecar is not None else None,
     )
     o.done()
     return service

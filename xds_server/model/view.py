@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from xds_server.model import Endpoint, Listener, Problem, Route, Service, ServiceRef
+from xds_server.model import Endpoint, Listener, Namespace, Problem, Route, Service, ServiceRef
 
 __all__ = ["ChangeSet", "Dependent", "RegistryView"]
 
@@ -35,12 +35,20 @@ class ChangeSet:
     endpoints: set[ServiceRef] = field(default_factory=set)
     routes: set[str] = field(default_factory=set)
     listeners: set[str] = field(default_factory=set)
+    namespaces: set[str] = field(default_factory=set)
+    """Namespaces whose entry changed in force (their services' mTLS default may have)."""
     problems_set: dict[str, Problem] = field(default_factory=dict)
     problems_cleared: set[str] = field(default_factory=set)
 
     @property
     def config_changed(self) -> bool:
-        return bool(self.services or self.endpoints or self.routes or self.listeners)
+        return bool(
+            self.services
+            or self.endpoints
+            or self.routes
+            or self.listeners
+            or self.namespaces
+        )
 
     def merge(self, later: ChangeSet) -> None:
         """Fold a later ChangeSet into this one (bursts are translated once)."""
@@ -49,6 +57,7 @@ class ChangeSet:
         self.endpoints |= later.endpoints
         self.routes |= later.routes
         self.listeners |= later.listeners
+        self.namespaces |= later.namespaces
         for key, problem in later.problems_set.items():
             self.problems_set[key] = problem
             self.problems_cleared.discard(key)
@@ -89,6 +98,11 @@ class RegistryView(Protocol):
     @property
     def listeners(self) -> Mapping[str, Listener]:
         """Listener name -> listener in force."""
+        ...
+
+    @property
+    def namespaces(self) -> Mapping[str, Namespace]:
+        """Namespace name -> its entry in force (most namespaces have none)."""
         ...
 
     @property

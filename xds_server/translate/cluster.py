@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import config_source_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
@@ -132,11 +132,21 @@ def build_cluster(service: Service, subset: str = "") -> cluster_pb2.Cluster:
     return c
 
 
-def service_clusters(service: Service) -> list[Resource]:
+def service_clusters(
+    service: Service, tls: base_pb2.TransportSocket | None = None
+) -> list[Resource]:
     """Every Cluster resource a service yields: the service's own, then one per subset
-    (encoded from a template per service shape: :mod:`xds_server.translate.cds_wire`)."""
+    (encoded from a template per service shape: :mod:`xds_server.translate.cds_wire`).
+    ``tls``: the transport socket that calls the service over mTLS (``translate/mtls.py``);
+    its SAN check names the service, so those clusters are built whole, not from a template."""
     out = []
     for subset in ("", *service.subset_names):
         name = cluster_name(service.ref, subset)
-        out.append(resource_from_bytes(CLUSTER, name, cluster_bytes(service, name, build_cluster)))
+        if tls is None:
+            body = cluster_bytes(service, name, build_cluster)
+        else:
+            c = build_cluster(service, subset)
+            c.transport_socket.CopyFrom(tls)
+            body = c.SerializeToString(deterministic=True)
+        out.append(resource_from_bytes(CLUSTER, name, body))
     return out

@@ -19,20 +19,27 @@ _ALL_CLUSTERS = frozenset({CLUSTER, ENDPOINT})
 _NONE: frozenset[str] = frozenset()
 
 
-def mesh_scopes(listeners: Mapping[str, Listener]) -> ScopeRule:
+def mesh_scopes(
+    listeners: Mapping[str, Listener], sidecars: Mapping[str, str] | None = None
+) -> ScopeRule:
     """The scope rule of the listeners in force (a snapshot: later changes to
-    ``listeners`` come with a new rule)."""
+    ``listeners`` come with a new rule). ``sidecars``: node cluster ``<name>.<ns>`` -> the
+    name of that service's inbound Listener and local Cluster, which only its own sidecars
+    get."""
     held = tuple(listeners.values())
+    inbound = dict(sidecars or {})
 
     def select(node_cluster: str) -> Selection:
         mine = [lst for lst in held if lst.serves(node_cluster)]
         http = frozenset(lst.name for lst in mine if lst.protocol == "http")
         tcp = frozenset(cluster_name(lst.service) for lst in mine if lst.service is not None)
+        own = inbound.get(node_cluster)
+        local = frozenset({own}) if own else _NONE
         return Selection(
             {
-                LISTENER: frozenset(lst.name for lst in mine),
+                LISTENER: frozenset(lst.name for lst in mine) | local,
                 ROUTE: http,
-                CLUSTER: tcp,
+                CLUSTER: tcp | local,
                 ENDPOINT: tcp,
             },
             # Every HTTP listener routes every service's default host, so it needs every

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xds_server.model import Problem, Service, ServiceRef, SessionAffinity
-from xds_server.model.names import entry_key, service_host
+from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, sidecar
+from xds_server.model.names import cluster_name, entry_key, inbound_name, service_host
+from xds_server.model.namespace import effective_mtls
 from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources.resource import Resource
 from xds_server.resources.scope import ScopeRule
@@ -27,8 +29,10 @@ from xds_server.translate.endpoint import service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.inputs import NO_INPUTS, Inputs
 from xds_server.translate.listener import listener_resource
+from xds_server.translate.mtls import upstream_socket
 from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.scoping import mesh_scopes
+from xds_server.translate.sidecar import sidecar_resources
 
 
 @dataclass
@@ -91,7 +95,13 @@ class Translator:
     serving), the translator keeps its own and applies each delta to it.
     """
 
-    def __init__(self, served: Served | None = None) -> None:
+    def __init__(
+        self, served: Served | None = None, *, trust_domain: str = DEFAULT_TRUST_DOMAIN
+    ) -> None:
+        self.trust_domain = trust_domain
+        """The SPIFFE trust domain of the mesh (outbound SAN checks name it)."""
+        self._sidecars: dict[str, str] = {}
+        """Node cluster -> inbound Listener/Cluster name, of services with ``sidecar`` set."""
         self._own: dict[str, dict[str, Resource]] | None = None
         if served is None:
             served = self._own = {t: {} for t in TYPE_ORDER}
@@ -126,7 +136,15 @@ class Translator:
         delta = Delta()
         listeners_changed = False
         routes_dirty = bool(changes.routes)
-        for ref in changes.services:
+        rebuild = changes.services
+        if changes.namespaces:  # (their services' mTLS default may have changed)
+            rebuild = rebuild | {r for r in state.services if r.namespace in changes.namespaces}
+        for ref in rebuild:
+            if self._sidecar(state, ref, delta):
+                listeners_changed = True
+            if ref not in changes.services:
+                self._put_clusters(state, ref, delta)
+                continue
             svc = state.services.get(ref)
             old_clusters = self._by_service.pop(ref, [])
             sig = _route_sig(svc) if svc else None
@@ -143,9 +161,7 @@ class Translator:
                 continue
             assert sig is not None
             self._route_sigs[ref] = sig
-            clusters = service_clusters(svc)
-            for res in clusters:
-                self._put(delta, CLUSTER, res)
+            clusters = self._put_clusters(state, ref, delta)
             keep = {r.name for r in clusters}
             for name in old_clusters:
                 if name not in keep:
@@ -190,10 +206,39 @@ class Translator:
                     self._put(delta, ROUTE, self._route_config(state, name))
             self._proxyless(state, delta)
         if listeners_changed:
-            delta.scopes = mesh_scopes(state.listeners)
+            delta.scopes = mesh_scopes(state.listeners, self._sidecars)
         if self._own is not None:
             _serve(self._own, delta)
         return delta
+
+    def _put_clusters(self, state: RegistryView, ref: ServiceRef, delta: Delta) -> list[Resource]:
+        """Put the Clusters of service ``ref`` (in force) in ``delta``: over mTLS, checking
+        the service's SPIFFE id, when its mode (its own, else its namespace's) is not off."""
+        svc = state.services[ref]
+        tls = None
+        if effective_mtls(svc.mtls, state.namespaces.get(ref.namespace)) != "off":
+            tls = upstream_socket(sidecar(ref).spiffe_id(self.trust_domain), svc.protocol)
+        clusters = service_clusters(svc, tls)
+        for res in clusters:
+            self._put(delta, CLUSTER, res)
+        return clusters
+
+    def _sidecar(self, state: RegistryView, ref: ServiceRef, delta: Delta) -> bool:
+        """Put (or drop) service ``ref``'s inbound Listener and local Cluster; True when
+        which node clusters have one changed (the scope rule with it)."""
+        svc = state.services.get(ref)
+        name, node_cluster = inbound_name(ref), cluster_name(ref)
+        if svc is None or svc.sidecar is None:
+            self._drop(delta, LISTENER, name)
+            self._drop(delta, CLUSTER, name)
+            return self._sidecars.pop(node_cluster, None) is not None
+        mode = effective_mtls(svc.mtls, state.namespaces.get(ref.namespace))
+        listener, cluster = sidecar_resources(svc, mode, state, self.trust_domain)
+        self._put(delta, CLUSTER, cluster)
+        self._put(delta, LISTENER, listener)
+        had = node_cluster in self._sidecars
+        self._sidecars[node_cluster] = name
+        return not had
 
     def _proxyless(self, state: RegistryView, delta: Delta) -> None:
         """Every gRPC service's api_listener and route configuration, or neither when
