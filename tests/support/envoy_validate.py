@@ -12,13 +12,14 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from integration.harness import envoy_binary
 from tests.support.golden import messages
+from tests.support.mtls_certs import validation_secrets
 from xds_server.translate import Translator
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -71,8 +72,6 @@ def _static_secrets(boot: bootstrap_pb2.Bootstrap) -> None:
     """Serve the SDS secrets (``default``, ``ROOTCA``) the TLS contexts name as static
     secrets of the bootstrap: ``envoy --mode validate`` crashes initializing SDS over ADS
     (it has no ADS stream), and a static secret of the same name checks the same shape."""
-    from tests.support.mtls_certs import validation_secrets
-
     sockets = [c.transport_socket for c in boot.static_resources.clusters]
     sockets += [
         ch.transport_socket for ls in boot.static_resources.listeners for ch in ls.filter_chains

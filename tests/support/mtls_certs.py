@@ -34,7 +34,7 @@ def make_ca(name: str = "test CA") -> tuple[Pem, ec.EllipticCurvePrivateKey, x50
     """A self-signed ECDSA P-256 CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -68,7 +68,7 @@ def make_workload(
 ) -> Pem:
     """A workload certificate for ``spiffe_id`` (its only SAN, a URI), signed by the CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
