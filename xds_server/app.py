@@ -144,7 +144,12 @@ class MeshApp:
         self.dns = DnsCache(self._dns_answered)
         """Addresses of endpoint names, resolved in the background (an input of the loop)."""
         self.controller = Controller(
-            registry, self.cache, self.metrics, dns=self.dns, events=self.events
+            registry,
+            self.cache,
+            self.metrics,
+            dns=self.dns,
+            events=self.events,
+            trust_domain=self.config.trust_domain,
         )
         self.ads = AdsServicer(
             self.cache,

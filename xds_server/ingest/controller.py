@@ -33,6 +33,7 @@ from xds_server.ingest.state import RegistryState
 from xds_server.ingest.status import StatusWriter
 from xds_server.metrics import Metrics
 from xds_server.model import Problem, ServiceRef
+from xds_server.model.identity import DEFAULT_TRUST_DOMAIN
 from xds_server.model.names import KINDS
 from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources import TYPE_ORDER
@@ -122,6 +123,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         dns: AddressSource | None = None,
         events: EventBus | None = None,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -132,7 +134,7 @@ class Controller:
         """Addresses of endpoint names; its changes come in as :class:`DnsAnswers`."""
         self.inputs = Inputs(addresses=self.dns.lookup)
         """What translation reads besides the state, as of the last batch."""
-        self.translator = Translator(served=cache.served())
+        self.translator = Translator(served=cache.served(), trust_domain=trust_domain)
         self.dns_problems = DnsProblems(registry.prefix)
         """Endpoints whose name does not resolve (reported beside the state's problems)."""
         self.status = StatusWriter(registry, registry.prefix)
