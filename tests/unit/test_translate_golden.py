@@ -34,6 +34,10 @@ EXPECTED_PROBLEMS: dict[str, set[tuple[str, str]]] = {
         ("/mesh/routes/default/bad-regex", "match.regex"),
         ("/mesh/Bad-Key/x", ""),
     },
+    "authz_policies": {
+        ("/mesh/policies/auth/ghost", "target"),
+        ("/mesh/policies/auth/tcp", "target"),
+    },
 }
 
 

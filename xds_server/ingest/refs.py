@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Iterable, Iterator, Mapping
 
 from xds_server.model import Endpoint, Entity, Listener, Route, Service, ServiceRef
+from xds_server.model.policy import Policy
 from xds_server.model.view import Dependent
 
 
@@ -115,6 +116,18 @@ def check_refs(
                 return ("mirror.subset", f"service {m.service} has no subset {m.subset!r}")
             if svc.protocol == "tcp":
                 return ("mirror.service", f"service {m.service} speaks tcp, not http")
+        return None
+    if isinstance(entity, Policy):
+        target = entity.target_ref
+        if target is None:
+            return None
+        svc = services.get(target)
+        if svc is None:
+            return ("target", f"unknown service {target}")
+        if svc.protocol == "tcp":
+            # The RBAC filter runs in the HTTP connection manager; a tcp service's inbound
+            # has none, so the policy could not be enforced: refuse it rather than ignore it.
+            return ("target", f"service {target} speaks tcp; policies apply to HTTP services")
         return None
     if isinstance(entity, Listener):
         if entity.service is not None and entity.service not in services:

@@ -43,6 +43,7 @@ from xds_server.model import (
     parse_entry,
 )
 from xds_server.model.names import KINDS, parse_key, service_key
+from xds_server.model.policy import Policy
 from xds_server.model.view import ChangeSet, Dependent
 
 __all__ = ["RegistryState", "check_refs"]
@@ -99,6 +100,7 @@ class RegistryState:
         self.routes: dict[str, Route] = {}
         self.listeners: dict[str, Listener] = {}
         self.namespaces: dict[str, Namespace] = {}
+        self.policies: dict[str, Policy] = {}
         self.problems: dict[str, Problem] = {}
         self._listing: _Listing | None = None
         self._raw: dict[str, int] = {}  # every known key -> mod_revision
@@ -108,6 +110,7 @@ class RegistryState:
         self._endpoint_keys: dict[ServiceRef, set[str]] = {}
         self._route_keys: set[str] = set()
         self._listener_keys: set[str] = set()
+        self._policy_keys: set[str] = set()
         self._held: dict[ServiceRef, Service | None] = {}
         """Services kept in force as they were for routes or listeners that depend on them,
         though the registry deleted them (None) or changed them (their new value)."""
@@ -169,6 +172,8 @@ class RegistryState:
                 self._route_keys.add(key)
             elif ref.kind == "listeners":
                 self._listener_keys.add(key)
+            elif ref.kind == "policies":
+                self._policy_keys.add(key)
         if isinstance(result, Problem):
             self._schema_problems[key] = result
             return ref
@@ -223,12 +228,13 @@ class RegistryState:
                     endpoints.update(dict.fromkeys(keys))
             by_kind["routes"].update(dict.fromkeys(self._route_keys))
             by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
+            by_kind["policies"].update(dict.fromkeys(self._policy_keys))  # (their targets)
         if by_kind["listeners"]:
             # Listeners can clash with each other (same address and port for the same
             # nodes): re-check them all, oldest first, so the outcome is deterministic.
             by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
         self._resolve_endpoints(by_kind["endpoints"], changes)
-        for kind in ("namespaces", "routes", "listeners"):
+        for kind in ("namespaces", "routes", "listeners", "policies"):
             ordered: Iterable[str] = by_kind[kind]
             if kind == "listeners":
                 ordered = sorted(ordered, key=lambda k: (self._raw.get(k, 0), k))
@@ -240,6 +246,7 @@ class RegistryState:
             if key not in self._raw:  # (not put again after)
                 self._route_keys.discard(key)
                 self._listener_keys.discard(key)
+                self._policy_keys.discard(key)
 
     def _resolve_endpoints(self, keys: Iterable[str], changes: ChangeSet) -> None:
         """:meth:`_resolve_key` for endpoint keys, the bulk of a registry (and of a cold
@@ -455,6 +462,9 @@ class RegistryState:
             _index(self.listeners, some.name, entity, changes.listeners)
         elif isinstance(some, Namespace):
             _index(self.namespaces, some.name, entity, changes.namespaces)
+        elif isinstance(some, Policy):
+            _index(self.policies, key, entity, set())
+            changes.policies.add(some.namespace)  # (what translation rebuilds: its services)
 
     def _set_problem(self, key: str, problem: Problem | None, changes: ChangeSet) -> None:
         old = self.problems.get(key)

@@ -10,10 +10,11 @@ from xds_server.model.fields import Obj, parse_json_object
 from xds_server.model.listener import Listener, parse_listener
 from xds_server.model.names import KeyRef, known_endpoint_key, parse_key
 from xds_server.model.namespace import Namespace, parse_namespace
+from xds_server.model.policy import Policy, parse_policy
 from xds_server.model.route import Route, parse_route
 from xds_server.model.service import Service, decode_plain_service, parse_service
 
-Entity = Service | Endpoint | Route | Listener | Namespace
+Entity = Service | Endpoint | Route | Listener | Namespace | Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
         return parse_route(ref.namespace, ref.name, obj)
     if ref.kind == "namespaces":
         return parse_namespace(ref.name, obj)
+    if ref.kind == "policies":
+        return parse_policy(ref.namespace, ref.name, obj)
     return parse_listener(ref.name, obj)
 
 

@@ -18,8 +18,15 @@ from typing import Literal, NamedTuple
 
 from xds_server.errors import ValidationError
 
-Kind = Literal["services", "endpoints", "routes", "listeners", "namespaces"]
-KINDS: tuple[Kind, ...] = ("services", "endpoints", "routes", "listeners", "namespaces")
+Kind = Literal["services", "endpoints", "routes", "listeners", "namespaces", "policies"]
+KINDS: tuple[Kind, ...] = (
+    "services",
+    "endpoints",
+    "routes",
+    "listeners",
+    "namespaces",
+    "policies",
+)
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Endpoint ids are chosen by registrants (pod names, host:port, UUIDs): allow a bit more.
@@ -107,6 +114,7 @@ _SHAPES: dict[str, int] = {
     "routes": 2,
     "listeners": 1,
     "namespaces": 1,
+    "policies": 2,
 }
 
 
@@ -154,6 +162,7 @@ def parse_key(key: str, prefix: str) -> KeyRef:
             "routes": "routes/<ns>/<name>",
             "listeners": "listeners/<name>",
             "namespaces": "namespaces/<ns>",
+            "policies": "policies/<ns>/<name>",
         }[kind]
         raise ValidationError("", f"key must look like {prefix}{shape}")
     if kind == "listeners":

@@ -13,7 +13,7 @@ says is what Envoy does (tests compare both).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -21,6 +21,7 @@ from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
 from xds_server.model.identity import Identity, IdentityPattern, parse_identity_pattern
 from xds_server.model.names import ServiceRef, check_label
+from xds_server.model.namespace import Namespace
 
 Action = Literal["allow", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "deny")
@@ -167,6 +168,12 @@ def parse_policy(namespace: str, name: str, o: Obj) -> Policy:
     )
     o.done()
     return policy
+
+
+def default_policy_of(namespaces: Mapping[str, Namespace], namespace: str) -> Action:
+    """The namespace's ``default_policy`` (``allow`` without a namespace entry)."""
+    entry = namespaces.get(namespace)
+    return entry.default_policy if entry is not None else DEFAULT_POLICY
 
 
 class Decision(NamedTuple):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from xds_server.model import Endpoint, Listener, Namespace, Problem, Route, Service, ServiceRef
+from xds_server.model.policy import Policy
 
 __all__ = ["ChangeSet", "Dependent", "RegistryView"]
 
@@ -37,6 +38,8 @@ class ChangeSet:
     listeners: set[str] = field(default_factory=set)
     namespaces: set[str] = field(default_factory=set)
     """Namespaces whose entry changed in force (their services' mTLS default may have)."""
+    policies: set[str] = field(default_factory=set)
+    """Namespaces where a policy changed in force (their services' authorization did)."""
     problems_set: dict[str, Problem] = field(default_factory=dict)
     problems_cleared: set[str] = field(default_factory=set)
 
@@ -48,6 +51,7 @@ class ChangeSet:
             or self.routes
             or self.listeners
             or self.namespaces
+            or self.policies
         )
 
     def merge(self, later: ChangeSet) -> None:
@@ -58,6 +62,7 @@ class ChangeSet:
         self.routes |= later.routes
         self.listeners |= later.listeners
         self.namespaces |= later.namespaces
+        self.policies |= later.policies
         for key, problem in later.problems_set.items():
             self.problems_set[key] = problem
             self.problems_cleared.discard(key)
@@ -103,6 +108,11 @@ class RegistryView(Protocol):
     @property
     def namespaces(self) -> Mapping[str, Namespace]:
         """Namespace name -> its entry in force (most namespaces have none)."""
+        ...
+
+    @property
+    def policies(self) -> Mapping[str, Policy]:
+        """Policy key -> authorization policy in force."""
         ...
 
     @property

@@ -139,6 +139,10 @@ class Translator:
         rebuild = changes.services
         if changes.namespaces:  # (their services' mTLS default may have changed)
             rebuild = rebuild | {r for r in state.services if r.namespace in changes.namespaces}
+        if changes.policies:  # (authorization is on the inbound Listener: only it changes)
+            for ref in [r for r in state.services if r.namespace in changes.policies]:
+                if ref not in rebuild and self._sidecar(state, ref, delta):
+                    listeners_changed = True
         for ref in rebuild:
             if self._sidecar(state, ref, delta):
                 listeners_changed = True
