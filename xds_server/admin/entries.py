@@ -28,6 +28,7 @@ KIND_TO_REGISTRY: dict[pb.Kind, Kind] = {
     pb.KIND_ENDPOINT: "endpoints",
     pb.KIND_ROUTE: "routes",
     pb.KIND_LISTENER: "listeners",
+    pb.KIND_POLICY: "policies",
 }
 REGISTRY_TO_KIND = {v: k for k, v in KIND_TO_REGISTRY.items()}
 
@@ -43,7 +44,7 @@ def kind_of(kind: pb.Kind, field: str = "kind") -> Kind:
         raise invalid(
             "",
             field,
-            f"must be one of KIND_SERVICE, KIND_ENDPOINT, KIND_ROUTE, KIND_LISTENER, got {kind}",
+            f"must be one of {', '.join(pb.Kind.Name(k) for k in KIND_TO_REGISTRY)}, got {kind}",
         ) from None
 
 

@@ -23,6 +23,7 @@ from xds_server.admin.health_topology import (
     get_service_metrics,
     get_topology,
 )
+from xds_server.admin.policy_check import check_policy
 from xds_server.admin.proxies import SHORT_TO_TYPE, connections, proxy_resources, proxy_status
 from xds_server.admin.watch import event_message, event_namespace, event_types
 from xds_server.admin.writes import RegistryWrites
@@ -163,6 +164,9 @@ class AdminServicer(RegistryWrites):
         self, request: pb.GetServiceMetricsRequest, context: Ctx
     ) -> Message:
         return await self._now(context, request, get_service_metrics, self.topology)
+
+    async def CheckPolicy(self, request: pb.CheckPolicyRequest, context: Ctx) -> Message:  # noqa: N802
+        return await self._now(context, request, check_policy, self.state)
 
     async def _now(
         self,

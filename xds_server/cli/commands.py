@@ -33,6 +33,7 @@ for _kind, _names in {
     pb.KIND_ENDPOINT: ("endpoints", "endpoint", "ep"),
     pb.KIND_ROUTE: ("routes", "route", "rt"),
     pb.KIND_LISTENER: ("listeners", "listener", "lis"),
+    pb.KIND_POLICY: ("policies", "policy", "pol"),
 }.items():
     for _n in _names:
         KIND_ALIASES[_n] = _kind
@@ -58,9 +59,20 @@ class UserError(Exception):
 class Client:
     """The admin API over one channel, with the bearer token on every call."""
 
-    def __init__(self, address: str, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, token: str | None, timeout: float = 10.0, ca: str | None = None
+    ) -> None:
+        """``ca``: a PEM bundle file; the admin API is then dialled over TLS, trusting it."""
         self.address = address
-        self.channel = grpc.insecure_channel(address)
+        if ca:
+            try:
+                roots = Path(ca).read_bytes()
+            except OSError as exc:
+                raise UserError(f"--ca {ca}: {exc.strerror}") from None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.secure_channel(address, credentials)
+        else:
+            self.channel = grpc.insecure_channel(address)
         self.stub = admin_pb2_grpc.MeshAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
@@ -77,7 +89,11 @@ class Client:
 
 def run(args: argparse.Namespace, func: Callable[[Client, argparse.Namespace], int]) -> int:
     """Run a command; map failures to the exit codes of ``docs/admin-api.md``."""
-    client = Client(args.admin, args.token)
+    try:
+        client = Client(args.admin, args.token, ca=getattr(args, "ca", None))
+    except UserError as exc:
+        print(f"meshctl {args.command}: {exc}", file=sys.stderr)
+        return 1
     try:
         return func(client, args)
     except UserError as exc:
@@ -106,7 +122,7 @@ def kind_arg(value: str) -> pb.Kind:
         return KIND_ALIASES[value.lower()]
     except KeyError:
         raise UserError(
-            f"unknown kind {value!r}; expected services, endpoints, routes or listeners"
+            f"unknown kind {value!r}; expected services, endpoints, routes, listeners or policies"
         ) from None
 
 

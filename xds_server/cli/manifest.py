@@ -29,6 +29,7 @@ DOC_KINDS: dict[str, pb.Kind] = {
     "Endpoint": pb.KIND_ENDPOINT,
     "Route": pb.KIND_ROUTE,
     "Listener": pb.KIND_LISTENER,
+    "Policy": pb.KIND_POLICY,
 }
 KIND_DOCS = {v: k for k, v in DOC_KINDS.items()}
 

@@ -15,7 +15,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from xds_server.cli import commands, observed
+from xds_server.cli import commands, observed, policy
+from xds_server.cli import tokens as token_commands
 from xds_server.cli.bootstrap import bootstrap, render
 from xds_server.listen import split_hostport
 
@@ -26,6 +27,14 @@ def _bootstrap(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"meshctl: --xds: {args.xds!r} is not HOST:PORT", file=sys.stderr)
         return 1
+    ca_pem = None
+    if args.bootstrap_ca:
+        try:
+            with open(args.bootstrap_ca, encoding="ascii") as f:
+                ca_pem = f.read()
+        except (OSError, ValueError) as exc:
+            print(f"meshctl bootstrap: --ca {args.bootstrap_ca}: {exc}", file=sys.stderr)
+            return 1
     try:
         doc = bootstrap(
             args.node_id,
@@ -34,6 +43,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_port=port,
             admin_port=args.admin_port,
             delta=args.delta,
+            token=args.join_token,
+            ca_pem=ca_pem,
         )
     except ValueError as exc:
         print(f"meshctl bootstrap: {exc}", file=sys.stderr)
@@ -53,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--xds", default="127.0.0.1:18000", help="meshd's xDS address HOST:PORT")
     b.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (0: any free)")
     b.add_argument("--delta", action="store_true", help="use Delta (incremental) ADS")
+    b.add_argument(
+        "--token",
+        dest="join_token",
+        help="join token (meshctl token create) sent on every xDS stream",
+    )
+    b.add_argument(
+        "--ca",
+        dest="bootstrap_ca",
+        metavar="FILE",
+        help="dial meshd over TLS, trusting this PEM bundle (meshctl ca get)",
+    )
     b.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     b.set_defaults(func=_bootstrap)
     _admin_commands(sub)
@@ -78,6 +100,12 @@ def _global_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--token",
         default=default(os.environ.get("MESHCTL_TOKEN")),
         help="admin API bearer token (env MESHCTL_TOKEN)",
+    )
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=default(os.environ.get("MESHCTL_CA")),
+        help="trust a TLS admin API signed by this PEM bundle (env MESHCTL_CA)",
     )
 
 
@@ -120,12 +148,12 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
 
     c = _command(sub, "get", commands.get, "show registry entries")
-    c.add_argument("kind", help="services, endpoints, routes or listeners")
+    c.add_argument("kind", help="services, endpoints, routes, listeners or policies")
     c.add_argument("name", nargs="?", help="entry name (endpoints: SERVICE or SERVICE/ID)")
     c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
 
     c = _command(sub, "delete", commands.delete, "delete one registry entry")
-    c.add_argument("kind", help="services, endpoints, routes or listeners")
+    c.add_argument("kind", help="services, endpoints, routes, listeners or policies")
     c.add_argument("name", help="entry name (endpoints: SERVICE/ID)")
     c.add_argument("-n", "--namespace", help="namespace (default: default)")
     c.add_argument("--revision", type=int, default=0, help="only if still at this revision")
@@ -174,6 +202,31 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     c.add_argument("service", nargs="?", help="one service: NAME or NS/NAME")
     c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
     c.add_argument("--window", type=int, default=0, help="seconds the rates cover (default 60)")
+
+    p = sub.add_parser(
+        "policy", help="authorization policies", description="authorization policies"
+    )
+    psub = p.add_subparsers(dest="policy_command", metavar="{check}", required=True)
+    c = _command(
+        psub, "check", policy.check, "allow or deny, and which policy decides, without traffic"
+    )
+    c.add_argument(
+        "--from", dest="source", required=True, help="caller: NS/NAME or gateway:CLUSTER"
+    )
+    c.add_argument("--to", dest="target", required=True, help="service called: NS/NAME")
+    c.add_argument("--path", default="/", help="request path (default /)")
+    c.add_argument("--method", default="GET", help="request method (default GET)")
+
+    t = sub.add_parser("token", help="join tokens for proxies", description="join tokens")
+    tsub = t.add_subparsers(dest="token_command", metavar="{create,list,revoke}", required=True)
+    c = _command(
+        tsub, "create", token_commands.create, "issue a join token (printed once) for IDENTITY"
+    )
+    c.add_argument("identity", help="NS/NAME (a service's sidecars) or gateway:CLUSTER")
+    c.add_argument("--ttl", default="24h", help="lifetime: Ns, Nm or Nh, at least 5s (24h)")
+    _command(tsub, "list", token_commands.list_, "join tokens: id, identity, expiry")
+    c = _command(tsub, "revoke", token_commands.revoke, "revoke a join token: its streams end")
+    c.add_argument("id", help="the token's id (meshctl token list)")
 
     c = _command(sub, "watch", commands.watch, "stream mesh events until Ctrl-C")
     c.add_argument(

@@ -109,6 +109,29 @@ def entry_rows(
                 _destination(d) for d in s.get("destinations") or [] if isinstance(d, dict)
             )
             rows.append([e.ref.namespace, e.ref.name, s.get("listener"), how, dests, e.revision])
+    elif kind == pb.KIND_POLICY:
+        header = ["NAMESPACE", "NAME", "TARGET", "ACTION", "FROM", "TO", "REVISION"]
+        for e in entries:
+            s = _spec(e)
+            # (a rejected entry may hold anything: show what has the expected shape)
+            sources = [str(i) for f in _dicts(s.get("from")) for i in _list(f.get("identities"))]
+            rules = [
+                f"{','.join(map(str, _list(t.get('methods')) or ['*']))} "
+                f"{','.join(map(str, _list(t.get('paths')) or ['*']))}"
+                for t in _dicts(s.get("to"))
+            ]
+            who, what = ",".join(sources) or "*", ";".join(rules) or "*"
+            rows.append(
+                [
+                    e.ref.namespace,
+                    e.ref.name,
+                    s.get("target"),
+                    s.get("action"),
+                    who,
+                    what,
+                    e.revision,
+                ]
+            )
     else:
         header = ["NAME", "ADDRESS", "PORT", "PROTOCOL", "NODES", "REVISION"]
         for e in entries:
@@ -142,6 +165,14 @@ def entry_rows(
             if e.raw:
                 notes.append(f"{where}: stored value is not JSON: {json.dumps(e.raw)[:40]}")
     return header, rows, notes
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [v for v in _list(value) if isinstance(v, dict)]
 
 
 def _destination(d: dict[str, Any]) -> str:
