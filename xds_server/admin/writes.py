@@ -15,9 +15,10 @@ from google.protobuf.message import Message
 from xds_server.admin import entries as conv
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import Principal, require
-from xds_server.admin.base import Ctx, ServicerBase
+from xds_server.admin.base import Ctx
 from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, invalid
+from xds_server.admin.join_tokens import JoinTokenRpcs
 from xds_server.errors import RegistryConflict, TxnTooLarge
 from xds_server.ingest.refs import ServiceView, check_refs
 from xds_server.model import Listener, Service, ServiceRef
@@ -30,8 +31,9 @@ so etcd's ``--max-txn-ops`` (128 by default) may allow fewer: such a call is ref
 run or not, naming that limit."""
 
 
-class RegistryWrites(ServicerBase):
-    """Create, update, delete, apply, split, and endpoint registration with leases."""
+class RegistryWrites(JoinTokenRpcs):
+    """Create, update, delete, apply, split, and endpoint registration with leases (and
+    join tokens: :class:`~xds_server.admin.join_tokens.JoinTokenRpcs`)."""
 
     def _check(self, entry: pb.Entry, who: Principal, batch: Sequence[Checked] = ()) -> Checked:
         checked = conv.check_entry(entry, self.prefix)

@@ -21,6 +21,11 @@ Field paths checked against the real Envoy 1.40 binary (``envoy --mode validate`
   ``cluster_manager.load_stats_config`` (same shape). meshd sets both periods in its
   responses (``--report-interval-ms``), so nothing here depends on them.
 - Zone: ``node.locality.zone``; meshd prefers probing an endpoint from its own zone.
+- Join token (``token``): ``initial_metadata`` on each ``grpc_service`` (ADS, HDS, LRS), so
+  every stream opens with ``authorization: Bearer <token>``.
+- meshd over TLS (``ca_pem``): an ``UpstreamTlsContext`` transport socket on
+  ``xds_cluster`` that trusts only the given bundle and, since Envoy checks no name unless
+  told to, matches meshd's certificate against the dialled host (a DNS or IP SAN).
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def bootstrap(
     *,
     max_receive_message_bytes: int | None = MAX_RECEIVE_MESSAGE_BYTES,
     zone: str = "",
+    token: str | None = None,
+    ca_pem: str | None = None,
 ) -> dict[str, Any]:
     """Return a complete Envoy v3 bootstrap (a JSON/YAML-serializable dict) for ADS.
 
@@ -72,6 +79,8 @@ def bootstrap(
     kernel pick the admin port (read it back with ``--admin-address-path``).
     ``max_receive_message_bytes=None`` leaves Envoy's receive limit unset (unlimited).
     ``zone`` is the proxy's ``node.locality.zone`` (health checks prefer the same zone).
+    ``token``: a join token sent on every xDS stream; ``ca_pem``: dial meshd over TLS,
+    trusting this bundle (PEM) only.
 
     Raises ``ValueError`` for an empty node id/cluster or a port out of range.
     """
@@ -85,6 +94,11 @@ def bootstrap(
         raise ValueError(f"admin_port out of range: {admin_port}")
     if max_receive_message_bytes is not None and max_receive_message_bytes <= 0:
         raise ValueError("max_receive_message_bytes must be positive (or None for unlimited)")
+    if token is not None and (not token or any(c.isspace() for c in token)):
+        raise ValueError("token must be one word (a join token)")
+    if ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in ca_pem:
+        raise ValueError("ca_pem holds no PEM certificate")
+    metadata = [{"key": "authorization", "value": f"Bearer {token}"}] if token else []
 
     envoy_grpc: dict[str, Any] = {
         "cluster_name": XDS_CLUSTER,
@@ -105,22 +119,28 @@ def bootstrap(
         node["metadata"] = {"admin_port": admin_port, "admin_host": admin_host}
     if zone:
         node["locality"] = {"zone": zone}
+    xds_cluster = _xds_cluster(xds_host, xds_port)
+    if ca_pem is not None:
+        xds_cluster["transport_socket"] = _tls_to_meshd(xds_host, ca_pem)
+    ads_service: dict[str, Any] = {"envoy_grpc": envoy_grpc}
+    if metadata:
+        ads_service["initial_metadata"] = metadata
     return {
         "node": node,
         "admin": {"address": _socket_address(admin_host, admin_port)},
         "stats_config": stats_config(),
-        "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port)]},
+        "static_resources": {"clusters": [xds_cluster]},
         # Load reports for the live topology (LRS) and health checks meshd hands out (HDS),
         # both to meshd on the xDS connection's cluster.
-        "cluster_manager": {"load_stats_config": _grpc_api()},
-        "hds_config": _grpc_api(),
+        "cluster_manager": {"load_stats_config": _grpc_api(metadata)},
+        "hds_config": _grpc_api(metadata),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 # The node identity is large-ish and constant: send it once per stream.
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": envoy_grpc}],
+                "grpc_services": [ads_service],
             },
             # initial_fetch_timeout deliberately left at Envoy's default (15 s).
             "cds_config": _ads_source(),
@@ -228,12 +248,38 @@ def render(d: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
     raise ValueError(f"unknown format {fmt!r}: expected 'yaml' or 'json'")
 
 
-def _grpc_api() -> dict[str, Any]:
-    return {
-        "api_type": "GRPC",
-        "transport_api_version": "V3",
-        "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+def _grpc_api(metadata: list[dict[str, str]]) -> dict[str, Any]:
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    if metadata:
+        service["initial_metadata"] = metadata
+    return {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [service]}
+
+
+_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def _tls_to_meshd(host: str, ca_pem: str) -> dict[str, Any]:
+    try:
+        ipaddress.ip_address(host)
+        san_type = "IP_ADDRESS"
+    except ValueError:
+        san_type = "DNS"
+    context: dict[str, Any] = {
+        "@type": f"type.googleapis.com/{_TLS}",
+        "common_tls_context": {
+            # meshd speaks gRPC: HTTP/2 negotiated by ALPN, as gRPC servers require.
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": {"inline_string": ca_pem},
+                "match_typed_subject_alt_names": [
+                    {"san_type": san_type, "matcher": {"exact": host}}
+                ],
+            },
+        },
     }
+    if san_type == "DNS":
+        context["sni"] = host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def _ads_source() -> dict[str, Any]:
