@@ -80,14 +80,22 @@ def test_the_generator_reaches_translated_routes() -> None:
     """The registries drawn are deep enough to matter: many routes pass validation and get
     translated. Derandomized, so the count is the same on every run (a random run varies
     too much for a floor that would catch a generator gone shallow)."""
-    accepted_routes = 0
+    accepted_routes = compiled_policies = 0
 
     @settings(max_examples=100, derandomize=True, **_SETTINGS)
     @given(registries())
     def count(registry: dict[str, dict[str, Any]]) -> None:
-        nonlocal accepted_routes
+        nonlocal accepted_routes, compiled_policies
         state, _, _ = translate(_entries(registry))
         accepted_routes += len(state.routes)
+        compiled_policies += sum(
+            1
+            for p in state.policies.values()
+            for ref, svc in state.services.items()
+            if svc.sidecar is not None and p.selects(ref)
+        )
 
     count()
     assert accepted_routes >= 25, accepted_routes
+    # Policies reach RBAC filters of sidecar inbound listeners, in some of the examples.
+    assert compiled_policies >= 10, compiled_policies

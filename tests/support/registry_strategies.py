@@ -173,6 +173,38 @@ ROUTE = st.fixed_dictionaries(
 )
 
 
+IDENTITY = st.one_of(
+    st.builds("{}/{}".format, st.sampled_from(NAMESPACES), st.sampled_from([*SERVICES, "*"])),
+    st.sampled_from(["gateway:public", "gateway:edge-1", "*", "Bad/x", "web"]),
+)
+PATH = st.one_of(
+    st.sampled_from(["/", "/*", "/api/*", "/health", "/a b", "api", "/x*y"]),
+    st.builds("/{}".format, st.text(alphabet=string.ascii_letters + "/-_.~%*", max_size=20)),
+)
+POLICY = st.fixed_dictionaries(
+    # Mostly valid (targets mostly exist); from and to span what the model takes.
+    {
+        "target": st.sampled_from([*SERVICES, "*", "ghost"]),
+        "action": st.sampled_from(["allow", "deny", "allow", "deny", "permit"]),
+    },
+    optional={
+        "from": st.lists(
+            st.fixed_dictionaries({"identities": st.lists(IDENTITY, min_size=1, max_size=4)}),
+            min_size=1,
+            max_size=3,
+        ),
+        "to": st.lists(
+            opt(
+                paths=st.lists(PATH, min_size=1, max_size=4),
+                methods=st.lists(st.sampled_from([*METHODS, "get"]), min_size=1, max_size=3),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    },
+)
+
+
 @st.composite
 def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     """Registry content: key -> JSON value, across two namespaces."""
@@ -180,11 +212,19 @@ def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     for ns in NAMESPACES:
         # Most services exist, so that most routes' references resolve.
         for name in [n for n in SERVICES if draw(st.integers(0, 9)) > 1]:
-            out[f"/mesh/services/{ns}/{name}"] = draw(SERVICE)
+            out[f"/mesh/services/{ns}/{name}"] = service = draw(SERVICE)
+            if draw(st.integers(0, 2)) == 0:
+                # A sidecar inbound listener (where policies are compiled): its own port, as
+                # the static bootstrap holds every listener of the registry in one Envoy.
+                port = 15000 + len(out)
+                service["sidecar"] = {"inbound_port": port, "app_port": 8080}
+                service["mtls"] = draw(st.sampled_from(["strict", "permissive", "off"]))
             for i in range(draw(st.integers(0, 3))):
                 out[f"/mesh/endpoints/{ns}/{name}/e{i}"] = draw(ENDPOINT)
         for i in range(draw(st.integers(0, 4))):
             out[f"/mesh/routes/{ns}/r{i}"] = draw(ROUTE)
+        for i in range(draw(st.integers(0, 3))):
+            out[f"/mesh/policies/{ns}/p{i}"] = draw(POLICY)
     for name in draw(st.lists(st.sampled_from(LISTENERS), unique=True, min_size=1)):
         out[f"/mesh/listeners/{name}"] = draw(LISTENER)
     return out
