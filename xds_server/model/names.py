@@ -244,6 +244,11 @@ def inbound_name(ref: ServiceRef) -> str:
     return f"inbound|{ref.name}.{ref.namespace}"
 
 
+def is_inbound_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`inbound_name` builds (a sidecar's own, not a route's)."""
+    return name.startswith("inbound|")
+
+
 def cluster_name(ref: ServiceRef, subset: str = "") -> str:
     """``<name>.<ns>`` per service, ``<name>.<ns>|<subset>`` per subset."""
     base = f"{ref.name}.{ref.namespace}"

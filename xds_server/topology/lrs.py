@@ -20,6 +20,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xds_server.model.names import is_inbound_name
 from xds_server.model.view import RegistryView
 from xds_server.resources.types import XDS_CLUSTER
 from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected, until_ended
@@ -115,7 +116,9 @@ class TopologyService:
             loads,
             self.clock(),
             self._destination,
-            ignore=lambda name: name == XDS_CLUSTER,
+            # A sidecar's local cluster carries the traffic its inbound listener took in:
+            # the callers' own reports already hold those edges.
+            ignore=lambda name: name == XDS_CLUSTER or is_inbound_name(name),
         )
         for reason, n in outcome.refused.items():
             self.refused[reason] = self.refused.get(reason, 0) + n
