@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import datetime
 import gc
+import ipaddress
 import logging
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,10 +26,11 @@ from xds_server.events import EventBus
 from xds_server.health.hds import HdsServicer, HealthCollector, HealthService
 from xds_server.health.sync import HealthSync
 from xds_server.health.transitions import HealthTransitions
-from xds_server.identity.ca import MeshCA, generate_root
+from xds_server.identity.ca import IssuedCertificate, MeshCA, generate_root
+from xds_server.identity.issuer import CertificateIssuer
 from xds_server.identity.store import load_mesh_ca
 from xds_server.ingest.controller import Controller
-from xds_server.ingest.inputs import DnsAnswers, HealthVerdicts
+from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
@@ -48,6 +51,7 @@ from xds_server.server.observers import (
     StreamConvergence,
     StreamEvents,
     StreamMetrics,
+    StreamPresence,
 )
 from xds_server.token_authority import TokenAuthority
 from xds_server.topology.lrs import LrsServicer, TopologyCollector, TopologyService
@@ -92,6 +96,12 @@ class MeshConfig:
     """... or at the latest this long after the first activity since the last trim (s)."""
     sd_keep_disconnected_s: float = DISCONNECTED_KEEP_S
     """How long a proxy stays in ``/sd/envoy`` after its stream closed (s)."""
+    xds_tls: bool = False
+    """xDS and the admin API over TLS, with a serving certificate from the mesh CA
+    (``--xds-tls on``)."""
+    server_names: tuple[str, ...] = ()
+    """DNS names of meshd's serving certificate (``--server-names``); empty: ``localhost``,
+    ``meshd`` and the host name. The IPs it binds are added."""
     xds_auth: bool = False
     """Every ADS, HDS and LRS stream must present a join token (``--xds-auth required``);
     then ``MeshApp`` needs ``tokens``, a registry of the ``<prefix>tokens/`` keys."""
@@ -107,6 +117,16 @@ class MeshConfig:
     rotation in seconds. No flag sets it."""
     data_dir: str | None = None
     """Where meshd writes ``ca.pem`` (the trust bundle) at start; None: nowhere."""
+
+
+def default_server_names() -> tuple[str, ...]:
+    """``localhost``, ``meshd`` and this host's name: the DNS names of meshd's serving
+    certificate unless ``--server-names`` says otherwise."""
+    names = ["localhost", "meshd"]
+    host = socket.gethostname()
+    if host and host not in names:
+        names.append(host)
+    return tuple(names)
 
 
 class MeshApp:
@@ -151,10 +171,18 @@ class MeshApp:
             events=self.events,
             trust_domain=self.config.trust_domain,
         )
+        ttl = self.config.test_only_cert_ttl_s or self.config.cert_ttl_s
+        self.issuer = CertificateIssuer(
+            datetime.timedelta(seconds=ttl),
+            lambda: self.controller.state.registered_services,
+            self._certificates_issued,
+        )
+        """Workload certificates of the identities connected, rotated at half-life."""
         self.ads = AdsServicer(
             self.cache,
             self.streams,
             observers=[
+                StreamPresence(self.issuer.connected, self.issuer.disconnected),
                 StreamMetrics(self.metrics, self.cache),
                 StreamEvents(self.events),
                 StreamConvergence(self.metrics.convergence),
@@ -217,10 +245,17 @@ class MeshApp:
             self._health_tasks.append(
                 asyncio.create_task(self.join_tokens.run(self._token_source), name="join-tokens")
             )
-        self.xds_port = bind_grpc(server, "--xds", self.config.xds)
+        credentials = None
+        if self.config.xds_tls:
+            self.ca = await self._load_ca()
+            credentials = self._serving_credentials(self.ca)
+        self.xds_port = bind_grpc(server, "--xds", self.config.xds, credentials)
         await server.start()
         self._server = server
-        self.ca = await self._load_ca()
+        if self.ca is None:
+            self.ca = await self._load_ca()
+        self.issuer.ca = self.ca
+        self._health_tasks.append(asyncio.create_task(self.issuer.run(), name="certificates"))
         if self.config.admin:
             if not isinstance(self.registry, WritableRegistry):
                 raise TypeError(f"{type(self.registry).__name__} cannot back the admin API")
@@ -234,7 +269,9 @@ class MeshApp:
                 topology=self.topology,
                 problems=self.controller.problems,
             )
-            self._admin_server, self.admin_port = await start_admin_server(self.config.admin, admin)
+            self._admin_server, self.admin_port = await start_admin_server(
+                self.config.admin, admin, credentials
+            )
         if self.config.metrics:
             host, port = parse_listen("--metrics", self.config.metrics)
             self._metrics_server = MetricsServer(self.metrics.registry, self.proxy_targets)
@@ -282,6 +319,21 @@ class MeshApp:
             path.write_bytes(ca.bundle_pem)
         return ca
 
+    def _serving_credentials(self, ca: MeshCA) -> grpc.ServerCredentials:
+        """TLS credentials of xDS and the admin API: a certificate the mesh CA issues now,
+        named by ``server_names`` and the IPs meshd binds, so a client that dials either and
+        trusts the bundle verifies meshd. The key stays in this process's memory."""
+        names = self.config.server_names or default_server_names()
+        ips = []
+        for flag, address in (("--xds", self.config.xds), ("--admin", self.config.admin)):
+            if address:
+                host = parse_listen(flag, address)[0]
+                with contextlib.suppress(ValueError):
+                    ips.append(str(ipaddress.ip_address(host)))
+        now = datetime.datetime.now(datetime.UTC)
+        chain, key = ca.issue_server_certificate(names, sorted(set(ips)), now)
+        return grpc.ssl_server_credentials([(key, chain)])
+
     def _check_addresses(self) -> None:
         """Every listen address in range and free, before any server binds one."""
         for flag, address in (
@@ -313,8 +365,17 @@ class MeshApp:
         """The addresses of some endpoint names changed: into the loop."""
         self.controller.submit(DnsAnswers(names))
 
+    def _certificates_issued(
+        self, by_cluster: Mapping[str, IssuedCertificate], bundle: bytes
+    ) -> None:
+        """Certificates issued, rotated, or node clusters came and went: into the loop
+        (translation makes the SDS Secrets)."""
+        self.controller.submit(Certificates(by_cluster, bundle))
+
     def _registry_changed(self, state: RegistryView, changes: ChangeSet) -> None:
         self.trimmer.poke()
+        if changes.services:  # (a cluster's identity follows the services registered)
+            self.issuer.poke()
         self.topology.registry_changed(state)
         if changes.services or changes.endpoints:
             self.health.registry_changed(

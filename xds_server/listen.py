@@ -94,11 +94,20 @@ def listen_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def bind_grpc(server: grpc.aio.Server, flag: str, value: str) -> int:
-    """``server.add_insecure_port(value)``, its failure as a ListenError naming ``flag``."""
+def bind_grpc(
+    server: grpc.aio.Server,
+    flag: str,
+    value: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """``server.add_insecure_port(value)`` (``add_secure_port`` with ``credentials``), its
+    failure as a ListenError naming ``flag``."""
     parse_listen(flag, value)  # gRPC would wrap a port above 65535
     try:
-        port: int = server.add_insecure_port(value)
+        if credentials is not None:
+            port: int = server.add_secure_port(value, credentials)
+        else:
+            port = server.add_insecure_port(value)
     except RuntimeError:  # grpcio raises this when no address could be bound
         port = 0
     if port == 0:

@@ -53,9 +53,11 @@ def check_exposure(address: str, auth: Authenticator, *, warn: bool = True) -> N
         log.warning("admin API on %s is open to anyone on this host (no --tokens)", address)
 
 
-async def start_admin_server(address: str, admin: AdminServicer) -> tuple[grpc.aio.Server, int]:
+async def start_admin_server(
+    address: str, admin: AdminServicer, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Serve ``admin`` on ``address``, with CSDS over its streams, gRPC health and
-    reflection; returns the server and the bound port."""
+    reflection (over TLS with ``credentials``); returns the server and the bound port."""
     check_exposure(address, admin.auth)
     server = grpc.aio.server(options=ADMIN_OPTIONS)
     server.add_generic_rpc_handlers((admin.handler(), CsdsServicer(admin.streams).handler()))
@@ -66,6 +68,6 @@ async def start_admin_server(address: str, admin: AdminServicer) -> tuple[grpc.a
     reflection.enable_server_reflection(
         (SERVICE_NAME, CSDS_SERVICE, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = bind_grpc(server, "--admin", address)
+    port = bind_grpc(server, "--admin", address, credentials)
     await server.start()
     return server, port

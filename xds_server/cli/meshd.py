@@ -118,6 +118,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="every ADS/HDS/LRS stream must present a join token (env MESHD_XDS_AUTH); "
         "default: required, but off (with a warning) on a loopback --xds",
     )
+    p.add_argument(
+        "--xds-tls",
+        choices=("on", "off"),
+        default=_env("MESHD_XDS_TLS", None),
+        help="serve xDS and the admin API over TLS with a certificate of the mesh CA "
+        "(env MESHD_XDS_TLS); default: on, but off (with a warning) on a loopback --xds",
+    )
+    p.add_argument(
+        "--server-names",
+        default=_env("MESHD_SERVER_NAMES", ""),
+        help="comma-separated DNS names of meshd's serving certificate (env "
+        "MESHD_SERVER_NAMES); default: localhost, meshd and the host name; the IPs it "
+        "binds are added",
+    )
     p.add_argument("--grace", type=float, default=2.0, help="seconds to close streams on stop")
     p.add_argument(
         "--trust-domain",
@@ -153,6 +167,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
     if args.xds_auth not in (None, "required", "off"):  # (from the environment)
         p.error(f"--xds-auth must be required or off, got {args.xds_auth!r}")
+    if args.xds_tls not in (None, "on", "off"):  # (from the environment)
+        p.error(f"--xds-tls must be on or off, got {args.xds_tls!r}")
     if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
         p.error(f"--prefix must start and end with '/': {args.prefix!r}")
     for flag, value, optional in (
@@ -178,6 +194,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.admin:
             check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
         xds_auth = xds_exposure("--xds-auth", args.xds_auth, "required", args.xds)
+        xds_tls = xds_exposure("--xds-tls", args.xds_tls, "on", args.xds)
         for flag, address in (
             ("--xds", args.xds),
             ("--admin", args.admin),
@@ -188,6 +205,7 @@ async def run(args: argparse.Namespace) -> int:
     except (ValueError, ListenError) as exc:
         log.error("%s", exc)
         return 2
+    warn_development(args.xds, xds_auth, xds_tls)
     embedded: EmbeddedEtcd | None = None
     endpoint = args.etcd
     if not endpoint:
@@ -208,6 +226,8 @@ async def run(args: argparse.Namespace) -> int:
         cert_ttl_s=args.cert_ttl_s,
         data_dir=args.data_dir,
         xds_auth=xds_auth,
+        xds_tls=xds_tls,
+        server_names=tuple(n.strip() for n in args.server_names.split(",") if n.strip()),
     )
     app = MeshApp(registry, config, tokens=tokens)
     stop = asyncio.Event()
@@ -244,25 +264,27 @@ async def run(args: argparse.Namespace) -> int:
 
 def xds_exposure(flag: str, value: str | None, on: str, xds: str) -> bool:
     """Whether an xDS safeguard (``--xds-auth``, ``--xds-tls``) is on: by default only
-    off a loopback ``--xds``, and never off there (ValueError: meshd exits 2), as the admin
-    API refuses to run open beyond loopback. Off on loopback is development mode: said."""
+    off a loopback ``--xds``, and never off elsewhere (ValueError: meshd exits 2), as the
+    admin API refuses to run open beyond loopback."""
     if not is_loopback(xds):
         if value == "off":
             raise ValueError(
                 f"{flag} off: --xds {xds} is not a loopback address, xDS there needs {flag} {on}"
             )
         return True
-    if value is None or value == "off":
+    return value is not None and value != "off"
+
+
+def warn_development(xds: str, xds_auth: bool, xds_tls: bool) -> None:
+    """Say what a loopback meshd without authentication or TLS leaves open."""
+    if not xds_auth:
         log.warning(
-            "%s off: on --xds %s any local process may claim any proxy identity "
-            "(development mode; %s %s to close it)",
-            flag,
+            "--xds-auth off: any process on this host may claim any proxy identity on "
+            "--xds %s (development mode)",
             xds,
-            flag,
-            on,
         )
-        return False
-    return True
+    if not xds_tls:
+        log.warning("--xds-tls off: xDS on %s is plaintext (development mode)", xds)
 
 
 async def _start(app: MeshApp, registry: EtcdRegistry, stop: asyncio.Event) -> bool:
