@@ -124,6 +124,7 @@ def decode(token_id: str, value: bytes) -> JoinToken:
     identity = doc.get("identity")
     if not isinstance(identity, str):
         raise ValidationError("identity", "must be a string")
+    who = parse_identity(identity, "identity")
     expires = doc.get("expires")
     if not isinstance(expires, str):
         raise ValidationError("expires", "must be an RFC 3339 time")
@@ -132,4 +133,4 @@ def decode(token_id: str, value: bytes) -> JoinToken:
     except ValueError:
         raise ValidationError("expires", f"{expires!r} is not like 2026-01-02T03:04:05Z") from None
     at = moment.replace(tzinfo=datetime.UTC).timestamp()
-    return JoinToken(token_id, hashed, parse_identity(identity, "identity"), at)
+    return JoinToken(token_id, hashed, who, at)

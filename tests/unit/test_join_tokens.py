@@ -1,0 +1,108 @@
+"""Join tokens and the token authority, in process: records, TTLs, stream binding,
+node-id ownership and revocation (the clock and the registry updates are given)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from xds_server.errors import ValidationError
+from xds_server.ingest.registry import Changes, Entry, Event, Reset
+from xds_server.model.identity import gateway, sidecar
+from xds_server.model.join_token import decode, issue, parse_ttl, token_key
+from xds_server.model.names import ServiceRef
+from xds_server.stream_auth import StreamRejected, bearer_token
+from xds_server.token_authority import TokenAuthority
+
+PREFIX = "/mesh/"
+WEB = ServiceRef("shop", "web")
+NOW = 1_800_000_000.0
+
+
+def test_ttls() -> None:
+    assert parse_ttl("5s") == 5 and parse_ttl("10m") == 600 and parse_ttl("24h") == 86400
+    for bad in ("4s", "1d", "", "1.5h", "-5s"):
+        with pytest.raises(ValidationError):
+            parse_ttl(bad)
+
+
+def test_a_record_round_trips_and_holds_no_secret() -> None:
+    record, token = issue("0123456789ab", "s3cret-s3cret", sidecar(WEB), NOW + 60)
+    assert token == "0123456789ab.s3cret-s3cret"
+    value = record.encode()
+    assert b"s3cret" not in value
+    back = decode("0123456789ab", value)
+    assert back == record and back.matches(token) and not back.matches(token + "x")
+    for value, field in (
+        (b"[]", ""),
+        (b'{"hash": "md5:x", "identity": "shop/web", "expires": "2026-01-01T00:00:00Z"}', "hash"),
+        (
+            b'{"hash": "sha256:' + b"0" * 64 + b'", "identity": "shop/*", "expires": "x"}',
+            "identity",
+        ),
+        (b'{"extra": 1}', "extra"),
+    ):
+        with pytest.raises(ValidationError) as info:
+            decode("0123456789ab", value)
+        assert info.value.field == field
+
+
+def test_bearer_token() -> None:
+    assert bearer_token([("authorization", "Bearer abc")]) == "abc"
+    assert bearer_token([("authorization", "Basic abc")]) is None
+    assert bearer_token([]) is None and bearer_token(None) is None
+
+
+def authority(*tokens: tuple[str, str]) -> TokenAuthority:
+    auth = TokenAuthority(PREFIX + "tokens/", lambda: {WEB}, clock=lambda: NOW)
+    auth.apply(Reset(1, tuple(Entry(token_key(PREFIX, k), v, 1) for k, v in tokens)))
+    return auth
+
+
+def rejected(call: object, *args: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(StreamRejected) as info:
+        call(*args)  # type: ignore[operator]
+    return info.value.code, info.value.message
+
+
+def test_streams_bind_to_their_token_and_revocation_ends_them() -> None:
+    web, web_token = issue("aaaaaaaaaaaa", "w" * 43, sidecar(WEB), NOW + 60)
+    gw, gw_token = issue("bbbbbbbbbbbb", "g" * 43, gateway("public"), NOW + 60)
+    old, old_token = issue("cccccccccccc", "o" * 43, gateway("public"), NOW - 1)
+    auth = authority(*((t.id, t.encode()) for t in (web, gw, old)))
+    meta = lambda token: [("authorization", f"Bearer {token}")]  # noqa: E731
+
+    assert rejected(auth.authenticate, [])[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in rejected(auth.authenticate, meta(old_token))[1]
+    assert rejected(auth.authenticate, meta(web_token + "x"))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+    peer = auth.authenticate(meta(web_token))
+    code, message = rejected(auth.claim, peer, "ads", "n1", "public")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "gateway:public" in message
+    auth.claim(peer, "ads", "n1", "web.shop")
+    thief = auth.authenticate(meta(gw_token))
+    code, message = rejected(auth.claim, thief, "ads", "n1", "public")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "held by identity shop/web" in message
+
+    woken: list[str] = []
+    peer.on_end(lambda: woken.append("ads"))
+    newer = auth.authenticate(meta(web_token))
+    auth.claim(newer, "ads", "n1", "web.shop")
+    assert woken == ["ads"] and peer.ended is not None
+    assert peer.ended.code == grpc.StatusCode.ABORTED
+    auth.release(peer)
+    assert auth.owner("n1") == "shop/web"  # the newer stream still holds it
+
+    auth.apply(Changes(2, (Event("delete", token_key(PREFIX, web.id), b"", 2),)))
+    assert newer.ended is not None and newer.ended.code == grpc.StatusCode.UNAUTHENTICATED
+    auth.release(newer)
+    assert auth.owner("n1") is None
+    assert rejected(auth.authenticate, meta(web_token))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_relist_that_drops_a_token_revokes_it() -> None:
+    gw, gw_token = issue("bbbbbbbbbbbb", "g" * 43, gateway("public"), NOW + 60)
+    auth = authority((gw.id, gw.encode()))
+    peer = auth.authenticate([("authorization", f"Bearer {gw_token}")])
+    auth.apply(Reset(5, (), part=0, more=False))
+    assert peer.ended is not None and "revoked" in peer.ended.message
