@@ -7,7 +7,8 @@ Envoy and the application see:
 - the gateway and the web sidecar reach api's application only through api's sidecar, over
   mTLS (the inbound listener's ``ssl.handshake`` counter rises), and the application learns
   each caller's SPIFFE id from the verified certificate (``x-forwarded-client-cert``);
-- a plaintext client is refused by a ``strict`` inbound and served by a ``permissive`` one;
+- a plaintext client is refused by a ``strict`` inbound and served by a ``permissive`` one,
+  and so is a TLS client without a certificate or with one of another CA;
 - a workload of the mesh posing as another service (its endpoint points at web's sidecar,
   which holds a valid mesh certificate of another identity) is refused by the caller's
   exact SAN check: 503 and Envoy's ``ssl.fail_verify_san`` counter rises.
@@ -16,8 +17,10 @@ Envoy and the application see:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.client
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from integration.harness import EnvoyProcess, free_port, http_get
 from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.fixtures_etcd import start_test_etcd
+from tests.support.mtls_certs import Pem, make_ca, make_workload
 from tests.support.wait import eventually
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
@@ -52,12 +56,44 @@ class Mesh:
     web: EnvoyProcess
     legacy: EnvoyProcess
     ports: dict[str, int]
+    app: MeshApp
 
     def via(self, proxy: str, host: str, path: str = "/__echo") -> tuple[int, str]:
         """GET through ``proxy``'s outbound listener with ``Host: host``."""
         port = self.ports[f"{proxy}_out"]
         status, body, _ = http_get(f"http://127.0.0.1:{port}{path}", headers={"host": host})
         return status, body
+
+    async def reach(self, proxy: str, host: str) -> str:
+        """Wait until ``proxy`` gets a 200 from ``host``; return the body."""
+        _, body = await eventually(
+            lambda: self.via(proxy, host),
+            f"{proxy} -> {host} over mTLS",
+            WAIT,
+            until=lambda r: r[0] == 200,
+            blocking=True,
+            context=self.context,
+        )
+        return body
+
+    def context(self) -> str:
+        """What the proxies hold, for a failure message: secrets and listeners in force."""
+        out = []
+        for envoy in (self.gateway, self.api, self.web, self.legacy):
+            dump = envoy.config_dump()
+            secrets = [
+                s.get("name")
+                for c in dump.get("configs", [])
+                for s in c.get("dynamic_active_secrets", [])
+            ]
+            warming = [
+                w.get("name")
+                for c in dump.get("configs", [])
+                for w in c.get("dynamic_listeners", [])
+                if "warming_state" in w
+            ]
+            out.append(f"{envoy.name}: secrets {secrets}, warming listeners {warming}")
+        return "; ".join(out)
 
 
 def _ssl_handshakes(envoy: EnvoyProcess, port: int) -> int:
@@ -125,7 +161,7 @@ async def mesh(
         for name, cluster in proxies:
             bs = bootstrap(f"{name}-1", cluster, xds_port=xds_port, admin_port=0)
             started.append(await asyncio.to_thread(envoy_factory, bs, name=name, timeout=WAIT))
-        yield Mesh(*started, ports=ports)
+        yield Mesh(*started, ports=ports, app=app)
     finally:
         await app.stop(grace=0.2)
         await registry.close()
@@ -143,19 +179,9 @@ async def test_gateway_and_sidecar_reach_a_sidecar_over_mtls_with_their_identity
     mesh: Mesh,
 ) -> None:
     before = _ssl_handshakes(mesh.api, mesh.ports["api_in"])
-    status, body = await eventually(
-        lambda: mesh.via("gateway", "api.shop"),
-        "gateway -> api over mTLS",
-        WAIT,
-        until=lambda r: r[0] == 200,
-    )
+    body = await mesh.reach("gateway", "api.shop")
     assert _xfcc_uri(body) == f"spiffe://{TD}/gateway/edge"
-    status, body = await eventually(
-        lambda: mesh.via("web", "api.shop"),
-        "web sidecar -> api over mTLS",
-        WAIT,
-        until=lambda r: r[0] == 200,
-    )
+    body = await mesh.reach("web", "api.shop")
     assert _xfcc_uri(body) == f"spiffe://{TD}/ns/shop/svc/web"
     assert _ssl_handshakes(mesh.api, mesh.ports["api_in"]) >= before + 2
     # A caller cannot forge the header: the sidecar replaces it with the verified identity.
@@ -185,15 +211,8 @@ def _plaintext_get(port: int) -> int | str:
 
 async def test_plaintext_is_refused_by_strict_and_accepted_by_permissive(mesh: Mesh) -> None:
     # Both inbound listeners are up once mTLS through them works.
-    await eventually(
-        lambda: mesh.via("gateway", "api.shop"), "api reachable", WAIT, until=lambda r: r[0] == 200
-    )
-    await eventually(
-        lambda: mesh.via("gateway", "legacy.shop"),
-        "legacy reachable over mTLS",
-        WAIT,
-        until=lambda r: r[0] == 200,
-    )
+    await mesh.reach("gateway", "api.shop")
+    await mesh.reach("gateway", "legacy.shop")
     strict = await asyncio.to_thread(_plaintext_get, mesh.ports["api_in"])
     assert isinstance(strict, str), strict  # the handshake fails: no HTTP response at all
     permissive = await asyncio.to_thread(_plaintext_get, mesh.ports["legacy_in"])
@@ -203,13 +222,50 @@ async def test_plaintext_is_refused_by_strict_and_accepted_by_permissive(mesh: M
 async def test_a_workload_posing_as_another_service_is_refused_by_the_san_check(
     mesh: Mesh,
 ) -> None:
-    await eventually(
-        lambda: mesh.via("gateway", "web.shop"),
-        "web reachable over mTLS",
-        WAIT,
-        until=lambda r: r[0] == 200,
-    )
+    await mesh.reach("gateway", "web.shop")
     fails = mesh.gateway.stat("cluster.pay.shop.ssl.fail_verify_san") or 0
     status, _ = await asyncio.to_thread(mesh.via, "gateway", "pay.shop")
     assert status == 503
     assert (mesh.gateway.stat("cluster.pay.shop.ssl.fail_verify_san") or 0) > fails
+
+
+def _tls_get(port: int, tmp: Path, cert: Pem | None) -> int | str:
+    """A TLS GET straight to a sidecar's inbound port, presenting ``cert`` (or none): the
+    status, or the error the client saw. The client does not check the server: the attack
+    is on the server's check of the client."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        (tmp / "c.pem").write_bytes(cert.cert)
+        (tmp / "k.pem").write_bytes(cert.key)
+        context.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        conn.request("GET", "/__echo")
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
+
+
+async def test_a_client_without_a_mesh_certificate_is_refused(mesh: Mesh, tmp_path: Path) -> None:
+    await mesh.reach("gateway", "api.shop")
+    port = mesh.ports["api_in"]
+    # TLS without a client certificate.
+    assert isinstance(await asyncio.to_thread(_tls_get, port, tmp_path, None), str)
+    # A certificate naming the gateway's SPIFFE id, signed by another CA: the chain check fails.
+    _, key, ca = make_ca("attacker CA")
+    forged = make_workload(key, ca, f"spiffe://{TD}/gateway/edge")
+    assert isinstance(await asyncio.to_thread(_tls_get, port, tmp_path, forged), str)
+    # The same client with a certificate of the mesh CA gets through: the refusals above
+    # were the certificate check, not the client.
+    assert mesh.app.ca is not None
+    issued = mesh.app.ca.issue_workload(
+        f"spiffe://{TD}/gateway/edge",
+        datetime.datetime.now(datetime.UTC),
+        datetime.timedelta(hours=1),
+    )
+    genuine = Pem(issued.chain_pem, issued.key_pem)
+    assert await asyncio.to_thread(_tls_get, port, tmp_path, genuine) == 200
