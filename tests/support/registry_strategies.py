@@ -227,4 +227,12 @@ def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
             out[f"/mesh/policies/{ns}/p{i}"] = draw(POLICY)
     for name in draw(st.lists(st.sampled_from(LISTENERS), unique=True, min_size=1)):
         out[f"/mesh/listeners/{name}"] = draw(LISTENER)
+    for ns in NAMESPACES:  # (drawn last: what is drawn before stays as it was)
+        if draw(st.booleans()):  # the namespace's mTLS default (services may override it)
+            out[f"/mesh/namespaces/{ns}"] = draw(
+                opt(
+                    mtls=st.sampled_from(["strict", "permissive", "off"]),
+                    default_policy=st.sampled_from(["allow", "deny"]),
+                )
+            )
     return out
