@@ -143,3 +143,36 @@ def test_unauthenticated_callers_match_only_policies_without_from() -> None:
 def test_identity_patterns(pattern: str, caller: Any, matches: bool) -> None:
     p = policy("p", {"target": "*", "action": "deny", "from": [{"identities": [pattern]}]})
     assert decide([p], USER, caller).allowed is not matches
+
+
+def test_a_policy_edit_rebuilds_only_its_namespace_inbound_listeners() -> None:
+    """A policy goes through the pipeline like a route: only the inbound Listeners of its
+    namespace's services change (no cluster, endpoint or route), and deleting it restores
+    the listener it had before."""
+    from xds_server.ingest.registry import Changes, Event
+    from xds_server.ingest.state import RegistryState
+    from xds_server.resources.types import LISTENER
+    from xds_server.translate.translator import Translator
+
+    state, translator = RegistryState("/mesh/"), Translator()
+    sidecar = {"port": 15006, "sidecar": {"inbound_port": 15006, "app_port": 8080}}
+    puts = [
+        ("/mesh/services/auth/user-service", sidecar),
+        ("/mesh/services/shop/web", {**sidecar, "sidecar": {"inbound_port": 15007, "app_port": 1}}),
+    ]
+    events = tuple(Event("put", k, json.dumps(v).encode(), i) for i, (k, v) in enumerate(puts, 1))
+    translator.update(state, state.apply(Changes(2, events)))
+    before = translator.served[LISTENER]["inbound|user-service.auth"]
+
+    deny = json.dumps({"target": "*", "action": "deny", "from": [{"identities": ["shop/*"]}]})
+    put = Event("put", "/mesh/policies/auth/no-shop", deny.encode(), 3)
+    delta = translator.update(state, state.apply(Changes(3, (put,))))
+    assert {t: set(c) for t, c in delta.changed.items() if c} == {
+        LISTENER: {"inbound|user-service.auth"}
+    }
+    after = translator.served[LISTENER]["inbound|user-service.auth"]
+    assert after.version != before.version
+
+    gone = Event("delete", "/mesh/policies/auth/no-shop", b"", 4)
+    delta = translator.update(state, state.apply(Changes(4, (gone,))))
+    assert translator.served[LISTENER]["inbound|user-service.auth"].version == before.version
