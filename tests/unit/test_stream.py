@@ -186,8 +186,8 @@ def test_push_order_and_make_before_break() -> None:
 def test_unknown_type_is_ignored() -> None:
     mesh = Mesh(BASE)
     s, _ = mesh.stream()
-    secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-    assert s.on_request(req(secret, node=("n", "gateway"))) == []
+    scoped = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+    assert s.on_request(req(scoped, node=("n", "gateway"))) == []
     assert s.last_outcome is not None and s.last_outcome.kind == "unknown_type"
 
 

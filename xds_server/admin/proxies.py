@@ -13,6 +13,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.resources.resource import Resource
+from xds_server.resources.secrets import dump_any
 from xds_server.resources.types import SHORT, TYPE_ORDER
 from xds_server.server.ads import Connection, StreamRegistry
 
@@ -77,7 +78,8 @@ def connections(streams: StreamRegistry, node_id: str = "") -> list[Connection]:
 def resource_json(res: Resource) -> str:
     """The resource in protobuf JSON form with its ``@type``."""
     try:
-        data = json_format.MessageToDict(res.any, preserving_proto_field_name=True)
+        # (a Secret's private key redacted: the admin API never serves one)
+        data = json_format.MessageToDict(dump_any(res), preserving_proto_field_name=True)
     except (TypeError, KeyError) as exc:
         # A nested Any of a type this process never imported: say so, do not fail the call.
         return json.dumps({"@type": res.type_url, "error": f"cannot render: {exc}"})

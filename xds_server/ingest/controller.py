@@ -27,7 +27,13 @@ from dataclasses import dataclass, field, replace
 from xds_server.cache import ConfigSink
 from xds_server.events import EventBus, EventType
 from xds_server.ingest.dns_problems import DnsProblems
-from xds_server.ingest.inputs import AddressSource, DnsAnswers, HealthVerdicts, Input
+from xds_server.ingest.inputs import (
+    AddressSource,
+    Certificates,
+    DnsAnswers,
+    HealthVerdicts,
+    Input,
+)
 from xds_server.ingest.registry import Changes, Registry, Reset
 from xds_server.ingest.state import RegistryState
 from xds_server.ingest.status import StatusWriter
@@ -153,6 +159,7 @@ class Controller:
             Changes: self._registry_update,
             HealthVerdicts: self._health_verdicts,
             DnsAnswers: self._dns_answers,
+            Certificates: self._certificates,
         }
         """Input type -> the handler that folds it into a batch."""
 
@@ -304,6 +311,14 @@ class Controller:
         work.refresh |= refs
         work.dns |= refs
         work.converges = True
+
+    def _certificates(self, work: _Batch, observed_at: float, item: Input) -> None:
+        """Workload certificates were issued or rotated, or node clusters came and went:
+        translation brings the SDS Secrets up to date (it sees the new value)."""
+        assert isinstance(item, Certificates)
+        self.inputs = replace(
+            self.inputs, certificates=item.by_cluster, trust_bundle=item.bundle_pem
+        )
 
     # -- outputs after the push ----------------------------------------------------------
 

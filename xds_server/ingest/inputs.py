@@ -16,17 +16,24 @@ translation reads) and names what to translate again, and a producer that calls
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Protocol
 
 from xds_server.ingest.registry import RegistryUpdate
 from xds_server.model import ServiceRef
-from xds_server.translate.inputs import NO_INPUTS, EndpointHealth, Inputs, Resolver
+from xds_server.translate.inputs import (
+    NO_INPUTS,
+    EndpointHealth,
+    Inputs,
+    Resolver,
+    WorkloadCertificate,
+)
 
 __all__ = [
     "NO_INPUTS",
     "AddressSource",
+    "Certificates",
     "DnsAnswers",
     "HealthVerdicts",
     "Input",
@@ -51,7 +58,20 @@ class DnsAnswers:
     names: Set[str]
 
 
-Input = RegistryUpdate | HealthVerdicts | DnsAnswers
+@dataclass(frozen=True, slots=True, repr=False)
+class Certificates:
+    """The workload certificates served changed: ``by_cluster`` is every connected node
+    cluster's (its identity's certificate), ``bundle_pem`` the trust bundle."""
+
+    by_cluster: Mapping[str, WorkloadCertificate]
+    bundle_pem: bytes
+
+    def __repr__(self) -> str:
+        # Never the keys: inputs end up in logs.
+        return f"Certificates({len(self.by_cluster)} node clusters)"
+
+
+Input = RegistryUpdate | HealthVerdicts | DnsAnswers | Certificates
 """Anything the controller's pipeline takes."""
 
 

@@ -7,13 +7,22 @@ them; all three speak these names, so they live below all three.
 from __future__ import annotations
 
 from xds_server.resources.resource import Resource, make_resource
-from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, TYPE_ORDER
+from xds_server.resources.types import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    SHORT,
+    TYPE_ORDER,
+)
 
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
     "LISTENER",
     "ROUTE",
+    "SECRET",
     "SHORT",
     "TYPE_ORDER",
     "Resource",

@@ -77,6 +77,10 @@ class Resource(NamedTuple):
     delta_prefix: bytes = b""
     delta_suffix: bytes = b""
 
+    def __repr__(self) -> str:
+        # Never the body: a Secret's holds a private key, and reprs end up in logs.
+        return f"Resource({self.type_url!r}, {self.name!r}, {self.version!r}, {len(self.body)} B)"
+
     @property
     def any(self) -> any_pb2.Any:
         """The resource as a protobuf Any (built on demand: for tools and tests)."""

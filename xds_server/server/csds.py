@@ -18,6 +18,7 @@ from envoy.service.status.v3 import csds_pb2
 from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from xds_server.resources.secrets import dump_any
 from xds_server.resources.types import TYPE_ORDER
 from xds_server.server.ads import Connection, StreamRegistry
 
@@ -155,7 +156,7 @@ def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.Clien
             if pushed is not None:
                 cfg.last_updated.CopyFrom(pushed)
             if include_contents:
-                cfg.xds_config.CopyFrom(res.any)
+                cfg.xds_config.CopyFrom(dump_any(res))  # (a Secret's key redacted)
             if ts.nack is not None:
                 cfg.error_state.details = ts.nack
                 if pushed is not None:

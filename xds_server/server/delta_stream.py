@@ -37,7 +37,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import WILDCARD_TYPES, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
-from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
+from xds_server.resources.secrets import secret_key, served_secret_name
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER
 from xds_server.server.base import (
     KNOWN_TYPES,
     RequestOutcome,
@@ -121,6 +122,12 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         self._ack_or_nack(t, ts, req, first)
         subs = set(req.resource_names_subscribe)
         unsubs = set(req.resource_names_unsubscribe)
+        secrets = t == SECRET
+        if secrets:
+            # Every proxy asks for its own certificate as ``default``: the cache keeps each
+            # node cluster's under a key of its own (resources/secrets.py).
+            subs = {secret_key(n, self.node_cluster) for n in subs}
+            unsubs = {secret_key(n, self.node_cluster) for n in unsubs}
         toggled = "*" in subs or "*" in unsubs
         if t in WILDCARD_TYPES and ((first and not subs) or "*" in subs):
             ts.wildcard = True
@@ -139,6 +146,8 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
             # map once into a dict and the scope once, visit each desired name once (no
             # union, no sort of them all: only what is sent or removed is sorted).
             held: dict[str, str] = dict(req.initial_resource_versions) if first else {}
+            if secrets:
+                held = {secret_key(n, self.node_cluster): v for n, v in held.items()}
             subscribed = ts.subscribed
             scope_names: Collection[str] = (
                 self.scope.names(t) if ts.wildcard and self.scope is not None else ()
@@ -320,6 +329,8 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         ts.inflight[ts.nonce] = tuple(r.name for r in send)
         if len(ts.inflight) > _INFLIGHT_MAX:  # a client that never ACKs must not grow this
             ts.inflight.pop(next(iter(ts.inflight)))
+        if t == SECRET:  # (index keys back to the names the client asked for)
+            removed = [served_secret_name(n, self.node_cluster) for n in removed]
         return [DeltaResponse(t, ts.version, ts.nonce, tuple(send), tuple(removed))]
 
     def _release_retained(self) -> list[DeltaResponse]:

@@ -220,3 +220,20 @@ class StreamActivity(StreamObserver):
 
     def closed(self, key: Watcher, stream: XdsStream, conn: Connection | None) -> None:
         self.poke()
+
+
+class StreamPresence(StreamObserver):
+    """Tells which node clusters have a proxy connected: ``joined(cluster)`` when a stream
+    names its node, ``left(cluster)`` when it ends (workload certificates are issued for
+    the identities in use)."""
+
+    def __init__(self, joined: Callable[[str], None], left: Callable[[str], None]) -> None:
+        self.joined = joined
+        self.left = left
+
+    def connected(self, conn: Connection) -> None:
+        self.joined(conn.node_cluster)
+
+    def closed(self, key: Watcher, stream: XdsStream, conn: Connection | None) -> None:
+        if conn is not None:
+            self.left(conn.node_cluster)

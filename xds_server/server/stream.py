@@ -32,14 +32,15 @@ Nonces are ``<type generation>.<n>`` so those streams produce identical bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import WILDCARD_TYPES, ConfigWatcher, Pending
 from xds_server.resources.resource import Resource, set_version, string_field
-from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
+from xds_server.resources.secrets import secret_key
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER
 from xds_server.server.base import (
     RequestOutcome,
     ResponseBase,
@@ -212,7 +213,11 @@ class SotwStream(StreamBase[TypeStatus]):
         if key is not None and key == ts.request_key and ts.started:
             return  # byte-identical names (and type, node) as the request before
         ts.request_key = key
-        raw = req.resource_names
+        raw: Sequence[str] = req.resource_names
+        if t == SECRET:
+            # Every proxy asks for its own certificate as ``default``: the cache keeps each
+            # node cluster's under a key of its own (resources/secrets.py).
+            raw = [secret_key(n, self.node_cluster) for n in raw]
         unchanged = raw and len(raw) == len(ts.subscribed) and ts.subscribed.issuperset(raw)
         if unchanged and not ts.wildcard:
             # Envoy repeats its whole subscription in every ACK (a name per service): when

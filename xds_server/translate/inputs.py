@@ -7,16 +7,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from xds_server.model import ServiceRef
 
-__all__ = ["NO_INPUTS", "EndpointHealth", "Inputs", "Resolver"]
+__all__ = ["NO_INPUTS", "EndpointHealth", "Inputs", "Resolver", "WorkloadCertificate"]
 
 Resolver = Callable[[str], tuple[str, ...]]
 """Addresses a name resolves to now (empty while unknown); never blocks."""
 
 EndpointHealth = Mapping[ServiceRef, Mapping[str, int]]
 """Per service, endpoint id -> Envoy HealthStatus (HDS verdicts of every proxy)."""
+
+
+class WorkloadCertificate(Protocol):
+    """A workload certificate as translation reads it (``identity.ca.IssuedCertificate``)."""
+
+    @property
+    def chain_pem(self) -> bytes:
+        """The certificate chain, leaf first (PEM)."""
+        ...
+
+    @property
+    def key_pem(self) -> bytes:
+        """Its private key (PEM): served to the proxy only, never dumped."""
+        ...
 
 
 def _no_dns(name: str) -> tuple[str, ...]:
@@ -33,6 +48,11 @@ class Inputs:
     """The latest :class:`HealthVerdicts` health."""
     addresses: Resolver = _no_dns
     """Addresses of endpoint names (the resolver's answers so far)."""
+    certificates: Mapping[str, WorkloadCertificate] = field(default_factory=dict)
+    """Node cluster -> the certificate of its identity, for the clusters with a proxy
+    connected (the ``default`` SDS Secret each of them is served)."""
+    trust_bundle: bytes = b""
+    """The mesh's trust bundle (PEM; the ``ROOTCA`` Secret); empty: no Secrets at all."""
 
 
 NO_INPUTS = Inputs()

@@ -23,7 +23,8 @@ from xds_server.model.namespace import effective_mtls
 from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources.resource import Resource
 from xds_server.resources.scope import ScopeRule
-from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
+from xds_server.resources.secrets import ROOT_SECRET, cluster_secret_key
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
 from xds_server.translate.endpoint import service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
@@ -32,6 +33,7 @@ from xds_server.translate.listener import listener_resource
 from xds_server.translate.mtls import upstream_socket
 from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.scoping import mesh_scopes
+from xds_server.translate.secret import bundle_secret, workload_secret
 from xds_server.translate.sidecar import sidecar_resources
 
 
@@ -113,11 +115,15 @@ class Translator:
         self.notes: dict[str, Problem] = {}
         """Registry key -> what of it proxyless gRPC clients cannot honour (grpc_api)."""
         self._noted: dict[str, Problem] = {}  # notes put into the registry's problems
+        self._certs_seen: object = NO_INPUTS.certificates
+        self._bundle = NO_INPUTS.trust_bundle
+        self._secret_memo: dict[str, tuple[object, Resource]] = {}
 
-    def _put(self, delta: Delta, type_url: str, res: Resource) -> None:
+    def _put(self, delta: Delta, type_url: str, res: Resource, key: str = "") -> None:
         # What is in force after this update so far: this delta over what is served.
+        # (``key``: the index key, when it is not the name: a proxy's ``default`` Secret)
         changed = delta.changed[type_url]
-        name = res.name
+        name = key or res.name
         old = changed[name] if name in changed else self.served[type_url].get(name)
         if old is not None and old.version == res.version:
             return
@@ -211,9 +217,35 @@ class Translator:
             self._proxyless(state, delta)
         if listeners_changed:
             delta.scopes = mesh_scopes(state.listeners, self._sidecars)
+        if inputs.certificates is not self._certs_seen or inputs.trust_bundle != self._bundle:
+            self._secrets(inputs, delta)
         if self._own is not None:
             _serve(self._own, delta)
         return delta
+
+    def _secrets(self, inputs: Inputs, delta: Delta) -> None:
+        """The SDS Secrets: ``ROOTCA`` (the bundle) and each connected node cluster's
+        ``default`` (its identity's certificate), under the cluster's index key; those of
+        clusters no longer connected are dropped. A certificate is encoded once."""
+        self._certs_seen, self._bundle = inputs.certificates, inputs.trust_bundle
+        wanted: dict[str, Resource] = {}
+        if inputs.trust_bundle:
+            wanted[ROOT_SECRET] = bundle_secret(inputs.trust_bundle)
+            memo: dict[str, tuple[object, Resource]] = {}
+            for cluster, cert in inputs.certificates.items():
+                key = cluster_secret_key(cluster)
+                held = self._secret_memo.get(key)
+                if held is None or held[0] is not cert:
+                    held = (cert, workload_secret(cert.chain_pem, cert.key_pem))
+                memo[key] = held
+                wanted[key] = held[1]
+            self._secret_memo = memo
+        else:
+            self._secret_memo = {}
+        for key in [k for k in self.served[SECRET] if k not in wanted]:
+            self._drop(delta, SECRET, key)
+        for key, res in wanted.items():
+            self._put(delta, SECRET, res, key)
 
     def _put_clusters(self, state: RegistryView, ref: ServiceRef, delta: Delta) -> list[Resource]:
         """Put the Clusters of service ``ref`` (in force) in ``delta``: over mTLS, checking
