@@ -37,13 +37,6 @@ from tests.support.mtls_certs import Pem, make_ca, make_workload
 from tests.support.wait import eventually
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
-from xds_server.resources import types
-
-# The certificates these listeners and clusters name come from meshd over SDS; until meshd
-# serves Secrets, Envoy would wait for them (and then refuse every TLS handshake).
-pytestmark = pytest.mark.skipif(
-    not hasattr(types, "SECRET"), reason="meshd does not serve SDS Secrets yet"
-)
 
 TD = "mesh.local"
 WAIT = 20.0  # seconds: certificates issued, pushed and the listeners warmed, on a busy box

@@ -15,12 +15,8 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
+from xds_server.resources.secrets import CERT_SECRET, ROOT_SECRET
 from xds_server.translate.cluster import ads_source
-
-CERT_SECRET = "default"
-"""The SDS Secret holding a proxy's own certificate chain and private key."""
-ROOT_SECRET = "ROOTCA"
-"""The SDS Secret holding the trust bundle (a validation context)."""
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 """Envoy's TLS transport socket (both directions)."""
