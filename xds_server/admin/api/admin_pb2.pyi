@@ -701,3 +701,15 @@ class RevokeJoinTokenResponse(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     revision: int
     def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class GetTrustBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetTrustBundleResponse(_message.Message):
+    __slots__ = ("bundle_pem", "revision")
+    BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    bundle_pem: str
+    revision: int
+    def __init__(self, bundle_pem: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -140,6 +140,11 @@ class MeshAdminServiceStub:
                 request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.SerializeToString,
                 response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenResponse.FromString,
                 _registered_method=True)
+        self.GetTrustBundle = channel.unary_unary(
+                '/apg.mesh.admin.v1.MeshAdminService/GetTrustBundle',
+                request_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTrustBundleRequest.SerializeToString,
+                response_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTrustBundleResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -303,6 +308,14 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrustBundle(self, request, context):
+        """GetTrustBundle returns the mesh's trust bundle (PEM): the CA certificates every
+        workload and meshd certificate chains to. Public; any caller may read it. Never a key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -410,6 +423,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeJoinToken,
                     request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.FromString,
                     response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenResponse.SerializeToString,
+            ),
+            'GetTrustBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustBundle,
+                    request_deserializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTrustBundleRequest.FromString,
+                    response_serializer=apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTrustBundleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -980,6 +998,33 @@ class MeshAdminService:
             '/apg.mesh.admin.v1.MeshAdminService/RevokeJoinToken',
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.SerializeToString,
             apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.RevokeJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrustBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apg.mesh.admin.v1.MeshAdminService/GetTrustBundle',
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTrustBundleRequest.SerializeToString,
+            apg_dot_mesh_dot_admin_dot_v1_dot_admin__pb2.GetTrustBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,
