@@ -25,6 +25,7 @@ from xds_server.admin.health_topology import (
 )
 from xds_server.admin.policy_check import check_policy
 from xds_server.admin.proxies import SHORT_TO_TYPE, connections, proxy_resources, proxy_status
+from xds_server.admin.trust_bundle import TrustBundleRpcs
 from xds_server.admin.watch import event_message, event_namespace, event_types
 from xds_server.admin.writes import RegistryWrites
 from xds_server.errors import MeshError
@@ -34,7 +35,7 @@ from xds_server.model.names import parse_key
 __all__ = ["SERVICE_NAME", "AdminServicer"]
 
 
-class AdminServicer(RegistryWrites):
+class AdminServicer(RegistryWrites, TrustBundleRpcs):
     """Implements every RPC of ``apg.mesh.admin.v1.MeshAdminService`` (writes in
     :mod:`~xds_server.admin.writes`)."""
 
@@ -134,7 +135,9 @@ class AdminServicer(RegistryWrites):
                 raise invalid("", "node_id", "is required")
             short = request.type.upper()
             if short and short not in SHORT_TO_TYPE:
-                raise invalid("", "type", f"must be CDS, EDS, LDS or RDS, got {request.type!r}")
+                raise invalid(
+                    "", "type", f"must be SDS, CDS, EDS, LDS or RDS, got {request.type!r}"
+                )
             conns = connections(self.streams, request.node_id)
             if not conns:
                 raise AdminError(

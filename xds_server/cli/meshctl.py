@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from xds_server.cli import ca as ca_commands
 from xds_server.cli import commands, observed, policy
 from xds_server.cli import tokens as token_commands
 from xds_server.cli.bootstrap import bootstrap, render
@@ -175,7 +176,11 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     c = _command(sub, "proxy-config", commands.proxy_config, "the config a proxy was last sent")
     c.add_argument("node_id")
-    c.add_argument("--type", choices=("CDS", "EDS", "LDS", "RDS", "cds", "eds", "lds", "rds"))
+    c.add_argument(
+        "--type",
+        choices=("SDS", "CDS", "EDS", "LDS", "RDS", "sds", "cds", "eds", "lds", "rds"),
+        help="one type (SDS: Secrets, their private keys shown as [redacted])",
+    )
 
     c = _command(sub, "errors", commands.errors, "rejected registry entries and why")
     c.add_argument("-n", "--namespace", help="one namespace only")
@@ -227,6 +232,12 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _command(tsub, "list", token_commands.list_, "join tokens: id, identity, expiry")
     c = _command(tsub, "revoke", token_commands.revoke, "revoke a join token: its streams end")
     c.add_argument("id", help="the token's id (meshctl token list)")
+
+    a = sub.add_parser("ca", help="the mesh CA", description="the mesh CA")
+    asub = a.add_subparsers(dest="ca_command", metavar="{get}", required=True)
+    c = _command(asub, "get", ca_commands.get, "print the trust bundle (PEM)")
+    c.add_argument("--etcd", help="read it from etcd (ENDPOINTS, comma-separated), not meshd")
+    c.add_argument("--prefix", default="/mesh/", help="registry prefix in etcd (/mesh/)")
 
     c = _command(sub, "watch", commands.watch, "stream mesh events until Ctrl-C")
     c.add_argument(
