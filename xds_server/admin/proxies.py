@@ -14,7 +14,7 @@ from google.protobuf import json_format, timestamp_pb2
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.resources.resource import Resource
 from xds_server.resources.secrets import dump_any
-from xds_server.resources.types import SHORT, TYPE_ORDER
+from xds_server.resources.types import SECRET, SHORT, TYPE_ORDER
 from xds_server.server.ads import Connection, StreamRegistry
 
 STATE_TO_PB = {
@@ -33,10 +33,13 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def type_statuses(conn: Connection) -> list[pb.TypeStatus]:
-    """One entry per xDS type (CDS, EDS, LDS, RDS), in push order."""
+    """One entry per xDS type (CDS, EDS, LDS, RDS; SDS once the proxy asked for Secrets),
+    in push order."""
     out = []
     for t in TYPE_ORDER:
         ts = conn.stream.types.get(t)
+        if ts is None and t == SECRET:
+            continue  # (a proxy without TLS never asks for Secrets: nothing to say)
         if ts is None:
             out.append(pb.TypeStatus(type=SHORT[t], state=pb.SYNC_STATE_NOT_SENT))
             continue
