@@ -6,7 +6,8 @@ mTLS. meshd runs with the test-only certificate lifetime of 20 s, so each certif
 issued again after 10 s. While requests flow through the gateway and the sidecar (two
 TLS hops: the gateway's client certificate and the sidecar's server certificate both
 rotate), the test watches the serial the sidecar presents to a Python TLS client and the
-one Envoy's admin reports, until both changed; not one request may fail meanwhile.
+one Envoy's admin reports, until both changed; not one request may fail meanwhile. Over
+SotW and over Delta ADS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from adapters.etcd import EtcdRegistry
@@ -70,8 +72,9 @@ def _wire_serial(port: int, tmp: Path, client: tuple[bytes, bytes]) -> int:
         conn.close()
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_certificates_come_over_sds_and_rotate_without_a_failed_request(
-    tmp_path: Path, envoy_factory: EnvoyFactory, backend_factory: BackendFactory
+    tmp_path: Path, envoy_factory: EnvoyFactory, backend_factory: BackendFactory, delta: bool
 ) -> None:
     etcd = start_test_etcd(tmp_path / "etcd")
     registry = EtcdRegistry(etcd.endpoint)
@@ -97,11 +100,13 @@ async def test_certificates_come_over_sds_and_rotate_without_a_failed_request(
     try:
         api = await asyncio.to_thread(
             envoy_factory,
-            bootstrap("api-1", "api.shop", xds_port=xds_port, admin_port=0),
+            bootstrap("api-1", "api.shop", xds_port=xds_port, admin_port=0, delta=delta),
             name="api",
         )
         gateway = await asyncio.to_thread(
-            envoy_factory, bootstrap("edge-1", "edge", xds_port=xds_port, admin_port=0), name="gw"
+            envoy_factory,
+            bootstrap("edge-1", "edge", xds_port=xds_port, admin_port=0, delta=delta),
+            name="gw",
         )
 
         def through_gateway() -> int:
