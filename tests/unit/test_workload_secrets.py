@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from tests.support.stream_mesh import BASE, Mesh
 from xds_server.identity.ca import MeshCA, generate_root
+from xds_server.identity.issuer import CertificateIssuer
 from xds_server.identity.rotation import CertificateBook
 from xds_server.model.identity import gateway, sidecar
 from xds_server.model.names import ServiceRef
@@ -252,3 +253,32 @@ def test_dumps_and_reprs_never_show_a_key(ca: MeshCA) -> None:
     assert "PRIVATE KEY" not in repr(res)
     assert "PRIVATE KEY" not in repr(mesh.cache.resources(SECRET))
     assert keys["a"] not in dump_any(res).value
+
+
+# -- the issuer's step ------------------------------------------------------------------------
+
+
+def test_issuer_publishes_on_change_only_and_rotates_at_half_life(ca: MeshCA) -> None:
+    now = [T0]
+    published: list[dict[str, object]] = []
+    issuer = CertificateIssuer(
+        TTL,
+        lambda: {WEB},
+        lambda certs, bundle: published.append(dict(certs)),
+        clock=lambda: now[0],
+    )
+    assert not issuer.step()  # no CA yet: nothing issued, nothing published
+    issuer.ca = ca
+    issuer.connected("web.default")
+    assert issuer.step() and set(published[-1]) == {"web.default"}
+    first = published[-1]["web.default"]
+    assert not issuer.step()  # nothing changed: nothing published again
+    issuer.connected("web.default")  # a second proxy of the same identity
+    assert not issuer.step()
+    now[0] = T0 + TTL / 2
+    assert issuer.step() and issuer.rotations == 1
+    assert published[-1]["web.default"] is not first
+    issuer.disconnected("web.default")
+    issuer.disconnected("web.default")
+    assert issuer.step() and published[-1] == {}
+    assert issuer._timeout() == issuer.recheck_s  # (nothing in use: no busy wake-ups)
