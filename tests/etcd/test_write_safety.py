@@ -15,6 +15,7 @@ from pathlib import Path
 from adapters.etcd import EmbeddedEtcd, find_etcd_binary
 from tests.support.fixtures_admin import AdminMesh, running_admin
 from tests.support.meshctl import MANIFEST, meshctl
+from tests.support.mtls_certs import make_ca
 from tests.support.wait import eventually
 from xds_server.admin.auth import Authenticator
 
@@ -119,7 +120,12 @@ async def test_a_status_write_etcd_refuses_does_not_block_the_others(tmp_path: P
     )
     await etcd.start()
     try:
-        async with running_admin(etcd, "/mesh/", Authenticator(None)) as mesh:
+        # An operator's CA: meshd writes only its bundle, which fits in the small limit.
+        ca, _, _ = make_ca()
+        operator_ca = (ca.cert, ca.key)
+        async with running_admin(
+            etcd, "/mesh/", Authenticator(None), operator_ca=operator_ca
+        ) as mesh:
             await etcdctl(
                 etcd, "put", "/mesh/services/shop/big", stdin=b'{"port": 1%s}' % (b"0" * 1000)
             )
@@ -166,7 +172,12 @@ async def test_apply_beyond_a_stock_etcds_transaction_limit(tmp_path: Path) -> N
     )
     await etcd.start()
     try:
-        async with running_admin(etcd, "/mesh/", Authenticator(None)) as mesh:
+        # An operator's CA: meshd writes only its bundle, which fits in the small limit.
+        ca, _, _ = make_ca()
+        operator_ca = (ca.cert, ca.key)
+        async with running_admin(
+            etcd, "/mesh/", Authenticator(None), operator_ca=operator_ca
+        ) as mesh:
             admin = ("--admin", mesh.address)
             for dry_run in (("--dry-run",), ()):
                 code, out, err = await meshctl(

@@ -86,12 +86,13 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 @contextlib.asynccontextmanager
 async def running_admin(
-    etcd: EmbeddedEtcd, prefix: str, auth: Authenticator
+    etcd: EmbeddedEtcd, prefix: str, auth: Authenticator, **config: Any
 ) -> AsyncIterator[AdminMesh]:
+    """meshd with its admin API on ``etcd`` (``config``: more MeshConfig fields)."""
     registry = EtcdRegistry(etcd.endpoint, prefix=prefix)
     app = MeshApp(
         registry,
-        MeshConfig(xds="127.0.0.1:0", metrics=None, admin="127.0.0.1:0", auth=auth),
+        MeshConfig(xds="127.0.0.1:0", metrics=None, admin="127.0.0.1:0", auth=auth, **config),
     )
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.admin_port}")
