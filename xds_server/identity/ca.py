@@ -57,6 +57,22 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """Digital signature always; a CA also signs certificates and CRLs, a leaf also agrees
+    keys (ECDH)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def generate_root(trust_domain: str, now: datetime.datetime) -> tuple[bytes, bytes]:
     """A new self-signed ECDSA P-256 root for ``trust_domain``: (cert PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -75,20 +91,7 @@ def generate_root(trust_domain: str, now: datetime.datetime) -> tuple[bytes, byt
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + ROOT_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         # SPIFFE X.509-SVID: a signing certificate carries its trust domain as URI SAN.
         .add_extension(
@@ -167,20 +170,7 @@ class MeshCA:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
             .add_extension(
