@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 from xds_server.errors import RegistryConflict
@@ -40,15 +40,9 @@ class CaStore(Protocol):
         """Write one key."""
         ...
 
-    async def txn(
-        self,
-        *,
-        puts: Mapping[str, bytes] | None = None,
-        deletes: Collection[str] = (),
-        expect: Mapping[str, int] | None = None,
-        lease: int = 0,
-    ) -> int:
-        """Atomic writes under expectations (0: the key must be absent)."""
+    async def txn(self, *, puts: Mapping[str, bytes], expect: Mapping[str, int]) -> int:
+        """Atomic writes under expectations (0: the key must be absent): as much of
+        ``WritableRegistry.txn`` as the CA uses (``identity`` may not import ``ingest``)."""
         ...
 
 
