@@ -36,15 +36,13 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
 
 from xds_server.model import Route, Service, ServiceRef
 from xds_server.model.names import service_host
 from xds_server.resources.resource import Resource, make_resource, resource_from_bytes
 from xds_server.resources.types import LISTENER, ROUTE
 from xds_server.translate.cluster import ads_source
-from xds_server.translate.listener import ROUTER
+from xds_server.translate.listener import ROUTER, pack
 from xds_server.translate.rds_wire import route_config_bytes
 from xds_server.translate.route import FAULT
 
@@ -58,12 +56,6 @@ Notes = dict[NoteKey, set[str]]
 """Per such setting, the proxyless targets (``<name>.<ns>``) it concerns."""
 
 
-def _pack(msg: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(msg)
-    return packed
-
-
 @functools.lru_cache(maxsize=1 << 14)
 def api_listener(name: str) -> Resource:
     """The Listener a proxyless gRPC client of ``name`` (``<svc>.<ns>``) asks for.
@@ -75,12 +67,12 @@ def api_listener(name: str) -> Resource:
         stat_prefix=name,
         rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=name),
         http_filters=[
-            hcm_pb2.HttpFilter(name=FAULT, typed_config=_pack(fault_pb2.HTTPFault())),
-            hcm_pb2.HttpFilter(name=ROUTER, typed_config=_pack(router_pb2.Router())),
+            hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault())),
+            hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router())),
         ],
     )
     listener = listener_pb2.Listener(
-        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(hcm))
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=pack(hcm))
     )
     return make_resource(LISTENER, name, listener)
 

@@ -27,7 +27,8 @@ TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
 
 
-def _pack(msg: Message) -> any_pb2.Any:
+def pack(msg: Message) -> any_pb2.Any:
+    """``msg`` in an ``Any`` (a typed_config)."""
     packed = any_pb2.Any()
     packed.Pack(msg)
     return packed
@@ -45,12 +46,12 @@ def http_filters() -> list[hcm_pb2.HttpFilter]:
     return [
         hcm_pb2.HttpFilter(
             name=LOCAL_RATELIMIT,
-            typed_config=_pack(
+            typed_config=pack(
                 local_rate_limit_pb2.LocalRateLimit(stat_prefix="http_local_rate_limit")
             ),
         ),
-        hcm_pb2.HttpFilter(name=FAULT, typed_config=_pack(fault_pb2.HTTPFault())),
-        hcm_pb2.HttpFilter(name=ROUTER, typed_config=_pack(router_pb2.Router())),
+        hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault())),
+        hcm_pb2.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router())),
     ]
 
 
@@ -71,7 +72,7 @@ def build_listener(listener: Listener) -> listener_pb2.Listener:
             stat_prefix=listener.name, cluster=cluster_name(listener.service)
         )
         chain.filters.append(
-            listener_components_pb2.Filter(name=TCP_PROXY, typed_config=_pack(proxy))
+            listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
         )
         return out
     hcm = hcm_pb2.HttpConnectionManager(
@@ -82,7 +83,7 @@ def build_listener(listener: Listener) -> listener_pb2.Listener:
     )
     if listener.tracing is not None:
         apply_tracing(hcm, listener.tracing, listener.name)
-    chain.filters.append(listener_components_pb2.Filter(name=HCM, typed_config=_pack(hcm)))
+    chain.filters.append(listener_components_pb2.Filter(name=HCM, typed_config=pack(hcm)))
     return out
 
 

@@ -38,7 +38,7 @@ from xds_server.model.view import RegistryView
 from xds_server.resources.resource import Resource, make_resource
 from xds_server.resources.types import CLUSTER, LISTENER
 from xds_server.translate.authz import inbound_filters
-from xds_server.translate.listener import HCM, ROUTER, TCP_PROXY
+from xds_server.translate.listener import HCM, ROUTER, TCP_PROXY, pack
 from xds_server.translate.mtls import downstream_socket
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -47,12 +47,6 @@ LOCAL_ADDRESS = "127.0.0.1"
 """Where a sidecar finds its application: the same host (or pod network namespace)."""
 INBOUND_ADDRESS = "0.0.0.0"
 """What an inbound listener binds: callers reach the sidecar from other hosts."""
-
-
-def _pack(msg: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(msg)
-    return packed
 
 
 def _http_manager(service: Service, state: RegistryView, trust_domain: str) -> Message:
@@ -87,7 +81,7 @@ def _http_manager(service: Service, state: RegistryView, trust_domain: str) -> M
 
 
 def _router() -> any_pb2.Any:
-    return _pack(router_pb2.Router())
+    return pack(router_pb2.Router())
 
 
 def _filter(
@@ -97,9 +91,9 @@ def _filter(
         proxy = tcp_proxy_pb2.TcpProxy(
             stat_prefix=inbound_name(service.ref), cluster=inbound_name(service.ref)
         )
-        return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=_pack(proxy))
+        return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
     manager = _http_manager(service, state, trust_domain)
-    return listener_components_pb2.Filter(name=HCM, typed_config=_pack(manager))
+    return listener_components_pb2.Filter(name=HCM, typed_config=pack(manager))
 
 
 def inbound_listener(
@@ -119,7 +113,7 @@ def inbound_listener(
     if mode == "permissive":
         out.listener_filters.append(
             listener_components_pb2.ListenerFilter(
-                name=TLS_INSPECTOR, typed_config=_pack(tls_inspector_pb2.TlsInspector())
+                name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
             )
         )
     if mode in ("strict", "permissive"):
@@ -166,7 +160,7 @@ def local_cluster(service: Service) -> cluster_pb2.Cluster:
                 http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
             )
         )
-        c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(_pack(opts))
+        c.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(opts))
     return c
 
 
