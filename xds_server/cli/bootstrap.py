@@ -258,12 +258,17 @@ def _grpc_api(metadata: list[dict[str, str]]) -> dict[str, Any]:
 _TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
-def _tls_to_meshd(host: str, ca_pem: str) -> dict[str, Any]:
+def _is_ip(host: str) -> bool:
+    """Whether ``host`` is a literal IP address (else a DNS name)."""
     try:
         ipaddress.ip_address(host)
-        san_type = "IP_ADDRESS"
     except ValueError:
-        san_type = "DNS"
+        return False
+    return True
+
+
+def _tls_to_meshd(host: str, ca_pem: str) -> dict[str, Any]:
+    san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
     context: dict[str, Any] = {
         "@type": f"type.googleapis.com/{_TLS}",
         "common_tls_context": {
@@ -292,11 +297,7 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
 
 def _xds_cluster(host: str, port: int) -> dict[str, Any]:
     # A literal IP needs no resolver; a name (e.g. a Kubernetes service) must be resolved.
-    try:
-        ipaddress.ip_address(host)
-        discovery = "STATIC"
-    except ValueError:
-        discovery = "STRICT_DNS"
+    discovery = "STATIC" if _is_ip(host) else "STRICT_DNS"
     return {
         "name": XDS_CLUSTER,
         "type": discovery,
