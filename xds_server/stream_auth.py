@@ -17,8 +17,10 @@ token authority that implements it (``tokens/``) all import it, none of them eac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -27,6 +29,7 @@ __all__ = [
     "StreamAuthenticator",
     "StreamPeer",
     "StreamRejected",
+    "authenticated_stream",
     "bearer_token",
     "until_ended",
 ]
@@ -135,3 +138,30 @@ async def until_ended(peer: StreamPeer, items: AsyncIterator[_T]) -> AsyncIterat
 
 
 _DONE = object()
+
+
+@contextlib.asynccontextmanager
+async def authenticated_stream(
+    auth: StreamAuthenticator | None, context: Any, log: logging.Logger, kind: str
+) -> AsyncIterator[StreamPeer | None]:
+    """A stream RPC's peer as ``auth`` authenticates it (None without ``auth``), for the
+    time the stream is served.
+
+    A stream without a valid token is refused before anything is served; a StreamRejected
+    from the body ends the RPC with its status, logged on ``log`` as a ``kind`` stream
+    (``HDS``, ``LRS``); the peer is released however the stream ends.
+    """
+    peer: StreamPeer | None = None
+    if auth is not None:
+        try:
+            peer = auth.authenticate(context.invocation_metadata())
+        except StreamRejected as exc:
+            await context.abort(exc.code, exc.message)
+    try:
+        yield peer
+    except StreamRejected as exc:
+        log.warning("ending %s stream from %s: %s", kind, context.peer(), exc)
+        await context.abort(exc.code, exc.message)
+    finally:
+        if peer is not None and auth is not None:
+            auth.release(peer)

@@ -31,7 +31,12 @@ from xds_server.health.assign import Checker
 from xds_server.health.monitor import HealthMonitor, ProbeGroup, ServiceHealth
 from xds_server.model import ServiceRef
 from xds_server.model.view import RegistryView
-from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected
+from xds_server.stream_auth import (
+    StreamAuthenticator,
+    StreamPeer,
+    StreamRejected,
+    authenticated_stream,
+)
 from xds_server.translate.cluster import health_check, ms
 
 log = logging.getLogger("meshd.hds")
@@ -283,21 +288,9 @@ class HdsServicer:
         requests: AsyncIterator[hds_pb2.HealthCheckRequestOrEndpointHealthResponse],
         context: Any,
     ) -> AsyncIterator[hds_pb2.HealthCheckSpecifier]:
-        peer: StreamPeer | None = None
-        if self.auth is not None:
-            try:
-                peer = self.auth.authenticate(context.invocation_metadata())
-            except StreamRejected as exc:
-                await context.abort(exc.code, exc.message)
-        try:
+        async with authenticated_stream(self.auth, context, log, "HDS") as peer:
             async for spec in self._checker(requests, context, peer):
                 yield spec
-        except StreamRejected as exc:
-            log.warning("ending HDS stream from %s: %s", context.peer(), exc)
-            await context.abort(exc.code, exc.message)
-        finally:
-            if peer is not None and self.auth is not None:
-                self.auth.release(peer)
 
     async def _checker(
         self,

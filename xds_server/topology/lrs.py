@@ -23,7 +23,12 @@ from prometheus_client.registry import Collector
 from xds_server.model.names import is_inbound_name
 from xds_server.model.view import RegistryView
 from xds_server.resources.types import XDS_CLUSTER
-from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected, until_ended
+from xds_server.stream_auth import (
+    StreamAuthenticator,
+    StreamPeer,
+    authenticated_stream,
+    until_ended,
+)
 from xds_server.topology.graph import (
     Graph,
     Recommendation,
@@ -191,22 +196,12 @@ class LrsServicer:
     async def stream_load_stats(
         self, requests: AsyncIterator[lrs_pb2.LoadStatsRequest], context: Any
     ) -> AsyncIterator[lrs_pb2.LoadStatsResponse]:
-        peer: StreamPeer | None = None
-        if self.auth is not None:
-            try:
-                peer = self.auth.authenticate(context.invocation_metadata())
+        async with authenticated_stream(self.auth, context, log, "LRS") as peer:
+            if peer is not None:
+                # Ended from outside: at once, not at its next report.
                 requests = until_ended(peer, requests)
-            except StreamRejected as exc:
-                await context.abort(exc.code, exc.message)
-        try:
             async for response in self._reporter(requests, context, peer):
                 yield response
-        except StreamRejected as exc:
-            log.warning("ending LRS stream from %s: %s", context.peer(), exc)
-            await context.abort(exc.code, exc.message)
-        finally:
-            if peer is not None and self.auth is not None:
-                self.auth.release(peer)
 
     async def _reporter(
         self,
