@@ -71,6 +71,19 @@ def _operator_ca(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
     return pair
 
 
+_SAFEGUARDS = (
+    ("--xds-auth", "required", "every ADS/HDS/LRS stream must present a join token"),
+    ("--xds-tls", "on", "serve xDS and the admin API over TLS with a certificate of the mesh CA"),
+)
+"""The xDS safeguards (see :func:`xds_exposure`): flag, its value when on (else ``off``),
+what it does. Each has an environment variable, ``MESHD_`` and its name."""
+
+
+def _dest(flag: str) -> str:
+    """The attribute argparse stores ``flag`` in: ``--xds-auth`` -> ``xds_auth``."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="meshd",
@@ -111,20 +124,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often Envoys send LRS load reports and HDS results (HDS: sooner when a "
         "service's health_check interval is shorter)",
     )
-    p.add_argument(
-        "--xds-auth",
-        choices=("required", "off"),
-        default=_env("MESHD_XDS_AUTH", None),
-        help="every ADS/HDS/LRS stream must present a join token (env MESHD_XDS_AUTH); "
-        "default: required, but off (with a warning) on a loopback --xds",
-    )
-    p.add_argument(
-        "--xds-tls",
-        choices=("on", "off"),
-        default=_env("MESHD_XDS_TLS", None),
-        help="serve xDS and the admin API over TLS with a certificate of the mesh CA "
-        "(env MESHD_XDS_TLS); default: on, but off (with a warning) on a loopback --xds",
-    )
+    for flag, on, what in _SAFEGUARDS:
+        env = "MESHD_" + _dest(flag).upper()
+        p.add_argument(
+            flag,
+            choices=(on, "off"),
+            default=_env(env, None),
+            help=f"{what} (env {env}); default: {on}, but off (with a warning) on a loopback --xds",
+        )
     p.add_argument(
         "--server-names",
         default=_env("MESHD_SERVER_NAMES", ""),
@@ -165,10 +172,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--ca-cert and --ca-key go together")
     if not 100 <= args.report_interval_ms <= 3_600_000:
         p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
-    if args.xds_auth not in (None, "required", "off"):  # (from the environment)
-        p.error(f"--xds-auth must be required or off, got {args.xds_auth!r}")
-    if args.xds_tls not in (None, "on", "off"):  # (from the environment)
-        p.error(f"--xds-tls must be on or off, got {args.xds_tls!r}")
+    for flag, on, _ in _SAFEGUARDS:
+        value = getattr(args, _dest(flag))
+        if value not in (None, on, "off"):  # (from the environment)
+            p.error(f"{flag} must be {on} or off, got {value!r}")
     if not args.prefix.startswith("/") or not args.prefix.endswith("/"):
         p.error(f"--prefix must start and end with '/': {args.prefix!r}")
     for flag, value, optional in (
