@@ -29,6 +29,7 @@ __all__ = [
     "StreamAuthenticator",
     "StreamPeer",
     "StreamRejected",
+    "authenticate_stream",
     "authenticated_stream",
     "bearer_token",
     "until_ended",
@@ -140,6 +141,19 @@ async def until_ended(peer: StreamPeer, items: AsyncIterator[_T]) -> AsyncIterat
 _DONE = object()
 
 
+async def authenticate_stream(auth: StreamAuthenticator | None, context: Any) -> StreamPeer | None:
+    """The peer of a new stream as ``auth`` authenticates it (None without ``auth``); a
+    stream without a valid token is ended (``context.abort``) with the status it was
+    refused with."""
+    if auth is None:
+        return None
+    try:
+        return auth.authenticate(context.invocation_metadata())
+    except StreamRejected as exc:
+        await context.abort(exc.code, exc.message)
+    return None
+
+
 @contextlib.asynccontextmanager
 async def authenticated_stream(
     auth: StreamAuthenticator | None, context: Any, log: logging.Logger, kind: str
@@ -151,12 +165,7 @@ async def authenticated_stream(
     from the body ends the RPC with its status, logged on ``log`` as a ``kind`` stream
     (``HDS``, ``LRS``); the peer is released however the stream ends.
     """
-    peer: StreamPeer | None = None
-    if auth is not None:
-        try:
-            peer = auth.authenticate(context.invocation_metadata())
-        except StreamRejected as exc:
-            await context.abort(exc.code, exc.message)
+    peer = await authenticate_stream(auth, context)
     try:
         yield peer
     except StreamRejected as exc:

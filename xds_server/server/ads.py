@@ -37,7 +37,12 @@ from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 from xds_server.server.observers import StreamHooks, StreamObserver
 from xds_server.server.request_key import light_request, subscription_key
 from xds_server.server.stream import Response, SotwStream
-from xds_server.stream_auth import StreamAuthenticator, StreamPeer, StreamRejected
+from xds_server.stream_auth import (
+    StreamAuthenticator,
+    StreamPeer,
+    StreamRejected,
+    authenticate_stream,
+)
 
 __all__ = ["ADS_SERVICE", "AdsServicer", "Connection", "StreamRegistry", "admin_address"]
 
@@ -106,14 +111,9 @@ class AdsServicer:
     ) -> None:
         hooks = self.hooks
         auth = self.auth
-        peer: StreamPeer | None = None
-        if auth is not None:
-            # Before anything is watched or read: a stream without a valid token costs
-            # nothing but this check.
-            try:
-                peer = auth.authenticate(context.invocation_metadata())
-            except StreamRejected as exc:
-                await context.abort(exc.code, exc.message)
+        # Before anything is watched or read: a stream without a valid token costs nothing
+        # but this check.
+        peer = await authenticate_stream(auth, context)
         watcher = self.cache.watch()
         # Lists and a flag, not deques and an Event: thousands of streams each hold these,
         # and they hold a few items at most.
