@@ -10,12 +10,12 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from adapters.memory import MemoryRegistry
 from xds_server.cache import ConfigCache
 from xds_server.ingest.controller import Controller
-from xds_server.ingest.inputs import DnsAnswers, HealthVerdicts
+from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
 from xds_server.metrics import Metrics
 from xds_server.model import ServiceRef
 from xds_server.model.view import ChangeSet, RegistryView
-from xds_server.resources import ENDPOINT
+from xds_server.resources import ENDPOINT, SECRET
 
 WEB = ServiceRef("default", "web")
 UNHEALTHY = 2  # envoy.config.core.v3.HealthStatus
@@ -102,3 +102,20 @@ def test_an_input_an_observer_submits_is_applied_right_after_the_batch() -> None
     ctl.submit(Changes(3, (Event("put", "/mesh/endpoints/default/web/a", value, 3),)))
     assert seen[-1] == (3, {WEB})
     assert len(seen) == 2
+
+
+def test_inputs_before_the_first_listing_serve_nothing_until_it_is_translated() -> None:
+    """A proxy may connect (and its certificate, health or DNS inputs arrive) before meshd
+    has read the registry: the cache must not become ready with an empty registry, or a
+    proxy that reconnects after a restart is sent config it did not hold."""
+    cache = ConfigCache()
+    ctl = Controller(MemoryRegistry(), cache, Metrics())
+    ctl.submit(Certificates({}, b"bundle"))
+    ctl.submit(HealthVerdicts({WEB: {"a": UNHEALTHY}}, {WEB}))
+    assert not cache.ready.is_set()
+    assert cache.generation == 0
+    ctl.submit(Reset(2, _entries()))
+    assert cache.ready.is_set()
+    [lb] = _assignment(cache).endpoints[0].lb_endpoints
+    assert lb.health_status == UNHEALTHY  # (what arrived before is translated with it)
+    assert cache.get(SECRET, "ROOTCA") is not None

@@ -153,6 +153,8 @@ class Controller:
         """Called after each batch of registry updates (see :data:`Observer`)."""
         self.events = events or EventBus()
         self._queue: asyncio.Queue[tuple[float, Input]] = asyncio.Queue()
+        self._snapshot_seen = False
+        """The registry's first complete listing has been translated (nothing before it)."""
         self._draining = False
         self._handlers: dict[type, Callable[[_Batch, float, Input], None]] = {
             Reset: self._registry_update,
@@ -237,6 +239,14 @@ class Controller:
                 self._listing_fold += folded - started
                 if not work.refresh:
                     return changes
+            if not self._snapshot_seen:
+                if not work.reset or self.state.listing:
+                    # Nothing is served before the registry's first complete listing: a proxy
+                    # that connects meanwhile (its certificate, health or DNS inputs) must not
+                    # make the cache ready with an empty registry. The inputs are kept in
+                    # self.inputs; the listing's translation, which covers everything, uses them.
+                    return changes
+                self._snapshot_seen = True
             translate = changes
             if work.refresh:  # (other inputs' services, beside the registry's changes)
                 refresh = work.refresh & self.state.services.keys()
