@@ -1,4 +1,4 @@
-"""The Delta stream state machine, point by point (shared/spec/xds.md, incremental xDS)."""
+"""The Delta stream state machine, point by point (docs/xds.md, incremental xDS)."""
 
 from __future__ import annotations
 

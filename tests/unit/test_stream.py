@@ -1,4 +1,4 @@
-"""The SotW stream state machine, pinned point by point against shared/spec/xds.md. No network."""
+"""The SotW stream state machine, pinned point by point against docs/xds.md. No network."""
 
 from __future__ import annotations
 
