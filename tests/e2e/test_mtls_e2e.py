@@ -22,71 +22,14 @@ import http.client
 import json
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from adapters.etcd import EtcdRegistry
-from integration.harness import EnvoyProcess, free_port, http_get
-from integration.scenario import seed
+from integration.harness import EnvoyProcess, http_get
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
-from tests.support.fixtures_etcd import start_test_etcd
 from tests.support.mtls_certs import Pem, make_ca, make_workload
-from tests.support.wait import eventually
-from xds_server.app import MeshApp, MeshConfig
-from xds_server.cli.bootstrap import bootstrap
-
-TD = "mesh.local"
-WAIT = 20.0  # seconds: certificates issued, pushed and the listeners warmed, on a busy box
-
-
-@dataclass
-class Mesh:
-    gateway: EnvoyProcess
-    api: EnvoyProcess
-    web: EnvoyProcess
-    legacy: EnvoyProcess
-    ports: dict[str, int]
-    app: MeshApp
-
-    def via(self, proxy: str, host: str, path: str = "/__echo") -> tuple[int, str]:
-        """GET through ``proxy``'s outbound listener with ``Host: host``."""
-        port = self.ports[f"{proxy}_out"]
-        status, body, _ = http_get(f"http://127.0.0.1:{port}{path}", headers={"host": host})
-        return status, body
-
-    async def reach(self, proxy: str, host: str) -> str:
-        """Wait until ``proxy`` gets a 200 from ``host``; return the body."""
-        _, body = await eventually(
-            lambda: self.via(proxy, host),
-            f"{proxy} -> {host} over mTLS",
-            WAIT,
-            until=lambda r: r[0] == 200,
-            blocking=True,
-            context=self.context,
-        )
-        return body
-
-    def context(self) -> str:
-        """What the proxies hold, for a failure message: secrets and listeners in force."""
-        out = []
-        for envoy in (self.gateway, self.api, self.web, self.legacy):
-            dump = envoy.config_dump()
-            secrets = [
-                s.get("name")
-                for c in dump.get("configs", [])
-                for s in c.get("dynamic_active_secrets", [])
-            ]
-            warming = [
-                w.get("name")
-                for c in dump.get("configs", [])
-                for w in c.get("dynamic_listeners", [])
-                if "warming_state" in w
-            ]
-            out.append(f"{envoy.name}: secrets {secrets}, warming listeners {warming}")
-        return "; ".join(out)
+from tests.support.mtls_mesh import TD, Mesh, start_mtls_mesh
 
 
 def _ssl_handshakes(envoy: EnvoyProcess, port: int) -> int:
@@ -98,74 +41,15 @@ def _ssl_handshakes(envoy: EnvoyProcess, port: int) -> int:
 async def mesh(
     tmp_path: Path, envoy_factory: EnvoyFactory, backend_factory: BackendFactory
 ) -> AsyncIterator[Mesh]:
-    etcd = start_test_etcd(tmp_path / "etcd")
-    registry = EtcdRegistry(etcd.endpoint)
-    api_app, web_app, legacy_app = (backend_factory(n) for n in ("api", "web", "legacy"))
-
-    def port_of(url: str) -> int:
-        return int(url.rstrip("/").rsplit(":", 1)[1])
-
-    ports = {
-        "api_in": free_port(),
-        "web_in": free_port(),
-        "legacy_in": free_port(),
-        "gateway_out": free_port(),
-        "web_out": free_port(),
-    }
-    entries: dict[str, dict[str, Any]] = {
-        "namespaces/shop": {"mtls": "strict"},
-        "services/shop/api": {
-            "port": ports["api_in"],
-            "sidecar": {"inbound_port": ports["api_in"], "app_port": port_of(api_app.url)},
-        },
-        "endpoints/shop/api/a1": {"address": "127.0.0.1"},
-        "services/shop/web": {
-            "port": ports["web_in"],
-            "sidecar": {"inbound_port": ports["web_in"], "app_port": port_of(web_app.url)},
-        },
-        "endpoints/shop/web/w1": {"address": "127.0.0.1"},
-        "services/shop/legacy": {
-            "port": ports["legacy_in"],
-            "mtls": "permissive",
-            "sidecar": {"inbound_port": ports["legacy_in"], "app_port": port_of(legacy_app.url)},
-        },
-        "endpoints/shop/legacy/l1": {"address": "127.0.0.1"},
-        # An impostor: "pay" resolves to web's sidecar, which holds web's certificate.
-        "services/shop/pay": {"port": ports["web_in"]},
-        "endpoints/shop/pay/p1": {"address": "127.0.0.1"},
-        "listeners/edge": {"port": ports["gateway_out"], "nodes": ["edge"]},
-        "listeners/web-out": {"port": ports["web_out"], "nodes": ["web.shop"]},
-    }
-    await seed(registry, entries)
-    xds_port = free_port()
-    app = MeshApp(
-        registry,
-        MeshConfig(xds=f"127.0.0.1:{xds_port}", metrics=None, data_dir=str(tmp_path / "data")),
-    )
-    await app.start()
-    try:
-        started = []
-        proxies = (
-            ("gateway", "edge"),
-            ("api", "api.shop"),
-            ("web", "web.shop"),
-            ("legacy", "legacy.shop"),
-        )
-        for name, cluster in proxies:
-            bs = bootstrap(f"{name}-1", cluster, xds_port=xds_port, admin_port=0)
-            started.append(await asyncio.to_thread(envoy_factory, bs, name=name, timeout=WAIT))
-        yield Mesh(*started, ports=ports, app=app)
-    finally:
-        await app.stop(grace=0.2)
-        await registry.close()
-        etcd.stop()
+    async with start_mtls_mesh(tmp_path, envoy_factory, backend_factory) as m:
+        yield m
 
 
 def _xfcc_uri(body: str) -> str:
     """The caller's URI from the ``x-forwarded-client-cert`` the application received."""
     header = json.loads(body)["headers"].get("x-forwarded-client-cert", "")
     fields = dict(part.split("=", 1) for part in header.split(";") if "=" in part)
-    return fields.get("URI", "")
+    return str(fields.get("URI", ""))
 
 
 async def test_gateway_and_sidecar_reach_a_sidecar_over_mtls_with_their_identity(
