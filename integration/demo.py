@@ -10,7 +10,12 @@ It starts, in this order, and stops in the reverse order on Ctrl-C (SIGINT) or S
 4. the registry entries: service ``default/web`` with subsets ``v1``/``v2``, its two
    endpoints, listener ``public`` and route ``default/web-split`` (90/10);
 5. one Envoy gateway (node ``gateway-1``, cluster ``gateway``) from a bootstrap made by
-   :mod:`xds_server.cli.bootstrap`, written to ``<data-dir>/gateway.yaml``.
+   :mod:`xds_server.cli.bootstrap`, written to ``<data-dir>/gateway.yaml``;
+6. identity at work: a third backend, ``api``, behind a sidecar Envoy of service
+   ``shop/api`` (namespace ``shop`` is ``mtls: strict``, certificates over SDS), which the
+   gateway reaches on ``/api`` over mTLS (route ``shop/api-path``); and the sidecar Envoy of
+   a second service, ``shop/reports``, whose calls to ``shop/api`` policy
+   ``shop/deny-reports`` refuses (403). Their bootstraps are ``<data-dir>/sidecar-*.yaml``.
 
 Once a request through the gateway answers, it prints a banner with what runs where and the
 exact commands to try next, and waits for Ctrl-C.
@@ -19,12 +24,16 @@ Flags (and env):
 
 - ``--ports fixed|auto`` (``DEMO_PORTS``): ``fixed`` (default) uses the documented ports:
   gateway 10000 and xDS 18000 (the demo refuses to start when either is taken), and meshd
-  admin 18001, metrics 9102, Envoy admin 9901, etcd 2379 when free (else free ones).
+  admin 18001, metrics 9102, Envoy admin 9901, etcd 2379, shop/api's inbound 15006 and
+  shop/reports' outbound 10001 when free (else free ones; the sidecars' admin ports are free
+  ones).
   ``auto`` uses free ports for everything, so tests can run next to a user's demo.
 - ``--check`` (``DEMO_CHECK=1``): run the scenario non-interactively instead of waiting:
   measure the 90/10 split, run the banner's own ``etcdctl`` commands (50/50, then the typo
-  and the error report, then the fix) and check each effect in real traffic; exit 0 if all
-  holds, 1 otherwise. Everything is stopped either way.
+  and the error report, then the fix), then its identity commands (200 over mTLS through
+  the gateway, 403 for the denied caller, the sidecar's handshake and RBAC stats, ``meshctl
+  policy check`` saying deny), and check each effect in real traffic; exit 0 if all holds,
+  1 otherwise. Everything is stopped either way.
 - ``--data-dir DIR`` (``DEMO_DATA_DIR``, default ``.meshd/demo``).
 """
 
@@ -72,12 +81,25 @@ PREFIX = "/mesh/"
 NODE_ID = "gateway-1"
 NODE_CLUSTER = "gateway"
 ROUTE_KEY = f"{PREFIX}routes/default/web-split"
+#: Identity: the sidecars of shop/api (the callee) and shop/reports (the denied caller).
+API_NODE, API_CLUSTER = "api-1", "api.shop"
+CALLER_NODE, CALLER_CLUSTER = "reports-1", "reports.shop"
+POLICY_KEY = f"{PREFIX}policies/shop/deny-reports"
+#: The demo's Envoys: name -> bootstrap file ``<data-dir>/<name>.yaml`` (log ``<name>.log``).
+ENVOY_CONFIGS = ("gateway", "sidecar-api", "sidecar-reports")
 
 #: Ports of the README and the user stories. The gateway and xDS ports are the contract
 #: (bootstraps and curl commands name them), so a taken one is an error, not a fallback.
 FIXED_REQUIRED = {"gateway": 10000, "xds": 18000}
 #: Ports that are nice to have: another one is picked, and printed, when taken.
-FIXED_PREFERRED = {"admin": 18001, "metrics": 9102, "envoy_admin": 9901, "etcd": 2379}
+FIXED_PREFERRED = {
+    "admin": 18001,
+    "metrics": 9102,
+    "envoy_admin": 9901,
+    "etcd": 2379,
+    "sidecar": 15006,
+    "caller": 10001,
+}
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
@@ -107,6 +129,8 @@ class DemoPorts:
     metrics: int
     envoy_admin: int
     etcd: int
+    sidecar: int  # shop/api's inbound (mTLS) listener
+    caller: int  # shop/reports' outbound listener
     notes: tuple[str, ...] = ()
 
 
@@ -137,6 +161,8 @@ def choose_ports(mode: str) -> DemoPorts:
             metrics=free_port(),
             envoy_admin=free_port(),
             etcd=0,
+            sidecar=free_port(),
+            caller=free_port(),
         )
     if mode != "fixed":
         raise DemoError(f"--ports must be 'fixed' or 'auto', not {mode!r}")
@@ -195,7 +221,8 @@ def demo_processes(data_dir: Path, exclude: Sequence[int] = ()) -> list[int]:
     needles = (
         b"--data-dir=" + d + b"/etcd/data\0",  # etcd
         b"--data-dir\0" + d + b"\0",  # meshd
-        b"-c\0" + d + b"/gateway.yaml\0",  # Envoy
+        # the Envoys
+        *(b"-c\0" + d + f"/{name}.yaml\0".encode() for name in ENVOY_CONFIGS),
     )
     found: list[int] = []
     for entry in Path("/proc").iterdir():
@@ -275,6 +302,37 @@ def seed_values(ports: DemoPorts, backends: dict[str, int]) -> dict[str, dict[st
             "labels": {"version": name},
         }
     return values
+
+
+def identity_values(ports: DemoPorts, api_port: int) -> dict[str, dict[str, Any]]:
+    """The identity part of the registry: namespace ``shop`` strict, ``shop/api`` behind a
+    sidecar (inbound ``ports.sidecar`` -> the backend on ``api_port``), ``shop/reports``
+    with an outbound listener for its sidecar, ``/api`` on the gateway, and the deny policy."""
+    return {
+        f"{PREFIX}namespaces/shop": {"mtls": "strict"},
+        f"{PREFIX}services/shop/api": {
+            "port": ports.sidecar,
+            "sidecar": {"inbound_port": ports.sidecar, "app_port": api_port},
+        },
+        f"{PREFIX}endpoints/shop/api/api-1": {"address": HOST},
+        f"{PREFIX}services/shop/reports": {"port": 8080},
+        f"{PREFIX}listeners/reports-out": {
+            "address": HOST,
+            "port": ports.caller,
+            "protocol": "http",
+            "nodes": [CALLER_CLUSTER],
+        },
+        f"{PREFIX}routes/shop/api-path": {
+            "listener": "public",
+            "match": {"prefix": "/api"},
+            "destinations": [{"service": "shop/api"}],
+        },
+        POLICY_KEY: {
+            "target": "api",
+            "action": "deny",
+            "from": [{"identities": ["shop/reports"]}],
+        },
+    }
 
 
 def _compact(value: dict[str, Any]) -> str:
@@ -403,6 +461,9 @@ class Demo:
         self.meshd: MeshdProcess | None = None
         self.backends: dict[str, BackendProcess] = {}
         self.envoy: EnvoyProcess | None = None
+        self.api_backend: BackendProcess | None = None
+        #: The sidecar Envoys: "api" (of shop/api) and "reports" (of shop/reports).
+        self.sidecars: dict[str, EnvoyProcess] = {}
         self._cleanups: list[tuple[str, Callable[[], object]]] = []
         self._reported_exits: set[str] = set()
         self.etcdctl = shown_path(console_script("etcdctl"))
@@ -447,7 +508,16 @@ class Demo:
                 f"Envoy exited with code {self.envoy.proc.returncode}; "
                 f"log {shown_path(self.envoy.log_path)}:\n{self.envoy.log_tail()}"
             )
-        for name, backend in self.backends.items():
+        for name, sidecar in self.sidecars.items():
+            if sidecar.proc is not None and not sidecar.running():
+                exited[f"sidecar {name}"] = (
+                    f"sidecar {name} exited with code {sidecar.proc.returncode}; "
+                    f"log {shown_path(sidecar.log_path)}:\n{sidecar.log_tail()}"
+                )
+        backends = dict(self.backends)
+        if self.api_backend is not None:
+            backends["api"] = self.api_backend
+        for name, backend in backends.items():
             if backend.proc.poll() is not None:
                 exited[name] = f"backend {name} exited with code {backend.proc.returncode}"
         return exited
@@ -529,10 +599,14 @@ class Demo:
             backend = BackendProcess(name, host=HOST)
             self.backends[name] = backend
             self._cleanups.append((f"backend {name}", backend.stop))
+        self._check_stop()
+        self.api_backend = BackendProcess("api", host=HOST)
+        self._cleanups.append(("backend api", self.api_backend.stop))
 
         # 4. registry.
         self._check_stop()
         values = seed_values(ports, {n: b.port for n, b in self.backends.items()})
+        values.update(identity_values(ports, self.api_backend.port))
         asyncio.run(_seed(self.etcd.endpoint, values))
 
         # 5. Envoy: it retries the ADS stream every 0.1-0.5 s until meshd listens.
@@ -552,9 +626,28 @@ class Demo:
         self._cleanups.append(("Envoy", self.envoy.stop))
         self.envoy.start()
 
+        # 6. the sidecars of shop/api and shop/reports (admin on free ports).
+        for name, node, cluster in (
+            ("api", API_NODE, API_CLUSTER),
+            ("reports", CALLER_NODE, CALLER_CLUSTER),
+        ):
+            self._check_stop()
+            config = bootstrap(node, cluster, xds_host=HOST, xds_port=ports.xds, admin_port=0)
+            config_path = self.data_dir / f"sidecar-{name}.yaml"
+            config_path.write_text(render(config, "yaml"))
+            sidecar = EnvoyProcess(config_path, self.data_dir, name=f"sidecar-{name}")
+            self.sidecars[name] = sidecar
+            self._cleanups.append((f"sidecar {name}", sidecar.stop))
+            sidecar.start()
+
         meshd = self.meshd
         self._wait(meshd.is_ready, _START_TIMEOUT, "meshd's ready line")
         self._wait(self._gateway_answers, _START_TIMEOUT, f"an answer on {self.gateway_url}")
+        self._wait(
+            self._identity_answers,
+            _START_TIMEOUT,
+            f"200 on {self.gateway_url}api over mTLS and 403 on {self.caller_url}",
+        )
 
     def _gateway_answers(self) -> bool:
         try:
@@ -562,6 +655,23 @@ class Demo:
         except OSError:
             return False
         return status == 200 and body.strip() in self.backends
+
+    def _identity_answers(self) -> bool:
+        """The gateway gets 200 from shop/api over mTLS; shop/reports' sidecar gets 403."""
+        try:
+            status, body, _ = http_get(f"{self.gateway_url}api", timeout=1.0)
+            if (status, body.strip()) != (200, "api"):
+                return False
+            status, _, _ = http_get(self.caller_url, timeout=1.0, headers={"host": API_CLUSTER})
+        except OSError:
+            return False
+        return status == 403
+
+    @property
+    def caller_url(self) -> str:
+        """shop/reports' outbound listener (its sidecar) as a URL."""
+        assert self.ports is not None
+        return f"http://{HOST}:{self.ports.caller}/"
 
     @property
     def gateway_url(self) -> str:
@@ -595,6 +705,9 @@ class Demo:
             self.err.write(f"--- Envoy stats: {json.dumps(stats, sort_keys=True)}\n")
             self.err.write(f"--- tail of {shown_path(self.envoy.log_path)}:\n")
             self.err.write(self.envoy.log_tail(10) + "\n")
+        for sidecar in self.sidecars.values():
+            self.err.write(f"--- tail of {shown_path(sidecar.log_path)}:\n")
+            self.err.write(sidecar.log_tail(10) + "\n")
         self.err.flush()
 
     def _wait_until_stopped(self) -> None:
@@ -664,7 +777,25 @@ class Demo:
             "ctl_status": f"{ctl_admin} proxy-status",
             "ctl_errors": f"{ctl_admin} errors",
             "ctl_watch": f"{ctl_admin} watch",
+            "mtls_gateway": f"curl -s -w '  HTTP %{{http_code}}\\n' {HOST}:{p.gateway}/api",
+            "mtls_denied": (
+                f"curl -s -w '  HTTP %{{http_code}}\\n' -H 'Host: {API_CLUSTER}' {HOST}:{p.caller}/"
+            ),
+            "mtls_stats": (
+                f"curl -s {self._admin_of(self.sidecars.get('api'))}/stats"
+                " | grep -E 'ssl.handshake|rbac.denied'"
+            ),
+            "policy_check": f"{ctl_admin} policy check --from shop/reports --to shop/api",
+            "policy": f"{ctl} get {POLICY_KEY}",
         }
+
+    @staticmethod
+    def _admin_of(envoy: EnvoyProcess | None) -> str:
+        """``host:port`` of an Envoy's admin listener (a placeholder before it is up)."""
+        if envoy is None:
+            return "<admin>"
+        host, port = envoy.admin_address
+        return f"{host}:{port}"
 
     def _print_banner(self) -> None:
         assert self.ports is not None and self.etcd is not None and self.meshd is not None
@@ -695,6 +826,28 @@ class Demo:
         ]
         for name, backend in self.backends.items():
             rows.append((f"backend {name}", backend.url, backend.pid, f"answers {name!r}"))
+        api, reports = self.sidecars["api"], self.sidecars["reports"]
+        assert self.api_backend is not None
+        rows += [
+            (
+                "sidecar",
+                f"mTLS {HOST}:{p.sidecar}, admin http://{self._admin_of(api)}/",
+                api.pid,
+                f"node {API_NODE}, cluster {API_CLUSTER}, log {shown_path(api.log_path)}",
+            ),
+            (
+                "caller",
+                f"http://{HOST}:{p.caller}/, admin http://{self._admin_of(reports)}/",
+                reports.pid,
+                f"node {CALLER_NODE}, cluster {CALLER_CLUSTER}, log {shown_path(reports.log_path)}",
+            ),
+            (
+                "api app",
+                self.api_backend.url,
+                self.api_backend.pid,
+                "answers 'api', behind sidecar",
+            ),
+        ]
         lines = [
             "",
             f"APG Service Mesh demo is up ({took:.1f} s). Running, until Ctrl-C:",
@@ -734,6 +887,17 @@ class Demo:
             f"     {c['ctl_status']}",
             f"     {c['ctl_errors']}",
             f"     {c['ctl_watch']}        # live events, Ctrl-C to stop",
+            "",
+            "5. Identity: service shop/api runs behind a sidecar Envoy that takes mTLS only",
+            "   (namespace shop is strict; meshd issues every proxy's certificate over SDS).",
+            "   The gateway reaches it on /api over mTLS (200); the sidecar of shop/reports is",
+            "   refused by policy shop/deny-reports (403). See both in the sidecar's stats (TLS",
+            "   handshakes, RBAC denials) and ask meshd who may call whom:",
+            f"     {c['mtls_gateway']}  # api, HTTP 200",
+            f"     {c['mtls_denied']}  # RBAC: access denied, HTTP 403",
+            f"     {c['mtls_stats']}",
+            f"     {c['policy_check']}",
+            f"     {c['policy']}",
             "",
             "Attach another Envoy to meshd. Node cluster 'gateway' gets the same listener, and the",
             f"two Envoys share port {p.gateway} (SO_REUSEPORT). Ctrl-C here leaves it running:",
@@ -828,6 +992,29 @@ class Demo:
             raise DemoError("meshctl errors still lists a rejected entry")
         self.out.write("check: meshctl split, get routes, proxy-status, errors ok\n")
 
+        # 6. Identity: the banner's curls, the sidecar's stats and meshctl policy check.
+        self._expect_http(c["mtls_gateway"], 200, "api")
+        self._expect_http(c["mtls_denied"], 403, "RBAC: access denied")
+        stats = self._shell(c["mtls_stats"])
+        for stat in (r"ssl\.handshake", r"rbac\.denied"):
+            if not re.search(rf"{stat}: [1-9]", stats):
+                raise DemoError(f"no {stat} counted in shop/api's sidecar stats:\n{stats}")
+        verdict = self._shell(c["policy_check"]).splitlines()
+        if verdict[:1] != ["deny"]:
+            raise DemoError(f"meshctl policy check does not say deny: {verdict}")
+        self.out.write(
+            "check: gateway -> shop/api over mTLS 200, shop/reports -> shop/api 403, "
+            "handshakes and RBAC denials in the sidecar's stats, policy check says deny\n"
+        )
+
+    def _expect_http(self, command: str, status: int, body: str) -> None:
+        """Run a banner curl (``-w '  HTTP %{http_code}'``); check its status and body."""
+        out = self._shell(command)
+        m = re.search(r"\s*HTTP (\d{3})\s*$", out)
+        got = (int(m.group(1)), out[: m.start()].strip()) if m else (0, out)
+        if got != (status, body):
+            raise DemoError(f"`{command}` answered {got}, want {(status, body)}")
+
 
 # --------------------------------------------------------------------------- entry point
 
@@ -840,7 +1027,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags (see the module docstring)."""
     p = argparse.ArgumentParser(
         prog="python -m integration.demo",
-        description="Start etcd, meshd, two backends and an Envoy gateway with a 90/10 split.",
+        description=(
+            "Start etcd, meshd, three backends, an Envoy gateway with a 90/10 split, and two "
+            "sidecar Envoys: shop/api (strict mTLS) and shop/reports (denied by a policy)."
+        ),
     )
     p.add_argument(
         "--check",

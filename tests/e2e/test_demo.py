@@ -152,7 +152,8 @@ def stop_and_wait(proc: subprocess.Popen[str], sig: int, timeout: float) -> tupl
 
 
 def test_check_mode_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None:
-    """``--check``: 90/10, the banner's 50/50 put, the typo and its report, the fix; exit 0."""
+    """``--check``: 90/10, the banner's 50/50 put, the typo and its report, the fix, then
+    identity (200 over mTLS, 403 by policy, stats, policy check); exit 0."""
     data_dir = tmp_path / "demo"
     done = subprocess.run(
         demo_cmd(data_dir, "--check"),
@@ -165,7 +166,13 @@ def test_check_mode_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "demo check passed" in done.stdout
-    for step in ("90/10 over", "50/50 reached traffic", "typo reported", "error cleared"):
+    for step in (
+        "90/10 over",
+        "50/50 reached traffic",
+        "typo reported",
+        "error cleared",
+        "shop/api over mTLS 200, shop/reports -> shop/api 403",
+    ):
         assert step in done.stdout, out
     # The banner: the three things to try, the error report and the bootstrap command.
     assert "for i in $(seq 20); do curl -s 127.0.0.1:" in done.stdout
@@ -173,6 +180,9 @@ def test_check_mode_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None
     assert '"wieght":' in done.stdout
     assert "get --prefix /mesh/status/errors/" in done.stdout
     assert "meshctl bootstrap --node-id gateway-2 --node-cluster gateway" in done.stdout
+    # Identity: the mTLS call, the denied caller, the sidecar's stats and the policy check.
+    assert "grep -E 'ssl.handshake|rbac.denied'" in done.stdout
+    assert "policy check --from shop/reports --to shop/api" in done.stdout
     # meshd's warning about the typo is echoed on the demo's own terminal.
     assert re.search(r"meshd \| .*WARNING.*web-split.*wieght", done.stderr), done.stderr
     assert (data_dir / "gateway.yaml").is_file()
