@@ -98,15 +98,16 @@ def _answering_listener(name: str, port: int) -> dict[str, object]:
     }
 
 
-def _meshd_breakdown(metrics_port: int) -> str:
-    """meshd's own share, from its histograms: translate time and change-to-write time."""
+def _meshd_breakdown(metrics_port: int, xds_type: str = "RDS") -> str:
+    """meshd's own share, from its histograms: translate time and change-to-write time
+    (of ``xds_type`` pushes: ``RDS`` for a route edit, ``LDS`` for a policy edit)."""
     status, text, _ = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
     if status != 200:
         return "meshd metrics unavailable"
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("type") not in (None, "RDS"):
+            if sample.labels.get("type") not in (None, xds_type):
                 continue
             if sample.name.endswith(("_sum", "_count")):
                 values[sample.name] = sample.value
@@ -119,7 +120,7 @@ def _meshd_breakdown(metrics_port: int) -> str:
     slow = p_n - values.get("meshd_xds_push_latency_seconds_bucket_10ms", p_n)
     return (
         f"meshd: translate mean {t_sum / t_n * 1000:.2f}ms over {t_n:.0f} batches; "
-        f"change->RDS written mean {p_sum / p_n * 1000:.2f}ms over {p_n:.0f} pushes, "
+        f"change->{xds_type} written mean {p_sum / p_n * 1000:.2f}ms over {p_n:.0f} pushes, "
         f"{slow:.0f} over 10ms"
     )
 
