@@ -34,8 +34,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +47,7 @@ from integration.bench_propagation import (
     _answering_listener,
     _meshd_breakdown,
     percentile,
+    start_meshd,
 )
 from integration.harness import EnvoyProcess, free_port, http_get, wait_for
 from integration.scenario import seed, split_entries, split_route
@@ -56,30 +55,6 @@ from xds_server.cli.bootstrap import bootstrap
 
 TARGET_P99_MS = 20.0
 """The policy-edit target: p99 under 20 ms on this machine."""
-
-
-def _meshd(etcd: str, xds_port: int, metrics_port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).with_name("meshd")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
-    log = (workdir / "meshd.log").open("wb")
-    return subprocess.Popen(
-        [
-            *cmd,
-            "--etcd",
-            etcd,
-            "--xds",
-            f"127.0.0.1:{xds_port}",
-            "--metrics",
-            f"127.0.0.1:{metrics_port}",
-            "--data-dir",
-            str(workdir / "meshd-data"),
-            "--log-level",
-            "warning",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 class StatusPoller:
@@ -209,7 +184,7 @@ def run(
     pollers: list[StatusPoller] = []
     try:
         loop.run_until_complete(seed(registry, _entries(ports)))
-        meshd = _meshd(etcd.endpoint, xds, metrics_port, workdir)
+        meshd = start_meshd(etcd.endpoint, xds, metrics_port, workdir)
         statics = {
             # api's application and the two versions of web-split: static listeners of the
             # Envoy in front of them that answer at once (no backend's latency in a sample).

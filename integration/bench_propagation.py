@@ -43,7 +43,11 @@ from integration.scenario import seed, split_entries, split_route
 from xds_server.cli.bootstrap import bootstrap
 
 
-def _meshd(etcd: str, xds_port: int, metrics_port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_meshd(
+    etcd: str, xds_port: int, metrics_port: int, workdir: Path
+) -> subprocess.Popen[bytes]:
+    """meshd as its own process (the console script next to sys.executable), its data and
+    log in ``workdir``."""
     exe = Path(sys.executable).with_name("meshd")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
     log = (workdir / "meshd.log").open("wb")
@@ -56,6 +60,8 @@ def _meshd(etcd: str, xds_port: int, metrics_port: int, workdir: Path) -> subpro
             f"127.0.0.1:{xds_port}",
             "--metrics",
             f"127.0.0.1:{metrics_port}",
+            "--data-dir",
+            str(workdir / "meshd-data"),
             "--log-level",
             "warning",
         ],
@@ -191,7 +197,7 @@ def run(
         entries = split_entries(*upstream_ports, listener, v1=100, v2=0)
         loop.run_until_complete(seed(registry, entries))
         metrics_port = free_port()
-        meshd = _meshd(etcd.endpoint, xds, metrics_port, workdir)
+        meshd = start_meshd(etcd.endpoint, xds, metrics_port, workdir)
         config = bootstrap("bench-gw", "gateway", xds_port=xds, admin_port=0, delta=delta)
         names = ("v1", "v2")
         config["static_resources"]["listeners"] = [
