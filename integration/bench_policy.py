@@ -18,9 +18,9 @@ connection each, a minimal client, a 0.2 ms pause between requests.
     python -m integration.bench_policy [--edits 50] [--poll-pause-ms 0.2]
         [--drain-strategy gradual|immediate]
 
-With Envoy's default (gradual) drain, a caller's kept-alive connection to api stays on the
-old filter chain for 1-3 s after a policy edit; ``--drain-strategy immediate`` shows the
-same edits without it (docs/benchmarks.md).
+Policies reach api's sidecar in its inbound route configuration (RDS), so no listener is
+replaced and the drain strategy should not matter; ``--drain-strategy immediate`` shows
+that it does not (docs/benchmarks.md).
 
 Figures are printed, never asserted: timing belongs in benchmarks, not tests.
 """

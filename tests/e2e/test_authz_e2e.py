@@ -69,20 +69,21 @@ async def _steady(mesh: Mesh, proxy: str, want: int, n: int = 5) -> None:
 
 
 def _rbac_actions(mesh: Mesh) -> list[str]:
-    """The RBAC actions (``DENY``, ``ALLOW``) on api's active inbound listener, in order."""
-    dump = mesh.api.config_dump("dynamic_listeners")
-    actions = []
+    """The RBAC actions (``DENY``, ``ALLOW``) in force on api's inbound routes, in filter
+    order: the per-route overrides of its listener's two RBAC filters (the listener itself
+    never changes with a policy)."""
+    dump = mesh.api.config_dump("dynamic_route_configs")
+    overrides: dict[str, Any] = {}
     for entry in dump.get("configs", []):
-        if entry.get("name") != "inbound|api.shop":
-            continue
-        listener = entry.get("active_state", {}).get("listener", {})
-        for chain in listener.get("filter_chains", []):
-            for net in chain.get("filters", []):
-                for http in net.get("typed_config", {}).get("http_filters", []):
-                    if http.get("name", "").startswith("envoy.filters.http.rbac"):
-                        # ALLOW is the enum's default: the JSON dump leaves it out.
-                        rules = http["typed_config"].get("rules", {})
-                        actions.append(rules.get("action", "ALLOW"))
+        config = entry.get("route_config", {})
+        if config.get("name") == "inbound|api.shop":
+            overrides = config["virtual_hosts"][0].get("typed_per_filter_config", {})
+    actions = []
+    for name in ("envoy.filters.http.rbac.deny", "envoy.filters.http.rbac.allow"):
+        if name in overrides:
+            # ALLOW is the enum's default: the JSON dump leaves it out.
+            rules = overrides[name].get("rbac", {}).get("rules", {})
+            actions.append(rules.get("action", "ALLOW"))
     return actions
 
 
@@ -143,7 +144,7 @@ async def test_deny_then_allow_policies_decide_real_traffic_and_meshctl_agrees(
     # The deny is gone from api's sidecar: a 403 from now on comes from the allow policy.
     await eventually(
         lambda: _rbac_actions(mesh),
-        "api's inbound listener with only the ALLOW filter",
+        "api's inbound routes with only the ALLOW override",
         POLICY_WAIT,
         until=lambda a: a == ["ALLOW"],
         blocking=True,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -18,7 +19,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
 from xds_server.ingest.state import RegistryState
 from xds_server.model.view import ChangeSet
-from xds_server.resources.types import CLUSTER, LISTENER
+from xds_server.resources.types import CLUSTER, LISTENER, ROUTE
 from xds_server.translate import Translator
 
 PREFIX = "/mesh/"
@@ -48,6 +49,12 @@ def _cluster(translator: Translator, name: str) -> cluster_pb2.Cluster:
 def _listener(translator: Translator, name: str) -> listener_pb2.Listener:
     msg = listener_pb2.Listener()
     assert translator.served[LISTENER][name].any.Unpack(msg)
+    return msg
+
+
+def _routes(translator: Translator, name: str) -> route_pb2.RouteConfiguration:
+    msg = route_pb2.RouteConfiguration()
+    assert translator.served[ROUTE][name].any.Unpack(msg)
     return msg
 
 
@@ -223,8 +230,9 @@ def test_sidecar_inbound_listener_per_mode(mode: str, chains: set[str], inspecto
         assert hcm.forward_client_cert_details == hcm_pb2.HttpConnectionManager.SANITIZE_SET
         assert hcm.set_current_client_cert_details.uri
         assert hcm.http_filters[-1].name == "envoy.filters.http.router"
-        route = hcm.route_config.virtual_hosts[0].routes[0].route
-        assert route.cluster == "inbound|web.shop"
+        assert hcm.rds.route_config_name == "inbound|web.shop"
+    route = _routes(translator, "inbound|web.shop").virtual_hosts[0].routes[0].route
+    assert route.cluster == "inbound|web.shop"
     local = _cluster(translator, "inbound|web.shop")
     address = local.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert (address.socket_address.address, address.socket_address.port_value) == (
@@ -247,12 +255,14 @@ def test_inbound_listeners_go_to_the_services_own_sidecars_only() -> None:
     web = delta.scopes("web.shop")
     assert web.names[LISTENER] == {"public", "inbound|web.shop"}
     assert "inbound|web.shop" in web.names[CLUSTER]
+    assert "inbound|web.shop" in web.names[ROUTE]
     assert "inbound|api.shop" not in web.names[LISTENER]
     assert "inbound|web.shop" not in delta.scopes("gateway").names[LISTENER]
 
     # Taking the sidecar away drops its listener and changes the rule again.
     delta = translator.update(state, _put(state, "services/shop/web", {"port": 15006}))
     assert delta.changed[LISTENER] == {"inbound|web.shop": None}
+    assert delta.changed[ROUTE] == {"inbound|web.shop": None}
     assert delta.scopes is not None
     assert "inbound|web.shop" not in delta.scopes("web.shop").names[LISTENER]
 
@@ -273,3 +283,4 @@ def test_a_tcp_sidecar_proxies_bytes_over_mtls() -> None:
     chain = _chains(_listener(translator, "inbound|pg.data"))["mtls"]
     assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
     assert _downstream(chain).require_client_certificate.value
+    assert "inbound|pg.data" not in translator.served[ROUTE]  # (bytes: no routes)

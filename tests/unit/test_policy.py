@@ -145,13 +145,14 @@ def test_identity_patterns(pattern: str, caller: Any, matches: bool) -> None:
     assert decide([p], USER, caller).allowed is not matches
 
 
-def test_a_policy_edit_rebuilds_only_its_namespace_inbound_listeners() -> None:
-    """A policy goes through the pipeline like a route: only the inbound Listeners of its
-    namespace's services change (no cluster, endpoint or route), and deleting it restores
-    the listener it had before."""
+def test_a_policy_edit_changes_only_its_namespace_inbound_routes() -> None:
+    """A policy goes through the pipeline like a route: only the inbound route
+    configurations of its namespace's services change (no listener, cluster or endpoint: a
+    new listener would leave open connections on the old rules until Envoy drained them),
+    and deleting it restores what was there before."""
     from xds_server.ingest.registry import Changes, Event
     from xds_server.ingest.state import RegistryState
-    from xds_server.resources.types import LISTENER
+    from xds_server.resources.types import LISTENER, ROUTE
     from xds_server.translate.translator import Translator
 
     state, translator = RegistryState("/mesh/"), Translator()
@@ -162,17 +163,19 @@ def test_a_policy_edit_rebuilds_only_its_namespace_inbound_listeners() -> None:
     ]
     events = tuple(Event("put", k, json.dumps(v).encode(), i) for i, (k, v) in enumerate(puts, 1))
     translator.update(state, state.apply(Changes(2, events)))
-    before = translator.served[LISTENER]["inbound|user-service.auth"]
+    before = translator.served[ROUTE]["inbound|user-service.auth"]
+    listener = translator.served[LISTENER]["inbound|user-service.auth"]
 
     deny = json.dumps({"target": "*", "action": "deny", "from": [{"identities": ["shop/*"]}]})
     put = Event("put", "/mesh/policies/auth/no-shop", deny.encode(), 3)
     delta = translator.update(state, state.apply(Changes(3, (put,))))
     assert {t: set(c) for t, c in delta.changed.items() if c} == {
-        LISTENER: {"inbound|user-service.auth"}
+        ROUTE: {"inbound|user-service.auth"}
     }
-    after = translator.served[LISTENER]["inbound|user-service.auth"]
+    after = translator.served[ROUTE]["inbound|user-service.auth"]
     assert after.version != before.version
+    assert translator.served[LISTENER]["inbound|user-service.auth"] is listener
 
     gone = Event("delete", "/mesh/policies/auth/no-shop", b"", 4)
     delta = translator.update(state, state.apply(Changes(4, (gone,))))
-    assert translator.served[LISTENER]["inbound|user-service.auth"].version == before.version
+    assert translator.served[ROUTE]["inbound|user-service.auth"].version == before.version

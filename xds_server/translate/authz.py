@@ -1,17 +1,22 @@
 """Authorization on a sidecar's inbound listener: policies compiled to Envoy's RBAC HTTP
 filter. Pure.
 
-The sidecar inbound listener (:mod:`xds_server.translate.sidecar`) puts what
-:func:`inbound_filters` returns before its router filter.
+The inbound HTTP listener (:mod:`xds_server.translate.sidecar`) always carries the two
+filters :func:`inbound_filters` returns, before its router, each with no rules of its own
+(Envoy enforces nothing for an RBAC filter without ``rules``). The policies live in the
+listener's route configuration, served over RDS, as per-route overrides of those filters
+(:func:`per_route_rbac`). A policy edit therefore changes only a RouteConfiguration,
+which Envoy applies to the next request on every open connection; changing the listener
+instead would leave pooled connections on the old filter chain until Envoy drained them.
 
 The rule is :func:`xds_server.model.policy.decide`'s, compiled:
 
-* the deny policies selecting the service become one RBAC filter with action ``DENY``
-  (any of them matching denies);
-* then, if allow policies select it, one RBAC filter with action ``ALLOW`` holding them
-  (only what one of them matches passes); if none does and the namespace's
-  ``default_policy`` is ``deny``, the same filter with no policies (nothing passes);
-* with neither, no filter at all: the listener is what it was before policies existed.
+* the deny policies selecting the service become the override of the ``DENY`` filter (any
+  of them matching denies);
+* then, if allow policies select it, the override of the ``ALLOW`` filter holds them (only
+  what one of them matches passes); if none does and the namespace's ``default_policy`` is
+  ``deny``, the same override with no policies (nothing passes);
+* with neither, no override: both filters pass everything.
 
 Callers are identified by the verified peer certificate only: a principal is
 ``authenticated.principal_name`` matched against the certificate's URI SAN (Envoy checks
@@ -119,47 +124,59 @@ def _policy(policy: Policy, trust_domain: str) -> rbac_config_pb2.Policy:
     return out
 
 
-def _filter(
-    name: str, action: int, policies: list[Policy], trust_domain: str
-) -> hcm_pb2.HttpFilter:
+def _override(action: int, policies: list[Policy], trust_domain: str) -> any_pb2.Any:
     rules = rbac_config_pb2.RBAC(action=action)  # type: ignore[arg-type]
     for p in policies:
         rules.policies[p.key_name].CopyFrom(_policy(p, trust_domain))
     packed = any_pb2.Any()
     # Deterministic: the policies are a map, and versions are hashes of the bytes.
-    packed.Pack(rbac_pb2.RBAC(rules=rules), deterministic=True)
-    return hcm_pb2.HttpFilter(name=name, typed_config=packed)
+    packed.Pack(rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules)), deterministic=True)
+    return packed
 
 
-def rbac_filters(
+def rbac_overrides(
     service: ServiceRef,
     policies: Iterable[Policy],
     default_policy: Action,
     trust_domain: str,
-) -> list[hcm_pb2.HttpFilter]:
-    """The RBAC filters enforcing ``policies`` (those selecting ``service`` are used) and the
-    namespace's ``default_policy`` on ``service``'s inbound listener, in filter order."""
+) -> dict[str, any_pb2.Any]:
+    """Filter name -> the RBAC override (``RBACPerRoute``) enforcing ``policies`` (those
+    selecting ``service`` are used) and the namespace's ``default_policy`` on ``service``'s
+    inbound listener; a filter without an entry enforces nothing."""
     selecting = sorted((p for p in policies if p.selects(service)), key=lambda p: p.name)
     denies = [p for p in selecting if p.action == "deny"]
     allows = [p for p in selecting if p.action == "allow"]
-    out = []
+    out = {}
     if denies:
-        out.append(_filter(DENY_FILTER, rbac_config_pb2.RBAC.DENY, denies, trust_domain))
+        out[DENY_FILTER] = _override(rbac_config_pb2.RBAC.DENY, denies, trust_domain)
     if allows or default_policy == "deny":
         # An ALLOW filter with no policies denies everything: the namespace's default.
-        out.append(_filter(ALLOW_FILTER, rbac_config_pb2.RBAC.ALLOW, allows, trust_domain))
+        out[ALLOW_FILTER] = _override(rbac_config_pb2.RBAC.ALLOW, allows, trust_domain)
     return out
 
 
-def inbound_filters(
+def per_route_rbac(
     service: Service, state: RegistryView, trust_domain: str
-) -> list[hcm_pb2.HttpFilter]:
-    """The authorization filters of ``service``'s inbound listener, in order (before the
-    router): none, one, or a deny filter then an allow filter; the caller's identity is the
-    URI SAN of its verified certificate."""
-    return rbac_filters(
+) -> dict[str, any_pb2.Any]:
+    """The ``typed_per_filter_config`` of ``service``'s inbound virtual host: the policies
+    in force on it (see :func:`rbac_overrides`); the caller's identity is the URI SAN of its
+    verified certificate."""
+    return rbac_overrides(
         service.ref,
         state.policies.values(),
         default_policy_of(state.namespaces, service.ref.namespace),
         trust_domain,
     )
+
+
+def inbound_filters() -> list[hcm_pb2.HttpFilter]:
+    """The authorization filters of every inbound HTTP listener, in order (before the
+    router): the deny filter, then the allow filter, neither with rules of its own."""
+    return [
+        hcm_pb2.HttpFilter(name=name, typed_config=_EMPTY_RBAC)
+        for name in (DENY_FILTER, ALLOW_FILTER)
+    ]
+
+
+_EMPTY_RBAC = any_pb2.Any()
+_EMPTY_RBAC.Pack(rbac_pb2.RBAC())

@@ -24,8 +24,8 @@ def mesh_scopes(
 ) -> ScopeRule:
     """The scope rule of the listeners in force (a snapshot: later changes to
     ``listeners`` come with a new rule). ``sidecars``: node cluster ``<name>.<ns>`` -> the
-    name of that service's inbound Listener and local Cluster, which only its own sidecars
-    get."""
+    name of that service's inbound Listener, local Cluster and (HTTP) RouteConfiguration,
+    which only its own sidecars get."""
     held = tuple(listeners.values())
     inbound = dict(sidecars or {})
 
@@ -38,7 +38,7 @@ def mesh_scopes(
         return Selection(
             {
                 LISTENER: frozenset(lst.name for lst in mine) | local,
-                ROUTE: http,
+                ROUTE: http | local,
                 CLUSTER: tcp | local,
                 ENDPOINT: tcp,
             },

@@ -12,6 +12,10 @@ The service's mTLS mode decides the listener's filter chains:
   connection and sets its transport protocol (``tls`` or ``raw_buffer``); two chains matched
   on it take the mTLS and the plaintext connections.
 * ``off``: one plaintext chain.
+
+An HTTP service's inbound listener takes its routes over RDS, from the RouteConfiguration
+of the same name (:func:`inbound_routes`): that is where the authorization policies are
+(:mod:`xds_server.translate.authz`), so a policy edit never replaces the listener.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from xds_server.model.names import inbound_name
 from xds_server.model.namespace import MtlsMode
 from xds_server.model.view import RegistryView
 from xds_server.resources.resource import Resource, make_resource
-from xds_server.resources.types import CLUSTER, LISTENER
-from xds_server.translate.authz import inbound_filters
+from xds_server.resources.types import CLUSTER, LISTENER, ROUTE
+from xds_server.translate.authz import inbound_filters, per_route_rbac
+from xds_server.translate.cluster import ads_source
 from xds_server.translate.listener import HCM, ROUTER, TCP_PROXY, pack
 from xds_server.translate.mtls import downstream_socket
 
@@ -49,28 +54,17 @@ INBOUND_ADDRESS = "0.0.0.0"
 """What an inbound listener binds: callers reach the sidecar from other hosts."""
 
 
-def _http_manager(service: Service, state: RegistryView, trust_domain: str) -> Message:
+def _http_manager(service: Service) -> Message:
     """Every request to the local application, after authorization; the caller's verified
     identity is passed on in ``x-forwarded-client-cert`` (``By``/``URI``), replacing any
     such header the caller sent (SANITIZE_SET), so the application can trust it."""
     name = inbound_name(service.ref)
-    route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        route=route_components_pb2.RouteAction(cluster=name),
-    )
-    # gRPC streams and long polls: the application decides how long a request may take.
-    route.route.timeout.SetInParent()
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        route_config=route_pb2.RouteConfiguration(
-            name=name,
-            virtual_hosts=[
-                route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])
-            ],
-        ),
+        rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=name),
         http_filters=[
-            *inbound_filters(service, state, trust_domain),
+            *inbound_filters(),
             hcm_pb2.HttpFilter(name=ROUTER, typed_config=_router()),
         ],
         forward_client_cert_details=hcm_pb2.HttpConnectionManager.SANITIZE_SET,
@@ -80,25 +74,39 @@ def _http_manager(service: Service, state: RegistryView, trust_domain: str) -> M
     )
 
 
+def inbound_routes(
+    service: Service, state: RegistryView, trust_domain: str
+) -> route_pb2.RouteConfiguration:
+    """The route configuration of an HTTP service's inbound listener: everything to the
+    local application, with the authorization policies in force on the service."""
+    name = inbound_name(service.ref)
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(cluster=name),
+    )
+    # gRPC streams and long polls: the application decides how long a request may take.
+    route.route.timeout.SetInParent()
+    host = route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])
+    for filter_name, override in per_route_rbac(service, state, trust_domain).items():
+        host.typed_per_filter_config[filter_name].CopyFrom(override)
+    return route_pb2.RouteConfiguration(name=name, virtual_hosts=[host])
+
+
 def _router() -> any_pb2.Any:
     return pack(router_pb2.Router())
 
 
-def _filter(
-    service: Service, state: RegistryView, trust_domain: str
-) -> listener_components_pb2.Filter:
+def _filter(service: Service) -> listener_components_pb2.Filter:
     if service.protocol == "tcp":
         proxy = tcp_proxy_pb2.TcpProxy(
             stat_prefix=inbound_name(service.ref), cluster=inbound_name(service.ref)
         )
         return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
-    manager = _http_manager(service, state, trust_domain)
+    manager = _http_manager(service)
     return listener_components_pb2.Filter(name=HCM, typed_config=pack(manager))
 
 
-def inbound_listener(
-    service: Service, mode: MtlsMode, state: RegistryView, trust_domain: str
-) -> listener_pb2.Listener:
+def inbound_listener(service: Service, mode: MtlsMode) -> listener_pb2.Listener:
     """The inbound Listener of ``service``'s sidecars (``service.sidecar`` must be set)."""
     assert service.sidecar is not None
     out = listener_pb2.Listener(
@@ -109,7 +117,7 @@ def inbound_listener(
             )
         ),
     )
-    network = _filter(service, state, trust_domain)
+    network = _filter(service)
     if mode == "permissive":
         out.listener_filters.append(
             listener_components_pb2.ListenerFilter(
@@ -166,11 +174,17 @@ def local_cluster(service: Service) -> cluster_pb2.Cluster:
 
 def sidecar_resources(
     service: Service, mode: MtlsMode, state: RegistryView, trust_domain: str
-) -> tuple[Resource, Resource]:
-    """(inbound Listener, local Cluster) of a service with ``sidecar`` set."""
+) -> tuple[Resource, Resource, Resource | None]:
+    """(inbound Listener, local Cluster, inbound RouteConfiguration or None for ``tcp``) of
+    a service with ``sidecar`` set."""
     name = inbound_name(service.ref)
-    listener = inbound_listener(service, mode, state, trust_domain)
+    listener = inbound_listener(service, mode)
+    routes = None
+    if service.protocol != "tcp":
+        config = inbound_routes(service, state, trust_domain)
+        routes = make_resource(ROUTE, name, config, frozenset({name}))
     return (
         make_resource(LISTENER, name, listener, frozenset({name})),
         make_resource(CLUSTER, name, local_cluster(service)),
+        routes,
     )

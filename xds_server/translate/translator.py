@@ -145,7 +145,7 @@ class Translator:
         rebuild = changes.services
         if changes.namespaces:  # (their services' mTLS default may have changed)
             rebuild = rebuild | {r for r in state.services if r.namespace in changes.namespaces}
-        if changes.policies:  # (authorization is on the inbound Listener: only it changes)
+        if changes.policies:  # (authorization is in the inbound routes: only they change)
             for ref in [r for r in state.services if r.namespace in changes.policies]:
                 if ref not in rebuild and self._sidecar(state, ref, delta):
                     listeners_changed = True
@@ -260,17 +260,23 @@ class Translator:
         return clusters
 
     def _sidecar(self, state: RegistryView, ref: ServiceRef, delta: Delta) -> bool:
-        """Put (or drop) service ``ref``'s inbound Listener and local Cluster; True when
-        which node clusters have one changed (the scope rule with it)."""
+        """Put (or drop) service ``ref``'s inbound Listener, local Cluster and inbound
+        RouteConfiguration; True when which node clusters have one changed (the scope rule
+        with it)."""
         svc = state.services.get(ref)
         name, node_cluster = inbound_name(ref), cluster_name(ref)
         if svc is None or svc.sidecar is None:
             self._drop(delta, LISTENER, name)
             self._drop(delta, CLUSTER, name)
+            self._drop(delta, ROUTE, name)
             return self._sidecars.pop(node_cluster, None) is not None
         mode = effective_mtls(svc.mtls, state.namespaces.get(ref.namespace))
-        listener, cluster = sidecar_resources(svc, mode, state, self.trust_domain)
+        listener, cluster, routes = sidecar_resources(svc, mode, state, self.trust_domain)
         self._put(delta, CLUSTER, cluster)
+        if routes is None:
+            self._drop(delta, ROUTE, name)
+        else:
+            self._put(delta, ROUTE, routes)
         self._put(delta, LISTENER, listener)
         had = node_cluster in self._sidecars
         self._sidecars[node_cluster] = name
