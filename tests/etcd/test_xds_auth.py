@@ -208,6 +208,16 @@ async def test_issuing_needs_an_editor_covering_the_identity(mesh: AdminMesh) ->
         stub.CreateJoinToken(pb.CreateJoinTokenRequest(identity="shop/*"), metadata=ADMIN)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "identity" in details
+    # A gateway named like a sidecar: once shop/api is registered, the proxy holding the
+    # token would be api's sidecar and get its certificate. Refused, even to an admin.
+    code, details = await rpc_error(
+        stub.CreateJoinToken(pb.CreateJoinTokenRequest(identity="gateway:api.shop"), metadata=ADMIN)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "shop/api" in details, details
+    ok = await stub.CreateJoinToken(
+        pb.CreateJoinTokenRequest(identity="gateway:edge.prod.example"), metadata=ADMIN
+    )
+    assert ok.info.identity == "gateway:edge.prod.example"
     code, details = await rpc_error(
         stub.CreateJoinToken(
             pb.CreateJoinTokenRequest(identity="shop/web", ttl_seconds=2), metadata=ADMIN

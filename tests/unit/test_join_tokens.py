@@ -47,6 +47,20 @@ def test_a_record_round_trips_and_holds_no_secret() -> None:
         assert info.value.field == field
 
 
+def test_a_gateway_named_like_a_sidecar_gets_no_token() -> None:
+    """``gateway:api.shop`` is a gateway only until ``shop/api`` is registered: its token
+    would then authenticate api's sidecar. Neither issued nor read from etcd."""
+    value = (
+        b'{"hash": "sha256:' + b"0" * 64 + b'", "identity": "gateway:api.shop", '
+        b'"expires": "2026-01-01T00:00:00Z"}'
+    )
+    with pytest.raises(ValidationError) as err:
+        decode("0123456789ab", value)
+    assert err.value.field == "identity" and "shop/api" in err.value.reason
+    for fine in ("gateway:public", "gateway:edge.prod.example", "gateway:Edge.shop"):
+        decode("0123456789ab", value.replace(b"gateway:api.shop", fine.encode()))
+
+
 def test_bearer_token() -> None:
     assert bearer_token([("authorization", "Bearer abc")]) == "abc"
     assert bearer_token([("authorization", "Basic abc")]) is None

@@ -22,7 +22,7 @@ from xds_server.admin.base import Ctx, ServicerBase
 from xds_server.admin.errors import AdminError, invalid
 from xds_server.admin.proxies import timestamp
 from xds_server.errors import ValidationError
-from xds_server.model.identity import Identity, parse_identity
+from xds_server.model.identity import Identity, check_token_identity, parse_identity
 from xds_server.model.join_token import (
     DEFAULT_TTL_S,
     MIN_TTL_S,
@@ -75,7 +75,9 @@ class JoinTokenRpcs(ServicerBase):
     ) -> Message:
         async def body(who: Principal) -> Message:
             try:
-                identity = parse_identity(request.identity, "identity")
+                identity = check_token_identity(
+                    parse_identity(request.identity, "identity"), "identity"
+                )
             except ValidationError as exc:
                 raise invalid("join token", exc.field, exc.reason) from None
             _require(who, "write", identity)

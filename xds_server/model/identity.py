@@ -26,6 +26,8 @@ _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 # Gateway clusters are chosen by operators (Envoy's --service-cluster): printable, no '/'
 # or whitespace, so the SPIFFE path stays one segment.
 _GATEWAY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# What could be a service name or namespace (a DNS-1123 label).
+_LABEL_LIKE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def check_trust_domain(value: str, field: str = "trust_domain") -> str:
@@ -93,6 +95,25 @@ def parse_identity(text: str, field: str) -> Identity:
     if name == "*":
         raise ValidationError(field, f"{text!r}: one identity is wanted here, not a pattern")
     return Identity("sidecar", check_label(namespace, field), check_label(name, field))
+
+
+def check_token_identity(identity: Identity, field: str) -> Identity:
+    """``identity``, if a join token may be bound to it.
+
+    A gateway cluster written like a sidecar's, ``<name>.<ns>`` with two DNS labels, is
+    refused: it is a gateway only while no service ``ns/name`` is registered, and the proxy
+    holding the token would become that service's sidecar (and get its certificate) the
+    moment one is."""
+    if identity.kind == "gateway":
+        name, dot, namespace = identity.name.partition(".")
+        if dot and _LABEL_LIKE.fullmatch(name) and _LABEL_LIKE.fullmatch(namespace):
+            raise ValidationError(
+                field,
+                f"{identity.short()!r} would become the sidecar identity {namespace}/{name} "
+                f"once a service {namespace}/{name} is registered; name gateway clusters "
+                "otherwise than <name>.<ns> (e.g. without a dot, or with two)",
+            )
+    return identity
 
 
 class IdentityPattern(NamedTuple):

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from xds_server.errors import ValidationError
-from xds_server.model.identity import Identity, parse_identity
+from xds_server.model.identity import Identity, check_token_identity, parse_identity
 
 TOKENS_DIR = "tokens/"
 """Below the registry prefix: one key per join token (not a registry entry)."""
@@ -124,7 +124,7 @@ def decode(token_id: str, value: bytes) -> JoinToken:
     identity = doc.get("identity")
     if not isinstance(identity, str):
         raise ValidationError("identity", "must be a string")
-    who = parse_identity(identity, "identity")
+    who = check_token_identity(parse_identity(identity, "identity"), "identity")
     expires = doc.get("expires")
     if not isinstance(expires, str):
         raise ValidationError("expires", "must be an RFC 3339 time")
