@@ -3,9 +3,9 @@ Envoy's ``/certs`` and on the wire, and rotated at half-life with no failed requ
 
 A sidecar of ``shop/api`` (strict mTLS inbound) and a gateway (``edge``) that calls it over
 mTLS. meshd runs with the test-only certificate lifetime of 20 s, so each certificate is
-issued again after 10 s. While requests flow through the gateway and the sidecar (two
-TLS hops: the gateway's client certificate and the sidecar's server certificate both
-rotate), the test watches the serial the sidecar presents to a Python TLS client and the
+issued again after 10 s. While a load of at least 50 requests/s (two callers, 40/s each)
+flows through the gateway and the sidecar (two TLS hops: the gateway's client certificate
+and the sidecar's server certificate both rotate), the test watches the serial the sidecar presents to a Python TLS client and the
 one Envoy's admin reports, until both changed; not one request may fail meanwhile. Over
 SotW and over Delta ADS.
 """
@@ -38,6 +38,7 @@ TD = "mesh.local"
 API_ID = f"spiffe://{TD}/ns/shop/svc/api"
 TTL_S = 20.0
 WAIT = 30.0  # seconds, on a busy 2-core box: first certificates, then a rotation
+RATE_PER_CALLER = 40.0  # requests/s of each of the two load threads
 
 
 def _certs(envoy: EnvoyProcess) -> list[tuple[int, list[str]]]:
@@ -143,20 +144,25 @@ async def test_certificates_come_over_sds_and_rotate_without_a_failed_request(
         pem = (client.chain_pem, client.key_pem)
         assert await asyncio.to_thread(_wire_serial, api_in, tmp_path, pem) == first_serial
 
-        # Load through both hops while the certificates rotate.
+        # Load through both hops while the certificates rotate: two callers, each paced at
+        # 40 requests/s, so the load stays at or above 50/s even when a request is slow.
         stop = threading.Event()
         results: list[int | str] = []
 
         def load() -> None:
+            due = time.monotonic()
             while not stop.is_set():
                 try:
                     results.append(through_gateway())
                 except OSError as exc:
                     results.append(type(exc).__name__)
-                time.sleep(0.02)
+                due += 1 / RATE_PER_CALLER
+                time.sleep(max(0.0, due - time.monotonic()))
 
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
+        loaders = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+        started = time.monotonic()
+        for loader in loaders:
+            loader.start()
         try:
             wire = await eventually(
                 lambda: _wire_serial(api_in, tmp_path, pem),
@@ -177,10 +183,12 @@ async def test_certificates_come_over_sds_and_rotate_without_a_failed_request(
             await asyncio.sleep(1.0)  # (requests across the switch, on both sides of it)
         finally:
             stop.set()
-            await asyncio.to_thread(loader.join, 10)
+            for loader in loaders:
+                await asyncio.to_thread(loader.join, 10)
+        rate = len(results) / (time.monotonic() - started)
         assert app.issuer.rotations >= 1
         failed = [r for r in results if r != 200]
-        assert len(results) > 50, results
+        assert rate >= 50, f"{len(results)} requests, {rate:.1f}/s: not the load asked for"
         assert failed == [], f"{len(failed)} of {len(results)} failed: {failed[:10]}"
     finally:
         await app.stop(grace=0.2)
