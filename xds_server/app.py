@@ -26,8 +26,9 @@ from xds_server.events import EventBus
 from xds_server.health.hds import HdsServicer, HealthCollector, HealthService
 from xds_server.health.sync import HealthSync
 from xds_server.health.transitions import HealthTransitions
-from xds_server.identity.ca import IssuedCertificate, MeshCA, generate_root
+from xds_server.identity.ca import SERVER_LIFETIME, IssuedCertificate, MeshCA, generate_root
 from xds_server.identity.issuer import CertificateIssuer
+from xds_server.identity.serving import ServingCertificate
 from xds_server.identity.store import load_mesh_ca
 from xds_server.ingest.controller import Controller
 from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
@@ -211,6 +212,8 @@ class MeshApp:
         self._health_tasks: list[asyncio.Task[None]] = []
         self.ca: MeshCA | None = None
         """The mesh CA, once :meth:`start` loaded it (shared by replicas through etcd)."""
+        self.serving: ServingCertificate | None = None
+        """meshd's serving certificate, with ``xds_tls``."""
         self.xds_port = 0
         self.metrics_port = 0
         self.admin_port = 0
@@ -322,7 +325,8 @@ class MeshApp:
     def _serving_credentials(self, ca: MeshCA) -> grpc.ServerCredentials:
         """TLS credentials of xDS and the admin API: a certificate the mesh CA issues now,
         named by ``server_names`` and the IPs meshd binds, so a client that dials either and
-        trusts the bundle verifies meshd. The key stays in this process's memory."""
+        trusts the bundle verifies meshd; issued again at half its lifetime (the test-only
+        certificate lifetime applies to it too). The key stays in this process's memory."""
         names = self.config.server_names or default_server_names()
         ips = []
         for flag, address in (("--xds", self.config.xds), ("--admin", self.config.admin)):
@@ -330,9 +334,11 @@ class MeshApp:
                 host = parse_listen(flag, address)[0]
                 with contextlib.suppress(ValueError):
                     ips.append(str(ipaddress.ip_address(host)))
-        now = datetime.datetime.now(datetime.UTC)
-        chain, key = ca.issue_server_certificate(names, sorted(set(ips)), now)
-        return grpc.ssl_server_credentials([(key, chain)])
+        lifetime = SERVER_LIFETIME
+        if self.config.test_only_cert_ttl_s:
+            lifetime = datetime.timedelta(seconds=self.config.test_only_cert_ttl_s)
+        self.serving = ServingCertificate(ca, names, sorted(set(ips)), lifetime=lifetime)
+        return self.serving.credentials()
 
     def _check_addresses(self) -> None:
         """Every listen address in range and free, before any server binds one."""

@@ -1,0 +1,69 @@
+"""meshd's own serving certificate (xDS and admin API over TLS), renewed at half-life.
+
+gRPC asks :meth:`ServingCertificate.fetch` for the certificate before every TLS handshake
+(``grpc.dynamic_ssl_server_credentials``); it answers None (keep the current one) until
+half the certificate's lifetime has passed, then issues a new one from the mesh CA. Open
+connections keep the certificate they were made with; new ones get the new certificate.
+So a meshd that runs longer than its certificate lives never serves an expired one.
+
+The fetch runs on a gRPC thread: it is guarded by a lock, and issuing (one EC key and one
+signature) happens at most once per half-life.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from xds_server.identity.ca import SERVER_LIFETIME, MeshCA
+
+__all__ = ["ServingCertificate"]
+
+Clock = Callable[[], datetime.datetime]
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class ServingCertificate:
+    """The certificate meshd presents, named by ``dns_names`` and ``ips``."""
+
+    def __init__(
+        self,
+        ca: MeshCA,
+        dns_names: Sequence[str],
+        ips: Sequence[str],
+        *,
+        lifetime: datetime.timedelta = SERVER_LIFETIME,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self._ca, self._names, self._ips = ca, tuple(dns_names), tuple(ips)
+        self._lifetime, self._clock = lifetime, clock
+        self._lock = threading.Lock()
+        self.renewals = 0
+        """How many times the certificate was issued again."""
+        self.chain_pem, self._config, self._renew_at = self._issue()
+
+    def _issue(self) -> tuple[bytes, grpc.ServerCertificateConfiguration, datetime.datetime]:
+        now = self._clock()
+        chain, key = self._ca.issue_server_certificate(self._names, self._ips, now, self._lifetime)
+        config = grpc.ssl_server_certificate_configuration([(key, chain)])
+        return chain, config, now + self._lifetime / 2
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new certificate configuration once half the current one's lifetime is past,
+        else None (gRPC keeps the one it has)."""
+        with self._lock:
+            if self._clock() < self._renew_at:
+                return None
+            self.chain_pem, self._config, self._renew_at = self._issue()
+            self.renewals += 1
+            return self._config
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials presenting this certificate, renewed as :meth:`fetch` says."""
+        return grpc.dynamic_ssl_server_credentials(self._config, self.fetch)
