@@ -200,7 +200,10 @@ class MeshApp:
         )
         """Verdict changes and panics as ``health`` events (admin Watch)."""
         self.health = HealthService(
-            interval, on_change=self._health_changed, metrics=self.metrics.health
+            interval,
+            on_change=self._health_changed,
+            metrics=self.metrics.health,
+            trust_domain=self.config.trust_domain,
         )
         """Aggregated endpoint health (HDS): ``health.services(name)`` for the admin API."""
         self.topology = TopologyService(interval, metrics=self.metrics.health)
@@ -383,9 +386,12 @@ class MeshApp:
         if changes.services:  # (a cluster's identity follows the services registered)
             self.issuer.poke()
         self.topology.registry_changed(state)
-        if changes.services or changes.endpoints:
+        if changes.services or changes.endpoints or changes.namespaces:
+            # (a namespace's mTLS default decides whether its services are probed over mTLS)
+            spaces = changes.namespaces
+            moved = {r for r in state.services if r.namespace in spaces} if spaces else set()
             self.health.registry_changed(
-                state, self.dns.lookup, changes.services | changes.endpoints
+                state, self.dns.lookup, changes.services | changes.endpoints | moved
             )
 
     @property

@@ -29,7 +29,8 @@ import pytest
 from integration.harness import EnvoyProcess, http_get
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.mtls_certs import Pem, make_ca, make_workload
-from tests.support.mtls_mesh import TD, Mesh, start_mtls_mesh
+from tests.support.mtls_mesh import TD, WAIT, Mesh, start_mtls_mesh
+from tests.support.wait import eventually
 
 
 def _ssl_handshakes(envoy: EnvoyProcess, port: int) -> int:
@@ -146,3 +147,34 @@ async def test_a_client_without_a_mesh_certificate_is_refused(mesh: Mesh, tmp_pa
     )
     genuine = Pem(issued.chain_pem, issued.key_pem)
     assert await asyncio.to_thread(_tls_get, port, tmp_path, genuine) == 200
+
+
+async def test_hds_probes_of_a_strict_service_go_over_mtls(mesh: Mesh) -> None:
+    """The checkers meshd assigns probe ``shop/api`` (strict) as its callers connect: with
+    their own certificate, checking api's SPIFFE id. A plaintext probe would fail the
+    handshake and mark the endpoint unhealthy."""
+    await mesh.reach("gateway", "api.shop")
+    before = _ssl_handshakes(mesh.api, mesh.ports["api_in"])
+    spec = {
+        "port": mesh.ports["api_in"],
+        "sidecar": {"inbound_port": mesh.ports["api_in"], "app_port": mesh.ports["api_app"]},
+        "health_check": {"path": "/__echo", "interval_ms": 300, "healthy_threshold": 1},
+    }
+    await mesh.registry.put(f"{mesh.registry.prefix}services/shop/api", json.dumps(spec).encode())
+
+    def verdict() -> tuple[str, int]:
+        (health,) = mesh.app.health.services("shop/api")
+        (endpoint,) = health.endpoints
+        return endpoint.status.name, endpoint.healthy_reports
+
+    await eventually(
+        verdict,
+        "shop/api's endpoint HEALTHY from HDS probes",
+        WAIT,
+        until=lambda v: v[0] == "HEALTHY" and v[1] >= 1,
+        context=mesh.context,
+    )
+    assert _ssl_handshakes(mesh.api, mesh.ports["api_in"]) > before
+    # ... and it stays so: no checker reports it unhealthy.
+    await asyncio.sleep(1.0)
+    assert verdict()[0] == "HEALTHY"

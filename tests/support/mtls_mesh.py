@@ -98,6 +98,7 @@ async def start_mtls_mesh(
         "legacy_in": free_port(),
         "gateway_out": free_port(),
         "web_out": free_port(),
+        "api_app": port_of(api_app.url),
     }
     entries: dict[str, dict[str, Any]] = {
         "namespaces/shop": {"mtls": "strict"},

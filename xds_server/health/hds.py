@@ -30,6 +30,7 @@ from xds_server.health.aggregate import Status
 from xds_server.health.assign import Checker
 from xds_server.health.monitor import HealthMonitor, ProbeGroup, ServiceHealth
 from xds_server.model import ServiceRef
+from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, sidecar
 from xds_server.model.view import RegistryView
 from xds_server.stream_auth import (
     StreamAuthenticator,
@@ -38,6 +39,7 @@ from xds_server.stream_auth import (
     authenticated_stream,
 )
 from xds_server.translate.cluster import health_check, ms
+from xds_server.translate.mtls import upstream_socket
 
 log = logging.getLogger("meshd.hds")
 
@@ -59,8 +61,11 @@ class HealthService:
         clock: Callable[[], float] = time.time,
         on_change: HealthChanged | None = None,
         metrics: Any = None,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
     ) -> None:
         self.monitor = HealthMonitor(report_interval)
+        self.trust_domain = trust_domain
+        """The mesh's SPIFFE trust domain: probes over mTLS check the callee's id in it."""
         self.clock = clock
         self.on_change = on_change
         self.metrics = metrics
@@ -214,18 +219,30 @@ class HealthService:
         interval_ms = round(self.monitor.interval_for(node_id) * 1000)
         spec = hds_pb2.HealthCheckSpecifier(interval=ms(interval_ms))
         for group in self.monitor.assignment_for(node_id):
-            spec.cluster_health_checks.append(cluster_health_check(group))
+            spec.cluster_health_checks.append(cluster_health_check(group, self.trust_domain))
         return spec
 
 
-def cluster_health_check(group: ProbeGroup) -> hds_pb2.ClusterHealthCheck:
-    """One service's probes as an HDS ClusterHealthCheck, grouped by zone."""
+def cluster_health_check(
+    group: ProbeGroup, trust_domain: str = DEFAULT_TRUST_DOMAIN
+) -> hds_pb2.ClusterHealthCheck:
+    """One service's probes as an HDS ClusterHealthCheck, grouped by zone; over mTLS for a
+    service that takes it, exactly as its callers connect (the checker's own certificate,
+    the service's SPIFFE id checked), so a ``strict`` service is probed, not refused."""
     check = health_check(group.check, group.protocol)
     # An HDS cluster never carries traffic, and Envoy probes traffic-less clusters only
     # every no_traffic_interval (60 s by default): probe at the service's interval instead.
     check.no_traffic_interval.CopyFrom(check.interval)
     check.no_traffic_healthy_interval.CopyFrom(check.interval)
     out = hds_pb2.ClusterHealthCheck(cluster_name=group.cluster, health_checks=[check])
+    if group.mtls:
+        # A match without criteria applies to every endpoint (Cluster.TransportSocketMatch).
+        out.transport_socket_matches.add(
+            name="mtls",
+            transport_socket=upstream_socket(
+                sidecar(group.service).spiffe_id(trust_domain), group.protocol
+            ),
+        )
     zones: dict[str, hds_pb2.LocalityEndpoints] = {}
     for probe in group.probes:
         loc = zones.get(probe.zone)

@@ -25,6 +25,7 @@ from xds_server.health.aggregate import Aggregator, Status
 from xds_server.health.assign import Checker, Target, assign, checkers_of
 from xds_server.model import Endpoint, HealthCheck, Service, ServiceRef
 from xds_server.model.names import cluster_name
+from xds_server.model.namespace import effective_mtls
 from xds_server.model.view import RegistryView
 
 __all__ = [
@@ -63,6 +64,9 @@ class ProbeGroup:
     protocol: str
     check: HealthCheck
     probes: tuple[Probe, ...]
+    mtls: bool = False
+    """Whether the service takes mTLS (its mode, or its namespace's, is not ``off``): then
+    the probes go over mTLS, as the service's callers do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ _ENVOY_STATUS = {Status.HEALTHY: 1, Status.UNHEALTHY: 2, Status.DRAINING: 3}
 @dataclass
 class _ServiceProbes:
     service: Service
+    mtls: bool
     probes: dict[str, Probe] = field(default_factory=dict)  # key -> probe
     draining: dict[str, Endpoint] = field(default_factory=dict)
 
@@ -160,7 +165,10 @@ class HealthMonitor:
             else:
                 self._all_endpoints.pop(ref, None)
             svc = state.services.get(ref)
-            entry = self._probes(ref, svc, eps or {}, resolve) if svc is not None else None
+            entry = None
+            if svc is not None:
+                mode = effective_mtls(svc.mtls, state.namespaces.get(ref.namespace))
+                entry = self._probes(ref, svc, mode != "off", eps or {}, resolve)
             if svc is not None:
                 hc = svc.health_check
                 self._modes[ref] = (
@@ -182,6 +190,7 @@ class HealthMonitor:
         self,
         ref: ServiceRef,
         svc: Service,
+        mtls: bool,
         endpoints: Mapping[str, Endpoint],
         resolve: Resolver,
     ) -> _ServiceProbes | None:
@@ -189,7 +198,7 @@ class HealthMonitor:
         hc = svc.health_check
         if hc is None or hc.every_proxy:
             return None
-        entry = _ServiceProbes(svc)
+        entry = _ServiceProbes(svc, mtls)
         for ep in endpoints.values():
             if ep.draining:
                 entry.draining[ep.id] = ep
@@ -260,11 +269,17 @@ class HealthMonitor:
             groups.setdefault(ref, []).append(probe)
         out = []
         for ref in sorted(groups, key=lambda r: (r.namespace, r.name)):
-            svc = self._services[ref].service
+            entry = self._services[ref]
+            svc = entry.service
             assert svc.health_check is not None
             out.append(
                 ProbeGroup(
-                    cluster_name(ref), ref, svc.protocol, svc.health_check, tuple(groups[ref])
+                    cluster_name(ref),
+                    ref,
+                    svc.protocol,
+                    svc.health_check,
+                    tuple(groups[ref]),
+                    entry.mtls,
                 )
             )
         return out
