@@ -13,7 +13,10 @@ from tests.support.rig import Load, Rig
 async def test_split_90_10_and_live_change_through_etcdctl(rig: Rig) -> None:
     counts = await asyncio.to_thread(rig.counts, 2000)
     share = counts.get("v2", 0) / 2000
-    assert 0.075 <= share <= 0.125, counts
+    # Envoy picks each request's cluster at random: v2's count is binomial (n=2000, p=0.1),
+    # sd 0.67 points. +-3 points is 4.5 sd (a false failure about once in 150,000 runs;
+    # +-2.5 points, 3.7 sd, failed once in CI), and still fails any other split.
+    assert 0.07 <= share <= 0.13, counts
     assert set(counts) == {"v1", "v2"}, counts
     await asyncio.to_thread(rig.put, "routes/default/web-split", split_route(0, 100))
     await rig.wait_body("v2", timeout=5)
