@@ -245,7 +245,9 @@ class EtcdRegistry(ConditionalWrites):
         if not resp.kvs:
             return None
         kv = resp.kvs[0]
-        return Entry(key, bytes(kv.value), int(kv.mod_revision), int(kv.lease))
+        return Entry(
+            key, bytes(kv.value), int(kv.mod_revision), int(kv.lease), int(kv.create_revision)
+        )
 
     async def list_prefix(self, prefix: str) -> Reset:
         """Every key starting with ``prefix`` (any prefix), paged, at one revision, key order."""
@@ -350,9 +352,10 @@ class EtcdRegistry(ConditionalWrites):
 
     # -- leases ------------------------------------------------------------------------
 
-    async def lease_grant(self, ttl: int) -> int:
-        """Create a lease of ``ttl`` seconds and return its id."""
-        request = rpc.LeaseGrantRequest(TTL=ttl)
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> int:
+        """Create a lease of ``ttl`` seconds and return its id (``lease_id``: this one,
+        0: etcd's next)."""
+        request = rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id)
         resp = await self._call(lambda c: c.lease.LeaseGrant(request, **self._call_options))
         if resp.error:
             raise RegistryUnavailable(f"etcd lease grant: {resp.error}")
@@ -376,6 +379,19 @@ class EtcdRegistry(ConditionalWrites):
         if ttl <= 0:
             raise RegistryConflict(f"lease {lease_id:x} expired or does not exist")
         return ttl
+
+    async def lease_keys(self, lease_id: int) -> list[str] | None:
+        """The keys held under a lease (None: no such lease, or it expired)."""
+        request = rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True)
+        try:
+            resp = await self._call(
+                lambda c: c.lease.LeaseTimeToLive(request, **self._call_options)
+            )
+        except RegistryConflict:
+            return None
+        if resp.TTL <= 0:
+            return None
+        return [_str(k) for k in resp.keys]
 
     async def lease_revoke(self, lease_id: int) -> None:
         """Revoke a lease, deleting its keys at one revision. A missing lease is no error."""
@@ -481,7 +497,10 @@ class EtcdRegistry(ConditionalWrites):
         new = tuple.__new__  # (a named tuple's own __new__ is a Python call: slower)
         for at in range(0, len(kvs), _DECODE_SLICE):
             out.extend(
-                new(Entry, (_str(kv.key), kv.value, kv.mod_revision, kv.lease))
+                new(
+                    Entry,
+                    (_str(kv.key), kv.value, kv.mod_revision, kv.lease, kv.create_revision),
+                )
                 for kv in kvs[at : at + _DECODE_SLICE]
             )
             await asyncio.sleep(0)
@@ -531,6 +550,7 @@ class EtcdRegistry(ConditionalWrites):
                         ev.kv.value,
                         ev.kv.mod_revision,
                         ev.kv.lease,
+                        ev.kv.create_revision,
                     )
                     for ev in resp.events
                     if not ev.kv.key.startswith(self._status_prefix)

@@ -146,12 +146,20 @@ class MemoryRegistry(ConditionalWrites):
 
     # -- leases ------------------------------------------------------------------------
 
-    async def lease_grant(self, ttl: int) -> int:
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> int:
         """Create a lease and return its id (it lives until revoked or expired by a test)."""
         self._check()
-        lease_id = next(self._lease_ids)
+        if lease_id and lease_id in self._leases:
+            raise RegistryUnavailable(f"lease {lease_id:x} already exists")
+        lease_id = lease_id or next(self._lease_ids)
         self._leases[lease_id] = _Lease(ttl)
         return lease_id
+
+    async def lease_keys(self, lease_id: int) -> list[str] | None:
+        """The keys held under a lease (None: no such lease)."""
+        self._check()
+        lease = self._leases.get(lease_id)
+        return None if lease is None else sorted(lease.keys)
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Return the lease's TTL; RegistryConflict when it is gone."""
@@ -226,10 +234,11 @@ class MemoryRegistry(ConditionalWrites):
             old = self._data.get(key)
             if old is not None:
                 self._detach(old)
-            self._data[key] = Entry(key, value, rev, lease)
+            created = old.create_revision if old is not None else rev
+            self._data[key] = Entry(key, value, rev, lease, created)
             if lease:
                 self._leases[lease].keys.add(key)
-            events.append(Event("put", key, value, rev, lease))
+            events.append(Event("put", key, value, rev, lease, created))
         for key in deletes:
             self._detach(self._data.pop(key))
             events.append(Event("delete", key, b"", rev))

@@ -18,9 +18,9 @@ from xds_server.translate.route import (
     LOCAL_RATELIMIT,
     affinities,
     default_route,
+    ordered_routes,
     route_clusters,
     route_entry,
-    route_order,
     service_domains,
 )
 
@@ -53,7 +53,7 @@ def build_route_configuration(
     taken: set[str] = set(by_host)
     for host in sorted(by_host):
         vh = rc.VirtualHost(name=host, domains=[host])
-        for route in sorted(by_host[host], key=route_order):
+        for route in ordered_routes(by_host[host]):
             vh.routes.append(build_route(route, services))
             refs.update(route_clusters(route))
         owned = owner.get(host)

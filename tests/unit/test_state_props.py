@@ -270,7 +270,7 @@ def expected_from_scratch(content: dict[str, Entry]) -> dict[str, Entity]:
     """What a registry with no history serves: valid values whose references resolve."""
     valid = {}
     for key, entry in content.items():
-        _, result = parse_entry(key, entry.value, PREFIX)
+        _, result = parse_entry(key, entry.value, PREFIX, created=entry.create_revision)
         if not isinstance(result, Problem):
             valid[key] = result
     services = {e.ref: e for e in valid.values() if isinstance(e, Service)}
@@ -283,16 +283,19 @@ def replay(history: list[Op]) -> tuple[RegistryState, dict[str, Entry]]:
     content: dict[str, Entry] = {}
     put_since_delete: dict[str, list[Entity]] = {}
     put_ever: dict[str, list[Entity]] = {}
+    created: dict[str, int] = {}  # etcd's create_revision: kept until the key is deleted
     for revision, op in enumerate(history, start=1):
         before = (forced(state), dict(state.problems))
         if op.value is None:
             event = Event("delete", op.key, b"", revision)
             content.pop(op.key, None)
             put_since_delete.pop(op.key, None)
+            created.pop(op.key, None)
         else:
-            event = Event("put", op.key, op.value, revision)
-            content[op.key] = Entry(op.key, op.value, revision)
-            _, result = parse_entry(op.key, op.value, PREFIX, revision=revision)
+            born = created.setdefault(op.key, revision)
+            event = Event("put", op.key, op.value, revision, 0, born)
+            content[op.key] = Entry(op.key, op.value, revision, 0, born)
+            _, result = parse_entry(op.key, op.value, PREFIX, revision=revision, created=born)
             if not isinstance(result, Problem):
                 put_since_delete.setdefault(op.key, []).append(result)
                 put_ever.setdefault(op.key, []).append(result)
@@ -365,7 +368,9 @@ def relisted(
         if op.value is None:
             target.pop(op.key, None)
         else:
-            target[op.key] = Entry(op.key, op.value, revision)
+            old = target.get(op.key)
+            born = old.create_revision if old is not None else revision
+            target[op.key] = Entry(op.key, op.value, revision, 0, born)
     return target, revision
 
 

@@ -2,17 +2,39 @@
 depend on a service. Pure: no I/O.
 
 Shared by the registry fold (:mod:`xds_server.ingest.state`) and the admin API's validation of
-writes, so an etcdctl edit and an API write are judged alike.
+writes, so an etcdctl edit and an API write are judged alike. They include the tenancy rules
+of routes (docs/security.md, Tenancy): a route attaches only to listeners that admit its
+namespace, sends only to namespaces that export to it, claims no other namespace's default
+hosts, and takes no host and match that an older route of another namespace holds.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from xds_server.model import Endpoint, Entity, Listener, Route, Service, ServiceRef
+from xds_server.model import (
+    Endpoint,
+    Entity,
+    Listener,
+    Match,
+    Namespace,
+    Route,
+    Service,
+    ServiceRef,
+)
+from xds_server.model.names import service_ref
 from xds_server.model.policy import Policy
 from xds_server.model.view import Dependent
+
+Claim = tuple[str, Match]
+"""What a route takes on the listeners it attaches to: one of its hosts and its match."""
+
+OwnerOf = Callable[[Route], Route | None]
+"""Given a route, an older route in force of another namespace that holds one of its
+claims on a listener both attach to (None: nobody)."""
+
+_NO_NAMESPACES: Mapping[str, Namespace] = {}
 
 
 class ServiceView(Mapping[ServiceRef, Service]):
@@ -79,12 +101,137 @@ def dependents(
     return sorted(found)
 
 
+def claims(route: Route) -> Iterator[Claim]:
+    """The (host, match) pairs a route takes."""
+    for host in route.hosts:
+        yield host, route.match
+
+
+def age(route: Route) -> tuple[int, str]:
+    """Older first: the revision that created the route's key, then its ``ns/name``."""
+    return route.created, route.key_name
+
+
+def globs_overlap(a: str, b: str) -> bool:
+    """Could one name match both globs? (Errs towards yes, as for listener clashes.)"""
+    return a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a)
+
+
+def contests(a: Route, b: Route) -> bool:
+    """Do routes of two namespaces take the same host and match on a listener both attach
+    to? (Within one namespace, ``priority`` orders them instead.)"""
+    if a.namespace == b.namespace or a.match != b.match:
+        return False
+    if not globs_overlap(a.listener, b.listener):
+        return False
+    return not set(a.hosts).isdisjoint(b.hosts)
+
+
+def _default_host_owner(
+    host: str, namespace: str, services: Mapping[ServiceRef, Service]
+) -> str | None:
+    """Why a route of ``namespace`` may not name ``host``: it is (or, as a suffix wildcard,
+    could match) the default host ``<svc>.<ns>`` of a service of another namespace.
+
+    A default host has exactly one dot (labels have none). An exact host is refused when
+    such a service is registered (it is judged again when services change). A suffix
+    wildcard (``*x``) beats the service's ``<svc>.<ns>:*`` domain in Envoy whatever port a
+    client names, so it is refused when it could match another namespace's default host at
+    all: it must end with ``.<own namespace>`` or hold a second dot."""
+    name, colon, _ = host.partition(":")
+    if not name.startswith("*"):
+        if name.count(".") != 1 or name.endswith(".*"):
+            return None
+        svc, _, ns = name.partition(".")
+        ref = service_ref(ns, svc)
+        owned = services.get(ref)
+        if ns == namespace or owned is None or owned.protocol == "tcp":
+            return None
+        return f"is the default host of service {ref} (namespace {ns}'s)"
+    if name == "*" and not colon:
+        return None  # Envoy's catch-all: every exact and wildcard domain wins over it
+    tail = name[1:]
+    if not colon and tail.isdigit():
+        return "could match any host with a port (<svc>.<ns>:<port>) of every namespace"
+    dots = tail.count(".")
+    if dots >= 2:
+        return None
+    if dots == 1:
+        ns = tail.rpartition(".")[2]
+        if ns == namespace:
+            return None
+        return f"could match default hosts <svc>.{ns} of namespace {ns}"
+    return (
+        f"could match default hosts <svc>.<ns> of namespaces ending in {tail!r}; a suffix "
+        f"wildcard must end with .{namespace} or name a domain with two dots"
+    )
+
+
+def check_tenancy(
+    route: Route,
+    services: Mapping[ServiceRef, Service],
+    listeners: Mapping[str, Listener],
+    namespaces: Mapping[str, Namespace],
+    owner_of: OwnerOf | None,
+) -> tuple[str, str] | None:
+    """(field, reason) when ``route`` breaks a tenancy rule: a listener it attaches to does
+    not admit its namespace; a destination's (or the mirror's) namespace does not export to
+    it; it names another namespace's default host; or an older route of another namespace
+    holds one of its host and match (``owner_of``)."""
+    ns = route.namespace
+    for listener in listeners.values():
+        if (
+            listener.protocol == "http"
+            and route.listener_matches(listener.name)
+            and not listener.admits(ns)
+        ):
+            return (
+                "listener",
+                f"listener {listener.name} does not admit routes of namespace {ns} "
+                f"(its allowed_namespaces: {list(listener.allowed_namespaces)})",
+            )
+    targets = [(f"destinations[{i}].service", d.service) for i, d in enumerate(route.destinations)]
+    if route.mirror is not None:
+        targets.append(("mirror.service", route.mirror.service))
+    for field, ref in targets:
+        if ref.namespace == ns:
+            continue
+        entry = namespaces.get(ref.namespace)
+        if entry is not None and not entry.exports_to(ns):
+            return (
+                field,
+                f"namespace {ref.namespace} does not export to namespace {ns} (its "
+                f"export_to: {list(entry.export_to)}), so {ref} is not reachable from it",
+            )
+    for i, host in enumerate(route.hosts):
+        why = _default_host_owner(host, ns, services)
+        if why is not None:
+            return (f"hosts[{i}]", f"{host!r} {why}; only that namespace's routes may claim it")
+    owner = owner_of(route) if owner_of is not None else None
+    if owner is not None:
+        shared = next(h for h in route.hosts if h in owner.hosts)
+        m = route.match
+        return (
+            "match",
+            f"host {shared!r} with {m.kind} {m.value!r} on listener {route.listener} is held "
+            f"by the older route {owner.key_name} of namespace {owner.namespace} (listener "
+            f"{owner.listener}); a route of another namespace may add a more specific match",
+        )
+    return None
+
+
 def check_refs(
-    entity: Entity, services: Mapping[ServiceRef, Service], listeners: Mapping[str, Listener]
+    entity: Entity,
+    services: Mapping[ServiceRef, Service],
+    listeners: Mapping[str, Listener],
+    namespaces: Mapping[str, Namespace] = _NO_NAMESPACES,
+    owner_of: OwnerOf | None = None,
 ) -> tuple[str, str] | None:
     """(field, reason) when ``entity`` refers to a service, subset or listener port that
-    ``services`` / ``listeners`` do not allow: the reference rules of registry.md, shared
-    by the registry fold and the admin API's validation of writes."""
+    ``services`` / ``listeners`` do not allow, or (routes) breaks a tenancy rule
+    (:func:`check_tenancy`, given the namespace entries in force and who holds what): the
+    reference rules of registry.md, shared by the registry fold and the admin API's
+    validation of writes."""
     if isinstance(entity, Endpoint):
         svc = services.get(entity.service)
         if svc is None:
@@ -116,7 +263,7 @@ def check_refs(
                 return ("mirror.subset", f"service {m.service} has no subset {m.subset!r}")
             if svc.protocol == "tcp":
                 return ("mirror.service", f"service {m.service} speaks tcp, not http")
-        return None
+        return check_tenancy(entity, services, listeners, namespaces, owner_of)
     if isinstance(entity, Policy):
         target = entity.target_ref
         if target is None:

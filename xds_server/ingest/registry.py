@@ -25,7 +25,9 @@ from xds_server.errors import ValidationError
 
 
 class Entry(NamedTuple):
-    """One key as stored: value, the revision that last modified it, its lease (0 = none).
+    """One key as stored: value, the revision that last modified it, its lease (0 = none),
+    and the revision that created it (0: the backend does not say; routes' age, the
+    tenancy rules' tie-break, falls back to the revision the key was first seen at).
 
     A named tuple (immutable, and built much faster than a frozen dataclass): a listing
     makes one per key of the registry.
@@ -35,17 +37,20 @@ class Entry(NamedTuple):
     value: bytes
     mod_revision: int
     lease: int = 0
+    create_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A put or delete of one key at ``revision``. ``value`` is empty for deletes."""
+    """A put or delete of one key at ``revision``. ``value`` is empty for deletes;
+    ``create_revision`` (puts) is the revision that created the key (0: not known)."""
 
     kind: Literal["put", "delete"]
     key: str
     value: bytes
     revision: int
     lease: int = 0
+    create_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +138,13 @@ class WritableRegistry(Registry, Protocol):
         """
         ...
 
-    async def lease_grant(self, ttl: int) -> int:
-        """Create a lease of ``ttl`` seconds; returns its id."""
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> int:
+        """Create a lease of ``ttl`` seconds; returns its id (``lease_id``: this one, 0:
+        the backend's next)."""
+        ...
+
+    async def lease_keys(self, lease_id: int) -> list[str] | None:
+        """The keys held under a lease; None when there is no such lease."""
         ...
 
     async def lease_keepalive(self, lease_id: int) -> int:

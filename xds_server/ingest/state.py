@@ -9,8 +9,10 @@ Two kinds of problems exist:
 * schema problems: the key's current raw value is not a valid entry (bad JSON,
   unknown field, value out of range). They stay until the key changes.
 * reference problems: the entry is valid but names something that is not in
-  force (a route to an unknown service or subset). They are re-checked when
-  what they refer to changes.
+  force (a route to an unknown service or subset), or breaks a tenancy rule (a
+  route on a listener that does not admit its namespace, to a namespace that does
+  not export to it, or taking another namespace's host and match: ``refs.py``).
+  They are re-checked when what they refer to changes.
 
 Either way the key's last good value stays in force when there is one that
 still resolves (``Problem.last_good_kept``), and nothing bad reaches Envoy.
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from xds_server.errors import ValidationError
-from xds_server.ingest.refs import ServiceView, check_refs, dependents
+from xds_server.ingest.refs import Claim, ServiceView, age, check_refs, claims, contests, dependents
 from xds_server.ingest.registry import Changes, RegistryUpdate, Reset
 from xds_server.model import (
     Endpoint,
@@ -114,6 +116,10 @@ class RegistryState:
         self._held: dict[ServiceRef, Service | None] = {}
         """Services kept in force as they were for routes or listeners that depend on them,
         though the registry deleted them (None) or changed them (their new value)."""
+        self._claim_keys: dict[Claim, dict[str, None]] = {}
+        """Route keys by the (host, match) their last valid value or value in force takes:
+        who may contest whom (tenancy), without a walk over every route."""
+        self._key_claims: dict[str, frozenset[Claim]] = {}
 
     # -- folding updates ---------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class RegistryState:
                 if listing.known:
                     seen.add(e.key)
                 if raw.get(e.key) != e.mod_revision:
-                    ref = store(e.key, e.value, e.mod_revision, e.lease)
+                    ref = store(e.key, e.value, e.mod_revision, e.lease, e.create_revision)
                     # (dirty.add, inlined: a cold start stores every key of the registry here)
                     (by_kind[ref.kind] if ref is not None else orphans)[e.key] = None
             if update.more:
@@ -153,7 +159,10 @@ class RegistryState:
             assert isinstance(update, Changes)
             for ev in update.events:
                 if ev.kind == "put":
-                    dirty.add(ev.key, self._store(ev.key, ev.value, ev.revision, ev.lease))
+                    stored = self._store(
+                        ev.key, ev.value, ev.revision, ev.lease, ev.create_revision
+                    )
+                    dirty.add(ev.key, stored)
                 else:
                     self._forget(ev.key, dirty)
         self.revision = max(self.revision, update.revision)
@@ -161,12 +170,21 @@ class RegistryState:
         self._resolve(dirty, changes)
         return changes
 
-    def _store(self, key: str, value: bytes, revision: int, lease: int) -> KeyRef | None:
-        """Parse and keep a key's new value; return the key's ref (None: names no entry)."""
+    def _store(
+        self, key: str, value: bytes, revision: int, lease: int, created: int = 0
+    ) -> KeyRef | None:
+        """Parse and keep a key's new value; return the key's ref (None: names no entry).
+        ``created``: the revision that created the key (0: unknown, taken as ``revision``
+        for a key not known yet, else as it was)."""
         if key.startswith(self._ca_prefix):
             return None  # the mesh CA (identity/ca.py) and join tokens (model/join_token.py)
+        if not created:
+            known = self._latest.get(key) if key in self._raw else None
+            created = known.created if isinstance(known, Route) and known.created else revision
         self._raw[key] = revision
-        ref, result = parse_entry(key, value, self.prefix, revision=revision, lease=lease)
+        ref, result = parse_entry(
+            key, value, self.prefix, revision=revision, lease=lease, created=created
+        )
         if ref is not None:
             if ref.kind == "routes":
                 self._route_keys.add(key)
@@ -179,7 +197,9 @@ class RegistryState:
             return ref
         self._schema_problems.pop(key, None)
         self._latest[key] = result
-        if isinstance(result, Endpoint):
+        if isinstance(result, Route):
+            self._reindex(key)
+        elif isinstance(result, Endpoint):
             keys = self._endpoint_keys.get(result.service)
             if keys is None:
                 keys = self._endpoint_keys[result.service] = set()
@@ -201,6 +221,8 @@ class RegistryState:
         self._raw.pop(key, None)
         self._schema_problems.pop(key, None)
         old = self._latest.pop(key, None)
+        if isinstance(old, Route):
+            self._reindex(key)
         if isinstance(old, Endpoint):
             keys = self._endpoint_keys.get(old.service)
             if keys is not None:
@@ -234,10 +256,18 @@ class RegistryState:
             # nodes): re-check them all, oldest first, so the outcome is deterministic.
             by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
         self._resolve_endpoints(by_kind["endpoints"], changes)
-        for kind in ("namespaces", "routes", "listeners", "policies"):
+        # Routes after what they are judged against: namespaces (export_to) and listeners
+        # (allowed_namespaces); a change to either judges every route again. Withdrawn
+        # permission is not held like a service: it is what the namespace or listener's
+        # owner asked for, so the routes it no longer admits leave force.
+        for kind in ("namespaces", "listeners", "routes", "policies"):
             ordered: Iterable[str] = by_kind[kind]
             if kind == "listeners":
                 ordered = sorted(ordered, key=lambda k: (self._raw.get(k, 0), k))
+            elif kind == "routes":
+                if changes.namespaces or changes.listeners:
+                    by_kind["routes"].update(dict.fromkeys(self._route_keys))
+                ordered = self._contest_order(by_kind["routes"])
             for key in ordered:
                 self._resolve_key(key, changes)
         if self._held:
@@ -247,6 +277,63 @@ class RegistryState:
                 self._route_keys.discard(key)
                 self._listener_keys.discard(key)
                 self._policy_keys.discard(key)
+
+    def _contest_order(self, keys: Iterable[str]) -> list[str]:
+        """``keys`` and every route that shares a claim with them, transitively, oldest
+        first. Judged in that order, each route meets the final outcome of every older one,
+        so one pass settles who holds a contested host and match."""
+        found = dict.fromkeys(keys)
+        if self._claim_keys:
+            stack = list(found)
+            while stack:
+                for claim in self._key_claims.get(stack.pop(), ()):
+                    for other in self._claim_keys[claim]:
+                        if other not in found:
+                            found[other] = None
+                            stack.append(other)
+        return sorted(found, key=self._route_age)
+
+    def _route_age(self, key: str) -> tuple[int, str]:
+        route = self._latest.get(key) or self._force.get(key)
+        return (route.created if isinstance(route, Route) else 0), key
+
+    def _reindex(self, key: str) -> None:
+        """Index route ``key`` by the claims of its last valid value and its value in force."""
+        new: set[Claim] = set()
+        for value in (self._latest.get(key), self._force.get(key)):
+            if isinstance(value, Route):
+                new.update(claims(value))
+        old = self._key_claims.get(key, frozenset())
+        if old == new:
+            return
+        for claim in old - new:
+            bucket = self._claim_keys[claim]
+            del bucket[key]
+            if not bucket:
+                del self._claim_keys[claim]
+        for claim in new - old:
+            self._claim_keys.setdefault(claim, {})[key] = None
+        if new:
+            self._key_claims[key] = frozenset(new)
+        else:
+            self._key_claims.pop(key, None)
+
+    def owner_of(self, route: Route) -> Route | None:
+        """The oldest route in force of another namespace that holds one of ``route``'s
+        host and match on a listener both attach to, if older than ``route``."""
+        best: Route | None = None
+        force = self._force
+        for claim in claims(route):
+            for key in self._claim_keys.get(claim, ()):
+                other = force.get(key)
+                if (
+                    isinstance(other, Route)
+                    and contests(route, other)
+                    and age(other) < age(route)
+                    and (best is None or age(other) < age(best))
+                ):
+                    best = other
+        return best
 
     def _resolve_endpoints(self, keys: Iterable[str], changes: ChangeSet) -> None:
         """:meth:`_resolve_key` for endpoint keys, the bulk of a registry (and of a cold
@@ -320,9 +407,12 @@ class RegistryState:
         value in force may lean on services held for it; a new value may not (it is judged
         by the registry as it is), nor may endpoints' be told apart (they go with their
         service, held or not)."""
-        if in_force or not self._held or not isinstance(entity, (Route, Listener)):
-            return check_refs(entity, self.services, self.listeners)
-        return check_refs(entity, self.registered_services, self.listeners)
+        services = (
+            self.services
+            if in_force or not self._held or not isinstance(entity, (Route, Listener))
+            else self.registered_services
+        )
+        return check_refs(entity, services, self.listeners, self.namespaces, self.owner_of)
 
     # -- services held in force for their dependents -----------------------------------
     #
@@ -423,7 +513,9 @@ class RegistryState:
         """The problem of a route or listener in force that leans on a held service."""
         if not self._held or not isinstance(entity, (Route, Listener)):
             return None
-        error = check_refs(entity, self.registered_services, self.listeners)
+        error = check_refs(
+            entity, self.registered_services, self.listeners, self.namespaces, self.owner_of
+        )
         if error is None:
             return None
         reason = (
@@ -458,6 +550,7 @@ class RegistryState:
             _index(self.services, some.ref, entity, changes.services)
         elif isinstance(some, Route):
             _index(self.routes, key, entity, changes.routes)
+            self._reindex(key)
         elif isinstance(some, Listener):
             _index(self.listeners, some.name, entity, changes.listeners)
         elif isinstance(some, Namespace):

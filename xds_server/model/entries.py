@@ -38,8 +38,9 @@ class Problem:
         return f"{where}{self.reason}{kept}"
 
 
-def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
-    """Decode and validate a value for the entry ``ref`` names; raise ValidationError."""
+def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0, created: int = 0) -> Entity:
+    """Decode and validate a value for the entry ``ref`` names; raise ValidationError.
+    ``created``: the revision that created the key (routes keep it)."""
     if ref.kind == "endpoints":
         fast: Entity | None = decode_endpoint(ref.service_ref, ref.name, value, lease=lease)
         if fast is not None:
@@ -54,7 +55,7 @@ def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0) -> Entity:
     if ref.kind == "endpoints":
         return parse_endpoint(ref.service_ref, ref.name, obj, lease=lease)
     if ref.kind == "routes":
-        return parse_route(ref.namespace, ref.name, obj)
+        return parse_route(ref.namespace, ref.name, obj, created=created)
     if ref.kind == "namespaces":
         return parse_namespace(ref.name, obj)
     if ref.kind == "policies":
@@ -86,7 +87,7 @@ def _problem(key: str, exc: ValidationError, revision: int) -> Problem:
 
 
 def parse_entry(
-    key: str, value: bytes, prefix: str, *, revision: int = 0, lease: int = 0
+    key: str, value: bytes, prefix: str, *, revision: int = 0, lease: int = 0, created: int = 0
 ) -> tuple[KeyRef | None, Entity | Problem]:
     """Parse a key and its value. Never raises: bad input becomes a Problem (its field and
     reason bounded in length)."""
@@ -102,7 +103,7 @@ def parse_entry(
         except ValidationError as exc:
             return None, _problem(key, exc, revision)
     try:
-        return ref, parse_entity(ref, value, lease=lease)
+        return ref, parse_entity(ref, value, lease=lease, created=created)
     except ValidationError as exc:
         return ref, _problem(key, exc, revision)
     except RecursionError:

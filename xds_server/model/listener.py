@@ -10,6 +10,7 @@ from typing import Literal
 from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
 from xds_server.model.names import DEFAULT_NAMESPACE, ServiceRef, parse_service_ref
+from xds_server.model.namespace import matches_any, namespace_globs
 
 TRACING_PROVIDERS = ("zipkin", "opentelemetry")
 
@@ -36,6 +37,12 @@ class Listener:
     nodes: tuple[str, ...] = ("*",)
     service: ServiceRef | None = None
     tracing: Tracing | None = None
+    allowed_namespaces: tuple[str, ...] = ("*",)
+    """Globs of the namespaces whose routes may attach (Gateway API's ``allowedRoutes``)."""
+
+    def admits(self, namespace: str) -> bool:
+        """May a route of ``namespace`` attach to this listener?"""
+        return matches_any(namespace, self.allowed_namespaces)
 
     def serves(self, node_cluster: str) -> bool:
         """True when a node whose ``cluster`` is ``node_cluster`` gets this listener."""
@@ -73,6 +80,7 @@ def parse_listener(name: str, o: Obj) -> Listener:
         if protocol != "http":
             raise ValidationError("tracing", "is only allowed with protocol http")
         tracing = parse_tracing(tracing_obj)
+    allowed = namespace_globs(o, "allowed_namespaces")
     o.done()
     return Listener(
         name=name,
@@ -82,6 +90,7 @@ def parse_listener(name: str, o: Obj) -> Listener:
         nodes=tuple(nodes or ("*",)),
         service=service,
         tracing=tracing,
+        allowed_namespaces=allowed,
     )
 
 

@@ -135,6 +135,10 @@ class Route:
     rate_limit: RateLimit | None = None
     mirror: Mirror | None = None
     fault: Fault | None = None
+    created: int = 0
+    """The registry revision that created the route's key (etcd's create_revision; 0:
+    unknown). Across namespaces the older route keeps a contested host and match, and ties
+    of specificity go to the older."""
 
     @property
     def key_name(self) -> str:
@@ -259,8 +263,9 @@ def _fault(o: Obj) -> Fault:
     return Fault(abort_percent or 0, abort_status or 0, delay_percent or 0, delay_ms or 0)
 
 
-def parse_route(namespace: str, name: str, o: Obj) -> Route:
-    """Validate a Route value for the route named by its key."""
+def parse_route(namespace: str, name: str, o: Obj, *, created: int = 0) -> Route:
+    """Validate a Route value for the route named by its key (``created``: the revision
+    that created the key, see :attr:`Route.created`)."""
     listener = o.str_("listener", required=True)
     if not _GLOB.fullmatch(listener):
         raise ValidationError("listener", f"{listener!r} is not a listener name or glob")
@@ -295,6 +300,7 @@ def parse_route(namespace: str, name: str, o: Obj) -> Route:
         rate_limit=_rate_limit(rl_obj) if rl_obj else None,
         mirror=_mirror(mirror_obj, namespace) if mirror_obj else None,
         fault=_fault(fault_obj) if fault_obj else None,
+        created=created,
     )
     o.done()
     return route

@@ -32,9 +32,9 @@ from xds_server.translate.route import (
     affinities,
     default_route,
     default_route_name,
+    ordered_routes,
     route_clusters,
     route_entry,
-    route_order,
     service_domains,
 )
 
@@ -124,7 +124,7 @@ def route_config_bytes(
         domains = [string_field(2, host)]
         matched = host == name or host == "*"  # (by a proxyless client of ``name``)
         entries = []
-        for route in sorted(by_host[host], key=route_order):
+        for route in ordered_routes(by_host[host]):
             entries.append(route_field(route, affinities(route, services)))
             refs |= _route_refs(route)
         owned = owner.get(host)

@@ -13,6 +13,7 @@ merged into that route's virtual host, with the default route last.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
@@ -34,9 +35,38 @@ FAULT = "envoy.filters.http.fault"
 
 
 def route_order(route: Route) -> tuple[int, int, int, str]:
-    """Priority (higher first), then specificity (exact, longest prefix, regex), then key."""
+    """Within one namespace: priority (higher first), then specificity (exact, longest
+    prefix, regex), then key."""
     rank, length = route.specificity()
     return (-route.priority, rank, length, route.key_name)
+
+
+def _across(route: Route) -> tuple[int, int, int, str]:
+    """Across namespaces: specificity, then age (the older route first), then key."""
+    rank, length = route.specificity()
+    return (rank, length, route.created, route.key_name)
+
+
+def ordered_routes(routes: Iterable[Route]) -> list[Route]:
+    """The routes of one virtual host in Envoy's (first match wins) order.
+
+    ``priority`` orders routes within a namespace only, so that no namespace can lift a
+    route over another namespace's: each namespace's routes keep their own order
+    (:func:`route_order`), and the lists are merged by taking, of their next routes, the
+    most specific (exact path, longest prefix, regex), then the oldest. A namespace thus
+    outranks another only with a more specific match (a namespace's catch-all given a high
+    priority still comes after other namespaces' longer prefixes).
+    """
+    by_ns: dict[str, list[Route]] = {}
+    for route in routes:
+        by_ns.setdefault(route.namespace, []).append(route)
+    if len(by_ns) <= 1:
+        return sorted(next(iter(by_ns.values()), []), key=route_order)
+    # heapq.merge takes the least of the lists' next items at each step: the merge wanted,
+    # though a list is not sorted by that key.
+    return list(
+        heapq.merge(*(sorted(rs, key=route_order) for _, rs in sorted(by_ns.items())), key=_across)
+    )
 
 
 def _match(route: Route) -> rc.RouteMatch:
