@@ -5,6 +5,7 @@ other gets ABORTED."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -19,11 +20,17 @@ from xds_server.admin.base import Ctx
 from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, invalid
 from xds_server.admin.join_tokens import JoinTokenRpcs
+from xds_server.admin.leases import check_lease, lease_gone, new_lease_id
 from xds_server.errors import RegistryConflict, TxnTooLarge
-from xds_server.ingest.refs import ServiceView, check_refs
-from xds_server.model import Listener, Service, ServiceRef
+from xds_server.ingest.refs import ServiceView, check_refs, check_tenancy
+from xds_server.model import Listener, Namespace, Route, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE
 from xds_server.model.view import Dependent
+
+NEWEST = 1 << 62
+"""The age a route is judged with when written through the API: newer than every route,
+so a write (an edit of an old route too) never takes a host and match that another
+namespace's route holds in force (docs/security.md, Tenancy)."""
 
 MAX_APPLY = 500
 """Entries per ApplyEntries call. They are one etcd transaction of one operation per entry,
@@ -37,7 +44,7 @@ class RegistryWrites(JoinTokenRpcs):
 
     def _check(self, entry: pb.Entry, who: Principal, batch: Sequence[Checked] = ()) -> Checked:
         checked = conv.check_entry(entry, self.prefix)
-        require(who, "write", checked.key_ref.namespace, checked.where)
+        _require_write(who, checked)
         self._check_refs(checked, batch)
         return checked
 
@@ -45,15 +52,23 @@ class RegistryWrites(JoinTokenRpcs):
         """The registry's reference rules against what is in force plus this batch."""
         services: dict[ServiceRef, Service | None] = {}
         listeners: dict[str, Listener] = {}
+        namespaces: dict[str, Namespace] = {}
         for other in batch:
             if isinstance(other.entity, Service):
                 services[other.entity.ref] = other.entity
             elif isinstance(other.entity, Listener):
                 listeners[other.entity.name] = other.entity
+            elif isinstance(other.entity, Namespace):
+                namespaces[other.entity.name] = other.entity
+        entity = checked.entity
+        if isinstance(entity, Route):
+            entity = dataclasses.replace(entity, created=NEWEST)
         problem = check_refs(
-            checked.entity,
+            entity,
             ServiceView(self.state.registered_services, services),
             {**self.state.listeners, **listeners},  # (a few; this batch's first)
+            {**self.state.namespaces, **namespaces} if namespaces else self.state.namespaces,
+            self.state.owner_of,
         )
         if problem is not None:
             field, reason = problem
@@ -65,16 +80,22 @@ class RegistryWrites(JoinTokenRpcs):
         changed: Mapping[ServiceRef, Service | None],
         force: bool,
         skip: Collection[str] = (),
+        batch: Sequence[Checked] = (),
     ) -> list[str]:
         """Keys of the routes and listeners in force that services becoming ``changed``
-        (None: deleted) would break. Without ``force`` such a write is FAILED_PRECONDITION
-        naming them: it would take their traffic down (an etcd edit doing the same is
-        held off by meshd, which keeps the old value in force for them)."""
+        (None: deleted), or the namespace and listener entries of ``batch``, would break.
+        Without ``force`` such a write is FAILED_PRECONDITION naming them: it would take
+        their traffic down (an etcd edit doing the same to a service is held off by meshd,
+        which keeps the old value in force for them; a namespace's ``export_to`` or a
+        listener's ``allowed_namespaces`` withdrawn takes effect: those routes leave force)."""
         found: dict[str, Dependent] = {}
         for ref, new in changed.items():
             for dep in self.state.dependents(ref, new):
                 if dep.key not in skip:
                     found.setdefault(dep.key, dep)
+        for dep in self._revoked(batch):
+            if dep.key not in skip:
+                found.setdefault(dep.key, dep)
         if found and not force:
             deps = sorted(found.values())
             shown = "; ".join(
@@ -89,6 +110,25 @@ class RegistryWrites(JoinTokenRpcs):
                 f"{'it' if one else 'them'} first, or force the write (meshctl --force; meshd "
                 "then keeps the old value in force for them until they change)",
             )
+        return sorted(found)
+
+    def _revoked(self, batch: Sequence[Checked]) -> list[Dependent]:
+        """Routes in force that the namespace entries (``export_to``) and listeners
+        (``allowed_namespaces``) of ``batch`` would no longer admit."""
+        namespaces = {c.entity.name: c.entity for c in batch if isinstance(c.entity, Namespace)}
+        listeners = {c.entity.name: c.entity for c in batch if isinstance(c.entity, Listener)}
+        if not namespaces and not listeners:
+            return []
+        now_ns, now_ls = self.state.namespaces, self.state.listeners
+        new_ns, new_ls = {**now_ns, **namespaces}, {**now_ls, **listeners}
+        services = self.state.services
+        found = []
+        for key, route in self.state.routes.items():
+            if check_tenancy(route, services, now_ls, now_ns, None) is not None:
+                continue  # (already refused, or held: not this write's doing)
+            problem = check_tenancy(route, services, new_ls, new_ns, None)
+            if problem is not None:
+                found.append(Dependent(key, *problem))
         return sorted(found)
 
     async def _current_revision(self, checked: Checked, given: int) -> tuple[int, int]:
@@ -117,6 +157,9 @@ class RegistryWrites(JoinTokenRpcs):
     async def CreateEntry(self, request: pb.CreateEntryRequest, context: Ctx) -> Message:  # noqa: N802
         async def body(who: Principal) -> Message:
             checked = self._check(request.entry, who)
+            # (no force here: a namespace entry that withdraws export_to is written with
+            # UpdateEntry or ApplyEntries, which take one)
+            self._dependents(checked.where, {}, False, batch=[checked])
             try:
                 rev = await self.registry.txn(
                     puts={checked.key: checked.value}, expect={checked.key: 0}
@@ -134,7 +177,9 @@ class RegistryWrites(JoinTokenRpcs):
         async def body(who: Principal) -> Message:
             checked = self._check(request.entry, who)
             expect, lease = await self._current_revision(checked, checked.revision)
-            dependents = self._dependents(checked.where, _services([checked]), request.force)
+            dependents = self._dependents(
+                checked.where, _services([checked]), request.force, batch=[checked]
+            )
             # An endpoint registered with a TTL keeps its lease: an edit must not make a
             # dead instance immortal.
             rev = await self.registry.txn(
@@ -185,7 +230,7 @@ class RegistryWrites(JoinTokenRpcs):
                     checked = conv.check_entry(entry, self.prefix)
                 except AdminError as exc:
                     raise AdminError(exc.code, f"entries[{i}] {exc.message}") from None
-                require(who, "write", checked.key_ref.namespace, checked.where)
+                _require_write(who, checked)
                 if any(c.key == checked.key for c in batch):
                     raise invalid(checked.where, "", f"entries[{i}] repeats an earlier entry")
                 batch.append(checked)
@@ -193,7 +238,7 @@ class RegistryWrites(JoinTokenRpcs):
                 self._check_refs(checked, batch)
             # What this call rewrites was judged above, against the batch.
             dependents = self._dependents(
-                "", _services(batch), request.force, skip={c.key for c in batch}
+                "", _services(batch), request.force, skip={c.key for c in batch}, batch=batch
             )
             outcomes, puts, expect = [], {}, {}
             for checked in batch:
@@ -302,7 +347,8 @@ class RegistryWrites(JoinTokenRpcs):
             entry = pb.Entry(ref=ref)
             entry.spec.CopyFrom(request.spec)
             checked = self._check(entry, who)
-            lease = await self.registry.lease_grant(int(request.ttl_seconds))
+            # A random id: the lease handle returned is no guess away from another's.
+            lease = await self.registry.lease_grant(int(request.ttl_seconds), new_lease_id())
             try:
                 rev = await self.registry.txn(puts={checked.key: checked.value}, lease=lease)
             except BaseException:
@@ -324,16 +370,30 @@ class RegistryWrites(JoinTokenRpcs):
                 raise invalid(
                     "", "lease", f"must be a lease id from RegisterEndpoint, got {request.lease}"
                 )
+            # Another namespace's lease (or one of no endpoint) is NOT_FOUND like a lease
+            # that does not exist: a guessed id neither tells nor keeps anything alive.
+            await check_lease(self.registry, who, request.lease)
             try:
                 ttl = await self.registry.lease_keepalive(request.lease)
             except RegistryConflict:
-                raise AdminError(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"lease {request.lease} expired or does not exist: register again",
-                ) from None
+                raise lease_gone(request.lease) from None
             return pb.KeepAliveResponse(ttl_seconds=ttl)
 
         return await self._call(context, request, body)
+
+
+def _require_write(who: Principal, checked: Checked) -> None:
+    """PERMISSION_DENIED unless ``who`` may write the entry: in its namespace (listeners:
+    a token for every namespace), and for a route, read every namespace it sends or
+    mirrors to (a token cannot point traffic at services it may not see)."""
+    require(who, "write", checked.key_ref.namespace, checked.where)
+    route = checked.entity
+    if isinstance(route, Route):
+        targets = [d.service for d in route.destinations]
+        if route.mirror is not None:
+            targets.append(route.mirror.service)
+        for ref in dict.fromkeys(targets):
+            require(who, "read", ref.namespace, f"{checked.where}: destination {ref}")
 
 
 def _services(batch: Sequence[Checked]) -> dict[ServiceRef, Service | None]:

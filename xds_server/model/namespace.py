@@ -32,12 +32,13 @@ def matches_any(namespace: str, globs: tuple[str, ...]) -> bool:
     return any(g == "*" or fnmatch.fnmatchcase(namespace, g) for g in globs)
 
 
-def namespace_globs(o: Obj, name: str) -> tuple[str, ...]:
-    """An optional list of namespace globs (default ``["*"]``: every namespace)."""
+def namespace_globs(o: Obj, name: str, *, empty_ok: bool = False) -> tuple[str, ...]:
+    """An optional list of namespace globs (default ``["*"]``: every namespace; ``[]``
+    only where ``empty_ok``)."""
     items = o.str_list(name)
     if items is None:
         return ("*",)
-    if not items:
+    if not items and not empty_ok:
         raise ValidationError(name, "must list at least one namespace glob (or be omitted for '*')")
     if len(items) > MAX_GLOBS:
         raise ValidationError(name, f"{len(items)} globs, at most {MAX_GLOBS}")
@@ -57,7 +58,8 @@ class Namespace:
     default_policy: DefaultPolicy = "allow"
     """What a request to a target no allow policy selects gets (authorization)."""
     export_to: tuple[str, ...] = ("*",)
-    """Globs of the namespaces whose routes may send (or mirror) to this namespace's services."""
+    """Globs of the namespaces whose routes may send (or mirror) to this namespace's services
+    (besides its own; empty: none)."""
 
     def exports_to(self, namespace: str) -> bool:
         """May a route of ``namespace`` send to this namespace's services? (Always its own.)"""
@@ -89,6 +91,6 @@ def parse_namespace(name: str, o: Obj) -> Namespace:
         raise ValidationError(
             "default_policy", f"{policy!r} must be one of {', '.join(DEFAULT_POLICIES)}"
         )
-    export_to = namespace_globs(o, "export_to")
+    export_to = namespace_globs(o, "export_to", empty_ok=True)  # []: its own namespace only
     o.done()
     return Namespace(name, mtls or "off", policy, export_to)  # type: ignore[arg-type]

@@ -128,3 +128,8 @@ class RegistryView(Protocol):
     def dependents(self, ref: ServiceRef, new: Service | None) -> list[Dependent]:
         """Routes and listeners in force that service ``ref`` becoming ``new`` would break."""
         ...
+
+    def owner_of(self, route: Route) -> Route | None:
+        """The older route in force of another namespace that holds one of ``route``'s
+        host and match on a listener both attach to (tenancy), if any."""
+        ...
