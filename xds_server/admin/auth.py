@@ -12,8 +12,10 @@ token may read them (routes attach to them, so every team needs to see them).
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hmac
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ import grpc
 from xds_server.admin.errors import AdminError
 from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
+
+log = logging.getLogger("meshd.admin")
 
 Role = Literal["viewer", "editor"]
 Action = Literal["read", "write"]
@@ -86,11 +90,16 @@ def parse_tokens(data: object, source: str = "tokens file") -> list[tuple[str, P
 
 def load_tokens(path: str | Path) -> Authenticator:
     """Read a tokens file; ValueError with the file and field on any problem."""
+    return Authenticator(read_tokens(path))
+
+
+def read_tokens(path: str | Path) -> list[tuple[str, Principal]]:
+    """The tokens of a tokens file; ValueError with the file and field on any problem."""
     import yaml  # (here: importing PyYAML slows every meshd start, most without tokens)
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-        return Authenticator(parse_tokens(data))
+        return parse_tokens(data)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read tokens file: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -106,6 +115,40 @@ class Authenticator:
         """``None``: no authentication (every call is :data:`OPEN`)."""
         self.enabled = tokens is not None
         self._tokens = [(t.encode(), p) for t, p in (tokens or ())]
+        self.generation = 0
+        """Counts :meth:`replace` calls."""
+        self._changed = asyncio.Event()
+
+    def replace(self, tokens: Iterable[tuple[str, Principal]]) -> None:
+        """Take ``tokens`` in place of those held: calls from now on are checked against
+        them (a removed token is UNAUTHENTICATED at once; streams it opened, such as a
+        ``Watch``, keep running until they end)."""
+        if not self.enabled:
+            raise ValueError("an open admin API (no --tokens) cannot take tokens")
+        self._tokens = [(t.encode(), p) for t, p in tokens]
+        self.generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changed(self, generation: int) -> None:
+        """Return once the tokens are no longer those of ``generation`` (long calls such
+        as ``Watch`` then check their caller again)."""
+        while self.generation == generation:
+            await self._changed.wait()
+
+    def reload(self, path: str | Path) -> bool:
+        """Read the tokens file again (meshd does on SIGHUP). A file that does not read or
+        parse leaves the tokens held in force and says why in one log line; False then."""
+        try:
+            tokens = read_tokens(path)
+        except ValueError as exc:
+            # One line, however the parser words it (YAML errors span several).
+            why = " ".join(str(exc).split())[:500]
+            log.error("tokens file not reloaded, the previous tokens stay in force: %s", why)
+            return False
+        self.replace(tokens)
+        log.info("tokens file %s reloaded: %d tokens", path, len(tokens))
+        return True
 
     def principal(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
         """Who calls; UNAUTHENTICATED when the token is missing or unknown."""

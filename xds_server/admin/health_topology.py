@@ -6,10 +6,14 @@ GetRecommendations, GetServiceMetrics. No I/O: they read
 Reads need the viewer role. What a caller sees is filtered by its namespaces like
 ListEntries filters entries: a service outside them is left out of a listing and refused
 (PERMISSION_DENIED) when named. Proxy groups (``gateway``: a node cluster that is no
-service) have no namespace and are visible to every valid token, like listeners.
+service) have no namespace and are visible to every valid token, like listeners. An
+endpoint's health checkers are node ids: only those of proxies the caller sees are listed
+(its own sidecars and gateways, :mod:`~xds_server.admin.proxy_view`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import grpc
 
@@ -73,8 +77,11 @@ def get_health(
     health: HealthService | None,
     who: Principal,
     request: pb.GetHealthRequest,
+    shows_node: Callable[[str], bool] = lambda node_id: True,
 ) -> pb.GetHealthResponse:
-    """Aggregated health of the services the request selects and the caller may read."""
+    """Aggregated health of the services the request selects and the caller may read;
+    an endpoint's checkers are only the proxies ``shows_node`` lets the caller see (a
+    checker may be another namespace's sidecar)."""
     if health is None:
         raise _unavailable("health aggregation")
     ref = service_filter(request.service, request.namespace)
@@ -95,12 +102,17 @@ def get_health(
         ]
     out = pb.GetHealthResponse()
     for sh in found:
-        out.services.append(service_health(sh, health))
+        out.services.append(service_health(sh, health, shows_node))
     return out
 
 
-def service_health(sh: ServiceHealth, health: HealthService) -> pb.ServiceHealth:
-    """The API form of one service's :class:`ServiceHealth`."""
+def service_health(
+    sh: ServiceHealth,
+    health: HealthService,
+    shows_node: Callable[[str], bool] = lambda node_id: True,
+) -> pb.ServiceHealth:
+    """The API form of one service's :class:`ServiceHealth` (checkers: those
+    ``shows_node`` admits)."""
     ns, _, name = sh.service.partition("/")
     msg = pb.ServiceHealth(
         namespace=ns,
@@ -120,7 +132,7 @@ def service_health(sh: ServiceHealth, health: HealthService) -> pb.ServiceHealth
                 zone=ep.zone,
                 address=ep.address,
                 status=STATUS_TO_PB[ep.status],
-                checkers=ep.checkers,
+                checkers=[c for c in ep.checkers if shows_node(c)],
                 healthy_reports=ep.healthy_reports,
                 unhealthy_reports=ep.unhealthy_reports,
             )

@@ -1,7 +1,7 @@
 """The admin gRPC server: MeshAdminService, CSDS, gRPC health and server reflection.
 
 Health and reflection stay open without a token (load balancers and grpcurl need them);
-the admin service checks bearer tokens per call (see :mod:`xds_server.admin.auth`).
+the admin service and CSDS check bearer tokens per call (see :mod:`xds_server.admin.auth`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ async def start_admin_server(
     reflection (over TLS with ``credentials``); returns the server and the bound port."""
     check_exposure(address, admin.auth)
     server = grpc.aio.server(options=ADMIN_OPTIONS)
-    server.add_generic_rpc_handlers((admin.handler(), CsdsServicer(admin.streams).handler()))
+    csds = CsdsServicer(admin.streams, admin.proxy_access)  # (same tokens as the admin API)
+    server.add_generic_rpc_handlers((admin.handler(), csds.handler()))
     health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME, CSDS_SERVICE):

@@ -6,6 +6,8 @@ Nothing is cached here: reads go to etcd; proxy status comes from the open strea
 
 from __future__ import annotations
 
+import asyncio
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,13 +26,21 @@ from xds_server.admin.health_topology import (
     get_topology,
 )
 from xds_server.admin.policy_check import check_policy
-from xds_server.admin.proxies import SHORT_TO_TYPE, connections, proxy_resources, proxy_status
+from xds_server.admin.proxies import (
+    SHORT_TO_TYPE,
+    connections,
+    not_connected,
+    proxy_resources,
+    proxy_status,
+)
+from xds_server.admin.proxy_view import ProxyView
 from xds_server.admin.trust_bundle import TrustBundleRpcs
-from xds_server.admin.watch import event_message, event_namespace, event_types
+from xds_server.admin.watch import EventFilter, event_message, event_types
 from xds_server.admin.writes import RegistryWrites
 from xds_server.errors import MeshError
-from xds_server.events import WatcherOverflow
+from xds_server.events import MeshEvent, WatcherOverflow
 from xds_server.model.names import parse_key
+from xds_server.server.ads import Connection
 
 __all__ = ["SERVICE_NAME", "AdminServicer"]
 
@@ -120,12 +130,16 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
 
     async def GetProxyStatus(self, request: pb.GetProxyStatusRequest, context: Ctx) -> Message:  # noqa: N802
         async def body(who: Principal) -> Message:
+            view = ProxyView(who, self.state)
             conns = connections(self.streams, request.node_id)
-            if request.node_id and not conns:  # as GetProxyConfig: a node asked for by name
-                raise AdminError(
-                    grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} is not connected"
-                )
-            return pb.GetProxyStatusResponse(proxies=[proxy_status(c) for c in conns])
+            if request.node_id:
+                # A proxy the caller may not see answers as one not connected: the same
+                # NOT_FOUND, so asking tells nothing about other namespaces.
+                if not view.node_visible(conns):
+                    raise not_connected(request.node_id)
+            else:
+                conns = [c for c in conns if view.sees(c)]
+            return pb.GetProxyStatusResponse(proxies=[proxy_status(c, view.held) for c in conns])
 
         return await self._call(context, request, body)
 
@@ -138,22 +152,43 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
                 raise invalid(
                     "", "type", f"must be SDS, CDS, EDS, LDS or RDS, got {request.type!r}"
                 )
+            view = ProxyView(who, self.state)
             conns = connections(self.streams, request.node_id)
-            if not conns:
-                raise AdminError(
-                    grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} is not connected"
-                )
+            if not view.node_visible(conns):
+                raise not_connected(request.node_id)
             conn = conns[-1]  # the newest stream of the node is the one it uses
             return pb.GetProxyConfigResponse(
-                status=proxy_status(conn), resources=proxy_resources(conn, short)
+                status=proxy_status(conn, view.held),
+                resources=proxy_resources(conn, short, view.held),
             )
 
         return await self._call(context, request, body)
 
+    async def proxy_access(self, context: Ctx) -> ProxyView:
+        """CSDS's access check: the caller's token, as for every admin RPC (UNAUTHENTICATED
+        without one), and what it may see of the proxies."""
+        try:
+            who = self.auth.principal(context.invocation_metadata())
+        except MeshError as exc:
+            err = from_mesh_error(exc)
+            await context.abort(err.code, err.message)
+        return ProxyView(who, self.state)
+
     # -- health and topology (bodies in health_topology.py) ---------------------------------------
 
     async def GetHealth(self, request: pb.GetHealthRequest, context: Ctx) -> Message:  # noqa: N802
-        return await self._now(context, request, get_health, self.health)
+        def answer(health: Any, who: Principal, req: pb.GetHealthRequest) -> Message:
+            view = ProxyView(who, self.state)
+            if view.everything:
+                return get_health(health, who, req)
+            by_node: dict[str, list[Connection]] = {}
+            for conn in connections(self.streams):  # (indexed once: checkers repeat)
+                by_node.setdefault(conn.stream.node_id, []).append(conn)
+            return get_health(
+                health, who, req, shows_node=lambda node: view.node_visible(by_node.get(node, []))
+            )
+
+        return await self._now(context, request, answer, self.health)
 
     async def GetTopology(self, request: pb.GetTopologyRequest, context: Ctx) -> Message:  # noqa: N802
         return await self._now(context, request, get_topology, self.topology)
@@ -194,22 +229,48 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
         try:
             if isinstance(request, Malformed):
                 raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-            who = self.auth.principal(context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            generation = self.auth.generation
+            who = self.auth.principal(metadata)
             types = event_types(request.types)
         except MeshError as exc:
             err = from_mesh_error(exc)
             await context.abort(err.code, err.message)
             return
         sub = self.events.subscribe(types)
+        admit = EventFilter(ProxyView(who, self.state), self.streams, self.prefix).admits
+        tokens_changed = asyncio.ensure_future(self.auth.changed(generation))
+        next_event: asyncio.Future[MeshEvent] | None = None
         try:
             # Initial metadata tells the client it is subscribed: events from here on.
             await context.send_initial_metadata((("x-mesh-watching", "1"),))
-            async for event in sub:
-                ns = event_namespace(event, self.prefix)
-                if ns and not who.may("read", ns):
+            while True:
+                if next_event is None:
+                    next_event = asyncio.ensure_future(anext(sub))
+                waiting: set[asyncio.Future[Any]] = {next_event, tokens_changed}
+                await asyncio.wait(waiting, return_when=FIRST_COMPLETED)
+                if tokens_changed.done():
+                    # The tokens file was reloaded: the caller is checked again, and a
+                    # removed token's stream ends (a narrowed one sees less from now on).
+                    generation = self.auth.generation
+                    try:
+                        who = self.auth.principal(metadata)
+                    except MeshError as exc:
+                        err = from_mesh_error(exc)
+                        await context.abort(err.code, f"{err.message} (tokens file reloaded)")
+                    admit = EventFilter(
+                        ProxyView(who, self.state), self.streams, self.prefix
+                    ).admits
+                    tokens_changed = asyncio.ensure_future(self.auth.changed(generation))
+                if not next_event.done():
                     continue
-                yield event_message(event)
+                event, next_event = next_event.result(), None
+                if admit(event):
+                    yield event_message(event)
         except WatcherOverflow as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         finally:
+            tokens_changed.cancel()
+            if next_event is not None:
+                next_event.cancel()
             sub.close()

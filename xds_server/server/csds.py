@@ -3,12 +3,16 @@
 The same facts as the admin API's proxy status, in the standard shape: per connected node,
 one ``GenericXdsConfig`` per resource it holds, with the version, when it was last pushed,
 and the type's state (ACKED / NACKED with Envoy's message / REQUESTED).
+
+Who may see what is the caller's business (the admin API's tokens): each request first
+asks ``access`` for a :class:`ProxyFilter`, which ends the call itself when the caller may
+not ask at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 import re2
@@ -18,6 +22,7 @@ from envoy.service.status.v3 import csds_pb2
 from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from xds_server.resources.resource import Resource
 from xds_server.resources.secrets import dump_any
 from xds_server.resources.types import TYPE_ORDER
 from xds_server.server.ads import Connection, StreamRegistry
@@ -130,8 +135,37 @@ def node_matches(matchers: list[node_pb2.NodeMatcher], conn: Connection) -> bool
     return False
 
 
-def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.ClientConfig:
-    """One node's config status, per resource."""
+class ProxyFilter(Protocol):
+    """What one caller may see of the connected proxies."""
+
+    def sees(self, conn: Connection) -> bool:
+        """Whether the caller sees this proxy at all."""
+        ...
+
+    def held(self, conn: Connection, type_url: str) -> Sequence[Resource]:
+        """What the caller may see of the resources ``conn`` holds of ``type_url``."""
+        ...
+
+
+class Everything:
+    """A :class:`ProxyFilter` that shows every proxy whole."""
+
+    def sees(self, conn: Connection) -> bool:
+        return True
+
+    def held(self, conn: Connection, type_url: str) -> Sequence[Resource]:
+        return conn.stream.held(type_url)
+
+
+Access: TypeAlias = Callable[[_Ctx], Awaitable[ProxyFilter]]
+"""Who calls and what they may see; aborts the call (e.g. UNAUTHENTICATED) itself."""
+
+
+def client_config(
+    conn: Connection, *, include_contents: bool, shown: ProxyFilter | None = None
+) -> csds_pb2.ClientConfig:
+    """One node's config status, per resource (those ``shown`` lets the caller see)."""
+    held = (shown or Everything()).held
     out = csds_pb2.ClientConfig(
         node=base_pb2.Node(id=conn.stream.node_id, cluster=conn.stream.node_cluster)
     )
@@ -145,7 +179,7 @@ def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.Clien
         if ts.last_push is not None:
             pushed = timestamp_pb2.Timestamp()
             pushed.FromNanoseconds(int(ts.last_push * 1e9))
-        for res in conn.stream.held(t):
+        for res in held(conn, t):
             cfg = out.generic_xds_configs.add(
                 type_url=t,
                 name=res.name,
@@ -167,33 +201,44 @@ def client_config(conn: Connection, *, include_contents: bool) -> csds_pb2.Clien
 class CsdsServicer:
     """Serves Fetch/StreamClientStatus from the open ADS streams."""
 
-    def __init__(self, streams: StreamRegistry) -> None:
+    def __init__(self, streams: StreamRegistry, access: Access | None = None) -> None:
+        """``access``: who may see what (None: everyone sees everything)."""
         self.streams = streams
+        self.access = access
 
-    def respond(self, req: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:
+    def respond(
+        self, req: csds_pb2.ClientStatusRequest, shown: ProxyFilter | None = None
+    ) -> csds_pb2.ClientStatusResponse:
+        """The status of the nodes ``req`` selects, of those ``shown`` lets the caller see."""
+        shown = shown or Everything()
         conns = sorted(
             (c for c in self.streams.connections.values() if c.stream.node_id),
             key=lambda c: (c.stream.node_id, c.id),
         )
         matchers = list(req.node_matchers)
+        include = not req.exclude_resource_contents
         return csds_pb2.ClientStatusResponse(
             config=[
-                client_config(c, include_contents=not req.exclude_resource_contents)
+                client_config(c, include_contents=include, shown=shown)
                 for c in conns
-                if node_matches(matchers, c)
+                if shown.sees(c) and node_matches(matchers, c)
             ]
         )
+
+    async def _shown(self, context: _Ctx) -> ProxyFilter:
+        return Everything() if self.access is None else await self.access(context)
 
     async def FetchClientStatus(  # noqa: N802 (gRPC method name)
         self, request: csds_pb2.ClientStatusRequest, context: _Ctx
     ) -> csds_pb2.ClientStatusResponse:
-        return self.respond(request)
+        return self.respond(request, await self._shown(context))
 
     async def StreamClientStatus(  # noqa: N802
         self, request_iterator: AsyncIterator[csds_pb2.ClientStatusRequest], context: _Ctx
     ) -> AsyncIterator[csds_pb2.ClientStatusResponse]:
         async for request in request_iterator:
-            yield self.respond(request)
+            # Checked per request: a token removed from the tokens file stops answering.
+            yield self.respond(request, await self._shown(context))
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
