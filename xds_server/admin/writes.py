@@ -23,7 +23,7 @@ from xds_server.admin.join_tokens import JoinTokenRpcs
 from xds_server.admin.leases import check_lease, lease_gone, new_lease_id
 from xds_server.errors import RegistryConflict, TxnTooLarge
 from xds_server.ingest.refs import ServiceView, check_refs, check_tenancy
-from xds_server.model import Listener, Namespace, Route, Service, ServiceRef
+from xds_server.model import Listener, Route, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE
 from xds_server.model.view import Dependent
 
@@ -52,14 +52,11 @@ class RegistryWrites(JoinTokenRpcs):
         """The registry's reference rules against what is in force plus this batch."""
         services: dict[ServiceRef, Service | None] = {}
         listeners: dict[str, Listener] = {}
-        namespaces: dict[str, Namespace] = {}
         for other in batch:
             if isinstance(other.entity, Service):
                 services[other.entity.ref] = other.entity
             elif isinstance(other.entity, Listener):
                 listeners[other.entity.name] = other.entity
-            elif isinstance(other.entity, Namespace):
-                namespaces[other.entity.name] = other.entity
         entity = checked.entity
         if isinstance(entity, Route):
             entity = dataclasses.replace(entity, created=NEWEST)
@@ -67,7 +64,7 @@ class RegistryWrites(JoinTokenRpcs):
             entity,
             ServiceView(self.state.registered_services, services),
             {**self.state.listeners, **listeners},  # (a few; this batch's first)
-            {**self.state.namespaces, **namespaces} if namespaces else self.state.namespaces,
+            self.state.namespaces,  # (written with etcd: the API has no namespace kind)
             self.state.owner_of,
         )
         if problem is not None:
@@ -83,11 +80,11 @@ class RegistryWrites(JoinTokenRpcs):
         batch: Sequence[Checked] = (),
     ) -> list[str]:
         """Keys of the routes and listeners in force that services becoming ``changed``
-        (None: deleted), or the namespace and listener entries of ``batch``, would break.
-        Without ``force`` such a write is FAILED_PRECONDITION naming them: it would take
-        their traffic down (an etcd edit doing the same to a service is held off by meshd,
-        which keeps the old value in force for them; a namespace's ``export_to`` or a
-        listener's ``allowed_namespaces`` withdrawn takes effect: those routes leave force)."""
+        (None: deleted), or the listeners of ``batch``, would break. Without ``force`` such
+        a write is FAILED_PRECONDITION naming them: it would take their traffic down (an
+        etcd edit doing the same to a service is held off by meshd, which keeps the old
+        value in force for them; a listener's ``allowed_namespaces`` withdrawn takes
+        effect: those routes leave force)."""
         found: dict[str, Dependent] = {}
         for ref, new in changed.items():
             for dep in self.state.dependents(ref, new):
@@ -113,20 +110,19 @@ class RegistryWrites(JoinTokenRpcs):
         return sorted(found)
 
     def _revoked(self, batch: Sequence[Checked]) -> list[Dependent]:
-        """Routes in force that the namespace entries (``export_to``) and listeners
-        (``allowed_namespaces``) of ``batch`` would no longer admit."""
-        namespaces = {c.entity.name: c.entity for c in batch if isinstance(c.entity, Namespace)}
+        """Routes in force that the listeners of ``batch`` would no longer admit
+        (``allowed_namespaces``)."""
         listeners = {c.entity.name: c.entity for c in batch if isinstance(c.entity, Listener)}
-        if not namespaces and not listeners:
+        if not listeners:
             return []
-        now_ns, now_ls = self.state.namespaces, self.state.listeners
-        new_ns, new_ls = {**now_ns, **namespaces}, {**now_ls, **listeners}
+        namespaces, now = self.state.namespaces, self.state.listeners
+        new = {**now, **listeners}
         services = self.state.services
         found = []
         for key, route in self.state.routes.items():
-            if check_tenancy(route, services, now_ls, now_ns, None) is not None:
-                continue  # (already refused, or held: not this write's doing)
-            problem = check_tenancy(route, services, new_ls, new_ns, None)
+            if check_tenancy(route, services, now, namespaces, None) is not None:
+                continue  # (already refused: not this write's doing)
+            problem = check_tenancy(route, services, new, namespaces, None)
             if problem is not None:
                 found.append(Dependent(key, *problem))
         return sorted(found)
@@ -157,8 +153,8 @@ class RegistryWrites(JoinTokenRpcs):
     async def CreateEntry(self, request: pb.CreateEntryRequest, context: Ctx) -> Message:  # noqa: N802
         async def body(who: Principal) -> Message:
             checked = self._check(request.entry, who)
-            # (no force here: a namespace entry that withdraws export_to is written with
-            # UpdateEntry or ApplyEntries, which take one)
+            # (no force here: a listener that would shut routes out is created with
+            # ApplyEntries, which takes one)
             self._dependents(checked.where, {}, False, batch=[checked])
             try:
                 rev = await self.registry.txn(

@@ -147,12 +147,13 @@ def _default_host_owner(
         owned = services.get(ref)
         if ns == namespace or owned is None or owned.protocol == "tcp":
             return None
-        return f"is the default host of service {ref} (namespace {ns}'s)"
+        return f"is the default host of service {ref}: only routes of namespace {ns} may name it"
     if name == "*" and not colon:
         return None  # Envoy's catch-all: every exact and wildcard domain wins over it
     tail = name[1:]
+    rule = f"a suffix wildcard must end with .{namespace} (or hold two dots)"
     if not colon and tail.isdigit():
-        return "could match any host with a port (<svc>.<ns>:<port>) of every namespace"
+        return f"could match any host with a port (<svc>.<ns>:<port>) of every namespace; {rule}"
     dots = tail.count(".")
     if dots >= 2:
         return None
@@ -160,11 +161,8 @@ def _default_host_owner(
         ns = tail.rpartition(".")[2]
         if ns == namespace:
             return None
-        return f"could match default hosts <svc>.{ns} of namespace {ns}"
-    return (
-        f"could match default hosts <svc>.<ns> of namespaces ending in {tail!r}; a suffix "
-        f"wildcard must end with .{namespace} or name a domain with two dots"
-    )
+        return f"could match default hosts <svc>.{ns} of namespace {ns}; {rule}"
+    return f"could match default hosts <svc>.<ns> of namespaces ending in {tail!r}; {rule}"
 
 
 def check_tenancy(
@@ -206,7 +204,7 @@ def check_tenancy(
     for i, host in enumerate(route.hosts):
         why = _default_host_owner(host, ns, services)
         if why is not None:
-            return (f"hosts[{i}]", f"{host!r} {why}; only that namespace's routes may claim it")
+            return (f"hosts[{i}]", f"{host!r} {why}")
     owner = owner_of(route) if owner_of is not None else None
     if owner is not None:
         shared = next(h for h in route.hosts if h in owner.hosts)
