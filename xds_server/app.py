@@ -54,6 +54,7 @@ from xds_server.server.observers import (
     StreamMetrics,
     StreamPresence,
 )
+from xds_server.stream_limits import DEFAULT_SHARED_WIRE_MB, StreamGuard, StreamLimits
 from xds_server.token_authority import TokenAuthority
 from xds_server.topology.lrs import LrsServicer, TopologyCollector, TopologyService
 
@@ -118,6 +119,11 @@ class MeshConfig:
     rotation in seconds. No flag sets it."""
     data_dir: str | None = None
     """Where meshd writes ``ca.pem`` (the trust bundle) at start; None: nowhere."""
+    xds_limits: StreamLimits = field(default_factory=StreamLimits)
+    """What one xDS client may cost: names, streams per address, request rate, responses
+    queued (``--xds-max-*``, ``--xds-request-*``)."""
+    shared_cache_mb: int = DEFAULT_SHARED_WIRE_MB
+    """Encoded responses kept to share between streams (``--xds-shared-cache-mb``)."""
 
 
 def default_server_names() -> tuple[str, ...]:
@@ -153,7 +159,7 @@ class MeshApp:
         """Join tokens in force and the streams bound to them (``--xds-auth required``)."""
         xds_auth = self.join_tokens if self.config.xds_auth else None
         self.metrics = Metrics()
-        self.cache = ConfigCache()
+        self.cache = ConfigCache(wire_budget=self.config.shared_cache_mb * 1024 * 1024)
         self.trimmer = HeapTrimmer(
             self.config.heap_trim_quiet,
             self.config.heap_trim_max_delay,
@@ -161,6 +167,11 @@ class MeshApp:
         )
         """Gives memory back to the OS after bursts: xDS traffic, registry changes."""
         self.streams = StreamRegistry()
+        self.guard = StreamGuard(
+            self.config.xds_limits, lambda limit: self.metrics.xds_limited.labels(limit).inc()
+        )
+        """Per-client limits of the xDS port, shared by ADS, HDS and LRS."""
+        self.guard.log.on_suppressed = self.metrics.log_lines_held.inc
         self.events = EventBus()
         self.dns = DnsCache(self._dns_answered)
         """Addresses of endpoint names, resolved in the background (an input of the loop)."""
@@ -185,11 +196,12 @@ class MeshApp:
             observers=[
                 StreamPresence(self.issuer.connected, self.issuer.disconnected),
                 StreamMetrics(self.metrics, self.cache),
-                StreamEvents(self.events),
+                StreamEvents(self.events, self.metrics.log_lines_held.inc),
                 StreamConvergence(self.metrics.convergence),
                 StreamActivity(self.trimmer.poke),
             ],
             auth=xds_auth,
+            guard=self.guard,
         )
         self.metrics.watch_streams(
             lambda: [c.stream for c in list(self.streams.connections.values())]
@@ -238,8 +250,8 @@ class MeshApp:
         server.add_generic_rpc_handlers(
             (
                 self.ads.handler(),
-                HdsServicer(self.health, self.ads.auth).handler(),
-                LrsServicer(self.topology, self.ads.auth).handler(),
+                HdsServicer(self.health, self.ads.auth, self.guard).handler(),
+                LrsServicer(self.topology, self.ads.auth, self.guard).handler(),
             )
         )
         self._health_tasks = [

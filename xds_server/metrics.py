@@ -118,6 +118,19 @@ class Metrics:
             "meshd_registry_errors_total",
             "Failed calls to the registry (etcd), watch breaks included",
         )
+        self.xds_limited = new.counter(
+            "meshd_xds_limited_total",
+            "xDS streams ended (or requests paced: request_rate) because a client went over "
+            "a limit: names, streams_per_peer, request_rate, queued_responses",
+            "limit",
+        )
+        for limit in ("names", "streams_per_peer", "request_rate", "queued_responses"):
+            self.xds_limited.labels(limit)
+        self.log_lines_held = new.counter(
+            "meshd_log_lines_held_back_total",
+            "Client-driven log lines (NACKs, unknown types, limit refusals) not written "
+            "because the same line repeated too often",
+        )
         self.registry_connected = new.gauge(
             "meshd_registry_connected", "1 while the registry watch is established"
         )

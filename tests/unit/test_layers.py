@@ -28,6 +28,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "events": frozenset(),
     X + "listen": frozenset(),
     X + "stream_auth": frozenset(),
+    X + "log_limit": frozenset(),
+    X + "stream_limits": frozenset({X + "log_limit"}),
     X + "model": frozenset({X + "errors", X + "resources"}),
     X + "identity": frozenset({X + "model", X + "resources", X + "errors"}),
     X + "cache": frozenset({X + "resources"}),
@@ -36,7 +38,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "metrics_http": frozenset({X + "metrics", X + "model", X + "resources"}),
     X + "server": frozenset(
         {X + "cache", X + "resources", X + "errors", X + "events", X + "metrics"}
-        | {X + "stream_auth"}
+        | {X + "stream_auth", X + "stream_limits", X + "log_limit"}
     ),
     X + "ingest": frozenset(
         {X + "cache", X + "translate", X + "model", X + "resources", X + "errors"}
@@ -44,11 +46,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     X + "health": frozenset(
         {X + "ingest", X + "translate", X + "model", X + "resources", X + "errors"}
-        | {X + "events", X + "metrics", X + "stream_auth"}
+        | {X + "events", X + "metrics", X + "stream_auth", X + "stream_limits"}
     ),
     X + "topology": frozenset(
         {X + "ingest", X + "translate", X + "model", X + "resources", X + "errors"}
-        | {X + "events", X + "metrics", X + "stream_auth"}
+        | {X + "events", X + "metrics", X + "stream_auth", X + "stream_limits"}
     ),
     X + "token_authority": frozenset(
         {X + "ingest", X + "model", X + "resources", X + "errors", X + "stream_auth"}

@@ -35,11 +35,15 @@ from xds_server.resources.types import TYPE_ORDER
 
 __all__ = ["WILDCARD_TYPES", "ConfigCache", "Pending", "Scope", "Watcher"]
 
+_UNSHARED_SWEEP_BYTES = 1024 * 1024
+"""Below this many bytes kept, a stream's end does not look for responses to drop."""
+
 
 class ConfigCache:
     """Global index of translated resources plus scopes, watchers and shared memos."""
 
-    def __init__(self) -> None:
+    def __init__(self, wire_budget: int = 64 * 1024 * 1024) -> None:
+        """``wire_budget``: bytes of encoded responses :meth:`shared_wire` keeps at most."""
         self.index: dict[str, dict[str, Resource]] = {t: {} for t in TYPE_ORDER}
         self.xors: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
         self.type_generation: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
@@ -66,6 +70,11 @@ class ConfigCache:
         self._set_xors: dict[tuple[str, frozenset[str]], tuple[int, int]] = {}
         self._wire: dict[tuple[object, ...], bytes] = {}
         self._wire_generation = -1
+        self._wire_bytes = 0
+        self._wire_budget = wire_budget
+        self._wire_shared: set[tuple[object, ...]] = set()  # keys asked for more than once
+        self.wire_evictions = 0
+        """Encoded responses dropped to stay within the budget (or never kept: too big)."""
 
     # -- writes -----------------------------------------------------------------------
 
@@ -221,14 +230,51 @@ class ConfigCache:
         return xor
 
     def shared_wire(self, key: tuple[object, ...], build: Callable[[], bytes]) -> bytes:
-        """Encoded responses that many streams get identically are built once per generation."""
+        """Encoded responses that many streams get identically are built once per generation.
+
+        At most ``wire_budget`` bytes are kept (the oldest go first): a client that asks for
+        a new subscription over and over makes a new response each time, and none of them
+        may stay until the next registry change. When a stream ends, the responses only one
+        stream asked for are dropped (:meth:`unwatch`).
+        """
         if self._wire_generation != self.generation:
-            self._wire.clear()
+            self._drop_wire()
             self._wire_generation = self.generation
         wire = self._wire.get(key)
-        if wire is None:
-            wire = self._wire[key] = build()
+        if wire is not None:
+            self._wire_shared.add(key)
+            return wire
+        wire = build()
+        size = len(wire)
+        if size > self._wire_budget:
+            self.wire_evictions += 1
+            return wire
+        while self._wire and self._wire_bytes + size > self._wire_budget:
+            old = next(iter(self._wire))
+            self._wire_bytes -= len(self._wire.pop(old))
+            self._wire_shared.discard(old)
+            self.wire_evictions += 1
+        self._wire[key] = wire
+        self._wire_bytes += size
         return wire
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes of encoded responses kept for sharing now."""
+        return self._wire_bytes
+
+    def _drop_wire(self) -> None:
+        self._wire.clear()
+        self._wire_shared.clear()
+        self._wire_bytes = 0
+
+    def _drop_unshared_wire(self) -> None:
+        """Drop the responses only one stream asked for: the stream that ended may have
+        been the one. Cheap to rebuild if another stream asks after all."""
+        if self._wire_bytes < _UNSHARED_SWEEP_BYTES:
+            return
+        for key in [k for k in self._wire if k not in self._wire_shared]:
+            self._wire_bytes -= len(self._wire.pop(key))
 
     def watch(self) -> Watcher:
         """A new inbox that hears every change until :meth:`set_interest` narrows it."""
@@ -242,6 +288,7 @@ class ConfigCache:
         self.set_interest(w, {})
         self._watchers.discard(w)
         self._open.discard(w)
+        self._drop_unshared_wire()
 
     def set_interest(self, w: Watcher, interest: Interest) -> None:
         """Declare what ``w`` listens to from now on (see :class:`Watcher`).
@@ -296,3 +343,9 @@ class ConfigCache:
                 holders.discard(subscription)
                 if not holders:
                     del by_name[name]
+        # No stream watches this set any more (it changed its subscription, or ended): let
+        # it go now rather than at the next sweep, which a quiet cache may never reach
+        # (a large set holds its names, and its memoized XOR, until then).
+        self._set_xors.pop((t, subscription), None)
+        if not any(subscription in groups for groups in self._groups.values()):
+            self._interned.pop(subscription, None)

@@ -22,6 +22,7 @@ from xds_server.identity.ca import CaError, MeshCA
 from xds_server.listen import ListenError, check_free, parse_listen
 from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from xds_server.model.join_token import TOKENS_DIR
+from xds_server.stream_limits import DEFAULT_SHARED_WIRE_MB, StreamLimits
 
 log = logging.getLogger("meshd")
 
@@ -79,6 +80,60 @@ _SAFEGUARDS = (
 what it does. Each has an environment variable, ``MESHD_`` and its name."""
 
 
+_LIMITS = StreamLimits()
+_XDS_LIMITS: tuple[tuple[str, type[int] | type[float], int | float, str], ...] = (
+    (
+        "--xds-max-names",
+        int,
+        _LIMITS.max_names,
+        "resource names one xDS stream may subscribe to, per type",
+    ),
+    (
+        "--xds-max-streams-per-peer",
+        int,
+        _LIMITS.max_streams_per_peer,
+        "open ADS, HDS and LRS streams from one IP address",
+    ),
+    (
+        "--xds-request-rate",
+        float,
+        _LIMITS.request_rate,
+        "requests per second one xDS stream may send; a stream over it is paced, not ended",
+    ),
+    (
+        "--xds-request-burst",
+        int,
+        _LIMITS.request_burst,
+        "requests one xDS stream may send at once above --xds-request-rate",
+    ),
+    (
+        "--xds-max-queued-responses",
+        int,
+        _LIMITS.max_queued_responses,
+        "responses waiting for a client that does not read them before its stream is ended",
+    ),
+    (
+        "--xds-shared-cache-mb",
+        int,
+        DEFAULT_SHARED_WIRE_MB,
+        "MB of encoded responses kept to share between streams",
+    ),
+)
+"""The per-client limits of the xDS port (see docs/xds.md, Limits): flag, type, default,
+what it bounds. Each has an environment variable, ``MESHD_`` and its name."""
+
+
+def _limits(args: argparse.Namespace) -> StreamLimits:
+    """The ``--xds-max-*`` flags as the limits in force."""
+    return StreamLimits(
+        max_names=args.xds_max_names,
+        max_streams_per_peer=args.xds_max_streams_per_peer,
+        request_rate=args.xds_request_rate,
+        request_burst=args.xds_request_burst,
+        max_queued_responses=args.xds_max_queued_responses,
+    )
+
+
 def _dest(flag: str) -> str:
     """The attribute argparse stores ``flag`` in: ``--xds-auth`` -> ``xds_auth``."""
     return flag.removeprefix("--").replace("-", "_")
@@ -124,6 +179,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often Envoys send LRS load reports and HDS results (HDS: sooner when a "
         "service's health_check interval is shorter)",
     )
+    for flag, kind, default, what in _XDS_LIMITS:
+        env = "MESHD_" + _dest(flag).upper()
+        p.add_argument(
+            flag,
+            type=kind,
+            default=kind(_env(env, str(default)) or default),
+            help=f"{what} (env {env}; default {default})",
+        )
     for flag, on, what in _SAFEGUARDS:
         env = "MESHD_" + _dest(flag).upper()
         p.add_argument(
@@ -235,6 +298,8 @@ async def run(args: argparse.Namespace) -> int:
         xds_auth=xds_auth,
         xds_tls=xds_tls,
         server_names=tuple(n.strip() for n in args.server_names.split(",") if n.strip()),
+        xds_limits=_limits(args),
+        shared_cache_mb=args.xds_shared_cache_mb,
     )
     app = MeshApp(registry, config, tokens=tokens)
     stop = asyncio.Event()

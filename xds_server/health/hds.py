@@ -38,6 +38,7 @@ from xds_server.stream_auth import (
     StreamRejected,
     authenticated_stream,
 )
+from xds_server.stream_limits import StreamGuard
 from xds_server.translate.cluster import health_check, ms
 from xds_server.translate.mtls import upstream_socket
 
@@ -259,10 +260,17 @@ def cluster_health_check(
 class HdsServicer:
     """``StreamHealthCheck`` over a :class:`HealthService`."""
 
-    def __init__(self, health: HealthService, auth: StreamAuthenticator | None = None) -> None:
+    def __init__(
+        self,
+        health: HealthService,
+        auth: StreamAuthenticator | None = None,
+        guard: StreamGuard | None = None,
+    ) -> None:
         self.health = health
         self.auth = auth
         """With ``--xds-auth required``: only authenticated checkers, bound to their node."""
+        self.guard = guard or StreamGuard()
+        """Streams per peer address and request rate (shared with ADS and LRS)."""
 
     def handler(self) -> grpc.GenericRpcHandler:
         stream = grpc.stream_stream_rpc_method_handler(
@@ -305,8 +313,12 @@ class HdsServicer:
         requests: AsyncIterator[hds_pb2.HealthCheckRequestOrEndpointHealthResponse],
         context: Any,
     ) -> AsyncIterator[hds_pb2.HealthCheckSpecifier]:
-        async with authenticated_stream(self.auth, context, log, "HDS") as peer:
-            async for spec in self._checker(requests, context, peer):
+        async with (
+            self.guard.stream(context, "HDS") as where,
+            authenticated_stream(self.auth, context, log, "HDS") as peer,
+        ):
+            paced = self.guard.paced(requests, where)
+            async for spec in self._checker(paced, context, peer):
                 yield spec
 
     async def _checker(

@@ -212,7 +212,16 @@ def _scaling(o: Obj) -> Scaling:
     return scaling
 
 
+MAX_SUBSETS = 64
+"""Subsets one service may declare. Each subset is an Envoy cluster on every proxy that
+sees the service, so a service with thousands of them costs every gateway that much
+config and memory; 64 versions or shards of one service is far more than a rollout uses."""
+
+
 def _subsets(o: Obj) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    count = len(list(o.items()))
+    if count > MAX_SUBSETS:
+        raise ValidationError(o.path, f"has {count} subsets, at most {MAX_SUBSETS}")
     out = []
     for name, selector in o.items():
         field = o.field(name)

@@ -43,6 +43,7 @@ from xds_server.stream_auth import (
     StreamRejected,
     authenticate_stream,
 )
+from xds_server.stream_limits import LimitExceeded, StreamGuard
 
 __all__ = ["ADS_SERVICE", "AdsServicer", "Connection", "StreamRegistry", "admin_address"]
 
@@ -62,12 +63,16 @@ class AdsServicer:
         observers: Iterable[StreamObserver] = (),
         clock: Callable[[], float] = time.time,
         auth: StreamAuthenticator | None = None,
+        guard: StreamGuard | None = None,
     ) -> None:
         self.cache = cache
         self.streams = streams
         self.clock = clock
         self.auth = auth
         """Who may open a stream and for which node (``--xds-auth``); None: everyone."""
+        self.guard = guard or StreamGuard()
+        """Per-client limits (streams per address, names, request rate, queued responses),
+        shared with HDS and LRS."""
         self.hooks = StreamHooks(observers)
         """What the observers hear of every stream (metrics, events, convergence, ...)."""
 
@@ -109,6 +114,25 @@ class AdsServicer:
         request_iterator: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
+        guard = self.guard
+        where = context.peer()
+        try:
+            host = guard.open(where, "ADS")
+        except LimitExceeded as exc:
+            await context.abort(exc.code, exc.message)
+        try:
+            await self._serve_counted(stream, request_iterator, context, guard, where)
+        finally:
+            guard.close(host)
+
+    async def _serve_counted(
+        self,
+        stream: XdsStream,
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        guard: StreamGuard,
+        where: str,
+    ) -> None:
         hooks = self.hooks
         auth = self.auth
         # Before anything is watched or read: a stream without a valid token costs nothing
@@ -124,6 +148,9 @@ class AdsServicer:
         live = False
         conn: Connection | None = None
         admin: str | None = None
+        bucket = guard.bucket()
+        writer = asyncio.current_task()
+        writing = False  # the writer is in a write (which a client that never reads blocks)
 
         def handle(raw: Any) -> None:
             """One request, handled where it is read: an ACK (most requests) costs no
@@ -140,6 +167,7 @@ class AdsServicer:
                 _claim(auth, peer, req)
             if admin is None and req.HasField("node"):
                 admin = admin_address(req.node, context.peer())
+            _check_names(guard, where, stream, req)
             if key is not None:
                 assert isinstance(stream, SotwStream)
                 out: list[Response] | list[DeltaResponse] = stream.on_request(req, key)
@@ -161,6 +189,7 @@ class AdsServicer:
                     connected(conn)
             if out:
                 outbox.extend((resp, False) for resp in out)
+                guard.check_queued(where, len(outbox))
                 watcher.event.set()
             elif stream.settled and not (outbox or watcher.pending or watcher.scopes_changed):
                 # An ACK that completes a push: in sync with everything so far.
@@ -171,6 +200,7 @@ class AdsServicer:
             nonlocal closed
             try:
                 async for req in request_iterator:
+                    await guard.pace(bucket, where)
                     if not live:
                         inbox.append(req)
                         watcher.event.set()
@@ -179,6 +209,10 @@ class AdsServicer:
                         handle(req)
                     except Exception as exc:  # ends the RPC with it, raised by the writer
                         failure.append(exc)
+                        if writing and writer is not None:
+                            # Blocked on a client that does not read: end it now, not
+                            # when (if ever) the write completes.
+                            writer.cancel()
                         return
                     # Hold nothing of it while waiting for the next one: a SotW ACK repeats
                     # every name, times thousands of streams.
@@ -215,7 +249,17 @@ class AdsServicer:
                     outbox.extend((r, True) for r in stream.on_change(pending, scopes_changed))
                 while outbox:
                     resp, from_change = outbox.pop(0)
-                    await context.write(resp.wire(self.cache))
+                    writing = True
+                    try:
+                        await context.write(resp.wire(self.cache))
+                    except asyncio.CancelledError:
+                        if not failure or writer is None:
+                            raise
+                        writer.uncancel()  # (cancelled by the reader, for this failure)
+                        outbox.clear()
+                        raise failure[0] from None
+                    finally:
+                        writing = False
                     for pushed in hooks.pushed:
                         pushed(stream, resp, from_change)
                 if stream.settled and not watcher.pending and not watcher.scopes_changed:
@@ -241,6 +285,9 @@ class AdsServicer:
                 "ending stream from peer=%s node=%.64s: %s", context.peer(), stream.node_id, exc
             )
             await context.abort(exc.code, exc.message)
+        except LimitExceeded as exc:  # (counted and logged where it was found)
+            outbox.clear()
+            await context.abort(exc.code, exc.message)
         finally:
             reader.cancel()
             if peer is not None and auth is not None:
@@ -250,6 +297,23 @@ class AdsServicer:
                 self.streams.remove(conn)
             for closed_hook in hooks.closed:
                 closed_hook(watcher, stream, conn)
+
+
+def _check_names(guard: StreamGuard, where: str, stream: XdsStream, req: Any) -> None:
+    """Refuse a subscription over the limit before it is stored: a SotW request names its
+    whole subscription (none when it was read lightly: it repeats a known one); a Delta
+    request adds names to it, or lists those it holds on a new stream."""
+    if isinstance(stream, SotwStream):
+        if req.resource_names:
+            guard.check_names(where, req.type_url, len(req.resource_names))
+        return
+    added = len(req.resource_names_subscribe)
+    held = len(req.initial_resource_versions)
+    if not added and not held:
+        return
+    ts = stream.types.get(req.type_url)
+    before = len(ts.subscribed) if ts is not None else 0
+    guard.check_names(where, req.type_url, max(before + added, held))
 
 
 def _claim(auth: StreamAuthenticator | None, peer: StreamPeer, req: Any) -> None:

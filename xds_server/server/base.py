@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 from xds_server.cache import ConfigReader, ConfigWatcher, Pending, ScopeView
+from xds_server.log_limit import clip
 from xds_server.resources.resource import BoundedMemo, Resource
 from xds_server.resources.types import LISTENER, ROUTE, TYPE_ORDER
 
@@ -40,6 +41,28 @@ _OUTCOMES: dict[tuple[OutcomeKind, str], RequestOutcome] = {
     for kind in ("initial", "ack", "stale", "update")
     for t in TYPE_ORDER
 }
+
+
+KEPT_CHARS = 4096
+"""How much of a client's NACK text (or unknown type URL) a stream keeps: what
+``meshctl proxy-status`` and the admin Watch show. The rest is the client's to repeat."""
+
+
+class _ErrorDetail(Protocol):
+    @property
+    def code(self) -> int: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+def nack_text(detail: _ErrorDetail) -> str:
+    """A NACK's error text as a stream keeps it: at most :data:`KEPT_CHARS` of it."""
+    return (
+        clip(detail.message, KEPT_CHARS, one_line=False)
+        if detail.message
+        else f"code {detail.code}"
+    )
 
 
 def outcome(kind: OutcomeKind, type_url: str) -> RequestOutcome:
@@ -195,7 +218,9 @@ class StreamBase(Generic[S]):
         self._adopt_node(req)
         t = KNOWN_TYPES.get(req.type_url)
         if t is None:
-            self.last_outcome = RequestOutcome("unknown_type", req.type_url)
+            self.last_outcome = RequestOutcome(
+                "unknown_type", clip(req.type_url, KEPT_CHARS, one_line=False)
+            )
             return None
         ts = self.types.get(t)
         if ts is None:

@@ -45,6 +45,7 @@ from xds_server.server.base import (
     ResponseBase,
     StatusBase,
     StreamBase,
+    nack_text,
     outcome,
 )
 
@@ -247,7 +248,7 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         nonce = req.response_nonce
         nacks = req.HasField("error_detail")
         if nacks and nonce and nonce == ts.nonce:
-            ts.nack = req.error_detail.message or f"code {req.error_detail.code}"
+            ts.nack = nack_text(req.error_detail)
             ts.nack_names = ts.inflight.get(nonce, ())
             ts.acked = False
             self.last_outcome = RequestOutcome("nack", t, ts.nack)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from xds_server.cache import ConfigReader, Watcher
 from xds_server.events import EventBus
+from xds_server.log_limit import LogLimiter, clip
 from xds_server.metrics import ConvergenceTracker, Metrics
 from xds_server.resources.types import SHORT
 from xds_server.server.base import RequestOutcome
@@ -137,15 +138,24 @@ class StreamEvents(StreamObserver):
     """Tells people: connections, NACKs and unknown types in the log, and connections,
     NACKs and pushes on the event bus (the admin API's ``Watch``)."""
 
-    def __init__(self, events: EventBus) -> None:
+    def __init__(self, events: EventBus, on_log_held: Callable[[int], None] | None = None) -> None:
         self.events = events
+        self.limiter = LogLimiter(log, on_suppressed=on_log_held)
+        """NACK and unknown-type lines are the client's to repeat: a few per stream and
+        window, then a count of those held back."""
 
     def request(self, stream: XdsStream, outcome: RequestOutcome | None) -> None:
         if outcome is None:
             return
         if outcome.kind == "nack":
             short = SHORT.get(outcome.type_url, "other")
-            log.warning("NACK from node=%s type=%s: %s", stream.node_id, short, outcome.message)
+            self.limiter.warning(
+                ("nack", id(stream)),
+                "NACK from node=%s type=%s: %s",
+                clip(stream.node_id),
+                short,
+                clip(outcome.message),
+            )
             ts = stream.types.get(outcome.type_url)
             self.events.publish(
                 "nack",
@@ -155,14 +165,19 @@ class StreamEvents(StreamObserver):
                 message=outcome.message,
             )
         elif outcome.kind == "unknown_type":
-            log.warning("node=%s asked for unknown type %s", stream.node_id, outcome.type_url)
+            self.limiter.warning(
+                ("unknown_type", id(stream)),
+                "node=%s asked for unknown type %s",
+                clip(stream.node_id),
+                clip(outcome.type_url),
+            )
 
     def connected(self, conn: Connection) -> None:
         stream = conn.stream
         log.info(
             "proxy connected: node=%s cluster=%s protocol=%s peer=%s",
-            stream.node_id,
-            stream.node_cluster,
+            clip(stream.node_id),
+            clip(stream.node_cluster),
             stream.protocol,
             conn.peer,
         )
@@ -184,7 +199,7 @@ class StreamEvents(StreamObserver):
 
     def closed(self, key: Watcher, stream: XdsStream, conn: Connection | None) -> None:
         if conn is not None:
-            log.info("proxy disconnected: node=%s", stream.node_id)
+            log.info("proxy disconnected: node=%s", clip(stream.node_id))
             self.events.publish("proxy_disconnected", node_id=stream.node_id)
 
 

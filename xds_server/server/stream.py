@@ -47,6 +47,7 @@ from xds_server.server.base import (
     StatusBase,
     StreamBase,
     SyncState,
+    nack_text,
     outcome,
 )
 
@@ -126,7 +127,7 @@ class SotwStream(StreamBase[TypeStatus]):
             return []
         first = not ts.started
         if nacks and nonce:
-            ts.nack = req.error_detail.message or f"code {req.error_detail.code}"
+            ts.nack = nack_text(req.error_detail)
             ts.acked = False
             self.last_outcome = RequestOutcome("nack", t, ts.nack)
         elif nonce:

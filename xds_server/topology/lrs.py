@@ -29,6 +29,7 @@ from xds_server.stream_auth import (
     authenticated_stream,
     until_ended,
 )
+from xds_server.stream_limits import StreamGuard
 from xds_server.topology.graph import (
     Graph,
     Recommendation,
@@ -179,8 +180,15 @@ def _cluster_load(cs: Any) -> ClusterLoad:
 class LrsServicer:
     """``StreamLoadStats`` over a :class:`TopologyService`."""
 
-    def __init__(self, topology: TopologyService, auth: StreamAuthenticator | None = None) -> None:
+    def __init__(
+        self,
+        topology: TopologyService,
+        auth: StreamAuthenticator | None = None,
+        guard: StreamGuard | None = None,
+    ) -> None:
         self.topology = topology
+        self.guard = guard or StreamGuard()
+        """Streams per peer address and request rate (shared with ADS and HDS)."""
         self.auth = auth
         """With ``--xds-auth required``: reports only from authenticated proxies, for the
         identity of their token (their node is bound to it)."""
@@ -196,7 +204,11 @@ class LrsServicer:
     async def stream_load_stats(
         self, requests: AsyncIterator[lrs_pb2.LoadStatsRequest], context: Any
     ) -> AsyncIterator[lrs_pb2.LoadStatsResponse]:
-        async with authenticated_stream(self.auth, context, log, "LRS") as peer:
+        async with (
+            self.guard.stream(context, "LRS") as where,
+            authenticated_stream(self.auth, context, log, "LRS") as peer,
+        ):
+            requests = self.guard.paced(requests, where)
             if peer is not None:
                 # Ended from outside: at once, not at its next report.
                 requests = until_ended(peer, requests)
