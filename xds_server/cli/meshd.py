@@ -169,8 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tokens",
         default=_env("MESHD_TOKENS", None),
-        help="admin API bearer tokens file (YAML/JSON); without it the admin API is open and "
-        "allowed on loopback only",
+        help="admin API bearer tokens file (YAML/JSON), read again on SIGHUP; without it the "
+        "admin API is open and allowed on loopback only",
     )
     p.add_argument(
         "--report-interval-ms",
@@ -306,6 +306,8 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.tokens:  # SIGHUP reads the tokens file again (a bad file keeps the old tokens)
+        loop.add_signal_handler(signal.SIGHUP, auth.reload, args.tokens)
     try:
         try:
             if not await _start(app, registry, stop):
