@@ -35,12 +35,8 @@ from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
 from xds_server.metrics import Metrics
-from xds_server.metrics_http import (
-    DISCONNECTED_KEEP_S,
-    MetricsServer,
-    ProxyTarget,
-    RecentTargets,
-)
+from xds_server.metrics_http import HEADER_TIMEOUT_S, MAX_CONNECTIONS, MetricsServer
+from xds_server.metrics_sd import DISCONNECTED_KEEP_S, ProxyTarget, RecentTargets, sd_listable
 from xds_server.model import ServiceRef
 from xds_server.model.identity import DEFAULT_TRUST_DOMAIN
 from xds_server.model.join_token import TOKENS_DIR
@@ -98,6 +94,10 @@ class MeshConfig:
     """... or at the latest this long after the first activity since the last trim (s)."""
     sd_keep_disconnected_s: float = DISCONNECTED_KEEP_S
     """How long a proxy stays in ``/sd/envoy`` after its stream closed (s)."""
+    metrics_header_timeout_s: float = HEADER_TIMEOUT_S
+    """Seconds a metrics port connection has to send its request headers."""
+    metrics_max_connections: int = MAX_CONNECTIONS
+    """Connections open at once on the metrics port."""
     xds_tls: bool = False
     """xDS and the admin API over TLS, with a serving certificate from the mesh CA
     (``--xds-tls on``)."""
@@ -292,7 +292,14 @@ class MeshApp:
             )
         if self.config.metrics:
             host, port = parse_listen("--metrics", self.config.metrics)
-            self._metrics_server = MetricsServer(self.metrics.registry, self.proxy_targets)
+            self._metrics_server = MetricsServer(
+                self.metrics.registry,
+                self.proxy_targets,
+                guard=self.metrics.label_guard,
+                refused=lambda reason: self.metrics.http_refused.labels(reason).inc(),
+                header_timeout=self.config.metrics_header_timeout_s,
+                max_connections=self.config.metrics_max_connections,
+            )
             try:
                 self.metrics_port = self._metrics_server.start(host, port).port
             except OSError as exc:
@@ -367,11 +374,13 @@ class MeshApp:
 
     def proxy_targets(self) -> list[ProxyTarget]:
         """Proxies that told their admin address (``/sd/envoy``): connected now, or within
-        ``sd_keep_disconnected_s`` (so a lost stream shows in their metrics); thread-safe."""
+        ``sd_keep_disconnected_s`` (so a lost stream shows in their metrics); thread-safe.
+        Only addresses that are the proxy's own (:func:`sd_listable`); with ``xds_auth``
+        every listed stream has been authenticated (others never get this far)."""
         return self._sd_targets.targets(
             ProxyTarget(c.admin_address, c.stream.node_id, c.stream.node_cluster, c.protocol)
             for c in list(self.streams.connections.values())
-            if c.admin_address
+            if c.admin_address and sd_listable(c.admin_address, c.peer)
         )
 
     def _health_changed(

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from xds_server.metrics_labels import LabelGuard, bounded, check_node_cluster
 from xds_server.model.names import KINDS
 from xds_server.resources.types import SHORT
 
@@ -29,6 +30,18 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 _CONVERGENCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 SYNC_STATES = ("SYNCED", "STALE", "NACKED", "NOT_SENT")
+
+__all__ = [
+    "SYNC_STATES",
+    "ConvergenceTracker",
+    "HealthMetrics",
+    "LiveCounts",
+    "Metrics",
+    "StreamCollector",
+    "StreamView",
+    "TypeView",
+    "check_node_cluster",
+]
 
 
 class _Families:
@@ -60,12 +73,12 @@ class Metrics:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         r = self.registry = CollectorRegistry()
         new = _Families(r)
-        self.connected_proxies = new.gauge(
+        self.connected_proxies = LiveCounts(
             "meshd_connected_proxies",
             "xDS streams currently open, by node cluster and protocol (sotw, delta)",
-            "node_cluster",
-            "protocol",
+            ("node_cluster", "protocol"),
         )
+        r.register(self.connected_proxies)
         self.pushes = new.counter(
             "meshd_xds_pushes_total", "DiscoveryResponses sent, by resource type", "type"
         )
@@ -148,6 +161,30 @@ class Metrics:
             "meshd_heap_trim_released_bytes_total",
             "Resident memory those trims gave back (RSS before minus after)",
         )
+        self.labels_truncated = new.counter(
+            "meshd_metrics_label_values_truncated_total",
+            "Label values over the length limit shortened in a scrape, by metric",
+            "metric",
+        )
+        self.series_dropped = new.counter(
+            "meshd_metrics_series_dropped_total",
+            "Series folded into an __other__ series in a scrape because a client-chosen "
+            "label had too many values, by metric",
+            "metric",
+        )
+        self.http_refused = new.counter(
+            "meshd_metrics_http_refused_total",
+            "Connections to the metrics port closed or refused: connections (over the "
+            "limit of open ones), timeout (request headers not in time), bad_request",
+            "reason",
+        )
+        for reason in ("connections", "timeout", "bad_request"):
+            self.http_refused.labels(reason)
+        self.label_guard = LabelGuard(
+            lambda metric, n: self.labels_truncated.labels(metric).inc(n),
+            lambda metric, n: self.series_dropped.labels(metric).inc(n),
+        )
+        """What ``/metrics`` renders goes through it (client-chosen label values bounded)."""
         self.health = HealthMetrics(r)
         # Every series an alert or dashboard reads exists from the start, at 0: a query for
         # NACKs or rejections returns data (zeros) before the first one happens.
@@ -169,6 +206,61 @@ class Metrics:
     def watch_streams(self, source: Callable[[], Iterable[StreamView]]) -> None:
         """Export the sync state of the streams ``source`` lists, computed at each scrape."""
         self.registry.register(StreamCollector(source))
+
+
+class LiveCounts(Collector):
+    """A gauge of things open now (streams), by labels, whose series goes away when its
+    count returns to 0: a node cluster's series lasts as long as one of its proxies is
+    connected, not for the life of the process. Same ``labels(...).inc()/.dec()`` as a
+    prometheus_client gauge. Label values are :func:`bounded` as they come in, so a
+    client's long name is never kept whole here. Written on the event loop, read by the
+    metrics server's thread (a dict copy under the GIL)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def labels(self, *values: str) -> _LiveChild:
+        """The series of ``values`` (one per label name)."""
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+        return _LiveChild(self._counts, tuple(bounded(v) for v in values))
+
+    def value(self, *values: str) -> int:
+        """The count of ``values`` now (0: no series)."""
+        return self._counts.get(tuple(bounded(v) for v in values), 0)
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, n in sorted(self._counts.copy().items()):
+            family.add_metric(list(key), n)
+        yield family
+
+
+class _LiveChild:
+    __slots__ = ("_counts", "_key")
+
+    def __init__(self, counts: dict[tuple[str, ...], int], key: tuple[str, ...]) -> None:
+        self._counts = counts
+        self._key = key
+
+    def inc(self, amount: int = 1) -> None:
+        self._add(amount)
+
+    def dec(self, amount: int = 1) -> None:
+        self._add(-amount)
+
+    def _add(self, amount: int) -> None:
+        n = self._counts.get(self._key, 0) + amount
+        if n > 0:
+            self._counts[self._key] = n
+        else:
+            self._counts.pop(self._key, None)
 
 
 # --------------------------------------------------------------------------- convergence
@@ -320,7 +412,8 @@ class StreamCollector(Collector):
         ages: dict[str, float] = {}
         now = self._clock()
         for stream in list(self._source()):
-            cluster = stream.node_cluster or "unknown"
+            # (bounded here already: the whole family is built from these keys)
+            cluster = bounded(stream.node_cluster) or "unknown"
             ages.setdefault(cluster, 0.0)
             for type_url, ts in list(stream.types.items()):
                 short = _short_type(type_url)

@@ -17,7 +17,7 @@ from tests.support.stream_mesh import BASE
 from tests.support.wait import eventually
 from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.metrics import Metrics
-from xds_server.metrics_http import ProxyTarget, RecentTargets, sd_document
+from xds_server.metrics_sd import ProxyTarget, RecentTargets, sd_document
 from xds_server.resources import CLUSTER
 from xds_server.server.ads import admin_address
 

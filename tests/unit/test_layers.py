@@ -34,8 +34,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "identity": frozenset({X + "model", X + "resources", X + "errors"}),
     X + "cache": frozenset({X + "resources"}),
     X + "translate": frozenset({X + "model", X + "resources", X + "errors"}),
-    X + "metrics": frozenset({X + "model", X + "resources"}),
-    X + "metrics_http": frozenset({X + "metrics", X + "model", X + "resources"}),
+    X + "metrics_labels": frozenset({X + "stream_auth"}),
+    X + "metrics": frozenset({X + "metrics_labels", X + "model", X + "resources"}),
+    X + "metrics_sd": frozenset({X + "metrics_labels"}),
+    X + "metrics_http": frozenset(
+        {X + "metrics", X + "metrics_labels", X + "metrics_sd", X + "model", X + "resources"}
+    ),
     X + "server": frozenset(
         {X + "cache", X + "resources", X + "errors", X + "events", X + "metrics"}
         | {X + "stream_auth", X + "stream_limits", X + "log_limit"}

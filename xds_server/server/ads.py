@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from xds_server.cache import ConfigWatcher
 from xds_server.errors import ProtocolError
+from xds_server.metrics import check_node_cluster
 from xds_server.server.connections import (
     Connection,
     StreamRegistry,
@@ -165,6 +166,8 @@ class AdsServicer:
                 req, key = raw, None
             if peer is not None:
                 _claim(auth, peer, req)
+            if req.HasField("node"):  # (a label value: bounded, or the stream is refused)
+                check_node_cluster(req.node)
             if admin is None and req.HasField("node"):
                 admin = admin_address(req.node, context.peer())
             _check_names(guard, where, stream, req)
