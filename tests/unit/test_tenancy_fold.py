@@ -8,7 +8,10 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from xds_server.ingest.refs import contests
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
 from xds_server.ingest.state import RegistryState
 from xds_server.model import Route
@@ -43,9 +46,9 @@ class Registry:
         self.state.apply(Changes(self.revision, (Event("delete", key, b"", self.revision),)))
 
     def fresh(self) -> RegistryState:
-        """A meshd started on this registry (one listing)."""
+        """A meshd started on this registry (one listing, in key order as etcd lists)."""
         state = RegistryState(PREFIX)
-        state.apply(Reset(self.revision, tuple(self.content.values())))
+        state.apply(Reset(self.revision, tuple(e for _, e in sorted(self.content.items()))))
         return state
 
     def reason(self, key: str) -> str:
@@ -259,3 +262,37 @@ def test_priority_orders_routes_within_a_namespace_only() -> None:
     assert order == ["shop/api", "default/api", "auth/all", "auth/exact"]
     # One namespace: priority first, as before.
     assert [r.key_name for r in ordered_routes([exact, catch_all])] == ["auth/all", "auth/exact"]
+
+
+_NAMES = [f"/mesh/routes/{ns}/r{i}" for ns in ("a", "b", "c") for i in range(2)]
+_SPECS = [
+    {"listener": listener, "hosts": [host], "match": match}
+    for listener in ("public", "*", "internal")
+    for host in ("*", "x.example.com")
+    for match in ({"prefix": "/"}, {"prefix": "/p"})
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(_NAMES), st.integers(0, len(_SPECS))), max_size=14))
+def test_who_holds_a_contested_claim_depends_on_the_registry_not_its_history(
+    ops: list[tuple[str, int]],
+) -> None:
+    # Keys are created or deleted, never edited (an edit keeps a last good value that a
+    # fresh start cannot know): then a meshd that saw every step serves what a meshd
+    # started on the result serves, and no two namespaces hold one claim.
+    r = Registry()
+    r.put("/mesh/listeners/public", {"port": 10000})
+    r.put("/mesh/listeners/internal", {"port": 10001})
+    for ns in ("a", "b", "c"):
+        r.put(f"/mesh/services/{ns}/s", {"port": 80})
+    for key, spec in ops:
+        if key in r.content:
+            r.delete(key)
+        elif spec < len(_SPECS):
+            r.put(key, {**_SPECS[spec], "destinations": [{"service": "s"}]})
+        fresh = r.fresh()
+        assert fresh.routes == r.state.routes
+        assert fresh.problems == r.state.problems
+        held = list(r.state.routes.values())
+        assert not any(contests(one, other) for one in held for other in held)

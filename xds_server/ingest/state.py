@@ -116,10 +116,12 @@ class RegistryState:
         self._held: dict[ServiceRef, Service | None] = {}
         """Services kept in force as they were for routes or listeners that depend on them,
         though the registry deleted them (None) or changed them (their new value)."""
-        self._claim_keys: dict[Claim, dict[str, None]] = {}
-        """Route keys by the (host, match) their last valid value or value in force takes:
-        who may contest whom (tenancy), without a walk over every route."""
-        self._key_claims: dict[str, frozenset[Claim]] = {}
+        self._claim_keys: dict[Claim, dict[str, dict[str, None]]] = {}
+        """Route keys by the (host, match) their last valid value or value in force takes,
+        then by namespace: who may contest whom (tenancy), without a walk over every route
+        nor over one namespace's own routes."""
+        self._key_claims: dict[str, tuple[str, frozenset[Claim]]] = {}
+        """Route key -> its namespace and what it is indexed under in ``_claim_keys``."""
 
     # -- folding updates ---------------------------------------------------------------
 
@@ -286,11 +288,15 @@ class RegistryState:
         if self._claim_keys:
             stack = list(found)
             while stack:
-                for claim in self._key_claims.get(stack.pop(), ()):
-                    for other in self._claim_keys[claim]:
-                        if other not in found:
-                            found[other] = None
-                            stack.append(other)
+                ns, held = self._key_claims.get(stack.pop(), ("", frozenset()))
+                for claim in held:
+                    for other_ns, others in self._claim_keys[claim].items():
+                        if other_ns == ns:
+                            continue  # (within a namespace, nothing is contested)
+                        for other in others:
+                            if other not in found:
+                                found[other] = None
+                                stack.append(other)
         return sorted(found, key=self._route_age)
 
     def _route_age(self, key: str) -> tuple[int, str]:
@@ -300,21 +306,26 @@ class RegistryState:
     def _reindex(self, key: str) -> None:
         """Index route ``key`` by the claims of its last valid value and its value in force."""
         new: set[Claim] = set()
+        ns = ""
         for value in (self._latest.get(key), self._force.get(key)):
             if isinstance(value, Route):
                 new.update(claims(value))
-        old = self._key_claims.get(key, frozenset())
+                ns = value.namespace  # (the key's: both values are of one key)
+        old_ns, old = self._key_claims.get(key, ("", frozenset()))
         if old == new:
             return
         for claim in old - new:
-            bucket = self._claim_keys[claim]
+            by_ns = self._claim_keys[claim]
+            bucket = by_ns[old_ns]
             del bucket[key]
             if not bucket:
-                del self._claim_keys[claim]
+                del by_ns[old_ns]
+                if not by_ns:
+                    del self._claim_keys[claim]
         for claim in new - old:
-            self._claim_keys.setdefault(claim, {})[key] = None
+            self._claim_keys.setdefault(claim, {}).setdefault(ns, {})[key] = None
         if new:
-            self._key_claims[key] = frozenset(new)
+            self._key_claims[key] = (ns, frozenset(new))
         else:
             self._key_claims.pop(key, None)
 
@@ -324,15 +335,18 @@ class RegistryState:
         best: Route | None = None
         force = self._force
         for claim in claims(route):
-            for key in self._claim_keys.get(claim, ()):
-                other = force.get(key)
-                if (
-                    isinstance(other, Route)
-                    and contests(route, other)
-                    and age(other) < age(route)
-                    and (best is None or age(other) < age(best))
-                ):
-                    best = other
+            for ns, keys in self._claim_keys.get(claim, {}).items():
+                if ns == route.namespace:
+                    continue
+                for key in keys:
+                    other = force.get(key)
+                    if (
+                        isinstance(other, Route)
+                        and contests(route, other)
+                        and age(other) < age(route)
+                        and (best is None or age(other) < age(best))
+                    ):
+                        best = other
         return best
 
     def _resolve_endpoints(self, keys: Iterable[str], changes: ChangeSet) -> None:
