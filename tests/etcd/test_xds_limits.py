@@ -20,7 +20,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
-from integration.bench_scale import Meshd, seed
+from integration.bench_abuse import MeshdProcess
+from integration.bench_scale import seed
 from tests.support.wait import eventually
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.server.ads import ADS_SERVICE
@@ -39,7 +40,7 @@ async def meshd(
     *flags: str,
     services: int = 4,
     endpoints: int = 2,
-) -> AsyncIterator[Meshd]:
+) -> AsyncIterator[MeshdProcess]:
     """meshd as its own process on ``prefix`` of the shared etcd, seeded with ``services``
     services of ``endpoints`` endpoints, serving when this yields."""
     registry = EtcdRegistry(etcd.endpoint, prefix=prefix)
@@ -47,9 +48,7 @@ async def meshd(
         revision, _, _ = await seed(registry, services, endpoints)
     finally:
         await registry.close()
-    proc = Meshd(
-        etcd.endpoint, tmp_path, "meshd", log_level="info", extra_args=["--prefix", prefix, *flags]
-    )
+    proc = MeshdProcess(etcd.endpoint, prefix, tmp_path, flags)
     try:
         await proc.wait_ready(revision, timeout=60)
         yield proc
@@ -347,7 +346,7 @@ async def test_subsets_over_the_limit_are_rejected(
                 entry = await registry.get(etcd_prefix + "status/errors/services/default/huge")
                 return entry.value.decode() if entry is not None else None
 
-            problem = await eventually(status, "a status error for the service", 10)
+            problem: str | None = await eventually(status, "a status error for the service", 10)
             assert problem is not None and "subsets" in problem, problem
             assert "4000 subsets, at most 64" in problem, problem
         finally:
@@ -358,4 +357,3 @@ async def test_subsets_over_the_limit_are_rejected(
             cds = discovery_pb2.DiscoveryResponse.FromString(await s.read())
             s.call.cancel()
         assert len(cds.resources) == 4 + 1 + 64, len(cds.resources)
-

@@ -15,6 +15,7 @@ trimming are :mod:`~xds_server.server.observers` the composition root subscribes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -251,6 +252,9 @@ class AdsServicer:
                 if pending or scopes_changed:
                     outbox.extend((r, True) for r in stream.on_change(pending, scopes_changed))
                 while outbox:
+                    if failure:  # (found by the reader while the last write was blocked)
+                        outbox.clear()
+                        raise failure[0]
                     resp, from_change = outbox.pop(0)
                     writing = True
                     try:
@@ -290,7 +294,10 @@ class AdsServicer:
             await context.abort(exc.code, exc.message)
         except LimitExceeded as exc:  # (counted and logged where it was found)
             outbox.clear()
-            await context.abort(exc.code, exc.message)
+            # Sending the status waits behind the unread response of a client that does
+            # not read: give up on telling it after a moment, the stream's state goes anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(context.abort(exc.code, exc.message), _ABORT_WAIT_S)
         finally:
             reader.cancel()
             if peer is not None and auth is not None:
@@ -371,6 +378,9 @@ class MalformedRequest(ProtocolError):
         self.size = len(data)
         self.head = data[:_HEAD_BYTES].hex()
 
+
+_ABORT_WAIT_S = 1.0
+"""How long a stream ended for a limit waits to send its status (see LimitExceeded)."""
 
 _HEAD_BYTES = 16
 """How much of a malformed request its log line shows."""

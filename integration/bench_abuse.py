@@ -1,0 +1,418 @@
+"""Abuse benchmark: hostile clients against one meshd that also serves well-behaved ones.
+
+meshd runs as its own process on a real etcd, with ``--clients`` well-behaved simulated
+proxies (:mod:`integration.loadgen`, half SotW, half Delta). It measures the change latency
+those clients see (etcd write -> every client holds it, as :mod:`integration.bench_scale`
+does) first without abuse, then while the abusers run, and prints meshd's RSS: at baseline,
+its peak during the abuse, and after the abusers left. The abusers are those of issue 22:
+
+- ``names``: streams each subscribing to hundreds of thousands of unique EDS names;
+- ``flip``: one client flipping its EDS subscription without nonces, reading every answer;
+- ``deaf``: the same from a client that never reads;
+- ``clusters``: short streams with a 1 MB ``node.cluster`` each, then concurrent scrapes
+  of ``/metrics``;
+- ``half-open``: connections to the metrics port that send half a request and wait.
+
+Targets (issue 22): RSS under +100 MB over the baseline, the clients' p99 within 2x of the
+run without abuse, and RSS back within 10% of the baseline once the abusers left.
+
+    python -m integration.bench_abuse [--clients 100] [--services 200] [--changes 40]
+
+Sizes default to the issue's; ``--small`` makes every one tiny (the smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.etcd import EmbeddedEtcd, EtcdRegistry
+from integration.bench_scale import Latency, marker_value, measure_changes, seed
+from integration.harness import free_port
+from integration.loadgen import LoadGenGroup, raise_nofile_limit
+
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of ``pid`` in kB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class MeshdProcess:
+    """meshd as its own process (the console script next to sys.executable): its xDS and
+    metrics ports, its log in ``workdir``, extra flags as given."""
+
+    def __init__(
+        self, etcd: str, prefix: str, workdir: Path, flags: Sequence[str] = (), log: str = "info"
+    ) -> None:
+        raise_nofile_limit()  # (inherited: meshd may hold thousands of sockets)
+        self.xds_port, self.metrics_port, admin = free_port(), free_port(), free_port()
+        self.log_path = workdir / "meshd.log"
+        exe = Path(sys.executable).with_name("meshd")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                *cmd,
+                *("--etcd", etcd, "--prefix", prefix),
+                *("--xds", f"127.0.0.1:{self.xds_port}"),
+                *("--metrics", f"127.0.0.1:{self.metrics_port}"),
+                *("--admin", f"127.0.0.1:{admin}"),
+                *("--data-dir", str(workdir / "meshd-data"), "--log-level", log, "--grace", "0.5"),
+                *flags,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.xds_port}"
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.proc.pid)
+
+    async def metrics(self, *names: str) -> dict[str, float]:
+        """``name{k=v,...}`` -> value of meshd's /metrics samples (of ``names`` only, if given)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return str(r.read().decode())
+
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(await asyncio.to_thread(get)):
+            for s in fam.samples:
+                if names and not any(s.name.startswith(n) for n in names):
+                    continue
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    async def wait_ready(self, revision: int, timeout: float = 60) -> None:
+        """Until meshd serves ``revision``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"meshd exited with {self.proc.returncode}:\n{tail}")
+            with contextlib.suppress(OSError):
+                m = await self.metrics("meshd_registry_revision")
+                if m.get("meshd_registry_revision", 0) >= revision:
+                    return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"meshd not at revision {revision} after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- abusers
+
+
+def _sotw(type_url: str, names: Sequence[str] = (), node: str = "", cluster: str = "") -> bytes:
+    req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
+    if node:
+        req.node.id, req.node.cluster = node, cluster or "abuser"
+    return bytes(req.SerializeToString())
+
+
+@contextlib.asynccontextmanager
+async def _raw_stream(channel: grpc.aio.Channel, first: bytes) -> AsyncIterator[Any]:
+    """An ADS stream of raw bytes whose requests are put on the yielded call's queue."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    queue.put_nowait(first)
+
+    async def requests() -> AsyncIterator[bytes]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    call = channel.stream_stream(ADS)(requests())
+    call.queue = queue
+    try:
+        yield call
+    finally:
+        call.cancel()
+
+
+async def names_flood(target: str, streams: int, names: int, wait: float = 30.0) -> str:
+    """``streams`` streams, each subscribing to ``names`` unique EDS names at once; how
+    meshd ended them (a stream within the limit stays open: ``wait`` s)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+
+        async def one(i: int) -> str:
+            asked = [f"{j:x}.{i}" for j in range(names)]
+            async with _raw_stream(channel, _sotw(EDS, asked, f"names-{i}")) as call:
+                with contextlib.suppress(TimeoutError):
+                    code = await asyncio.wait_for(call.code(), wait)
+                    return str(code.name)
+                return f"still open after {wait:.0f} s"
+
+        codes = await asyncio.gather(*(one(i) for i in range(streams)))
+    return f"{streams} x {names} names: {', '.join(sorted(set(codes)))}"
+
+
+def _half(i: int, services: int) -> list[str]:
+    return [f"s{j}.default" for j in range(i % 2, services, 2)]
+
+
+async def flipper(target: str, flips: int, services: int) -> str:
+    """One client flipping its EDS subscription without nonces, reading every answer."""
+    got = 0
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        _raw_stream(channel, _sotw(EDS, _half(0, services), "flipper")) as call,
+    ):
+        try:
+            for i in range(flips):
+                if i:
+                    call.queue.put_nowait(_sotw(EDS, _half(i, services)))
+                got += len(await asyncio.wait_for(call.read(), 30))
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            return f"{flips} flips: ended after {got} bytes: {exc}"
+    return f"{flips} flips, {got / 1e6:.0f} MB of answers read"
+
+
+async def deaf(target: str, requests: int, services: int, hold: float) -> str:
+    """A client that flips its subscription ``requests`` times and never reads."""
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        _raw_stream(channel, _sotw(EDS, _half(0, services), "deaf")) as call,
+    ):
+        for i in range(1, requests):
+            call.queue.put_nowait(_sotw(EDS, _half(i, services)))
+        await asyncio.sleep(hold)
+    return f"{requests} requests never read, held {hold:.0f} s"
+
+
+async def cluster_names(target: str, streams: int, size: int) -> str:
+    """``streams`` short streams, each naming a unique ``size``-byte node cluster."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        for i in range(streams):
+            cluster = f"c{i}-" + "x" * size
+            async with _raw_stream(channel, _sotw(CDS, (), f"cl-{i}", cluster)) as call:
+                with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                    await asyncio.wait_for(call.read(), 10)
+    return f"{streams} streams with {size}-byte node clusters"
+
+
+async def scrapes(metrics_port: int, n: int) -> str:
+    """``n`` concurrent scrapes of /metrics; their sizes."""
+
+    def get() -> int:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return len(r.read())
+
+    sizes = await asyncio.gather(*(asyncio.to_thread(get) for _ in range(n)))
+    return f"{n} scrapes of {max(sizes) / 1e6:.1f} MB"
+
+
+async def half_open(metrics_port: int, n: int, hold: float) -> str:
+    """``n`` connections to the metrics port that send half a request, held ``hold`` s."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", metrics_port))
+            socks.append(s)
+        await asyncio.sleep(0.2)
+        sent = 0
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                sent += 1
+        await asyncio.sleep(hold)
+    finally:
+        for s in socks:
+            s.close()
+    return f"{n} half-open connections ({sent} took half a request), held {hold:.0f} s"
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class Sizes:
+    names_streams: int = 6
+    names: int = 280_000
+    flips: int = 2_000
+    deaf_requests: int = 2_000
+    cluster_streams: int = 200
+    cluster_bytes: int = 1_000_000
+    scrapes: int = 4
+    half_open: int = 2_000
+    hold: float = 10.0
+
+
+SMALL = Sizes(2, 2_000, 20, 20, 5, 1_000, 2, 20, 0.5)
+
+
+@dataclass
+class Figures:
+    rss_base_kb: int = 0
+    rss_peak_kb: int = 0
+    rss_after_kb: int = 0
+    calm: Latency = field(default_factory=Latency)
+    abused: Latency = field(default_factory=Latency)
+    abusers: list[str] = field(default_factory=list)
+    limited: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> str:
+        base, peak, after = (
+            self.rss_base_kb / 1024,
+            self.rss_peak_kb / 1024,
+            self.rss_after_kb / 1024,
+        )
+        ratio = self.abused.p99 / self.calm.p99 if self.calm.p99 else float("nan")
+        lines = [
+            f"meshd RSS: baseline {base:.0f} MB, peak {peak:.0f} MB (+{peak - base:.0f} MB; "
+            f"target < +100), after {after:.0f} MB ({(after - base) / base * 100:+.0f}%; "
+            "target within 10%)",
+            f"change latency without abuse: {self.calm}",
+            f"change latency under abuse:   {self.abused}",
+            f"p99 under abuse / without: {ratio:.2f}x (target <= 2x)",
+            *(f"  abuser: {a}" for a in self.abusers),
+            "  refusals: " + ", ".join(f"{k} {v:.0f}" for k, v in self.limited.items() if v),
+        ]
+        return "\n".join(lines)
+
+
+async def _quiet_rss(meshd: MeshdProcess, settle: float) -> int:
+    await asyncio.sleep(settle)  # (meshd trims its heap once quiet for 1 s)
+    return meshd.rss_kb()
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> Figures:
+    sizes = SMALL if args.small else Sizes()
+    fig = Figures()
+    etcd = EmbeddedEtcd(workdir / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
+    etcd.start_sync()
+    prefix = "/mesh/"
+    registry = EtcdRegistry(etcd.endpoint, prefix=prefix)
+    meshd: MeshdProcess | None = None
+    clients: LoadGenGroup | None = None
+    try:
+        revision, _, _ = await seed(registry, args.services, args.endpoints)
+        meshd = MeshdProcess(etcd.endpoint, prefix, workdir, args.meshd_flag)
+        await meshd.wait_ready(revision)
+        clients = await LoadGenGroup.start(1, workdir, "loadgen")
+        half = args.clients // 2
+        await clients.add(meshd.target, sotw=half, delta=args.clients - half)
+        done = await clients.wait_complete(120)
+        print(f"{done.get('complete')} of {args.clients} clients complete", flush=True)
+        key = prefix + "endpoints/default/s0/e0"
+
+        async def change(k: int) -> None:
+            await registry.put(key, marker_value(k))
+
+        fig.rss_base_kb = await _quiet_rss(meshd, args.settle)
+        fig.calm = await measure_changes(
+            change, clients, range(1, args.changes + 1), gap=args.gap, budget=120
+        )
+        fig.rss_base_kb = min(fig.rss_base_kb, await _quiet_rss(meshd, args.settle))
+        peak = [fig.rss_base_kb]
+
+        async def sample() -> None:
+            while True:
+                peak.append(meshd.rss_kb())
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        services = args.services
+        abuse = asyncio.gather(
+            names_flood(meshd.target, sizes.names_streams, sizes.names, 3 * sizes.hold),
+            flipper(meshd.target, sizes.flips, services),
+            deaf(meshd.target, sizes.deaf_requests, services, sizes.hold),
+            _then(
+                cluster_names(meshd.target, sizes.cluster_streams, sizes.cluster_bytes),
+                scrapes(meshd.metrics_port, sizes.scrapes),
+            ),
+            half_open(meshd.metrics_port, sizes.half_open, sizes.hold),
+            return_exceptions=True,
+        )
+        start = args.changes + 1
+        fig.abused = await measure_changes(
+            change, clients, range(start, start + args.changes), gap=args.gap, budget=120
+        )
+        fig.abusers = [str(r) for r in await abuse]
+        sampler.cancel()
+        fig.rss_peak_kb = max(peak)
+        fig.rss_after_kb = await _quiet_rss(meshd, args.settle + 2)
+        fig.limited = {
+            k.partition("{")[2].rstrip("}"): v
+            for k, v in (await meshd.metrics("meshd_xds_limited_total")).items()
+        }
+        return fig
+    finally:
+        if clients is not None:
+            await clients.close()
+        if meshd is not None:
+            meshd.stop()
+        await registry.close()
+        etcd.stop()
+
+
+async def _then(*steps: Any) -> str:
+    return "; ".join([str(await step) for step in steps])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=100, help="well-behaved clients")
+    p.add_argument("--services", type=int, default=200)
+    p.add_argument("--endpoints", type=int, default=5)
+    p.add_argument("--changes", type=int, default=40, help="changes measured per phase")
+    p.add_argument("--gap", type=float, default=0.05, help="seconds between changes")
+    p.add_argument("--settle", type=float, default=2.0, help="quiet seconds before an RSS read")
+    p.add_argument("--small", action="store_true", help="tiny abusers (smoke test)")
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument(
+        "--meshd-flag", action="append", default=[], help="an extra meshd flag (repeatable)"
+    )
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        fig = asyncio.run(run(args, workdir))
+    print(fig.report(), flush=True)
+    print(json.dumps({"rss_base_kb": fig.rss_base_kb, "rss_peak_kb": fig.rss_peak_kb,
+                      "rss_after_kb": fig.rss_after_kb, "p99_calm_ms": fig.calm.p99,
+                      "p99_abused_ms": fig.abused.p99}), flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
