@@ -28,6 +28,7 @@ KIND_TO_REGISTRY: dict[pb.Kind, Kind] = {
     pb.KIND_ENDPOINT: "endpoints",
     pb.KIND_ROUTE: "routes",
     pb.KIND_LISTENER: "listeners",
+    pb.KIND_NAMESPACE: "namespaces",
     pb.KIND_POLICY: "policies",
 }
 REGISTRY_TO_KIND = {v: k for k, v in KIND_TO_REGISTRY.items()}
@@ -52,6 +53,8 @@ def describe(ref: pb.EntryRef) -> str:
     """``services/default/web``-style name of a ref for error messages (never raises)."""
     kind = KIND_TO_REGISTRY.get(ref.kind, "?")
     ns = ref.namespace or DEFAULT_NAMESPACE
+    if kind == "namespaces":
+        ns = ref.name  # (its key is namespaces/<name>: the entry of that namespace)
     return registry_key("", KeyRef(kind, ns, ref.name, ref.service))  # type: ignore[arg-type]
 
 
@@ -64,12 +67,24 @@ def key_of(ref: pb.EntryRef, prefix: str) -> tuple[str, KeyRef]:
     if kind == "listeners":
         if ref.namespace:
             raise invalid(where, "ref.namespace", "listeners have no namespace")
+    elif kind == "namespaces":
+        # The entry of namespace X is named X; a namespace field, if given, must agree
+        # (authorization is by that namespace: a token for X writes X's entry only).
+        if ref.namespace and ref.namespace != ref.name:
+            raise invalid(
+                where,
+                "ref.namespace",
+                f"a namespace entry is named by its namespace: leave it empty or {ref.name!r}, "
+                f"got {ref.namespace!r}",
+            )
+        if ref.service:
+            raise invalid(where, "ref.service", "is only for endpoints")
     elif kind == "endpoints":
         if not ref.service:
             raise invalid(where, "ref.service", "is required for endpoints")
     elif ref.service:
         raise invalid(where, "ref.service", "is only for endpoints")
-    ns = ref.namespace or DEFAULT_NAMESPACE
+    ns = ref.name if kind == "namespaces" else ref.namespace or DEFAULT_NAMESPACE
     key = registry_key(prefix, KeyRef(kind, ns, ref.name, ref.service))
     try:
         return key, parse_key(key, prefix)

@@ -71,6 +71,13 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
             if kind == "listeners":
                 if request.namespace or request.service:
                     raise invalid(kind, "namespace", "listeners have no namespace")
+            elif kind == "namespaces":
+                if request.service:
+                    raise invalid(kind, "service", "is only for endpoints")
+                if request.namespace:
+                    # (a prefix: namespaces/shop also lists namespaces/shop-eu; filtered below)
+                    require(who, "read", request.namespace, f"{kind}/{request.namespace}")
+                    prefix += request.namespace
             elif request.namespace:
                 require(who, "read", request.namespace, f"{kind}/{request.namespace}")
                 prefix += f"{request.namespace}/"
@@ -87,6 +94,8 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
                     ref = parse_key(stored.key, self.prefix)
                 except MeshError:
                     continue  # a malformed key is listed by ListErrors, not here
+                if request.namespace and ref.namespace != request.namespace:
+                    continue
                 if who.may("read", ref.namespace):
                     out.entries.append(conv.entry_of(stored, self.prefix))
             return out

@@ -21,10 +21,10 @@ from xds_server.admin.entries import Checked
 from xds_server.admin.errors import AdminError, invalid
 from xds_server.admin.join_tokens import JoinTokenRpcs
 from xds_server.admin.leases import check_lease, lease_gone, new_lease_id
-from xds_server.errors import RegistryConflict, TxnTooLarge
+from xds_server.errors import MeshError, RegistryConflict, TxnTooLarge
 from xds_server.ingest.refs import ServiceView, check_refs, check_tenancy
-from xds_server.model import Listener, Route, Service, ServiceRef
-from xds_server.model.names import DEFAULT_NAMESPACE
+from xds_server.model import Listener, Namespace, Route, Service, ServiceRef
+from xds_server.model.names import DEFAULT_NAMESPACE, parse_key
 from xds_server.model.view import Dependent
 
 NEWEST = 1 << 62
@@ -52,11 +52,14 @@ class RegistryWrites(JoinTokenRpcs):
         """The registry's reference rules against what is in force plus this batch."""
         services: dict[ServiceRef, Service | None] = {}
         listeners: dict[str, Listener] = {}
+        namespaces: dict[str, Namespace] = {}
         for other in batch:
             if isinstance(other.entity, Service):
                 services[other.entity.ref] = other.entity
             elif isinstance(other.entity, Listener):
                 listeners[other.entity.name] = other.entity
+            elif isinstance(other.entity, Namespace):
+                namespaces[other.entity.name] = other.entity
         entity = checked.entity
         if isinstance(entity, Route):
             entity = dataclasses.replace(entity, created=NEWEST)
@@ -64,7 +67,7 @@ class RegistryWrites(JoinTokenRpcs):
             entity,
             ServiceView(self.state.registered_services, services),
             {**self.state.listeners, **listeners},  # (a few; this batch's first)
-            self.state.namespaces,  # (written with etcd: the API has no namespace kind)
+            {**self.state.namespaces, **namespaces},  # (this batch's exports first)
             self.state.owner_of,
         )
         if problem is not None:
@@ -73,6 +76,7 @@ class RegistryWrites(JoinTokenRpcs):
 
     def _dependents(
         self,
+        who: Principal,
         where: str,
         changed: Mapping[ServiceRef, Service | None],
         force: bool,
@@ -80,11 +84,15 @@ class RegistryWrites(JoinTokenRpcs):
         batch: Sequence[Checked] = (),
     ) -> list[str]:
         """Keys of the routes and listeners in force that services becoming ``changed``
-        (None: deleted), or the listeners of ``batch``, would break. Without ``force`` such
-        a write is FAILED_PRECONDITION naming them: it would take their traffic down (an
-        etcd edit doing the same to a service is held off by meshd, which keeps the old
-        value in force for them; a listener's ``allowed_namespaces`` withdrawn takes
-        effect: those routes leave force)."""
+        (None: deleted), or the listeners and namespace entries of ``batch``, would break.
+        Without ``force`` such a write is FAILED_PRECONDITION naming them: it would take
+        their traffic down (an etcd edit doing the same to a service is held off by meshd,
+        which keeps the old value in force for them; a listener's ``allowed_namespaces`` or
+        a namespace's ``export_to`` withdrawn takes effect: those routes leave force).
+
+        Entries of namespaces ``who`` may not read are counted, never named (tenancy: a
+        namespace's editor narrowing its exports learns that other namespaces' routes use
+        them, not which), and are left out of the keys returned."""
         found: dict[str, Dependent] = {}
         for ref, new in changed.items():
             for dep in self.state.dependents(ref, new):
@@ -93,36 +101,55 @@ class RegistryWrites(JoinTokenRpcs):
         for dep in self._revoked(batch):
             if dep.key not in skip:
                 found.setdefault(dep.key, dep)
+        visible = sorted(d for d in found.values() if self._readable(who, d.key))
+        hidden = len(found) - len(visible)
         if found and not force:
-            deps = sorted(found.values())
+            deps = visible
             shown = "; ".join(
                 f"{d.key.removeprefix(self.prefix)} ({d.field}: {d.reason})" for d in deps[:5]
             )
             more = f"; and {len(deps) - 5} more" if len(deps) > 5 else ""
-            one = len(deps) == 1
+            if hidden:
+                unread = (
+                    f"{hidden} entr{'y' if hidden == 1 else 'ies'} of namespaces you cannot read"
+                )
+                shown = f"{shown}; {unread}" if shown else unread
+            one = len(found) == 1
             raise AdminError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"{where + ': ' if where else ''}{len(deps)} entr{'y' if one else 'ies'} in "
+                f"{where + ': ' if where else ''}{len(found)} entr{'y' if one else 'ies'} in "
                 f"force depend{'s' if one else ''} on it: {shown}{more}; change "
                 f"{'it' if one else 'them'} first, or force the write (meshctl --force; meshd "
                 "then keeps the old value in force for them until they change)",
             )
-        return sorted(found)
+        return [d.key for d in visible]
+
+    def _readable(self, who: Principal, key: str) -> bool:
+        """May ``who`` read the registry entry at ``key``?"""
+        try:
+            namespace = parse_key(key, self.prefix).namespace
+        except MeshError:
+            return "*" in who.namespaces
+        return who.may("read", namespace)
 
     def _revoked(self, batch: Sequence[Checked]) -> list[Dependent]:
         """Routes in force that the listeners of ``batch`` would no longer admit
-        (``allowed_namespaces``)."""
+        (``allowed_namespaces``), or whose destinations the namespace entries of ``batch``
+        would no longer export to them (``export_to``)."""
         listeners = {c.entity.name: c.entity for c in batch if isinstance(c.entity, Listener)}
-        if not listeners:
+        exports = {c.entity.name: c.entity for c in batch if isinstance(c.entity, Namespace)}
+        if not listeners and not exports:
             return []
         namespaces, now = self.state.namespaces, self.state.listeners
-        new = {**now, **listeners}
+        new, new_namespaces = {**now, **listeners}, {**namespaces, **exports}
         services = self.state.services
         found = []
         for key, route in self.state.routes.items():
+            if not listeners and not _sends_to(route, exports):
+                continue  # (exports changed only: a route sending elsewhere keeps its own)
             if check_tenancy(route, services, now, namespaces, None) is not None:
                 continue  # (already refused: not this write's doing)
-            problem = check_tenancy(route, services, new, namespaces, None)
+            problem = check_tenancy(route, services, new, new_namespaces, None)
             if problem is not None:
                 found.append(Dependent(key, *problem))
         return sorted(found)
@@ -155,7 +182,7 @@ class RegistryWrites(JoinTokenRpcs):
             checked = self._check(request.entry, who)
             # (no force here: a listener that would shut routes out is created with
             # ApplyEntries, which takes one)
-            self._dependents(checked.where, {}, False, batch=[checked])
+            self._dependents(who, checked.where, {}, False, batch=[checked])
             try:
                 rev = await self.registry.txn(
                     puts={checked.key: checked.value}, expect={checked.key: 0}
@@ -174,7 +201,7 @@ class RegistryWrites(JoinTokenRpcs):
             checked = self._check(request.entry, who)
             expect, lease = await self._current_revision(checked, checked.revision)
             dependents = self._dependents(
-                checked.where, _services([checked]), request.force, batch=[checked]
+                who, checked.where, _services([checked]), request.force, batch=[checked]
             )
             # An endpoint registered with a TTL keeps its lease: an edit must not make a
             # dead instance immortal.
@@ -204,7 +231,7 @@ class RegistryWrites(JoinTokenRpcs):
                     "re-read and retry",
                 )
             gone = {key_ref.service_ref: None} if key_ref.kind == "services" else {}
-            dependents = self._dependents(where, gone, request.force)
+            dependents = self._dependents(who, where, gone, request.force)
             if request.dry_run:
                 return pb.DeleteEntryResponse(revision=self.state.revision, dependents=dependents)
             rev = await self.registry.txn(deletes=(key,), expect={key: stored.mod_revision})
@@ -234,7 +261,7 @@ class RegistryWrites(JoinTokenRpcs):
                 self._check_refs(checked, batch)
             # What this call rewrites was judged above, against the batch.
             dependents = self._dependents(
-                "", _services(batch), request.force, skip={c.key for c in batch}, batch=batch
+                who, "", _services(batch), request.force, skip={c.key for c in batch}, batch=batch
             )
             outcomes, puts, expect = [], {}, {}
             for checked in batch:
@@ -390,6 +417,13 @@ def _require_write(who: Principal, checked: Checked) -> None:
             targets.append(route.mirror.service)
         for ref in dict.fromkeys(targets):
             require(who, "read", ref.namespace, f"{checked.where}: destination {ref}")
+
+
+def _sends_to(route: Route, namespaces: Collection[str]) -> bool:
+    """Does ``route`` send or mirror to a service of one of ``namespaces``?"""
+    if route.mirror is not None and route.mirror.service.namespace in namespaces:
+        return True
+    return any(d.service.namespace in namespaces for d in route.destinations)
 
 
 def _services(batch: Sequence[Checked]) -> dict[ServiceRef, Service | None]:

@@ -33,6 +33,8 @@ for _kind, _names in {
     pb.KIND_ENDPOINT: ("endpoints", "endpoint", "ep"),
     pb.KIND_ROUTE: ("routes", "route", "rt"),
     pb.KIND_LISTENER: ("listeners", "listener", "lis"),
+    # (not "ns": it would read as the -n/--namespace flag's)
+    pb.KIND_NAMESPACE: ("namespaces", "namespace"),
     pb.KIND_POLICY: ("policies", "policy", "pol"),
 }.items():
     for _n in _names:
@@ -122,7 +124,8 @@ def kind_arg(value: str) -> pb.Kind:
         return KIND_ALIASES[value.lower()]
     except KeyError:
         raise UserError(
-            f"unknown kind {value!r}; expected services, endpoints, routes, listeners or policies"
+            f"unknown kind {value!r}; expected services, endpoints, routes, listeners, "
+            "namespaces or policies"
         ) from None
 
 
@@ -163,6 +166,8 @@ def apply(client: Client, args: argparse.Namespace) -> int:
     suffix = " (dry run)" if args.dry_run else ""
     for r in results:
         where = f"{r['namespace']}/{r['name']}" if "namespace" in r else r["name"]
+        if r["kind"] == "Namespace":
+            where = r["name"]
         if r["kind"] == "Endpoint":
             where = f"{r['namespace']}/{r['service']}/{r['name']}"
         print(f"{r['kind'].lower()}/{where} {r['outcome']}{suffix}")
@@ -173,6 +178,11 @@ def _ref(kind: pb.Kind, name: str, ns: str | None) -> pb.EntryRef:
     if kind == pb.KIND_LISTENER:
         if ns:
             raise UserError("listeners have no namespace (drop -n)")
+        return pb.EntryRef(kind=kind, name=name)
+    if kind == pb.KIND_NAMESPACE:
+        # The entry of namespace NAME: -n, if given, must name the same one.
+        if ns and ns != name:
+            raise UserError(f"namespace {name!r} is its own entry's namespace (drop -n {ns})")
         return pb.EntryRef(kind=kind, name=name)
     if kind == pb.KIND_ENDPOINT:
         service, sep, ident = name.partition("/")

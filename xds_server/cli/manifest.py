@@ -4,7 +4,8 @@ A document (``docs/admin-api.md``)::
 
     {"kind": "Service", "namespace": "default", "name": "web", "spec": {...}}
 
-``Endpoint`` documents also carry ``"service"``; ``Listener`` documents have no namespace.
+``Endpoint`` documents also carry ``"service"``; ``Listener`` documents have no namespace;
+a ``Namespace`` document's ``name`` is the namespace (its ``namespace``, if given, the same).
 ``spec`` is exactly the registry value of registry.md. Several documents per file: YAML
 ``---`` separators, a JSON array, or ``{"items": [...]}`` (what ``meshctl get -o json``
 prints, so its output can be applied again).
@@ -29,6 +30,7 @@ DOC_KINDS: dict[str, pb.Kind] = {
     "Endpoint": pb.KIND_ENDPOINT,
     "Route": pb.KIND_ROUTE,
     "Listener": pb.KIND_LISTENER,
+    "Namespace": pb.KIND_NAMESPACE,
     "Policy": pb.KIND_POLICY,
 }
 KIND_DOCS = {v: k for k, v in DOC_KINDS.items()}
@@ -92,6 +94,12 @@ def _entry(data: object) -> pb.Entry:
         if doc.has("namespace"):
             raise ValidationError("namespace", "listeners have no namespace")
         ns = ""
+    elif kind == pb.KIND_NAMESPACE:
+        ns = doc.str_("namespace", name)
+        if ns != name:
+            raise ValidationError(
+                "namespace", f"a Namespace's entry is its own: {ns!r} is not its name {name!r}"
+            )
     else:
         ns = doc.str_("namespace", DEFAULT_NAMESPACE)
     service = doc.str_("service", required=True) if kind == pb.KIND_ENDPOINT else ""
@@ -112,7 +120,7 @@ def _entry(data: object) -> pb.Entry:
 def to_document(entry: pb.Entry) -> dict[str, Any]:
     """An entry as a manifest document (with its revision), for ``get -o json|yaml``."""
     doc: dict[str, Any] = {"kind": KIND_DOCS.get(entry.ref.kind, "Unknown")}
-    if entry.ref.kind != pb.KIND_LISTENER:
+    if entry.ref.kind not in (pb.KIND_LISTENER, pb.KIND_NAMESPACE):
         doc["namespace"] = entry.ref.namespace
     if entry.ref.kind == pb.KIND_ENDPOINT:
         doc["service"] = entry.ref.service

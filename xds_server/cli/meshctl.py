@@ -149,12 +149,12 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
 
     c = _command(sub, "get", commands.get, "show registry entries")
-    c.add_argument("kind", help="services, endpoints, routes, listeners or policies")
+    c.add_argument("kind", help="services, endpoints, routes, listeners, namespaces or policies")
     c.add_argument("name", nargs="?", help="entry name (endpoints: SERVICE or SERVICE/ID)")
     c.add_argument("-n", "--namespace", help="namespace (default: all; 'default' with a NAME)")
 
     c = _command(sub, "delete", commands.delete, "delete one registry entry")
-    c.add_argument("kind", help="services, endpoints, routes, listeners or policies")
+    c.add_argument("kind", help="services, endpoints, routes, listeners, namespaces or policies")
     c.add_argument("name", help="entry name (endpoints: SERVICE/ID)")
     c.add_argument("-n", "--namespace", help="namespace (default: default)")
     c.add_argument("--revision", type=int, default=0, help="only if still at this revision")

@@ -132,6 +132,21 @@ def entry_rows(
                     e.revision,
                 ]
             )
+    elif kind == pb.KIND_NAMESPACE:
+        header = ["NAME", "MTLS", "DEFAULT_POLICY", "EXPORT_TO", "REVISION"]
+        for e in entries:
+            s = _spec(e)
+            exports = _list(s.get("export_to", ["*"]))
+            rows.append(
+                [
+                    e.ref.name,
+                    s.get("mtls", "off"),
+                    s.get("default_policy", "allow"),
+                    # (an empty list: its own namespace's routes only)
+                    ",".join(map(str, exports)) or "none",
+                    e.revision,
+                ]
+            )
     else:
         header = ["NAME", "ADDRESS", "PORT", "PROTOCOL", "NODES", "REVISION"]
         for e in entries:
@@ -158,6 +173,8 @@ def entry_rows(
                 continue
             row.append(REJECTED_KEPT if problem and problem.last_good_kept else REJECTED)
             where = "/".join(p for p in (e.ref.namespace, e.ref.service, e.ref.name) if p)
+            if kind == pb.KIND_NAMESPACE:
+                where = e.ref.name
             if problem is not None:
                 field = f"{problem.field}: " if problem.field else ""
                 kept = "; last good value kept" if problem.last_good_kept else ""

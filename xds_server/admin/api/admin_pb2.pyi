@@ -18,6 +18,7 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_ENDPOINT: _ClassVar[Kind]
     KIND_ROUTE: _ClassVar[Kind]
     KIND_LISTENER: _ClassVar[Kind]
+    KIND_NAMESPACE: _ClassVar[Kind]
     KIND_POLICY: _ClassVar[Kind]
 
 class ApplyOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -72,6 +73,7 @@ KIND_SERVICE: Kind
 KIND_ENDPOINT: Kind
 KIND_ROUTE: Kind
 KIND_LISTENER: Kind
+KIND_NAMESPACE: Kind
 KIND_POLICY: Kind
 APPLY_OUTCOME_UNSPECIFIED: ApplyOutcome
 APPLY_OUTCOME_CREATED: ApplyOutcome
