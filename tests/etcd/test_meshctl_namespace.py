@@ -271,3 +271,31 @@ async def test_narrowing_export_to_is_refused_unless_forced(
     await mesh.wait_for(lambda: route_key not in state.routes, "billing/buy out of force")
     errors = await stub.ListErrors(pb.ListErrorsRequest(namespace="billing"), metadata=ALL)
     assert [e.field for e in errors.errors] == ["destinations[0].service"]
+
+
+async def test_dependents_in_unreadable_namespaces_are_counted_not_named(
+    admin_mesh_tokens: AdminMesh,
+) -> None:
+    """The same rule for a service change: shop's editor dropping a subset billing's route
+    uses is refused, told that one entry it cannot read depends on it, never which."""
+    mesh = admin_mesh_tokens
+    stub, state = mesh.stub, mesh.app.controller.state
+    web = entry(pb.KIND_SERVICE, "web", {"port": 8080, "subsets": {"v1": {"v": "1"}}}, ns="shop")
+    await seed(stub, [*(e for e in SHOP_MESH if e.ref.name != "web"), web], ALL)
+    await mesh.wait_for(lambda: len(state.services) == 2 and "public" in state.listeners, "mesh")
+    pinned = {**BUY, "destinations": [{"service": "shop/web", "subset": "v1"}]}
+    await seed(stub, [entry(pb.KIND_ROUTE, "buy", pinned, ns="billing")], ALL)
+    await mesh.wait_for(lambda: f"{mesh.prefix}routes/billing/buy" in state.routes, "in force")
+
+    dropped = entry(pb.KIND_SERVICE, "web", {"port": 8080}, ns="shop")
+    code, msg = await rpc_error(
+        stub.UpdateEntry(pb.UpdateEntryRequest(entry=dropped), metadata=SHOP)
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, msg
+    assert "1 entry of namespaces you cannot read" in msg and "billing" not in msg, msg
+    code, msg = await rpc_error(
+        stub.UpdateEntry(pb.UpdateEntryRequest(entry=dropped), metadata=ALL)
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "routes/billing/buy" in msg, msg
+    forced = await stub.UpdateEntry(pb.UpdateEntryRequest(entry=dropped, force=True), metadata=SHOP)
+    assert list(forced.dependents) == []

@@ -57,7 +57,7 @@ HIJACKS: dict[str, dict[str, Any]] = {
 async def mesh(etcd_shared: EmbeddedEtcd, etcd_prefix: str) -> AsyncIterator[AdminMesh]:
     async with running_admin(etcd_shared, etcd_prefix, Authenticator(parse_tokens(TOKENS))) as m:
         await seed(m.stub, MESH, metadata=ADMIN)
-        # (namespace entries are written with etcd: the admin API has no kind for them)
+        # (written with etcd here: meshd judges it as it would one written through the API)
         await m.put_json("namespaces/secret", {"export_to": ["default"]})
         await m.wait_for(lambda: "secret" in m.app.controller.state.namespaces, "secret")
         await seed(m.stub, [entry(pb.KIND_ROUTE, "web-split", SPLIT, ns="default")], ADMIN)
