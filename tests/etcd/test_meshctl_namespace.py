@@ -238,6 +238,7 @@ async def test_narrowing_export_to_is_refused_unless_forced(
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION, msg
     assert "routes/billing/buy (destinations[0].service: namespace shop does not export" in msg
+    assert "(meshctl --force; those routes then leave force)" in msg, msg
     # ... shop's own editor that one would, not which: billing is not its to read.
     code, msg = await rpc_error(seed(stub, [narrowed], SHOP))
     assert code == grpc.StatusCode.FAILED_PRECONDITION, msg
@@ -299,3 +300,21 @@ async def test_dependents_in_unreadable_namespaces_are_counted_not_named(
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "routes/billing/buy" in msg, msg
     forced = await stub.UpdateEntry(pb.UpdateEntryRequest(entry=dropped, force=True), metadata=SHOP)
     assert list(forced.dependents) == []
+
+
+async def test_watch_shows_a_limited_token_its_own_namespace_entries_only(
+    admin_mesh_tokens: AdminMesh,
+) -> None:
+    stub = admin_mesh_tokens.stub
+    watch = stub.Watch(pb.WatchRequest(), metadata=SHOP)
+    await watch.initial_metadata()
+    # billing's entry first, then shop's: the watcher's marker.
+    await seed(stub, [entry(pb.KIND_NAMESPACE, "billing", {"default_policy": "deny"})], ALL)
+    await seed(stub, [entry(pb.KIND_NAMESPACE, "shop", {"mtls": "strict"})], ALL)
+    seen: list[str] = []
+    while not any(k.endswith("namespaces/shop") for k in seen):
+        event = await asyncio.wait_for(watch.read(), 10)
+        assert isinstance(event, pb.WatchResponse)
+        seen.append(event.key)
+    watch.cancel()
+    assert not [k for k in seen if "billing" in k], seen

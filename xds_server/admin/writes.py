@@ -98,8 +98,11 @@ class RegistryWrites(JoinTokenRpcs):
             for dep in self.state.dependents(ref, new):
                 if dep.key not in skip:
                     found.setdefault(dep.key, dep)
+        held = bool(found)
+        revoked = False
         for dep in self._revoked(batch):
             if dep.key not in skip:
+                revoked = True
                 found.setdefault(dep.key, dep)
         visible = sorted(d for d in found.values() if self._readable(who, d.key))
         hidden = len(found) - len(visible)
@@ -119,8 +122,8 @@ class RegistryWrites(JoinTokenRpcs):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{where + ': ' if where else ''}{len(found)} entr{'y' if one else 'ies'} in "
                 f"force depend{'s' if one else ''} on it: {shown}{more}; change "
-                f"{'it' if one else 'them'} first, or force the write (meshctl --force; meshd "
-                "then keeps the old value in force for them until they change)",
+                f"{'it' if one else 'them'} first, or force the write (meshctl --force; "
+                f"{_FORCED[held, revoked]})",
             )
         return [d.key for d in visible]
 
@@ -417,6 +420,15 @@ def _require_write(who: Principal, checked: Checked) -> None:
             targets.append(route.mirror.service)
         for ref in dict.fromkeys(targets):
             require(who, "read", ref.namespace, f"{checked.where}: destination {ref}")
+
+
+_FORCED = {
+    (True, False): "meshd then keeps the old value in force for them until they change",
+    (False, True): "those routes then leave force",
+    (True, True): "meshd then keeps the old services in force for the routes using them, and "
+    "the routes no longer admitted leave force",
+}
+"""What a forced write does to its dependents: (service ones, admission ones) -> words."""
 
 
 def _sends_to(route: Route, namespaces: Collection[str]) -> bool:

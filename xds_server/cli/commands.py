@@ -243,14 +243,16 @@ def delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def _warn_dependents(args: argparse.Namespace, keys: Sequence[str]) -> None:
-    """Say on stderr what still depends on a forced write (meshd keeps the old value for it)."""
+    """Say on stderr what still depends on a forced write (meshd keeps a service's old value
+    for them; routes a listener or namespace entry no longer admits leave force)."""
     if not keys:
         return
     names = ", ".join(keys)
     verb = "depends" if len(keys) == 1 else "depend"
     print(
         f"meshctl {args.command}: warning: {names} still {verb} on it: meshd keeps the old "
-        "value in force for them until they change (see meshctl errors)",
+        "value of a service in force for them until they change, and routes a listener or "
+        "namespace no longer admits leave force (see meshctl errors)",
         file=sys.stderr,
     )
 
