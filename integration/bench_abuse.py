@@ -17,6 +17,7 @@ Targets (issue 22): RSS under +100 MB over the baseline, the clients' p99 within
 run without abuse, and RSS back within 10% of the baseline once the abusers left.
 
     python -m integration.bench_abuse [--clients 100] [--services 200] [--changes 40]
+        [--only names,flip,deaf,clusters,half-open]
 
 Sizes default to the issue's; ``--small`` makes every one tiny (the smoke test).
 """
@@ -278,6 +279,7 @@ class Sizes:
 
 
 SMALL = Sizes(2, 2_000, 20, 20, 5, 1_000, 2, 20, 0.5)
+ABUSERS = ("names", "flip", "deaf", "clusters", "half-open")
 
 
 @dataclass
@@ -352,16 +354,21 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
 
         sampler = asyncio.create_task(sample())
         services = args.services
-        abuse = asyncio.gather(
-            names_flood(meshd.target, sizes.names_streams, sizes.names, 3 * sizes.hold),
-            flipper(meshd.target, sizes.flips, services),
-            deaf(meshd.target, sizes.deaf_requests, services, sizes.hold),
-            _then(
+        chosen = set(args.only.split(",")) if args.only else set(ABUSERS)
+        runs = {
+            "names": lambda: names_flood(
+                meshd.target, sizes.names_streams, sizes.names, 3 * sizes.hold
+            ),
+            "flip": lambda: flipper(meshd.target, sizes.flips, services),
+            "deaf": lambda: deaf(meshd.target, sizes.deaf_requests, services, sizes.hold),
+            "clusters": lambda: _then(
                 cluster_names(meshd.target, sizes.cluster_streams, sizes.cluster_bytes),
                 scrapes(meshd.metrics_port, sizes.scrapes),
             ),
-            half_open(meshd.metrics_port, sizes.half_open, sizes.hold),
-            return_exceptions=True,
+            "half-open": lambda: half_open(meshd.metrics_port, sizes.half_open, sizes.hold),
+        }
+        abuse = asyncio.gather(
+            *(runs[name]() for name in ABUSERS if name in chosen), return_exceptions=True
         )
         start = args.changes + 1
         fig.abused = await measure_changes(
@@ -398,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gap", type=float, default=0.05, help="seconds between changes")
     p.add_argument("--settle", type=float, default=2.0, help="quiet seconds before an RSS read")
     p.add_argument("--small", action="store_true", help="tiny abusers (smoke test)")
+    p.add_argument(
+        "--only", default="", help=f"comma-separated abusers to run (of {', '.join(ABUSERS)})"
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument(
         "--meshd-flag", action="append", default=[], help="an extra meshd flag (repeatable)"

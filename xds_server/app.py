@@ -198,7 +198,7 @@ class MeshApp:
                 StreamMetrics(self.metrics, self.cache),
                 StreamEvents(self.events, self.metrics.log_lines_held.inc),
                 StreamConvergence(self.metrics.convergence),
-                StreamActivity(self.trimmer.poke),
+                StreamActivity(self.trimmer.poke, self.trimmer.stream_ended),
             ],
             auth=xds_auth,
             guard=self.guard,

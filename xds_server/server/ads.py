@@ -212,7 +212,11 @@ class AdsServicer:
                     try:
                         handle(req)
                     except Exception as exc:  # ends the RPC with it, raised by the writer
-                        failure.append(exc)
+                        # Without its traceback: that holds handle()'s frame, and so the
+                        # request (a hostile one may be megabytes) for as long as gRPC
+                        # keeps the RPC's final error, which it does in a reference cycle.
+                        failure.append(exc.with_traceback(None))
+                        req = None
                         if writing and writer is not None:
                             # Blocked on a client that does not read: end it now, not
                             # when (if ever) the write completes.
@@ -228,6 +232,7 @@ class AdsServicer:
         if peer is not None:
             peer.on_end(watcher.event.set)  # revoked, or replaced: the writer ends the RPC
         reader = asyncio.create_task(read())
+        ending: tuple[grpc.StatusCode, str, bool] | None = None  # (code, message, behind unread)
         try:
             await self.cache.wait_ready()
             # Changes before the first snapshot (the snapshot itself) are not changes to this
@@ -236,9 +241,8 @@ class AdsServicer:
             watcher.take()
             for opened in hooks.opened:
                 opened(watcher, self.cache.generation)
-            for req in inbox:
-                handle(req)
-            inbox.clear()
+            while inbox:  # (no local holds a request: see the note on ending the RPC)
+                handle(inbox.pop(0))
             live = True
             watcher.event.set()
             while True:
@@ -276,6 +280,9 @@ class AdsServicer:
                     if failure:
                         raise failure[0]
                     return
+        # The RPC is ended only after this block, and without raising where it can be (see
+        # below): an error raised inside an ``except`` would carry the caught one as its
+        # context, with its traceback and the frames (and requests) it holds.
         except MalformedRequest as exc:
             # One bounded line: the request's size and first bytes, never all of them.
             log.warning(
@@ -286,19 +293,18 @@ class AdsServicer:
                 exc.size,
                 exc.head,
             )
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            ending = (grpc.StatusCode.INVALID_ARGUMENT, str(exc), False)
         except StreamRejected as exc:
             log.warning(
                 "ending stream from peer=%s node=%.64s: %s", context.peer(), stream.node_id, exc
             )
-            await context.abort(exc.code, exc.message)
+            ending = (exc.code, exc.message, False)
         except LimitExceeded as exc:  # (counted and logged where it was found)
-            outbox.clear()
-            # Sending the status waits behind the unread response of a client that does
-            # not read: give up on telling it after a moment, the stream's state goes anyway.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(context.abort(exc.code, exc.message), _ABORT_WAIT_S)
+            ending = (exc.code, exc.message, True)
         finally:
+            inbox.clear()
+            outbox.clear()
+            failure.clear()
             reader.cancel()
             if peer is not None and auth is not None:
                 auth.release(peer)
@@ -307,6 +313,21 @@ class AdsServicer:
                 self.streams.remove(conn)
             for closed_hook in hooks.closed:
                 closed_hook(watcher, stream, conn)
+        if ending is None:
+            return
+        code, message, behind_unread = ending
+        if behind_unread:
+            # Sending the status waits behind the unread response of a client that does
+            # not read: give up on telling it after a moment, the stream's state goes anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(context.abort(code, message), _ABORT_WAIT_S)
+            return
+        # The status without raising: gRPC keeps the error ``abort`` raises in a reference
+        # cycle with the RPC (its traceback holds this frame, which holds the context), and
+        # with it the call's buffers (the request, which may be megabytes), until the
+        # collector's next full pass.
+        context.set_code(code)
+        context.set_details(message)
 
 
 def _check_names(guard: StreamGuard, where: str, stream: XdsStream, req: Any) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import time
@@ -28,6 +29,10 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 TrimFn = Callable[[], object]
+
+YOUNG_COLLECT_DELAY_S = 0.2
+"""After an RPC ends, how long until the young generation is collected (and at most how
+often)."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -110,6 +115,7 @@ class HeapTrimmer:
         self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Future[tuple[float, int]] | None = None
         self._closed = False
+        self._young: asyncio.TimerHandle | None = None
         self.trims = 0
 
     @property
@@ -123,6 +129,25 @@ class HeapTrimmer:
         self.schedule.poke(self._clock())
         if self._timer is None and self._running is None:
             self._arm()
+
+    def stream_ended(self) -> None:
+        """An RPC ended: gRPC leaves each one in a reference cycle (call state, context,
+        request iterator) holding its C buffers, the request among them; collect the
+        young generation shortly (at most every :data:`YOUNG_COLLECT_DELAY_S`), so that a
+        stream of short RPCs with big requests does not pile up until a trim."""
+        self.poke()
+        if self._young is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # Later, not now: the RPC becomes garbage only once gRPC has sent its status.
+        self._young = loop.call_later(YOUNG_COLLECT_DELAY_S, self._collect_young)
+
+    def _collect_young(self) -> None:
+        self._young = None
+        gc.collect(0)  # (bounded by the young generation's threshold)
 
     def _arm(self) -> None:
         wait = self.schedule.wait(self._clock())
@@ -143,6 +168,11 @@ class HeapTrimmer:
             self._timer = asyncio.get_running_loop().call_later(wait, self._due)
             return
         self.schedule.trimmed()
+        # First free what only reference cycles hold: meshd raises the young generation's
+        # threshold (few collections during pushes), so the cycles a burst leaves (ended
+        # RPCs, with their C buffers) can wait long for one. The two younger generations
+        # only: bounded by that threshold, and the long-lived registry is frozen.
+        gc.collect(1)
         loop = asyncio.get_running_loop()
         self._running = loop.run_in_executor(None, self._run_trim)
         self._running.add_done_callback(self._finished)
@@ -178,3 +208,6 @@ class HeapTrimmer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._young is not None:
+            self._young.cancel()
+            self._young = None

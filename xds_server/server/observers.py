@@ -221,11 +221,13 @@ class StreamConvergence(StreamObserver):
 
 
 class StreamActivity(StreamObserver):
-    """Calls ``poke`` for each request, push and closed stream: meshd trims its heap after
-    a burst of them (the buffers of a full config sent to each proxy are freed by then)."""
+    """Calls ``poke`` for each request and push, and ``ended`` (default: ``poke``) for each
+    closed stream: meshd trims its heap after a burst of them (the buffers of a full config
+    sent to each proxy are freed by then)."""
 
-    def __init__(self, poke: Callable[[], None]) -> None:
+    def __init__(self, poke: Callable[[], None], ended: Callable[[], None] | None = None) -> None:
         self.poke = poke
+        self.ended = ended or poke
 
     def request(self, stream: XdsStream, outcome: RequestOutcome | None) -> None:
         self.poke()
@@ -234,7 +236,7 @@ class StreamActivity(StreamObserver):
         self.poke()
 
     def closed(self, key: Watcher, stream: XdsStream, conn: Connection | None) -> None:
-        self.poke()
+        self.ended()
 
 
 class StreamPresence(StreamObserver):
