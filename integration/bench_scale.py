@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -199,6 +199,7 @@ class Meshd:
         xds_port: int | None = None,
         profile: str = "",
         grace: float = 0.5,
+        extra_args: Sequence[str] = (),
     ) -> None:
         # Children inherit rlimits: raising ours gives meshd the hard open-files limit too
         # (a preexec_fn would make the fork run gRPC's fork handlers in this process).
@@ -245,6 +246,7 @@ class Meshd:
                 # Streams get this long to close on SIGTERM (meshd's default is 2 s).
                 "--grace",
                 str(grace),
+                *extra_args,  # e.g. --prefix, --xds-tls, --xds-auth
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -632,10 +634,18 @@ class Bench:
     # -- one population against one target ------------------------------------------------
 
     async def connect(
-        self, clients: LoadGenGroup, target: str, sotw: int, delta: int, timeout: float
+        self,
+        clients: LoadGenGroup,
+        target: str,
+        sotw: int,
+        delta: int,
+        timeout: float,
+        **client_args: Any,
     ) -> tuple[float, dict[str, Any]]:
+        """Start the clients (``client_args``: more of the load generator's ``add``) and
+        wait until all hold a complete config; (seconds from the start to the last, status)."""
         t0 = time.monotonic()
-        await clients.add(target, sotw=sotw, delta=delta, backoff=self.args.backoff)
+        await clients.add(target, sotw=sotw, delta=delta, backoff=self.args.backoff, **client_args)
         res = await clients.wait_complete(timeout)
         if res["complete"] < sotw + delta:
             say(f"  !! only {res['complete']}/{sotw + delta} clients complete after {timeout} s")

@@ -226,6 +226,8 @@ class ClientConfig:
     base: int = MARKER_BASE
     backoff: tuple[float, float] = (0.1, 0.5)
     node_prefix: str = "lg"
+    root_certs: str = ""  # PEM bundle: dial over TLS trusting only it (else plaintext)
+    token: str = ""  # join token, sent as ``authorization: Bearer`` on every stream
 
 
 @dataclass
@@ -302,13 +304,13 @@ class Client:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            channel = grpc.aio.insecure_channel(self.target, options=self.pool.options(self.cfg))
+            channel = self.pool.channel(self.target, self.cfg)
             try:
                 call = channel.stream_stream(
                     self.method,
                     request_serializer=None,  # requests are pre-encoded bytes
                     response_deserializer=self.decode,
-                )(wait_for_ready=True)
+                )(metadata=self.pool.metadata(self.cfg), wait_for_ready=True)
                 for req in self.first_requests():
                     await call.write(req)
                 self.streams += 1
@@ -555,6 +557,8 @@ class Pool:
         self._complete = asyncio.Event()
         self._completed = 0
         self._options: dict[tuple[float, float], list[tuple[str, Any]]] = {}
+        self._credentials: dict[str, grpc.ChannelCredentials] = {}
+        self._pending: list[asyncio.TimerHandle] = []  # clients an ``add`` spread out
         self.storm_started = 0.0
         self.error_details: dict[str, str] = {}  # the first message seen per status code
 
@@ -563,6 +567,24 @@ class Pool:
         if opts is None:
             opts = self._options[cfg.backoff] = channel_options(cfg.backoff)
         return opts
+
+    def channel(self, target: str, cfg: ClientConfig) -> grpc.aio.Channel:
+        """A new channel (its own connection) to ``target``: over TLS trusting
+        ``cfg.root_certs`` when set (each connection makes its own handshake, as each Envoy
+        does), else plaintext."""
+        if not cfg.root_certs:
+            return grpc.aio.insecure_channel(target, options=self.options(cfg))
+        creds = self._credentials.get(cfg.root_certs)
+        if creds is None:
+            # One credentials object per bundle: parsing the PEM is not what is measured.
+            creds = grpc.ssl_channel_credentials(root_certificates=cfg.root_certs.encode())
+            self._credentials[cfg.root_certs] = creds
+        return grpc.aio.secure_channel(target, creds, options=self.options(cfg))
+
+    @staticmethod
+    def metadata(cfg: ClientConfig) -> tuple[tuple[str, str], ...] | None:
+        """The join token as Envoy's bootstrap sends it (``initial_metadata``), if any."""
+        return (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
 
     # -- callbacks from clients ------------------------------------------------------------
 
@@ -587,8 +609,10 @@ class Pool:
         """Run one command; return its JSON-able answer. Times are ``time.monotonic()``.
 
         - ``add``: ``target``, ``sotw``, ``delta`` (counts), optional ``node_cluster``,
-          ``marker``, ``base``, ``backoff`` [base, max] s, ``first_id``, ``node_prefix``:
-          start that many clients -> ``{"clients": total}``.
+          ``marker``, ``base``, ``backoff`` [base, max] s, ``first_id``, ``node_prefix``,
+          ``root_certs`` (PEM: dial over TLS trusting it), ``token`` (join token), ``spread``
+          (s: client i starts at ``spread * i / n``, else all at once): start that many
+          clients -> ``{"clients": total}``.
         - ``wait_complete`` (``timeout``) -> ``complete``, ``total``, ``first``, ``last``.
         - ``wait_change`` (``id``, ``timeout``) -> ``times``: one arrival per client that got it.
         - ``status`` -> counts of streams, errors, responses, complete clients.
@@ -620,6 +644,8 @@ class Pool:
         if op == "storm_report":
             return self._storm_report()
         if op in ("stop", "quit"):
+            for timer in self._pending:
+                timer.cancel()  # clients not started yet never start
             await asyncio.gather(*(c.stop() for c in self.clients))
             return {"stopped": len(self.clients)}
         raise ValueError(f"unknown op {op!r}")
@@ -633,6 +659,8 @@ class Pool:
             base=int(cmd.get("base", MARKER_BASE)),
             backoff=tuple(cmd.get("backoff", (0.1, 0.5))),  # type: ignore[arg-type]
             node_prefix=cmd.get("node_prefix", f"lg{os.getpid()}"),
+            root_certs=cmd.get("root_certs", ""),
+            token=cmd.get("token", ""),
         )
         next_id = int(cmd.get("first_id", len(self.clients)))
         new: list[Client] = []
@@ -645,8 +673,14 @@ class Pool:
                 next_id += 1
         self.clients += new
         self._complete.clear()
-        for c in new:
-            c.start()
+        spread = float(cmd.get("spread", 0))
+        if spread > 0:
+            loop = asyncio.get_running_loop()
+            for i, c in enumerate(new):
+                self._pending.append(loop.call_later(spread * i / len(new), c.start))
+        else:
+            for c in new:
+                c.start()
         return {"clients": len(self.clients)}
 
     async def _wait_complete(self, timeout: float) -> dict[str, Any]:
