@@ -287,8 +287,10 @@ class MeshApp:
                 topology=self.topology,
                 problems=self.controller.problems,
             )
+            # (a port's own credentials: see ServingCertificate.credentials)
+            admin_credentials = self.serving.credentials() if self.serving else None
             self._admin_server, self.admin_port = await start_admin_server(
-                self.config.admin, admin, credentials
+                self.config.admin, admin, admin_credentials
             )
         if self.config.metrics:
             host, port = parse_listen("--metrics", self.config.metrics)

@@ -1,9 +1,9 @@
 """meshd's serving certificate (xDS and admin over TLS) is issued again at half-life.
 
 With the test-only certificate lifetime of 4 s, a TLS client that connects 2 s later is
-handed a new certificate (a new serial, still verified against the trust bundle for the
-name it dialled), and a gRPC channel opened before keeps working. The clock of the unit
-part is given.
+handed a new certificate on the xDS port and on the admin port (a new serial, still
+verified against the trust bundle for the name it dialled), and a gRPC channel opened
+before keeps working. The clock of the unit part is given.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ async def tls_app(
             xds="127.0.0.1:0",
             metrics=None,
             data_dir=str(tmp_path / "meshd"),
+            admin="127.0.0.1:0",
             xds_tls=True,
             test_only_cert_ttl_s=TTL_S,
         ),
@@ -104,6 +105,15 @@ async def test_new_connections_get_a_renewed_certificate(tls_app: MeshApp, tmp_p
         renewed = await eventually(
             lambda: _serial(tls_app.xds_port, bundle),
             "a new serving certificate",
+            TTL_S * 3,
+            until=lambda serial: serial != first,
+            blocking=True,
+            interval=0.5,
+        )
+        # The admin port (its own credentials) is told of the renewal too.
+        await eventually(
+            lambda: _serial(tls_app.admin_port, bundle),
+            "the new serving certificate on the admin port",
             TTL_S * 3,
             until=lambda serial: serial != first,
             blocking=True,

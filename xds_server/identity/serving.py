@@ -47,6 +47,7 @@ class ServingCertificate:
         self.renewals = 0
         """How many times the certificate was issued again."""
         self.chain_pem, self._config, self._renew_at = self._issue()
+        self._handed = self._config
 
     def _issue(self) -> tuple[bytes, grpc.ServerCertificateConfiguration, datetime.datetime]:
         now = self._clock()
@@ -55,15 +56,33 @@ class ServingCertificate:
         return chain, config, now + self._lifetime / 2
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """A new certificate configuration once half the current one's lifetime is past,
-        else None (gRPC keeps the one it has)."""
+        """The current certificate configuration, renewed first once half its lifetime
+        is past; None when it is the one handed out last (tests, single port)."""
+        latest = self._current()
+        if latest is self._handed:
+            return None
+        self._handed = latest
+        return latest
+
+    def _current(self) -> grpc.ServerCertificateConfiguration:
         with self._lock:
-            if self._clock() < self._renew_at:
-                return None
-            self.chain_pem, self._config, self._renew_at = self._issue()
-            self.renewals += 1
+            if self._clock() >= self._renew_at:
+                self.chain_pem, self._config, self._renew_at = self._issue()
+                self.renewals += 1
             return self._config
 
     def credentials(self) -> grpc.ServerCredentials:
-        """Server credentials presenting this certificate, renewed as :meth:`fetch` says."""
-        return grpc.dynamic_ssl_server_credentials(self._config, self.fetch)
+        """Server credentials of one port, presenting this certificate, renewed as
+        :meth:`fetch` says. One per port: gRPC gives the initial configuration to one port
+        only, and each port must be told of a renewal once."""
+        handed = self._current()
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal handed
+            latest = self._current()
+            if latest is handed:
+                return None
+            handed = latest
+            return latest
+
+        return grpc.dynamic_ssl_server_credentials(handed, fetch)
