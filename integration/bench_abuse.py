@@ -29,10 +29,7 @@ import asyncio
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -41,12 +38,10 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
-from integration.bench_scale import Latency, marker_value, measure_changes, seed
-from integration.harness import free_port
-from integration.loadgen import LoadGenGroup, raise_nofile_limit
+from integration.bench_scale import Latency, Meshd, marker_value, measure_changes, seed
+from integration.loadgen import LoadGenGroup
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -61,81 +56,16 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-class MeshdProcess:
-    """meshd as its own process (the console script next to sys.executable): its xDS and
-    metrics ports, its log in ``workdir``, extra flags as given."""
+class MeshdProcess(Meshd):
+    """meshd as its own process (:class:`integration.bench_scale.Meshd`) on the registry at
+    ``prefix``, logging at ``log``, with extra flags as given."""
 
     def __init__(
         self, etcd: str, prefix: str, workdir: Path, flags: Sequence[str] = (), log: str = "info"
     ) -> None:
-        raise_nofile_limit()  # (inherited: meshd may hold thousands of sockets)
-        self.xds_port, self.metrics_port, admin = free_port(), free_port(), free_port()
-        self.log_path = workdir / "meshd.log"
-        exe = Path(sys.executable).with_name("meshd")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xds_server.cli.meshd"]
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                *cmd,
-                *("--etcd", etcd, "--prefix", prefix),
-                *("--xds", f"127.0.0.1:{self.xds_port}"),
-                *("--metrics", f"127.0.0.1:{self.metrics_port}"),
-                *("--admin", f"127.0.0.1:{admin}"),
-                *("--data-dir", str(workdir / "meshd-data"), "--log-level", log, "--grace", "0.5"),
-                *flags,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            etcd, workdir, "meshd", log_level=log, extra_args=["--prefix", prefix, *flags]
         )
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.xds_port}"
-
-    def rss_kb(self) -> int:
-        return rss_kb(self.proc.pid)
-
-    async def metrics(self, *names: str) -> dict[str, float]:
-        """``name{k=v,...}`` -> value of meshd's /metrics samples (of ``names`` only, if given)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-        def get() -> str:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return str(r.read().decode())
-
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(await asyncio.to_thread(get)):
-            for s in fam.samples:
-                if names and not any(s.name.startswith(n) for n in names):
-                    continue
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-        return out
-
-    async def wait_ready(self, revision: int, timeout: float = 60) -> None:
-        """Until meshd serves ``revision``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"meshd exited with {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(OSError):
-                m = await self.metrics("meshd_registry_revision")
-                if m.get("meshd_registry_revision", 0) >= revision:
-                    return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"meshd not at revision {revision} after {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 # --------------------------------------------------------------------------- abusers

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.resources import ENDPOINT, TYPE_ORDER
-from xds_server.server.request_key import MIN_NAMES, light_request, subscription_key
+from xds_server.server.request_key import (
+    DELTA_NAMES_TAG,
+    MIN_NAMES,
+    SOTW_NAMES_TAG,
+    light_request,
+    may_list_over,
+    subscription_key,
+)
 from xds_server.server.stream import SotwStream
 
 NAMES = [f"s{i}.default" for i in range(200)]
@@ -170,3 +179,31 @@ def test_a_sotw_stream_reads_repeated_acks_lightly() -> None:
     keyed, out = request(names[:-1], resp)  # read lightly, unknown key: parsed whole
     assert keyed.data is not None
     assert s.types[ENDPOINT].subscribed == frozenset(names[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(st.text(min_size=0, max_size=40), max_size=60),
+    limit=st.integers(min_value=0, max_value=70),
+    node=st.booleans(),
+    delta=st.booleans(),
+)
+def test_a_request_over_the_names_limit_is_never_let_through_unparsed(
+    names: list[str], limit: int, node: bool, delta: bool
+) -> None:
+    """The byte count that spares most requests the exact count never misses one over the
+    limit (whatever bytes the names, node or version hold)."""
+    if delta:
+        req: Any = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=ENDPOINT, resource_names_subscribe=names, response_nonce="7"
+        )
+        tag = DELTA_NAMES_TAG
+    else:
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=ENDPOINT, resource_names=names, version_info="v\x1a", response_nonce="7"
+        )
+        tag = SOTW_NAMES_TAG
+    if node:
+        req.node.id, req.node.cluster = "gw\x1a-1", "x" * 26
+    if len(names) > limit:
+        assert may_list_over(req.SerializeToString(), tag, limit)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -28,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from xds_server.cache import ConfigWatcher
 from xds_server.errors import ProtocolError
+from xds_server.log_limit import clip
 from xds_server.metrics import check_node_cluster
 from xds_server.server.connections import (
     Connection,
@@ -37,7 +39,13 @@ from xds_server.server.connections import (
 )
 from xds_server.server.delta_stream import DeltaResponse, DeltaStream
 from xds_server.server.observers import StreamHooks, StreamObserver
-from xds_server.server.request_key import light_request, subscription_key
+from xds_server.server.request_key import (
+    DELTA_NAMES_TAG,
+    SOTW_NAMES_TAG,
+    light_request,
+    may_list_over,
+    subscription_key,
+)
 from xds_server.server.stream import Response, SotwStream
 from xds_server.stream_auth import (
     StreamAuthenticator,
@@ -79,14 +87,16 @@ class AdsServicer:
         """What the observers hear of every stream (metrics, events, convergence, ...)."""
 
     def handler(self) -> grpc.GenericRpcHandler:
+        # Subscriptions over the names limit are refused from the bytes, before a parse.
+        cap = self.guard.limits.max_names
         sotw = grpc.stream_stream_rpc_method_handler(
             self.stream_aggregated_resources,
-            request_deserializer=_sotw_request,
+            request_deserializer=functools.partial(_sotw_request, max_names=cap),
             response_serializer=bytes,
         )
         delta = grpc.stream_stream_rpc_method_handler(
             self.delta_aggregated_resources,
-            request_deserializer=_delta_request,
+            request_deserializer=functools.partial(_delta_request, max_names=cap),
             response_serializer=bytes,
         )
         return grpc.method_handlers_generic_handler(
@@ -96,7 +106,7 @@ class AdsServicer:
 
     async def stream_aggregated_resources(
         self,
-        request_iterator: AsyncIterator[KeyedRequest | MalformedRequest],
+        request_iterator: AsyncIterator[KeyedRequest | MalformedRequest | OversizedRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         """ADS state of the world."""
@@ -104,7 +114,9 @@ class AdsServicer:
 
     async def delta_aggregated_resources(
         self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest | MalformedRequest],
+        request_iterator: AsyncIterator[
+            discovery_pb2.DeltaDiscoveryRequest | MalformedRequest | OversizedRequest
+        ],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         """ADS incremental (Delta)."""
@@ -160,6 +172,8 @@ class AdsServicer:
             nonlocal admin, conn
             if isinstance(raw, MalformedRequest):
                 raise raw
+            if isinstance(raw, OversizedRequest):
+                guard.check_names(where, raw.type_url, raw.names)  # (raises)
             if isinstance(raw, KeyedRequest):
                 assert isinstance(stream, SotwStream)  # (only SotW requests are keyed)
                 req, key = raw.for_stream(stream)
@@ -416,18 +430,43 @@ def _parse(cls: type[_M], data: bytes) -> _M | MalformedRequest:
         return MalformedRequest(cls.DESCRIPTOR.name, data, exc)
 
 
-def _sotw_request(data: bytes) -> KeyedRequest | MalformedRequest:
-    light = light_request(data)
-    if light is not None:
-        return KeyedRequest(light[0], light[1], data)
+@dataclass(frozen=True, slots=True)
+class OversizedRequest:
+    """A request over the names limit, as its deserializer found it: it lists ``names``
+    names of ``type_url``. The message itself is not kept (the stream is refused for it, as
+    for a parsed one): hundreds of thousands of names cost megabytes parsed, and gRPC
+    queues what deserializers return until the stream reads it."""
+
+    names: int
+    type_url: str
+
+
+def _sotw_request(
+    data: bytes, max_names: int = 1 << 62
+) -> KeyedRequest | MalformedRequest | OversizedRequest:
+    if not may_list_over(data, SOTW_NAMES_TAG, max_names):
+        light = light_request(data)
+        if light is not None:
+            return KeyedRequest(light[0], light[1], data)
     msg = _parse(discovery_pb2.DiscoveryRequest, data)
     if isinstance(msg, MalformedRequest):
         return msg
+    if len(msg.resource_names) > max_names:
+        return OversizedRequest(len(msg.resource_names), clip(msg.type_url, 200))
     return KeyedRequest(msg, subscription_key(data, msg))
 
 
-def _delta_request(data: bytes) -> discovery_pb2.DeltaDiscoveryRequest | MalformedRequest:
-    return _parse(discovery_pb2.DeltaDiscoveryRequest, data)
+def _delta_request(
+    data: bytes, max_names: int = 1 << 62
+) -> discovery_pb2.DeltaDiscoveryRequest | MalformedRequest | OversizedRequest:
+    msg = _parse(discovery_pb2.DeltaDiscoveryRequest, data)
+    if (
+        not isinstance(msg, MalformedRequest)
+        and may_list_over(data, DELTA_NAMES_TAG, max_names)
+        and len(msg.resource_names_subscribe) > max_names
+    ):
+        return OversizedRequest(len(msg.resource_names_subscribe), clip(msg.type_url, 200))
+    return msg
 
 
 def admin_address(node: Any, peer: str) -> str | None:

@@ -111,3 +111,16 @@ def _light(data: bytes) -> tuple[discovery_pb2.DiscoveryRequest, bytes] | None:
     return discovery_pb2.DiscoveryRequest(
         type_url=TYPE_ORDER[kind], version_info=version, response_nonce=nonce
     ), key
+
+
+SOTW_NAMES_TAG = b"\x1a"
+"""The tag of ``DiscoveryRequest.resource_names`` (field 3, length-delimited)."""
+DELTA_NAMES_TAG = b"\x1a"
+"""The tag of ``DeltaDiscoveryRequest.resource_names_subscribe`` (field 3)."""
+
+
+def may_list_over(data: bytes, tag: bytes, limit: int) -> bool:
+    """Whether the request in ``data`` may list more than ``limit`` names: each name starts
+    with its field's tag byte, so a request holding no more than ``limit`` such bytes
+    cannot (one ``bytes.count``, in C). Only a request that may is counted exactly."""
+    return data.count(tag) > limit
