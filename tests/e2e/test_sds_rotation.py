@@ -5,9 +5,9 @@ A sidecar of ``shop/api`` (strict mTLS inbound) and a gateway (``edge``) that ca
 mTLS. meshd runs with the test-only certificate lifetime of 20 s, so each certificate is
 issued again after 10 s. While a load of at least 50 requests/s (two callers, 40/s each)
 flows through the gateway and the sidecar (two TLS hops: the gateway's client certificate
-and the sidecar's server certificate both rotate), the test watches the serial the sidecar presents to a Python TLS client and the
-one Envoy's admin reports, until both changed; not one request may fail meanwhile. Over
-SotW and over Delta ADS.
+and the sidecar's server certificate both rotate), the test watches the serial the sidecar
+presents to a Python TLS client and the one Envoy's admin reports, until both changed; not
+one request may fail meanwhile. Over SotW and over Delta ADS.
 """
 
 from __future__ import annotations
