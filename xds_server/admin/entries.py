@@ -30,6 +30,7 @@ KIND_TO_REGISTRY: dict[pb.Kind, Kind] = {
     pb.KIND_LISTENER: "listeners",
     pb.KIND_NAMESPACE: "namespaces",
     pb.KIND_POLICY: "policies",
+    pb.KIND_SECRET: "secrets",
 }
 REGISTRY_TO_KIND = {v: k for k, v in KIND_TO_REGISTRY.items()}
 
@@ -161,6 +162,18 @@ def check_entry(entry: pb.Entry, prefix: str, *, lease: int = 0) -> Checked:
     return Checked(key, key_ref, value, entity, entry.revision, where)
 
 
+def secret_summary(value: bytes, key_ref: KeyRef) -> dict[str, Any]:
+    """What a read shows of a secret's value: :meth:`Secret.summary` (no key material);
+    a value that is not a valid secret shows only that (its text may hold a key)."""
+    try:
+        entity = parse_entity(key_ref, value)
+    except (ValidationError, RecursionError) as exc:
+        reason = exc.reason if isinstance(exc, ValidationError) else "nested too deeply"
+        return {"invalid": reason[:200]}
+    summary = getattr(entity, "summary", None)
+    return summary() if callable(summary) else {}
+
+
 def entry_of(stored: Entry, prefix: str) -> pb.Entry:
     """The API form of a stored registry entry (a value that is not a JSON object goes
     into ``raw``: the entry is rejected by meshd, and the caller should see why)."""
@@ -168,6 +181,9 @@ def entry_of(stored: Entry, prefix: str) -> pb.Entry:
     out = pb.Entry(
         ref=ref_of(key_ref), revision=stored.mod_revision, lease=stored.lease, key=stored.key
     )
+    if key_ref.kind == "secrets":  # never echoed: a summary, never ``raw``
+        out.spec.CopyFrom(spec_struct(secret_summary(stored.value, key_ref)))
+        return out
     try:
         data = json.loads(stored.value)
     except (ValueError, RecursionError):

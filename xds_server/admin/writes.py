@@ -177,7 +177,12 @@ class RegistryWrites(JoinTokenRpcs):
             lease=lease,
             key=checked.key,
         )
-        entry.spec.CopyFrom(conv.spec_struct(json.loads(checked.value)))
+        if checked.key_ref.kind == "secrets":  # (a write's answer echoes no key either)
+            entry.spec.CopyFrom(
+                conv.spec_struct(conv.secret_summary(checked.value, checked.key_ref))
+            )
+        else:
+            entry.spec.CopyFrom(conv.spec_struct(json.loads(checked.value)))
         return entry
 
     async def CreateEntry(self, request: pb.CreateEntryRequest, context: Ctx) -> Message:  # noqa: N802

@@ -36,6 +36,7 @@ for _kind, _names in {
     # (not "ns": it would read as the -n/--namespace flag's)
     pb.KIND_NAMESPACE: ("namespaces", "namespace"),
     pb.KIND_POLICY: ("policies", "policy", "pol"),
+    pb.KIND_SECRET: ("secrets", "secret"),
 }.items():
     for _n in _names:
         KIND_ALIASES[_n] = _kind
@@ -125,7 +126,7 @@ def kind_arg(value: str) -> pb.Kind:
     except KeyError:
         raise UserError(
             f"unknown kind {value!r}; expected services, endpoints, routes, listeners, "
-            "namespaces or policies"
+            "namespaces, policies or secrets"
         ) from None
 
 

@@ -41,6 +41,7 @@ def _spec(entry: pb.Entry) -> dict[str, Any]:
 IN_FORCE = "in force"
 REJECTED = "rejected"
 REJECTED_KEPT = "rejected, last good in force"
+WARNING = "in force, warning"
 
 
 def entry_rows(
@@ -132,6 +133,25 @@ def entry_rows(
                     e.revision,
                 ]
             )
+    elif kind == pb.KIND_SECRET:
+        # (meshd reads back a summary only: never a key, a PEM or an API key)
+        header = ["NAMESPACE", "NAME", "KIND", "SUBJECT", "SANS", "EXPIRES", "REVISION"]
+        for e in entries:
+            s = _spec(e)
+            sans = ",".join(map(str, _list(s.get("sans"))))
+            if s.get("kind") == "keys":
+                sans = f"{len(_list(s.get('clients')))} clients"
+            rows.append(
+                [
+                    e.ref.namespace,
+                    e.ref.name,
+                    s.get("kind", "invalid"),
+                    s.get("subject", ""),
+                    sans,
+                    s.get("not_after", ""),
+                    e.revision,
+                ]
+            )
     elif kind == pb.KIND_NAMESPACE:
         header = ["NAME", "MTLS", "DEFAULT_POLICY", "EXPORT_TO", "REVISION"]
         for e in entries:
@@ -171,7 +191,10 @@ def entry_rows(
             if problem is None and not e.raw:
                 row.append(IN_FORCE)
                 continue
-            row.append(REJECTED_KEPT if problem and problem.last_good_kept else REJECTED)
+            if problem is not None and problem.reason.startswith("warning:"):
+                row.append(WARNING)  # (in force: a certificate expiring soon)
+            else:
+                row.append(REJECTED_KEPT if problem and problem.last_good_kept else REJECTED)
             where = "/".join(p for p in (e.ref.namespace, e.ref.service, e.ref.name) if p)
             if kind == pb.KIND_NAMESPACE:
                 where = e.ref.name

@@ -46,6 +46,7 @@ from xds_server.model import (
 )
 from xds_server.model.names import KINDS, parse_key, service_key
 from xds_server.model.policy import Policy
+from xds_server.model.secret import Secret
 from xds_server.model.view import ChangeSet, Dependent
 
 __all__ = ["RegistryState", "check_refs"]
@@ -103,6 +104,8 @@ class RegistryState:
         self.listeners: dict[str, Listener] = {}
         self.namespaces: dict[str, Namespace] = {}
         self.policies: dict[str, Policy] = {}
+        self.secrets: dict[str, Secret] = {}
+        """``ns/name`` -> secret in force."""
         self.problems: dict[str, Problem] = {}
         self._listing: _Listing | None = None
         self._raw: dict[str, int] = {}  # every known key -> mod_revision
@@ -262,6 +265,11 @@ class RegistryState:
         # (allowed_namespaces); a change to either judges every route again. Withdrawn
         # permission is not held like a service: it is what the namespace or listener's
         # owner asked for, so the routes it no longer admits leave force.
+        if by_kind["secrets"]:
+            for key in by_kind["secrets"]:
+                self._resolve_key(key, changes)
+            if changes.secrets:  # (listeners naming them may come into force or leave it)
+                by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
         for kind in ("namespaces", "listeners", "routes", "policies"):
             ordered: Iterable[str] = by_kind[kind]
             if kind == "listeners":
@@ -393,7 +401,11 @@ class RegistryState:
         if current is not None:
             held = previous is not None and (previous is current or previous == current)
             error = self._refs_error(current, held)
+            if error is None and isinstance(current, Listener):
+                error = self._secret_error(current)
             if error is None:
+                if isinstance(current, Secret):
+                    return current, self._warning(key, current)
                 return current, self._held_problem(key, current) if held else None
             problem = Problem(key, error[0], error[1], self._raw.get(key, 0))
         else:
@@ -408,6 +420,8 @@ class RegistryState:
             if fallback is None or key not in self._raw:
                 continue
             if self._refs_error(fallback, fallback is previous) is not None:
+                continue
+            if isinstance(fallback, Listener) and self._secret_error(fallback) is not None:
                 continue
             if problem is not None:
                 problem = Problem(
@@ -427,6 +441,32 @@ class RegistryState:
             else self.registered_services
         )
         return check_refs(entity, services, self.listeners, self.namespaces, self.owner_of)
+
+    def _secret_error(self, listener: Listener) -> tuple[str, str] | None:
+        """(field, reason) when ``listener``'s ``tls`` names a secret not in force or of
+        the wrong shape: Envoy would wait for it and never serve the listener."""
+        tls = listener.tls
+        if tls is None:
+            return None
+        wanted = [(f"tls.certificates[{i}]", ref, "tls") for i, ref in enumerate(tls.certificates)]
+        if tls.client_ca is not None:
+            wanted.append(("tls.client_ca", tls.client_ca, "ca"))
+        for where, ref, kind in wanted:
+            secret = self.secrets.get(ref)
+            if secret is None:
+                return where, f"secret {ref!r} is not in force"
+            if secret.kind != kind:
+                shape = '{"cert", "key"}' if kind == "tls" else '{"ca"}'
+                return where, f"secret {ref!r} is a {secret.kind} secret, not {shape}"
+        return None
+
+    def _warning(self, key: str, secret: Secret) -> Problem | None:
+        """The warning status of a secret in force whose certificate expires soon."""
+        reason = secret.expiry_warning()
+        if reason is None:
+            return None
+        field_ = "cert" if secret.kind == "tls" else "ca"
+        return Problem(key, field_, reason, self._raw.get(key, 0), warning=True)
 
     # -- services held in force for their dependents -----------------------------------
     #
@@ -569,6 +609,8 @@ class RegistryState:
             _index(self.listeners, some.name, entity, changes.listeners)
         elif isinstance(some, Namespace):
             _index(self.namespaces, some.name, entity, changes.namespaces)
+        elif isinstance(some, Secret):
+            _index(self.secrets, some.ref, entity, changes.secrets)
         elif isinstance(some, Policy):
             _index(self.policies, key, entity, set())
             changes.policies.add(some.namespace)  # (what translation rebuilds: its services)

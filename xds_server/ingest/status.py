@@ -102,6 +102,8 @@ def status_value(problem: Problem) -> bytes:
             "error": bounded(problem.message, MAX_FIELD_CHARS + MAX_REASON_CHARS + 64),
             "revision": problem.revision,
             "last_good_kept": problem.last_good_kept,
+            # (a warning: the entry is in force as it is, e.g. a certificate expiring soon)
+            "level": "warning" if problem.warning else "error",
         },
         sort_keys=True,
     ).encode()

@@ -12,9 +12,10 @@ from xds_server.model.names import KeyRef, known_endpoint_key, parse_key
 from xds_server.model.namespace import Namespace, parse_namespace
 from xds_server.model.policy import Policy, parse_policy
 from xds_server.model.route import Route, parse_route
+from xds_server.model.secret import Secret, parse_secret
 from xds_server.model.service import Service, decode_plain_service, parse_service
 
-Entity = Service | Endpoint | Route | Listener | Namespace | Policy
+Entity = Service | Endpoint | Route | Listener | Namespace | Policy | Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class Problem:
     reason: str
     revision: int = 0
     last_good_kept: bool = False
+    warning: bool = False
+    """Only a warning: the entry is in force as it is (a certificate expiring soon)."""
 
     @property
     def message(self) -> str:
@@ -60,6 +63,8 @@ def parse_entity(ref: KeyRef, value: bytes, *, lease: int = 0, created: int = 0)
         return parse_namespace(ref.name, obj)
     if ref.kind == "policies":
         return parse_policy(ref.namespace, ref.name, obj)
+    if ref.kind == "secrets":
+        return parse_secret(ref.namespace, ref.name, obj)
     return parse_listener(ref.name, obj)
 
 

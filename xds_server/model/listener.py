@@ -11,6 +11,7 @@ from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
 from xds_server.model.names import DEFAULT_NAMESPACE, ServiceRef, parse_service_ref
 from xds_server.model.namespace import matches_any, namespace_globs
+from xds_server.model.secret import parse_secret_ref
 
 TRACING_PROVIDERS = ("zipkin", "opentelemetry")
 
@@ -26,6 +27,26 @@ class Tracing:
     sampling_percent: int = 1
 
 
+MAX_CERTIFICATES = 64
+"""Certificates one listener may offer (Envoy picks among them by SNI at each handshake)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS termination: the certificates offered (Envoy picks by the client's SNI among
+    their SANs; the first when none matches) and, optionally, the CA a client certificate
+    must chain to (then a client without one is refused)."""
+
+    certificates: tuple[str, ...]
+    """Secrets (``ns/name``) holding ``{"cert", "key"}``."""
+    client_ca: str | None = None
+    """A secret (``ns/name``) holding ``{"ca"}``."""
+
+    def secret_refs(self) -> tuple[str, ...]:
+        """Every secret it names."""
+        return self.certificates + ((self.client_ca,) if self.client_ca else ())
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     """A validated Listener entry. ``service`` is set exactly for ``tcp`` listeners."""
@@ -39,6 +60,8 @@ class Listener:
     tracing: Tracing | None = None
     allowed_namespaces: tuple[str, ...] = ("*",)
     """Globs of the namespaces whose routes may attach (Gateway API's ``allowedRoutes``)."""
+    tls: ListenerTls | None = None
+    """TLS termination with secrets from the registry (None: plaintext)."""
 
     def admits(self, namespace: str) -> bool:
         """May a route of ``namespace`` attach to this listener?"""
@@ -81,6 +104,8 @@ def parse_listener(name: str, o: Obj) -> Listener:
             raise ValidationError("tracing", "is only allowed with protocol http")
         tracing = parse_tracing(tracing_obj)
     allowed = namespace_globs(o, "allowed_namespaces")
+    tls_obj = o.obj("tls")
+    tls = parse_listener_tls(tls_obj) if tls_obj is not None else None
     o.done()
     return Listener(
         name=name,
@@ -91,7 +116,34 @@ def parse_listener(name: str, o: Obj) -> Listener:
         service=service,
         tracing=tracing,
         allowed_namespaces=allowed,
+        tls=tls,
     )
+
+
+def parse_listener_tls(o: Obj) -> ListenerTls:
+    """Validate a listener's ``tls`` block: secret references only (whether they are in
+    force, and of the right shape, is the registry fold's to judge)."""
+    items = o.list_("certificates")
+    if not items:
+        raise ValidationError(o.field("certificates"), "must list at least one secret")
+    if len(items) > MAX_CERTIFICATES:
+        raise ValidationError(o.field("certificates"), f"lists more than {MAX_CERTIFICATES}")
+    certs: list[str] = []
+    for path, item in items:
+        if not isinstance(item, str):
+            raise ValidationError(path, "must be a string 'namespace/name'")
+        ns, name = parse_secret_ref(item, path)
+        ref = f"{ns}/{name}"
+        if ref in certs:
+            raise ValidationError(path, f"names {ref!r} twice")
+        certs.append(ref)
+    ca = o.opt_str("client_ca")
+    client_ca = None
+    if ca is not None:
+        ns, name = parse_secret_ref(ca, o.field("client_ca"))
+        client_ca = f"{ns}/{name}"
+    o.done()
+    return ListenerTls(tuple(certs), client_ca)
 
 
 def parse_tracing(o: Obj) -> Tracing:

@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 
 from xds_server.errors import ValidationError
 
-Kind = Literal["services", "endpoints", "routes", "listeners", "namespaces", "policies"]
+Kind = Literal["services", "endpoints", "routes", "listeners", "namespaces", "policies", "secrets"]
 KINDS: tuple[Kind, ...] = (
     "services",
     "endpoints",
@@ -26,6 +26,7 @@ KINDS: tuple[Kind, ...] = (
     "listeners",
     "namespaces",
     "policies",
+    "secrets",
 )
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -115,6 +116,7 @@ _SHAPES: dict[str, int] = {
     "listeners": 1,
     "namespaces": 1,
     "policies": 2,
+    "secrets": 2,
 }
 
 
@@ -163,6 +165,7 @@ def parse_key(key: str, prefix: str) -> KeyRef:
             "listeners": "listeners/<name>",
             "namespaces": "namespaces/<ns>",
             "policies": "policies/<ns>/<name>",
+            "secrets": "secrets/<ns>/<name>",
         }[kind]
         raise ValidationError("", f"key must look like {prefix}{shape}")
     if kind == "listeners":

@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol
 
 from xds_server.model import Endpoint, Listener, Namespace, Problem, Route, Service, ServiceRef
 from xds_server.model.policy import Policy
+from xds_server.model.secret import Secret
 
 __all__ = ["ChangeSet", "Dependent", "RegistryView"]
 
@@ -40,6 +41,8 @@ class ChangeSet:
     """Namespaces whose entry changed in force (their services' mTLS default may have)."""
     policies: set[str] = field(default_factory=set)
     """Namespaces where a policy changed in force (their services' authorization did)."""
+    secrets: set[str] = field(default_factory=set)
+    """Secrets (``ns/name``) that changed in force (their SDS Secret did)."""
     problems_set: dict[str, Problem] = field(default_factory=dict)
     problems_cleared: set[str] = field(default_factory=set)
 
@@ -52,6 +55,7 @@ class ChangeSet:
             or self.listeners
             or self.namespaces
             or self.policies
+            or self.secrets
         )
 
     def merge(self, later: ChangeSet) -> None:
@@ -63,6 +67,7 @@ class ChangeSet:
         self.listeners |= later.listeners
         self.namespaces |= later.namespaces
         self.policies |= later.policies
+        self.secrets |= later.secrets
         for key, problem in later.problems_set.items():
             self.problems_set[key] = problem
             self.problems_cleared.discard(key)
@@ -113,6 +118,11 @@ class RegistryView(Protocol):
     @property
     def policies(self) -> Mapping[str, Policy]:
         """Policy key -> authorization policy in force."""
+        ...
+
+    @property
+    def secrets(self) -> Mapping[str, Secret]:
+        """Secret ``ns/name`` -> secret in force."""
         ...
 
     @property

@@ -17,6 +17,8 @@ exists. Which node cluster a stream is, is the authenticator's to vouch for.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2
 
@@ -31,10 +33,19 @@ ROOT_SECRET = "ROOTCA"
 _SEP = "~"
 
 
-def secret_key(name: str, node_cluster: str) -> str:
-    """The index key of the Secret ``name`` as a proxy of ``node_cluster`` asks for it."""
+REGISTRY_PREFIX = "secret:"
+"""Names of registry secrets (``secret:<ns>/<name>``, shared by every proxy that uses one,
+kept under their own name): a proxy gets one only when its scope lists it."""
+
+
+def secret_key(name: str, node_cluster: str, usable: Collection[str] = ()) -> str:
+    """The index key of the Secret ``name`` as a proxy of ``node_cluster`` asks for it.
+    ``usable``: the registry secrets that proxy's listeners use (its scope's); any other
+    registry secret maps to a key that never exists, so naming one gets nothing."""
     if name == ROOT_SECRET:
         return name
+    if name.startswith(REGISTRY_PREFIX):
+        return name if name in usable else _SEP + name
     if _SEP in name or not name:
         # (no index key starts with the separator: this one never exists)
         return _SEP + name

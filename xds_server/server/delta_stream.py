@@ -127,8 +127,13 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
         if secrets:
             # Every proxy asks for its own certificate as ``default``: the cache keeps each
             # node cluster's under a key of its own (resources/secrets.py).
-            subs = {secret_key(n, self.node_cluster) for n in subs}
-            unsubs = {secret_key(n, self.node_cluster) for n in unsubs}
+            # Registry secrets: only those this node cluster's listeners use (its scope).
+            usable = self.cache.scope(self.node_cluster).names(SECRET)
+            subs = {secret_key(n, self.node_cluster, usable) for n in subs}
+            # (an unsubscription drops whichever key the subscription had)
+            unsubs = {secret_key(n, self.node_cluster, (n,)) for n in unsubs} | {
+                secret_key(n, self.node_cluster) for n in unsubs
+            }
         toggled = "*" in subs or "*" in unsubs
         if t in WILDCARD_TYPES and ((first and not subs) or "*" in subs):
             ts.wildcard = True
@@ -148,7 +153,7 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
             # union, no sort of them all: only what is sent or removed is sorted).
             held: dict[str, str] = dict(req.initial_resource_versions) if first else {}
             if secrets:
-                held = {secret_key(n, self.node_cluster): v for n, v in held.items()}
+                held = {secret_key(n, self.node_cluster, usable): v for n, v in held.items()}
             subscribed = ts.subscribed
             scope_names: Collection[str] = (
                 self.scope.names(t) if ts.wildcard and self.scope is not None else ()

@@ -218,7 +218,9 @@ class SotwStream(StreamBase[TypeStatus]):
         if t == SECRET:
             # Every proxy asks for its own certificate as ``default``: the cache keeps each
             # node cluster's under a key of its own (resources/secrets.py).
-            raw = [secret_key(n, self.node_cluster) for n in raw]
+            # Registry secrets: only those this node cluster's listeners use (its scope).
+            usable = self.cache.scope(self.node_cluster).names(SECRET)
+            raw = [secret_key(n, self.node_cluster, usable) for n in raw]
         unchanged = raw and len(raw) == len(ts.subscribed) and ts.subscribed.issuperset(raw)
         if unchanged and not ts.wildcard:
             # Envoy repeats its whole subscription in every ACK (a name per service): when

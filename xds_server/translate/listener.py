@@ -11,11 +11,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_server.model import Listener
+from xds_server.model.listener import ListenerTls
 from xds_server.model.names import cluster_name
+from xds_server.model.secret import secret_sds_name
 from xds_server.resources.resource import Resource, make_resource
 from xds_server.resources.types import LISTENER
 from xds_server.translate.cluster import ads_source
@@ -25,6 +28,32 @@ from xds_server.translate.tracing import apply_tracing
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
+TLS_SOCKET = "envoy.transport_sockets.tls"
+
+
+def _sds(ref: str) -> secret_pb2.SdsSecretConfig:
+    ns, _, name = ref.partition("/")
+    return secret_pb2.SdsSecretConfig(name=secret_sds_name(ns, name), sds_config=ads_source())
+
+
+def downstream_tls(tls: ListenerTls) -> tls_pb2.DownstreamTlsContext:
+    """TLS termination with the listener's certificates over SDS.
+
+    One filter chain holds every certificate: Envoy picks the one whose SANs match the
+    client's SNI at each handshake (the first when none does), so no ``server_names``
+    chains and no TLS inspector are needed. The certificates come over SDS by name:
+    editing a secret changes only its Secret, never this Listener, so a rotation neither
+    drains the listener nor touches a connection already open.
+    """
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[_sds(ref) for ref in tls.certificates],
+        alpn_protocols=["h2", "http/1.1"],
+    )
+    ctx = tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    if tls.client_ca is not None:
+        common.validation_context_sds_secret_config.CopyFrom(_sds(tls.client_ca))
+        ctx.require_client_certificate.CopyFrom(wrappers_pb2.BoolValue(value=True))
+    return ctx
 
 
 def pack(msg: Message) -> any_pb2.Any:
@@ -66,6 +95,9 @@ def build_listener(listener: Listener) -> listener_pb2.Listener:
         ),
     )
     chain = out.filter_chains.add()
+    if listener.tls is not None:
+        chain.transport_socket.name = TLS_SOCKET
+        chain.transport_socket.typed_config.Pack(downstream_tls(listener.tls))
     if listener.protocol == "tcp":
         assert listener.service is not None
         proxy = tcp_proxy_pb2.TcpProxy(

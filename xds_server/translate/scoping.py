@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 from xds_server.model import Listener
 from xds_server.model.names import cluster_name
+from xds_server.model.secret import secret_sds_name
 from xds_server.resources.scope import ScopeRule, Selection
-from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 _ALL_CLUSTERS = frozenset({CLUSTER, ENDPOINT})
 _NONE: frozenset[str] = frozenset()
@@ -33,6 +34,12 @@ def mesh_scopes(
         mine = [lst for lst in held if lst.serves(node_cluster)]
         http = frozenset(lst.name for lst in mine if lst.protocol == "http")
         tcp = frozenset(cluster_name(lst.service) for lst in mine if lst.service is not None)
+        secrets = frozenset(
+            secret_sds_name(*ref.split("/", 1))
+            for lst in mine
+            if lst.tls is not None
+            for ref in lst.tls.secret_refs()
+        )
         own = inbound.get(node_cluster)
         local = frozenset({own}) if own else _NONE
         return Selection(
@@ -41,6 +48,8 @@ def mesh_scopes(
                 ROUTE: http | local,
                 CLUSTER: tcp | local,
                 ENDPOINT: tcp,
+                # The registry secrets its listeners use: the only ones it may fetch.
+                SECRET: secrets,
             },
             # Every HTTP listener routes every service's default host, so it needs every
             # cluster; a TCP listener needs only its service's.

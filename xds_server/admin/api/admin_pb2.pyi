@@ -20,6 +20,7 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_LISTENER: _ClassVar[Kind]
     KIND_NAMESPACE: _ClassVar[Kind]
     KIND_POLICY: _ClassVar[Kind]
+    KIND_SECRET: _ClassVar[Kind]
 
 class ApplyOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -75,6 +76,7 @@ KIND_ROUTE: Kind
 KIND_LISTENER: Kind
 KIND_NAMESPACE: Kind
 KIND_POLICY: Kind
+KIND_SECRET: Kind
 APPLY_OUTCOME_UNSPECIFIED: ApplyOutcome
 APPLY_OUTCOME_CREATED: ApplyOutcome
 APPLY_OUTCOME_UPDATED: ApplyOutcome
