@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 from xds_server.model import (
     Endpoint,
@@ -218,18 +219,58 @@ def check_tenancy(
     return None
 
 
+class RouteSecret(Protocol):
+    """What the reference rules read of a registry secret (``model.secret.Secret``)."""
+
+    @property
+    def kind(self) -> str: ...
+
+
+def check_route_secrets(
+    route: Route, secrets: Mapping[str, RouteSecret] | None
+) -> tuple[str, str] | None:
+    """(field, reason) when a secret ``route`` names (``jwt.jwks.secret``,
+    ``api_keys.secret``) is another namespace's, not in force, or of another shape. A
+    namespace's secrets are its own: a route may not read another namespace's keys.
+    ``secrets`` None: only the namespace rule is judged."""
+    wanted: list[tuple[str, str, str]] = []
+    if route.jwt is not None and route.jwt.jwks_secret:
+        wanted.append(("jwt.jwks.secret", route.jwt.jwks_secret, "jwks"))
+    if route.api_keys is not None:
+        wanted.append(("api_keys.secret", route.api_keys.secret, "keys"))
+    for field, ref, kind in wanted:
+        ns = ref.partition("/")[0]
+        if ns != route.namespace:
+            return (
+                field,
+                f"secret {ref} is of namespace {ns}: a route reads only its own "
+                f"namespace's ({route.namespace}) secrets",
+            )
+        if secrets is None:
+            continue
+        secret = secrets.get(ref)
+        if secret is None:
+            return (field, f"secret {ref} is not in force")
+        if secret.kind != kind:
+            shape = '{"jwks": ...}' if kind == "jwks" else '{"keys": ...}'
+            return (field, f"secret {ref} is a {secret.kind} secret, not {shape}")
+    return None
+
+
 def check_refs(
     entity: Entity,
     services: Mapping[ServiceRef, Service],
     listeners: Mapping[str, Listener],
     namespaces: Mapping[str, Namespace] = _NO_NAMESPACES,
     owner_of: OwnerOf | None = None,
+    secrets: Mapping[str, RouteSecret] | None = None,
 ) -> tuple[str, str] | None:
     """(field, reason) when ``entity`` refers to a service, subset or listener port that
     ``services`` / ``listeners`` do not allow, or (routes) breaks a tenancy rule
     (:func:`check_tenancy`, given the namespace entries in force and who holds what): the
     reference rules of registry.md, shared by the registry fold and the admin API's
-    validation of writes."""
+    validation of writes. ``secrets`` (those in force): routes' secrets must exist and be
+    of the right shape; without it only their namespace is judged."""
     if isinstance(entity, Endpoint):
         svc = services.get(entity.service)
         if svc is None:
@@ -261,6 +302,9 @@ def check_refs(
                 return ("mirror.subset", f"service {m.service} has no subset {m.subset!r}")
             if svc.protocol == "tcp":
                 return ("mirror.service", f"service {m.service} speaks tcp, not http")
+        problem = check_route_secrets(entity, secrets)
+        if problem is not None:
+            return problem
         return check_tenancy(entity, services, listeners, namespaces, owner_of)
     if isinstance(entity, Policy):
         target = entity.target_ref

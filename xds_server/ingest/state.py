@@ -268,8 +268,9 @@ class RegistryState:
         if by_kind["secrets"]:
             for key in by_kind["secrets"]:
                 self._resolve_key(key, changes)
-            if changes.secrets:  # (listeners naming them may come into force or leave it)
+            if changes.secrets:  # (listeners, routes naming them may come into force or leave)
                 by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
+                by_kind["routes"].update(dict.fromkeys(self._route_keys))
         for kind in ("namespaces", "listeners", "routes", "policies"):
             ordered: Iterable[str] = by_kind[kind]
             if kind == "listeners":
@@ -440,7 +441,9 @@ class RegistryState:
             if in_force or not self._held or not isinstance(entity, (Route, Listener))
             else self.registered_services
         )
-        return check_refs(entity, services, self.listeners, self.namespaces, self.owner_of)
+        return check_refs(
+            entity, services, self.listeners, self.namespaces, self.owner_of, self.secrets
+        )
 
     def _secret_error(self, listener: Listener) -> tuple[str, str] | None:
         """(field, reason) when ``listener``'s ``tls`` names a secret not in force or of

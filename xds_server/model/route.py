@@ -12,6 +12,7 @@ import re2
 from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj
 from xds_server.model.names import ServiceRef, check_label, parse_service_ref
+from xds_server.model.route_edge import ApiKeys, Cors, Jwt, parse_api_keys, parse_cors, parse_jwt
 from xds_server.model.service import MAX_MS
 
 MatchKind = Literal["prefix", "path", "regex"]
@@ -135,6 +136,10 @@ class Route:
     rate_limit: RateLimit | None = None
     mirror: Mirror | None = None
     fault: Fault | None = None
+    jwt: Jwt | None = None
+    api_keys: ApiKeys | None = None
+    websocket: bool = False
+    cors: Cors | None = None
     created: int = 0
     """The registry revision that created the route's key (etcd's create_revision; 0:
     unknown). Across namespaces the older route keeps a contested host and match, and ties
@@ -287,6 +292,10 @@ def parse_route(namespace: str, name: str, o: Obj, *, created: int = 0) -> Route
     rl_obj = o.obj("rate_limit")
     mirror_obj = o.obj("mirror")
     fault_obj = o.obj("fault")
+    jwt_obj = o.obj("jwt")
+    keys_obj = o.obj("api_keys")
+    websocket = o.bool_("websocket", False)
+    cors_obj = o.obj("cors")
     route = Route(
         namespace=namespace,
         name=name,
@@ -300,6 +309,10 @@ def parse_route(namespace: str, name: str, o: Obj, *, created: int = 0) -> Route
         rate_limit=_rate_limit(rl_obj) if rl_obj else None,
         mirror=_mirror(mirror_obj, namespace) if mirror_obj else None,
         fault=_fault(fault_obj) if fault_obj else None,
+        jwt=parse_jwt(jwt_obj, namespace) if jwt_obj else None,
+        api_keys=parse_api_keys(keys_obj, namespace) if keys_obj else None,
+        websocket=websocket,
+        cors=parse_cors(cors_obj) if cors_obj else None,
         created=created,
     )
     o.done()

@@ -17,8 +17,12 @@ dropped silently:
 
 * the HTTP filter chain is gRPC's fault filter and the router: route ``fault``
   is applied by gRPC clients as by Envoy;
-* a route's ``rate_limit`` (gRPC has no local rate limit) is left out of the
-  route it is served, and noted on the route;
+* a route's ``rate_limit`` (gRPC has no local rate limit), ``cors`` (no browser calls a
+  gRPC client's channel) and ``websocket`` (gRPC speaks HTTP/2, no Upgrade) are left out
+  of the route it is served, and noted on the route;
+* a route's ``jwt`` or ``api_keys`` (gRPC clients run neither filter) would leave the
+  route unauthenticated if dropped: a name such a route attaches to is not served to
+  proxyless clients at all, and that is noted on the route;
 * a cluster whose algorithm gRPC lacks (``maglev``, ``random``, and
   ``least_request``, which grpcio lacks) would be NACKed: a name whose routes
   reach one is not served to proxyless clients at all (they see the listener as
@@ -48,6 +52,9 @@ from xds_server.translate.route import FAULT
 
 GRPC_ALGORITHMS = frozenset({"round_robin", "ring_hash"})
 """Load balancing every gRPC client runs (grpc-go also has least_request; grpcio has not)."""
+
+AUTH_FIELDS = ("jwt", "api_keys")
+"""Route fields gRPC clients cannot enforce, which must not be dropped (authentication)."""
 
 NoteKey = tuple[str, str, str]
 """(registry kind, ``ns/name``, field) of a setting proxyless clients cannot honour."""
@@ -103,6 +110,11 @@ def proxyless_resources(
     name = service_host(service.ref)
     attached = _attached(name, routes)
     blocked = False
+    for route in attached:
+        for field in AUTH_FIELDS:
+            if getattr(route, field) is not None:
+                notes.setdefault(("routes", route.key_name, field), set()).add(name)
+                blocked = True
     for ref in _reached(service, attached):
         algorithm = services[ref].load_balancer.algorithm
         if algorithm not in GRPC_ALGORITHMS:
@@ -112,8 +124,13 @@ def proxyless_resources(
     if blocked:
         return None
     for route in attached:
-        if route.rate_limit is not None:
-            notes.setdefault(("routes", route.key_name, "rate_limit"), set()).add(name)
+        for field, dropped in (
+            ("rate_limit", route.rate_limit is not None),
+            ("cors", route.cors is not None),
+            ("websocket", route.websocket),
+        ):
+            if dropped:
+                notes.setdefault(("routes", route.key_name, field), set()).add(name)
     return api_listener(name), api_route_configuration(service, attached, services)
 
 
@@ -140,6 +157,22 @@ def note_reason(key: NoteKey, targets: Iterable[str], algorithm: str = "") -> st
         return (
             f"proxyless gRPC clients have no local rate limit: {names} served without it "
             "(Envoy proxies apply it)"
+        )
+    if key[2] == "cors":
+        return (
+            f"proxyless gRPC clients run no CORS filter (no browser calls them): {names} "
+            "served without it (Envoy proxies apply it)"
+        )
+    if key[2] == "websocket":
+        return (
+            f"proxyless gRPC clients speak HTTP/2 only, with no WebSocket upgrade: {names} "
+            "served without it (Envoy proxies pass upgrades)"
+        )
+    if key[2] in AUTH_FIELDS:
+        what = "JWT authentication" if key[2] == "jwt" else "API key authentication"
+        return (
+            f"proxyless gRPC clients cannot enforce {what}: {names} not served to them "
+            "(rather than served unauthenticated; Envoy proxies enforce it)"
         )
     return (
         f"{algorithm} is not run by proxyless gRPC clients (they run "

@@ -26,6 +26,7 @@ from xds_server.model import Route, Service, ServiceRef, SessionAffinity
 from xds_server.model.names import cluster_name, service_host
 from xds_server.resources.resource import Resource, resource_from_bytes, string_field
 from xds_server.resources.types import ROUTE
+from xds_server.translate.edge import EDGE_FILTERS, ApiKeyList, EdgeSecrets, route_keys
 from xds_server.translate.route import (
     LOCAL_RATELIMIT,
     Affinities,
@@ -43,17 +44,22 @@ _MEMO = 1 << 16
 
 
 @functools.lru_cache(maxsize=_MEMO)
-def _route_field(route: Route, affs: Affinities) -> bytes:
-    """One route entry as a ``VirtualHost.routes`` field."""
-    return string_field(3, route_entry(route, affs).SerializeToString(deterministic=True))
+def _route_field(route: Route, affs: Affinities, keys: ApiKeyList) -> bytes:
+    """One route entry as a ``VirtualHost.routes`` field (``keys``: its API keys)."""
+    return string_field(3, route_entry(route, affs, keys).SerializeToString(deterministic=True))
 
 
 @functools.lru_cache(maxsize=_MEMO)
-def _proxyless_route_field(route: Route, affs: Affinities) -> bytes:
-    """One route entry as proxyless gRPC clients take it: without the local rate limit's
-    config (gRPC runs no such filter, and would NACK the route configuration)."""
-    msg = route_entry(route, affs)
-    msg.typed_per_filter_config.pop(LOCAL_RATELIMIT, None)
+def _proxyless_route_field(route: Route, affs: Affinities, keys: ApiKeyList) -> bytes:
+    """One route entry as proxyless gRPC clients take it: without the config of filters
+    gRPC does not run (local rate limit, CORS; it would NACK the route configuration) and
+    without websocket upgrades (gRPC speaks HTTP/2 only). A route with ``jwt`` or
+    ``api_keys`` never gets here: it is not served to proxyless clients
+    (:mod:`~xds_server.translate.grpc_api`)."""
+    msg = route_entry(route, affs, keys)
+    for name in (LOCAL_RATELIMIT, *EDGE_FILTERS):
+        msg.typed_per_filter_config.pop(name, None)
+    del msg.route.upgrade_configs[:]
     return string_field(3, msg.SerializeToString(deterministic=True))
 
 
@@ -97,12 +103,15 @@ def route_config_bytes(
     services: Mapping[ServiceRef, Service],
     *,
     proxyless: bool = False,
+    secrets: EdgeSecrets | None = None,
 ) -> tuple[bytes, frozenset[str]]:
     """The serialized RouteConfiguration of listener ``name`` and the clusters it names.
 
     ``proxyless``: the one of ``xds:///<name>`` for proxyless gRPC clients: only the
     virtual hosts a client of ``name`` can match, and no local rate limit config (the
-    clusters named are those of the whole configuration all the same)."""
+    clusters named are those of the whole configuration all the same). ``secrets``: the
+    registry's, where routes' ``api_keys`` are read."""
+    found: EdgeSecrets = secrets if secrets is not None else {}
     route_field = _proxyless_route_field if proxyless else _route_field
     by_host: dict[str, list[Route]] = {}
     for route in routes:
@@ -125,7 +134,8 @@ def route_config_bytes(
         matched = host == name or host == "*"  # (by a proxyless client of ``name``)
         entries = []
         for route in ordered_routes(by_host[host]):
-            entries.append(route_field(route, affinities(route, services)))
+            keys = route_keys(route, found) if route.api_keys is not None else ()
+            entries.append(route_field(route, affinities(route, services), keys))
             refs |= _route_refs(route)
         owned = owner.get(host)
         if owned is not None:
@@ -152,8 +162,12 @@ def route_config_bytes(
 
 
 def route_configuration(
-    name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
+    name: str,
+    routes: Iterable[Route],
+    services: Mapping[ServiceRef, Service],
+    secrets: EdgeSecrets | None = None,
 ) -> Resource:
-    """The RouteConfiguration resource of HTTP listener ``name``."""
-    body, refs = route_config_bytes(name, routes, services)
+    """The RouteConfiguration resource of HTTP listener ``name`` (``secrets``: where its
+    routes' API keys are read)."""
+    body, refs = route_config_bytes(name, routes, services, secrets=secrets)
     return resource_from_bytes(ROUTE, name, body, refs)

@@ -27,6 +27,7 @@ from google.protobuf import any_pb2, duration_pb2
 from xds_server.model import Fault, Mirror, RateLimit, Route, Service, ServiceRef, SessionAffinity
 from xds_server.model.names import cluster_name, service_host
 from xds_server.translate.cluster import ms, u32
+from xds_server.translate.edge import ApiKeyList, apply_edge
 
 Affinities = tuple[SessionAffinity | None, ...]
 
@@ -183,8 +184,9 @@ def route_clusters(route: Route) -> set[str]:
     return out
 
 
-def route_entry(route: Route, affs: Affinities) -> rc.Route:
-    """One Envoy route entry, given its destinations' :func:`affinities`."""
+def route_entry(route: Route, affs: Affinities, keys: ApiKeyList = ()) -> rc.Route:
+    """One Envoy route entry, given its destinations' :func:`affinities` and the API keys
+    its ``api_keys`` names (:func:`~xds_server.translate.edge.route_keys`)."""
     action = rc.RouteAction()
     live = [d for d in route.destinations if d.weight > 0]
     if len(live) == 1:
@@ -216,6 +218,7 @@ def route_entry(route: Route, affs: Affinities) -> rc.Route:
         out.typed_per_filter_config[LOCAL_RATELIMIT].CopyFrom(rate_limit_config(route.rate_limit))
     if route.fault is not None:
         out.typed_per_filter_config[FAULT].CopyFrom(fault_config(route.fault))
+    apply_edge(out, route, keys)
     return out
 
 

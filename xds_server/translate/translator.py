@@ -22,15 +22,16 @@ from xds_server.model.names import cluster_name, entry_key, inbound_name, servic
 from xds_server.model.namespace import effective_mtls
 from xds_server.model.secret import secret_sds_name
 from xds_server.model.view import ChangeSet, RegistryView
-from xds_server.resources.resource import Resource
+from xds_server.resources.resource import Resource, make_resource
 from xds_server.resources.scope import ScopeRule
 from xds_server.resources.secrets import REGISTRY_PREFIX, ROOT_SECRET, cluster_secret_key
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
+from xds_server.translate.edge import EdgeSecrets, edge_filters, uses_edge, with_edge_filters
 from xds_server.translate.endpoint import service_assignments
 from xds_server.translate.grpc_api import Notes, note_reason, proxyless_resources
 from xds_server.translate.inputs import NO_INPUTS, Inputs
-from xds_server.translate.listener import listener_resource
+from xds_server.translate.listener import build_listener, listener_resource
 from xds_server.translate.mtls import upstream_socket
 from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.scoping import mesh_scopes
@@ -205,16 +206,21 @@ class Translator:
                 self._drop(delta, ROUTE, name)
                 listeners_changed = True
                 continue
-            self._put(delta, LISTENER, listener_resource(listener))
+            self._put(delta, LISTENER, self._listener(state, name))
             listeners_changed = True
             if listener.protocol == "tcp":
                 self._drop(delta, ROUTE, name)
             elif not routes_dirty:  # (when dirty, every HTTP listener's is rebuilt below)
                 self._put(delta, ROUTE, self._route_config(state, name))
+        if changes.secrets:  # (routes' JWKS and API keys may have changed)
+            routes_dirty = True
         if routes_dirty:
             for name, listener in state.listeners.items():
                 if listener.protocol == "http":
                     self._put(delta, ROUTE, self._route_config(state, name))
+                    # (the edge filters of its routes' jwt, api_keys, cors: unchanged bytes
+                    # are not put)
+                    self._put(delta, LISTENER, self._listener(state, name))
             self._proxyless(state, delta)
         for secret_ref in changes.secrets:  # (only listeners' scopes let a proxy fetch one)
             ns, _, name = secret_ref.partition("/")
@@ -343,4 +349,24 @@ class Translator:
 
     def _route_config(self, state: RegistryView, listener: str) -> Resource:
         attached = [r for r in state.routes.values() if r.listener_matches(listener)]
-        return route_configuration(listener, attached, state.services)
+        return route_configuration(listener, attached, state.services, _secrets(state))
+
+    def _listener(self, state: RegistryView, name: str) -> Resource:
+        """Listener ``name`` in force, with the edge filters its routes use (jwt, api_keys,
+        cors: :func:`~xds_server.translate.edge.edge_filters`) in its HTTP chain."""
+        listener = state.listeners[name]
+        plain = listener_resource(listener)
+        if listener.protocol != "http":
+            return plain
+        edge = [r for r in state.routes.values() if uses_edge(r) and r.listener_matches(name)]
+        filters = edge_filters(edge, _secrets(state)) if edge else []
+        if not filters:
+            return plain
+        msg = with_edge_filters(build_listener(listener), filters)
+        return make_resource(LISTENER, name, msg, plain.refs)
+
+
+def _secrets(state: RegistryView) -> EdgeSecrets:
+    """The registry's secrets in force (``ns/name`` -> secret), where routes read JWKS and
+    API keys."""
+    return state.secrets
