@@ -51,7 +51,8 @@ def downstream_tls(tls: ListenerTls) -> tls_pb2.DownstreamTlsContext:
     )
     ctx = tls_pb2.DownstreamTlsContext(common_tls_context=common)
     if tls.client_ca is not None:
-        common.validation_context_sds_secret_config.CopyFrom(_sds(tls.client_ca))
+        # (the context holds a copy of ``common``: set the field on its own)
+        ctx.common_tls_context.validation_context_sds_secret_config.CopyFrom(_sds(tls.client_ca))
         ctx.require_client_certificate.CopyFrom(wrappers_pb2.BoolValue(value=True))
     return ctx
 
