@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from tests.support.golden import PREFIX, to_dict, translate, unpack
+from xds_server.admin.proxies import resource_json
 from xds_server.errors import ValidationError
 from xds_server.ingest.refs import check_route_secrets
 from xds_server.ingest.registry import Entry
 from xds_server.model.fields import Obj
 from xds_server.model.route import Route, parse_route
+from xds_server.resources.secrets import REDACTED, dump_any
 from xds_server.resources.types import LISTENER, ROUTE
 from xds_server.translate.edge import API_KEY_AUTH, CORS, JWT_AUTHN, edge_filters
 from xds_server.translate.route import route_entry
@@ -232,3 +234,39 @@ def test_proxyless_clients_are_not_served_a_route_they_cannot_authenticate() -> 
         ("cors", "proxyless gRPC clients run no CORS filter (no browser calls them)"),
         ("websocket", "proxyless gRPC clients speak HTTP/2 only, with no WebSocket upgrade"),
     }
+
+
+def test_dumps_redact_api_keys() -> None:
+    """The keys reach Envoy in the route configuration; CSDS and the admin API's proxy
+    config (both through dump_any) show the clients, never a key."""
+    registry = {
+        **BASE,
+        "secrets/default/keys": {"keys": {"alice": "k-alice-0123456789"}},
+        "routes/default/keyed": {
+            "listener": "gw",
+            "destinations": [{"service": "web"}],
+            "api_keys": {"secret": "keys"},
+        },
+    }
+    state, translator, _ = translate(_entries(registry))
+    assert not state.problems, state.problems
+    served = translator.served[ROUTE]["gw"]
+    assert b"k-alice-0123456789" in served.body  # (what Envoy gets)
+    dumped = dump_any(served)
+    assert b"k-alice-0123456789" not in dumped.value
+    assert b"alice" in dumped.value and REDACTED.encode() in dumped.value
+    assert "k-alice-0123456789" not in resource_json(served)
+
+
+def test_a_route_naming_a_missing_secret_is_rejected_naming_the_field() -> None:
+    registry = {
+        **BASE,
+        "routes/default/keyed": {
+            "listener": "gw",
+            "destinations": [{"service": "web"}],
+            "api_keys": {"secret": "nope"},
+        },
+    }
+    state, _, _ = translate(_entries(registry))
+    problem = state.problems[PREFIX + "routes/default/keyed"]
+    assert problem.field == "api_keys.secret" and "not in force" in problem.reason

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2 as key_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2
 
 from xds_server.resources.resource import Resource
-from xds_server.resources.types import SECRET
+from xds_server.resources.types import ROUTE, SECRET
 
 CERT_SECRET = "default"
 """The Secret holding a proxy's own certificate chain and private key."""
@@ -85,9 +87,32 @@ def redact_secret(secret: secret_pb2.Secret) -> None:
         secret.generic_secret.secret.inline_string = REDACTED
 
 
+_API_KEYS_URL = "type.googleapis.com/" + key_pb2.ApiKeyAuthPerRoute.DESCRIPTOR.full_name
+
+
+def redact_api_keys(config: route_pb2.RouteConfiguration) -> None:
+    """Blank the API keys of routes' ``api_key_auth`` configs in place: Envoy reads them
+    from the route configuration, and a dump shows which clients have one, never a key."""
+    for vhost in config.virtual_hosts:
+        for route in vhost.routes:
+            packed = route.typed_per_filter_config
+            for name in [n for n, a in packed.items() if a.type_url == _API_KEYS_URL]:
+                keys = key_pb2.ApiKeyAuthPerRoute()
+                packed[name].Unpack(keys)
+                for credential in keys.credentials:
+                    credential.key = REDACTED
+                packed[name].Pack(keys)
+
+
 def dump_any(res: Resource) -> any_pb2.Any:
     """``res`` as a protobuf Any for a dump (CSDS, the admin API's proxy config): a
-    Secret's private key redacted, anything else as it is."""
+    Secret's private key and routes' API keys redacted, anything else as it is."""
+    if res.type_url == ROUTE and _API_KEYS_URL.encode() in res.body:
+        config = route_pb2.RouteConfiguration.FromString(res.body)
+        redact_api_keys(config)
+        packed = any_pb2.Any()
+        packed.Pack(config)
+        return packed
     if res.type_url != SECRET:
         return res.any
     secret = secret_pb2.Secret.FromString(res.body)
