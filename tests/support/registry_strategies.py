@@ -4,6 +4,8 @@ that it refuses. ``registries()`` draws registry content (key -> JSON value)."""
 
 from __future__ import annotations
 
+import base64
+import functools
 import string
 from typing import Any
 
@@ -22,6 +24,26 @@ SELECTOR = st.dictionaries(
     st.sampled_from(["version", "zone"]), st.sampled_from(["v1", "v2"]), min_size=1
 )
 U31 = 2**31 - 1
+
+
+@functools.cache
+def rsa_jwks() -> dict[str, Any]:
+    """A JWKS of one real RSA public key (Envoy parses the JWKS it is given)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pub = numbers.public_numbers()
+
+    def b64(i: int) -> str:
+        raw = i.to_bytes((i.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return {"keys": [{"kty": "RSA", "n": b64(pub.n), "e": b64(pub.e), "kid": "k1"}]}
+
+
+# Mostly valid (so that routes stay in force), sometimes not (validation sorts it out).
+ORIGIN = st.sampled_from(["*", "https://app.example", "http://a.b:8080"] * 6 + ["app.example"])
+HEADER = st.sampled_from(["x-a", "X-Trace", "authorization", "*"] * 6 + ["bad header"])
 TOKEN = st.text(alphabet=string.ascii_letters + string.digits + "-_.!#$%&'*+^`|~", min_size=1)
 
 
@@ -150,6 +172,31 @@ ROUTE = st.fixed_dictionaries(
             {"service": ref()},
             optional={"subset": st.sampled_from(["v1", "v2"]), "percent": st.integers(0, 100)},
         ),
+        "websocket": st.booleans(),
+        "cors": opt(
+            allow_origins=st.lists(ORIGIN, min_size=1, max_size=3),
+            allow_methods=st.lists(
+                st.sampled_from(["GET", "post", "PATCH"] * 6 + ["FETCH"]), max_size=3
+            ),
+            allow_headers=st.lists(HEADER, max_size=3),
+            expose_headers=st.lists(HEADER, max_size=3),
+            max_age_s=st.integers(0, 10**7),
+            allow_credentials=st.booleans(),
+        ),
+        "jwt": st.builds(
+            lambda iss, aud, claims: {
+                "issuer": iss,
+                "audiences": aud,
+                "jwks": {"inline": rsa_jwks()},
+                "forward_claims": claims,
+            },
+            st.sampled_from(["https://issuer.example", "iss"] * 6 + [""]),
+            st.lists(st.sampled_from(["api", "web"] * 6 + [""]), max_size=2),
+            st.dictionaries(st.sampled_from(["sub", "email"] * 6 + ["a b"]), HEADER, max_size=2),
+        ),
+        "api_keys": opt(secret=st.sampled_from(["keys"] * 6 + ["ns1/keys", "x/y/z"])).map(
+            lambda d: {"header": "x-api-key", **d}
+        ),
         "fault": st.one_of(
             # Mostly coherent halves, sometimes any combination (validation sorts it out).
             st.fixed_dictionaries({"abort_percent": PERCENT, "abort_status": STATUS}),
@@ -227,6 +274,9 @@ def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
             out[f"/mesh/policies/{ns}/p{i}"] = draw(POLICY)
     for name in draw(st.lists(st.sampled_from(LISTENERS), unique=True, min_size=1)):
         out[f"/mesh/listeners/{name}"] = draw(LISTENER)
+    for ns in NAMESPACES:  # (API keys of routes' api_keys; drawn late, as below)
+        if draw(st.integers(0, 3)):
+            out[f"/mesh/secrets/{ns}/keys"] = {"keys": {"alice": f"key-{ns}-a", "bob": "k b"}}
     for ns in NAMESPACES:  # (drawn last: what is drawn before stays as it was)
         if draw(st.booleans()):  # the namespace's mTLS default (services may override it)
             out[f"/mesh/namespaces/{ns}"] = draw(
