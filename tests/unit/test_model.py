@@ -112,7 +112,8 @@ def test_key_ref_names_the_service() -> None:
     ("key", "field", "fragment"),
     [
         ("/other/services/default/web", "", "outside the prefix"),
-        ("/mesh/secrets/default/web", "", "unknown kind 'secrets'"),
+        ("/mesh/widgets/default/web", "", "unknown kind 'widgets'"),
+        ("/mesh/secrets/web", "", "secrets/<ns>/<name>"),
         ("/mesh/status/errors/services/default/web", "", "unknown kind 'status'"),
         ("/mesh/services/web", "", "services/<ns>/<name>"),
         ("/mesh/services/default/web/extra", "", "services/<ns>/<name>"),
