@@ -218,6 +218,19 @@ def mesh_overview() -> Dashboard:
                 ),
                 unit="percentunit",
             ),
+            panel(
+                "TLS handshake errors by listener",
+                T(
+                    rate("envoy_listener_address", "envoy_listener_ssl_connection_error"),
+                    "{{envoy_listener_address}} handshake errors",
+                ),
+                T(
+                    rate("envoy_listener_address", "envoy_listener_ssl_fail_verify_no_cert"),
+                    "{{envoy_listener_address}} no client certificate",
+                ),
+                unit="ops",
+                description="Failed TLS handshakes per second on listeners with tls (Envoy's listener ssl stats, summed over proxies); a client_ca listener also counts clients that sent no certificate.",
+            ),
             panel("Connected proxies", CONNECTED, kind="stat"),
         ],
     )
@@ -399,6 +412,16 @@ def control_plane() -> Dashboard:
                 T(quantile(0.99, "", "meshd_registry_watch_lag_seconds"), "watch lag"),
                 T(quantile(0.99, "", "meshd_translate_seconds"), "translate"),
                 unit="s",
+            ),
+            panel(
+                "Certificate expiry of registry secrets (time left)",
+                T(
+                    agg("min", "namespace, name", "meshd_secret_expiry_timestamp_seconds")
+                    + " - time()",
+                    "{{namespace}}/{{name}}",
+                ),
+                unit="s",
+                description="Time until the certificate of each registry secret in force expires (meshd_secret_expiry_timestamp_seconds); the MeshCertificateExpiresSoon alert fires under 7 days.",
             ),
             panel(
                 "Rejected registry entries by kind",

@@ -34,7 +34,7 @@ from xds_server.ingest.controller import Controller
 from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
-from xds_server.metrics import Metrics
+from xds_server.metrics import Metrics, SecretExpiry
 from xds_server.metrics_http import HEADER_TIMEOUT_S, MAX_CONNECTIONS, MetricsServer
 from xds_server.metrics_sd import DISCONNECTED_KEEP_S, ProxyTarget, RecentTargets, sd_listable
 from xds_server.model import ServiceRef
@@ -224,6 +224,7 @@ class MeshApp:
         self.controller.observers.append(self._registry_changed)
         self.metrics.registry.register(TopologyCollector(self.topology))
         self.metrics.registry.register(HealthCollector(self.health))
+        self.metrics.registry.register(SecretExpiry(self._secret_expiries))
         self._health_tasks: list[asyncio.Task[None]] = []
         self.ca: MeshCA | None = None
         """The mesh CA, once :meth:`start` loaded it (shared by replicas through etcd)."""
@@ -384,6 +385,12 @@ class MeshApp:
             for c in list(self.streams.connections.values())
             if c.admin_address and sd_listable(c.admin_address, c.peer)
         )
+
+    def _secret_expiries(self) -> list[tuple[str, str, float]]:
+        """(namespace, name, expiry) of each registry secret in force with a certificate:
+        the ``meshd_secret_expiry_timestamp_seconds`` gauge, read on the metrics thread."""
+        secrets = list(self.controller.state.secrets.values())  # (a C-level snapshot)
+        return [(s.namespace, s.name, s.info.not_after) for s in secrets if s.info is not None]
 
     def _health_changed(
         self, health: Mapping[ServiceRef, Mapping[str, int]], refs: set[ServiceRef]

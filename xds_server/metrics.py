@@ -37,6 +37,7 @@ __all__ = [
     "HealthMetrics",
     "LiveCounts",
     "Metrics",
+    "SecretExpiry",
     "StreamCollector",
     "StreamView",
     "TypeView",
@@ -450,6 +451,49 @@ class StreamCollector(Collector):
 
 def _short_type(type_url: str) -> str:
     return SHORT.get(type_url, "other")
+
+
+# --------------------------------------------------------------------------- registry secrets
+
+
+class SecretExpiry(Collector):
+    """``meshd_secret_expiry_timestamp_seconds{namespace,name}``: when the certificate of
+    each registry secret in force expires (a ``{"cert","key"}`` secret: the first of its
+    chain to expire; a ``{"ca"}`` secret: its first CA to expire), in seconds since the
+    epoch, computed at scrape time from what is in force.
+
+    A gauge of the expiry rather than of the time left: Prometheus subtracts ``time()``
+    at every evaluation, so "expires within 7 days" is judged continuously, not only when
+    the secret was written. Its labels are registry names (DNS labels, 63 characters at
+    most), one series per secret an operator wrote, none chosen by a client; a deleted
+    secret's series goes with it.
+
+    ``source`` lists (namespace, name, expiry) and runs on the metrics server's thread:
+    it must take a snapshot (a copy of a dict) rather than iterate live state.
+    """
+
+    NAME = "meshd_secret_expiry_timestamp_seconds"
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for namespace, name, not_after in sorted(self._source()):
+            family.add_metric([namespace, name], not_after)
+        yield family
+
+    @classmethod
+    def _family(cls) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            cls.NAME,
+            "When the certificate of a registry secret in force expires (seconds since the "
+            "epoch), by the secret's namespace and name",
+            labels=["namespace", "name"],
+        )
 
 
 # --------------------------------------------------------------------------- health and topology

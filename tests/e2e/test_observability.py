@@ -34,6 +34,7 @@ from integration.harness import free_port, http_get
 from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.paths import REPO_ROOT
+from tests.support.tls_secrets import issue
 from tests.support.wait import wait_until
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
@@ -114,6 +115,7 @@ def test_every_alert_rule_is_measure_comparison_threshold() -> None:
         "MeshProxyStale",
         "MeshdCannotReachEtcd",
         "MeshRegistryEntriesRejected",
+        "MeshCertificateExpiresSoon",
     ):
         assert wanted in names
     for rule in rules:
@@ -203,8 +205,18 @@ class Traffic:
         self._thread.join(10)
 
 
-def _entries(v1: int, v2: int, public: int, inner: int) -> dict[str, dict[str, Any]]:
+def _entries(v1: int, v2: int, public: int, inner: int, secure: int) -> dict[str, dict[str, Any]]:
+    # A certificate generated here that expires in 3 days: in force (with a warning), on
+    # a TLS listener of the gateway (its ssl stats), and the expiry alert must fire.
+    soon = issue("soon.example", ("soon.example",), days=3)
     return {
+        "secrets/edge/soon": json.loads(soon.value()),
+        "listeners/secure": {
+            "address": "127.0.0.1",
+            "port": secure,
+            "nodes": ["gateway"],
+            "tls": {"certificates": ["edge/soon"]},
+        },
         "services/default/web": {
             "port": v1,
             "subsets": {"v1": {"version": "v1"}, "v2": {"version": "v2"}},
@@ -279,8 +291,8 @@ async def mesh(
     v1, v2 = backend_factory("v1"), backend_factory("v2")
     v2.control(fail_percent=100)
     ports = {n: int(b.url.rstrip("/").rsplit(":", 1)[1]) for n, b in (("v1", v1), ("v2", v2))}
-    public, inner = free_port(), free_port()
-    await seed(registry, _entries(ports["v1"], ports["v2"], public, inner))
+    public, inner, secure = free_port(), free_port(), free_port()
+    await seed(registry, _entries(ports["v1"], ports["v2"], public, inner, secure))
     # LRS every second (default 10 s): the edge and per-endpoint panels need reports soon.
     config = MeshConfig(
         xds="127.0.0.1:0", metrics=f"127.0.0.1:{free_port()}", report_interval_ms=1000
@@ -374,7 +386,12 @@ def _wait_for_data(prom: Prometheus, timeout: float = 60) -> None:
 
 
 def _wait_for_alerts(prom: Prometheus, timeout: float = 30) -> None:
-    wanted = {"MeshServiceHighErrorRate", "MeshOutlierEjections", "MeshRegistryEntriesRejected"}
+    wanted = {
+        "MeshServiceHighErrorRate",
+        "MeshOutlierEjections",
+        "MeshRegistryEntriesRejected",
+        "MeshCertificateExpiresSoon",
+    }
 
     def firing(alerts: list[dict[str, Any]]) -> set[str]:
         return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
@@ -390,6 +407,9 @@ def _wait_for_alerts(prom: Prometheus, timeout: float = 30) -> None:
     assert by_name["MeshServiceHighErrorRate"]["labels"]["mesh_service"] == "web.default"
     assert by_name["MeshOutlierEjections"]["labels"]["mesh_service"] == "web.default"
     assert by_name["MeshRegistryEntriesRejected"]["labels"]["kind"] == "routes"
+    soon = by_name["MeshCertificateExpiresSoon"]
+    assert (soon["labels"]["namespace"], soon["labels"]["name"]) == ("edge", "soon")
+    assert 2 * 86400 < float(soon["value"]) < 3 * 86400 + 60  # (about 3 days left)
     # Every rule group evaluates without error.
     for group in prom.get("/api/v1/rules")["groups"]:
         for rule in group["rules"]:

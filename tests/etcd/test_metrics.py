@@ -14,6 +14,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.support.metrics import scrape
 from tests.support.stream_mesh import BASE
+from tests.support.tls_secrets import issue
 from tests.support.wait import eventually
 from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.metrics import Metrics
@@ -247,3 +248,42 @@ def test_sd_keeps_a_disconnected_proxy_for_a_while_then_forgets_it() -> None:
     now[0] += 301
     assert recent.targets([sc]) == [sc]  # 601 s since gw was last connected
     assert recent.targets([gw, sc]) == [gw, sc]  # back
+
+
+async def test_secret_expiry_gauge_follows_the_secrets_in_force() -> None:
+    """``meshd_secret_expiry_timestamp_seconds{namespace,name}``: each certificate secret
+    in force, its expiry (the one of its chain expiring first); an edit moves it, a
+    deletion removes the series; a secret expiring within 7 days is not a rejected entry
+    (it is in force, with a warning)."""
+    soon = issue("soon.example", ("soon.example",), days=3)
+    later = issue("later.example", ("later.example",), days=90)
+    entries: dict[str, object] = {
+        **BASE,
+        "secrets/edge/soon": json.loads(soon.value()),
+        "secrets/edge/ca": json.loads(later.ca_value()),
+        "secrets/edge/keys": {"keys": {"alice": "k1"}},
+    }
+    gauge = "meshd_secret_expiry_timestamp_seconds"
+
+    def series(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+        return {
+            f"{dict(labels)['namespace']}/{dict(labels)['name']}": v
+            for (name, labels), v in m.items()
+            if name == gauge
+        }
+
+    async with running_meshd(entries, metrics=True) as (registry, app):
+        m = await asyncio.to_thread(scrape, app.metrics_port)
+        assert series(m) == {  # (an API-key secret has no certificate: no series)
+            "edge/soon": int(soon.cert.not_valid_after_utc.timestamp()),
+            "edge/ca": int(later.cert.not_valid_after_utc.timestamp()),
+        }
+        assert m[("meshd_registry_rejected_entries", (("kind", "secrets"),))] == 0
+        await registry.put(registry.prefix + "secrets/edge/soon", later.value())
+        await registry.delete(registry.prefix + "secrets/edge/ca")
+
+        async def moved() -> bool:
+            now = series(await asyncio.to_thread(scrape, app.metrics_port))
+            return now == {"edge/soon": int(later.cert.not_valid_after_utc.timestamp())}
+
+        await eventually(moved, "the gauge follows the edit and the deletion", 5)

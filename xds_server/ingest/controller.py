@@ -373,6 +373,9 @@ class Controller:
 
     def _report(self, changes: ChangeSet) -> None:
         for key, problem in sorted(changes.problems_set.items()):
+            if problem.warning:  # (in force as it is: not a rejection, not counted as one)
+                log.warning("%s (revision %d): %s", key, problem.revision, problem.message)
+                continue
             log.warning("rejected %s (revision %d): %s", key, problem.revision, problem.message)
             self.events.publish(
                 "registry_rejected", key=key, revision=problem.revision, message=problem.message
@@ -381,7 +384,9 @@ class Controller:
             log.info("entry %s is valid again", key)
         if changes.problems_set or changes.problems_cleared:
             counts = dict.fromkeys((*KINDS, "unknown"), 0)
-            for key in self.problems():
+            for key, problem in self.problems().items():
+                if problem.warning:
+                    continue
                 kind = key[len(self.state.prefix) :].split("/", 1)[0]
                 counts[kind if kind in counts else "unknown"] += 1
             for kind, n in counts.items():
