@@ -21,6 +21,9 @@ Paths:
 - ``GET /__stats``: ``{"requests", "in_flight", "max_in_flight", "health_checks"}``.
 - ``GET /__requests``: the last traffic requests (up to 1,000) as JSON, each
   ``{"method", "path", "host", "headers"}``: what a mirror or a header match received.
+- ``GET /__ws`` with ``Upgrade: websocket``: a WebSocket (RFC 6455) that echoes every text
+  and binary message back, answers pings and closes when the client does (what a route
+  with ``websocket`` carries through a proxy). Counted as one traffic request.
 
 ``requests`` counts traffic only: every request except ``/__control``, ``/__stats`` and
 ``/health``, so health checking does not skew split measurements.
@@ -29,9 +32,12 @@ Paths:
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -193,6 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/health":
             ok = state.count_health_check()
             self._send(200 if ok else 503, "ok\n" if ok else "unhealthy\n")
+        elif url.path == "/__ws" and self.headers.get("upgrade", "").lower() == "websocket":
+            with state.traffic({"method": self.command, "path": self.path, "headers": {}}):
+                pass
+            self._websocket()
         else:
             echo = self._echo()
             record = {k: echo[k] for k in ("method", "path", "headers")}
@@ -208,6 +218,29 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, json.dumps(self._echo()) + "\n", "application/json")
             else:
                 self._send(200, f"{state.name}\n")
+
+    def _websocket(self) -> None:
+        """Accept the upgrade, then echo messages until the client closes (RFC 6455)."""
+        key = self.headers.get("sec-websocket-key", "")
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "Upgrade")
+        self.send_header("sec-websocket-accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        with suppress(ConnectionError, EOFError, OSError):
+            while True:
+                opcode, payload = _read_frame(self.rfile)
+                if opcode == 0x8:  # close: answer it, then hang up
+                    self.wfile.write(_frame(0x8, payload[:2]))
+                    return
+                if opcode == 0x9:  # ping
+                    self.wfile.write(_frame(0xA, payload))
+                elif opcode in (0x1, 0x2):  # text, binary: echoed as they came
+                    self.wfile.write(_frame(opcode, payload))
+                self.wfile.flush()
 
     def _control(self, state: BackendState, query: dict[str, list[str]]) -> None:
         def last(key: str) -> str | None:
@@ -248,6 +281,48 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _read_exactly(rfile: Any, n: int) -> bytes:
+    data = rfile.read(n)
+    if len(data) < n:
+        raise EOFError("the WebSocket peer hung up")
+    return bytes(data)
+
+
+def _read_frame(rfile: Any) -> tuple[int, bytes]:
+    """(opcode, payload) of one whole message: continuation frames are joined."""
+    message = b""
+    opcode = 0
+    while True:
+        b0, b1 = _read_exactly(rfile, 2)
+        if b0 & 0x0F:
+            opcode = b0 & 0x0F
+        length = b1 & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", _read_exactly(rfile, 2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", _read_exactly(rfile, 8))
+        mask = _read_exactly(rfile, 4) if b1 & 0x80 else b"\0\0\0\0"
+        data = _read_exactly(rfile, length)
+        message += bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+        if b0 & 0x80:  # FIN
+            return opcode, message
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked (server to client) frame with FIN set."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
 
 
 class _Server(ThreadingHTTPServer):
