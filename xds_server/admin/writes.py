@@ -25,6 +25,7 @@ from xds_server.errors import MeshError, RegistryConflict, TxnTooLarge
 from xds_server.ingest.refs import ServiceView, check_refs, check_tenancy
 from xds_server.model import Listener, Namespace, Route, Service, ServiceRef
 from xds_server.model.names import DEFAULT_NAMESPACE, parse_key
+from xds_server.model.secret import Secret
 from xds_server.model.view import Dependent
 
 NEWEST = 1 << 62
@@ -53,6 +54,7 @@ class RegistryWrites(JoinTokenRpcs):
         services: dict[ServiceRef, Service | None] = {}
         listeners: dict[str, Listener] = {}
         namespaces: dict[str, Namespace] = {}
+        secrets: dict[str, Secret] = {}
         for other in batch:
             if isinstance(other.entity, Service):
                 services[other.entity.ref] = other.entity
@@ -60,6 +62,8 @@ class RegistryWrites(JoinTokenRpcs):
                 listeners[other.entity.name] = other.entity
             elif isinstance(other.entity, Namespace):
                 namespaces[other.entity.name] = other.entity
+            elif isinstance(other.entity, Secret):
+                secrets[other.entity.ref] = other.entity
         entity = checked.entity
         if isinstance(entity, Route):
             entity = dataclasses.replace(entity, created=NEWEST)
@@ -69,6 +73,9 @@ class RegistryWrites(JoinTokenRpcs):
             {**self.state.listeners, **listeners},  # (a few; this batch's first)
             {**self.state.namespaces, **namespaces},  # (this batch's exports first)
             self.state.owner_of,
+            # (a listener's tls secrets: refused now rather than never served; routes'
+            # secrets are judged by the fold, which reports them)
+            {**self.state.secrets, **secrets} if isinstance(entity, Listener) else None,
         )
         if problem is not None:
             field, reason = problem

@@ -257,6 +257,27 @@ def check_route_secrets(
     return None
 
 
+def check_listener_secrets(
+    listener: Listener, secrets: Mapping[str, RouteSecret]
+) -> tuple[str, str] | None:
+    """(field, reason) when ``listener``'s ``tls`` names a secret not in force or of the
+    wrong shape: Envoy would wait for it over SDS and never serve the listener."""
+    tls = listener.tls
+    if tls is None:
+        return None
+    wanted = [(f"tls.certificates[{i}]", ref, "tls") for i, ref in enumerate(tls.certificates)]
+    if tls.client_ca is not None:
+        wanted.append(("tls.client_ca", tls.client_ca, "ca"))
+    for field, ref, kind in wanted:
+        secret = secrets.get(ref)
+        if secret is None:
+            return field, f"secret {ref!r} is not in force"
+        if secret.kind != kind:
+            shape = '{"cert", "key"}' if kind == "tls" else '{"ca"}'
+            return field, f"secret {ref!r} is a {secret.kind} secret, not {shape}"
+    return None
+
+
 def check_refs(
     entity: Entity,
     services: Mapping[ServiceRef, Service],
@@ -270,7 +291,8 @@ def check_refs(
     (:func:`check_tenancy`, given the namespace entries in force and who holds what): the
     reference rules of registry.md, shared by the registry fold and the admin API's
     validation of writes. ``secrets`` (those in force): routes' secrets must exist and be
-    of the right shape; without it only their namespace is judged."""
+    of the right shape (listeners' ``tls`` secrets too); without it only routes' secrets'
+    namespace is judged."""
     if isinstance(entity, Endpoint):
         svc = services.get(entity.service)
         if svc is None:
@@ -341,6 +363,8 @@ def check_refs(
                     f"{entity.address}:{entity.port} is already used by listener "
                     f"{other.name} for the same nodes",
                 )
+        if secrets is not None:
+            return check_listener_secrets(entity, secrets)
     return None
 
 

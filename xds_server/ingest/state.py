@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from xds_server.errors import ValidationError
-from xds_server.ingest.refs import Claim, ServiceView, age, check_refs, claims, contests, dependents
+from xds_server.ingest.refs import (
+    Claim,
+    ServiceView,
+    age,
+    check_listener_secrets,
+    check_refs,
+    claims,
+    contests,
+    dependents,
+)
 from xds_server.ingest.registry import Changes, RegistryUpdate, Reset
 from xds_server.model import (
     Endpoint,
@@ -447,21 +456,8 @@ class RegistryState:
 
     def _secret_error(self, listener: Listener) -> tuple[str, str] | None:
         """(field, reason) when ``listener``'s ``tls`` names a secret not in force or of
-        the wrong shape: Envoy would wait for it and never serve the listener."""
-        tls = listener.tls
-        if tls is None:
-            return None
-        wanted = [(f"tls.certificates[{i}]", ref, "tls") for i, ref in enumerate(tls.certificates)]
-        if tls.client_ca is not None:
-            wanted.append(("tls.client_ca", tls.client_ca, "ca"))
-        for where, ref, kind in wanted:
-            secret = self.secrets.get(ref)
-            if secret is None:
-                return where, f"secret {ref!r} is not in force"
-            if secret.kind != kind:
-                shape = '{"cert", "key"}' if kind == "tls" else '{"ca"}'
-                return where, f"secret {ref!r} is a {secret.kind} secret, not {shape}"
-        return None
+        the wrong shape (the rule the admin API's writes apply too)."""
+        return check_listener_secrets(listener, self.secrets)
 
     def _warning(self, key: str, secret: Secret) -> Problem | None:
         """The warning status of a secret in force whose certificate expires soon."""
