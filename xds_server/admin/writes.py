@@ -73,9 +73,9 @@ class RegistryWrites(JoinTokenRpcs):
             {**self.state.listeners, **listeners},  # (a few; this batch's first)
             {**self.state.namespaces, **namespaces},  # (this batch's exports first)
             self.state.owner_of,
-            # (a listener's tls secrets: refused now rather than never served; routes'
-            # secrets are judged by the fold, which reports them)
-            {**self.state.secrets, **secrets} if isinstance(entity, Listener) else None,
+            # (a listener's tls secrets and a route's jwt/api_keys secrets: refused now,
+            # naming the field, rather than written and then kept out of force by the fold)
+            {**self.state.secrets, **secrets},
         )
         if problem is not None:
             field, reason = problem
