@@ -284,3 +284,19 @@ def test_a_tcp_sidecar_proxies_bytes_over_mtls() -> None:
     assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
     assert _downstream(chain).require_client_certificate.value
     assert "inbound|pg.data" not in translator.served[ROUTE]  # (bytes: no routes)
+
+
+@pytest.mark.parametrize(("protocol", "upgrades"), [("http", ["websocket"]), ("grpc", [])])
+def test_sidecar_inbound_route_lets_websocket_upgrades_through(
+    protocol: str, upgrades: list[str]
+) -> None:
+    """A gateway route with ``websocket`` reaches a sidecar's service: the inbound route
+    must let the upgrade through too (Envoy answers 403 to an upgrade a route does not
+    allow). HTTP/1.1 services only: the local cluster of http2/grpc speaks HTTP/2."""
+    state, changes = _reset(
+        {"services/shop/web": {"port": 15006, "protocol": protocol, "sidecar": SIDECAR}}
+    )
+    translator = Translator()
+    translator.update(state, changes)
+    route = _routes(translator, "inbound|web.shop").virtual_hosts[0].routes[0].route
+    assert [u.upgrade_type for u in route.upgrade_configs] == upgrades

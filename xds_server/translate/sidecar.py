@@ -15,7 +15,8 @@ The service's mTLS mode decides the listener's filter chains:
 
 An HTTP service's inbound listener takes its routes over RDS, from the RouteConfiguration
 of the same name (:func:`inbound_routes`): that is where the authorization policies are
-(:mod:`xds_server.translate.authz`), so a policy edit never replaces the listener.
+(:mod:`xds_server.translate.authz`), so a policy edit never replaces the listener. Its one
+route lets WebSocket upgrades through for ``http`` services (:func:`inbound_routes`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ def inbound_routes(
     )
     # gRPC streams and long polls: the application decides how long a request may take.
     route.route.timeout.SetInParent()
+    if service.protocol == "http":
+        # WebSocket upgrades pass always: whether one reaches the service is decided where
+        # the caller's request is routed (a route's ``websocket``), and whether it is
+        # accepted by the application (101 or not). The local cluster speaks HTTP/1.1, as
+        # an upgrade needs; http2/grpc services' would need extended CONNECT instead.
+        route.route.upgrade_configs.append(
+            route_components_pb2.RouteAction.UpgradeConfig(upgrade_type="websocket")
+        )
     host = route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])
     for filter_name, override in per_route_rbac(service, state, trust_domain).items():
         host.typed_per_filter_config[filter_name].CopyFrom(override)
