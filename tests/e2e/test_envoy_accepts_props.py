@@ -3,9 +3,10 @@ accepts.
 
 Hypothesis generates whole registries (services, endpoints, listeners, routes with every
 field of the schema, values drawn from the full ranges the model allows, and some that it
-refuses), meshd's state keeps what validates, the translator turns it into Envoy
-resources, and ``envoy --mode validate`` checks a bootstrap embedding them as static
-resources (EDS and RDS inlined, see tests/support/envoy_validate.py).
+refuses; listeners' ``tls`` with registry secrets: certificates, a chain, a client CA,
+some missing or of the wrong shape), meshd's state keeps what validates, the translator
+turns it into Envoy resources, and ``envoy --mode validate`` checks a bootstrap embedding
+them as static resources (EDS and RDS inlined, see tests/support/envoy_validate.py).
 
 Starting Envoy costs ~0.3 s, so the examples are collected first and validated afterwards,
 several Envoys at a time: on this 2-core machine 100 examples take ~10-14 s in all. A
@@ -80,14 +81,17 @@ def test_the_generator_reaches_translated_routes() -> None:
     """The registries drawn are deep enough to matter: many routes pass validation and get
     translated. Derandomized, so the count is the same on every run (a random run varies
     too much for a floor that would catch a generator gone shallow)."""
-    accepted_routes = compiled_policies = 0
+    accepted_routes = compiled_policies = tls_listeners = client_ca = 0
 
     @settings(max_examples=100, derandomize=True, **_SETTINGS)
     @given(registries())
     def count(registry: dict[str, dict[str, Any]]) -> None:
-        nonlocal accepted_routes, compiled_policies
+        nonlocal accepted_routes, compiled_policies, tls_listeners, client_ca
         state, _, _ = translate(_entries(registry))
         accepted_routes += len(state.routes)
+        with_tls = [ls.tls for ls in state.listeners.values() if ls.tls is not None]
+        tls_listeners += len(with_tls)
+        client_ca += sum(1 for tls in with_tls if tls.client_ca is not None)
         compiled_policies += sum(
             1
             for p in state.policies.values()
@@ -99,3 +103,5 @@ def test_the_generator_reaches_translated_routes() -> None:
     assert accepted_routes >= 25, accepted_routes
     # Policies reach RBAC filters of sidecar inbound listeners, in some of the examples.
     assert compiled_policies >= 10, compiled_policies
+    # Listeners terminate TLS with registry secrets (some with a client CA) in force.
+    assert tls_listeners >= 10 and client_ca >= 3, (tls_listeners, client_ca)

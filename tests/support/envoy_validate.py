@@ -15,11 +15,13 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
 from integration.harness import envoy_binary
 from tests.support.golden import messages
 from tests.support.mtls_certs import validation_secrets
+from xds_server.model.secret import SECRET_SDS_PREFIX
+from xds_server.resources.types import SECRET
 from xds_server.translate import Translator
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -64,14 +66,29 @@ def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
                 hcm.route_config.CopyFrom(routes[listener.name])
                 f.typed_config.Pack(hcm)
         boot.static_resources.listeners.append(listener)
-    _static_secrets(boot)
+    _static_secrets(boot, _registry_secrets(translator))
     return boot
 
 
-def _static_secrets(boot: bootstrap_pb2.Bootstrap) -> None:
-    """Serve the SDS secrets (``default``, ``ROOTCA``) the TLS contexts name as static
-    secrets of the bootstrap: ``envoy --mode validate`` crashes initializing SDS over ADS
-    (it has no ADS stream), and a static secret of the same name checks the same shape."""
+def _registry_secrets(translator: Translator) -> list[secret_pb2.Secret]:
+    """The SDS Secrets of registry secrets (``secret:<ns>/<name>``) the translator serves:
+    the certificates and client CAs of listeners' ``tls``, checked by Envoy as given."""
+    out = []
+    for name, resource in sorted(translator.served[SECRET].items()):
+        if name.startswith(SECRET_SDS_PREFIX):
+            secret = secret_pb2.Secret()
+            assert resource.any.Unpack(secret), name
+            out.append(secret)
+    return out
+
+
+def _static_secrets(
+    boot: bootstrap_pb2.Bootstrap, registry: list[secret_pb2.Secret] | None = None
+) -> None:
+    """Serve the SDS secrets the TLS contexts name as static secrets of the bootstrap: the
+    mesh's (``default``, ``ROOTCA``) and ``registry`` (listeners' certificates and client
+    CAs): ``envoy --mode validate`` crashes initializing SDS over ADS (it has no ADS
+    stream), and a static secret of the same name checks the same shape."""
     sockets = [c.transport_socket for c in boot.static_resources.clusters]
     sockets += [
         ch.transport_socket for ls in boot.static_resources.listeners for ch in ls.filter_chains
@@ -88,13 +105,17 @@ def _static_secrets(boot: bootstrap_pb2.Bootstrap) -> None:
         common = context.common_tls_context
         for sds in common.tls_certificate_sds_secret_configs:
             sds.ClearField("sds_config")
-        common.combined_validation_context.validation_context_sds_secret_config.ClearField(
-            "sds_config"
-        )
+        if common.HasField("validation_context_sds_secret_config"):  # (a listener's client CA)
+            common.validation_context_sds_secret_config.ClearField("sds_config")
+        else:  # (touching one field of the oneof would set it: only the one that is there)
+            common.combined_validation_context.validation_context_sds_secret_config.ClearField(
+                "sds_config"
+            )
         socket.typed_config.Pack(context)
         used = True
     if used:
         boot.static_resources.secrets.extend(validation_secrets())
+        boot.static_resources.secrets.extend(registry or ())
 
 
 def envoy_validate(configs: dict[str, Path]) -> dict[str, tuple[int, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import string
 from typing import Any
 
@@ -42,6 +43,40 @@ def rsa_jwks() -> dict[str, Any]:
 
 
 # Mostly valid (so that routes stay in force), sometimes not (validation sorts it out).
+@functools.cache
+def tls_secrets() -> dict[str, dict[str, str]]:
+    """Registry secrets for listeners' ``tls``, generated once per run: certificates for an
+    exact and a wildcard name, one without SANs, one expiring within 7 days (in force with
+    a warning), a leaf with its CA's certificate in the chain, and a CA bundle."""
+    from tests.support.tls_secrets import issue
+
+    ca = issue("props-ca", is_ca=True, days=365)
+    leaf = issue("chain.example", ("chain.example",), ca=ca)
+    return {
+        "a": json.loads(issue("a.example", ("a.example",)).value()),
+        "wild": json.loads(issue("*.b.example", ("*.b.example", "b.example")).value()),
+        "nosan": json.loads(issue("nosan").value()),
+        "soon": json.loads(issue("soon.example", ("soon.example",), days=3).value()),
+        "chain": {"cert": (leaf.cert_pem + ca.cert_pem).decode(), "key": leaf.key_pem.decode()},
+        "ca": json.loads(ca.ca_value()),
+    }
+
+
+TLS_SECRET_NAMES = ("a", "wild", "nosan", "soon", "chain", "ca")
+_ODD_REFS = ["default/missing", "default/keys", "no-namespace", "Bad/Name"]
+# Mostly references that can resolve (a secret drawn, of the right shape), some that cannot.
+CERT_REF = st.sampled_from(
+    [f"{ns}/{n}" for ns in NAMESPACES for n in TLS_SECRET_NAMES if n != "ca"] * 3
+    + [f"{ns}/ca" for ns in NAMESPACES]
+    + _ODD_REFS
+)
+CA_REF = st.sampled_from([f"{ns}/ca" for ns in NAMESPACES] * 3 + ["default/a", *_ODD_REFS])
+LISTENER_TLS = st.fixed_dictionaries(
+    {"certificates": st.lists(CERT_REF, max_size=3)},
+    optional={"client_ca": CA_REF},
+)
+
+
 ORIGIN = st.sampled_from(["*", "https://app.example", "http://a.b:8080"] * 6 + ["app.example"])
 HEADER = st.sampled_from(["x-a", "X-Trace", "authorization", "*"] * 6 + ["bad header"])
 TOKEN = st.text(alphabet=string.ascii_letters + string.digits + "-_.!#$%&'*+^`|~", min_size=1)
@@ -285,4 +320,15 @@ def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
                     default_policy=st.sampled_from(["allow", "deny"]),
                 )
             )
+    # TLS (drawn after everything else, so the draws above stay as they were): secrets in
+    # each namespace, a gateway listener of its own port with ``tls``, sometimes ``tls``
+    # on the other listeners too.
+    for ns in NAMESPACES:
+        for name in [n for n in TLS_SECRET_NAMES if draw(st.integers(0, 9)) > 1]:
+            out[f"/mesh/secrets/{ns}/{name}"] = tls_secrets()[name]
+    if draw(st.integers(0, 4)):
+        out["/mesh/listeners/secure"] = {"port": 10443, "nodes": ["gateway"]}
+    for key, listener in out.items():
+        if key.startswith("/mesh/listeners/") and draw(st.booleans()):
+            listener["tls"] = draw(LISTENER_TLS)
     return out
