@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from tests.support.envoy_validate import envoy_validate, static_bootstrap
 from tests.support.golden import translate
-from tests.support.registry_strategies import registries
+from tests.support.registry_strategies import registries, tls_secrets
 from xds_server.ingest.registry import Entry
 
 # ENVOY_PROPS_EXAMPLES=1000 for a longer hunt; the default keeps the suite's share ~10 s.
@@ -37,6 +37,28 @@ _SETTINGS: dict[str, Any] = {
     "database": None,  # examples are checked after the run: nothing to replay from a DB
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
+
+
+def tls_registry() -> dict[str, dict[str, Any]]:
+    """A fixed registry terminating TLS: a listener with three certificates (exact name,
+    wildcard, chain) and a client CA, beside a plaintext one; validated by Envoy in every
+    run, whatever the random draws reach."""
+    secrets = tls_secrets()
+    out: dict[str, dict[str, Any]] = {
+        f"/mesh/secrets/default/{name}": secrets[name] for name in ("a", "wild", "chain", "ca")
+    }
+    out["/mesh/services/default/web"] = {"port": 8080}
+    out["/mesh/endpoints/default/web/e1"] = {"address": "127.0.0.1"}
+    out["/mesh/listeners/public"] = {"port": 10000}
+    out["/mesh/listeners/secure"] = {
+        "port": 10443,
+        "tls": {
+            "certificates": ["default/a", "default/wild", "default/chain"],
+            "client_ca": "default/ca",
+        },
+    }
+    out["/mesh/routes/default/r"] = {"listener": "*", "destinations": [{"service": "web"}]}
+    return out
 
 
 def _entries(registry: dict[str, dict[str, Any]]) -> tuple[Entry, ...]:
@@ -52,6 +74,7 @@ def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) 
 
     @settings(max_examples=EXAMPLES, **_SETTINGS)
     @given(registries())
+    @example(tls_registry())
     def collect(registry: dict[str, dict[str, Any]]) -> None:
         nonlocal accepted_routes
         state, translator, _ = translate(_entries(registry))
@@ -79,19 +102,18 @@ def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) 
 
 def test_the_generator_reaches_translated_routes() -> None:
     """The registries drawn are deep enough to matter: many routes pass validation and get
-    translated. Derandomized, so the count is the same on every run (a random run varies
-    too much for a floor that would catch a generator gone shallow)."""
-    accepted_routes = compiled_policies = tls_listeners = client_ca = 0
+    translated. Derandomized, yet the counts still differ between processes (what ran
+    before in the same process changes Hypothesis's draws: policies 7 to 12 of 100 examples
+    have been seen), so the floors sit well below them and catch a generator gone shallow,
+    not a small drift."""
+    accepted_routes = compiled_policies = 0
 
     @settings(max_examples=100, derandomize=True, **_SETTINGS)
     @given(registries())
     def count(registry: dict[str, dict[str, Any]]) -> None:
-        nonlocal accepted_routes, compiled_policies, tls_listeners, client_ca
+        nonlocal accepted_routes, compiled_policies
         state, _, _ = translate(_entries(registry))
         accepted_routes += len(state.routes)
-        with_tls = [ls.tls for ls in state.listeners.values() if ls.tls is not None]
-        tls_listeners += len(with_tls)
-        client_ca += sum(1 for tls in with_tls if tls.client_ca is not None)
         compiled_policies += sum(
             1
             for p in state.policies.values()
@@ -100,8 +122,12 @@ def test_the_generator_reaches_translated_routes() -> None:
         )
 
     count()
-    assert accepted_routes >= 25, accepted_routes
+    assert accepted_routes >= 15, accepted_routes
     # Policies reach RBAC filters of sidecar inbound listeners, in some of the examples.
-    assert compiled_policies >= 10, compiled_policies
-    # Listeners terminate TLS with registry secrets (some with a client CA) in force.
-    assert tls_listeners >= 10 and client_ca >= 3, (tls_listeners, client_ca)
+    assert compiled_policies >= 3, compiled_policies
+    # Listeners terminate TLS with registry secrets (with a client CA) in force: the fixed
+    # example every run validates. (How many random draws get there varies between
+    # processes, 0 to 9 of 100 derandomized examples have been seen, so it is no floor.)
+    state, _, _ = translate(_entries(tls_registry()))
+    tls = state.listeners["secure"].tls
+    assert tls is not None and tls.client_ca is not None and len(tls.certificates) == 3

@@ -105,9 +105,11 @@ def _static_secrets(
         common = context.common_tls_context
         for sds in common.tls_certificate_sds_secret_configs:
             sds.ClearField("sds_config")
+        # Only the validation context that is there: touching a field of the other would
+        # set it (a listener's tls without client_ca has none at all).
         if common.HasField("validation_context_sds_secret_config"):  # (a listener's client CA)
             common.validation_context_sds_secret_config.ClearField("sds_config")
-        else:  # (touching one field of the oneof would set it: only the one that is there)
+        elif common.HasField("combined_validation_context"):  # (mesh mTLS)
             common.combined_validation_context.validation_context_sds_secret_config.ClearField(
                 "sds_config"
             )

@@ -14,6 +14,7 @@ from envoy.config.route.v3 import route_pb2
 
 from xds_server.model import Route, Service, ServiceRef
 from xds_server.model.names import cluster_name, service_host
+from xds_server.translate.edge import EDGE_FILTERS
 from xds_server.translate.route import (
     LOCAL_RATELIMIT,
     affinities,
@@ -84,12 +85,15 @@ def build_proxyless_route_configuration(
     name: str, routes: Iterable[Route], services: Mapping[ServiceRef, Service]
 ) -> tuple[route_pb2.RouteConfiguration, frozenset[str]]:
     """The RouteConfiguration of ``xds:///<name>``: the listener form, keeping only the
-    virtual hosts a client of ``name`` can match, with no local rate limit config."""
+    virtual hosts a client of ``name`` can match, with no config of the filters gRPC does
+    not run (local rate limit, the edge filters) and no websocket upgrade."""
     config, refs = build_route_configuration(name, routes, services)
     keep = [vh for vh in config.virtual_hosts if name in vh.domains or "*" in vh.domains]
     del config.virtual_hosts[:]
     for vh in keep:
         for route in vh.routes:
-            route.typed_per_filter_config.pop(LOCAL_RATELIMIT, None)
+            for filter_name in (LOCAL_RATELIMIT, *EDGE_FILTERS):
+                route.typed_per_filter_config.pop(filter_name, None)
+            del route.route.upgrade_configs[:]
         config.virtual_hosts.append(vh)
     return config, refs
