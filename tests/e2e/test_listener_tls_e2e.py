@@ -9,8 +9,6 @@ import asyncio
 import http.client
 import json
 import ssl
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from integration.harness import free_port
 from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.fixtures_etcd import start_test_etcd
+from tests.support.paced import PacedCallers
 from tests.support.tls_secrets import Issued, issue
 from tests.support.wait import eventually
 from xds_server.app import MeshApp, MeshConfig
@@ -130,24 +129,13 @@ async def test_sni_rotation_and_client_ca_through_a_real_gateway(
         _, before = gw.admin_get("/stats?filter=listener_manager.listener_modified")
         # Rotation under load: new connections get a2, no request fails.
         a2 = issue("a.example", ("a.example",))
-        stop = threading.Event()
-        results: list[int | str] = []
-
-        def load() -> None:
-            due = time.monotonic()
-            while not stop.is_set():
-                try:
-                    results.append(_get(https, "a.example", tmp_path)[0])
-                except (OSError, http.client.HTTPException) as exc:
-                    results.append(type(exc).__name__)
-                due += 1 / RATE_PER_CALLER
-                time.sleep(max(0.0, due - time.monotonic()))
-
-        loaders = [threading.Thread(target=load, daemon=True) for _ in range(4)]
-        started = time.monotonic()
-        for t in loaders:
-            t.start()
-        try:
+        load = PacedCallers(
+            lambda: _get(https, "a.example", tmp_path)[0],
+            callers=4,
+            rate=RATE_PER_CALLER,
+            errors=(OSError, http.client.HTTPException),
+        )
+        with load:
             await asyncio.sleep(1.0)
             await registry.put("/mesh/secrets/edge/a", a2.value())
             await eventually(
@@ -158,12 +146,7 @@ async def test_sni_rotation_and_client_ca_through_a_real_gateway(
                 blocking=True,
             )
             await asyncio.sleep(1.0)
-        finally:
-            stop.set()
-            for t in loaders:
-                await asyncio.to_thread(t.join, 10)
-        rate = len(results) / (time.monotonic() - started)
-        failed = [r for r in results if r != 200]
+        rate, results, failed = load.rate, load.results, load.failed
         assert rate >= 50, f"{len(results)} requests, {rate:.1f}/s"
         assert failed == [], f"{len(failed)} of {len(results)} failed: {failed[:10]}"
         _, after = gw.admin_get("/stats?filter=listener_manager.listener_modified")

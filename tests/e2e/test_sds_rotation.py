@@ -17,8 +17,6 @@ import datetime
 import http.client
 import json
 import ssl
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from integration.harness import EnvoyProcess, free_port, http_get
 from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.fixtures_etcd import start_test_etcd
+from tests.support.paced import PacedCallers
 from tests.support.wait import eventually
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
@@ -146,24 +145,8 @@ async def test_certificates_come_over_sds_and_rotate_without_a_failed_request(
 
         # Load through both hops while the certificates rotate: two callers, each paced at
         # 40 requests/s, so the load stays at or above 50/s even when a request is slow.
-        stop = threading.Event()
-        results: list[int | str] = []
-
-        def load() -> None:
-            due = time.monotonic()
-            while not stop.is_set():
-                try:
-                    results.append(through_gateway())
-                except OSError as exc:
-                    results.append(type(exc).__name__)
-                due += 1 / RATE_PER_CALLER
-                time.sleep(max(0.0, due - time.monotonic()))
-
-        loaders = [threading.Thread(target=load, daemon=True) for _ in range(2)]
-        started = time.monotonic()
-        for loader in loaders:
-            loader.start()
-        try:
+        load = PacedCallers(through_gateway, callers=2, rate=RATE_PER_CALLER)
+        with load:
             wire = await eventually(
                 lambda: _wire_serial(api_in, tmp_path, pem),
                 "a new serial on the wire",
@@ -181,13 +164,8 @@ async def test_certificates_come_over_sds_and_rotate_without_a_failed_request(
             )
             assert any(s == wire for s, _ in seen)
             await asyncio.sleep(1.0)  # (requests across the switch, on both sides of it)
-        finally:
-            stop.set()
-            for loader in loaders:
-                await asyncio.to_thread(loader.join, 10)
-        rate = len(results) / (time.monotonic() - started)
         assert app.issuer.rotations >= 1
-        failed = [r for r in results if r != 200]
+        rate, results, failed = load.rate, load.results, load.failed
         assert rate >= 50, f"{len(results)} requests, {rate:.1f}/s: not the load asked for"
         assert failed == [], f"{len(failed)} of {len(results)} failed: {failed[:10]}"
     finally:
