@@ -10,16 +10,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from tests.support.fixtures_admin import AdminMesh, entry, seed
+from tests.support.key_views import config_views, status_and_log_views
 from tests.support.meshctl import meshctl
 from tests.support.xds_client import RawAds
 from xds_server.admin.api import admin_pb2 as pb
@@ -103,27 +102,9 @@ async def test_no_private_key_in_csds_proxy_config_logs_or_status(
         # showed what they hold would show it.
         assert LEAK.encode() in key and key == delta_key
         dumps: dict[str, str] = {}
-        csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(admin_mesh.channel)
-        status = await csds.FetchClientStatus(csds_pb2.ClientStatusRequest())
-        assert any(g.type_url == SECRET for c in status.config for g in c.generic_xds_configs)
-        dumps["CSDS"] = str(status) + status.SerializeToString().decode("latin-1")
-        for node in ("web-1", "web-2"):
-            resp = await admin_mesh.stub.GetProxyConfig(pb.GetProxyConfigRequest(node_id=node))
-            assert any(r.type == "SDS" and r.name == "default" for r in resp.resources)
-            dumps[f"GetProxyConfig {node}"] = str(resp)
-            for args in ((), ("-o", "json"), ("--type", "SDS", "-o", "yaml")):
-                code, out, err = await meshctl(
-                    "--admin", admin_mesh.address, "proxy-config", node, *args
-                )
-                assert code == 0, err
-                dumps[f"meshctl proxy-config {node} {args}"] = out + err
+        dumps.update(await config_views(admin_mesh, ("web-1", "web-2"), "default"))
         assert "[redacted]" in dumps["GetProxyConfig web-1"]
-        listing = await admin_mesh.registry.list_prefix(admin_mesh.prefix + "status/")
-        dumps["etcd status/"] = "".join(e.key + e.value.decode("latin-1") for e in listing.entries)
-        await asyncio.sleep(0.2)  # (log records of the pushes above)
-        dumps["meshd log"] = (
-            "\n".join(r.getMessage() + repr(r.args) for r in caplog.records) + caplog.text
-        )
+        dumps.update(await status_and_log_views(admin_mesh, caplog))
         leaked = [where for where, text in dumps.items() if LEAK in text]
         assert leaked == []
         assert "certificate for shop/web" in dumps["meshd log"]  # (the log was captured)

@@ -12,7 +12,6 @@ outside (admin API over gRPC, meshctl, an ADS client, etcd):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -20,9 +19,9 @@ import grpc
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from tests.support.fixtures_admin import AdminMesh, entry, rpc_error, seed
+from tests.support.key_views import config_views, status_and_log_views
 from tests.support.meshctl import meshctl
 from tests.support.tls_secrets import issue
 from tests.support.xds_client import RawAds
@@ -145,30 +144,12 @@ async def test_no_private_key_in_any_view_of_a_gateway_tls_listener(
         listing = await admin_mesh.stub.ListEntries(pb.ListEntriesRequest(kind=pb.KIND_SECRET))
         dumps["ListEntries"] = str(listing)
         assert "a.example" in dumps["ListEntries"]  # (the summary is shown)
-        csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(admin_mesh.channel)
-        status = await csds.FetchClientStatus(csds_pb2.ClientStatusRequest())
-        assert any(g.type_url == SECRET for c in status.config for g in c.generic_xds_configs)
-        dumps["CSDS"] = str(status) + status.SerializeToString().decode("latin-1")
-        for node in ("gw-1", "gw-2"):
-            resp = await admin_mesh.stub.GetProxyConfig(pb.GetProxyConfigRequest(node_id=node))
-            assert any(r.type == "SDS" and r.name == SDS_NAME for r in resp.resources)
-            dumps[f"GetProxyConfig {node}"] = str(resp)
-            for args in ((), ("-o", "json"), ("--type", "SDS", "-o", "yaml")):
-                code, out, err = await meshctl(
-                    "--admin", admin_mesh.address, "proxy-config", node, *args
-                )
-                assert code == 0, err
-                dumps[f"meshctl proxy-config {node} {args}"] = out + err
+        dumps.update(await config_views(admin_mesh, ("gw-1", "gw-2"), SDS_NAME))
         for args in ((), ("-o", "json"), ("-o", "yaml")):
             code, out, err = await meshctl("--admin", admin_mesh.address, "get", "secrets", *args)
             assert code == 0 and "edge" in out, err
             dumps[f"meshctl get secrets {args}"] = out + err
-        stored = await admin_mesh.registry.list_prefix(admin_mesh.prefix + "status/")
-        dumps["etcd status/"] = "".join(e.key + e.value.decode("latin-1") for e in stored.entries)
-        await asyncio.sleep(0.2)  # (log records of the pushes above)
-        dumps["meshd log"] = (
-            "\n".join(r.getMessage() + repr(r.args) for r in caplog.records) + caplog.text
-        )
+        dumps.update(await status_and_log_views(admin_mesh, caplog))
         # (the certificate itself is public: CSDS shows it, as Envoy's config dump does;
         # neither the key's PEM armour nor any piece of its body may show anywhere)
         body = "".join(CERT.key_pem.decode().splitlines()[1:-1])
