@@ -36,13 +36,13 @@ def test_renewed_once_half_its_lifetime_is_past() -> None:
     serving = ServingCertificate(
         ca, ["meshd"], ["127.0.0.1"], lifetime=datetime.timedelta(hours=2), clock=lambda: now[0]
     )
-    first = serving.chain_pem
+    first, fetch = serving.chain_pem, serving.fetcher()
     now[0] += datetime.timedelta(minutes=59)
-    assert serving.fetch() is None and serving.chain_pem == first
+    assert fetch() is None and serving.chain_pem == first
     now[0] += datetime.timedelta(minutes=1)
-    assert serving.fetch() is not None
+    assert fetch() is not None
     assert serving.chain_pem != first and serving.renewals == 1
-    assert serving.fetch() is None  # (the next renewal is an hour later again)
+    assert fetch() is None  # (the next renewal is an hour later again)
     assert ca.verifies(serving.chain_pem)
 
 

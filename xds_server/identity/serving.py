@@ -1,6 +1,6 @@
 """meshd's own serving certificate (xDS and admin API over TLS), renewed at half-life.
 
-gRPC asks :meth:`ServingCertificate.fetch` for the certificate before every TLS handshake
+gRPC asks each port's :meth:`ServingCertificate.fetcher` before every TLS handshake
 (``grpc.dynamic_ssl_server_credentials``); it answers None (keep the current one) until
 half the certificate's lifetime has passed, then issues a new one from the mesh CA. Open
 connections keep the certificate they were made with; new ones get the new certificate.
@@ -47,7 +47,6 @@ class ServingCertificate:
         self.renewals = 0
         """How many times the certificate was issued again."""
         self.chain_pem, self._config, self._renew_at = self._issue()
-        self._handed = self._config
 
     def _issue(self) -> tuple[bytes, grpc.ServerCertificateConfiguration, datetime.datetime]:
         now = self._clock()
@@ -55,34 +54,32 @@ class ServingCertificate:
         config = grpc.ssl_server_certificate_configuration([(key, chain)])
         return chain, config, now + self._lifetime / 2
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """The current certificate configuration, renewed first once half its lifetime
-        is past; None when it is the one handed out last (tests, single port)."""
-        latest = self._current()
-        if latest is self._handed:
-            return None
-        self._handed = latest
-        return latest
-
-    def _current(self) -> grpc.ServerCertificateConfiguration:
+    def current(self) -> grpc.ServerCertificateConfiguration:
+        """The certificate configuration to present now, issued again first once half the
+        current one's lifetime is past."""
         with self._lock:
             if self._clock() >= self._renew_at:
                 self.chain_pem, self._config, self._renew_at = self._issue()
                 self.renewals += 1
             return self._config
 
-    def credentials(self) -> grpc.ServerCredentials:
-        """Server credentials of one port, presenting this certificate, renewed as
-        :meth:`fetch` says. One per port: gRPC gives the initial configuration to one port
-        only, and each port must be told of a renewal once."""
-        handed = self._current()
+    def fetcher(self) -> Callable[[], grpc.ServerCertificateConfiguration | None]:
+        """One port's fetch for gRPC: the current configuration when it is not the one this
+        fetch handed out last (starting with the current one), else None (keep it)."""
+        handed = self.current()
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             nonlocal handed
-            latest = self._current()
+            latest = self.current()
             if latest is handed:
                 return None
             handed = latest
             return latest
 
-        return grpc.dynamic_ssl_server_credentials(handed, fetch)
+        return fetch
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials of one port, presenting this certificate, renewed as its
+        :meth:`fetcher` says. One per port: gRPC gives the initial configuration to one port
+        only, and each port must be told of a renewal once."""
+        return grpc.dynamic_ssl_server_credentials(self.current(), self.fetcher())
