@@ -125,6 +125,10 @@ def overflows(selector: str, by: str) -> str:
     )
 
 
+LISTENER = "envoy_http_conn_manager_prefix"
+"""The label of an HTTP listener's stats: its connection manager's stat prefix (its name)."""
+EACH_LISTENER = "{{envoy_http_conn_manager_prefix}}"
+
 CONNECTED = T(
     agg("sum", "node_cluster, protocol", "meshd_connected_proxies"), "{{node_cluster}} {{protocol}}"
 )
@@ -230,6 +234,23 @@ def mesh_overview() -> Dashboard:
                 ),
                 unit="ops",
                 description="Failed TLS handshakes per second on listeners with tls (Envoy's listener ssl stats, summed over proxies); a client_ca listener also counts clients that sent no certificate.",
+            ),
+            panel(
+                "Authentication denials by listener",
+                T(
+                    rate(LISTENER, "envoy_http_jwt_authn_denied"),
+                    f"{EACH_LISTENER} jwt denied",
+                ),
+                T(
+                    rate(LISTENER, "envoy_http_api_key_auth_unauthorized"),
+                    f"{EACH_LISTENER} api_keys denied",
+                ),
+                T(
+                    rate(LISTENER, "envoy_http_downstream_rq_xx", 'envoy_response_code_class="4"'),
+                    f"{EACH_LISTENER} all 4xx",
+                ),
+                unit="reqps",
+                description="Requests refused per second by routes' jwt (401; 403 for a valid token of another audience) and api_keys (401), beside every 4xx the listener answered. By listener, not by route: Envoy counts these filters' denials under the listener's HTTP connection manager, and its per-route stats are the router's, which never sees a request a filter refused.",
             ),
             panel("Connected proxies", CONNECTED, kind="stat"),
         ],

@@ -4,7 +4,8 @@ One scenario: real etcd, meshd (metrics and ``/sd/envoy``), a gateway Envoy (Sot
 sidecar Envoy (Delta), both found by Prometheus through meshd's HTTP SD, and traffic to a
 service whose ``v2`` subset always fails (so errors, outlier ejections and a rate limit
 show up; meshd asks for load reports every second, so its edge and per-endpoint series
-fill in). Debian's ``prometheus`` scrapes it every second with a copy of the repo's
+fill in), and to a ``jwt`` and an ``api_keys`` route without a token or a key (so
+authentication denials show up). Debian's ``prometheus`` scrapes it every second with a copy of the repo's
 config and rules (``for:`` shortened to 0 s). Then every PromQL expression of every
 dashboard panel, and the measure of every alert rule, must return data, and the
 error-rate and ejection alerts must fire.
@@ -34,6 +35,7 @@ from integration.harness import free_port, http_get
 from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.paths import REPO_ROOT
+from tests.support.registry_strategies import rsa_jwks
 from tests.support.tls_secrets import issue
 from tests.support.wait import wait_until
 from xds_server.app import MeshApp, MeshConfig
@@ -253,6 +255,21 @@ def _entries(v1: int, v2: int, public: int, inner: int, secure: int) -> dict[str
             "destinations": [{"service": "web", "subset": "v1"}],
             "rate_limit": {"requests_per_minute": 60, "burst": 1},
         },
+        # Authentication on two routes of the gateway's listener, asked without a token or
+        # key: the denial panel's Envoy stats (jwt_authn, api_key_auth) count them.
+        "routes/default/login": {
+            "listener": "public",
+            "match": {"prefix": "/jwt"},
+            "destinations": [{"service": "web", "subset": "v1"}],
+            "jwt": {"issuer": "https://login.example", "jwks": {"inline": rsa_jwks()}},
+        },
+        "secrets/default/partner-keys": {"keys": {"acme": "k-acme"}},
+        "routes/default/partner": {
+            "listener": "public",
+            "match": {"prefix": "/keyed"},
+            "destinations": [{"service": "web", "subset": "v1"}],
+            "api_keys": {"secret": "partner-keys"},
+        },
         # A typo: rejected, reported, counted (the rejected-entries alert reads it).
         "routes/default/typo": {"listener": "*", "destinations": [{"service": "web", "wieght": 1}]},
     }
@@ -329,13 +346,16 @@ async def test_dashboards_and_alerts_against_real_prometheus(
 
     prom = Prometheus(prometheus_bin, _test_config(tmp_path, app.metrics_port), tmp_path)
     urls = [f"http://127.0.0.1:{p}{path}" for p in (public, inner) for path in ("/", "/limited")]
+    urls += [f"http://127.0.0.1:{public}{path}" for path in ("/jwt", "/keyed")]  # (no token, key)
     try:
         await asyncio.to_thread(prom.wait_ready)
         with Traffic(urls) as traffic:
             await asyncio.to_thread(_wait_for_data, prom)
             await asyncio.to_thread(_wait_for_alerts, prom)
+            await asyncio.to_thread(_wait_for_denials, prom)
             per_endpoint = prom.query('meshd_endpoint_error_ratio{mesh_service="web.default"}')
-        assert traffic.statuses.get(200) and traffic.statuses.get(503) and traffic.statuses.get(429)
+        for status in (200, 401, 429, 503):
+            assert traffic.statuses.get(status), (status, traffic.statuses)
     finally:
         prom.stop()
     # The per-endpoint panel shows the real backends, each under its subset: v2 always
@@ -383,6 +403,34 @@ def _wait_for_data(prom: Prometheus, timeout: float = 60) -> None:
         interval=0.5,
         context=lambda: "no data for:\n" + "\n".join(f"  {w}: {e}" for w, e in pending.items()),
     )
+
+
+DENIALS = "Authentication denials by listener"
+
+
+def _public_rate(result: list[dict[str, Any]]) -> float:
+    """The value of listener ``public``'s series in a query ``result`` (0 without one)."""
+    for series in result:
+        if series["metric"].get("envoy_http_conn_manager_prefix") == "public":
+            return float(series["value"][1])
+    return 0.0
+
+
+def _wait_for_denials(prom: Prometheus, timeout: float = 30) -> None:
+    """Each target of the authentication-denials panel shows the gateway listener's 401s,
+    not only a zero rate: the traffic asks its jwt and api_keys routes without a token or
+    a key all along."""
+    targets = [expr for _, title, expr in panel_queries() if title == DENIALS]
+    assert len(targets) == 3, targets
+    for expr in targets:
+        measured = expr.replace("$__rate_interval", RATE_INTERVAL)
+        wait_until(
+            lambda measured=measured: prom.query(measured),
+            f"denials on listener public: {measured}",
+            timeout,
+            until=lambda result: _public_rate(result) > 0,
+            interval=0.5,
+        )
 
 
 def _wait_for_alerts(prom: Prometheus, timeout: float = 30) -> None:
