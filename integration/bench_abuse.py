@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -221,6 +222,7 @@ class Figures:
     abused: Latency = field(default_factory=Latency)
     abusers: list[str] = field(default_factory=list)
     limited: dict[str, float] = field(default_factory=dict)
+    nice: int = 0
 
     def report(self) -> str:
         base, peak, after = (
@@ -236,6 +238,7 @@ class Figures:
             f"change latency without abuse: {self.calm}",
             f"change latency under abuse:   {self.abused}",
             f"p99 under abuse / without: {ratio:.2f}x (target <= 2x)",
+            f"  (the abusers ran as their own processes at nice {self.nice})",
             *(f"  abuser: {a}" for a in self.abusers),
             "  refusals: " + ", ".join(f"{k} {v:.0f}" for k, v in self.limited.items() if v),
         ]
@@ -248,8 +251,7 @@ async def _quiet_rss(meshd: MeshdProcess, settle: float) -> int:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> Figures:
-    sizes = SMALL if args.small else Sizes()
-    fig = Figures()
+    fig = Figures(nice=args.abuser_nice)
     etcd = EmbeddedEtcd(workdir / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
     etcd.start_sync()
     prefix = "/mesh/"
@@ -283,23 +285,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.create_task(sample())
-        services = args.services
         chosen = set(args.only.split(",")) if args.only else set(ABUSERS)
-        runs = {
-            "names": lambda: names_flood(
-                meshd.target, sizes.names_streams, sizes.names, 3 * sizes.hold
-            ),
-            "flip": lambda: flipper(meshd.target, sizes.flips, services),
-            "deaf": lambda: deaf(meshd.target, sizes.deaf_requests, services, sizes.hold),
-            "clusters": lambda: _then(
-                cluster_names(meshd.target, sizes.cluster_streams, sizes.cluster_bytes),
-                scrapes(meshd.metrics_port, sizes.scrapes),
-            ),
-            "half-open": lambda: half_open(meshd.metrics_port, sizes.half_open, sizes.hold),
-        }
-        abuse = asyncio.gather(
-            *(runs[name]() for name in ABUSERS if name in chosen), return_exceptions=True
-        )
+        procs = [await _abuser_process(n, meshd, args) for n in ABUSERS if n in chosen]
+        for proc in procs:  # (each says "go" once its imports are done and it attacks)
+            assert proc.stdout is not None
+            await proc.stdout.readline()
+        abuse = asyncio.gather(*(_abuser_result(proc) for proc in procs))
         start = args.changes + 1
         fig.abused = await measure_changes(
             change, clients, range(start, start + args.changes), gap=args.gap, budget=120
@@ -322,6 +313,47 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
         etcd.stop()
 
 
+async def _abuser_process(
+    name: str, meshd: MeshdProcess, args: argparse.Namespace
+) -> asyncio.subprocess.Process:
+    """Start abuser ``name`` as its own process at nice ``--abuser-nice``: an attacker's
+    clients run on the attacker's machines, so what they cost to build their requests is
+    kept off the cores meshd and the well-behaved clients share here."""
+    # (``nice`` the command, not a preexec_fn: no fork() of a process gRPC runs threads in)
+    cmd = ["nice", "-n", str(args.abuser_nice), sys.executable]
+    cmd += ["-m", "integration.bench_abuse", "--abuser", name]
+    cmd += ["--target", meshd.target, "--metrics-port", str(meshd.metrics_port)]
+    cmd += ["--services", str(args.services)] + (["--small"] if args.small else [])
+    return await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def _abuser_result(proc: asyncio.subprocess.Process) -> str:
+    """An abuser's report line, once it ended (or why it failed)."""
+    out, err = await proc.communicate()
+    if proc.returncode:
+        return f"failed ({proc.returncode}): {err.decode()[-500:]}"
+    return out.decode().strip().splitlines()[-1]
+
+
+async def _one_abuser(args: argparse.Namespace) -> str:
+    """The abuser ``--abuser`` names, against ``--target`` / ``--metrics-port``."""
+    sizes, target, services = (SMALL if args.small else Sizes()), args.target, args.services
+    if args.abuser == "names":
+        return await names_flood(target, sizes.names_streams, sizes.names, 3 * sizes.hold)
+    if args.abuser == "flip":
+        return await flipper(target, sizes.flips, services)
+    if args.abuser == "deaf":
+        return await deaf(target, sizes.deaf_requests, services, sizes.hold)
+    if args.abuser == "clusters":
+        return await _then(
+            cluster_names(target, sizes.cluster_streams, sizes.cluster_bytes),
+            scrapes(args.metrics_port, sizes.scrapes),
+        )
+    return await half_open(args.metrics_port, sizes.half_open, sizes.hold)
+
+
 async def _then(*steps: Any) -> str:
     return "; ".join([str(await step) for step in steps])
 
@@ -342,7 +374,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--meshd-flag", action="append", default=[], help="an extra meshd flag (repeatable)"
     )
+    p.add_argument(
+        "--abuser-nice",
+        type=int,
+        default=19,
+        help="nice value of the abusers' processes (0: compete with meshd for the cores)",
+    )
+    p.add_argument("--abuser", choices=ABUSERS, help=argparse.SUPPRESS)  # (one abuser's process)
+    p.add_argument("--target", help=argparse.SUPPRESS)
+    p.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.abuser:
+        print("go", flush=True)
+        print(asyncio.run(_one_abuser(args)), flush=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from xds_server.identity.ca import CaError, MeshCA
 from xds_server.listen import ListenError, check_free, parse_listen
 from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from xds_server.model.join_token import TOKENS_DIR
+from xds_server.server.heap_trim import pin_mmap_threshold
 from xds_server.stream_limits import DEFAULT_SHARED_WIRE_MB, StreamLimits
 
 log = logging.getLogger("meshd")
@@ -410,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     tune_collector()
+    pin_mmap_threshold()
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(run(args)))
 

@@ -50,6 +50,32 @@ def load_malloc_trim() -> TrimFn | None:
     return lambda: fn(0)
 
 
+MMAP_THRESHOLD = 1 << 20
+"""Allocations from this size up get their own mapping (see :func:`pin_mmap_threshold`)."""
+
+_M_MMAP_THRESHOLD = -3  # (mallopt's parameter number, glibc malloc.h)
+
+
+def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
+    """Serve allocations of ``nbytes`` and more from their own ``mmap``, at a fixed
+    threshold; False where the C library has no ``mallopt``.
+
+    glibc starts at 128 KiB but raises the threshold to the size of each mapped chunk
+    freed (up to 32 MiB), so once a client sends one multi-megabyte request (gRPC holds
+    each received message in one buffer) every later buffer below that size comes from
+    the heap, where one survivor pins the pages around it and no trim returns them. A
+    fixed threshold also turns that adjustment off: big messages and responses go back to
+    the OS when freed, and everything below a megabyte (every response but the largest
+    sets) stays on the faster heap."""
+    try:
+        fn = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return bool(fn(_M_MMAP_THRESHOLD, nbytes))
+
+
 def rss_bytes() -> int:
     """This process's resident set size as the OS sees it (0 where unknown)."""
     try:
