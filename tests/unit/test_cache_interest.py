@@ -12,7 +12,7 @@ from xds_server.cache import ConfigCache
 from xds_server.cache.watch import Wakeup, Watcher
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.resources.resource import resource_from_bytes
-from xds_server.resources.scope import no_scopes
+from xds_server.resources.scope import Selection, no_scopes
 from xds_server.translate.translator import Delta
 
 
@@ -32,6 +32,8 @@ def test_changes_reach_only_the_watchers_that_hold_them() -> None:
     cache = ConfigCache()
     _change(cache, ENDPOINT, "a", b"1")
     _change(cache, ENDPOINT, "b", b"1")
+    # (a wildcard hears what its scope covers: here, every endpoint)
+    cache.apply(Delta(scopes=lambda _: Selection({}, every=frozenset({CLUSTER, ENDPOINT}))), 3)
     undeclared, holds_a, wild, cds_only = (cache.watch() for _ in range(4))
     a = cache.intern({"a"})
     cache.set_interest(holds_a, {ENDPOINT: (False, a)})

@@ -59,6 +59,15 @@ class ScopeView(Protocol):
         """The names a wildcard subscriber of ``type_url`` in this scope gets."""
         ...
 
+    def covers(self, type_url: str, name: str) -> bool:
+        """Whether ``name`` is in this scope when it exists."""
+        ...
+
+    def alias(self, type_url: str, name: str) -> str:
+        """The index key a client of this scope means by ``name`` (a variant's: see
+        ``resources/scope.py``), or ``name`` itself."""
+        ...
+
     def xor(self, type_url: str) -> int:
         """XOR of the digests of those resources (see ``set_version``)."""
         ...
@@ -134,8 +143,9 @@ class ConfigWatcher(ConfigReader, Protocol):
         """``w`` hears nothing more."""
         ...
 
-    def set_interest(self, w: Watcher, interest: Interest) -> None:
-        """From now on ``w`` hears only changes to what ``interest`` names."""
+    def set_interest(self, w: Watcher, interest: Interest, node_cluster: str = "") -> None:
+        """From now on ``w`` hears only changes to what ``interest`` names (its wildcard
+        types: only changes within the scope of ``node_cluster``)."""
         ...
 
     async def wait_ready(self) -> None:
@@ -154,6 +164,12 @@ class TranslatedChanges(Protocol):
     @property
     def scopes(self) -> ScopeRule | None:
         """The scope rule from now on, or None when it did not change."""
+        ...
+
+    @property
+    def rescoped(self) -> Collection[str] | None:
+        """With a new rule: the node clusters whose selection it may change (None: any).
+        The others keep their scope, and their streams are not woken for it."""
         ...
 
 

@@ -30,7 +30,7 @@ from xds_server.cache.contract import WILDCARD_TYPES, TranslatedChanges
 from xds_server.cache.scope import Scope
 from xds_server.cache.watch import Interest, Pending, Watcher, merge_pending
 from xds_server.resources.resource import Resource
-from xds_server.resources.scope import ScopeRule, no_scopes
+from xds_server.resources.scope import ScopeRule, is_private, no_scopes
 from xds_server.resources.types import TYPE_ORDER
 
 __all__ = ["WILDCARD_TYPES", "ConfigCache", "Pending", "Scope", "Watcher"]
@@ -59,7 +59,13 @@ class ConfigCache:
         self._watchers: set[Watcher] = set()
         # Who hears a change: undeclared watchers hear all; the others by type or by name.
         self._open: set[Watcher] = set()
-        self._wild: dict[str, set[Watcher]] = {t: set() for t in TYPE_ORDER}
+        # Wildcard watchers by node cluster: a change wakes those whose scope covers it.
+        self._wild: dict[str, dict[str, set[Watcher]]] = {t: {} for t in TYPE_ORDER}
+        self._by_cluster: dict[str, set[Watcher]] = {}
+        self.private_xors: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        """Per type, XOR of the digests of the private names (resources/scope.py)."""
+        self.private_counts: dict[str, int] = dict.fromkeys(TYPE_ORDER, 0)
+        """Per type, how many private names the index holds."""
         # Explicit subscriptions are indexed by subscription set, not by watcher: thousands of
         # proxies share one interned set (every sidecar asks for the same clusters), so the
         # name index costs O(distinct sets x names), not O(streams x names).
@@ -101,13 +107,22 @@ class ConfigCache:
                     flip ^= res.digest
                 self.xors[type_url] ^= flip
                 flips[name] = flip
+                if is_private(name):
+                    self.private_xors[type_url] ^= flip
+                    self.private_counts[type_url] += (res is not None) - (old is not None)
             self.type_generation[type_url] += 1
             self._advance_set_xors(type_url, flips)
         scopes = delta.scopes
+        rescoped = delta.rescoped if scopes is not None else None
         if scopes is not None:
             self._scope_rule = scopes
-            self._scopes.clear()
-            self._scope_by_key.clear()
+            if rescoped is None:
+                self._scopes.clear()
+                self._scope_by_key.clear()
+            else:
+                for node_cluster in rescoped:
+                    self._scopes.pop(node_cluster, None)
+                self._sweep_scopes()
         self.generation += 1
         self.ready.set()
         self.last_woken = set()
@@ -115,9 +130,10 @@ class ConfigCache:
             return
         woken: set[Watcher] = set()
         for type_url, before in olds.items():
-            for w in (*self._open, *self._wild[type_url]):
+            for w in self._open:
                 merge_pending(w, type_url, before)
                 woken.add(w)
+            self._wake_wild(type_url, before, woken)
             sets_by_name = self._sets_by_name[type_url]
             if not sets_by_name:
                 continue
@@ -129,12 +145,46 @@ class ConfigCache:
                         mine.setdefault(name, old)  # the oldest unseen value: what it holds
                         woken.add(w)
         if scopes is not None:
-            for w in self._watchers:
+            if rescoped is None:
+                moved: Iterable[Watcher] = self._watchers
+            else:
+                moved = [w for nc in rescoped for w in self._by_cluster.get(nc, ())]
+            for w in moved:
                 w.scopes_changed = True
-            woken = set(self._watchers)
+                woken.add(w)
         for w in woken:
             w.event.set()
         self.last_woken = woken
+
+    def _wake_wild(
+        self, type_url: str, before: dict[str, Resource | None], woken: set[Watcher]
+    ) -> None:
+        """Give the wildcard watchers of ``type_url`` the changed names their scope covers
+        (the names it held or now holds), and wake them; the others hear nothing. Node
+        clusters that share a scope share one filtered copy."""
+        groups = self._wild[type_url]
+        if not groups:
+            return
+        private = any(is_private(n) for n in before)
+        by_scope: dict[int, dict[str, Resource | None]] = {}
+        for node_cluster, watchers in groups.items():
+            scope = self.scope(node_cluster)
+            mine = by_scope.get(id(scope))
+            if mine is None:
+                mine = by_scope[id(scope)] = _covered(scope, type_url, before, private)
+            if not mine:
+                continue
+            for w in watchers:
+                merge_pending(w, type_url, mine)
+                woken.add(w)
+
+    def _sweep_scopes(self) -> None:
+        """Forget shared scopes no node cluster has any more (after a targeted rule change:
+        the others keep theirs)."""
+        if len(self._scope_by_key) <= 2 * len(self._scopes) + 64:
+            return
+        live = {id(s) for s in self._scopes.values()}
+        self._scope_by_key = {k: s for k, s in self._scope_by_key.items() if id(s) in live}
 
     # -- reads ------------------------------------------------------------------------
 
@@ -285,30 +335,38 @@ class ConfigCache:
 
     def unwatch(self, w: Watcher) -> None:
         """``w`` hears nothing more."""
-        self.set_interest(w, {})
+        self.set_interest(w, {}, w.node_cluster)
+        self._leave_cluster(w)
         self._watchers.discard(w)
         self._open.discard(w)
         self._drop_unshared_wire()
 
-    def set_interest(self, w: Watcher, interest: Interest) -> None:
-        """Declare what ``w`` listens to from now on (see :class:`Watcher`).
+    def set_interest(self, w: Watcher, interest: Interest, node_cluster: str = "") -> None:
+        """Declare what ``w`` listens to from now on (see :class:`Watcher`): its wildcard
+        types within the scope of ``node_cluster``, its subscribed names.
 
         Subscriptions are interned sets, so an unchanged one is recognised by identity and
         costs nothing; a set's names are indexed once, when its first watcher joins.
         """
-        if w.interest == interest:
+        if w.interest == interest and w.node_cluster == node_cluster:
             # Most requests are ACKs that change no subscription: the same interned sets,
             # so this compares by identity, far cheaper than the walk below.
             return
         old = w.interest or {}
+        old_cluster = w.node_cluster
+        if w.interest is None or old_cluster != node_cluster:
+            self._leave_cluster(w)
+            self._by_cluster.setdefault(node_cluster, set()).add(w)
         self._open.discard(w)
         for t in set(old) | set(interest):
             before = old.get(t)
             after = interest.get(t)
             was_wild = before is not None and before[0]
             is_wild = after is not None and after[0]
-            if was_wild != is_wild:
-                (self._wild[t].add if is_wild else self._wild[t].discard)(w)
+            if was_wild and (not is_wild or old_cluster != node_cluster):
+                _discard(self._wild[t], old_cluster, w)
+            if is_wild:
+                self._wild[t].setdefault(node_cluster, set()).add(w)
             names_before = before[1] if before is not None else None
             names_after = after[1] if after is not None else None
             if names_before is names_after:
@@ -318,6 +376,11 @@ class ConfigCache:
             if names_after:
                 self._join(t, names_after, w)
         w.interest = dict(interest)
+        w.node_cluster = node_cluster
+
+    def _leave_cluster(self, w: Watcher) -> None:
+        if w.interest is not None:
+            _discard(self._by_cluster, w.node_cluster, w)
 
     def _join(self, t: str, subscription: frozenset[str], w: Watcher) -> None:
         group = self._groups[t].get(subscription)
@@ -349,3 +412,31 @@ class ConfigCache:
         self._set_xors.pop((t, subscription), None)
         if not any(subscription in groups for groups in self._groups.values()):
             self._interned.pop(subscription, None)
+
+
+def _discard(groups: dict[str, set[Watcher]], key: str, w: Watcher) -> None:
+    """Take ``w`` out of ``groups[key]``, and the group with it once empty."""
+    group = groups.get(key)
+    if group is not None:
+        group.discard(w)
+        if not group:
+            del groups[key]
+
+
+def _covered(
+    scope: Scope, type_url: str, before: dict[str, Resource | None], private: bool
+) -> dict[str, Resource | None]:
+    """The changes of ``before`` that ``scope`` covers, visiting the smaller side (a
+    relist changes every name; a scoped sidecar holds a few dozen)."""
+    selection = scope.selection
+    if type_url in selection.every:
+        if not private:
+            return before  # (shared read-only: merge_pending copies what it keeps)
+        covers = selection.covers
+        return {n: old for n, old in before.items() if covers(type_url, n)}
+    names = selection.names.get(type_url)
+    if not names:
+        return {}
+    if len(names) < len(before):
+        return {n: before[n] for n in names if n in before}
+    return {n: old for n, old in before.items() if n in names}

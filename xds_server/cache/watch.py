@@ -66,6 +66,8 @@ class Watcher:
     pending: Pending = field(default_factory=dict)
     scopes_changed: bool = False
     interest: Interest | None = None
+    node_cluster: str = ""
+    """The node cluster whose scope its wildcard types follow (set with ``interest``)."""
 
     def take(self) -> tuple[Pending, bool]:
         """What changed since the last take (and whether scopes did); clears the inbox."""

@@ -30,6 +30,7 @@ from xds_server.model.service import (
     Service,
     SessionAffinity,
     Sidecar,
+    Upstreams,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "ServiceRef",
     "SessionAffinity",
     "Sidecar",
+    "Upstreams",
     "parse_entity",
     "parse_entry",
     "parse_key",

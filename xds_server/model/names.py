@@ -17,6 +17,7 @@ import re
 from typing import Literal, NamedTuple
 
 from xds_server.errors import ValidationError
+from xds_server.resources.scope import PRIVATE_PREFIX, is_private
 
 Kind = Literal["services", "endpoints", "routes", "listeners", "namespaces", "policies", "secrets"]
 KINDS: tuple[Kind, ...] = (
@@ -244,12 +245,13 @@ def inbound_name(ref: ServiceRef) -> str:
     Cluster it forwards to (``127.0.0.1:app_port``). The ``|`` keeps it apart from every
     registry listener (a DNS label) and every service cluster (``<name>.<ns>[|subset]``:
     :func:`parse_cluster_name` reads it as no cluster of the mesh)."""
-    return f"inbound|{ref.name}.{ref.namespace}"
+    # (a private name: no scope that takes clusters whole reaches another service's)
+    return f"{PRIVATE_PREFIX}{ref.name}.{ref.namespace}"
 
 
 def is_inbound_name(name: str) -> bool:
     """Whether ``name`` is one :func:`inbound_name` builds (a sidecar's own, not a route's)."""
-    return name.startswith("inbound|")
+    return is_private(name)
 
 
 def cluster_name(ref: ServiceRef, subset: str = "") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -10,7 +11,7 @@ import msgspec
 
 from xds_server.errors import ValidationError
 from xds_server.model.fields import Obj, fast_decode
-from xds_server.model.names import ServiceRef, check_label
+from xds_server.model.names import ServiceRef, check_label, parse_service_ref
 from xds_server.model.namespace import MtlsMode, mtls_mode
 
 Protocol = Literal["http", "http2", "grpc", "tcp"]
@@ -99,6 +100,36 @@ class Sidecar:
 
 
 @dataclass(frozen=True, slots=True)
+class Upstreams:
+    """What a service's sidecars call (``upstreams``): single services and whole
+    namespaces. Its sidecars are sent only these services' default hosts and what the
+    routes on their listeners send to (translate/upstreams.py). A service named here need
+    not exist yet: it is sent once it does."""
+
+    services: frozenset[ServiceRef] = frozenset()
+    namespaces: frozenset[str] = frozenset()
+    """Namespaces written ``ns/*``: every service in them, now and later."""
+
+    def covers(self, ref: ServiceRef) -> bool:
+        """Whether service ``ref`` is one of these upstreams."""
+        return ref in self.services or ref.namespace in self.namespaces
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The declaration written back in its canonical form (sorted ``ns/name`` and
+        ``ns/*``; a service of a namespace also written whole is left out)."""
+        named = (str(r) for r in self.services if r.namespace not in self.namespaces)
+        return tuple(sorted([*named, *(f"{ns}/*" for ns in self.namespaces)]))
+
+    @property
+    def variant(self) -> str:
+        """A short stable id of the declaration: sidecars that declare the same upstreams
+        share the route configurations cut to them (and their bytes)."""
+        text = "\n".join(self.entries)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """A validated Service entry."""
 
@@ -116,6 +147,8 @@ class Service:
     mtls: MtlsMode | None = None
     """The service's own mTLS mode; None: its namespace's (see ``effective_mtls``)."""
     sidecar: Sidecar | None = None
+    upstreams: Upstreams | None = None
+    """What its sidecars call; None: everything (every service's default host)."""
 
     @property
     def subset_names(self) -> tuple[str, ...]:
@@ -252,6 +285,41 @@ def _sidecar(o: Obj) -> Sidecar:
     return sidecar
 
 
+MAX_UPSTREAMS = 1024
+"""Entries one service's ``upstreams`` may hold (``ns/*`` counts one, whatever the
+namespace holds): far more than a service calls; a longer list is a generated mistake."""
+
+
+def _upstreams(o: Obj, own_namespace: str) -> Upstreams | None:
+    items = o.list_("upstreams")
+    if items is None:
+        return None
+    if len(items) > MAX_UPSTREAMS:
+        raise ValidationError(
+            o.field("upstreams"), f"has {len(items)} entries, at most {MAX_UPSTREAMS}"
+        )
+    services: set[ServiceRef] = set()
+    namespaces: set[str] = set()
+    for path, item in items:
+        if not isinstance(item, str):
+            raise ValidationError(
+                path, f"must be a string 'ns/name', 'name' or 'ns/*', not {item!r}"
+            )
+        ns, slash, name = item.rpartition("/")
+        if name == "*" and slash and "*" not in ns:
+            check_label(ns, path)
+            namespaces.add(ns)
+            continue
+        if "*" in item:
+            # Only a whole namespace has a wildcard form: a glob over names would match
+            # services nobody meant (and change as they come and go).
+            raise ValidationError(
+                path, f"{item!r}: the only wildcard is 'ns/*' (a whole namespace)"
+            )
+        services.add(parse_service_ref(item, own_namespace, path))
+    return Upstreams(frozenset(services), frozenset(namespaces))
+
+
 def parse_service(ref: ServiceRef, o: Obj) -> Service:
     """Validate a Service value (already decoded) for the service named by its key."""
     protocol = o.str_("protocol", "http")
@@ -267,6 +335,7 @@ def parse_service(ref: ServiceRef, o: Obj) -> Service:
     subsets = o.obj("subsets")
     mtls = mtls_mode(o)
     sidecar = o.obj("sidecar")
+    upstreams = _upstreams(o, ref.namespace)
     service = Service(
         ref=ref,
         protocol=protocol,  # type: ignore[arg-type]
@@ -280,6 +349,7 @@ def parse_service(ref: ServiceRef, o: Obj) -> Service:
         subsets=_subsets(subsets) if subsets else (),
         mtls=mtls,
         sidecar=_sidecar(sidecar) if sidecar is not None else None,
+        upstreams=upstreams,
     )
     o.done()
     return service

@@ -197,7 +197,7 @@ class AdsServicer:
             # (no await in between: no change can fall through the gap).
             if stream.interest_stale:
                 stream.interest_stale = False
-                self.cache.set_interest(watcher, stream.interest())
+                self.cache.set_interest(watcher, stream.interest(), stream.node_cluster)
             if conn is None and stream.node_id:
                 conn = self.streams.add(context.peer(), stream.protocol, stream)
                 conn.admin_address = admin
@@ -269,6 +269,9 @@ class AdsServicer:
                     raise failure[0]
                 if pending or scopes_changed:
                     outbox.extend((r, True) for r in stream.on_change(pending, scopes_changed))
+                    if stream.interest_stale:  # (a new scope may alias other route variants)
+                        stream.interest_stale = False
+                        self.cache.set_interest(watcher, stream.interest(), stream.node_cluster)
                 while outbox:
                     if failure:  # (found by the reader while the last write was blocked)
                         outbox.clear()

@@ -14,6 +14,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 from xds_server.cache import ConfigReader, ConfigWatcher, Pending, ScopeView
 from xds_server.log_limit import clip
 from xds_server.resources.resource import BoundedMemo, Resource
+from xds_server.resources.scope import variant_name
 from xds_server.resources.types import LISTENER, ROUTE, TYPE_ORDER
 
 SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
@@ -226,6 +227,28 @@ class StreamBase(Generic[S]):
         if ts is None:
             ts = self.types[t] = new_status()
         return t, ts
+
+    def _realias(self) -> None:
+        """After a scope change: the route configurations the client asked for may stand
+        for other variants now (a sidecar's upstreams changed). Follow them: the new
+        variant goes out under the same name, as a change of the one the client holds."""
+        ts = self.types.get(ROUTE)
+        scope = self.scope
+        if ts is None or not ts.started or not ts.subscribed or scope is None:
+            return
+        keys = {k: scope.alias(ROUTE, variant_name(k)) for k in ts.subscribed}
+        moved = {k: v for k, v in keys.items() if k != v}
+        if not moved:
+            return
+        ts.subscribed = self.cache.intern(keys.values())
+        index = self.cache.resources(ROUTE)
+        mine = self._deferred.setdefault(ROUTE, {})
+        for old_key, new_key in moved.items():
+            # What the client holds: the old variant as last sent (a change not sent yet
+            # is in the deferred changes with the value before it).
+            held = mine.pop(old_key) if old_key in mine else index.get(old_key)
+            mine.setdefault(new_key, held)
+        self.interest_stale = True
 
     def _defer(self, pending: Pending) -> None:
         """Merge a cache change into the changes not sent yet."""

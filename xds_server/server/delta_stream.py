@@ -30,13 +30,14 @@ names its watcher reports as changed (with the resources they replaced).
 from __future__ import annotations
 
 import operator
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import WILDCARD_TYPES, Pending
+from xds_server.cache import WILDCARD_TYPES, ConfigWatcher, Pending, ScopeView
 from xds_server.resources.resource import Resource, set_version, string_field
+from xds_server.resources.scope import variant_name
 from xds_server.resources.secrets import secret_key, served_secret_name
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER
 from xds_server.server.base import (
@@ -89,7 +90,13 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
     """One Delta ADS stream's subscriptions and what the client holds."""
 
     protocol = "delta"
-    __slots__ = ()
+    __slots__ = ("_left",)
+
+    def __init__(self, cache: ConfigWatcher, clock: Callable[[], float]) -> None:
+        super().__init__(cache, clock)
+        # Per wildcard type: names that left the scope, whose removal is not sent yet
+        # (None, not an empty dict, on nearly every stream).
+        self._left: dict[str, frozenset[str]] | None = None
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -134,6 +141,13 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
             unsubs = {secret_key(n, self.node_cluster, (n,)) for n in unsubs} | {
                 secret_key(n, self.node_cluster) for n in unsubs
             }
+        routes = t == ROUTE and self.scope is not None
+        if routes:
+            # A sidecar that declares its upstreams gets its own variant of a listener's
+            # route configuration, under the listener's name (resources/scope.py).
+            assert self.scope is not None
+            subs = {self.scope.alias(ROUTE, n) for n in subs}
+            unsubs = unsubs | {self.scope.alias(ROUTE, n) for n in unsubs}
         toggled = "*" in subs or "*" in unsubs
         if t in WILDCARD_TYPES and ((first and not subs) or "*" in subs):
             ts.wildcard = True
@@ -154,6 +168,9 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
             held: dict[str, str] = dict(req.initial_resource_versions) if first else {}
             if secrets:
                 held = {secret_key(n, self.node_cluster, usable): v for n, v in held.items()}
+            elif routes and held:
+                assert self.scope is not None
+                held = {self.scope.alias(ROUTE, n): v for n, v in held.items()}
             subscribed = ts.subscribed
             scope_names: Collection[str] = (
                 self.scope.names(t) if ts.wildcard and self.scope is not None else ()
@@ -195,15 +212,27 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
             self.scope = self.cache.scope(self.node_cluster)
         self._defer(pending)
         if scopes_changed and old_scope is not None and self.scope is not None:
-            for t in WILDCARD_TYPES:
-                ts = self.types.get(t)
-                if ts is not None and ts.wildcard:
-                    moved = set(old_scope.names(t)) ^ set(self.scope.names(t))
-                    mine = self._deferred.setdefault(t, {})
-                    index = self.cache.resources(t)
-                    for name in moved:
-                        mine.setdefault(name, index.get(name))
+            if old_scope is not self.scope:
+                for t in WILDCARD_TYPES:
+                    ts = self.types.get(t)
+                    if ts is not None and ts.wildcard:
+                        self._moved(t, old_scope, self.scope)
+            self._realias()
         return self._flush()
+
+    def _moved(self, t: str, old_scope: ScopeView, new_scope: ScopeView) -> None:
+        """Names of wildcard type ``t`` that entered or left the scope: pushed, or removed
+        (those that left are remembered as held until their removal goes out)."""
+        old_names, new_names = set(old_scope.names(t)), set(new_scope.names(t))
+        mine = self._deferred.setdefault(t, {})
+        index = self.cache.resources(t)
+        for name in old_names ^ new_names:
+            mine.setdefault(name, index.get(name))
+        gone = old_names - new_names
+        if gone:
+            left = self._left if self._left is not None else {}
+            left[t] = left.get(t, frozenset()) | gone
+            self._left = left
 
     def _flush(self) -> list[DeltaResponse]:
         """Send deferred changes in type order to types not waiting for an answer.
@@ -235,12 +264,16 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
                     index = self.cache.resources(follow)
                     mine = self._deferred.setdefault(follow, {})
                     for r in resp[0].resources:
+                        # (a sidecar's route configuration may be a variant: its key)
+                        key = r.name
+                        if follow == ROUTE and self.scope is not None:
+                            key = self.scope.alias(ROUTE, key)
                         if (
                             changed.get(r.name) is not None
                             and ts_follow is not None
-                            and self._in_scope(follow, ts_follow, r.name)
+                            and self._in_scope(follow, ts_follow, key)
                         ):
-                            mine.setdefault(r.name, index.get(r.name))
+                            mine.setdefault(key, index.get(key))
         finally:
             self._pending = {}
         return out + self._release_retained()
@@ -298,6 +331,24 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
     def _held_names(self, t: str, ts: DeltaTypeStatus) -> Iterable[str]:
         return self._desired_names(t, ts)
 
+    def _held_in_scope(self, t: str, name: str, old: Resource | None) -> bool:
+        """Whether a wildcard client holds ``name`` (not in its scope now, or gone) by its
+        scope: it existed, and the scope covered it or it has just left the scope. A name
+        of another scope is never sent, not even as a removal."""
+        if old is None:
+            return False
+        left = self._left
+        if left is not None and name in left.get(t, ()):
+            rest = left[t] - {name}
+            if rest:
+                left[t] = rest
+            else:
+                del left[t]
+                if not left:
+                    self._left = None
+            return True
+        return self.scope is not None and self.scope.covers(t, name)
+
     def _compute(
         self, t: str, ts: DeltaTypeStatus, changed: dict[str, Resource | None]
     ) -> list[DeltaResponse]:
@@ -312,7 +363,7 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
                 send.append(res)
                 continue
             old = changed[name]
-            if not (name in ts.subscribed or (ts.wildcard and old is not None)):
+            if not (name in ts.subscribed or (ts.wildcard and self._held_in_scope(t, name, old))):
                 continue  # the client does not hold it (never had it, or unsubscribed)
             if t == CLUSTER:
                 if held_refs is None:
@@ -337,6 +388,8 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
             ts.inflight.pop(next(iter(ts.inflight)))
         if t == SECRET:  # (index keys back to the names the client asked for)
             removed = [served_secret_name(n, self.node_cluster) for n in removed]
+        elif t == ROUTE:  # (a variant's key back to the listener's name)
+            removed = [variant_name(n) for n in removed]
         return [DeltaResponse(t, ts.version, ts.nonce, tuple(send), tuple(removed))]
 
     def _release_retained(self) -> list[DeltaResponse]:

@@ -161,6 +161,7 @@ class SotwStream(StreamBase[TypeStatus]):
         self._defer(pending)
         if scopes_changed:
             self._deferred_scope |= WILDCARD_TYPES
+            self._realias()
         return self._flush()
 
     def _flush(self) -> list[Response]:
@@ -221,6 +222,10 @@ class SotwStream(StreamBase[TypeStatus]):
             # Registry secrets: only those this node cluster's listeners use (its scope).
             usable = self.cache.scope(self.node_cluster).names(SECRET)
             raw = [secret_key(n, self.node_cluster, usable) for n in raw]
+        elif t == ROUTE and self.scope is not None:
+            # A sidecar that declares its upstreams gets its own variant of a listener's
+            # route configuration, under the listener's name (resources/scope.py).
+            raw = [self.scope.alias(ROUTE, n) for n in raw]
         unchanged = raw and len(raw) == len(ts.subscribed) and ts.subscribed.issuperset(raw)
         if unchanged and not ts.wildcard:
             # Envoy repeats its whole subscription in every ACK (a name per service): when
@@ -300,6 +305,8 @@ class SotwStream(StreamBase[TypeStatus]):
             # holds the old one when it was sent a set, or came with the current one (a
             # reconnect after a restart: nothing sent on this stream yet, no nonce).
             rewarm = {n for n, old in changed.items() if old is not None and n in names}
+            if rewarm and follow == ROUTE and self.scope is not None:
+                rewarm = {self.scope.alias(ROUTE, n) for n in rewarm}
             if rewarm and follow in self.types:
                 ts_follow = self.types[follow]
                 ts_follow.rewarm = ts_follow.rewarm | rewarm

@@ -20,7 +20,7 @@ VirtualHost{name=1, domains=2, routes=3}.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from xds_server.model import Route, Service, ServiceRef, SessionAffinity
 from xds_server.model.names import cluster_name, service_host
@@ -104,13 +104,16 @@ def route_config_bytes(
     *,
     proxyless: bool = False,
     secrets: EdgeSecrets | None = None,
+    hosted: Collection[ServiceRef] | None = None,
 ) -> tuple[bytes, frozenset[str]]:
     """The serialized RouteConfiguration of listener ``name`` and the clusters it names.
 
     ``proxyless``: the one of ``xds:///<name>`` for proxyless gRPC clients: only the
     virtual hosts a client of ``name`` can match, and no local rate limit config (the
     clusters named are those of the whole configuration all the same). ``secrets``: the
-    registry's, where routes' ``api_keys`` are read."""
+    registry's, where routes' ``api_keys`` are read. ``hosted``: the services whose default
+    hosts it carries (None: every HTTP service's); the routes are carried whole either way,
+    and ``services`` is where their destinations are read."""
     found: EdgeSecrets = secrets if secrets is not None else {}
     route_field = _proxyless_route_field if proxyless else _route_field
     by_host: dict[str, list[Route]] = {}
@@ -119,8 +122,9 @@ def route_config_bytes(
             by_host.setdefault(host, []).append(route)
     # Every spelling of every HTTP service's default host, and which service owns it.
     owner: dict[str, Service] = {}
+    pool = services.values() if hosted is None else (services[r] for r in hosted if r in services)
     http_services = sorted(
-        (s for s in services.values() if s.protocol != "tcp"),
+        (s for s in pool if s.protocol != "tcp"),
         key=lambda s: (s.ref.namespace, s.ref.name),  # ServiceRef's order, compared in C
     )
     for service in http_services:
@@ -166,8 +170,9 @@ def route_configuration(
     routes: Iterable[Route],
     services: Mapping[ServiceRef, Service],
     secrets: EdgeSecrets | None = None,
+    hosted: Collection[ServiceRef] | None = None,
 ) -> Resource:
     """The RouteConfiguration resource of HTTP listener ``name`` (``secrets``: where its
-    routes' API keys are read)."""
-    body, refs = route_config_bytes(name, routes, services, secrets=secrets)
+    routes' API keys are read; ``hosted``: whose default hosts it carries, None: all)."""
+    body, refs = route_config_bytes(name, routes, services, secrets=secrets, hosted=hosted)
     return resource_from_bytes(ROUTE, name, body, refs)

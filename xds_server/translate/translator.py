@@ -23,7 +23,7 @@ from xds_server.model.namespace import effective_mtls
 from xds_server.model.secret import secret_sds_name
 from xds_server.model.view import ChangeSet, RegistryView
 from xds_server.resources.resource import Resource, make_resource
-from xds_server.resources.scope import ScopeRule
+from xds_server.resources.scope import ScopeRule, no_scopes
 from xds_server.resources.secrets import REGISTRY_PREFIX, ROOT_SECRET, cluster_secret_key
 from xds_server.resources.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER
 from xds_server.translate.cluster import service_clusters
@@ -37,6 +37,7 @@ from xds_server.translate.rds_wire import route_configuration
 from xds_server.translate.scoping import mesh_scopes
 from xds_server.translate.secret import bundle_secret, registry_secret, workload_secret
 from xds_server.translate.sidecar import sidecar_resources
+from xds_server.translate.upstreams import ScopedRoutes
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Delta:
     )
     scopes: ScopeRule | None = None
     """Which resources each node cluster gets by wildcard from now on (None: unchanged)."""
+    rescoped: frozenset[str] | None = None
+    """With :attr:`scopes`: the node clusters whose selection it may change (None: any)."""
 
     @property
     def listeners_changed(self) -> bool:
@@ -120,6 +123,10 @@ class Translator:
         self._certs_seen: object = NO_INPUTS.certificates
         self._bundle = NO_INPUTS.trust_bundle
         self._secret_memo: dict[str, tuple[object, Resource]] = {}
+        self._scoped = ScopedRoutes()
+        """Route configuration variants of sidecars that declare ``upstreams``."""
+        self.scopes: ScopeRule = no_scopes
+        """The scope rule in force (the last one a delta carried)."""
 
     def _put(self, delta: Delta, type_url: str, res: Resource, key: str = "") -> None:
         # What is in force after this update so far: this delta over what is served.
@@ -230,13 +237,35 @@ class Translator:
                 self._drop(delta, SECRET, secret_sds_name(ns, name))
             else:
                 self._put(delta, SECRET, sds)
-        if listeners_changed:
-            delta.scopes = mesh_scopes(state.listeners, self._sidecars)
+        self._scope(state, changes, delta, listeners_changed)
         if inputs.certificates is not self._certs_seen or inputs.trust_bundle != self._bundle:
             self._secrets(inputs, delta)
         if self._own is not None:
             _serve(self._own, delta)
         return delta
+
+    def _scope(
+        self, state: RegistryView, changes: ChangeSet, delta: Delta, listeners_changed: bool
+    ) -> None:
+        """The route configuration variants of sidecars scoped to their ``upstreams``
+        (:mod:`~xds_server.translate.upstreams`), then the scope rule when it changed: for
+        every node cluster when the listeners (or sidecars) did, else for those whose
+        upstreams or variants did."""
+
+        def put(res: Resource, key: str) -> None:
+            self._put(delta, ROUTE, res, key)
+
+        def drop(key: str) -> None:
+            self._drop(delta, ROUTE, key)
+
+        rescoped = self._scoped.update(state, changes, put, drop, _secrets(state))
+        if not listeners_changed and rescoped is not None and not rescoped:
+            return
+        scoped, refs = self._scoped.scoped(), self._scoped.refs()
+        rule = mesh_scopes(state.listeners, self._sidecars, scoped, refs)
+        if not listeners_changed and rescoped is not None and self.scopes is not no_scopes:
+            delta.rescoped = frozenset(rescoped)  # (the first rule is everyone's)
+        delta.scopes = self.scopes = rule
 
     def _secrets(self, inputs: Inputs, delta: Delta) -> None:
         """The SDS Secrets: ``ROOTCA`` (the bundle) and each connected node cluster's
