@@ -36,8 +36,9 @@ async def test_apply_get_split_delete(admin_mesh: AdminMesh, tmp_path: Path) -> 
     code, out, _ = await meshctl("get", "services", *admin)
     assert (await meshctl("get", "services", "-o", "text", *admin))[1] == out
     lines = out.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "REVISION"]
-    assert lines[1].split()[:5] == ["shop", "web", "8080", "http", "v1,v2"]
+    header = ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "UPSTREAMS", "REVISION"]
+    assert lines[0].split() == header
+    assert lines[1].split()[:6] == ["shop", "web", "8080", "http", "v1,v2", "*"]
     code, out, _ = await meshctl("get", "endpoints", "web", "-n", "shop", "-o", "json", *admin)
     doc = json.loads(out)
     assert [(i["service"], i["name"], i["spec"]["address"]) for i in doc["items"]] == [

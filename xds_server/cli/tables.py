@@ -38,6 +38,16 @@ def _spec(entry: pb.Entry) -> dict[str, Any]:
     return spec_json(entry.spec) if not entry.raw else {}
 
 
+def _upstreams(value: object) -> str:
+    """A service's ``upstreams`` in one cell: ``*`` when absent (its sidecars get every
+    service), ``none`` when empty (only what its listeners' routes need), else the entries."""
+    if value is None:
+        return "*"
+    if not isinstance(value, list):
+        return str(value)
+    return ",".join(str(v) for v in value) or "none"
+
+
 IN_FORCE = "in force"
 REJECTED = "rejected"
 REJECTED_KEPT = "rejected, last good in force"
@@ -57,7 +67,7 @@ def entry_rows(
     """
     rows: list[list[object]] = []
     if kind == pb.KIND_SERVICE:
-        header = ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "REVISION"]
+        header = ["NAMESPACE", "NAME", "PORT", "PROTOCOL", "SUBSETS", "UPSTREAMS", "REVISION"]
         for e in entries:
             s = _spec(e)
             subsets = ",".join(sorted(s.get("subsets") or {}))
@@ -68,6 +78,7 @@ def entry_rows(
                     s.get("port"),
                     s.get("protocol", "http"),
                     subsets,
+                    _upstreams(s.get("upstreams")),
                     e.revision,
                 ]
             )
