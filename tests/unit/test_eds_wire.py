@@ -83,3 +83,35 @@ def test_a_bulk_translation_bypasses_the_endpoint_memo(monkeypatch: pytest.Monke
     memoized = Mesh(registry)
     assert eds_wire.lb_endpoint.cache_info().currsize == 12
     assert bulk.cache.served() == memoized.cache.served()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", "zone-a", "z" * 200]),
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["10.0.0.1", "2001:db8::7", "a" * 150]),
+                    st.integers(1, 65535),
+                    st.sampled_from([0, 1, 3]),
+                    st.integers(1, 1000),
+                ),
+                max_size=6,
+            ),
+            st.integers(1, 2**32 - 1),
+        ),
+        max_size=4,
+    )
+)
+def test_assignment_of_pieces_joins_as_the_grouped_encoder(
+    groups: list[tuple[str, list[tuple[str, int, int, int]], int]],
+) -> None:
+    pieces = [(zone, [eds_wire.lb_endpoint(*row) for row in rows], w) for zone, rows, w in groups]
+    reference = eds_wire.cluster_load_assignment(
+        "web.default", [eds_wire.locality_group(zone, blobs, w) for zone, blobs, w in pieces]
+    )
+    joined = eds_wire.assignment_of_pieces(
+        "web.default", [(zone, blobs, w, sum(map(len, blobs))) for zone, blobs, w in pieces]
+    )
+    assert joined == reference

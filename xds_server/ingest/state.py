@@ -116,6 +116,7 @@ class RegistryState:
         self.secrets: dict[str, Secret] = {}
         """``ns/name`` -> secret in force."""
         self.problems: dict[str, Problem] = {}
+        self._note_ids = False  # the update being resolved notes which endpoints changed
         self._listing: _Listing | None = None
         self._raw: dict[str, int] = {}  # every known key -> mod_revision
         self._latest: dict[str, Entity] = {}  # last schema-valid value per key
@@ -181,6 +182,9 @@ class RegistryState:
                     self._forget(ev.key, dirty)
         self.revision = max(self.revision, update.revision)
         changes = ChangeSet(revision=self.revision)
+        # Which endpoints changed is noted for watch events, not for a listing: it names
+        # every endpoint of the registry, whose services are translated whole anyway.
+        self._note_ids = isinstance(update, Changes)
         self._resolve(dirty, changes)
         return changes
 
@@ -378,6 +382,7 @@ class RegistryState:
             self.problems,
         )
         services, endpoints, changed = self.services, self.endpoints, changes.endpoints
+        note_ids = self._note_ids
         for key in keys:
             current = latest.get(key)
             if type(current) is not Endpoint or key in schema or key in problems:
@@ -396,6 +401,8 @@ class RegistryState:
                 eps = endpoints[current.service] = {}
             eps[current.id] = current
             changed.add(current.service)
+            if note_ids:
+                _note_id(changes, current.service, current.id)
 
     def _resolve_key(self, key: str, changes: ChangeSet) -> None:
         entity, problem = self._decide(key)
@@ -548,6 +555,7 @@ class RegistryState:
                 ref
             ):
                 changes.endpoints.discard(ref)
+                changes.endpoint_ids.pop(ref, None)
 
     def _holding_problem(self, key: str, new: Service | None, broken: list[Dependent]) -> Problem:
         """The problem of a service key held in force for ``broken``."""
@@ -599,6 +607,8 @@ class RegistryState:
                 if not eps:
                     del self.endpoints[some.service]
             changes.endpoints.add(some.service)
+            if self._note_ids:
+                _note_id(changes, some.service, some.id)
         elif isinstance(some, Service):
             _index(self.services, some.ref, entity, changes.services)
         elif isinstance(some, Route):
@@ -626,6 +636,16 @@ class RegistryState:
             self.problems[key] = problem
             changes.problems_set[key] = problem
             changes.problems_cleared.discard(key)
+
+
+def _note_id(changes: ChangeSet, ref: ServiceRef, endpoint_id: str) -> None:
+    """Note that endpoint ``endpoint_id`` of ``ref`` changed in force (translation then
+    re-encodes that endpoint only, not the whole service)."""
+    ids = changes.endpoint_ids.get(ref)
+    if ids is None:
+        changes.endpoint_ids[ref] = {endpoint_id}
+    else:
+        ids.add(endpoint_id)
 
 
 _K = TypeVar("_K")

@@ -35,6 +35,12 @@ class ChangeSet:
     revision: int = 0
     services: set[ServiceRef] = field(default_factory=set)
     endpoints: set[ServiceRef] = field(default_factory=set)
+    """Services whose endpoints in force changed."""
+    endpoint_ids: dict[ServiceRef, set[str]] = field(default_factory=dict, compare=False)
+    """For a service of :attr:`endpoints`: the ids of its endpoints that changed in force
+    (added, modified or removed). A service of :attr:`endpoints` not named here may have had
+    any of them change (translation then rebuilds all of its assignments). A detail of
+    :attr:`endpoints`, left out of comparisons."""
     routes: set[str] = field(default_factory=set)
     listeners: set[str] = field(default_factory=set)
     namespaces: set[str] = field(default_factory=set)
@@ -62,6 +68,7 @@ class ChangeSet:
         """Fold a later ChangeSet into this one (bursts are translated once)."""
         self.revision = max(self.revision, later.revision)
         self.services |= later.services
+        self._merge_endpoint_ids(later)
         self.endpoints |= later.endpoints
         self.routes |= later.routes
         self.listeners |= later.listeners
@@ -74,6 +81,26 @@ class ChangeSet:
         for key in later.problems_cleared:
             self.problems_set.pop(key, None)
             self.problems_cleared.add(key)
+
+    def changed_endpoint_ids(self, ref: ServiceRef) -> set[str] | None:
+        """The ids of service ``ref``'s endpoints that changed (None: any may have)."""
+        return self.endpoint_ids.get(ref) if ref in self.endpoints else None
+
+    def _merge_endpoint_ids(self, later: ChangeSet) -> None:
+        """Fold ``later``'s endpoint ids in (before its services join :attr:`endpoints`): a
+        service either side says "any" of stays "any"."""
+        mine = self.endpoint_ids
+        for ref in later.endpoints:
+            ids = mine.get(ref)
+            if ref in self.endpoints and ids is None:
+                continue  # any already
+            theirs = later.endpoint_ids.get(ref)
+            if theirs is None:
+                mine.pop(ref, None)
+            elif ids is None:
+                mine[ref] = set(theirs)
+            else:
+                ids |= theirs
 
 
 class RegistryView(Protocol):

@@ -121,3 +121,18 @@ def locality_group(zone: str, lb_endpoints: list[bytes], weight: int) -> bytes:
 def cluster_load_assignment(name: str, groups: list[bytes]) -> bytes:
     """The ClusterLoadAssignment message bytes."""
     return b"".join([_field(1, name.encode()), *(_field(2, g) for g in groups)])
+
+
+def assignment_of_pieces(name: str, groups: list[tuple[str, list[bytes], int, int]]) -> bytes:
+    """The same bytes as :func:`cluster_load_assignment` of :func:`locality_group`\\ s, joined
+    once: ``groups`` are (zone, :func:`lb_endpoint` fields, weight, their total size), so
+    a group's header is written from the size without joining its fields first."""
+    parts = [_field(1, name.encode())]
+    for zone, lb_endpoints, weight, size in groups:
+        locality = _field(1, _field(2, zone.encode()) if zone else b"")
+        tail = _uint32_value(3, weight)
+        n = len(locality) + size + len(tail)
+        parts.append(b"\x12" + encode_varint(n) + locality)  # ClusterLoadAssignment.endpoints
+        parts += lb_endpoints
+        parts.append(tail)
+    return b"".join(parts)
