@@ -223,6 +223,8 @@ class Figures:
     abusers: list[str] = field(default_factory=list)
     limited: dict[str, float] = field(default_factory=dict)
     nice: int = 0
+    cpu_calm_s: float = 0.0
+    cpu_abused_s: float = 0.0
 
     def report(self) -> str:
         base, peak, after = (
@@ -238,6 +240,8 @@ class Figures:
             f"change latency without abuse: {self.calm}",
             f"change latency under abuse:   {self.abused}",
             f"p99 under abuse / without: {ratio:.2f}x (target <= 2x)",
+            f"meshd CPU while measuring: {self.cpu_calm_s:.2f} s without abuse, "
+            f"{self.cpu_abused_s:.2f} s under abuse",
             f"  (the abusers ran as their own processes at nice {self.nice})",
             *(f"  abuser: {a}" for a in self.abusers),
             "  refusals: " + ", ".join(f"{k} {v:.0f}" for k, v in self.limited.items() if v),
@@ -273,9 +277,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
             await registry.put(key, marker_value(k))
 
         fig.rss_base_kb = await _quiet_rss(meshd, args.settle)
+        cpu = meshd.cpu()
         fig.calm = await measure_changes(
             change, clients, range(1, args.changes + 1), gap=args.gap, budget=120
         )
+        fig.cpu_calm_s = meshd.cpu() - cpu
         fig.rss_base_kb = min(fig.rss_base_kb, await _quiet_rss(meshd, args.settle))
         peak = [fig.rss_base_kb]
 
@@ -291,10 +297,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
             assert proc.stdout is not None
             await proc.stdout.readline()
         abuse = asyncio.gather(*(_abuser_result(proc) for proc in procs))
-        start = args.changes + 1
+        start, cpu = args.changes + 1, meshd.cpu()
         fig.abused = await measure_changes(
             change, clients, range(start, start + args.changes), gap=args.gap, budget=120
         )
+        fig.cpu_abused_s = meshd.cpu() - cpu
         fig.abusers = [str(r) for r in await abuse]
         sampler.cancel()
         fig.rss_peak_kb = max(peak)
