@@ -6,7 +6,9 @@ field of the schema, values drawn from the full ranges the model allows, and som
 refuses; listeners' ``tls`` with registry secrets: certificates, a chain, a client CA,
 some missing or of the wrong shape), meshd's state keeps what validates, the translator
 turns it into Envoy resources, and ``envoy --mode validate`` checks a bootstrap embedding
-them as static resources (EDS and RDS inlined, see tests/support/envoy_validate.py).
+them as static resources (EDS and RDS inlined, see tests/support/envoy_validate.py); and,
+when a service declares ``upstreams``, a second bootstrap holding only what one of its
+sidecars gets (its route configuration variants and the clusters they name).
 
 Starting Envoy costs ~0.3 s, so the examples are collected first and validated afterwards,
 several Envoys at a time: on this 2-core machine 100 examples take ~10-14 s in all. A
@@ -27,6 +29,8 @@ from tests.support.envoy_validate import envoy_validate, static_bootstrap
 from tests.support.golden import translate
 from tests.support.registry_strategies import registries, tls_secrets
 from xds_server.ingest.registry import Entry
+from xds_server.model.names import cluster_name
+from xds_server.resources.types import ROUTE
 
 # ENVOY_PROPS_EXAMPLES=1000 for a longer hunt; the default keeps the suite's share ~10 s.
 EXAMPLES = int(os.environ.get("ENVOY_PROPS_EXAMPLES", "100"))
@@ -84,9 +88,18 @@ def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) 
         path = tmp_path / f"{name}.json"
         path.write_text(json_format.MessageToJson(static_bootstrap(translator)))
         written[name] = path
+        # What one sidecar of a service declaring ``upstreams`` gets (its variants of the
+        # listeners' routes, only the clusters they name): Envoy checks that every cluster
+        # a route names is among them.
+        scoped = sorted(cluster_name(r) for r, s in state.services.items() if s.upstreams)
+        if scoped:
+            scoped_path = tmp_path / f"{name}.scoped.json"
+            boot = static_bootstrap(translator, scoped[0])
+            scoped_path.write_text(json_format.MessageToJson(boot))
+            written[f"{name}.scoped"] = scoped_path
 
     collect()
-    assert len(written) >= EXAMPLES // 2
+    assert len([n for n in written if not n.endswith(".scoped")]) >= EXAMPLES // 2
     # Some routes got through (how deep the generator reaches is checked deterministically
     # below: over random examples the count varies, 22 to 49 of 100 have been seen).
     assert accepted_routes > 0
@@ -96,7 +109,8 @@ def test_validated_registries_translate_to_config_envoy_accepts(tmp_path: Path) 
         batch = {n: written[n] for n in names[start : start + PARALLEL]}
         for n, (code, text) in envoy_validate(batch).items():
             if code != 0:
-                failed[n] = f"{tmp_path / n}.registry.json: {text[-2000:]}"
+                drawn = n.removesuffix(".scoped")
+                failed[n] = f"{tmp_path / drawn}.registry.json: {text[-2000:]}"
     assert not failed, failed
 
 
@@ -106,14 +120,17 @@ def test_the_generator_reaches_translated_routes() -> None:
     before in the same process changes Hypothesis's draws: policies 7 to 12 of 100 examples
     have been seen), so the floors sit well below them and catch a generator gone shallow,
     not a small drift."""
-    accepted_routes = compiled_policies = 0
+    accepted_routes = compiled_policies = scoped_variants = 0
 
     @settings(max_examples=100, derandomize=True, **_SETTINGS)
     @given(registries())
     def count(registry: dict[str, dict[str, Any]]) -> None:
-        nonlocal accepted_routes, compiled_policies
-        state, _, _ = translate(_entries(registry))
+        nonlocal accepted_routes, compiled_policies, scoped_variants
+        state, translator, _ = translate(_entries(registry))
         accepted_routes += len(state.routes)
+        # Sidecars declaring upstreams get route configuration variants (index keys
+        # ``<listener>~<variant>``), which the scoped bootstraps above validate.
+        scoped_variants += sum(1 for key in translator.served[ROUTE] if "~" in key)
         compiled_policies += sum(
             1
             for p in state.policies.values()
@@ -125,6 +142,7 @@ def test_the_generator_reaches_translated_routes() -> None:
     assert accepted_routes >= 15, accepted_routes
     # Policies reach RBAC filters of sidecar inbound listeners, in some of the examples.
     assert compiled_policies >= 3, compiled_policies
+    assert scoped_variants >= 10, scoped_variants
     # Listeners terminate TLS with registry secrets (with a client CA) in force: the fixed
     # example every run validates. (How many random draws get there varies between
     # processes, 0 to 9 of 100 derandomized examples have been seen, so it is no floor.)

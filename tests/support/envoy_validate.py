@@ -6,38 +6,53 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
 from integration.harness import envoy_binary
-from tests.support.golden import messages
+from tests.support.golden import messages, unpack
 from tests.support.mtls_certs import validation_secrets
 from xds_server.model.secret import SECRET_SDS_PREFIX
-from xds_server.resources.types import SECRET
+from xds_server.resources.types import CLUSTER, LISTENER, ROUTE, SECRET
 from xds_server.translate import Translator
 
 HCM = "envoy.filters.network.http_connection_manager"
 ENVOY: str | None = envoy_binary()  # ENVOY_BIN, the venv's bundled binary, or PATH
 
 
-def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
-    """A bootstrap whose static resources are the translator's resources, EDS/RDS inlined."""
+def static_bootstrap(
+    translator: Translator, node_cluster: str | None = None
+) -> bootstrap_pb2.Bootstrap:
+    """A bootstrap whose static resources are the translator's resources, EDS/RDS inlined:
+    all of them, or what a proxy of ``node_cluster`` gets (its scope: its listeners, the
+    route configurations it asks for by their name, the clusters it gets by wildcard).
+    Envoy checks that every cluster an inlined route configuration names is there."""
+    served = translator.served
+    rule = translator.scopes(node_cluster) if node_cluster is not None else None
     clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {
         m.cluster_name: m for m in messages(translator, "endpoints")
     }
-    routes: dict[str, route_pb2.RouteConfiguration] = {
-        m.name: m for m in messages(translator, "routes")
-    }
+    # (by index key: a sidecar's variant of a listener's routes has the listener's name)
+    routes: dict[str, Any] = {key: unpack(res) for key, res in served[ROUTE].items()}
+
+    def held(type_url: str, msgs: list[Any]) -> list[Any]:
+        if rule is None:
+            return msgs
+        return [m for m in msgs if rule.covers(type_url, m.name)]
+
+    def route_key(name: str) -> str:
+        return rule.alias(ROUTE, name) if rule is not None else name
+
     boot = bootstrap_pb2.Bootstrap()
-    for msg in messages(translator, "clusters"):
+    for msg in held(CLUSTER, messages(translator, "clusters")):
         cluster = cluster_pb2.Cluster()
         cluster.CopyFrom(msg)
         if cluster.type == cluster_pb2.Cluster.STATIC:  # (a sidecar's local application)
@@ -48,7 +63,7 @@ def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
         cluster.type = cluster_pb2.Cluster.STATIC
         cluster.load_assignment.CopyFrom(clas[cluster.name])
         boot.static_resources.clusters.append(cluster)
-    for msg in messages(translator, "listeners"):
+    for msg in held(LISTENER, messages(translator, "listeners")):
         listener = listener_pb2.Listener()
         listener.CopyFrom(msg)
         if listener.HasField("api_listener"):
@@ -63,7 +78,7 @@ def static_bootstrap(translator: Translator) -> bootstrap_pb2.Bootstrap:
                     continue
                 assert hcm.rds.route_config_name == listener.name
                 hcm.ClearField("rds")
-                hcm.route_config.CopyFrom(routes[listener.name])
+                hcm.route_config.CopyFrom(routes[route_key(listener.name)])
                 f.typed_config.Pack(hcm)
         boot.static_resources.listeners.append(listener)
     _static_secrets(boot, _registry_secrets(translator))

@@ -287,6 +287,22 @@ POLICY = st.fixed_dictionaries(
 )
 
 
+UPSTREAMS = st.tuples(
+    st.lists(
+        st.one_of(
+            ref(),
+            st.sampled_from(NAMESPACES).map("{}/*".format),
+            st.sampled_from(["nope", "ns1/gone"]),  # (not registered: nothing to send yet)
+        ),
+        max_size=4,
+    ),
+    st.integers(0, 9),
+).map(
+    # Now and then a form the model refuses (only 'ns/*' is a wildcard).
+    lambda drawn: [*drawn[0], "w*"] if drawn[1] == 0 else drawn[0]
+)
+
+
 @st.composite
 def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     """Registry content: key -> JSON value, across two namespaces."""
@@ -331,4 +347,9 @@ def registries(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     for key, listener in out.items():
         if key.startswith("/mesh/listeners/") and draw(st.booleans()):
             listener["tls"] = draw(LISTENER_TLS)
+    # What services' sidecars call (drawn after the TLS draws, which stay as they were):
+    # services, whole namespaces, none at all, and now and then a form the model refuses.
+    for key, value in out.items():
+        if key.startswith("/mesh/services/") and draw(st.integers(0, 2)) == 0:
+            value["upstreams"] = draw(UPSTREAMS)
     return out
