@@ -15,7 +15,9 @@ that come out identical for many streams are built once (:meth:`ConfigCache.shar
 
 Streams register a :class:`~xds_server.cache.watch.Watcher`; each change records, per
 type, the names that changed with the resource each had before the first unseen change,
-and wakes the stream. A slow stream only accumulates names; it never holds up the others
+and wakes the stream, when it holds them: by name for explicit subscriptions, by its node
+cluster's scope for wildcard ones (a name outside the scope wakes nobody there). A new
+scope rule wakes every stream, or only those of the node clusters it says it moved. A slow stream only accumulates names; it never holds up the others
 (backpressure stays per stream). Servers use the cache through
 :mod:`xds_server.cache.contract` only.
 """

@@ -57,9 +57,9 @@ class Watcher:
     """A stream's inbox: names changed per type (with their old resource), and a wake-up.
 
     ``interest`` is None until the stream declares one (``set_interest``): such a watcher
-    hears every change. Once declared, it hears only changes of types it watches as a
-    wildcard and of names it subscribed to, so an endpoint change wakes the streams that
-    hold that cluster and no others.
+    hears every change. Once declared, it hears only changes of names it subscribed to and,
+    of types it watches as a wildcard, of the names its node cluster's scope covers, so an
+    endpoint change wakes the streams that hold that cluster and no others.
     """
 
     event: Wakeup = field(default_factory=Wakeup)
