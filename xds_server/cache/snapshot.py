@@ -17,9 +17,9 @@ Streams register a :class:`~xds_server.cache.watch.Watcher`; each change records
 type, the names that changed with the resource each had before the first unseen change,
 and wakes the stream, when it holds them: by name for explicit subscriptions, by its node
 cluster's scope for wildcard ones (a name outside the scope wakes nobody there). A new
-scope rule wakes every stream, or only those of the node clusters it says it moved. A slow stream only accumulates names; it never holds up the others
-(backpressure stays per stream). Servers use the cache through
-:mod:`xds_server.cache.contract` only.
+scope rule wakes every stream, or only those of the node clusters it says it moved. A slow
+stream only accumulates names; it never holds up the others (backpressure stays per stream).
+Servers use the cache through :mod:`xds_server.cache.contract` only.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class ConfigCache:
         self._sets_by_name: dict[str, dict[str, set[frozenset[str]]]] = {t: {} for t in TYPE_ORDER}
         self._interned: dict[frozenset[str], frozenset[str]] = {}
         self._intern_limit = 1024
-        self._set_xors: dict[tuple[str, frozenset[str]], tuple[int, int]] = {}
+        # Per type: XOR of each watched subscription set, kept current by every change.
+        self._set_xors: dict[str, dict[frozenset[str], int]] = {t: {} for t in TYPE_ORDER}
         self._wire: dict[tuple[object, ...], bytes] = {}
         self._wire_generation = -1
         self._wire_bytes = 0
@@ -247,38 +248,38 @@ class ConfigCache:
         # the only references left (key and value are the same object).
         for fs in [fs for fs in self._interned if sys.getrefcount(fs) <= 4]:
             del self._interned[fs]
-        self._set_xors = {k: v for k, v in self._set_xors.items() if k[1] in self._interned}
         self._intern_limit = max(1024, 2 * len(self._interned))
 
     def _advance_set_xors(self, type_url: str, flips: Mapping[str, int]) -> None:
-        """Carry memoized subscription XORs over a change: XOR in each changed name's flip
-        when the set holds it. O(changed names x distinct sets), instead of recomputing
-        every name of a large subscription on the next push."""
-        gen = self.type_generation[type_url]
-        stale = gen - 1
-        if len(flips) > 1024:  # a relist: recompute lazily instead
+        """Carry memoized subscription XORs over a change: XOR each changed name's flip into
+        the watched sets that hold it (found through the name index). O(changed names x
+        sets holding them): thousands of sidecars with a subscription set each cost a change
+        nothing unless they hold what changed."""
+        memo = self._set_xors[type_url]
+        if not memo:
             return
-        for key, (memo_gen, xor) in self._set_xors.items():
-            if key[0] != type_url or memo_gen != stale:
+        if len(flips) > 1024:  # a relist: recompute lazily instead
+            memo.clear()
+            return
+        by_name = self._sets_by_name[type_url]
+        for name, flip in flips.items():
+            if not flip:
                 continue
-            names = key[1]
-            if len(flips) <= len(names):
-                for name, flip in flips.items():
-                    if name in names:
-                        xor ^= flip
-            else:
-                for name in names:
-                    xor ^= flips.get(name, 0)
-            self._set_xors[key] = (gen, xor)
+            for names in by_name.get(name, ()):
+                xor = memo.get(names)
+                if xor is not None:
+                    memo[names] = xor ^ flip
 
     def subscription_xor(self, type_url: str, names: frozenset[str]) -> int:
-        """XOR of the digests of the existing resources among ``names``, memoized."""
-        gen = self.type_generation[type_url]
-        memo = self._set_xors.get((type_url, names))
-        if memo is not None and memo[0] == gen:
-            return memo[1]
+        """XOR of the digests of the existing resources among ``names``, memoized for the
+        sets streams watch (only those are in the name index each change walks)."""
+        memo = self._set_xors[type_url]
+        xor = memo.get(names)
+        if xor is not None:
+            return xor
         xor = self.xor_of(type_url, names)
-        self._set_xors[(type_url, names)] = (gen, xor)
+        if names in self._groups[type_url]:
+            memo[names] = xor
         return xor
 
     def shared_wire(self, key: tuple[object, ...], build: Callable[[], bytes]) -> bytes:
@@ -411,7 +412,7 @@ class ConfigCache:
         # No stream watches this set any more (it changed its subscription, or ended): let
         # it go now rather than at the next sweep, which a quiet cache may never reach
         # (a large set holds its names, and its memoized XOR, until then).
-        self._set_xors.pop((t, subscription), None)
+        self._set_xors[t].pop(subscription, None)
         if not any(subscription in groups for groups in self._groups.values()):
             self._interned.pop(subscription, None)
 

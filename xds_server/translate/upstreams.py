@@ -101,6 +101,8 @@ class ScopedRoutes:
         """Bring the variants up to date with ``state`` after ``changes``; return the node
         clusters whose scope this may have moved (None: the listeners changed, any may
         have; an empty set: none)."""
+        if not (changes.services or changes.routes or changes.listeners or changes.secrets):
+            return set()  # (endpoints, policies, namespaces: no variant reads them)
         dirty: set[str] = set()  # variant ids to rebuild on every listener
         dirty_listeners: set[str] = set()  # listeners to rebuild every variant of
         rescoped: set[str] = set()
