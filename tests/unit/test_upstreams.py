@@ -367,3 +367,65 @@ def test_variant_keys_name_listener_and_declaration() -> None:
     assert mesh.cache.scope("front.shop").alias(ROUTE, "out") == variant_key(
         "out", front.upstreams.variant
     )
+
+
+def test_a_listener_change_re_sends_the_sidecars_variant_over_delta() -> None:
+    """Point 2 over Delta: after a Listener changes, its route configuration is pushed
+    unasked; for a scoped sidecar, its own variant (under the listener's name)."""
+    mesh = Mesh(REGISTRY)
+    s, w, _ = _delta_client(mesh, "front.shop")
+    mesh.change({"listeners/out": {"port": 15002, "nodes": ["*.shop"]}})
+    pending, scopes = w.take()
+    out = s.on_change(pending, scopes)
+    assert [r.type_url for r in out][:1] == [LISTENER]
+    s.on_request(dreq(LISTENER, nonce=out[0].nonce))
+    rest = out[1:] or s.on_request(dreq(LISTENER, nonce=out[0].nonce))
+    routes = [r for r in [*out, *rest] if r.type_url == ROUTE]
+    assert routes and names(routes[0]) == ["out"]
+    key = mesh.cache.scope("front.shop").alias(ROUTE, "out")
+    assert routes[0].resources[0] is mesh.cache.get(ROUTE, key)
+
+
+def test_a_listener_change_re_warms_the_sidecars_variant_over_sotw() -> None:
+    """Point 2 over SotW: Envoy's ACK-looking RDS request after a Listener change is
+    answered with the sidecar's own variant."""
+    mesh = Mesh(REGISTRY)
+    s = SotwStream(mesh.cache, clock=lambda: 1.0)
+    w = mesh.cache.watch()
+    held: dict[str, Any] = {}
+    for t, subs in ((CLUSTER, ()), (LISTENER, ()), (ROUTE, ("out",))):
+        (resp,) = s.on_request(_sotw_req(t, subs))
+        s.on_request(_sotw_req(t, subs, nonce=resp.nonce, version=resp.version))
+        mesh.cache.set_interest(w, s.interest(), s.node_cluster)
+        held[t] = resp
+    mesh.change({"listeners/out": {"port": 15002, "nodes": ["*.shop"]}})
+    pending, scopes = w.take()
+    (lds,) = s.on_change(pending, scopes)
+    assert lds.type_url == LISTENER
+    s.on_request(_sotw_req(LISTENER, (), nonce=lds.nonce, version=lds.version))
+    rds = held[ROUTE]
+    (again,) = s.on_request(_sotw_req(ROUTE, ("out",), nonce=rds.nonce, version=rds.version))
+    key = mesh.cache.scope("front.shop").alias(ROUTE, "out")
+    assert again.resources == (mesh.cache.get(ROUTE, key),)
+
+
+def test_a_route_to_a_new_backend_brings_its_cluster_to_the_scoped_sidecar() -> None:
+    mesh = Mesh(REGISTRY)
+    s, w, _ = _delta_client(mesh, "front.shop")
+    route = {"listener": "out", "hosts": ["stock.local"], "destinations": [{"service": "stock"}]}
+    mesh.change({"routes/shop/stock": route})
+    pending, scopes = w.take()
+    assert scopes  # (its scope moved: only its node cluster's)
+    out = s.on_change(pending, scopes)
+    cds = [r for r in out if r.type_url == CLUSTER]
+    assert cds and names(cds[0]) == ["stock.shop"] and not cds[0].removed
+    s.on_request(dreq(CLUSTER, nonce=cds[0].nonce))
+    # Its variant of "out" now carries the route (pushed once the cluster is answered).
+    routes = [
+        r for r in (*out, *s.on_request(dreq(ENDPOINT, ("stock.shop",)))) if r.type_url == ROUTE
+    ]
+    if not routes:
+        pending, scopes = w.take()
+        routes = [r for r in s.on_change(pending, scopes) if r.type_url == ROUTE]
+    assert routes and names(routes[0]) == ["out"]
+    assert b"stock.local" in routes[0].resources[0].body
