@@ -1272,24 +1272,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-large", type=int, default=10_000)
     p.add_argument("--scaling-clients", type=int, default=20)
     p.add_argument("--storm-spread", type=float, default=1.0, help="seconds for all reconnects")
-    p.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
-    p.add_argument(
-        "--procs",
-        type=int,
-        default=2,
-        help="load generator processes (1 makes them the bottleneck)",
-    )
-    p.add_argument(
-        "--block",
-        type=int,
-        default=10,
-        help="changes per block; the floor's and meshd's blocks are taken in turn",
-    )
-    p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
-    p.add_argument("--budget", type=float, default=30.0, help="max seconds of changes per series")
-    p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
-    p.add_argument(
-        "--backoff", type=float, nargs=2, default=(0.1, 0.5), help="client reconnect back-off"
+    add_run_options(
+        p,
+        procs_help="load generator processes (1 makes them the bottleneck)",
+        block_help="changes per block; the floor's and meshd's blocks are taken in turn",
+        budget=30.0,
+        budget_help="max seconds of changes per series",
     )
     p.add_argument(
         "--profile",
@@ -1301,19 +1289,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="fan-out/memory: tracemalloc in meshd while clients connect (slows meshd)",
     )
-    p.add_argument("--fsync", action="store_true", help="etcd with fsync (default: no fsync)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     p.add_argument(
         "--only", default=",".join(FIGURES), help="comma-separated: " + ",".join(FIGURES)
     )
-    args = p.parse_args(argv)
+    args = finish_run_options(p.parse_args(argv))
     args.only = [f.strip() for f in args.only.split(",") if f.strip()]
     unknown = set(args.only) - set(FIGURES)
     if unknown:
         p.error(f"unknown figure(s) {sorted(unknown)}; choose from {FIGURES}")
-    args.protocols = ("sotw", "delta") if args.protocol == "both" else (args.protocol,)
     both = ("unsubscribed", "subscribed")
     args.churn_scopes = both if args.churn_scope == "both" else (args.churn_scope,)
+    return args
+
+
+def add_run_options(
+    p: argparse.ArgumentParser,
+    *,
+    procs_help: str = "load generator processes per side",
+    block_help: str = "changes per block, sides in turn",
+    budget: float,
+    budget_help: str = "max seconds of changes per side",
+) -> None:
+    """The options of a run through simulated clients that :class:`Bench` reads (protocol,
+    load generators, the alternating series, client back-off, etcd, work dir), shared by the
+    benchmarks built on this one; ``finish_run_options`` completes them once parsed."""
+    p.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
+    p.add_argument("--procs", type=int, default=2, help=procs_help)
+    p.add_argument("--block", type=int, default=10, help=block_help)
+    p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
+    p.add_argument("--budget", type=float, default=budget, help=budget_help)
+    p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
+    p.add_argument(
+        "--backoff", type=float, nargs=2, default=(0.1, 0.5), help="client reconnect back-off"
+    )
+    p.add_argument("--fsync", action="store_true", help="etcd with fsync (default: no fsync)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+
+
+def finish_run_options(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` of :func:`add_run_options` as :class:`Bench` reads them: ``protocols`` (a
+    tuple of ``sotw``/``delta``) and ``backoff`` as a tuple."""
+    args.protocols = ("sotw", "delta") if args.protocol == "both" else (args.protocol,)
     args.backoff = tuple(args.backoff)
     return args
 

@@ -62,8 +62,10 @@ from integration.bench_scale import (
     Meshd,
     Run,
     Side,
+    add_run_options,
     compile_meshd,
     cpu_seconds,
+    finish_run_options,
     load,
     marker_value,
     meshd_revision,
@@ -335,22 +337,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--changes", type=int, default=60, help="fan-out changes per side (0: none)")
     p.add_argument("--storms", type=int, default=3, help="connect storms per side and protocol")
     p.add_argument("--spread", type=float, default=1.0, help="seconds over which clients connect")
-    p.add_argument("--protocol", choices=("sotw", "delta", "both"), default="both")
-    p.add_argument("--procs", type=int, default=2, help="load generator processes per side")
-    p.add_argument("--block", type=int, default=10, help="changes per block, sides in turn")
-    p.add_argument("--gap", type=float, default=0.05, help="pause after each change once idle, s")
-    p.add_argument("--budget", type=float, default=60.0, help="max seconds of changes per side")
-    p.add_argument("--settle", type=float, default=2.0, help="pause before reading RSS, s")
-    p.add_argument(
-        "--backoff", type=float, nargs=2, default=(0.1, 0.5), help="client reconnect back-off"
-    )
-    p.add_argument("--fsync", action="store_true", help="etcd with fsync (default: no fsync)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
-    args = p.parse_args(argv)
+    add_run_options(p, budget=60.0)
+    args = finish_run_options(p.parse_args(argv))
     if args.storms < 1:
         p.error("--storms must be at least 1")
-    args.protocols = ("sotw", "delta") if args.protocol == "both" else (args.protocol,)
-    args.backoff = tuple(args.backoff)
     return args
 
 
