@@ -66,15 +66,19 @@ class _Declaration:
 
 class ScopedRoutes:
     """The route configuration variants of sidecars that declare ``upstreams``, and what
-    the scope rule needs of them (:meth:`scoped`, :meth:`refs`)."""
+    the scope rule needs of them (:meth:`scoped`, :meth:`refs`).
+
+    Without a declaration in force it costs a change (a cold start's included) a lookup
+    per changed service and nothing else: only services some declaration covers, or some
+    route sends to, are followed."""
 
     def __init__(self) -> None:
-        self._declared: dict[str, str] = {}  # node cluster -> its declaration's variant id
+        self._declared: dict[ServiceRef, str] = {}  # service -> its declaration's variant id
         self._decls: dict[str, _Declaration] = {}  # variant id -> declaration
         self._by_service: dict[ServiceRef, set[str]] = {}  # exact entry -> variant ids
         self._by_namespace: dict[str, set[str]] = {}  # ``ns/*`` entry -> variant ids
-        self._present: dict[ServiceRef, _HostSig] = {}  # services in force, as last seen
-        self._namespaces: dict[str, set[ServiceRef]] = {}  # namespace -> services in force
+        self._sigs: dict[ServiceRef, _HostSig] = {}  # covered services, as last rendered
+        self._targets: dict[ServiceRef, SessionAffinity | None] = {}  # routes' destinations
         self._routes: dict[str, Route] = {}  # route key -> route in force, as last seen
         self._refs: dict[str, frozenset[str]] = {}  # variant key -> clusters it names
 
@@ -82,7 +86,7 @@ class ScopedRoutes:
 
     def scoped(self) -> dict[str, str]:
         """Node cluster -> variant id of its declaration (a copy, for one rule)."""
-        return dict(self._declared)
+        return {cluster_name(ref): variant for ref, variant in self._declared.items()}
 
     def refs(self) -> dict[str, frozenset[str]]:
         """Variant key -> the clusters it names (a copy, for one rule)."""
@@ -106,15 +110,31 @@ class ScopedRoutes:
         dirty: set[str] = set()  # variant ids to rebuild on every listener
         dirty_listeners: set[str] = set()  # listeners to rebuild every variant of
         rescoped: set[str] = set()
+        by_service, by_namespace, targets = self._by_service, self._by_namespace, self._targets
+        if by_service or by_namespace or targets:
+            for ref in changes.services:
+                if ref in by_service or ref.namespace in by_namespace or ref in targets:
+                    self._service(state, ref, dirty, dirty_listeners)
+        services, declared = state.services, self._declared
+        namespaces: dict[str, set[ServiceRef]] | None = None  # (built once, when needed)
         for ref in changes.services:
-            self._service(state, ref, dirty, dirty_listeners)
-        for ref in changes.services:
-            svc = state.services.get(ref)
-            self._declare(cluster_name(ref), svc.upstreams if svc else None, state, rescoped, dirty)
+            svc = services.get(ref)
+            upstreams = svc.upstreams if svc is not None else None
+            if upstreams is None and ref not in declared:
+                continue
+            if upstreams is not None and upstreams.namespaces and namespaces is None:
+                namespaces = {}
+                for other in services:
+                    namespaces.setdefault(other.namespace, set()).add(other)
+            self._declare(ref, upstreams, state, namespaces or {}, rescoped, dirty)
         for key in changes.routes:
             old, new = self._routes.pop(key, None), state.routes.get(key)
             if new is not None:
                 self._routes[key] = new
+                for target in _route_services(new):
+                    held = services.get(target)
+                    affinity = held.load_balancer.session_affinity if held else None
+                    targets.setdefault(target, affinity)
             for route in (old, new):
                 if route is not None:
                     dirty_listeners.update(n for n in state.listeners if route.listener_matches(n))
@@ -155,50 +175,52 @@ class ScopedRoutes:
     def _service(
         self, state: RegistryView, ref: ServiceRef, dirty: set[str], dirty_listeners: set[str]
     ) -> None:
-        """A service changed: the declarations covering it gain, lose or re-render it."""
+        """A service that a declaration covers, or a route sends to, changed: the
+        declarations covering it gain, lose or re-render it; the listeners whose routes
+        carry its hash policy render again when its affinity changed."""
         svc = state.services.get(ref)
-        sig = _host_sig(svc) if svc is not None else None
-        old = self._present.get(ref)
-        if sig == old:
-            return
-        covering = self._by_service.get(ref, set()) | self._by_namespace.get(ref.namespace, set())
-        for variant in covering:
-            members = self._decls[variant].members
-            if svc is None:
-                members.discard(ref)
-            else:
-                members.add(ref)
-        dirty.update(covering)
-        if sig is None:
-            del self._present[ref]
-            peers = self._namespaces.get(ref.namespace)
-            if peers is not None:
-                peers.discard(ref)
-                if not peers:
-                    del self._namespaces[ref.namespace]
-            return
-        self._present[ref] = sig
-        self._namespaces.setdefault(ref.namespace, set()).add(ref)
-        if old is not None and old[2] != sig[2]:
-            # A route's entry carries its destinations' hash policies: the listeners with
-            # a route to this service change too.
-            for route in state.routes.values():
-                if ref in _route_services(route):
-                    dirty_listeners.update(n for n in state.listeners if route.listener_matches(n))
+        covering = [*self._by_service.get(ref, ()), *self._by_namespace.get(ref.namespace, ())]
+        if covering:
+            sig = _host_sig(svc) if svc is not None else None
+            if sig != self._sigs.get(ref):
+                for variant in covering:
+                    members = self._decls[variant].members
+                    if svc is None:
+                        members.discard(ref)
+                    else:
+                        members.add(ref)
+                dirty.update(covering)
+                if sig is None:
+                    self._sigs.pop(ref, None)
+                else:
+                    self._sigs[ref] = sig
+        if ref in self._targets:
+            affinity = svc.load_balancer.session_affinity if svc is not None else None
+            if affinity != self._targets[ref]:
+                self._targets[ref] = affinity
+                # A route's entry carries its destinations' hash policies.
+                for route in state.routes.values():
+                    if ref in _route_services(route):
+                        dirty_listeners.update(
+                            n for n in state.listeners if route.listener_matches(n)
+                        )
 
     def _declare(
         self,
-        node_cluster: str,
+        ref: ServiceRef,
         upstreams: Upstreams | None,
         state: RegistryView,
+        namespaces: Mapping[str, set[ServiceRef]],
         rescoped: set[str],
         dirty: set[str],
     ) -> None:
-        """Service ``node_cluster``'s declaration is now ``upstreams`` (None: none)."""
+        """Service ``ref``'s declaration is now ``upstreams`` (None: none); ``namespaces``:
+        the services in force by namespace (when the declaration has ``ns/*`` entries)."""
         variant = upstreams.variant if upstreams is not None else None
-        old = self._declared.get(node_cluster)
+        old = self._declared.get(ref)
         if old == variant:
             return
+        node_cluster = cluster_name(ref)
         rescoped.add(node_cluster)
         if old is not None:
             was = self._decls[old]
@@ -208,17 +230,19 @@ class ScopedRoutes:
             else:
                 self._place(old, state)  # (whether its listeners still serve a user)
         if variant is None or upstreams is None:
-            self._declared.pop(node_cluster, None)
+            self._declared.pop(ref, None)
             return
-        self._declared[node_cluster] = variant
+        self._declared[ref] = variant
         decl = self._decls.get(variant)
         if decl is None:
             members = {r for r in upstreams.services if r in state.services}
             for ns in upstreams.namespaces:
-                members |= self._namespaces.get(ns, set())
+                members |= namespaces.get(ns, set())
+            for member in members:
+                self._sigs[member] = _host_sig(state.services[member])
             decl = self._decls[variant] = _Declaration(upstreams, set(), members)
-            for ref in upstreams.services:
-                self._by_service.setdefault(ref, set()).add(variant)
+            for covered in upstreams.services:
+                self._by_service.setdefault(covered, set()).add(variant)
             for ns in upstreams.namespaces:
                 self._by_namespace.setdefault(ns, set()).add(variant)
             dirty.add(variant)
