@@ -7,7 +7,7 @@ that the route configurations and listeners a client holds still name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -15,7 +15,7 @@ from xds_server.cache import ConfigReader, ConfigWatcher, Pending, ScopeView
 from xds_server.log_limit import clip
 from xds_server.resources.resource import BoundedMemo, Resource
 from xds_server.resources.scope import variant_name
-from xds_server.resources.types import LISTENER, ROUTE, TYPE_ORDER
+from xds_server.resources.types import ENDPOINT, LISTENER, ROUTE, TYPE_ORDER
 
 SyncState = Literal["SYNCED", "STALE", "NACKED", "NOT_SENT"]
 
@@ -55,6 +55,20 @@ class _ErrorDetail(Protocol):
 
     @property
     def message(self) -> str: ...
+
+
+def holds_back(type_url: str, deferred: Mapping[str, Resource | None]) -> bool:
+    """Whether changes deferred for ``type_url``, a type waiting for its answer, hold back
+    the types after it in the push order (make before break: a route must not reach a
+    proxy before the cluster and assignment it names).
+
+    Assignments the proxy holds already are named by nothing new when they change: a
+    route, a listener need not wait behind a burst of endpoint updates (a rolling deploy).
+    An assignment it does not hold yet (asked for before it existed) still holds them back.
+    """
+    if type_url != ENDPOINT:
+        return True
+    return any(old is None for old in deferred.values())
 
 
 def nack_text(detail: _ErrorDetail) -> str:

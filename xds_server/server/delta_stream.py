@@ -46,6 +46,7 @@ from xds_server.server.base import (
     ResponseBase,
     StatusBase,
     StreamBase,
+    holds_back,
     nack_text,
     outcome,
 )
@@ -239,7 +240,8 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
 
         At most one unanswered response per type (gRPC buffers every write, so a stuck
         proxy would otherwise make meshd buffer without bound); a waiting type holds back
-        the types after it, keeping the push order.
+        the types after it, keeping the push order, unless what it waits to send cannot
+        be named by them (:func:`holds_back`).
         """
         out: list[DeltaResponse] = []
         self._pending = self._deferred
@@ -252,7 +254,9 @@ class DeltaStream(StreamBase[DeltaTypeStatus]):
                     self._deferred.pop(t, None)
                     continue
                 if ts.awaiting:
-                    break
+                    if holds_back(t, self._deferred[t]):
+                        break
+                    continue
                 changed = self._deferred.pop(t)
                 resp = self._compute(t, ts, changed)
                 out += resp

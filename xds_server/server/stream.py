@@ -47,6 +47,7 @@ from xds_server.server.base import (
     StatusBase,
     StreamBase,
     SyncState,
+    holds_back,
     nack_text,
     outcome,
 )
@@ -170,7 +171,8 @@ class SotwStream(StreamBase[TypeStatus]):
         At most one unanswered response per type: gRPC accepts every write into its
         buffers, so without this a stuck proxy would make meshd buffer each push without
         bound. Later changes coalesce and go out as the latest state once it answers. A
-        type that must wait holds back the types after it, keeping the push order.
+        type that must wait holds back the types after it, keeping the push order, unless
+        what it waits to send cannot be named by them (:func:`holds_back`).
         """
         out: list[Response] = []
         self._pending = self._deferred  # names not sent yet: the client holds the old ones
@@ -187,7 +189,9 @@ class SotwStream(StreamBase[TypeStatus]):
                         self._deferred_scope -= {t}
                     continue
                 if ts.awaiting:
-                    break
+                    if full or holds_back(t, changed or {}):
+                        break
+                    continue
                 changed = self._deferred.pop(t, None) or {}
                 if full:
                     self._deferred_scope -= {t}
