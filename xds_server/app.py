@@ -30,7 +30,7 @@ from xds_server.identity.ca import SERVER_LIFETIME, IssuedCertificate, MeshCA, g
 from xds_server.identity.issuer import CertificateIssuer
 from xds_server.identity.serving import ServingCertificate
 from xds_server.identity.store import load_mesh_ca
-from xds_server.ingest.controller import Controller
+from xds_server.ingest.controller import COALESCE_S, Controller
 from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
@@ -84,6 +84,10 @@ class MeshConfig:
     metrics: str | None = "127.0.0.1:9102"
     report_interval_ms: int = 10_000
     """LRS report period asked of every proxy; HDS reports too, unless a check is faster."""
+    coalesce_window: float = COALESCE_S
+    """Seconds: endpoint updates to a service whose last push of them is in flight (less
+    than this long ago, or not answered yet) go out together after it (ingest/controller.py);
+    0: never held."""
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Names this meshd's health document in etcd (replicas share health through it)."""
     admin: str | None = None  # admin gRPC API; meshd passes --admin (127.0.0.1:18001)
@@ -182,6 +186,7 @@ class MeshApp:
             dns=self.dns,
             events=self.events,
             trust_domain=self.config.trust_domain,
+            coalesce=self.config.coalesce_window,
         )
         ttl = self.config.test_only_cert_ttl_s or self.config.cert_ttl_s
         self.issuer = CertificateIssuer(

@@ -294,6 +294,7 @@ class ConvergenceTracker:
         self._live: dict[object, int] = {}  # stream -> newest generation it is in sync with
         self._outstanding: dict[int, tuple[float, set[object]]] = {}  # oldest first
         self._waits: dict[object, list[int]] = {}  # stream -> generations waiting for it
+        self._converged: dict[int, float] = {}  # generation -> when it converged (the latest)
 
     def opened(self, key: object, generation: int) -> None:
         """A stream started; it will fetch ``generation`` (or later) by itself."""
@@ -320,6 +321,17 @@ class ConvergenceTracker:
         while len(self._outstanding) > self.MAX_OUTSTANDING:
             del self._outstanding[next(iter(self._outstanding))]
             self._abandoned.inc()
+
+    def waiting(self, generation: int) -> int:
+        """Streams that have not synced cache generation ``generation`` yet (0: converged,
+        or never waited for, or given up on)."""
+        entry = self._outstanding.get(generation)
+        return len(entry[1]) if entry is not None else 0
+
+    def converged_at(self, generation: int) -> float | None:
+        """When cache generation ``generation`` converged, if it did lately after waiting
+        for some stream (None: it did not yet, never waited for one, or long ago)."""
+        return self._converged.get(generation)
 
     def synced(self, key: object, generation: int) -> None:
         """Stream ``key`` holds, ACKed, everything up to cache generation ``generation``."""
@@ -353,6 +365,9 @@ class ConvergenceTracker:
             if not waiting:
                 del self._outstanding[generation]
                 self._histogram.observe(max(0.0, now - observed_at))
+                self._converged[generation] = now
+                if len(self._converged) > self.MAX_OUTSTANDING:
+                    del self._converged[next(iter(self._converged))]
         if keep:
             self._waits[key] = keep
         else:

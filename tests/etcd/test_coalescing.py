@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from tests.support.stream_mesh import BASE
 from tests.support.xds_client import running_meshd, sotw_client
 from xds_server.app import MeshApp
-from xds_server.resources import ENDPOINT
+from xds_server.resources import ENDPOINT, ROUTE
 
 
 def eds_pushes(app: MeshApp) -> float:
@@ -48,3 +50,66 @@ async def test_writes_queued_during_a_batch_are_taken_together() -> None:
         assert 1 <= app.controller.batches - batches < 30
         cla = app.cache.get(ENDPOINT, "api.default")
         assert cla is not None and b"10.8.0.1" in cla.body
+
+
+def holds(got: dict[str, Any], type_url: str, needle: bytes) -> bool:
+    """Whether the client's last response of ``type_url`` carries ``needle``."""
+    resp = got.get(type_url)
+    return resp is not None and any(needle in a.value for a in resp.resources)
+
+
+async def until(check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``check()`` holds (fails after ``timeout``)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "never happened"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+async def test_a_burst_to_one_service_goes_out_together_after_its_push_is_in_flight() -> None:
+    """A rolling deploy: the first endpoint update goes out at once; those that follow while
+    its push is in flight (here: within the 1 s window) are held and go out together."""
+    window = 1.0
+    async with (
+        running_meshd(BASE, coalesce_window=window) as (registry, app),
+        sotw_client(app.xds_port, "gateway") as got,
+    ):
+        await asyncio.sleep(0.1)
+        before = eds_pushes(app)
+        await registry.put("/mesh/endpoints/default/api/a", b'{"address": "10.7.0.1"}')
+        assert await until(lambda: holds(got, ENDPOINT, b"10.7.0.1"), 1.0) < 0.3
+        pushed_at = time.monotonic()
+        for i in range(2, 12):
+            key = f"/mesh/endpoints/default/api/r{i}"
+            await registry.put(key, json.dumps({"address": f"10.7.0.{i}"}).encode())
+        await asyncio.sleep(0.3)
+        assert not holds(got, ENDPOINT, b"10.7.0.11"), "held updates went out early"
+        assert eds_pushes(app) == before + 1
+        await until(lambda: holds(got, ENDPOINT, b"10.7.0.11"), 3.0)
+        assert time.monotonic() - pushed_at >= window - 0.05
+        assert eds_pushes(app) == before + 2  # the ten held updates: one push
+        assert all(holds(got, ENDPOINT, f"10.7.0.{i}".encode()) for i in range(2, 12))
+
+
+async def test_a_held_burst_holds_back_no_route_and_no_other_service() -> None:
+    async with (
+        running_meshd(BASE, coalesce_window=2.0) as (registry, app),
+        sotw_client(app.xds_port, "gateway") as got,
+    ):
+        await asyncio.sleep(0.1)
+        await registry.put("/mesh/endpoints/default/api/a", b'{"address": "10.7.0.1"}')
+        await until(lambda: holds(got, ENDPOINT, b"10.7.0.1"), 1.0)
+        await registry.put("/mesh/endpoints/default/api/a", b'{"address": "10.7.0.2"}')
+        # api's update is held for 2 s; a route and web's endpoints are not.
+        route = {
+            "listener": "public",
+            "match": {"prefix": "/held"},
+            "destinations": [{"service": "api"}],
+        }
+        await registry.put("/mesh/routes/default/held", json.dumps(route).encode())
+        assert await until(lambda: holds(got, ROUTE, b"/held"), 1.0) < 0.5
+        await registry.put("/mesh/endpoints/default/web/a", b'{"address": "10.7.1.1"}')
+        assert await until(lambda: holds(got, ENDPOINT, b"10.7.1.1"), 1.0) < 0.5
+        assert not holds(got, ENDPOINT, b"10.7.0.2")
+        await until(lambda: holds(got, ENDPOINT, b"10.7.0.2"), 3.0)

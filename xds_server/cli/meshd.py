@@ -19,6 +19,7 @@ from xds_server.admin.server import check_exposure, is_loopback
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.errors import ValidationError
 from xds_server.identity.ca import CaError, MeshCA
+from xds_server.ingest.controller import COALESCE_S
 from xds_server.listen import ListenError, check_free, parse_listen
 from xds_server.model.identity import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from xds_server.model.join_token import TOKENS_DIR
@@ -180,6 +181,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often Envoys send LRS load reports and HDS results (HDS: sooner when a "
         "service's health_check interval is shorter)",
     )
+    p.add_argument(
+        "--coalesce-window",
+        type=float,
+        default=float(_env("MESHD_COALESCE_WINDOW", None) or COALESCE_S),
+        help="seconds: endpoint changes to a service whose endpoints went out less than this "
+        "long ago (or are not answered yet by its proxies, up to 1 s) go out together after "
+        "(a rolling deploy); the first change after a quiet spell goes at once; 0..10, 0: "
+        f"never held (env MESHD_COALESCE_WINDOW; default {COALESCE_S:g})",
+    )
     for flag, kind, default, what in _XDS_LIMITS:
         env = "MESHD_" + _dest(flag).upper()
         p.add_argument(
@@ -234,6 +244,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--cert-ttl must be at least 5m, got {args.cert_ttl!r}")
     if bool(args.ca_cert) != bool(args.ca_key):
         p.error("--ca-cert and --ca-key go together")
+    if not 0 <= args.coalesce_window <= 10:
+        p.error(f"--coalesce-window must be 0..10 seconds, got {args.coalesce_window:g}")
     if not 100 <= args.report_interval_ms <= 3_600_000:
         p.error(f"--report-interval-ms must be 100..3600000, got {args.report_interval_ms}")
     for flag, on, _ in _SAFEGUARDS:
@@ -292,6 +304,7 @@ async def run(args: argparse.Namespace) -> int:
         admin=args.admin or None,
         auth=auth,
         report_interval_ms=args.report_interval_ms,
+        coalesce_window=args.coalesce_window,
         trust_domain=args.trust_domain,
         operator_ca=operator_ca,
         cert_ttl_s=args.cert_ttl_s,

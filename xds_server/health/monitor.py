@@ -126,7 +126,7 @@ class HealthMonitor:
         self.per_target = per_target
         self.aggregator = Aggregator(stale_after=max(3.0, 3 * report_interval))
         self._services: dict[ServiceRef, _ServiceProbes] = {}
-        self._all_endpoints: dict[ServiceRef, dict[str, Endpoint]] = {}
+        self._all_endpoints: dict[ServiceRef, Mapping[str, Endpoint]] = {}
         self._modes: dict[ServiceRef, str] = {}
         self._checkers: dict[str, Checker] = {}
         self._assignment: dict[str, frozenset[str]] = {}
@@ -160,15 +160,19 @@ class HealthMonitor:
             old = self._services.pop(ref, None)
             self._modes.pop(ref, None)
             eps = state.endpoints.get(ref)
-            if eps:
-                self._all_endpoints[ref] = dict(eps)
-            else:
-                self._all_endpoints.pop(ref, None)
             svc = state.services.get(ref)
             entry = None
             if svc is not None:
                 mode = effective_mtls(svc.mtls, state.namespaces.get(ref.namespace))
                 entry = self._probes(ref, svc, mode != "off", eps or {}, resolve)
+            if eps:
+                # A copy when the metrics thread walks it (endpoint_counts: a probed
+                # service's); else the state's own mapping, which that thread only sizes:
+                # copying a big service's endpoints on each update of a rolling deploy
+                # costs more than the update.
+                self._all_endpoints[ref] = dict(eps) if entry is not None and entry.probes else eps
+            else:
+                self._all_endpoints.pop(ref, None)
             if svc is not None:
                 hc = svc.health_check
                 self._modes[ref] = (

@@ -12,6 +12,16 @@ watch response, and a burst of single writes queues up while a batch is translat
 input is handled at once: an input a producer pushes (:meth:`Controller.submit`) is handled
 in the producer's own call when the loop is idle, so it reaches the cache as soon as it is
 known, with whatever else was waiting.
+
+A rolling deploy is a burst of its own kind: thousands of single-endpoint writes to one
+service, each of which would push that service's whole assignment to every proxy holding
+it. Endpoint changes to a service whose last push is still in flight (it went out less
+than ``coalesce`` seconds ago, or its proxies have not answered it yet, or did so only
+lately: see :meth:`Controller._in_flight`) are folded at once but held, and go out
+together as soon as it is not: pushes as often as the proxies can take them with time to
+spare, each with every change so far. The first change after a quiet spell goes out at
+once, and nothing else waits (a route, a cluster, another service's endpoints are
+translated in the batch that folds them).
 """
 
 from __future__ import annotations
@@ -50,11 +60,32 @@ from xds_server.translate.inputs import Inputs
 log = logging.getLogger("meshd.controller")
 
 
+COALESCE_S = 0.1
+"""Default ``coalesce``: endpoint changes to a service pushed less than this long ago are
+held at least until this long after that push (see the module docstring). Zero: never
+held."""
+
+GATHER_S = 0.005
+"""In a burst of registry updates, a batch follows the previous one by at least this long
+(seconds), gathering what arrives meanwhile; a change after a quiet spell is applied at
+once."""
+
+COALESCE_MAX_S = 1.0
+"""A push of a service's assignments is taken as answered this long after it went out,
+even if some proxy has not answered it (see :meth:`Controller._in_flight`)."""
+
+_POLL_S = 0.01
+"""How often held changes look whether the previous push has been answered."""
+
+_TIMER_SLACK = 0.005
+"""A timer may fire this early (the loop's clock resolution): held changes due within it
+go out with it."""
+
 BIG_BATCH = 5_000
 """Registry entries in one batch above which the cyclic GC is paused while it is applied."""
 
 
-def _size(batch: list[tuple[float, Input]]) -> int:
+def _size(batch: list[tuple[float, Input | _Due]]) -> int:
     """Registry entries in a batch."""
     n = 0
     for _, item in batch:
@@ -94,6 +125,47 @@ class _NoDns:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """Held endpoint changes are due (put on the queue by a timer; no producer's input)."""
+
+
+_DUE = _Due()
+
+
+def _release_into(
+    held: ChangeSet,
+    ref: ServiceRef,
+    endpoints: set[ServiceRef],
+    ids: dict[ServiceRef, set[str]],
+) -> None:
+    """Move service ``ref``'s held endpoint changes into ``endpoints`` and ``ids`` (what is
+    translated now; an id set absent from ``ids`` means any endpoint)."""
+    mine = held.changed_endpoint_ids(ref)
+    held.endpoints.discard(ref)
+    held.endpoint_ids.pop(ref, None)
+    if ref not in endpoints:
+        endpoints.add(ref)
+        if mine is not None:
+            ids[ref] = mine
+        return
+    now = ids.get(ref)
+    if now is None or mine is None:
+        ids.pop(ref, None)  # any
+    else:
+        ids[ref] = now | mine
+
+
+@dataclass(slots=True)
+class _Push:
+    """A push of a service's assignments (see :meth:`Controller._in_flight`)."""
+
+    at: float
+    generation: int  # the cache generation it went out in
+    woken: int  # streams it woke
+    answered: float | None = None  # when nearly all of them had answered it
+
+
 @dataclass(slots=True)
 class _Batch:
     """What the handlers of one batch's inputs found to do."""
@@ -110,6 +182,8 @@ class _Batch:
     """Services whose names' DNS problems to bring up to date."""
     converges: bool = False
     """The convergence of this batch's pushes is measured (registry and DNS inputs)."""
+    observed_at: float = float("inf")
+    """When the oldest change this batch pushes reached meshd (held ones included)."""
 
 
 Observer = Callable[[RegistryView, ChangeSet], None]
@@ -130,6 +204,7 @@ class Controller:
         dns: AddressSource | None = None,
         events: EventBus | None = None,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        coalesce: float = COALESCE_S,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -152,16 +227,27 @@ class Controller:
         self.observers: list[Observer] = []
         """Called after each batch of registry updates (see :data:`Observer`)."""
         self.events = events or EventBus()
-        self._queue: asyncio.Queue[tuple[float, Input]] = asyncio.Queue()
+        self.coalesce = coalesce
+        """Seconds after a push of a service's assignments within which its endpoint
+        changes are held, to go out together (0: never held; see the module docstring)."""
+        self._held = ChangeSet()
+        """Endpoint changes held (see :meth:`_coalesce`): services and endpoint ids."""
+        self._held_since: dict[ServiceRef, float] = {}  # when each one's first reached meshd
+        self._pushed: dict[ServiceRef, _Push] = {}
+        """Service -> the last push of its assignments."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_batch = -1.0  # when the last batch of registry updates was applied
+        self._queue: asyncio.Queue[tuple[float, Input | _Due]] = asyncio.Queue()
         self._snapshot_seen = False
         """The registry's first complete listing has been translated (nothing before it)."""
         self._draining = False
-        self._handlers: dict[type, Callable[[_Batch, float, Input], None]] = {
+        self._handlers: dict[type, Callable[[_Batch, float, Input | _Due], None]] = {
             Reset: self._registry_update,
             Changes: self._registry_update,
             HealthVerdicts: self._health_verdicts,
             DnsAnswers: self._dns_answers,
             Certificates: self._certificates,
+            _Due: self._due,
         }
         """Input type -> the handler that folds it into a batch."""
 
@@ -188,15 +274,24 @@ class Controller:
         health = asyncio.create_task(self._watch_registry_health(), name="registry-health")
         try:
             while True:
-                self._drain(await self._queue.get())
+                first = await self._queue.get()
+                # In a burst (a batch applied moments ago), let the watch deliver what etcd
+                # has sent meanwhile: one batch of many events costs far less than as many
+                # batches of one. A change after a quiet spell is applied at once.
+                wait = self._last_batch + GATHER_S - self.clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._drain(first)
                 if pumper.done():
                     pumper.result()  # surface a crash of the registry adapter
         finally:
             pumper.cancel()
             writer.cancel()
             health.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
 
-    def _drain(self, first: tuple[float, Input] | None = None) -> None:
+    def _drain(self, first: tuple[float, Input | _Due] | None = None) -> None:
         """Apply everything queued, as one batch per pass, until nothing is left."""
         if self._draining:
             if first is not None:  # (not reached: the loop's task never nests)
@@ -218,7 +313,7 @@ class Controller:
 
     # -- one batch -----------------------------------------------------------------------
 
-    def apply_batch(self, batch: list[tuple[float, Input]]) -> ChangeSet:
+    def apply_batch(self, batch: list[tuple[float, Input | _Due]]) -> ChangeSet:
         """Fold a batch of inputs, translate once, apply to the cache once; return what
         the registry updates changed."""
         started = self.clock()
@@ -250,13 +345,20 @@ class Controller:
             translate = changes
             if work.refresh:  # (other inputs' services, beside the registry's changes)
                 refresh = work.refresh & self.state.services.keys()
-                translate = replace(changes, endpoints=changes.endpoints | refresh)
+                ids = {r: i for r, i in changes.endpoint_ids.items() if r not in refresh}
+                translate = replace(
+                    changes, endpoints=changes.endpoints | refresh, endpoint_ids=ids
+                )
+            translate = self._coalesce(translate, folded, work)
             delta = self.translator.update(self.state, translate, self.inputs)
-            self._dns_reconcile(changes.services | changes.endpoints | work.dns, changes)
+            self._dns_reconcile(
+                changes.services | translate.endpoints | changes.endpoints | work.dns, changes
+            )
             self.translator.report_notes(self.state.problems, changes)
         translated_at = self.clock()
-        observed_at = batch[0][0]
+        observed_at = min(batch[0][0], work.observed_at)
         self.cache.apply(delta, self.state.revision, observed_at=observed_at)
+        self._pushed_now(translate, folded)
         # (an observer may submit an input: it is applied right after this batch)
         generation, woken = self.cache.generation, self.cache.last_woken
         if registry:
@@ -266,6 +368,7 @@ class Controller:
             self.metrics.convergence.changed(generation, observed_at, woken)
         if registry:
             self.batches += 1
+            self._last_batch = self.clock()
         applied = self.clock()
         translated = applied - started
         if work.reset and not self.state.listing:
@@ -285,18 +388,120 @@ class Controller:
         # Bookkeeping waits until the woken streams have written their pushes: their
         # wake-ups were scheduled by cache.apply, so call_soon runs after them.
         try:
-            asyncio.get_running_loop().call_soon(self._after, changes, translated, lags)
+            asyncio.get_running_loop().call_soon(
+                self._after, changes, translated, lags, bool(delta)
+            )
         except RuntimeError:  # no loop (unit tests drive apply_batch directly)
-            self._after(changes, translated, lags)
+            self._after(changes, translated, lags, bool(delta))
         return changes
+
+    # -- coalescing a service's endpoint changes ------------------------------------------
+
+    def _coalesce(self, translate: ChangeSet, now: float, work: _Batch) -> ChangeSet:
+        """What of ``translate`` to translate now. Endpoint changes (by id) to a service
+        whose last push is still in flight (:meth:`_in_flight`) are held instead; held ones
+        go out once it is not, or with a change that rebuilds the service's assignments
+        anyway (a change to the service, health, DNS, a listing)."""
+        held = self._held
+        if self.coalesce <= 0 or (not translate.endpoints and not held.endpoints):
+            return translate
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop to release them: unit tests driving apply_batch)
+            return translate
+        hold = [
+            ref
+            for ref in translate.endpoints
+            if ref not in translate.services  # (rebuilt whole: held ones go with it)
+            and translate.changed_endpoint_ids(ref) is not None
+            and self._in_flight(ref, now) is not None
+        ]
+        if not hold and not held.endpoints:  # (the common case: nothing to hold back)
+            return translate
+        endpoints, ids = set(translate.endpoints), dict(translate.endpoint_ids)
+        for ref in hold:
+            held.merge(ChangeSet(endpoints={ref}, endpoint_ids={ref: ids.pop(ref)}))
+            self._held_since.setdefault(ref, work.observed_at if work.observed else now)
+            endpoints.discard(ref)
+        next_look = float("inf")
+        for ref in list(held.endpoints):
+            look = self._in_flight(ref, now)
+            if look is None or ref in endpoints or ref in translate.services:
+                _release_into(held, ref, endpoints, ids)
+                work.observed_at = min(work.observed_at, self._held_since.pop(ref, now))
+                work.converges = True
+            else:
+                next_look = min(next_look, look)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if held.endpoints:
+            self._timer = loop.call_later(max(0.0, next_look - now), self._release)
+        return replace(translate, endpoints=endpoints, endpoint_ids=ids)
+
+    def _in_flight(self, ref: ServiceRef, now: float) -> float | None:
+        """When to look again whether service ``ref``'s last push of its assignments is
+        still in flight, or None when it is not (its next change goes out at once).
+
+        A push is in flight for :attr:`coalesce` seconds at least; until nearly every proxy
+        it went to has answered it (at most :data:`COALESCE_MAX_S`: a proxy that does not
+        answer holds nobody back longer); and then as long again as that took, so that
+        the pushes of one burst keep the proxies and meshd busy half of the time at most
+        and other changes find them free the rest.
+        """
+        push = self._pushed.get(ref)
+        if push is None:
+            return None
+        if push.answered is None:
+            tracker = self.metrics.convergence
+            waiting = tracker.waiting(push.generation)
+            give_up = push.at + COALESCE_MAX_S
+            if waiting > push.woken // 100 and now < give_up - _TIMER_SLACK:
+                return max(push.at + self.coalesce, min(now + _POLL_S, give_up))
+            # (All answered: when they did; nearly all, or given up on: seen now.)
+            answered = tracker.converged_at(push.generation) if not waiting else None
+            push.answered = min(now, give_up) if answered is None and waiting else answered
+            if push.answered is None:
+                push.answered = push.at  # (it woke no stream that had to answer)
+        due = max(push.at + self.coalesce, 2 * push.answered - push.at)
+        return due if now < due - _TIMER_SLACK else None
+
+    def _pushed_now(self, translated: ChangeSet, now: float) -> None:
+        """Note that the endpoint updates ``translated`` names went out now, in the cache
+        generation just applied, to the streams it woke (a listing, a change to a service
+        and a refresh are no rolling deploy: their next endpoint update goes out at once)."""
+        if self.coalesce <= 0 or not translated.endpoint_ids:
+            return
+        pushed = self._pushed
+        push = _Push(now, self.cache.generation, len(self.cache.last_woken))
+        for ref in translated.endpoint_ids.keys() & translated.endpoints:
+            if ref not in translated.services:
+                pushed[ref] = push
+        if len(pushed) > 4 * len(self._held.endpoints) + 1024:  # (forget those long quiet)
+            self._pushed = {
+                r: p
+                for r, p in pushed.items()
+                if now - p.at < COALESCE_MAX_S or r in self._held.endpoints
+            }
+
+    def _release(self) -> None:
+        """The timer of held endpoint changes: translate those due now."""
+        self._timer = None
+        self._queue.put_nowait((self.clock(), _DUE))
+        self._drain()
+
+    def _due(self, work: _Batch, observed_at: float, item: Input | _Due) -> None:
+        """Held endpoint changes are due: :meth:`_coalesce` releases them in this batch."""
+        work.converges = True
 
     # -- handlers, one per input type ----------------------------------------------------
 
-    def _registry_update(self, work: _Batch, observed_at: float, item: Input) -> None:
+    def _registry_update(self, work: _Batch, observed_at: float, item: Input | _Due) -> None:
         """A registry update: folded into the state; what it changed is translated."""
         assert isinstance(item, (Reset, Changes))
         work.changes.merge(self.state.apply(item))
         work.observed.append(observed_at)
+        work.observed_at = min(work.observed_at, observed_at)
         work.converges = True
         if isinstance(item, Reset):
             work.reset = True
@@ -305,14 +510,14 @@ class Controller:
                 kind: EventType = "registry_put" if e.kind == "put" else "registry_delete"
                 self.events.publish(kind, key=e.key, revision=e.revision)
 
-    def _health_verdicts(self, work: _Batch, observed_at: float, item: Input) -> None:
+    def _health_verdicts(self, work: _Batch, observed_at: float, item: Input | _Due) -> None:
         """Health verdicts changed: the services whose verdicts moved are translated again
         with the new health."""
         assert isinstance(item, HealthVerdicts)
         self.inputs = replace(self.inputs, health=item.health)
         work.refresh |= item.changed
 
-    def _dns_answers(self, work: _Batch, observed_at: float, item: Input) -> None:
+    def _dns_answers(self, work: _Batch, observed_at: float, item: Input | _Due) -> None:
         """Addresses of some endpoint names changed: the services using them are
         translated again, and their names' problems brought up to date."""
         assert isinstance(item, DnsAnswers)
@@ -322,7 +527,7 @@ class Controller:
         work.dns |= refs
         work.converges = True
 
-    def _certificates(self, work: _Batch, observed_at: float, item: Input) -> None:
+    def _certificates(self, work: _Batch, observed_at: float, item: Input | _Due) -> None:
         """Workload certificates were issued or rotated, or node clusters came and went:
         translation brings the SDS Secrets up to date (it sees the new value)."""
         assert isinstance(item, Certificates)
@@ -332,12 +537,15 @@ class Controller:
 
     # -- outputs after the push ----------------------------------------------------------
 
-    def _after(self, changes: ChangeSet, translated: float, lags: list[float]) -> None:
+    def _after(
+        self, changes: ChangeSet, translated: float, lags: list[float], served: bool
+    ) -> None:
         if lags:  # (registry updates were in the batch)
             self.metrics.translate_seconds.observe(translated)
             for lag in lags:
                 self.metrics.watch_lag.observe(lag)
             self.metrics.registry_revision.set(self.state.revision)
+        if served:  # (what is served changed)
             for type_url in TYPE_ORDER:
                 self.metrics.resources.labels(SHORT[type_url]).set(self.cache.count(type_url))
         self._report(changes)
