@@ -17,6 +17,11 @@ ClusterLoadAssignment every client subscribes to (``s0.default``) to ``base + ch
 client notes ``time.monotonic()`` (a system-wide clock on Linux, so comparable across processes)
 when the response carrying it is read.
 
+A route change is detected the same way when ``route`` names a route configuration: the
+benchmark writes ``route_mark`` followed by the change id in one of its routes (a path
+prefix), and the client notes when a response carrying that configuration with that id is
+read.
+
 Requests are written as pre-encoded bytes and resource names are read straight from the
 serialized resources (``name`` is field 1 of Cluster, ClusterLoadAssignment, Listener and
 RouteConfiguration), so a SotW EDS ACK naming 10,000 clusters costs the client a memcpy, not a
@@ -212,6 +217,20 @@ def marker_ids(cla_body: bytes, pattern: bytes, base: int) -> list[int]:
     return found
 
 
+def route_marker_ids(body: bytes, mark: bytes) -> list[int]:
+    """Change ids in a RouteConfiguration: the decimal digits after each ``mark``."""
+    found = []
+    pos = body.find(mark)
+    while pos >= 0:
+        i = end = pos + len(mark)
+        while end < len(body) and 0x30 <= body[end] <= 0x39:
+            end += 1
+        if end > i:
+            found.append(int(body[i:end]))
+        pos = body.find(mark, end)
+    return found
+
+
 # --------------------------------------------------------------------------- clients
 
 
@@ -228,6 +247,8 @@ class ClientConfig:
     node_prefix: str = "lg"
     root_certs: str = ""  # PEM bundle: dial over TLS trusting only it (else plaintext)
     token: str = ""  # join token, sent as ``authorization: Bearer`` on every stream
+    route: str = ""  # route configuration whose routes carry route change ids (see above)
+    route_mark: str = ""  # the bytes before a route change id in it
 
 
 @dataclass
@@ -262,6 +283,7 @@ class Client:
         self.cfg = cfg
         self.target = cfg.target
         self.pattern = address_pattern(cfg.marker_address)
+        self.route_mark = cfg.route_mark.encode()
         self.node = node_bytes(f"{cfg.node_prefix}-{self.protocol}-{cid}", cfg.node_cluster)
         self.task: asyncio.Task[None] | None = None
         self.streams = 0  # streams opened (first requests written)
@@ -351,6 +373,12 @@ class Client:
 
     def _marker(self, body: bytes, now: float) -> None:
         for change in marker_ids(body, self.pattern, self.cfg.base):
+            self.pool.arrive(change, self.id, now)
+
+    def _route_marker(self, body: bytes, now: float) -> None:
+        if not self.route_mark:
+            return
+        for change in route_marker_ids(body, self.route_mark):
             self.pool.arrive(change, self.id, now)
 
     def _check_complete(self, now: float, eds: Container[str], rds: Container[str]) -> None:
@@ -445,7 +473,11 @@ class SotwClient(Client):
                 self._set_names(RDS, routes)
                 out.append(self._request(RDS))
         elif t == RDS:
-            self.rds_held.update(first_string(a.value) for a in resp.resources)
+            for a in resp.resources:
+                name = first_string(a.value)
+                self.rds_held.add(name)
+                if name == self.cfg.route:
+                    self._route_marker(a.value, now)
         self._check_complete(now, self.eds_held, self.rds_held)
         return out
 
@@ -510,6 +542,8 @@ class DeltaClient(Client):
                 self._marker(r.resource.value, now)
             elif t == LDS:
                 self.listener_routes[name] = route_names(r.resource.value)
+            elif t == RDS and name == self.cfg.route:
+                self._route_marker(r.resource.value, now)
         for name in resp.removed_resources:
             if w is not None:
                 w.different[SHORT.get(t, t)] += 1
@@ -610,11 +644,13 @@ class Pool:
 
         - ``add``: ``target``, ``sotw``, ``delta`` (counts), optional ``node_cluster``,
           ``marker``, ``base``, ``backoff`` [base, max] s, ``first_id``, ``node_prefix``,
-          ``root_certs`` (PEM: dial over TLS trusting it), ``token`` (join token), ``spread``
+          ``root_certs`` (PEM: dial over TLS trusting it), ``token`` (join token), ``route``
+          and ``route_mark`` (route change ids: see the module's docstring), ``spread``
           (s: client i starts at ``spread * i / n``, else all at once): start that many
           clients -> ``{"clients": total}``.
         - ``wait_complete`` (``timeout``) -> ``complete``, ``total``, ``first``, ``last``.
-        - ``wait_change`` (``id``, ``timeout``) -> ``times``: one arrival per client that got it.
+        - ``wait_change`` (``id``, ``timeout``) -> ``times``: one arrival per client that got it
+          (``by_client``: also ``by_client``, client id -> arrival).
         - ``status`` -> counts of streams, errors, responses, complete clients.
         - ``storm`` (``targets``, ``spread`` s): client i drops its stream at
           ``spread * i / n`` and reconnects to ``targets[i % len(targets)]`` -> ``started``.
@@ -630,7 +666,10 @@ class Pool:
         if op == "wait_complete":
             return await self._wait_complete(float(cmd.get("timeout", 60)))
         if op == "wait_change":
-            return await self._wait_change(int(cmd["id"]), float(cmd.get("timeout", 10)))
+            answer = await self._wait_change(int(cmd["id"]), float(cmd.get("timeout", 10)))
+            if cmd.get("by_client"):
+                answer["by_client"] = self.arrivals.get(int(cmd["id"]), {})
+            return answer
         if op == "status":
             return self._status()
         if op == "storm":
@@ -661,6 +700,8 @@ class Pool:
             node_prefix=cmd.get("node_prefix", f"lg{os.getpid()}"),
             root_certs=cmd.get("root_certs", ""),
             token=cmd.get("token", ""),
+            route=cmd.get("route", ""),
+            route_mark=cmd.get("route_mark", ""),
         )
         next_id = int(cmd.get("first_id", len(self.clients)))
         new: list[Client] = []
@@ -917,6 +958,14 @@ class LoadGenGroup:
         )
         times = [t for p in parts for t in p["times"]]
         return times, sum(p["n_missing"] for p in parts)
+
+    async def arrivals(self, change: int, timeout: float) -> dict[str, float]:
+        """When each client got change ``change`` (by process and client id), waiting up to
+        ``timeout`` for every client to get it."""
+        parts = await asyncio.gather(
+            *(g.call("wait_change", id=change, timeout=timeout, by_client=True) for g in self.gens)
+        )
+        return {f"{i}/{cid}": t for i, p in enumerate(parts) for cid, t in p["by_client"].items()}
 
     async def status(self) -> dict[str, Any]:
         return _merge(await asyncio.gather(*(g.call("status") for g in self.gens)))
