@@ -1,4 +1,7 @@
-"""A private single-member etcd process: meshd's default registry, and the tests' real etcd.
+"""A private etcd process: meshd's default registry, and the tests' real etcd.
+
+One member on its own by default; a member of a cluster when given its ``peers`` (the
+tests' three-member clusters), and serving its clients over TLS when given ``tls``.
 
 Layout of ``data_dir``: ``data/`` is etcd's own ``--data-dir``, ``etcd.log`` collects its
 output (appended across restarts), ``member-name`` keeps the member name stable when a later
@@ -22,14 +25,15 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
 from xds_server.errors import RegistryUnavailable
 
-__all__ = ["EmbeddedEtcd", "EmbeddedEtcdError", "find_etcd_binary"]
+__all__ = ["EmbeddedEtcd", "EmbeddedEtcdError", "ServerTls", "find_etcd_binary"]
 
 _POLL_S = 0.01
 _LOG_TAIL_LINES = 20
@@ -38,6 +42,16 @@ _PORT_ATTEMPTS = 3
 
 class EmbeddedEtcdError(RegistryUnavailable):
     """The embedded etcd did not start (the message ends with the tail of its log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Files of etcd's client TLS: its certificate and key, and with ``client_ca`` the CA
+    its clients' certificates must chain to (etcd's ``--client-cert-auth``)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
 
 
 def find_etcd_binary() -> str:
@@ -125,12 +139,26 @@ class EmbeddedEtcd:
         max_txn_ops: int = 1024,
         auto_compaction_retention: str | None = "1h",
         extra_args: Sequence[str] = (),
+        peers: Mapping[str, str] | None = None,
+        cluster_token: str | None = None,
+        heartbeat_ms: int = 10,
+        election_ms: int = 100,
+        tls: ServerTls | None = None,
+        metrics_port: int = 0,
     ) -> None:
         """Prepare (not start) a member; ports 0 mean "pick free ones at the first start".
 
         ``unsafe_no_fsync`` trades durability for speed (tests only). ``max_txn_ops`` bounds
         one atomic multi-key write. ``auto_compaction_retention`` (periodic mode, e.g.
         ``"1h"``; ``None`` = never) keeps a long-running embedded etcd from growing forever.
+
+        A cluster member: ``peers`` maps every member's name (this one's too) to its peer
+        URL, ``cluster_token`` is shared by them, and ``client_port``/``peer_port`` are this
+        member's from the start (the others know them). Its members start together: one
+        alone is not healthy before a quorum is up. ``heartbeat_ms``/``election_ms`` are
+        raft's timing (a lone member elects itself at once with the short defaults; members
+        of a cluster on a busy machine want etcd's own 100/1000). ``tls`` serves clients
+        over TLS; its health is then probed on a plain ``metrics_port`` (0: a free one).
         """
         self.data_dir = Path(data_dir)
         self.host = host
@@ -144,6 +172,12 @@ class EmbeddedEtcd:
         self._max_txn_ops = max_txn_ops
         self._auto_compaction = auto_compaction_retention
         self._extra_args = tuple(extra_args)
+        self._peers = dict(peers) if peers else None
+        self._cluster_token = cluster_token
+        self._heartbeat_ms = heartbeat_ms
+        self._election_ms = election_ms
+        self.tls = tls
+        self.metrics_port = metrics_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_offset = 0  # where the current run's output starts in etcd.log
@@ -158,8 +192,13 @@ class EmbeddedEtcd:
 
     @property
     def client_url(self) -> str:
-        """``http://host:port``, etcd's own spelling of the client endpoint."""
-        return f"http://{self.endpoint}"
+        """``http://host:port`` (``https`` with TLS), etcd's own spelling of the endpoint."""
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    @property
+    def peer_url(self) -> str:
+        """``http://host:peer_port``: where the other members of a cluster reach this one."""
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def log_path(self) -> Path:
@@ -215,10 +254,17 @@ class EmbeddedEtcd:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout``; reap the process. Idempotent."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash: no goodbye to clients or peers); reap the process."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
         _running.discard(self)
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
                 proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
@@ -270,8 +316,9 @@ class EmbeddedEtcd:
         return range(self._port_attempts)
 
     def _command(self) -> list[str]:
-        client = f"http://{self.host}:{self.client_port}"
-        peer = f"http://{self.host}:{self.peer_port}"
+        client = self.client_url
+        peer = self.peer_url
+        peers = self._peers or {self.name: peer}
         cmd = [
             self._binary or find_etcd_binary(),
             f"--name={self.name}",
@@ -280,14 +327,20 @@ class EmbeddedEtcd:
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.name}={peer}",
-            f"--initial-cluster-token={self.name}",
+            "--initial-cluster=" + ",".join(f"{n}={u}" for n, u in peers.items()),
+            f"--initial-cluster-token={self._cluster_token or self.name}",
             "--initial-cluster-state=new",
-            # A single member has no one to wait for: short timeouts let it elect itself at once.
-            "--heartbeat-interval=10",
-            "--election-timeout=100",
+            # (a single member has no one to wait for: the short defaults elect it at once)
+            f"--heartbeat-interval={self._heartbeat_ms}",
+            f"--election-timeout={self._election_ms}",
             f"--max-txn-ops={self._max_txn_ops}",
         ]
+        if self.tls:
+            cmd += [f"--cert-file={self.tls.cert}", f"--key-file={self.tls.key}"]
+            if self.tls.client_ca:
+                cmd += ["--client-cert-auth", f"--trusted-ca-file={self.tls.client_ca}"]
+            # /health on a plain port: the TLS client port would want a client certificate.
+            cmd.append(f"--listen-metrics-urls=http://{self.host}:{self.metrics_port}")
         if self._auto_compaction:
             cmd += ["--auto-compaction-mode=periodic"]
             cmd += [f"--auto-compaction-retention={self._auto_compaction}"]
@@ -306,7 +359,11 @@ class EmbeddedEtcd:
             self.client_port = _free_port(self.host)
         if not self.peer_port:
             self.peer_port = _free_port(self.host)
-        for port in (self.client_port, self.peer_port):
+        if self.tls and not self.metrics_port:
+            self.metrics_port = _free_port(self.host)
+        for port in (self.client_port, self.peer_port, self.metrics_port):
+            if not port:
+                continue
             # Another server there would answer our health probe and pass for us.
             if not _port_free(self.host, port):
                 raise EmbeddedEtcdError(
@@ -341,12 +398,13 @@ class EmbeddedEtcd:
         log = self._log_tail()
         self.stop()
         if "address already in use" in log and attempt < self._port_attempts - 1:
-            self.client_port = self.peer_port = 0
+            self.client_port = self.peer_port = self.metrics_port = 0
             return "retry"
         raise EmbeddedEtcdError(f"etcd exited with code {code} during start-up; log:\n{log}")
 
     def _healthy(self) -> bool:
-        conn = http.client.HTTPConnection(self.host, self.client_port, timeout=1.0)
+        port = self.metrics_port if self.tls else self.client_port
+        conn = http.client.HTTPConnection(self.host, port, timeout=1.0)
         try:
             conn.request("GET", "/health")
             body = conn.getresponse().read()

@@ -1,8 +1,11 @@
-"""The Registry protocol on etcd v3: paged list at one revision, then one watch, relist on trouble.
+"""The Registry protocol on etcd v3: paged list at one revision, then one watch, resumed
+where it broke off (on another member of a cluster if need be); relisted only when etcd
+compacted the revisions it would need.
 
-It speaks etcd's gRPC API through aetcd's generated stubs on a ``grpc.aio`` channel it owns,
-so it controls channel options (receive limit, reconnect back-off, keepalive) and reads the
-raw watch stream (``created``, ``canceled``, ``compact_revision``) itself.
+It speaks etcd's gRPC API through aetcd's generated stubs on a ``grpc.aio`` channel it owns
+(:mod:`adapters.etcd.members`: which member, TLS, authentication, failover), so it controls
+channel options (receive limit, reconnect back-off, keepalive) and reads the raw watch stream
+(``created``, ``canceled``, ``compact_revision``) itself.
 """
 
 from __future__ import annotations
@@ -13,20 +16,26 @@ import logging
 import time
 from collections.abc import (
     AsyncGenerator,
-    Awaitable,
     Callable,
     Collection,
     Iterable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
 
-from adapters.etcd.errors import is_unavailable, map_rpc_error
+from adapters.etcd.errors import EtcdAccessError, map_rpc_error, member_lost, rpc_reason
+from adapters.etcd.members import (
+    Conn,
+    EtcdTls,
+    EtcdUser,
+    Members,
+    cancelled_by_caller,
+    parse_endpoints,
+)
 from xds_server.errors import (
     MeshError,
     RegistryCompacted,
@@ -52,35 +61,11 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _MiB = 1024 * 1024
-_CHANNEL_OPTIONS = (
-    # A page is bounded by key count, not bytes, and a watch response may batch many events:
-    # never let gRPC's default 4 MiB receive limit turn a big registry into an outage.
-    ("grpc.max_receive_message_length", 256 * _MiB),
-    # gRPC's default reconnect back-off starts at 1 s and grows to 120 s; etcd restarts far
-    # faster than that, so stay close behind it.
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Detect a dead peer on a silent watch. etcd answers pings more often than every 5 s with
-    # GOAWAY, and refuses pings without an active call, hence no permit_without_calls.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-)
-
 _PAGE_BYTES = 4 * _MiB  # a page above this halves the next page's key count
 _DECODE_SLICE = 1_000  # entries decoded between two yields to the event loop while listing
 
 # What the watch loop retries: etcd unreachable, restarted, compacted, or a stream that ended.
 _TRANSIENT = (grpc.aio.AioRpcError, grpc.aio.UsageError, MeshError, OSError, TimeoutError)
-
-
-@dataclass(slots=True)
-class _Conn:
-    endpoint: str
-    channel: Any  # grpc.aio.Channel
-    kv: Any
-    lease: Any
-    watch: Any
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -103,26 +88,20 @@ def _str(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
 
-def _parse_endpoints(endpoint: str) -> list[str]:
-    found = []
-    for part in endpoint.split(","):
-        part = part.strip().removeprefix("http://")
-        if part:
-            found.append(part.rstrip("/"))
-    if not found:
-        raise ValueError(f"no etcd endpoint in {endpoint!r}")
-    return found
-
-
 class EtcdRegistry(ConditionalWrites):
     """Registry backend on etcd. See :class:`xds_server.ingest.registry.Registry` for the contract.
 
-    ``endpoint`` is ``host:port`` or a comma-separated list (the first reachable one is used,
-    and the list is tried again after a failure). Observable state for metrics:
+    ``endpoint`` is ``host:port`` or a comma-separated list of the members of one etcd
+    cluster (``http://`` or ``https://`` accepted): every member is used, one at a time,
+    and a member that is lost or cut off from the leader is left for the next one (see
+    :class:`~adapters.etcd.members.Members`). ``tls`` and ``user`` are etcdctl's
+    ``--cacert/--cert/--key`` and ``--user``. Observable state for metrics:
 
     - ``connected``: updates() holds a current view (listed, the watch has not failed since);
     - ``errors_total``, ``last_error``: failed etcd calls, watch breaks included;
-    - ``relists_total``: Resets after the first; ``last_list_pages``: range reads of the last.
+    - ``relists_total``: Resets after the first; ``last_list_pages``: range reads of the last;
+    - ``failovers_total``: moves to another member after one was lost;
+    - ``refused``: etcd refused this client (TLS, user, permission) when last asked, or None.
 
     Beyond the Registry protocol: ``put_if``/``delete_if``/``txn`` (compare mod_revision,
     atomic), ``lease_grant``/``lease_keepalive``/``lease_revoke``.
@@ -137,6 +116,8 @@ class EtcdRegistry(ConditionalWrites):
         timeout: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 1.0,
+        tls: EtcdTls | None = None,
+        user: EtcdUser | None = None,
     ) -> None:
         """Configure; nothing connects until the first call.
 
@@ -145,19 +126,17 @@ class EtcdRegistry(ConditionalWrites):
         registry keys stays far below the receive limit). ``timeout`` bounds each
         call in seconds, including the wait for an etcd that is (re)starting. Failures of
         :meth:`updates` are retried after ``backoff_initial`` seconds, doubling up to
-        ``backoff_max``.
+        ``backoff_max``. An ``https://`` endpoint without ``tls`` trusts the system's roots.
         """
         if not prefix.endswith("/"):
             raise ValueError(f"prefix must end with '/': {prefix!r}")
         self.prefix = prefix
-        self.endpoints = _parse_endpoints(endpoint)
+        endpoints, https = parse_endpoints(endpoint)
         self.page_size = max(1, page_size)
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.connected = False
-        self.errors_total = 0
-        self.last_error: str | None = None
         self.relists_total = 0  # Resets after the first one
         self.last_list_pages = 0  # range reads of the latest list
         self._key_prefix = prefix.encode()
@@ -167,23 +146,47 @@ class EtcdRegistry(ConditionalWrites):
             (self._key_prefix, self._status_prefix),
             (self._key_prefix + b"status0", _prefix_end(self._key_prefix)),
         )
-        # wait_for_ready: a call made while the channel reconnects (etcd restarting) waits for
-        # it, up to the timeout, instead of failing at once.
-        self._call_options: dict[str, Any] = {"timeout": timeout, "wait_for_ready": True}
-        self._conn: _Conn | None = None
-        self._connect_lock = asyncio.Lock()
+        if https and tls is None:
+            tls = EtcdTls()
+        self._members = Members(endpoints, timeout=timeout, tls=tls, user=user)
+        self._cluster_id = 0  # etcd's cluster id, once seen: another one means another store
         self._closed = False
-        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every member's ``host:port``, as given."""
+        return self._members.endpoints
 
     @property
     def endpoint(self) -> str | None:
         """The endpoint currently connected to, if any."""
-        return self._conn.endpoint if self._conn else None
+        conn = self._members.current
+        return conn.endpoint if conn else None
+
+    @property
+    def errors_total(self) -> int:
+        """Failed etcd calls, watch breaks included."""
+        return self._members.errors_total
+
+    @property
+    def last_error(self) -> str | None:
+        """The reason of the last failed call or watch."""
+        return self._members.last_error
+
+    @property
+    def failovers_total(self) -> int:
+        """Moves to another member after one was lost."""
+        return self._members.failovers_total
+
+    @property
+    def refused(self) -> EtcdAccessError | None:
+        """etcd refused this client (TLS, user or password, permission) when last asked."""
+        return self._members.refused
 
     def reachable(self) -> bool:
         """A connection to etcd is up now (not: etcd answered a call). Calls made while
         it is down wait for it up to ``timeout``; meshd uses this to say it is waiting."""
-        conn = self._conn
+        conn = self._members.current
         if conn is None:
             return False
         state = conn.channel.get_state(try_to_connect=False)
@@ -192,47 +195,94 @@ class EtcdRegistry(ConditionalWrites):
     # -- reading -----------------------------------------------------------------------
 
     async def updates(self) -> AsyncGenerator[RegistryUpdate, None]:
-        """Reset at one revision, then one Changes per watch response; relist after trouble."""
+        """Reset at one revision, then one Changes per watch response.
+
+        After trouble (a member lost, etcd restarted, a watch ended) the watch goes on from
+        the revision after the last one seen, on whichever member serves, and the consumer
+        sees nothing but the changes it missed; a Reset follows only when etcd compacted
+        those revisions away, or its store went back (restored, or another cluster).
+        """
         loop = asyncio.get_running_loop()
         delay = self.backoff_initial
         failures = 0
         listed = 0  # becomes 1 after the first Reset: later ones are relists
+        resume = [0]  # the revision the watch goes on from; 0: list first
+        reauthenticate = False
         while not self._closed:
             started = loop.time()
-            conn: _Conn | None = None
+            conn: Conn | None = None
             try:
-                conn = await self._connection()
-                revision = 0
-                async with contextlib.aclosing(self._list_parts(conn)) as parts:
-                    async for part in parts:
-                        if not part.more:  # the listing is complete
-                            if failures:
-                                log.info(
-                                    "etcd %s: listing again after %d failure(s)",
-                                    conn.endpoint,
-                                    failures,
-                                )
-                            failures = 0
-                            self.connected = True
-                            self.relists_total += listed
-                            listed = 1
-                        revision = part.revision
-                        yield part
-                async with contextlib.aclosing(self._watch(conn, revision + 1)) as watch:
+                conn = await self._members.connection()
+                if reauthenticate and self._members.user is not None:
+                    await self._members.authenticate(conn)
+                reauthenticate = False
+                if resume[0] and not await self._can_resume(conn, resume[0]):
+                    resume[0] = 0
+                resumed = bool(resume[0])
+                if not resumed:
+                    async with contextlib.aclosing(self._list_parts(conn)) as parts:
+                        async for part in parts:
+                            if not part.more:  # the listing is complete
+                                if failures:
+                                    log.info(
+                                        "etcd %s: listing again after %d failure(s)",
+                                        conn.endpoint,
+                                        failures,
+                                    )
+                                    failures = 0
+                                self.connected = True
+                                self.relists_total += listed
+                                listed = 1
+                                # (not before: a listing broken off is started again)
+                                resume[0] = part.revision + 1
+                                self._cluster_id = conn.cluster_id
+                            yield part
+
+                def created(endpoint: str = conn.endpoint, resumed: bool = resumed) -> None:
+                    nonlocal failures
+                    self._members.refused = None
+                    if failures and resumed:
+                        log.info(
+                            "etcd %s: watching again from revision %d after %d failure(s), "
+                            "nothing relisted",
+                            endpoint,
+                            resume[0],
+                            failures,
+                        )
+                    failures = 0
+
+                async with contextlib.aclosing(self._watch(conn, resume, created)) as watch:
                     async for changes in watch:
                         yield changes
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and _cancelled_by_caller():
+                if isinstance(exc, asyncio.CancelledError) and cancelled_by_caller():
                     raise
                 if self._closed:
                     return
                 failures += 1
+                if not isinstance(exc, MeshError | grpc.aio.AioRpcError) and conn and conn.left:
+                    # (the channel was closed under the watch: a call on it found it gone)
+                    exc = RegistryUnavailable(f"etcd {conn.endpoint} was left ({conn.left})")
+                if isinstance(exc, RegistryCompacted):
+                    resume[0] = 0  # the revisions the watch needs are gone: list again
+                if isinstance(exc, grpc.aio.AioRpcError) and conn is not None:
+                    mapped = map_rpc_error(exc, conn.endpoint)
+                    if isinstance(mapped, EtcdAccessError):
+                        exc = mapped
+                if isinstance(exc, EtcdAccessError):
+                    self._members.refused = exc
+                    # (a watch refused for an expired token says "permission denied" too)
+                    reauthenticate = True
                 # Warn once per outage (and now and then while it lasts), not every retry.
                 warn = failures == 1 or failures % 60 == 0
                 self.connected = False
-                self._record_error(exc, "watch failed, relisting", warn=warn)
-                if conn is not None and len(self.endpoints) > 1 and _is_connection_error(exc):
-                    self._drop(conn)
+                if not listed:
+                    what = "listing failed"
+                else:
+                    what = "watch failed, relisting" if not resume[0] else "watch failed"
+                self._members.record(exc, what, warn=warn)
+                if conn is not None and _is_connection_error(exc):
+                    self._members.drop(conn, _short(exc))
             if loop.time() - started > self.backoff_max:
                 delay = self.backoff_initial  # the last watch lived long: a new outage
             await asyncio.sleep(delay)
@@ -241,7 +291,7 @@ class EtcdRegistry(ConditionalWrites):
     async def get(self, key: str) -> Entry | None:
         """Read one key (any key, also outside the prefix), or ``None``."""
         request = rpc.RangeRequest(key=_key(key))
-        resp = await self._call(lambda c: c.kv.Range(request, **self._call_options))
+        resp = await self._members.call(lambda c: c.kv.Range(request, **c.options))
         if not resp.kvs:
             return None
         kv = resp.kvs[0]
@@ -252,7 +302,9 @@ class EtcdRegistry(ConditionalWrites):
     async def list_prefix(self, prefix: str) -> Reset:
         """Every key starting with ``prefix`` (any prefix), paged, at one revision, key order."""
         start = _key(prefix)
-        reset, _ = await self._call(lambda c: self._range_pages(c, ((start, _prefix_end(start)),)))
+        reset, _ = await self._members.call(
+            lambda c: self._range_pages(c, ((start, _prefix_end(start)),))
+        )
         return reset
 
     # -- writing -----------------------------------------------------------------------
@@ -260,13 +312,13 @@ class EtcdRegistry(ConditionalWrites):
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``key`` and return the new revision (RegistryConflict: unknown lease)."""
         request = rpc.PutRequest(key=_key(key), value=value, lease=lease)
-        resp = await self._call(lambda c: c.kv.Put(request, **self._call_options))
+        resp = await self._members.call(lambda c: c.kv.Put(request, **c.options))
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> int:
         """Delete ``key`` (no error when missing) and return the store's revision."""
         request = rpc.DeleteRangeRequest(key=_key(key))
-        resp = await self._call(lambda c: c.kv.DeleteRange(request, **self._call_options))
+        resp = await self._members.call(lambda c: c.kv.DeleteRange(request, **c.options))
         return int(resp.header.revision)
 
     async def txn(
@@ -307,7 +359,9 @@ class EtcdRegistry(ConditionalWrites):
         failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=_key(k))) for k in expect]
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         try:
-            resp = await self._call(lambda c: c.kv.Txn(request, **self._call_options))
+            resp = await self._members.call(
+                lambda c: c.kv.Txn(request, **c.options), idempotent=False
+            )
         except ValidationError as exc:
             if _TOO_MANY_OPS not in exc.reason:
                 raise
@@ -343,7 +397,7 @@ class EtcdRegistry(ConditionalWrites):
         compare = rpc.Compare(key=self._key_prefix, target=version, result=equal, version=0)
         request = rpc.TxnRequest(compare=[compare] * operations)
         try:
-            await self._call(lambda c: c.kv.Txn(request, **self._call_options))
+            await self._members.call(lambda c: c.kv.Txn(request, **c.options))
         except ValidationError as exc:
             if _TOO_MANY_OPS not in exc.reason:
                 raise
@@ -356,7 +410,9 @@ class EtcdRegistry(ConditionalWrites):
         """Create a lease of ``ttl`` seconds and return its id (``lease_id``: this one,
         0: etcd's next)."""
         request = rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id)
-        resp = await self._call(lambda c: c.lease.LeaseGrant(request, **self._call_options))
+        resp = await self._members.call(
+            lambda c: c.lease.LeaseGrant(request, **c.options), idempotent=False
+        )
         if resp.error:
             raise RegistryUnavailable(f"etcd lease grant: {resp.error}")
         return int(resp.ID)
@@ -364,8 +420,8 @@ class EtcdRegistry(ConditionalWrites):
     async def lease_keepalive(self, lease_id: int) -> int:
         """Refresh a lease once; returns its TTL. RegistryConflict if it already expired."""
 
-        async def once(conn: _Conn) -> int:
-            call = conn.lease.LeaseKeepAlive(**self._call_options)
+        async def once(conn: Conn) -> int:
+            call = conn.lease.LeaseKeepAlive(**conn.options)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 resp = await call.read()
@@ -375,7 +431,7 @@ class EtcdRegistry(ConditionalWrites):
                 raise RegistryUnavailable("etcd closed the lease keepalive stream")
             return int(resp.TTL)
 
-        ttl = await self._call(once)
+        ttl = await self._members.call(once)
         if ttl <= 0:
             raise RegistryConflict(f"lease {lease_id:x} expired or does not exist")
         return ttl
@@ -384,9 +440,7 @@ class EtcdRegistry(ConditionalWrites):
         """The keys held under a lease (None: no such lease, or it expired)."""
         request = rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True)
         try:
-            resp = await self._call(
-                lambda c: c.lease.LeaseTimeToLive(request, **self._call_options)
-            )
+            resp = await self._members.call(lambda c: c.lease.LeaseTimeToLive(request, **c.options))
         except RegistryConflict:
             return None
         if resp.TTL <= 0:
@@ -398,21 +452,17 @@ class EtcdRegistry(ConditionalWrites):
         request = rpc.LeaseRevokeRequest(ID=lease_id)
         # Already expired or revoked: the goal is reached.
         with contextlib.suppress(RegistryConflict):
-            await self._call(lambda c: c.lease.LeaseRevoke(request, **self._call_options))
+            await self._members.call(lambda c: c.lease.LeaseRevoke(request, **c.options))
 
     async def close(self) -> None:
         """Close the connection; :meth:`updates` iterators end. Idempotent."""
         self._closed = True
         self.connected = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.channel.close()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._members.close()
 
     # -- internals ---------------------------------------------------------------------
 
-    async def _list_parts(self, conn: _Conn) -> AsyncGenerator[Reset, None]:
+    async def _list_parts(self, conn: Conn) -> AsyncGenerator[Reset, None]:
         """Everything under the prefix but status keys, as Reset parts of a page each, all
         at the first page's revision, yielded while etcd serves the next page. A page is
         held until the next non-empty one is read, so the last part is known to be the
@@ -441,7 +491,7 @@ class EtcdRegistry(ConditionalWrites):
         yield Reset(revision, held or (), part)
 
     async def _range_pages(
-        self, conn: _Conn, ranges: Iterable[tuple[bytes, bytes]]
+        self, conn: Conn, ranges: Iterable[tuple[bytes, bytes]]
     ) -> tuple[Reset, int]:
         """Read ``[start, end)`` ranges, all at the first page's revision: the entries and
         the number of range reads it took."""
@@ -455,7 +505,7 @@ class EtcdRegistry(ConditionalWrites):
         return Reset(revision, tuple(entries)), pages
 
     async def _pages(
-        self, conn: _Conn, ranges: Iterable[tuple[bytes, bytes]]
+        self, conn: Conn, ranges: Iterable[tuple[bytes, bytes]]
     ) -> AsyncGenerator[tuple[int, tuple[Entry, ...]], None]:
         """(revision, entries) of each page of ``[start, end)`` ranges, all at the first
         page's revision. The next page is asked for as soon as a page arrives, before its
@@ -479,7 +529,7 @@ class EtcdRegistry(ConditionalWrites):
                 resp, limit = await following
 
     def _following(
-        self, conn: _Conn, resp: rpc.RangeResponse, end: bytes, limit: int, revision: int
+        self, conn: Conn, resp: rpc.RangeResponse, end: bytes, limit: int, revision: int
     ) -> asyncio.Future[tuple[rpc.RangeResponse, int]] | None:
         """The read of the page after ``resp``, started now; None after the last page."""
         kvs = resp.kvs
@@ -507,27 +557,56 @@ class EtcdRegistry(ConditionalWrites):
         return tuple(out)
 
     async def _page(
-        self, conn: _Conn, key: bytes, end: bytes, limit: int, revision: int
+        self, conn: Conn, key: bytes, end: bytes, limit: int, revision: int
     ) -> tuple[rpc.RangeResponse, int]:
         """One range read of up to ``limit`` keys; fewer when etcd finds the page too big."""
         while True:
             request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
             try:
-                return await conn.kv.Range(request, **self._call_options), limit
+                return await conn.kv.Range(request, **conn.options), limit
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and limit > 1:
                     limit //= 2  # many big values: fewer keys per page
                     continue
                 raise
 
-    async def _watch(self, conn: _Conn, start_revision: int) -> AsyncGenerator[Changes, None]:
-        """One Changes per watch response with events; raises when the watch breaks."""
-        call = conn.watch.Watch(wait_for_ready=True)
+    async def _can_resume(self, conn: Conn, resume: int) -> bool:
+        """Can the watch go on from ``resume`` on this member? Not when etcd's store went
+        back before it (restored from a backup, a new cluster at the same address): then
+        those revisions mean other changes, and only a listing tells what is there.
+
+        A linearizable read: the member answers once it has applied everything the leader
+        committed, so a member that merely lags is not taken for one that went back."""
+        request = rpc.RangeRequest(key=self._key_prefix, keys_only=True)
+        resp = await conn.kv.Range(request, **conn.options)
+        at = int(resp.header.revision)
+        cluster = int(resp.header.cluster_id)
+        known = self._cluster_id
+        if at >= resume - 1 and known in (0, cluster):
+            return True
+        log.warning(
+            "etcd %s: the store is at revision %d (cluster %x), behind the revision %d "
+            "already seen (cluster %x): listing again",
+            conn.endpoint,
+            at,
+            cluster,
+            resume - 1,
+            known,
+        )
+        return False
+
+    async def _watch(
+        self, conn: Conn, resume: list[int], created: Callable[[], None]
+    ) -> AsyncGenerator[Changes, None]:
+        """One Changes per watch response with events, from revision ``resume[0]`` on;
+        ``resume[0]`` follows the events received (status keys' too). Raises when the
+        watch breaks; ``created()`` is called once etcd has set it up."""
+        call = conn.watch.Watch(wait_for_ready=not self._members.multi, metadata=conn.metadata)
         try:
             create = rpc.WatchCreateRequest(
                 key=self._key_prefix,
                 range_end=_prefix_end(self._key_prefix),
-                start_revision=start_revision,
+                start_revision=resume[0],
                 progress_notify=True,
             )
             await call.write(rpc.WatchRequest(create_request=create))
@@ -538,11 +617,16 @@ class EtcdRegistry(ConditionalWrites):
                 if resp.compact_revision:
                     raise RegistryCompacted(int(resp.compact_revision))
                 if resp.canceled:
-                    raise RegistryUnavailable(f"etcd canceled the watch: {resp.cancel_reason}")
+                    reason = f"etcd canceled the watch: {resp.cancel_reason}"
+                    if "permission denied" in resp.cancel_reason:
+                        raise EtcdAccessError(f"etcd {conn.endpoint}: {reason}", "permission")
+                    raise RegistryUnavailable(reason)
                 if resp.created:
                     self.connected = True
+                    created()
                 if not resp.events:
                     continue  # created or progress notification
+                resume[0] = int(resp.events[-1].kv.mod_revision) + 1
                 events = tuple(
                     Event(
                         "delete" if ev.type else "put",
@@ -562,88 +646,22 @@ class EtcdRegistry(ConditionalWrites):
         finally:
             call.cancel()
 
-    async def _connection(self) -> _Conn:
-        if self._conn is not None:
-            return self._conn
-        async with self._connect_lock:
-            if self._closed:
-                raise RegistryUnavailable("registry closed")
-            if self._conn is None:
-                self._conn = await self._connect()
-            return self._conn
-
-    async def _connect(self) -> _Conn:
-        reasons = []
-        for endpoint in self.endpoints:
-            channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
-            if len(self.endpoints) > 1:
-                # Pick the first that answers; with one endpoint the first real call tells.
-                try:
-                    await rpc.MaintenanceStub(channel).Status(
-                        rpc.StatusRequest(), timeout=min(self.timeout, 1.0)
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    await channel.close()
-                    reasons.append(f"{endpoint}: {exc.code().name}")
-                    continue
-            kv, lease, watch = rpc.KVStub(channel), rpc.LeaseStub(channel), rpc.WatchStub(channel)
-            return _Conn(endpoint, channel, kv, lease, watch)
-        raise RegistryUnavailable("no etcd endpoint answers: " + "; ".join(reasons))
-
-    def _drop(self, conn: _Conn) -> None:
-        """Forget a failed connection so the next call probes the endpoint list again.
-
-        Only with several endpoints: one channel to one endpoint reconnects by itself.
-        Calls still running on the old channel get a second to finish.
-        """
-        self.connected = False
-        if self._conn is conn:
-            self._conn = None
-        task = asyncio.get_running_loop().create_task(conn.channel.close(grace=1.0))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _call(self, fn: Callable[[_Conn], Awaitable[_T]]) -> _T:
-        """Run one RPC, mapping gRPC failures to MeshError subclasses and counting them."""
-        conn = await self._connection()
-        try:
-            return await fn(conn)
-        except grpc.aio.AioRpcError as exc:
-            error = map_rpc_error(exc, conn.endpoint)
-            if is_unavailable(exc):
-                self._record_error(exc, "call failed", warn=False)
-                if len(self.endpoints) > 1:
-                    self._drop(conn)
-            raise error from exc
-        except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
-            # The channel was closed under the call: by close(), or dropped after a failure
-            # seen elsewhere. Not the caller's cancellation, which must propagate.
-            if isinstance(exc, asyncio.CancelledError) and _cancelled_by_caller():
-                raise
-            reason = "registry closed" if self._closed else "etcd connection was reset"
-            raise RegistryUnavailable(reason) from exc
-
-    def _record_error(self, exc: BaseException, what: str, *, warn: bool) -> None:
-        if isinstance(exc, grpc.aio.AioRpcError):
-            reason = f"{exc.code().name}: {exc.details()}"
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        self.errors_total += 1
-        self.last_error = reason
-        log.log(logging.WARNING if warn else logging.DEBUG, "etcd %s: %s", what, reason)
-
-
-def _cancelled_by_caller() -> bool:
-    """True when the running task is being cancelled (grpc.aio also raises CancelledError
-    out of calls whose channel was closed)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
 
 def _is_connection_error(exc: BaseException) -> bool:
+    """A failure that says the member is no good now (gone, no leader, a broken stream),
+    not one of the request (compacted revision, refused credentials) nor etcd's own
+    transient answer during an election ("leader changed")."""
     if isinstance(exc, grpc.aio.AioRpcError):
-        return is_unavailable(exc)
+        return member_lost(exc)
+    if isinstance(exc, EtcdAccessError):
+        return False
     return not isinstance(exc, MeshError) or isinstance(exc, RegistryUnavailable)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return rpc_reason(exc)
+    return str(exc) or type(exc).__name__
 
 
 _TOO_MANY_OPS = "too many operations in txn request"  # etcd's INVALID_ARGUMENT message
