@@ -34,7 +34,7 @@ from xds_server.ingest.controller import COALESCE_S, Controller
 from xds_server.ingest.inputs import Certificates, DnsAnswers, HealthVerdicts
 from xds_server.ingest.registry import Registry, WritableRegistry
 from xds_server.listen import ListenError, bind_grpc, check_free, listen_reason, parse_listen
-from xds_server.metrics import Metrics, SecretExpiry
+from xds_server.metrics import Metrics, RegistryCounters, SecretExpiry
 from xds_server.metrics_http import HEADER_TIMEOUT_S, MAX_CONNECTIONS, MetricsServer
 from xds_server.metrics_sd import DISCONNECTED_KEEP_S, ProxyTarget, RecentTargets, sd_listable
 from xds_server.model import ServiceRef
@@ -230,6 +230,14 @@ class MeshApp:
         self.metrics.registry.register(TopologyCollector(self.topology))
         self.metrics.registry.register(HealthCollector(self.health))
         self.metrics.registry.register(SecretExpiry(self._secret_expiries))
+        self.metrics.registry.register(
+            RegistryCounters(
+                lambda: (
+                    int(getattr(registry, "relists_total", 0)),
+                    int(getattr(registry, "failovers_total", 0)),
+                )
+            )
+        )
         self._health_tasks: list[asyncio.Task[None]] = []
         self.ca: MeshCA | None = None
         """The mesh CA, once :meth:`start` loaded it (shared by replicas through etcd)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from xds_server.metrics_labels import LabelGuard, bounded, check_node_cluster
@@ -37,6 +37,7 @@ __all__ = [
     "HealthMetrics",
     "LiveCounts",
     "Metrics",
+    "RegistryCounters",
     "SecretExpiry",
     "StreamCollector",
     "StreamView",
@@ -508,6 +509,37 @@ class SecretExpiry(Collector):
             "When the certificate of a registry secret in force expires (seconds since the "
             "epoch), by the secret's namespace and name",
             labels=["namespace", "name"],
+        )
+
+
+class RegistryCounters(Collector):
+    """``meshd_registry_relists_total`` and ``meshd_registry_failovers_total``: complete
+    listings of the registry after the first (etcd compacted the revisions the watch
+    needed, or its store went back), and moves to another etcd member after one was lost.
+    Read at scrape time from the registry adapter's own counts (``source``: relists,
+    failovers), so they cannot drift from it."""
+
+    def __init__(self, source: Callable[[], tuple[int, int]]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(0, 0))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(*self._source())
+
+    @staticmethod
+    def _families(relists: int, failovers: int) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "meshd_registry_relists",
+            "Complete listings of the registry after the first (the watch could not go on "
+            "where it broke off: etcd compacted those revisions, or its store went back)",
+            value=relists,
+        )
+        yield CounterMetricFamily(
+            "meshd_registry_failovers",
+            "Moves to another etcd member after the one in use was lost or lost its leader",
+            value=failovers,
         )
 
 

@@ -238,6 +238,11 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     c = _command(asub, "get", ca_commands.get, "print the trust bundle (PEM)")
     c.add_argument("--etcd", help="read it from etcd (ENDPOINTS, comma-separated), not meshd")
     c.add_argument("--prefix", default="/mesh/", help="registry prefix in etcd (/mesh/)")
+    c.add_argument("--etcd-cacert", help="with --etcd: PEM file of the CA of etcd's certificate")
+    c.add_argument("--etcd-cert", help="with --etcd: PEM client certificate (with --etcd-key)")
+    c.add_argument("--etcd-key", help="with --etcd: PEM key of the client certificate")
+    c.add_argument("--etcd-user", help="with --etcd: etcd user (password: --etcd-password-file)")
+    c.add_argument("--etcd-password-file", help="with --etcd: file holding its password")
 
     c = _command(sub, "watch", commands.watch, "stream mesh events until Ctrl-C")
     c.add_argument(

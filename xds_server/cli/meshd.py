@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from adapters.etcd import EmbeddedEtcd, EtcdRegistry
+from adapters.etcd import EmbeddedEtcd, EtcdAccessError, EtcdRegistry, EtcdTls, EtcdUser
 from xds_server.admin.auth import Authenticator, load_tokens
 from xds_server.admin.server import check_exposure, is_loopback
 from xds_server.app import MeshApp, MeshConfig
@@ -32,6 +32,7 @@ ETCD_WAIT_NOTICE = 1.0
 """Seconds without a connection to etcd before meshd says it is waiting for it."""
 ETCD_WAIT_REPEAT = 30.0
 """Seconds between two reminders while etcd still does not answer."""
+_REFUSED_POLL = 0.1  # seconds between two looks, while starting, at whether etcd refused meshd
 
 GC_YOUNG_THRESHOLD = 50_000
 """Net new container objects that trigger a young-generation collection (Python's default
@@ -125,6 +126,64 @@ _XDS_LIMITS: tuple[tuple[str, type[int] | type[float], int | float, str], ...] =
 what it bounds. Each has an environment variable, ``MESHD_`` and its name."""
 
 
+_ETCD_ACCESS = (
+    ("--etcd-cacert", "PEM file of the CA(s) etcd's certificate must chain to (TLS to etcd)"),
+    ("--etcd-cert", "PEM file of meshd's client certificate for etcd (with --etcd-key)"),
+    ("--etcd-key", "PEM file of its private key"),
+    ("--etcd-user", "etcd user name (the password comes from --etcd-password-file)"),
+    ("--etcd-password-file", "file holding the etcd user's password (one line)"),
+)
+"""How meshd reaches an etcd cluster with TLS and authentication: etcdctl's flags (the
+password only ever from a file). Each has an environment variable, ``MESHD_`` and its name."""
+
+_REFUSED_HINT = {
+    "tls": "check --etcd-cacert, --etcd-cert and --etcd-key",
+    "auth": "check --etcd-user and --etcd-password-file",
+    "permission": "the role of --etcd-user needs readwrite on the registry prefix",
+}
+
+
+def _read_flag_file(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _etcd_access(args: argparse.Namespace) -> tuple[EtcdTls | None, EtcdUser | None]:
+    """The ``--etcd-*`` TLS files and user read and checked (ValueError naming the flag)."""
+    tls = None
+    if args.etcd_cacert or args.etcd_cert:
+        tls = EtcdTls(
+            ca=_read_flag_file("--etcd-cacert", args.etcd_cacert) if args.etcd_cacert else None,
+            cert=_read_flag_file("--etcd-cert", args.etcd_cert) if args.etcd_cert else None,
+            key=_read_flag_file("--etcd-key", args.etcd_key) if args.etcd_key else None,
+        )
+    user = None
+    if args.etcd_user:
+        raw = _read_flag_file("--etcd-password-file", args.etcd_password_file)
+        # The file's one line; a final newline (as editors and echo leave it) is not part of it.
+        password = raw.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise ValueError(f"--etcd-password-file {args.etcd_password_file}: empty")
+        user = EtcdUser(args.etcd_user, password)
+    return tls, user
+
+
+def _check_etcd_access(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The ``--etcd-*`` flags that go together, given together; exit 2 naming them."""
+    given = [flag for flag, _ in _ETCD_ACCESS if getattr(args, _dest(flag))]
+    if given and not args.etcd:
+        p.error(f"{given[0]} needs --etcd (the embedded etcd has neither TLS nor users)")
+    if bool(args.etcd_cert) != bool(args.etcd_key):
+        p.error("--etcd-cert and --etcd-key go together")
+    if args.etcd_user and ":" in args.etcd_user:
+        # etcdctl's --user NAME:PASSWORD would put the password on the command line
+        p.error("--etcd-user takes the name only: the password goes in --etcd-password-file")
+    if bool(args.etcd_user) != bool(args.etcd_password_file):
+        p.error("--etcd-user and --etcd-password-file go together")
+
+
 def _limits(args: argparse.Namespace) -> StreamLimits:
     """The ``--xds-max-*`` flags as the limits in force."""
     return StreamLimits(
@@ -152,6 +211,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="etcd endpoints host:port[,host:port] (env MESHD_ETCD); "
         "default: start an embedded etcd on a free loopback port, data in --data-dir",
     )
+    for flag, what in _ETCD_ACCESS:
+        env = "MESHD_" + _dest(flag).upper()
+        p.add_argument(flag, default=_env(env, None), help=f"{what} (env {env})")
     p.add_argument("--prefix", default=_env("MESHD_PREFIX", "/mesh/"), help="registry key prefix")
     p.add_argument(
         "--xds", default=_env("MESHD_XDS", "127.0.0.1:18000"), help="ADS/HDS/LRS listen address"
@@ -244,6 +306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--cert-ttl must be at least 5m, got {args.cert_ttl!r}")
     if bool(args.ca_cert) != bool(args.ca_key):
         p.error("--ca-cert and --ca-key go together")
+    _check_etcd_access(p, args)
     if not 0 <= args.coalesce_window <= 10:
         p.error(f"--coalesce-window must be 0..10 seconds, got {args.coalesce_window:g}")
     if not 100 <= args.report_interval_ms <= 3_600_000:
@@ -274,6 +337,7 @@ async def run(args: argparse.Namespace) -> int:
             operator_ca = _operator_ca(args)
         except (CaError, OSError) as exc:
             raise ValueError(f"--ca-cert/--ca-key: {exc}") from None
+        etcd_tls, etcd_user = _etcd_access(args)
         if args.admin:
             check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
         xds_auth = xds_exposure("--xds-auth", args.xds_auth, "required", args.xds)
@@ -296,8 +360,10 @@ async def run(args: argparse.Namespace) -> int:
         await embedded.start()
         endpoint = embedded.endpoint
         log.info("started embedded etcd at %s (data in %s)", endpoint, embedded.data_dir)
-    registry = EtcdRegistry(endpoint, args.prefix)
-    tokens = EtcdRegistry(endpoint, args.prefix + TOKENS_DIR) if xds_auth else None
+    registry = EtcdRegistry(endpoint, args.prefix, tls=etcd_tls, user=etcd_user)
+    tokens = None
+    if xds_auth:
+        tokens = EtcdRegistry(endpoint, args.prefix + TOKENS_DIR, tls=etcd_tls, user=etcd_user)
     config = MeshConfig(
         xds=args.xds,
         metrics=args.metrics or None,
@@ -329,6 +395,9 @@ async def run(args: argparse.Namespace) -> int:
                 return 0
         except (ListenError, CaError) as exc:
             log.error("%s", exc)
+            return 2
+        except EtcdAccessError as exc:
+            log.error("etcd refused meshd: %s (%s)", exc, _REFUSED_HINT[exc.kind])
             return 2
         log.info(
             "meshd ready: etcd=%s xds=%s admin=%s metrics=%s revision=%d",
@@ -385,7 +454,7 @@ async def _start(app: MeshApp, registry: EtcdRegistry, stop: asyncio.Event) -> b
     waited = False
     try:
         while True:
-            timeout = max(0.0, notice_at - loop.time())
+            timeout = max(0.0, min(notice_at - loop.time(), _REFUSED_POLL))
             done, _ = await asyncio.wait(
                 {starting, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -394,12 +463,19 @@ async def _start(app: MeshApp, registry: EtcdRegistry, stop: asyncio.Event) -> b
                 return True
             if stopping in done:
                 return False
+            if registry.refused is not None:
+                # Credentials etcd refuses stay refused: say so once and stop, as for a
+                # bad flag, rather than wait for etcd forever.
+                raise registry.refused
+            if loop.time() < notice_at:
+                continue
             if not registry.reachable():
                 where = ",".join(registry.endpoints)
                 if waited:
                     log.warning("still waiting for etcd at %s", where)
                 else:
-                    log.warning("waiting for etcd at %s (it does not answer yet)", where)
+                    why = f": {registry.last_error}" if registry.last_error else ""
+                    log.warning("waiting for etcd at %s (it does not answer yet%s)", where, why)
                 waited = True
             notice_at = loop.time() + (ETCD_WAIT_REPEAT if waited else ETCD_WAIT_NOTICE)
     finally:
