@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: demo test test-fast lint typecheck install clean bench proto lock
+.PHONY: demo test test-fast lint typecheck install clean bench proto lock helm
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m integration.demo
 
-test: $(STAMP)
+test: $(STAMP) helm
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# helm v4 (pinned in the script), built from the Go module proxy into .tools/bin/helm for the
+# deployment tests (tests/e2e/test_deploy_*.py); a no-op once built. Needs Go.
+helm:
+	sh deploy/install-helm.sh
 
 # The unit tier only (in process: no etcd, Envoy, network or subprocess), in under a minute.
 test-fast: $(STAMP)
@@ -60,4 +65,4 @@ lock:
 	rm -rf $(VENV).lock build *.egg-info
 
 clean:
-	rm -rf $(VENV) .meshd .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .meshd .pytest_cache .mypy_cache .ruff_cache .tools
