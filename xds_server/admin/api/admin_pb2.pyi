@@ -351,20 +351,34 @@ class TypeStatus(_message.Message):
     def __init__(self, type: _Optional[str] = ..., state: _Optional[_Union[SyncState, str]] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., error: _Optional[str] = ..., last_push: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resources: _Optional[int] = ...) -> None: ...
 
 class ProxyStatus(_message.Message):
-    __slots__ = ("node_id", "node_cluster", "protocol", "peer", "connected_at", "types")
+    __slots__ = ("node_id", "node_cluster", "protocol", "peer", "connected_at", "types", "replica")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_CLUSTER_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_cluster: str
     protocol: str
     peer: str
     connected_at: _timestamp_pb2.Timestamp
     types: _containers.RepeatedCompositeFieldContainer[TypeStatus]
-    def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., protocol: _Optional[str] = ..., peer: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ...) -> None: ...
+    replica: str
+    def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., protocol: _Optional[str] = ..., peer: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("id", "address", "answered", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    answered: bool
+    error: str
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetProxyStatusRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -373,10 +387,12 @@ class GetProxyStatusRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class GetProxyStatusResponse(_message.Message):
-    __slots__ = ("proxies",)
+    __slots__ = ("proxies", "replicas")
     PROXIES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     proxies: _containers.RepeatedCompositeFieldContainer[ProxyStatus]
-    def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class GetProxyConfigRequest(_message.Message):
     __slots__ = ("node_id", "type")
@@ -543,14 +559,16 @@ class EndpointLoad(_message.Message):
     def __init__(self, subset: _Optional[str] = ..., endpoint: _Optional[str] = ..., rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class GetTopologyResponse(_message.Message):
-    __slots__ = ("nodes", "edges", "window_seconds")
+    __slots__ = ("nodes", "edges", "window_seconds", "replicas")
     NODES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[TopologyNode]
     edges: _containers.RepeatedCompositeFieldContainer[TopologyEdge]
     window_seconds: float
-    def __init__(self, nodes: _Optional[_Iterable[_Union[TopologyNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[TopologyEdge, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[TopologyNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[TopologyEdge, _Mapping]]] = ..., window_seconds: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class GetRecommendationsRequest(_message.Message):
     __slots__ = ("window_seconds",)
@@ -583,12 +601,14 @@ class ServiceRecommendation(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., scaling: _Optional[_Union[Scaling, _Mapping]] = ...) -> None: ...
 
 class GetRecommendationsResponse(_message.Message):
-    __slots__ = ("services", "window_seconds")
+    __slots__ = ("services", "window_seconds", "replicas")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceRecommendation]
     window_seconds: float
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceRecommendation, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceRecommendation, _Mapping]]] = ..., window_seconds: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class GetServiceMetricsRequest(_message.Message):
     __slots__ = ("service", "namespace", "window_seconds")
@@ -621,12 +641,14 @@ class ServiceMetrics(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., rps: _Optional[float] = ..., error_rps: _Optional[float] = ..., error_rate: _Optional[float] = ..., in_flight: _Optional[int] = ..., duration_ms: _Optional[float] = ..., endpoints: _Optional[_Iterable[_Union[EndpointLoad, _Mapping]]] = ...) -> None: ...
 
 class GetServiceMetricsResponse(_message.Message):
-    __slots__ = ("services", "window_seconds")
+    __slots__ = ("services", "window_seconds", "replicas")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceMetrics]
     window_seconds: float
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ..., window_seconds: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class CheckPolicyRequest(_message.Message):
     __slots__ = ("source", "target", "path", "method")

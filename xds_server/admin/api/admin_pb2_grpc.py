@@ -222,7 +222,11 @@ class MeshAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProxyStatus(self, request, context):
-        """GetProxyStatus returns, per connected proxy and resource type, what it runs.
+        """GetProxyStatus returns, per connected proxy and resource type, what it runs: the
+        proxies of every meshd replica (ProxyStatus.replica says which holds each). Replicas
+        answer each other with the caller's token; a call carrying metadata
+        `x-mesh-replica-local: 1` is answered by the replica asked alone (so are GetTopology,
+        GetServiceMetrics, GetRecommendations and GetProxyConfig).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
