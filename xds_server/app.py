@@ -19,6 +19,7 @@ import grpc
 
 from adapters.dns import DnsCache
 from xds_server.admin.auth import Authenticator
+from xds_server.admin.replicas import Replicas, ReplicasCollector
 from xds_server.admin.server import start_admin_server
 from xds_server.admin.service import AdminServicer
 from xds_server.cache import ConfigCache
@@ -89,7 +90,11 @@ class MeshConfig:
     than this long ago, or not answered yet) go out together after it (ingest/controller.py);
     0: never held."""
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    """Names this meshd's health document in etcd (replicas share health through it)."""
+    """This meshd among the replicas sharing its etcd (``--replica-id``): names its health
+    document and its replica record there, and is the REPLICA of its proxies."""
+    advertise_admin: str | None = None
+    """Where the other replicas reach this one's admin API (``--advertise-admin``); None:
+    ``--admin``'s address, a wildcard host replaced by this host's address."""
     admin: str | None = None  # admin gRPC API; meshd passes --admin (127.0.0.1:18001)
     auth: Authenticator = field(default_factory=lambda: Authenticator(None))
     heap_trim_quiet: float = 1.0
@@ -138,6 +143,18 @@ def default_server_names() -> tuple[str, ...]:
     if host and host not in names:
         names.append(host)
     return tuple(names)
+
+
+def advertised(address: str, port: int) -> str:
+    """``host:port`` where others reach a server bound to ``address`` on ``port``: a
+    wildcard host (``0.0.0.0``, ``::``) is replaced by this host's own address."""
+    host = parse_listen("", address)[0]
+    if host in ("0.0.0.0", "::"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class MeshApp:
@@ -226,6 +243,9 @@ class MeshApp:
         self.topology = TopologyService(interval, metrics=self.metrics.health)
         """Live topology (LRS): ``topology.graph()``, ``.red()``, ``.recommend()``."""
         self.health_sync = HealthSync(registry, self.health, self.config.replica_id)
+        self.replicas = Replicas(registry, self.config.replica_id)
+        """The other replicas on this etcd, asked for their part of whole-mesh answers."""
+        self.metrics.registry.register(ReplicasCollector(self.replicas))
         self.controller.observers.append(self._registry_changed)
         self.metrics.registry.register(TopologyCollector(self.topology))
         self.metrics.registry.register(HealthCollector(self.health))
@@ -300,12 +320,14 @@ class MeshApp:
                 health=self.health,
                 topology=self.topology,
                 problems=self.controller.problems,
+                replicas=self.replicas,
             )
             # (a port's own credentials: see ServingCertificate.credentials)
             admin_credentials = self.serving.credentials() if self.serving else None
             self._admin_server, self.admin_port = await start_admin_server(
                 self.config.admin, admin, admin_credentials
             )
+        self._publish_replica()
         if self.config.metrics:
             host, port = parse_listen("--metrics", self.config.metrics)
             self._metrics_server = MetricsServer(
@@ -377,6 +399,18 @@ class MeshApp:
             lifetime = datetime.timedelta(seconds=self.config.test_only_cert_ttl_s)
         self.serving = ServingCertificate(ca, names, sorted(set(ips)), lifetime=lifetime)
         return self.serving.credentials()
+
+    def _publish_replica(self) -> None:
+        """This replica's record for the others: its admin API's address, and over TLS a
+        name its certificate holds and the bundle to trust theirs."""
+        admin = ""
+        if self.config.admin:
+            admin = self.config.advertise_admin or advertised(self.config.admin, self.admin_port)
+        names = self.config.server_names or default_server_names()
+        roots = self.ca.bundle_pem if self.config.xds_tls and self.ca is not None else None
+        xds = advertised(self.config.xds, self.xds_port)
+        self.replicas.publish(admin, xds=xds, tls_name=names[0], roots=roots)
+        self._health_tasks.append(asyncio.create_task(self.replicas.run(), name="replicas"))
 
     def _check_addresses(self) -> None:
         """Every listen address in range and free, before any server binds one."""
@@ -455,6 +489,7 @@ class MeshApp:
                 await task
         self._health_tasks = []
         await self.health_sync.close()
+        await self.replicas.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

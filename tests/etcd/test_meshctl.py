@@ -135,16 +135,18 @@ async def test_errors_and_proxy_status(admin_mesh: AdminMesh) -> None:
         await asyncio.sleep(0.2)
         code, out, _ = await meshctl("proxy-status", *admin)
         lines = out.splitlines()
-        assert lines[0].split()[:7] == [
+        assert lines[0].split()[:8] == [
             "NODE_ID",
             "NODE_CLUSTER",
+            "REPLICA",
             "PROTOCOL",
             "CDS",
             "EDS",
             "LDS",
             "RDS",
         ]
-        assert lines[1].split()[:3] == ["gw-1", "gateway", "sotw"]
+        replica = admin_mesh.app.config.replica_id
+        assert lines[1].split()[:4] == ["gw-1", "gateway", replica, "sotw"]
         assert lines[1].count("SYNCED") == 4
         code, out, _ = await meshctl("proxy-status", "-o", "json", *admin)
         types = json.loads(out)["proxies"][0]["types"]

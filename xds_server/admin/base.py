@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError, Message
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.auth import Authenticator, Principal
 from xds_server.admin.errors import REGISTRY_UNAVAILABLE, AdminError, from_mesh_error
+from xds_server.admin.replicas import Replicas
 from xds_server.errors import MeshError
 from xds_server.events import EventBus
 from xds_server.health.hds import HealthService
@@ -55,6 +56,7 @@ class ServicerBase:
         health: HealthService | None = None,
         topology: TopologyService | None = None,
         problems: Callable[[], Mapping[str, Problem]] | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.registry = registry
         self.prefix = registry.prefix
@@ -70,6 +72,9 @@ class ServicerBase:
         self.topology = topology
         """Live topology, scaling advice and RED (GetTopology, GetRecommendations,
         GetServiceMetrics)."""
+        self.replicas = replicas
+        """The other meshd replicas, asked for their part of whole-mesh answers (proxy
+        status, topology, load); None: this replica answers alone."""
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 topology, events. Writes are in :mod:`xds_server.admin.writes`.
 
 Nothing is cached here: reads go to etcd; proxy status comes from the open streams.
+Proxy status, topology and load cover the whole mesh: the other meshd replicas are asked
+for their part with the caller's token (:mod:`xds_server.admin.replicas`) and the parts
+joined (:mod:`xds_server.admin.replica_merge`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from xds_server.admin.proxies import (
     proxy_status,
 )
 from xds_server.admin.proxy_view import ProxyView
+from xds_server.admin.replica_merge import (
+    merge_proxy_status,
+    merge_recommendations,
+    merge_service_metrics,
+    merge_topology,
+)
+from xds_server.admin.replicas import PeerAnswer, forwarded
 from xds_server.admin.trust_bundle import TrustBundleRpcs
 from xds_server.admin.watch import EventFilter, event_message, event_types
 from xds_server.admin.writes import RegistryWrites
@@ -145,12 +155,44 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
                 # A proxy the caller may not see answers as one not connected: the same
                 # NOT_FOUND, so asking tells nothing about other namespaces.
                 if not view.node_visible(conns):
-                    raise not_connected(request.node_id)
+                    conns = []
             else:
                 conns = [c for c in conns if view.sees(c)]
-            return pb.GetProxyStatusResponse(proxies=[proxy_status(c, view.held) for c in conns])
+            local = pb.GetProxyStatusResponse(proxies=[self._status(c, view) for c in conns])
+            answers = await self._peer_parts(context, "GetProxyStatus", request)
+            out = local
+            if answers is not None:
+                parts = [local, *(a.response for a in answers if a.response is not None)]
+                out = pb.GetProxyStatusResponse(
+                    proxies=merge_proxy_status(parts), replicas=self._replica_status(answers)
+                )
+            if request.node_id and not out.proxies:
+                raise not_connected(request.node_id)
+            return out
 
         return await self._call(context, request, body)
+
+    def _status(self, conn: Connection, view: ProxyView) -> pb.ProxyStatus:
+        status = proxy_status(conn, view.held)
+        status.replica = self.replicas.replica_id if self.replicas is not None else ""
+        return status
+
+    async def _peer_parts(
+        self, context: Ctx, method: str, request: Message
+    ) -> list[PeerAnswer] | None:
+        """The other replicas' parts of a whole-mesh answer, asked with the caller's token;
+        None when this call is itself a replica's asking for this one's part (or there are
+        no replicas to ask)."""
+        if self.replicas is None:
+            return None
+        metadata = forwarded(context.invocation_metadata())
+        if metadata is None:
+            return None
+        return await self.replicas.ask(method, request, metadata)
+
+    def _replica_status(self, answers: list[PeerAnswer]) -> list[pb.ReplicaStatus]:
+        assert self.replicas is not None
+        return [self.replicas.me(), *(a.status() for a in answers)]
 
     async def GetProxyConfig(self, request: pb.GetProxyConfigRequest, context: Ctx) -> Message:  # noqa: N802
         async def body(who: Principal) -> Message:
@@ -164,10 +206,14 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
             view = ProxyView(who, self.state)
             conns = connections(self.streams, request.node_id)
             if not view.node_visible(conns):
+                # Connected to another replica, perhaps: the first that holds it answers.
+                for answer in await self._peer_parts(context, "GetProxyConfig", request) or ():
+                    if answer.response is not None:
+                        return answer.response  # type: ignore[no-any-return]
                 raise not_connected(request.node_id)
             conn = conns[-1]  # the newest stream of the node is the one it uses
             return pb.GetProxyConfigResponse(
-                status=proxy_status(conn, view.held),
+                status=self._status(conn, view),
                 resources=proxy_resources(conn, short, view.held),
             )
 
@@ -186,31 +232,82 @@ class AdminServicer(RegistryWrites, TrustBundleRpcs):
     # -- health and topology (bodies in health_topology.py) ---------------------------------------
 
     async def GetHealth(self, request: pb.GetHealthRequest, context: Ctx) -> Message:  # noqa: N802
-        def answer(health: Any, who: Principal, req: pb.GetHealthRequest) -> Message:
+        # Verdicts are the same on every replica (they share reports through etcd); only
+        # which checkers a namespaced token may see needs the other replicas' proxies.
+        async def body(who: Principal) -> Message:
             view = ProxyView(who, self.state)
             if view.everything:
-                return get_health(health, who, req)
+                return get_health(self.health, who, request)
+            elsewhere: set[str] = set()
+            if self.health is not None:
+                asked = pb.GetProxyStatusRequest()
+                for answer in await self._peer_parts(context, "GetProxyStatus", asked) or ():
+                    if answer.response is not None:
+                        elsewhere.update(p.node_id for p in answer.response.proxies)
             by_node: dict[str, list[Connection]] = {}
             for conn in connections(self.streams):  # (indexed once: checkers repeat)
                 by_node.setdefault(conn.stream.node_id, []).append(conn)
-            return get_health(
-                health, who, req, shows_node=lambda node: view.node_visible(by_node.get(node, []))
-            )
 
-        return await self._now(context, request, answer, self.health)
+            def shows(node: str) -> bool:
+                here = by_node.get(node)
+                return view.node_visible(here) if here else node in elsewhere
+
+            return get_health(self.health, who, request, shows_node=shows)
+
+        return await self._call(context, request, body)
 
     async def GetTopology(self, request: pb.GetTopologyRequest, context: Ctx) -> Message:  # noqa: N802
-        return await self._now(context, request, get_topology, self.topology)
+        return await self._merged(
+            context, request, get_topology, self.topology, "GetTopology", merge_topology
+        )
 
     async def GetRecommendations(  # noqa: N802
         self, request: pb.GetRecommendationsRequest, context: Ctx
     ) -> Message:
-        return await self._now(context, request, get_recommendations, self.topology)
+        return await self._merged(
+            context,
+            request,
+            get_recommendations,
+            self.topology,
+            "GetRecommendations",
+            merge_recommendations,
+        )
 
     async def GetServiceMetrics(  # noqa: N802
         self, request: pb.GetServiceMetricsRequest, context: Ctx
     ) -> Message:
-        return await self._now(context, request, get_service_metrics, self.topology)
+        return await self._merged(
+            context,
+            request,
+            get_service_metrics,
+            self.topology,
+            "GetServiceMetrics",
+            merge_service_metrics,
+        )
+
+    async def _merged(
+        self,
+        context: Ctx,
+        request: Any,
+        answer: Callable[[Any, Principal, Any], Any],
+        source: object,
+        method: str,
+        merge: Callable[[list[Any]], Any],
+    ) -> Message:
+        """:meth:`_now` over the whole mesh: this replica's answer joined with the other
+        replicas' (each from the load reports its proxies send it)."""
+
+        async def body(who: Principal) -> Message:
+            local = answer(source, who, request)
+            answers = await self._peer_parts(context, method, request)
+            if answers is None:
+                return local  # type: ignore[no-any-return]
+            parts = [local, *(a.response for a in answers if a.response is not None)]
+            merged = merge(parts)
+            merged.replicas.extend(self._replica_status(answers))
+            return merged  # type: ignore[no-any-return]
+
+        return await self._call(context, request, body)
 
     async def CheckPolicy(self, request: pb.CheckPolicyRequest, context: Ctx) -> Message:  # noqa: N802
         return await self._now(context, request, check_policy, self.state)

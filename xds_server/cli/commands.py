@@ -23,6 +23,7 @@ from xds_server.admin.errors import REGISTRY_UNAVAILABLE
 from xds_server.cli.manifest import KIND_DOCS, ManifestError, dumps, parse_manifest, to_document
 from xds_server.cli.tables import (
     entry_rows,
+    missing_replicas,
     proxy_rows,
     table,
 )
@@ -330,12 +331,15 @@ def message_dict(message: Any) -> dict[str, Any]:
 
 def proxy_status(client: Client, args: argparse.Namespace) -> int:
     resp = client.call("GetProxyStatus", pb.GetProxyStatusRequest(node_id=args.node_id or ""))
+    for line in missing_replicas(resp.replicas, "proxies"):
+        print(f"meshctl {args.command}: warning: {line}", file=sys.stderr)
     if args.output in ("json", "yaml"):
         proxies = [message_dict(p) for p in resp.proxies]
         for p in proxies:
             for t in p.get("types", []):
                 t["state"] = t["state"].removeprefix("SYNC_STATE_")
-        sys.stdout.write(dumps({"proxies": proxies}, args.output))
+        replicas = [message_dict(r) for r in resp.replicas]
+        sys.stdout.write(dumps({"proxies": proxies, "replicas": replicas}, args.output))
         return 0
     if not resp.proxies:
         print("no proxies connected")

@@ -9,12 +9,14 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from adapters.etcd import EmbeddedEtcd, EtcdAccessError, EtcdRegistry, EtcdTls, EtcdUser
 from xds_server.admin.auth import Authenticator, load_tokens
+from xds_server.admin.replicas import check_replica_id
 from xds_server.admin.server import check_exposure, is_loopback
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.errors import ValidationError
@@ -277,6 +279,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--grace", type=float, default=2.0, help="seconds to close streams on stop")
     p.add_argument(
+        "--replica-id",
+        default=_env("MESHD_REPLICA_ID", None),
+        help="this meshd among the replicas sharing its etcd, unique to each (env "
+        "MESHD_REPLICA_ID); default: <host name>:<xds port>",
+    )
+    p.add_argument(
+        "--advertise-admin",
+        default=_env("MESHD_ADVERTISE_ADMIN", None),
+        help="HOST:PORT where the other replicas reach this one's admin API (env "
+        "MESHD_ADVERTISE_ADMIN); default: --admin, a wildcard host replaced by this host's "
+        "address",
+    )
+    p.add_argument(
         "--trust-domain",
         default=_env("MESHD_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN),
         help="SPIFFE trust domain of workload identities (env MESHD_TRUST_DOMAIN)",
@@ -327,6 +342,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 parse_listen(flag, value)
             except ListenError as exc:
                 p.error(str(exc))  # exit 2, before anything starts
+    if args.replica_id is None:
+        args.replica_id = default_replica_id(args.xds)
+    try:
+        check_replica_id(args.replica_id)
+    except ValueError as exc:
+        p.error(f"--replica-id {args.replica_id!r}: {exc}")
+    if args.advertise_admin is not None:
+        try:
+            if parse_listen("--advertise-admin", args.advertise_admin)[1] == 0:
+                p.error("--advertise-admin needs the port the others dial, not 0")
+        except ListenError as exc:
+            p.error(str(exc))
     return args
 
 
@@ -380,6 +407,8 @@ async def run(args: argparse.Namespace) -> int:
         server_names=tuple(n.strip() for n in args.server_names.split(",") if n.strip()),
         xds_limits=_limits(args),
         shared_cache_mb=args.xds_shared_cache_mb,
+        replica_id=args.replica_id,
+        advertise_admin=args.advertise_admin,
     )
     app = MeshApp(registry, config, tokens=tokens)
     stop = asyncio.Event()
@@ -400,7 +429,8 @@ async def run(args: argparse.Namespace) -> int:
             log.error("etcd refused meshd: %s (%s)", exc, _REFUSED_HINT[exc.kind])
             return 2
         log.info(
-            "meshd ready: etcd=%s xds=%s admin=%s metrics=%s revision=%d",
+            "meshd ready: replica=%s etcd=%s xds=%s admin=%s metrics=%s revision=%d",
+            args.replica_id,
             endpoint,
             args.xds.rsplit(":", 1)[0] + f":{app.xds_port}",
             f"{args.admin.rsplit(':', 1)[0]}:{app.admin_port}" if args.admin else "off",
@@ -417,6 +447,18 @@ async def run(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def default_replica_id(xds: str) -> str:
+    """``<host name>:<xds port>``: unique per host and port, and the same again when the
+    replica restarts there; a random id when the port is 0 (any free port)."""
+    port = parse_listen("--xds", xds)[1]
+    if port == 0:
+        import uuid
+
+        return uuid.uuid4().hex[:12]
+    host = "".join(c for c in socket.gethostname() if c.isascii() and (c.isalnum() or c in ".-"))
+    return f"{host or 'meshd'}:{port}"
 
 
 def xds_exposure(flag: str, value: str | None, on: str, xds: str) -> bool:

@@ -9,6 +9,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from xds_server.admin.api import admin_pb2 as pb
@@ -18,6 +19,7 @@ from xds_server.cli.tables import (
     ACTION_NAMES,
     HEALTH_NAMES,
     health_rows,
+    missing_replicas,
     recommend_rows,
     red_rows,
     table,
@@ -67,6 +69,7 @@ def topology(client: Client, args: argparse.Namespace) -> int:
     if args.window < 0:
         raise UserError(f"--window must be >= 0 seconds, got {args.window}")
     resp = client.call("GetTopology", pb.GetTopologyRequest(window_seconds=args.window))
+    _warn_missing(args, resp.replicas)
     if args.output in ("json", "yaml"):
         nodes = [
             {"id": n.id, "kind": pb.NodeKind.Name(n.kind).removeprefix("NODE_KIND_").lower()}
@@ -85,7 +88,12 @@ def topology(client: Client, args: argparse.Namespace) -> int:
             }
             for e in resp.edges
         ]
-        doc = {"window_seconds": resp.window_seconds, "nodes": nodes, "edges": edges}
+        doc = {
+            "window_seconds": resp.window_seconds,
+            "nodes": nodes,
+            "edges": edges,
+            "replicas": [message_dict(r) for r in resp.replicas],
+        }
         sys.stdout.write(dumps(doc, args.output))
         return 0
     if args.output == "dot":
@@ -115,6 +123,7 @@ def recommend(client: Client, args: argparse.Namespace) -> int:
     resp = client.call(
         "GetRecommendations", pb.GetRecommendationsRequest(window_seconds=args.window)
     )
+    _warn_missing(args, resp.replicas)
     if args.output in ("json", "yaml"):
         items = [
             {
@@ -127,7 +136,11 @@ def recommend(client: Client, args: argparse.Namespace) -> int:
             }
             for s in resp.services
         ]
-        doc = {"window_seconds": resp.window_seconds, "services": items}
+        doc = {
+            "window_seconds": resp.window_seconds,
+            "services": items,
+            "replicas": [message_dict(r) for r in resp.replicas],
+        }
         sys.stdout.write(dumps(doc, args.output))
         return 0
     if not resp.services:
@@ -137,6 +150,12 @@ def recommend(client: Client, args: argparse.Namespace) -> int:
     sys.stdout.write(table(header, rows))
     print(f"window {resp.window_seconds:g}s")
     return 0
+
+
+def _warn_missing(args: argparse.Namespace, replicas: Sequence[pb.ReplicaStatus]) -> None:
+    """A warning on stderr per replica whose load reports the answer lacks."""
+    for line in missing_replicas(replicas, "load reports"):
+        print(f"meshctl {args.command}: warning: {line}", file=sys.stderr)
 
 
 def _endpoint_doc(ep: pb.EndpointLoad) -> dict[str, Any]:
@@ -159,6 +178,7 @@ def red(client: Client, args: argparse.Namespace) -> int:
         service=args.service or "", namespace=args.namespace or "", window_seconds=args.window
     )
     resp = client.call("GetServiceMetrics", req)
+    _warn_missing(args, resp.replicas)
     if args.output in ("json", "yaml"):
         items = [
             {
@@ -173,7 +193,11 @@ def red(client: Client, args: argparse.Namespace) -> int:
             }
             for s in resp.services
         ]
-        doc = {"window_seconds": resp.window_seconds, "services": items}
+        doc = {
+            "window_seconds": resp.window_seconds,
+            "services": items,
+            "replicas": [message_dict(r) for r in resp.replicas],
+        }
         sys.stdout.write(dumps(doc, args.output))
         return 0
     if not resp.services:

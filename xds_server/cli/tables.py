@@ -238,8 +238,19 @@ def short_version(version: str) -> str:
 def proxy_rows(
     proxies: Sequence[pb.ProxyStatus],
 ) -> tuple[list[str], list[list[object]], list[str]]:
-    """``meshctl proxy-status``: one row per proxy, a state per type; NACK messages after."""
-    header = ["NODE_ID", "NODE_CLUSTER", "PROTOCOL", "CDS", "EDS", "LDS", "RDS", "LAST_PUSH"]
+    """``meshctl proxy-status``: one row per proxy, a state per type; NACK messages after.
+    REPLICA is the meshd replica the proxy's ADS stream is connected to."""
+    header = [
+        "NODE_ID",
+        "NODE_CLUSTER",
+        "REPLICA",
+        "PROTOCOL",
+        "CDS",
+        "EDS",
+        "LDS",
+        "RDS",
+        "LAST_PUSH",
+    ]
     rows: list[list[object]] = []
     notes: list[str] = []
     for p in proxies:
@@ -259,8 +270,19 @@ def proxy_rows(
             if t.HasField("last_push"):
                 last = max(last, t.last_push.ToMicroseconds() / 1e6)
         pushed = _ago(last) if last else ""
-        rows.append([p.node_id, p.node_cluster, p.protocol, *states, pushed])
+        rows.append([p.node_id, p.node_cluster, p.replica or "-", p.protocol, *states, pushed])
     return header, rows, notes
+
+
+def missing_replicas(replicas: Sequence[pb.ReplicaStatus], what: str) -> list[str]:
+    """One line per meshd replica whose part (``what``: "proxies", "load reports") is
+    not in a whole-mesh answer, and why."""
+    return [
+        f"replica {r.id} ({r.address or 'no admin API'}) did not answer: {r.error}; "
+        f"its {what} are missing from this view"
+        for r in replicas
+        if not r.answered
+    ]
 
 
 def _ago(ts: float) -> str:

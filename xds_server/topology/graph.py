@@ -26,7 +26,16 @@ from xds_server.model.names import parse_cluster_name
 from xds_server.model.view import RegistryView
 from xds_server.topology.load import EdgeRate, EndpointRate
 
-__all__ = ["Edge", "Graph", "Recommendation", "ServiceRed", "build_graph", "recommend", "red"]
+__all__ = [
+    "Edge",
+    "Graph",
+    "Recommendation",
+    "ServiceRed",
+    "build_graph",
+    "needed_endpoints",
+    "recommend",
+    "red",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +250,11 @@ def recommend(state: RegistryView, graph: Graph) -> list[Recommendation]:
         rps = rates.get(sid, 0.0)
         current = sum(1 for e in state.endpoints.get(ref, {}).values() if not e.draining)
         target = svc.scaling.target_rps_per_endpoint
-        needed = max(1, math.ceil(rps / target - 1e-9))
+        needed = needed_endpoints(rps, target)
         out.append(Recommendation(sid, rps, target, current, needed, graph.window))
     return out
+
+
+def needed_endpoints(rps: float, target_rps_per_endpoint: int) -> int:
+    """Endpoints that carry ``rps`` at ``target_rps_per_endpoint`` each (at least one)."""
+    return max(1, math.ceil(rps / target_rps_per_endpoint - 1e-9))
