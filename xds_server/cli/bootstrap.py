@@ -26,12 +26,17 @@ Field paths checked against the real Envoy 1.40 binary (``envoy --mode validate`
 - meshd over TLS (``ca_pem``): an ``UpstreamTlsContext`` transport socket on
   ``xds_cluster`` that trusts only the given bundle and, since Envoy checks no name unless
   told to, matches meshd's certificate against the dialled host (a DNS or IP SAN).
+- Several meshd replicas (``xds_addresses``): one endpoint each in ``xds_cluster``
+  (``STATIC`` when every address is an IP, else ``STRICT_DNS``, which resolves IPs too);
+  ADS, HDS and LRS each open their stream on one of them (round robin) and, when it
+  dies, on another at the next retry; a TLS SAN matcher per host.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from xds_server.resources.types import XDS_CLUSTER
@@ -70,6 +75,7 @@ def bootstrap(
     zone: str = "",
     token: str | None = None,
     ca_pem: str | None = None,
+    xds_addresses: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """Return a complete Envoy v3 bootstrap (a JSON/YAML-serializable dict) for ADS.
 
@@ -80,16 +86,24 @@ def bootstrap(
     ``max_receive_message_bytes=None`` leaves Envoy's receive limit unset (unlimited).
     ``zone`` is the proxy's ``node.locality.zone`` (health checks prefer the same zone).
     ``token``: a join token sent on every xDS stream; ``ca_pem``: dial meshd over TLS,
-    trusting this bundle (PEM) only.
+    trusting this bundle (PEM) only. ``xds_addresses``: every meshd replica's xDS address
+    (``xds_host``/``xds_port`` are then not used): a proxy whose meshd dies reconnects to
+    another, which sends it nothing it already holds (versions are content hashes).
 
     Raises ``ValueError`` for an empty node id/cluster or a port out of range.
     """
+    addresses = list(xds_addresses) or [(xds_host, xds_port)]
     if not node_id:
         raise ValueError("node_id must not be empty")
     if not node_cluster:
         raise ValueError("node_cluster must not be empty")
-    if not 0 < xds_port < 65536:
-        raise ValueError(f"xds_port out of range: {xds_port}")
+    for host, port in addresses:
+        if not host:
+            raise ValueError("an xDS address has no host")
+        if not 0 < port < 65536:
+            raise ValueError(f"xds_port out of range: {port}")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError("an xDS address is listed twice")
     if not 0 <= admin_port < 65536:
         raise ValueError(f"admin_port out of range: {admin_port}")
     if max_receive_message_bytes is not None and max_receive_message_bytes <= 0:
@@ -119,9 +133,9 @@ def bootstrap(
         node["metadata"] = {"admin_port": admin_port, "admin_host": admin_host}
     if zone:
         node["locality"] = {"zone": zone}
-    xds_cluster = _xds_cluster(xds_host, xds_port)
+    xds_cluster = _xds_cluster(addresses)
     if ca_pem is not None:
-        xds_cluster["transport_socket"] = _tls_to_meshd(xds_host, ca_pem)
+        xds_cluster["transport_socket"] = _tls_to_meshd([h for h, _ in addresses], ca_pem)
     ads_service: dict[str, Any] = {"envoy_grpc": envoy_grpc}
     if metadata:
         ads_service["initial_metadata"] = metadata
@@ -267,8 +281,12 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _tls_to_meshd(host: str, ca_pem: str) -> dict[str, Any]:
-    san_type = "IP_ADDRESS" if _is_ip(host) else "DNS"
+def _tls_to_meshd(hosts: Sequence[str], ca_pem: str) -> dict[str, Any]:
+    # Any replica's name or IP is accepted from any of them: they share the mesh CA.
+    matchers = [
+        {"san_type": "IP_ADDRESS" if _is_ip(h) else "DNS", "matcher": {"exact": h}}
+        for h in dict.fromkeys(hosts)
+    ]
     context: dict[str, Any] = {
         "@type": f"type.googleapis.com/{_TLS}",
         "common_tls_context": {
@@ -276,14 +294,13 @@ def _tls_to_meshd(host: str, ca_pem: str) -> dict[str, Any]:
             "alpn_protocols": ["h2"],
             "validation_context": {
                 "trusted_ca": {"inline_string": ca_pem},
-                "match_typed_subject_alt_names": [
-                    {"san_type": san_type, "matcher": {"exact": host}}
-                ],
+                "match_typed_subject_alt_names": matchers,
             },
         },
     }
-    if san_type == "DNS":
-        context["sni"] = host
+    names = [h for h in hosts if not _is_ip(h)]
+    if names:
+        context["sni"] = names[0]  # (one per cluster; meshd serves one certificate anyway)
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
@@ -295,9 +312,11 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _xds_cluster(host: str, port: int) -> dict[str, Any]:
-    # A literal IP needs no resolver; a name (e.g. a Kubernetes service) must be resolved.
-    discovery = "STATIC" if _is_ip(host) else "STRICT_DNS"
+def _xds_cluster(addresses: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    # A literal IP needs no resolver; a name (e.g. a Kubernetes service) must be resolved:
+    # STRICT_DNS makes a host of each address a name resolves to (a headless Service lists
+    # every replica), and takes literal IPs beside names.
+    discovery = "STATIC" if all(_is_ip(h) for h, _ in addresses) else "STRICT_DNS"
     return {
         "name": XDS_CLUSTER,
         "type": discovery,
@@ -317,7 +336,12 @@ def _xds_cluster(host: str, port: int) -> dict[str, Any]:
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(host, port)}}
+                        for host, port in addresses
+                    ]
+                }
             ],
         },
     }

@@ -23,11 +23,14 @@ from xds_server.listen import split_hostport
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    try:
-        host, port = split_hostport(args.xds)
-    except ValueError:
-        print(f"meshctl: --xds: {args.xds!r} is not HOST:PORT", file=sys.stderr)
-        return 1
+    addresses = []
+    for item in args.xds.split(","):
+        try:
+            host, port = split_hostport(item.strip())
+        except ValueError:
+            print(f"meshctl: --xds: {item.strip()!r} is not HOST:PORT", file=sys.stderr)
+            return 1
+        addresses.append((host, port))
     ca_pem = None
     if args.bootstrap_ca:
         try:
@@ -40,12 +43,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
         doc = bootstrap(
             args.node_id,
             args.node_cluster,
-            xds_host=host,
-            xds_port=port,
             admin_port=args.admin_port,
             delta=args.delta,
             token=args.join_token,
             ca_pem=ca_pem,
+            xds_addresses=addresses,
         )
     except ValueError as exc:
         print(f"meshctl bootstrap: {exc}", file=sys.stderr)
@@ -62,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--node-cluster", required=True, help="Envoy node cluster (listeners' nodes globs match it)"
     )
-    b.add_argument("--xds", default="127.0.0.1:18000", help="meshd's xDS address HOST:PORT")
+    b.add_argument(
+        "--xds",
+        default="127.0.0.1:18000",
+        help="meshd's xDS address HOST:PORT, or every replica's: HOST:PORT,HOST:PORT,...",
+    )
     b.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (0: any free)")
     b.add_argument("--delta", action="store_true", help="use Delta (incremental) ADS")
     b.add_argument(
