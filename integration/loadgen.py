@@ -249,6 +249,7 @@ class ClientConfig:
     token: str = ""  # join token, sent as ``authorization: Bearer`` on every stream
     route: str = ""  # route configuration whose routes carry route change ids (see above)
     route_mark: str = ""  # the bytes before a route change id in it
+    targets: tuple[str, ...] = ()  # every meshd replica: a failed stream tries the next one
 
 
 @dataclass
@@ -355,6 +356,11 @@ class Client:
                 self.errors[type(exc).__name__] += 1
             finally:
                 await channel.close()
+            if self.cfg.targets:
+                # As Envoy's ADS cluster over several replicas: the next stream goes to
+                # another host (round robin), so a dead replica is left at once.
+                at = self.cfg.targets.index(self.target) if self.target in self.cfg.targets else -1
+                self.target = self.cfg.targets[(at + 1) % len(self.cfg.targets)]
             # Envoy's jittered exponential back-off between base and max.
             base, cap = self.cfg.backoff
             await asyncio.sleep(min(cap, base * 2**attempt) * random.uniform(0.5, 1.0))
@@ -645,13 +651,20 @@ class Pool:
         - ``add``: ``target``, ``sotw``, ``delta`` (counts), optional ``node_cluster``,
           ``marker``, ``base``, ``backoff`` [base, max] s, ``first_id``, ``node_prefix``,
           ``root_certs`` (PEM: dial over TLS trusting it), ``token`` (join token), ``route``
-          and ``route_mark`` (route change ids: see the module's docstring), ``spread``
+          and ``route_mark`` (route change ids: see the module's docstring), ``targets``
+          (every meshd replica: after a failed stream a client dials the next), ``spread``
           (s: client i starts at ``spread * i / n``, else all at once): start that many
           clients -> ``{"clients": total}``.
         - ``wait_complete`` (``timeout``) -> ``complete``, ``total``, ``first``, ``last``.
         - ``wait_change`` (``id``, ``timeout``) -> ``times``: one arrival per client that got it
           (``by_client``: also ``by_client``, client id -> arrival).
         - ``status`` -> counts of streams, errors, responses, complete clients.
+        - ``lag`` (``written``: change id -> when it was written, ``over`` s): per change,
+          the worst delay over the clients until each held it or a later change (a client
+          that reconnects after missing some gets only the newest), how many clients took
+          longer than ``over`` and how many do not hold it yet; arrivals of changes up to
+          the newest one asked are then forgotten (a long run keeps its memory flat) ->
+          ``lags``, ``late``, ``behind`` (by change id).
         - ``storm`` (``targets``, ``spread`` s): client i drops its stream at
           ``spread * i / n`` and reconnects to ``targets[i % len(targets)]`` -> ``started``.
         - ``wait_reopened`` (``timeout``) -> ``reopened``, ``last``: streams open again.
@@ -672,6 +685,9 @@ class Pool:
             return answer
         if op == "status":
             return self._status()
+        if op == "lag":
+            written = {int(k): float(v) for k, v in cmd["written"].items()}
+            return self._lag(written, float(cmd.get("over", 2.0)))
         if op == "storm":
             return self._storm(list(cmd["targets"]), float(cmd.get("spread", 1.0)))
         if op == "wait_reopened":
@@ -702,6 +718,7 @@ class Pool:
             token=cmd.get("token", ""),
             route=cmd.get("route", ""),
             route_mark=cmd.get("route_mark", ""),
+            targets=tuple(cmd.get("targets", ())),
         )
         next_id = int(cmd.get("first_id", len(self.clients)))
         new: list[Client] = []
@@ -760,6 +777,28 @@ class Pool:
             "error_details": self.error_details,
             "rss_kb": rss_kb(os.getpid()),
         }
+
+    def _lag(self, written: dict[int, float], over: float) -> dict[str, Any]:
+        if not written:
+            return {"lags": {}, "late": {}, "behind": {}}
+        lowest, newest = min(written), max(written)
+        held: dict[int, float] = {}  # client -> first arrival of any change >= the one at hand
+        lags: dict[str, float] = {}
+        late: dict[str, int] = {}
+        behind: dict[str, int] = {}
+        # (a change no client got on its own, coalesced into a later one, is held with it)
+        changes = {c for c in self.arrivals if c >= lowest} | set(written)
+        for change in sorted(changes, reverse=True):
+            for cid, at in self.arrivals.get(change, {}).items():
+                held[cid] = min(at, held.get(cid, at))
+            if change in written:
+                got = [held[c.id] for c in self.clients if c.id in held]
+                lags[str(change)] = max(got, default=written[change]) - written[change]
+                late[str(change)] = sum(1 for at in got if at - written[change] > over)
+                behind[str(change)] = len(self.clients) - len(got)
+        for change in [c for c in self.arrivals if c <= newest]:
+            del self.arrivals[change]
+        return {"lags": lags, "late": late, "behind": behind}
 
     def _storm(self, targets: Sequence[str], spread: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -969,6 +1008,25 @@ class LoadGenGroup:
 
     async def status(self) -> dict[str, Any]:
         return _merge(await asyncio.gather(*(g.call("status") for g in self.gens)))
+
+    async def lag(
+        self, written: dict[int, float], over: float
+    ) -> tuple[dict[int, float], dict[int, int], dict[int, int]]:
+        """Per change id: the worst delay over every client until it held that change or a
+        later one, how many clients took longer than ``over`` seconds, and how many do not
+        hold it yet (see ``lag`` in :meth:`Pool.handle`)."""
+        asked = {str(k): v for k, v in written.items()}
+        parts = await asyncio.gather(*(g.call("lag", written=asked, over=over) for g in self.gens))
+        lags: dict[int, float] = {}
+        late: dict[int, int] = {}
+        behind: dict[int, int] = {}
+        for p in parts:
+            for k, v in p["lags"].items():
+                lags[int(k)] = max(v, lags.get(int(k), 0.0))
+            for key, counts in (("late", late), ("behind", behind)):
+                for k, n in p[key].items():
+                    counts[int(k)] = counts.get(int(k), 0) + n
+        return lags, late, behind
 
     async def storm(self, targets: list[str], spread: float) -> dict[str, int]:
         """Start the storm in every process; how many clients go to each target."""
