@@ -253,6 +253,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         )
         status = await clients.status()
         say(f"clients: {status['streams']} streams opened, errors {status['errors']}")
+        for code, detail in sorted(status.get("error_details", {}).items()):
+            say(f"  first {code}: {detail}")
         return 0
     finally:
         stop.set()
