@@ -12,8 +12,8 @@ from tests.support.paths import REPO_ROOT
 
 
 def test_bench_soak_prints_its_figure_lines() -> None:
-    cmd = [sys.executable, "-m", "integration.bench_soak", "--small", "--minutes", "0.4"]
-    cmd += ["--restart-every", "9", "--clients", "6"]
+    cmd = [sys.executable, "-m", "integration.bench_soak", "--small", "--minutes", "0.3"]
+    cmd += ["--restart-every", "7", "--clients", "6"]
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
     out = result.stdout
     assert result.returncode == 0, f"{out}\n{result.stderr[-3000:]}"

@@ -23,6 +23,7 @@ from tests.support.meshctl import meshctl
 from tests.support.wait import eventually
 from tests.support.xds_client import sotw_client
 from xds_server.admin.api import admin_pb2 as pb
+from xds_server.admin.api import admin_pb2_grpc
 from xds_server.admin.auth import Authenticator, parse_tokens
 
 ALL = bearer("edit-all")
@@ -195,3 +196,30 @@ async def test_a_replica_that_does_not_answer_is_named_and_one_that_stops_leaves
             resp = await a.stub.GetProxyStatus(pb.GetProxyStatusRequest())
             assert [(r.id, r.answered) for r in resp.replicas] == [("a", True)]
     assert any("replica b left" in r.getMessage() for r in caplog.records)
+
+
+async def test_replicas_with_tls_ask_each_other_over_tls(
+    etcd_shared: EmbeddedEtcd, etcd_prefix: str
+) -> None:
+    """--xds-tls on: the admin APIs speak TLS only; a replica dials the others trusting the
+    mesh CA and checking the name their certificates hold (the address is an IP)."""
+    auth = Authenticator(None)
+    async with (
+        running_admin(etcd_shared, etcd_prefix, auth, replica_id="a", xds_tls=True) as a,
+        running_admin(etcd_shared, etcd_prefix, auth, replica_id="b", xds_tls=True) as b,
+    ):
+        assert a.app.ca is not None
+        await eventually(lambda: "b" in a.app.replicas.peers, "a to know b", 10, interval=0.05)
+        record = a.app.replicas.peers["b"]
+        assert (record.tls, record.tls_name) == (True, "localhost")
+        credentials = grpc.ssl_channel_credentials(root_certificates=a.app.ca.bundle_pem)
+        async with grpc.aio.secure_channel(a.address, credentials) as channel:
+            stub = admin_pb2_grpc.MeshAdminServiceStub(channel)  # type: ignore[no-untyped-call]
+            resp = await stub.GetProxyStatus(pb.GetProxyStatusRequest())
+        assert [(r.id, r.answered, r.error) for r in resp.replicas] == [
+            ("a", True, ""),
+            ("b", True, ""),
+        ]
+        # Plaintext to a TLS admin API is refused: b's answer did come over TLS.
+        code, _ = await rpc_error(b.stub.GetProxyStatus(pb.GetProxyStatusRequest(), timeout=2))
+        assert code == grpc.StatusCode.UNAVAILABLE
