@@ -156,26 +156,16 @@ def _http_get(url: str) -> tuple[int, dict[str, str]]:
         return exc.code, dict(exc.headers)
 
 
-# meshd signs with an Authority Key Identifier it computes from the CA's key (SHA-1 of it),
-# not the CA certificate's own Subject Key Identifier; a CA made by Go 1.25 or later (Helm's
-# genCAWithKey among them) carries a truncated SHA-256 one, so what meshd issues names an
-# issuer key id no CA has, and TLS clients refuse it ("unable to get local issuer
-# certificate"). Until meshd copies the CA's identifier, the chart's generated CA fails here.
-CHART_CA_BUG = (
-    "meshd's certificates carry an Authority Key Identifier computed from the CA key (SHA-1), "
-    "not the CA's Subject Key Identifier (Go >= 1.25 CAs such as Helm's genCAWithKey use a "
-    "truncated SHA-256): clients cannot chain them to the chart's CA"
-)
-
-
 @pytest.mark.parametrize(
     "ca",
     [
         # meshd's own mesh CA (kept in etcd, what meshd does without --ca-cert/--ca-key):
         # everything else of the chart, with the clients trusting meshd's bundle.
         "meshd-ca",
-        # The chart's generated CA, as the pods run it (--ca-cert/--ca-key, ca.crt trusted).
-        pytest.param("chart-ca", marks=pytest.mark.xfail(reason=CHART_CA_BUG, strict=True)),
+        # The chart's generated CA, as the pods run it (--ca-cert/--ca-key, ca.crt trusted):
+        # Helm's genCA gives it a truncated SHA-256 key id, which meshd's certificates must
+        # name as their issuer's for clients to chain them.
+        "chart-ca",
     ],
 )
 def test_chart_meshd_probe_and_envoy_setup_against_real_processes(

@@ -98,3 +98,52 @@ def test_registry_state_ignores_the_ca_keys() -> None:
     state.apply(Changes(7, (Event("delete", "/mesh/ca/bundle", b"", 7),)))
     state.apply(Changes(8, (Event("put", "/mesh/bogus/x", b"{}", 8),)))
     assert list(state.problems) == ["/mesh/bogus/x"]  # other unknown keys still are
+
+
+def _ca_with_sha256_key_id() -> tuple[bytes, bytes, bytes]:
+    """An operator CA whose Subject Key Identifier is a truncated SHA-256 of its key
+    (RFC 7093 method 1), as Go 1.25+ and Helm's ``genCA`` make them: (cert, key, SKI)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(point)
+    ski = digest.finalize()[:20]
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "helm CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem, ski
+
+
+def test_issued_certificates_name_their_issuer_by_the_cas_own_key_id() -> None:
+    # Verifiers match a certificate's Authority Key Identifier to its issuer's Subject Key
+    # Identifier byte for byte: recomputing it (SHA-1 of the key) from a CA that chose
+    # another derivation breaks the chain ("unable to get local issuer certificate").
+    cert_pem, key_pem, ski = _ca_with_sha256_key_id()
+    ca = MeshCA(cert_pem, key_pem, "mesh.local")
+    issued = [
+        ca.issue_workload("spiffe://mesh.local/ns/shop/sa/web", NOW, datetime.timedelta(hours=1)),
+    ]
+    chain, _ = ca.issue_server_certificate(["localhost"], [], NOW)
+    for pem in [i.chain_pem for i in issued] + [chain]:
+        leaf = x509.load_pem_x509_certificates(pem)[0]
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        assert aki.key_identifier == ski

@@ -173,10 +173,7 @@ class MeshCA:
             .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
+            .add_extension(_authority_key_id(self._cert, self._key), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.bundle_pem
@@ -237,3 +234,19 @@ class MeshCA:
         except (ValueError, TypeError, InvalidSignature):
             return False
         return True
+
+
+def _authority_key_id(
+    ca: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> x509.AuthorityKeyIdentifier:
+    """The issuer key id of certificates ``ca`` signs: its own Subject Key Identifier
+    when it has one. RFC 5280 (4.2.1.1) makes the AKI's keyIdentifier the issuer's SKI,
+    and verifiers (OpenSSL, BoringSSL) match the two byte for byte while building the
+    chain; how the SKI was derived is the CA's choice (RFC 7093: Go 1.25+ and Helm's
+    ``genCA`` use a truncated SHA-256, not RFC 5280's SHA-1), so it is copied, never
+    recomputed. A CA without one: the SHA-1 of its key, as RFC 5280 suggests."""
+    try:
+        ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
