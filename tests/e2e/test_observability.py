@@ -5,10 +5,10 @@ sidecar Envoy (Delta), both found by Prometheus through meshd's HTTP SD, and tra
 service whose ``v2`` subset always fails (so errors, outlier ejections and a rate limit
 show up; meshd asks for load reports every second, so its edge and per-endpoint series
 fill in), and to a ``jwt`` and an ``api_keys`` route without a token or a key (so
-authentication denials show up). Debian's ``prometheus`` scrapes it every second with a copy of the repo's
-config and rules (``for:`` shortened to 0 s). Then every PromQL expression of every
-dashboard panel, and the measure of every alert rule, must return data, and the
-error-rate and ejection alerts must fire.
+authentication denials show up). Debian's ``prometheus`` scrapes it every second with a
+copy of the repo's config and rules (``for:`` shortened to 0 s). Then every PromQL
+expression of every dashboard panel, and the measure of every alert rule, must return
+data, and the error-rate and ejection alerts must fire.
 """
 
 from __future__ import annotations
