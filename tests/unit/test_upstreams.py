@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.stream_mesh import Mesh
@@ -325,8 +325,24 @@ def _afresh(state: RegistryState) -> Translator:
     return translator
 
 
+_AFFINITY = VALUES["services/pay/card"][1]
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(ops, min_size=1, max_size=25))
+# A covered service deleted while no declaration covered it, then re-created unchanged after
+# a new declaration of its namespace: it must join that declaration's variant.
+@example(
+    [
+        ("listeners/out", VALUES["listeners/out"][0]),
+        ("services/pay/card", _AFFINITY),
+        ("services/shop/front", {"upstreams": ["pay/*"]}),
+        ("services/shop/front", {}),
+        ("services/pay/card", None),
+        ("services/shop/front", VALUES["services/shop/front"][1]),
+        ("services/pay/card", _AFFINITY),
+    ]
+)
 def test_scoped_translation_is_incremental(history: list[tuple[str, Any]]) -> None:
     """After every change, the variants served and every node cluster's scope (as the
     cache memoizes it, invalidated only for the node clusters a change names) equal those

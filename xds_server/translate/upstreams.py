@@ -182,18 +182,25 @@ class ScopedRoutes:
         covering = [*self._by_service.get(ref, ()), *self._by_namespace.get(ref.namespace, ())]
         if covering:
             sig = _host_sig(svc) if svc is not None else None
-            if sig != self._sigs.get(ref):
-                for variant in covering:
-                    members = self._decls[variant].members
-                    if svc is None:
+            # Membership is checked on its own, not inferred from the signature: a service
+            # deleted and re-created while no declaration covered it left its old signature
+            # behind, equal to the new one, and would never have joined a later variant.
+            host_changed = sig != self._sigs.get(ref)
+            for variant in covering:
+                members = self._decls[variant].members
+                if svc is None:
+                    if ref in members:
                         members.discard(ref)
-                    else:
-                        members.add(ref)
-                dirty.update(covering)
-                if sig is None:
-                    self._sigs.pop(ref, None)
-                else:
-                    self._sigs[ref] = sig
+                        dirty.add(variant)
+                elif ref not in members:
+                    members.add(ref)
+                    dirty.add(variant)
+                elif host_changed:
+                    dirty.add(variant)
+            if sig is None:
+                self._sigs.pop(ref, None)
+            else:
+                self._sigs[ref] = sig
         if ref in self._targets:
             affinity = svc.load_balancer.session_affinity if svc is not None else None
             if affinity != self._targets[ref]:
