@@ -25,6 +25,7 @@ change itself.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,7 +41,7 @@ from xds_server.ingest.refs import (
     contests,
     dependents,
 )
-from xds_server.ingest.registry import Changes, RegistryUpdate, Reset
+from xds_server.ingest.registry import Changes, Entry, RegistryUpdate, Reset
 from xds_server.model import (
     Endpoint,
     Entity,
@@ -53,12 +54,18 @@ from xds_server.model import (
     ServiceRef,
     parse_entry,
 )
-from xds_server.model.names import KINDS, parse_key, service_key
+from xds_server.model.endpoint import decode_endpoint
+from xds_server.model.names import KINDS, endpoint_head, parse_key, service_key
 from xds_server.model.policy import Policy
 from xds_server.model.secret import Secret
 from xds_server.model.view import ChangeSet, Dependent
 
 __all__ = ["RegistryState", "check_refs"]
+
+_KEY = operator.itemgetter(0)
+"""An :class:`Entry`'s key."""
+_ID = operator.itemgetter(1)
+"""An :class:`Endpoint`'s id."""
 
 
 @dataclass(slots=True)
@@ -85,9 +92,31 @@ class _Dirty:
     )
     orphans: dict[str, None] = field(default_factory=dict)  # keys that name no entry
     forgotten: list[str] = field(default_factory=list)  # keys deleted meanwhile
+    runs: dict[str, _Run] = field(default_factory=dict)
+    """Runs of new endpoint keys of one service stored together (a listing's), by their
+    first key, which stands for the run in ``by_kind["endpoints"]``: they are resolved
+    together too (:meth:`RegistryState._resolve_run`)."""
+    run_keys: set[str] = field(default_factory=set)  # every key of ``runs``
 
     def add(self, key: str, ref: KeyRef | None) -> None:
         (self.by_kind[ref.kind] if ref is not None else self.orphans)[key] = None
+
+    def split_runs(self) -> None:
+        """Turn the runs into keys of their own (their values may change meanwhile)."""
+        endpoints = self.by_kind["endpoints"]
+        for run in self.runs.values():
+            endpoints.update(dict.fromkeys(run.keys))
+        self.runs.clear()
+        self.run_keys.clear()
+
+
+@dataclass(slots=True)
+class _Run:
+    """New endpoint keys of one service, stored together, and their values."""
+
+    service: ServiceRef
+    keys: list[str]
+    values: list[Endpoint]
 
 
 @dataclass(slots=True)
@@ -155,20 +184,16 @@ class RegistryState:
                 # A part 0 restarting a broken-off listing keeps what that one stored (it
                 # is still to be resolved) but not what it saw.
                 dirty = listing.dirty if listing is not None else dirty
+                dirty.split_runs()  # (the new listing may name their keys at other values)
                 listing = self._listing = _Listing(bool(self._raw), set(), dirty)
-            raw, seen, dirty = self._raw, listing.seen, listing.dirty
-            store, by_kind, orphans = self._store, dirty.by_kind, dirty.orphans
-            for e in update.entries:
-                if listing.known:
-                    seen.add(e.key)
-                if raw.get(e.key) != e.mod_revision:
-                    ref = store(e.key, e.value, e.mod_revision, e.lease, e.create_revision)
-                    # (dirty.add, inlined: a cold start stores every key of the registry here)
-                    (by_kind[ref.kind] if ref is not None else orphans)[e.key] = None
+            dirty, seen = listing.dirty, listing.seen
+            if listing.known:
+                seen.update(map(_KEY, update.entries))
+            self._store_listed(update.entries, dirty)
             if update.more:
                 return ChangeSet(revision=self.revision)
             self._listing = None
-            for key in [k for k in raw if k not in seen] if listing.known else ():
+            for key in [k for k in self._raw if k not in seen] if listing.known else ():
                 self._forget(key, dirty)
         else:
             assert isinstance(update, Changes)
@@ -224,6 +249,76 @@ class RegistryState:
             keys.add(key)
         return ref
 
+    def _store_listed(self, entries: Iterable[Entry], dirty: _Dirty) -> None:
+        """:meth:`_store` each new or modified key of a listing, noting it in ``dirty``.
+
+        Most keys of a registry are endpoints, and a listing names them service by service
+        (etcd lists in key order). A run of new endpoint keys of one service, each value of
+        the common shape (:func:`decode_endpoint`), goes into each map of the state in one
+        update, in C, instead of key by key; any other key takes :meth:`_store`. The maps
+        end up as :meth:`_store` would leave them, in the same order.
+        """
+        raw, store, prefix = self._raw, self._store, self.prefix
+        by_kind, orphans = dirty.by_kind, dirty.orphans
+        run_head, run_ref = "", None  # the endpoint key head of the run, and its service
+        keys: list[str] = []
+        values: list[Endpoint] = []
+        revisions: list[int] = []
+        for key, value, revision, lease, created in entries:
+            known = raw.get(key)
+            if known == revision:
+                continue
+            if known is None:
+                head, _, endpoint_id = key.rpartition("/")
+                if head != run_head:
+                    if keys:
+                        self._store_run(run_ref, keys, values, revisions, dirty)
+                        keys, values, revisions = [], [], []
+                    run_head, run_ref = head, endpoint_head(head, prefix)
+                if (
+                    run_ref is not None
+                    and endpoint_id.isascii()
+                    and endpoint_id.isalnum()  # (else _store checks it)
+                    and len(endpoint_id) <= 253
+                ):
+                    endpoint = decode_endpoint(run_ref, endpoint_id, value, lease=lease)
+                    if endpoint is not None:
+                        keys.append(key)
+                        values.append(endpoint)
+                        revisions.append(revision)
+                        continue
+            if keys:
+                self._store_run(run_ref, keys, values, revisions, dirty)
+                keys, values, revisions = [], [], []
+            ref = store(key, value, revision, lease, created)
+            # (dirty.add, inlined: a listing stores every key of the registry here)
+            (by_kind[ref.kind] if ref is not None else orphans)[key] = None
+        if keys:
+            self._store_run(run_ref, keys, values, revisions, dirty)
+
+    def _store_run(
+        self,
+        ref: ServiceRef | None,
+        keys: list[str],
+        values: list[Endpoint],
+        revisions: list[int],
+        dirty: _Dirty,
+    ) -> None:
+        """Store new endpoint keys of service ``ref`` with their decoded values, as
+        :meth:`_store` does one by one (a new key has no schema problem to clear), and note
+        them in ``dirty`` as a run."""
+        assert ref is not None
+        self._raw.update(zip(keys, revisions, strict=True))
+        self._latest.update(zip(keys, values, strict=True))
+        known = self._endpoint_keys.get(ref)
+        if known is None:
+            self._endpoint_keys[ref] = set(keys)
+        else:
+            known.update(keys)
+        dirty.by_kind["endpoints"][keys[0]] = None
+        dirty.runs[keys[0]] = _Run(ref, keys, values)
+        dirty.run_keys.update(keys)
+
     def _ref(self, key: str) -> KeyRef | None:
         """What a key names (None: nothing). Parsed again rather than kept: only deleted
         keys need it, and a map of a ref per key would hold memory in proportion to the registry."""
@@ -261,11 +356,12 @@ class RegistryState:
         if changes.services:
             # Anything may refer to a service whose presence, port or subsets changed.
             # Endpoints in force are always among _endpoint_keys (a key names its service).
-            endpoints = by_kind["endpoints"]
+            endpoints, in_runs = by_kind["endpoints"], dirty.run_keys
             for svc in changes.services:
                 keys = self._endpoint_keys.get(svc)
                 if keys and not endpoints.keys() >= keys:  # (a listing has them all already)
-                    endpoints.update(dict.fromkeys(keys))
+                    missing = keys.difference(endpoints, in_runs) if in_runs else keys
+                    endpoints.update(dict.fromkeys(missing))
             by_kind["routes"].update(dict.fromkeys(self._route_keys))
             by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
             by_kind["policies"].update(dict.fromkeys(self._policy_keys))  # (their targets)
@@ -273,7 +369,7 @@ class RegistryState:
             # Listeners can clash with each other (same address and port for the same
             # nodes): re-check them all, oldest first, so the outcome is deterministic.
             by_kind["listeners"].update(dict.fromkeys(self._listener_keys))
-        self._resolve_endpoints(by_kind["endpoints"], changes)
+        self._resolve_endpoints(by_kind["endpoints"], changes, dirty.runs)
         # Routes after what they are judged against: namespaces (export_to) and listeners
         # (allowed_namespaces); a change to either judges every route again. Withdrawn
         # permission is not held like a service: it is what the namespace or listener's
@@ -371,10 +467,13 @@ class RegistryState:
                         best = other
         return best
 
-    def _resolve_endpoints(self, keys: Iterable[str], changes: ChangeSet) -> None:
+    def _resolve_endpoints(
+        self, keys: Iterable[str], changes: ChangeSet, runs: Mapping[str, _Run] | None = None
+    ) -> None:
         """:meth:`_resolve_key` for endpoint keys, the bulk of a registry (and of a cold
         start): a valid endpoint of a registered service, with no problem to clear, is put
-        in force inline; anything else takes :meth:`_resolve_key`."""
+        in force inline; anything else takes :meth:`_resolve_key`. A key of ``runs`` stands
+        for its run (:meth:`_resolve_run`)."""
         latest, force, schema, problems = (
             self._latest,
             self._force,
@@ -383,26 +482,67 @@ class RegistryState:
         )
         services, endpoints, changed = self.services, self.endpoints, changes.endpoints
         note_ids = self._note_ids
+        # Keys come service by service (a listing's order): what is looked up per service
+        # is kept for the next key while it is of the same service (``ref``), and looked up
+        # again after anything else touched the maps (``ref = None``).
+        ref: ServiceRef | None = None
+        svc: Service | None = None
+        eps: dict[str, Endpoint] | None = None
         for key in keys:
+            if runs and key in runs:
+                self._resolve_run(runs[key], changes)
+                ref = None
+                continue
             current = latest.get(key)
             if type(current) is not Endpoint or key in schema or key in problems:
                 self._resolve_key(key, changes)
+                ref = None
                 continue
-            svc = services.get(current.service)
+            if current.service is not ref:
+                ref = current.service
+                svc, eps = services.get(ref), endpoints.get(ref)
             if svc is None or (current.port is None and svc.port is None):
                 self._resolve_key(key, changes)  # (check_refs words the problem)
+                ref = None
                 continue
             previous = force.get(key)
             if previous is current or (previous is not None and previous == current):
                 continue
             force[key] = current
-            eps = endpoints.get(current.service)
             if eps is None:
-                eps = endpoints[current.service] = {}
+                eps = endpoints[ref] = {}
+                changed.add(ref)
+            elif ref not in changed:
+                changed.add(ref)
             eps[current.id] = current
-            changed.add(current.service)
             if note_ids:
-                _note_id(changes, current.service, current.id)
+                _note_id(changes, ref, current.id)
+
+    def _resolve_run(self, run: _Run, changes: ChangeSet) -> None:
+        """Put a run of new endpoint keys in force at once (in C), when each of them would
+        be put in force inline by :meth:`_resolve_endpoints`: none has a problem or a value
+        in force, and their service is registered with a port for those that name none.
+        Otherwise each takes :meth:`_resolve_endpoints`."""
+        keys, ref = run.keys, run.service
+        svc = self.services.get(ref)
+        if (
+            svc is None
+            or not self._force.keys().isdisjoint(keys)
+            or not self._schema_problems.keys().isdisjoint(keys)
+            or not self.problems.keys().isdisjoint(keys)
+            or (svc.port is None and any(v.port is None for v in run.values))
+        ):
+            self._resolve_endpoints(keys, changes)
+            return
+        self._force.update(zip(keys, run.values, strict=True))
+        eps = self.endpoints.get(ref)
+        if eps is None:
+            eps = self.endpoints[ref] = {}
+        eps.update(zip(map(_ID, run.values), run.values, strict=True))
+        changes.endpoints.add(ref)
+        if self._note_ids:
+            for value in run.values:
+                _note_id(changes, ref, value.id)
 
     def _resolve_key(self, key: str, changes: ChangeSet) -> None:
         entity, problem = self._decide(key)

@@ -146,6 +146,34 @@ def known_endpoint_key(key: str, prefix: str) -> tuple[KeyRef, ServiceRef] | Non
     return None
 
 
+def endpoint_head(head: str, prefix: str) -> ServiceRef | None:
+    """The service of endpoint keys ``<head>/<id>``, when ``head`` is a valid
+    ``<prefix>endpoints/<ns>/<service>``; None otherwise. (An id is checked apart.)"""
+    known = _ENDPOINT_HEADS.get(head)
+    if known is not None:
+        return known[3] if known[0] == prefix else None
+    start = prefix + "endpoints/"
+    if not head.startswith(start):
+        return None
+    names = head[len(start) :].split("/")
+    if len(names) != 2:
+        return None
+    try:
+        ns, service = check_label(names[0], "key"), check_label(names[1], "key")
+    except ValidationError:
+        return None
+    return _remember_head(head, prefix, ns, service)
+
+
+def _remember_head(head: str, prefix: str, ns: str, service: str) -> ServiceRef:
+    """Note a validated endpoint key head (see ``_ENDPOINT_HEADS``); its service."""
+    if len(_ENDPOINT_HEADS) >= 1 << 16:
+        _ENDPOINT_HEADS.clear()
+    ref = service_ref(ns, service)
+    _ENDPOINT_HEADS[head] = (prefix, ns, service, ref)
+    return ref
+
+
 def parse_key(key: str, prefix: str) -> KeyRef:
     """Parse ``<prefix><kind>/...`` into a :class:`KeyRef`; raise ValidationError if malformed."""
     known = known_endpoint_key(key, prefix)
@@ -181,9 +209,7 @@ def parse_key(key: str, prefix: str) -> KeyRef:
             raise ValidationError(
                 "key", f"endpoint id {rest[2]!r} has characters outside [A-Za-z0-9._:-]"
             )
-        if len(_ENDPOINT_HEADS) >= 1 << 16:
-            _ENDPOINT_HEADS.clear()
-        _ENDPOINT_HEADS[key.rpartition("/")[0]] = (prefix, ns, service, service_ref(ns, service))
+        _remember_head(key.rpartition("/")[0], prefix, ns, service)
         return KeyRef("endpoints", ns, rest[2], service)
     return KeyRef(kind, ns, check_label(rest[1], "key"))  # type: ignore[arg-type]
 
