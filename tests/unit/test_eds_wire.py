@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.support.stream_mesh import Mesh
 from xds_server.model import Endpoint, Service, ServiceRef
 from xds_server.translate import eds_wire, translator
-from xds_server.translate.endpoint import build_cla, encode_cla, plan
+from xds_server.translate.endpoint import build_cla, encode_assignment, encode_cla, plan
 
 REF = ServiceRef("default", "web")
 
@@ -47,6 +47,33 @@ def test_encoder_matches_message_api(eps: list[Endpoint], health: dict[str, int]
     assert fast == reference.SerializeToString(deterministic=True)
     for group in reference.endpoints:
         assert group.HasField("locality") and group.load_balancing_weight.value > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    endpoints,
+    st.dictionaries(
+        st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True), st.sampled_from([0, 1, 2, 3])
+    ),
+    st.sampled_from([None, 80, 8080]),
+)
+def test_one_pass_encoder_is_plan_and_encoder(
+    eps: list[Endpoint], health: dict[str, int], port: int | None
+) -> None:
+    """encode_assignment (a bulk translation's) writes what plan() and encode_cla write,
+    and notes the same DNS names."""
+    service = Service(ref=REF, port=port)
+    eps = [e if e.port is not None or port is not None else e._replace(port=9) for e in eps]
+    resolve = {"x.test": ("10.9.9.9", "10.9.9.8")}.get
+    names: dict[str, set[str]] = {}
+    groups = plan(service, eps, lambda n: resolve(n) or (), health or None, names)
+    one_pass: dict[str, set[str]] = {}
+    fast = encode_assignment(
+        "web.default", service, eps, lambda n: resolve(n) or (), health or None, one_pass
+    )
+    assert fast == encode_cla("web.default", groups, memo=False)
+    assert fast == build_cla("web.default", groups).SerializeToString(deterministic=True)
+    assert one_pass == names
 
 
 @settings(max_examples=100, deadline=None)

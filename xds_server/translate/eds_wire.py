@@ -20,6 +20,7 @@ google.protobuf.UInt32Value{value=1}
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 from xds_server.resources.resource import encode_varint
 
@@ -96,6 +97,52 @@ encode_lb_endpoint = lb_endpoint.__wrapped__
 """:func:`lb_endpoint` without the memo, for a bulk translation (a cold start): every one is
 a miss then, and the memo's bookkeeping costs more than the encoding and keeps bytes, in proportion
 to the registry, that few changes will ask for again."""
+
+
+class Pieces(NamedTuple):
+    """The parts of an ``lb_endpoints`` field (:func:`lb_endpoint`) that do not depend on
+    its address, for a bulk translation: ``head + address + tail`` is the field, one
+    concatenation per endpoint instead of a call that builds the nested fields."""
+
+    tail: bytes
+    """What follows the address: the port, the health status and the weight."""
+    heads: dict[int, bytes]
+    """What precedes an address of each length: filled by :func:`lb_endpoint_head`."""
+    port_size: int
+    """The size of the port field, at the start of ``tail``."""
+
+
+_PIECES: dict[tuple[int, int, int], Pieces] = {}
+_PIECES_MAX = 4096
+
+
+def pieces(port: int, health_status: int, weight: int) -> Pieces:
+    """The :class:`Pieces` of the ``lb_endpoints`` fields of this port, status and weight
+    (kept: they are few)."""
+    key = (port, health_status, weight)
+    found = _PIECES.get(key)
+    if found is None:
+        if len(_PIECES) >= _PIECES_MAX:
+            _PIECES.clear()
+        port_field = b"\x18" + _int(port)
+        tail = port_field + _lb_tail(health_status, weight)
+        found = _PIECES[key] = Pieces(tail, {}, len(port_field))
+    return found
+
+
+def lb_endpoint_head(of: Pieces, size: int) -> bytes | None:
+    """The bytes of an ``lb_endpoints`` field of ``of`` before an address of ``size`` bytes
+    (noted in ``of.heads``); None when a length in the field takes more than one byte
+    (then :func:`encode_lb_endpoint` writes it)."""
+    n_socket = 2 + size + of.port_size
+    n_address = n_socket + 2
+    n_endpoint = n_address + 2
+    n_lb = n_endpoint + 2 + len(of.tail) - of.port_size
+    if n_lb >= 128:
+        return None
+    head = bytes((0x12, n_lb, 0x0A, n_endpoint, 0x0A, n_address, 0x0A, n_socket, 0x12, size))
+    of.heads[size] = head
+    return head
 
 
 def _lb_tail(health_status: int, weight: int) -> bytes:

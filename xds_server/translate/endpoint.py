@@ -29,6 +29,8 @@ Plan = list[tuple[str, list[tuple[str, int, int, int]], int]]
 
 _BY_ID = operator.itemgetter(1)
 """An Endpoint's id (a named tuple's second field): sorts without a Python call per item."""
+_BY_ZONE_ID = operator.itemgetter(6, 1)
+"""An Endpoint's zone and id, likewise."""
 
 
 def plan(
@@ -112,6 +114,69 @@ def encode_cla(name: str, groups: Plan, memo: bool = True) -> bytes:
     )
 
 
+def encode_assignment(
+    name: str,
+    service: Service,
+    endpoints: Iterable[Endpoint],
+    resolve: Resolver = _no_dns,
+    health: Mapping[str, int] | None = None,
+    dns_names: dict[str, set[str]] | None = None,
+) -> bytes:
+    """``encode_cla(name, plan(service, endpoints, ...), memo=False)`` in one pass, each
+    endpoint written from its address and the :func:`eds_wire.pieces` of its port, status
+    and weight: a bulk translation (a cold start) encodes every endpoint of the registry."""
+    groups: list[bytes] = []
+    fields: list[bytes] = []
+    total = 0
+    default_port = service.port
+    unknown, draining_ = health_check_pb2.UNKNOWN, health_check_pb2.DRAINING
+    zone = ""
+    # The pieces of the last (port, status, weight) seen: endpoints of a service mostly
+    # share them.
+    shape_port = shape_status = shape_weight = -1
+    of = heads = tail = None
+    # Sorted by zone, then id: plan's groups (zones in order) and order within them.
+    ordered = sorted(endpoints, key=_BY_ZONE_ID)
+    if ordered:
+        zone = ordered[0].zone
+    for _, endpoint_id, address, port, weight, _, ep_zone, draining, _ in ordered:
+        if ep_zone != zone:
+            if total:
+                groups.append(eds_wire.locality_group(zone, fields, min(total, 2**32 - 1)))
+            zone, fields, total = ep_zone, [], 0
+        if port is None:
+            port = default_port
+            assert port is not None  # state rejects endpoints with no port to use
+        if draining:
+            status = draining_
+        elif health and endpoint_id in health:
+            status = health[endpoint_id]
+        else:
+            status = unknown
+        if port != shape_port or status != shape_status or weight != shape_weight:
+            shape_port, shape_status, shape_weight = port, status, weight
+            of = eds_wire.pieces(port, status, weight)
+            heads, tail = of.heads, of.tail
+        assert of is not None and heads is not None and tail is not None
+        if is_ip(address):
+            a = address.encode()
+            head = heads.get(len(a)) or eds_wire.lb_endpoint_head(of, len(a))
+            if head is None:
+                fields.append(eds_wire.encode_lb_endpoint(address, port, status, weight))
+            else:
+                fields.append(head + a + tail)
+            total += weight
+            continue
+        if dns_names is not None:
+            dns_names.setdefault(address, set()).add(endpoint_id)
+        for resolved in resolve(address):
+            fields.append(eds_wire.encode_lb_endpoint(resolved, port, status, weight))
+            total += weight
+    if total:
+        groups.append(eds_wire.locality_group(zone, fields, min(total, 2**32 - 1)))
+    return eds_wire.cluster_load_assignment(name, groups)
+
+
 def service_assignments(
     service: Service,
     endpoints: Mapping[str, Endpoint],
@@ -126,11 +191,17 @@ def service_assignments(
     name -> endpoint ids)."""
     eps = list(endpoints.values())
     name = cluster_name(service.ref)
-    groups = plan(service, eps, resolve, health, dns_names)
-    out = [resource_from_bytes(ENDPOINT, name, encode_cla(name, groups, memo))]
+    if memo:
+        body = encode_cla(name, plan(service, eps, resolve, health, dns_names))
+    else:
+        body = encode_assignment(name, service, eps, resolve, health, dns_names)
+    out = [resource_from_bytes(ENDPOINT, name, body)]
     for subset, selector in service.subsets:
         name = cluster_name(service.ref, subset)
         chosen = [e for e in eps if e.matches(selector)]
-        groups = plan(service, chosen, resolve, health)
-        out.append(resource_from_bytes(ENDPOINT, name, encode_cla(name, groups, memo)))
+        if memo:
+            body = encode_cla(name, plan(service, chosen, resolve, health))
+        else:
+            body = encode_assignment(name, service, chosen, resolve, health)
+        out.append(resource_from_bytes(ENDPOINT, name, body))
     return out
