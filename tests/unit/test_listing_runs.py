@@ -1,7 +1,7 @@
 """A listing stores and resolves new endpoint keys service by service, in runs
-(``RegistryState._store_listed``, ``_resolve_run``): it must end exactly where the same
-entries folded key by key end, whatever the values, the key order, the parts and the
-listings broken off before it."""
+(``RegistryState._store_listed``, ``_resolve_run``), and new services of the common shape
+inline: it must end exactly where the same entries folded key by key end, whatever the
+values, the key order, the parts and the listings broken off before it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ ENDPOINT_VALUES: list[Any] = [
     b"{",
     b"",
 ]
-SERVICES = ["default/a", "default/b", "other/c", "Bad/d"]
+SERVICES = ["default/a", "default/b", "other/c", "Bad/d", "default/E"]
 IDS = ["e1", "e2", "e3", "e-4", "E5", "x.y", ""]
 
 
@@ -135,6 +135,7 @@ def test_a_listing_started_over_resolves_what_it_lists(
         with pytest.MonkeyPatch.context() as patch:
             if not runs:
                 patch.setattr(state_module, "endpoint_head", lambda head, prefix: None)
+                patch.setattr(state_module, "service_key_ref", lambda key, prefix: None)
             state = RegistryState(PREFIX)
             state.apply(Reset(5, tuple(broken), 0, more=True))
             listed(state, entries, cuts, revision)

@@ -18,7 +18,7 @@ from xds_server.model import Endpoint, Entity, Listener, Problem, Route, Service
 from xds_server.model import names as names_module
 from xds_server.model.endpoint import decode_endpoint, parse_endpoint
 from xds_server.model.fields import Obj, parse_json_object
-from xds_server.model.names import endpoint_head, parse_key, service_ref
+from xds_server.model.names import endpoint_head, parse_key, service_key_ref, service_ref
 from xds_server.model.service import MAX_MS, decode_plain_service, parse_service
 from xds_server.model.view import ChangeSet
 
@@ -245,30 +245,43 @@ def test_parse_key_memo_changes_no_outcome(keys: list[str], prefixes: list[str])
             lambda prefix, head, last: prefix + head + "/" + last,
             st.sampled_from([PREFIX, "/mesh", "/", "/other/"]),
             st.sampled_from(
-                ["endpoints/default/web", "endpoints/Default/web", "mesh/endpoints/a/b"]
+                [
+                    "endpoints/default/web",
+                    "endpoints/Default/web",
+                    "mesh/endpoints/a/b",
+                    "services/default",
+                    "services/Bad",
+                    "services",
+                    "mesh/services/a",
+                ]
             ),
-            segment,
+            segment | st.sampled_from(["web", "Web", "w-1", "-w"]),
         ),
         max_size=8,
     ),
     prefixes=st.permutations([PREFIX, "/mesh", "/", "/other/"]),
 )
-def test_endpoint_head_is_parse_keys_service(keys: list[str], prefixes: list[str]) -> None:
+def test_key_shortcuts_are_parse_keys(keys: list[str], prefixes: list[str]) -> None:
     """endpoint_head (a listing's runs) names the service of an endpoint key exactly when
-    parse_key reads the key as an endpoint, its id aside, remembered or not."""
+    parse_key reads the key as an endpoint, its id aside; service_key_ref names the service
+    of a key exactly when parse_key reads it as a service; remembered or not."""
     for key, prefix in itertools.product(keys, prefixes):
         head = key.rpartition("/")[0]
         for memo in (True, False):
             if not memo:
                 names_module._ENDPOINT_HEADS.clear()
-            found = endpoint_head(head, prefix)
-            try:
-                ref = parse_key(head + "/e1", prefix)
-            except ValidationError:
-                assert found is None, (key, prefix)
-                continue
-            expected = ref.service_ref if ref.kind == "endpoints" else None
-            assert found == expected, (key, prefix)
+                names_module._SERVICE_HEADS.clear()
+            for shortcut, parsed, kind in (
+                (endpoint_head(head, prefix), head + "/e1", "endpoints"),
+                (service_key_ref(key, prefix), key, "services"),
+            ):
+                try:
+                    ref = parse_key(parsed, prefix)
+                except ValidationError:
+                    assert shortcut is None, (key, prefix, kind)
+                    continue
+                expected = ref.service_ref if ref.kind == kind else None
+                assert shortcut == expected, (key, prefix, kind)
 
 
 @FAST

@@ -55,9 +55,16 @@ from xds_server.model import (
     parse_entry,
 )
 from xds_server.model.endpoint import decode_endpoint
-from xds_server.model.names import KINDS, endpoint_head, parse_key, service_key
+from xds_server.model.names import (
+    KINDS,
+    endpoint_head,
+    parse_key,
+    service_key,
+    service_key_ref,
+)
 from xds_server.model.policy import Policy
 from xds_server.model.secret import Secret
+from xds_server.model.service import decode_plain_service
 from xds_server.model.view import ChangeSet, Dependent
 
 __all__ = ["RegistryState", "check_refs"]
@@ -287,6 +294,8 @@ class RegistryState:
                         values.append(endpoint)
                         revisions.append(revision)
                         continue
+                elif run_ref is None and self._store_new_service(key, value, revision, dirty):
+                    continue
             if keys:
                 self._store_run(run_ref, keys, values, revisions, dirty)
                 keys, values, revisions = [], [], []
@@ -295,6 +304,21 @@ class RegistryState:
             (by_kind[ref.kind] if ref is not None else orphans)[key] = None
         if keys:
             self._store_run(run_ref, keys, values, revisions, dirty)
+
+    def _store_new_service(self, key: str, value: bytes, revision: int, dirty: _Dirty) -> bool:
+        """:meth:`_store` for a new service key whose value is of the common shape
+        (:func:`decode_plain_service`), without parsing the key's kind again; False for
+        any other key or value (then :meth:`_store` decides)."""
+        ref = service_key_ref(key, self.prefix)
+        if ref is None:
+            return False
+        service = decode_plain_service(ref, value)
+        if service is None:
+            return False
+        self._raw[key] = revision
+        self._latest[key] = service
+        dirty.by_kind["services"][key] = None
+        return True
 
     def _store_run(
         self,
@@ -351,7 +375,25 @@ class RegistryState:
             self._set_problem(key, self._schema_problems.get(key), changes)
 
         before = _HeldFrom()  # what services held meanwhile had before this update
+        force, latest, schema, problems = (
+            self._force,
+            self._latest,
+            self._schema_problems,
+            self.problems,
+        )
         for key in by_kind["services"]:
+            service = latest.get(key)
+            if (
+                type(service) is Service
+                and key not in force
+                and key not in schema
+                and key not in problems
+            ):
+                # A valid service new in force (a cold start's): no problem to clear,
+                # nothing held, no reference to check (:meth:`_resolve_service`, inline).
+                force[key] = service
+                _index(self.services, service.ref, service, changes.services)
+                continue
             self._resolve_service(key, changes, by_kind, before)
         if changes.services:
             # Anything may refer to a service whose presence, port or subsets changed.

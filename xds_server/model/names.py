@@ -165,6 +165,35 @@ def endpoint_head(head: str, prefix: str) -> ServiceRef | None:
     return _remember_head(head, prefix, ns, service)
 
 
+_SERVICE_HEADS: dict[str, tuple[str, str]] = {}
+"""``<prefix>services/<ns>`` -> (prefix, ns), for heads of service keys already parsed: a
+cold start parses every service key. Cleared when large, so it stays bounded."""
+
+
+def service_key_ref(key: str, prefix: str) -> ServiceRef | None:
+    """The service a key ``<prefix>services/<ns>/<name>`` names; None for any other key
+    (then :func:`parse_key` decides)."""
+    head, _, name = key.rpartition("/")
+    known = _SERVICE_HEADS.get(head)
+    if known is None or known[0] != prefix:
+        start = prefix + "services/"
+        if not head.startswith(start):
+            return None
+        try:
+            ns = check_label(head[len(start) :], "key")
+        except ValidationError:
+            return None
+        if len(_SERVICE_HEADS) >= 1 << 16:
+            _SERVICE_HEADS.clear()
+        known = _SERVICE_HEADS[head] = (prefix, ns)
+    if name not in _GOOD_LABELS:
+        try:
+            check_label(name, "key")
+        except ValidationError:
+            return None
+    return service_ref(known[1], name)
+
+
 def _remember_head(head: str, prefix: str, ns: str, service: str) -> ServiceRef:
     """Note a validated endpoint key head (see ``_ENDPOINT_HEADS``); its service."""
     if len(_ENDPOINT_HEADS) >= 1 << 16:
