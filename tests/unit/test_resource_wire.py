@@ -7,7 +7,12 @@ from google.protobuf import any_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xds_server.resources.resource import BoundedMemo, encode_varint, resource_from_bytes
+from xds_server.resources.resource import (
+    BoundedMemo,
+    encode_varint,
+    resource_from_bytes,
+    string_field,
+)
 from xds_server.resources.types import TYPE_ORDER
 
 # Sizes around every varint length boundary the prefixes meet (1, 2 and 3 bytes).
@@ -44,6 +49,21 @@ def test_prefixes_frame_the_body_as_protobuf_does(
 def test_varints_are_protobufs(value: int) -> None:
     encoded = wrappers_pb2.UInt64Value(value=value).SerializeToString()
     assert (b"\x08" + encode_varint(value) if value else b"") == encoded
+
+
+@given(
+    number=st.integers(min_value=1, max_value=40),
+    value=st.text(max_size=140) | st.binary(max_size=140) | st.just(b"x" * 20_000),
+)
+def test_length_delimited_fields_are_protobufs(number: int, value: str | bytes) -> None:
+    """string_field (its table of short heads, and past it) writes protobuf's bytes."""
+    data = value.encode() if isinstance(value, str) else value
+    assert (
+        string_field(number, value)
+        == encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
+    )
+    if number == 1 and data:  # (a BytesValue's field 1 as protobuf writes it: not empty)
+        assert string_field(1, data) == wrappers_pb2.BytesValue(value=data).SerializeToString()
 
 
 def test_a_bounded_memo_shares_what_it_made_and_stays_bounded() -> None:

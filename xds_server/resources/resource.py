@@ -44,9 +44,16 @@ def decode_varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
         shift += 7
 
 
+_SHORT_HEADS = [[bytes((number << 3 | 2, n)) for n in range(128)] for number in range(16)]
+"""The tag and length of a length-delimited field numbered below 16 holding fewer than 128
+bytes (most fields a translation writes), by field number and length."""
+
+
 def string_field(number: int, value: str | bytes) -> bytes:
     """A length-delimited protobuf field (string, bytes or embedded message)."""
     data = value.encode() if isinstance(value, str) else value
+    if number < 16 and len(data) < 128:
+        return _SHORT_HEADS[number][len(data)] + data
     return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
 
 
