@@ -29,6 +29,7 @@ from integration.scenario import seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.fixtures_etcd import start_test_etcd
 from tests.support.wait import eventually
+from tests.support.ws_client import upgrades
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
 
@@ -252,11 +253,7 @@ async def test_websocket_holds_through_route_edits(edge: Edge) -> None:
     url = f"ws://127.0.0.1:{edge.port}/__ws"
 
     async def connects(headers: dict[str, str] | None = None) -> bool:
-        try:
-            async with websockets.connect(url, additional_headers=headers, open_timeout=5):
-                return True
-        except (OSError, websockets.InvalidStatus, websockets.InvalidHandshake):
-            return False
+        return await upgrades(url, headers)
 
     await eventually(connects, "a WebSocket through the gateway", WAIT)
     assert not await connects({"x-no": "1"}), "a route without websocket let an upgrade through"

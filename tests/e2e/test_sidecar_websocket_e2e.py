@@ -25,6 +25,7 @@ from integration.harness import EnvoyProcess
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.mtls_mesh import WAIT, Mesh, start_mtls_mesh
 from tests.support.wait import eventually
+from tests.support.ws_client import upgrades
 
 MESSAGES = 1000
 OUT = "web-out"  # the outbound listener of web's sidecar (its HTTP stat prefix too)
@@ -82,11 +83,7 @@ async def test_websocket_through_outbound_and_inbound_sidecars_holds_through_rou
     url = f"ws://127.0.0.1:{mesh.ports['web_out']}/__ws"
 
     async def connects(headers: dict[str, str] | None = None) -> bool:
-        try:
-            async with websockets.connect(url, additional_headers=headers, open_timeout=5):
-                return True
-        except (OSError, websockets.InvalidStatus, websockets.InvalidHandshake):
-            return False
+        return await upgrades(url, headers)
 
     await eventually(connects, "a WebSocket through web's and api's sidecars", WAIT, until=bool)
     assert not await connects({"x-no": "1"}), "a route without websocket let an upgrade through"
