@@ -296,6 +296,7 @@ class ConvergenceTracker:
         self._outstanding: dict[int, tuple[float, set[object]]] = {}  # oldest first
         self._waits: dict[object, list[int]] = {}  # stream -> generations waiting for it
         self._converged: dict[int, float] = {}  # generation -> when it converged (the latest)
+        self._answering: set[object] = set()  # streams that have answered a push waited for
 
     def opened(self, key: object, generation: int) -> None:
         """A stream started; it will fetch ``generation`` (or later) by itself."""
@@ -329,6 +330,26 @@ class ConvergenceTracker:
         entry = self._outstanding.get(generation)
         return len(entry[1]) if entry is not None else 0
 
+    def waiting_in_step(self, generation: int) -> int:
+        """Of :meth:`waiting`, the streams that keep up: each has answered a push it was
+        waited for before and waits for nothing older than ``generation``. A stream that never answers (one
+        that does not read, or sends no nonces) or is still behind on an earlier push is
+        not counted: pacing a burst on it would let one bad client slow everyone's
+        updates down."""
+        entry = self._outstanding.get(generation)
+        if entry is None:
+            return 0
+        answering, waits, outstanding = self._answering, self._waits, self._outstanding
+        count = 0
+        for key in entry[1]:
+            if key not in answering:
+                continue
+            for older in waits.get(key, ()):
+                if older in outstanding:  # (its oldest generation still waited for)
+                    count += older == generation
+                    break
+        return count
+
     def converged_at(self, generation: int) -> float | None:
         """When cache generation ``generation`` converged, if it did lately after waiting
         for some stream (None: it did not yet, never waited for one, or long ago)."""
@@ -344,6 +365,7 @@ class ConvergenceTracker:
     def gone(self, key: object) -> None:
         """Stream ``key`` closed: nobody waits for it any more."""
         self._live.pop(key, None)
+        self._answering.discard(key)
         self._settle(key, None)
 
     def _settle(self, key: object, upto: int | None) -> None:
@@ -363,6 +385,8 @@ class ConvergenceTracker:
                 continue  # given up already (MAX_OUTSTANDING)
             observed_at, waiting = entry
             waiting.discard(key)
+            if upto is not None:
+                self._answering.add(key)  # (it answered a push it was waited for)
             if not waiting:
                 del self._outstanding[generation]
                 self._histogram.observe(max(0.0, now - observed_at))

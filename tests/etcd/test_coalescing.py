@@ -8,8 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
 from tests.support.stream_mesh import BASE
-from tests.support.xds_client import running_meshd, sotw_client
+from tests.support.xds_client import RawAds, running_meshd, sotw_client
 from xds_server.app import MeshApp
 from xds_server.resources import ENDPOINT, ROUTE
 
@@ -113,3 +116,31 @@ async def test_a_held_burst_holds_back_no_route_and_no_other_service() -> None:
         assert await until(lambda: holds(got, ENDPOINT, b"10.7.1.1"), 1.0) < 0.5
         assert not holds(got, ENDPOINT, b"10.7.0.2")
         await until(lambda: holds(got, ENDPOINT, b"10.7.0.2"), 3.0)
+
+
+async def test_clients_that_never_answer_hold_back_no_update() -> None:
+    """One client that never reads and one that reads but never ACKs (no nonces) hold the
+    same service as a well-behaved one: a burst of endpoint updates is paced on the
+    well-behaved client alone, each going out about a coalesce window after the last
+    (without the pacing looking past them, every update after the first waited for the
+    silent ones to be given up on: 2 s)."""
+    async with (
+        running_meshd(BASE) as (registry, app),
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.xds_port}") as channel,
+        sotw_client(app.xds_port, "gateway") as got,
+    ):
+        silent = [RawAds(channel), RawAds(channel)]
+        for i, raw in enumerate(silent):
+            req = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["api.default"])
+            req.node.id, req.node.cluster = f"silent-{i}", "gateway"
+            raw.send(req)
+        await silent[1].read()  # (the other never reads)
+        await asyncio.sleep(0.2)
+        for i in range(1, 6):
+            address = f"10.6.0.{i}".encode()
+            await registry.put("/mesh/endpoints/default/api/a", b'{"address": "%s"}' % address)
+            took = await until(lambda a=address: holds(got, ENDPOINT, a), 3.0)
+            assert took < 0.6, f"update {i} took {took:.2f} s"
+            await asyncio.sleep(0.05)
+        for raw in silent:
+            raw.call.cancel()

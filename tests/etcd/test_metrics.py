@@ -146,6 +146,31 @@ def test_convergence_counts_a_disconnect_and_bounds_a_nacking_proxy() -> None:
     assert _observed(metrics)[0] == tracker.MAX_OUTSTANDING
 
 
+def test_pacing_counts_only_proxies_that_keep_up() -> None:
+    """waiting_in_step: a stream is counted once it has answered a push it was waited
+    for, and only while it is behind on nothing older."""
+    tracker = Metrics(clock=_Clock()).convergence
+    good, silent, slow = object(), object(), object()
+    for s in (good, silent, slow):
+        tracker.opened(s, 0)
+    tracker.changed(1, observed_at=0.0)
+    assert (tracker.waiting(1), tracker.waiting_in_step(1)) == (3, 0)  # none answered yet
+    tracker.synced(good, 1)
+    tracker.synced(slow, 1)
+    tracker.changed(2, observed_at=0.0)
+    assert (tracker.waiting(2), tracker.waiting_in_step(2)) == (3, 2)  # not ``silent``
+    tracker.synced(good, 2)
+    tracker.changed(3, observed_at=0.0)
+    # ``slow`` is still behind on 2: not waited for on 3; ``good`` is.
+    assert (tracker.waiting(3), tracker.waiting_in_step(3)) == (3, 1)
+    tracker.synced(slow, 3)  # caught up: counted again from the next push
+    tracker.synced(good, 3)
+    tracker.changed(4, observed_at=0.0)
+    assert tracker.waiting_in_step(4) == 2
+    tracker.gone(good)
+    assert tracker.waiting_in_step(4) == 1
+
+
 def test_admin_address_from_node_metadata() -> None:
     node = core_pb2.Node(id="n", cluster="c")
     assert admin_address(node, "ipv4:10.1.2.3:5555") is None

@@ -444,25 +444,28 @@ class Controller:
         still in flight, or None when it is not (its next change goes out at once).
 
         A push is in flight for :attr:`coalesce` seconds at least; until nearly every proxy
-        it went to has answered it (at most :data:`COALESCE_MAX_S`: a proxy that does not
-        answer holds nobody back longer); and then as long again as that took, so that
-        the pushes of one burst keep the proxies and meshd busy half of the time at most
-        and other changes find them free the rest.
+        it went to that keeps up has answered it (at most :data:`COALESCE_MAX_S`: a proxy
+        that does not answer holds nobody back longer, and one that never answers or is
+        behind on an earlier push is not waited for at all: see
+        :meth:`~xds_server.metrics.ConvergenceTracker.waiting_in_step`); and then as long
+        again as that took, so that the pushes of one burst keep the proxies and meshd
+        busy half of the time at most and other changes find them free the rest.
         """
         push = self._pushed.get(ref)
         if push is None:
             return None
         if push.answered is None:
             tracker = self.metrics.convergence
-            waiting = tracker.waiting(push.generation)
             give_up = push.at + COALESCE_MAX_S
-            if waiting > push.woken // 100 and now < give_up - _TIMER_SLACK:
+            in_step = tracker.waiting_in_step(push.generation)
+            if in_step > push.woken // 100 and now < give_up - _TIMER_SLACK:
                 return max(push.at + self.coalesce, min(now + _POLL_S, give_up))
-            # (All answered: when they did; nearly all, or given up on: seen now.)
-            answered = tracker.converged_at(push.generation) if not waiting else None
-            push.answered = min(now, give_up) if answered is None and waiting else answered
-            if push.answered is None:
-                push.answered = push.at  # (it woke no stream that had to answer)
+            if tracker.waiting(push.generation):
+                # Nearly all that keep up answered (seen now: looked at every _POLL_S), or
+                # given up on.
+                push.answered = min(now, give_up)
+            else:  # all answered: when they did (or it woke no stream that had to answer)
+                push.answered = tracker.converged_at(push.generation) or push.at
         due = max(push.at + self.coalesce, 2 * push.answered - push.at)
         return due if now < due - _TIMER_SLACK else None
 
