@@ -5,14 +5,12 @@
   registry's :class:`~xds_server.metrics_labels.LabelGuard`.
 - ``GET /sd/envoy``: the proxies to scrape, Prometheus ``http_sd`` JSON.
 - Anything else: 404 (an unknown path), 405 (a method other than GET/HEAD), 400 (not
-  HTTP), 431 (headers over :data:`MAX_HEADER_BYTES`).
+  HTTP), 431 (headers too large), 413 (a body).
 
 It runs on an asyncio loop of its own, in one daemon thread, so a scrape never waits for
 meshd's xDS loop and never holds it: open connections cost a coroutine each, not a
-thread. Each connection has :attr:`MetricsServer.header_timeout` seconds to send its
-request headers (a half-open or silent connection is closed then); at most
-:attr:`MetricsServer.max_connections` are open at once (more are answered 503 and
-closed); one request per connection (``Connection: close``). Pages are rendered in a
+thread. The connection limits (header timeout, connections open at once, one request per
+connection) are those of :class:`~xds_server.http_server.HttpServer`. Pages are rendered in a
 small worker pool (:attr:`MetricsServer.max_renders` at a time): a big registry's page
 takes a good part of a second of CPU, and the loop must keep timing connections out
 meanwhile; concurrent scrapes wait their turn rather than each building a page at once.
@@ -27,15 +25,14 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import _bake_output
 from prometheus_client.registry import Collector
 
+from xds_server.http_server import HttpServer, Request, Response, listen_socket
 from xds_server.metrics_labels import LabelGuard
 from xds_server.metrics_sd import ProxyTarget, sd_document
 
@@ -60,8 +57,6 @@ MAX_CONNECTIONS = 64
 """Connections open at once (Prometheus uses one or two per server)."""
 MAX_RENDERS = 2
 """Pages rendered at once; further scrapes wait for one of them."""
-MAX_HEADER_BYTES = 16 * 1024
-_LOG_EVERY_S = 60.0
 
 
 class GuardedRegistry(Collector):
@@ -101,20 +96,34 @@ class MetricsServer:
     ) -> None:
         self._registry: Any = registry if guard is None else GuardedRegistry(registry, guard)
         self._proxies = proxies
-        self._refused = refused
-        self.header_timeout = header_timeout
-        self.write_timeout = write_timeout
-        self.max_connections = max_connections
         self.max_renders = max_renders
-        self.open_connections = 0
-        """Connections open now (read by tests and the log)."""
+        self._http = HttpServer(
+            self._handle,
+            name="metrics port",
+            refused=refused,
+            header_timeout=header_timeout,
+            write_timeout=write_timeout,
+            max_connections=max_connections,
+            log=log,
+        )
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._stopped: asyncio.Event | None = None
-        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged, unlogged)
-        self._waiting: dict[asyncio.Task[None], None] = {}  # no request yet; oldest first
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (read by tests and the log)."""
+        return self._http.open_connections
+
+    @property
+    def header_timeout(self) -> float:
+        return self._http.header_timeout
+
+    @property
+    def max_connections(self) -> int:
+        return self._http.max_connections
 
     @property
     def port(self) -> int:
@@ -125,16 +134,7 @@ class MetricsServer:
     def start(self, host: str, port: int) -> MetricsServer:
         """Listen on ``host:port`` (0: any free port; raises OSError when it cannot) and
         serve from a daemon thread."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listen_socket(host, port)
         self._sock = sock
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.max_renders, thread_name_prefix="metrics-render"
@@ -175,111 +175,32 @@ class MetricsServer:
 
     async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
         self._stopped = asyncio.Event()
-        server = await asyncio.start_server(self._connection, sock=sock, limit=MAX_HEADER_BYTES)
+        server = await self._http.serve(sock)
         ready.set()
         try:
             await self._stopped.wait()
         finally:
             server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            await self._http.close_connections()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.open_connections >= self.max_connections:
-            # The oldest connection that has not sent its request yet makes room: a flood of
-            # silent connections cannot keep a scraper, which asks at once, out.
-            self._refuse("connections", f"over {self.max_connections} open connections")
-            waiting = next(iter(self._waiting), None)
-            if waiting is None:  # (all are being answered)
-                writer.write(_response(503, b"too many connections\n"))
-                writer.close()
-                return
-            self._waiting.pop(waiting)
-            waiting.cancel()
-        self.open_connections += 1
-        task = asyncio.current_task()
-        try:
-            assert task is not None
-            self._waiting[task] = None
-            await self._exchange(reader, writer)
-        except asyncio.CancelledError:
-            if self._stopped is not None and self._stopped.is_set():
-                raise
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away: nothing to answer
-        except TimeoutError:
-            pass  # a response the client did not read in time
-        except Exception:  # a collector failed: say so, keep serving
-            log.exception("metrics port: a request failed")
-            with contextlib.suppress(Exception):
-                writer.write(_response(500, b"internal error\n"))
-        finally:
-            self._waiting.pop(task, None)  # type: ignore[arg-type]
-            self.open_connections -= 1
-            writer.close()
-
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout)
-        except TimeoutError:
-            self._refuse("timeout", f"no request headers within {self.header_timeout:g} s")
-            return
-        except asyncio.LimitOverrunError:
-            self._refuse("bad_request", f"request headers over {MAX_HEADER_BYTES} bytes")
-            await self._send(writer, _response(431, b"request headers too large\n"))
-            return
-        self._waiting.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-        request = _parse(head)
-        if request is None:
-            self._refuse("bad_request", "not an HTTP request")
-            await self._send(writer, _response(400, b"bad request\n"))
-            return
-        method, target, headers = request
-        if method not in ("GET", "HEAD"):
-            await self._send(writer, _response(405, b"method not allowed\n", allow="GET, HEAD"))
-            return
-        url = urlsplit(target)
+    async def _handle(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n", headers=[("Allow", "GET, HEAD")])
         loop = asyncio.get_running_loop()
-        if url.path == METRICS_PATH:
-            params = parse_qs(url.query)
-            status, kind, extra, body = await loop.run_in_executor(
-                self._pool, self._render_metrics, headers, params
+        path = request.path
+        if path == METRICS_PATH:
+            return await loop.run_in_executor(
+                self._pool, self._render_metrics, request.headers, request.query
             )
-        elif url.path == SD_PATH:
-            status, kind, extra, body = await loop.run_in_executor(self._pool, self._render_sd)
-        else:
-            status, kind, extra, body = 404, "text/plain", [], _not_found(url.path)
-        out = _response(status, body, kind, extra=extra)
-        if method == "HEAD":
-            out = out[: out.index(b"\r\n\r\n") + 4]
-        await self._send(writer, out)
-
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.write_timeout)
-
-    def _refuse(self, reason: str, why: str) -> None:
-        """Count a refusal; log it at most once a minute per reason (with how many went
-        unlogged meanwhile)."""
-        self._refused(reason)
-        now = time.monotonic()
-        last, unlogged = self._logged.get(reason, (-_LOG_EVERY_S, 0))
-        if now - last < _LOG_EVERY_S:
-            self._logged[reason] = (last, unlogged + 1)
-            return
-        self._logged[reason] = (now, 0)
-        more = f" (and {unlogged} more since the last such line)" if unlogged else ""
-        log.warning("metrics port: closed a connection: %s%s", why, more)
+        if path == SD_PATH:
+            return await loop.run_in_executor(self._pool, self._render_sd)
+        return Response(404, _not_found(path))
 
     # ----------------------------------------------------------------- worker threads
 
-    def _render_metrics(
-        self, headers: dict[str, str], params: dict[str, list[str]]
-    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _render_metrics(self, headers: dict[str, str], params: dict[str, list[str]]) -> Response:
         _, out_headers, body = _bake_output(  # type: ignore[no-untyped-call]
             self._registry,
             headers.get("accept", ""),
@@ -289,63 +210,14 @@ class MetricsServer:
         )
         kind = dict(out_headers)["Content-Type"]
         extra = [(k, v) for k, v in out_headers if k != "Content-Type"]
-        return 200, kind, extra, body
+        return Response(200, body, kind, extra)
 
-    def _render_sd(self) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _render_sd(self) -> Response:
         try:
             body = json.dumps(sd_document(self._proxies()), indent=1).encode()
         except RuntimeError:  # a stream dict changed under us: answer, Prometheus retries
             body = b"[]"
-        return 200, "application/json", [], body
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-def _response(
-    status: int,
-    body: bytes,
-    kind: str = "text/plain; charset=utf-8",
-    *,
-    extra: list[tuple[str, str]] | None = None,
-    allow: str | None = None,
-) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS[status]}",
-        f"Content-Type: {kind}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    lines += [f"{k}: {v}" for k, v in extra or ()]
-    if allow:
-        lines.append(f"Allow: {allow}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _parse(head: bytes) -> tuple[str, str, dict[str, str]] | None:
-    """(method, target, lower-cased headers) of a request head; None when it is not one."""
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:
-        return None
-    request_line, *lines = text.split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        return None
-    headers = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return parts[0], parts[1], headers
+        return Response(200, body, "application/json")
 
 
 def _not_found(path: str) -> bytes:
