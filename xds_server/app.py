@@ -58,6 +58,8 @@ from xds_server.topology.lrs import LrsServicer, TopologyCollector, TopologyServ
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from xds_server.console import Console
+
 log = logging.getLogger("meshd")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -96,6 +98,8 @@ class MeshConfig:
     """Where the other replicas reach this one's admin API (``--advertise-admin``); None:
     ``--admin``'s address, a wildcard host replaced by this host's address."""
     admin: str | None = None  # admin gRPC API; meshd passes --admin (127.0.0.1:18001)
+    console: str | None = None
+    """The web console's listen address (``--console``; needs ``admin``); None: off."""
     auth: Authenticator = field(default_factory=lambda: Authenticator(None))
     heap_trim_quiet: float = 1.0
     """Give freed memory back to the OS once streams and registry were quiet this long (s)."""
@@ -267,6 +271,8 @@ class MeshApp:
         self.metrics_port = 0
         self.admin_port = 0
         self._admin_server: grpc.aio.Server | None = None
+        self.console: Console | None = None
+        self.console_port = 0
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
@@ -327,6 +333,20 @@ class MeshApp:
             self._admin_server, self.admin_port = await start_admin_server(
                 self.config.admin, admin, admin_credentials
             )
+            if self.config.console:
+                from xds_server.console import Console  # (only meshd with a console pays)
+
+                self.console = Console(
+                    admin,
+                    refused=lambda reason: self.metrics.console_refused.labels(reason).inc(),
+                    max_connections=self.config.metrics_max_connections,
+                )
+                try:
+                    self.console_port = await self.console.start(self.config.console)
+                except OSError as exc:
+                    raise ListenError(
+                        "--console", self.config.console, listen_reason(exc)
+                    ) from None
         self._publish_replica()
         if self.config.metrics:
             host, port = parse_listen("--metrics", self.config.metrics)
@@ -477,6 +497,9 @@ class MeshApp:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting, close streams gracefully, stop the loop. Idempotent."""
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         if self._admin_server is not None:
             await self._admin_server.stop(grace)
             self._admin_server = None

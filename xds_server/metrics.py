@@ -180,8 +180,15 @@ class Metrics:
             "limit of open ones), timeout (request headers not in time), bad_request",
             "reason",
         )
+        self.console_refused = new.counter(
+            "meshd_console_http_refused_total",
+            "Connections to the web console (--console) closed or refused, by reason as "
+            "for meshd_metrics_http_refused_total",
+            "reason",
+        )
         for reason in ("connections", "timeout", "bad_request"):
             self.http_refused.labels(reason)
+            self.console_refused.labels(reason)
         self.label_guard = LabelGuard(
             lambda metric, n: self.labels_truncated.labels(metric).inc(n),
             lambda metric, n: self.series_dropped.labels(metric).inc(n),
@@ -332,10 +339,10 @@ class ConvergenceTracker:
 
     def waiting_in_step(self, generation: int) -> int:
         """Of :meth:`waiting`, the streams that keep up: each has answered a push it was
-        waited for before and waits for nothing older than ``generation``. A stream that never answers (one
-        that does not read, or sends no nonces) or is still behind on an earlier push is
-        not counted: pacing a burst on it would let one bad client slow everyone's
-        updates down."""
+        waited for before and waits for nothing older than ``generation``. A stream that
+        never answers (one that does not read, or sends no nonces) or is still behind on
+        an earlier push is not counted: pacing a burst on it would let one bad client
+        slow everyone's updates down."""
         entry = self._outstanding.get(generation)
         if entry is None:
             return 0

@@ -230,6 +230,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=_env("MESHD_METRICS", "127.0.0.1:9102"),
         help="Prometheus /metrics listen address ('' to disable)",
     )
+    p.add_argument(
+        "--console",
+        default=_env("MESHD_CONSOLE", None),
+        help="web console listen address (off unless given); it reads and writes through the "
+        "admin API with its tokens, and without --tokens listens on loopback only",
+    )
     p.add_argument("--data-dir", default=_env("MESHD_DATA_DIR", ".meshd"), help="state directory")
     p.add_argument("--log-level", default=_env("MESHD_LOG_LEVEL", "info"), help="log level")
     p.add_argument(
@@ -336,6 +342,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--xds", args.xds, False),
         ("--admin", args.admin, True),
         ("--metrics", args.metrics, True),
+        ("--console", args.console, True),
     ):
         if value or not optional:
             try:
@@ -367,12 +374,17 @@ async def run(args: argparse.Namespace) -> int:
         etcd_tls, etcd_user = _etcd_access(args)
         if args.admin:
             check_exposure(args.admin, auth, warn=False)  # refuse before starting etcd
+        if args.console:
+            if not args.admin:
+                raise ValueError("--console needs the admin API (--admin): it serves through it")
+            check_exposure(args.console, auth, warn=False)
         xds_auth = xds_exposure("--xds-auth", args.xds_auth, "required", args.xds)
         xds_tls = xds_exposure("--xds-tls", args.xds_tls, "on", args.xds)
         for flag, address in (
             ("--xds", args.xds),
             ("--admin", args.admin),
             ("--metrics", args.metrics),
+            ("--console", args.console),
         ):
             if address:
                 check_free(flag, address)  # (MeshApp checks again: the embedded etcd takes time)
@@ -395,6 +407,7 @@ async def run(args: argparse.Namespace) -> int:
         xds=args.xds,
         metrics=args.metrics or None,
         admin=args.admin or None,
+        console=args.console or None,
         auth=auth,
         report_interval_ms=args.report_interval_ms,
         coalesce_window=args.coalesce_window,
