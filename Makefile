@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: demo test test-fast lint typecheck install clean bench proto lock helm
+.PHONY: demo test test-fast lint typecheck install clean bench proto lock helm browser
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m integration.demo
 
-test: $(STAMP) helm
+test: $(STAMP) helm browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -32,6 +32,11 @@ test: $(STAMP) helm
 # deployment tests (tests/e2e/test_deploy_*.py); a no-op once built. Needs Go.
 helm:
 	sh deploy/install-helm.sh
+
+# Debian's headless Chromium and chromium-driver for the console's browser tests; a no-op
+# once installed (apt-get, as root; elsewhere it says what to install).
+browser:
+	sh tests/install-chromium.sh
 
 # The unit tier only (in process: no etcd, Envoy, network or subprocess), in under a minute.
 test-fast: $(STAMP)

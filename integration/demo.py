@@ -94,6 +94,7 @@ FIXED_REQUIRED = {"gateway": 10000, "xds": 18000}
 #: Ports that are nice to have: another one is picked, and printed, when taken.
 FIXED_PREFERRED = {
     "admin": 18001,
+    "console": 18002,
     "metrics": 9102,
     "envoy_admin": 9901,
     "etcd": 2379,
@@ -126,6 +127,7 @@ class DemoPorts:
     gateway: int
     xds: int
     admin: int
+    console: int
     metrics: int
     envoy_admin: int
     etcd: int
@@ -158,6 +160,7 @@ def choose_ports(mode: str) -> DemoPorts:
             gateway=free_port(),
             xds=free_port(),
             admin=free_port(),
+            console=free_port(),
             metrics=free_port(),
             envoy_admin=free_port(),
             etcd=0,
@@ -589,6 +592,7 @@ class Demo:
             *("--etcd", self.etcd.endpoint, "--prefix", PREFIX),
             *("--xds", f"{HOST}:{ports.xds}", "--admin", f"{HOST}:{ports.admin}"),
             *("--metrics", f"{HOST}:{ports.metrics}", "--data-dir", str(self.data_dir)),
+            *("--console", f"{HOST}:{ports.console}"),
         ]
         self.meshd = MeshdProcess(meshd_cmd, self.data_dir / "meshd.log", self.err)
         self._cleanups.append(("meshd", self.meshd.stop))
@@ -856,6 +860,9 @@ class Demo:
         for name, where, pid, extra in rows:
             lines.append(f"  {name:<10} {where:<62} pid {pid:<7} {extra}")
         lines += [
+            "",
+            f"Web console: http://{HOST}:{p.console}/ (the mesh at a glance, live; the split "
+            "editor is on default/web's page)",
             "",
             f"Registry ({PREFIX} in etcd): service default/web (subsets v1, v2 by label "
             "'version'), one endpoint per backend,",

@@ -8,13 +8,16 @@ status the servicer aborts with comes back as :class:`CallError`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
 
-__all__ = ["CallError", "LocalContext", "call", "stream"]
+__all__ = ["CallError", "LocalContext", "Watching", "call"]
 
 
 class CallError(Exception):
@@ -35,6 +38,8 @@ class LocalContext:
         )
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        self.metadata_sent = asyncio.Event()
+        """Set when the servicer sends initial metadata (``Watch``: once subscribed)."""
 
     def invocation_metadata(self) -> Sequence[tuple[str, str]]:
         return self._metadata
@@ -46,7 +51,7 @@ class LocalContext:
         raise CallError(code, details)
 
     async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
-        return None
+        self.metadata_sent.set()
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code
@@ -64,11 +69,45 @@ async def call(servicer: Any, method: str, request: Message, token: str | None) 
     return response
 
 
-async def stream(
-    servicer: Any, method: str, request: Message, token: str | None
-) -> AsyncIterator[Any]:
-    """The messages of the server-streaming ``servicer.<method>(request)`` with ``token``;
-    CallError when it ends with a status."""
-    context = LocalContext(token)
-    async for message in getattr(servicer, method)(request, context):
-        yield message
+class Watching:
+    """The admin ``Watch`` stream of one caller, read from inside meshd."""
+
+    def __init__(self, servicer: Any, request: Message, token: str | None) -> None:
+        self._context = LocalContext(token)
+        self._stream: AsyncIterator[Any] = servicer.Watch(request, self._context)
+        self._next: asyncio.Future[Any] | None = None
+
+    async def subscribed(self, timeout: float) -> CallError | None:
+        """Wait until the stream is subscribed to the event bus (it sends its initial
+        metadata then); the CallError it ended with instead, if it did."""
+        self._next = asyncio.ensure_future(anext(self._stream))
+        sent = asyncio.ensure_future(self._context.metadata_sent.wait())
+        try:
+            await asyncio.wait({self._next, sent}, timeout=timeout, return_when=FIRST_COMPLETED)
+        finally:
+            sent.cancel()
+        if self._next.done() and isinstance(self._next.exception(), CallError):
+            return self._next.exception()  # type: ignore[return-value]
+        return None
+
+    async def next(self, timeout: float) -> Any | None:
+        """The next event; None when none came within ``timeout`` seconds. CallError or
+        StopAsyncIteration when the stream ended."""
+        if self._next is None:
+            self._next = asyncio.ensure_future(anext(self._stream))
+        done, _ = await asyncio.wait({self._next}, timeout=timeout)
+        if not done:
+            return None
+        future, self._next = self._next, None
+        return future.result()
+
+    async def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            with contextlib.suppress(BaseException):
+                await self._next
+            self._next = None
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()

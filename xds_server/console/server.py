@@ -33,7 +33,7 @@ from xds_server.admin.proxy_view import ProxyView
 from xds_server.admin.server import check_exposure
 from xds_server.admin.watch import EventFilter, event_message
 from xds_server.console import pages
-from xds_server.console.calls import CallError, stream
+from xds_server.console.calls import CallError, Watching
 from xds_server.console.html import Html, esc, page
 from xds_server.console.sessions import COOKIE, Session, Sessions
 from xds_server.errors import MeshError
@@ -201,7 +201,7 @@ class Console:
             return Response(405, b"method not allowed\n", headers=[("Allow", "GET, POST")])
         q = {k: v[0] for k, v in req.query.items() if v}
         if parts == ["events", "stream"]:
-            return self._feed(session, req)
+            return await self._feed(session, req)
         main: Html
         live = "events"
         if not parts:
@@ -352,7 +352,7 @@ class Console:
 
     # -- the live feed -----------------------------------------------------------------------
 
-    def _feed(self, session: Session, req: Request) -> Response | Streamed:
+    async def _feed(self, session: Session, req: Request) -> Response | Streamed:
         if self._feeds[session.id] >= MAX_FEEDS_PER_SESSION:
             return Response(429, b"too many live feeds for this session\n")
         types = [
@@ -360,32 +360,31 @@ class Console:
             for v in req.query.get("type", [])
             if v.isdigit() and int(v) in pb.EventType.values()
         ]
-        return Streamed(self._events(session, types))
-
-    async def _events(self, session: Session, types: list[str]) -> AsyncIterator[bytes]:
+        watch = Watching(self.admin, pb.WatchRequest(types=types), session.token)
+        # The response starts (and the browser's EventSource opens) only once the Watch is
+        # subscribed: an edit made after the page sees its feed open is never missed.
+        failed = await watch.subscribed(timeout=5.0)
+        if failed is not None:
+            await watch.close()
+            return Response(_HTTP_STATUS.get(failed.code, 500), f"{failed.message}\n".encode())
         self._feeds[session.id] += 1
-        watch = stream(self.admin, "Watch", pb.WatchRequest(types=types), session.token)
-        next_event: asyncio.Task[Any] | None = None
+        return Streamed(self._events(session, watch))
+
+    async def _events(self, session: Session, watch: Watching) -> AsyncIterator[bytes]:
         try:
             yield b"retry: 3000\n\n"
             while True:
-                if next_event is None:
-                    next_event = asyncio.ensure_future(anext(watch))
-                done, _ = await asyncio.wait({next_event}, timeout=SSE_KEEPALIVE_S)
-                if not done:
+                event = await watch.next(SSE_KEEPALIVE_S)
+                if event is None:
                     yield b": keep-alive\n\n"  # (a comment: proxies keep the connection)
                     continue
-                event, next_event = next_event.result(), None
                 yield f"data: {pages.event_json(event)}\n\n".encode()
         except (CallError, StopAsyncIteration) as exc:
             # Ended by the admin API (fell behind, token removed): the browser reconnects.
             reason = exc.message if isinstance(exc, CallError) else "ended"
             yield f"event: end\ndata: {reason}\n\n".encode()
         finally:
-            if next_event is not None:
-                next_event.cancel()
-            with contextlib.suppress(Exception):
-                await watch.aclose()  # type: ignore[attr-defined]
+            await watch.close()
             self._feeds[session.id] -= 1
             if self._feeds[session.id] <= 0:
                 del self._feeds[session.id]

@@ -56,6 +56,8 @@
     var list = document.getElementById("event-rows");
     var filter = document.getElementById("event-text");
     var source = new EventSource("/events/stream" + window.location.search);
+    // The server answers once it is subscribed: from "open" on, no event is missed.
+    source.onopen = function () { main.dataset.feed = "open"; };
     source.onmessage = function (m) {
       var e; try { e = JSON.parse(m.data); } catch (err) { return; }
       if (!list) { return; }
@@ -82,6 +84,7 @@
   track();
   if (mode === "events") {
     var source = new EventSource("/events/stream?live=page");
+    source.onopen = function () { main.dataset.feed = "open"; };
     source.onmessage = soon;
   } else if (mode === "poll") {
     setInterval(refresh, 3000);
