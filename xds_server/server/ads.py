@@ -165,6 +165,7 @@ class AdsServicer:
         bucket = guard.bucket()
         writer = asyncio.current_task()
         writing = False  # the writer is in a write (which a client that never reads blocks)
+        blocked = False  # ... and was cut out of it to end the stream
 
         def handle(raw: Any) -> None:
             """One request, handled where it is read: an ACK (most requests) costs no
@@ -285,6 +286,7 @@ class AdsServicer:
                             raise
                         writer.uncancel()  # (cancelled by the reader, for this failure)
                         outbox.clear()
+                        blocked = True
                         raise failure[0] from None
                     finally:
                         writing = False
@@ -317,7 +319,7 @@ class AdsServicer:
             )
             ending = (exc.code, exc.message, False)
         except LimitExceeded as exc:  # (counted and logged where it was found)
-            ending = (exc.code, exc.message, True)
+            ending = (exc.code, exc.message, blocked or exc.limit == "queued_responses")
         finally:
             inbox.clear()
             outbox.clear()
@@ -336,6 +338,8 @@ class AdsServicer:
         if behind_unread:
             # Sending the status waits behind the unread response of a client that does
             # not read: give up on telling it after a moment, the stream's state goes anyway.
+            # (Only then: a status send cut short is never sent again, and a client that
+            # reads would wait for its stream's end until its channel closes.)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(context.abort(code, message), _ABORT_WAIT_S)
             return
