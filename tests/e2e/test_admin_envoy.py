@@ -8,18 +8,14 @@ import asyncio
 import json
 import time
 
-from envoy.config.route.v3 import route_pb2
-
 from integration.harness import EnvoyProcess, free_port
 from tests.support.fixtures_admin import AdminMesh, entry, seed
 from tests.support.fixtures_envoy import BackendFactory, EnvoyFactory
 from tests.support.meshctl import meshctl
+from tests.support.nack import serve_rejected_route
 from tests.support.wait import eventually
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.cli.bootstrap import bootstrap
-from xds_server.resources import ROUTE
-from xds_server.resources.resource import make_resource
-from xds_server.translate.translator import Delta
 
 
 async def _mesh_with_envoy(
@@ -119,17 +115,8 @@ async def test_nacked_route_shows_in_proxy_status_until_fixed(
     app = admin_mesh.app
     await eventually(lambda: _proxy_rds(admin_mesh), "RDS SYNCED", 10, until=_synced, interval=0.1)
 
-    # Craft a route configuration Envoy must refuse (a regex RE2 cannot compile), and put it
-    # in the cache the way a translation bug would: validation never lets one through.
-    good = app.cache.get(ROUTE, "public")
-    assert good is not None
-    msg = route_pb2.RouteConfiguration.FromString(good.body)
-    bad_route = msg.virtual_hosts[0].routes.add()
-    bad_route.match.safe_regex.regex = "(unclosed"
-    bad_route.direct_response.status = 200
-    delta = Delta()
-    delta.changed[ROUTE]["public"] = make_resource(ROUTE, "public", msg, good.refs)
-    app.cache.apply(delta, app.controller.state.revision)
+    # A route configuration Envoy must refuse, served as a translation bug would serve it.
+    serve_rejected_route(app)
 
     rds = await eventually(
         lambda: _proxy_rds(admin_mesh),

@@ -22,20 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy.config.route.v3 import route_pb2
 
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.harness import BackendProcess, EnvoyProcess, count_bodies, free_port, http_get
 from tests.support.browser import browser_binaries, chromium, on_page, screenshot
 from tests.support.fixtures_envoy import EnvoyFactory
+from tests.support.nack import serve_rejected_route
 from tests.support.rig import Load
 from tests.support.wait import eventually
 from xds_server.admin.auth import Authenticator, parse_tokens
 from xds_server.app import MeshApp, MeshConfig
 from xds_server.cli.bootstrap import bootstrap
-from xds_server.resources import ROUTE
-from xds_server.resources.resource import make_resource
-from xds_server.translate.translator import Delta
 
 TOKENS = {
     "tokens": [
@@ -261,15 +258,7 @@ async def test_a_rollout_in_the_console(rig: Rig) -> None:
         # A NACK: a route configuration Envoy refuses, put in the cache as a translation bug
         # would (validation never lets one through), shows with Envoy's text.
         await asyncio.to_thread(driver.get, base + "/proxies")
-        good = rig.app.cache.get(ROUTE, "public")
-        assert good is not None
-        msg = route_pb2.RouteConfiguration.FromString(good.body)
-        bad = msg.virtual_hosts[0].routes.add()
-        bad.match.safe_regex.regex = "(unclosed"
-        bad.direct_response.status = 200
-        delta = Delta()
-        delta.changed[ROUTE]["public"] = make_resource(ROUTE, "public", msg, good.refs)
-        rig.app.cache.apply(delta, rig.app.controller.state.revision)
+        serve_rejected_route(rig.app)
         nack = await asyncio.to_thread(
             on_page, lambda: "(unclosed" in _text(driver, "#proxies"), "the NACK's text", 15
         )
