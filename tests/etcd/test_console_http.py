@@ -228,3 +228,33 @@ async def test_an_open_console_is_refused_beyond_loopback() -> None:
     open_admin = type("A", (), {"auth": Authenticator(None)})()
     with pytest.raises(ValueError, match="loopback"):
         await Console(open_admin).start("0.0.0.0:0")
+
+
+async def test_every_page_labels_its_inputs_and_tables(mesh: AdminMesh) -> None:
+    """What a screen reader and a keyboard need: every visible input has a label (or an
+    aria-label on its form), every table a caption and column headers, and a link that
+    skips to the content; no page needs a script to be read."""
+    v = visitor(mesh)
+    await v.login("edit-all")
+    for path in (
+        "/",
+        "/services",
+        "/services/shop/web",
+        "/topology",
+        "/proxies",
+        "/events",
+        "/policies",
+        "/certificates",
+        "/login",
+    ):
+        raw = (await v.get(path)).raw
+        labels = set(re.findall(r'<label[^>]* for="([^"]+)"', raw))
+        for tag in re.findall(r"<input[^>]*>", raw):
+            if 'type="hidden"' in tag:
+                continue
+            ident = re.search(r'id="([^"]+)"', tag)
+            inside_label = re.search(r"<label[^>]*>\s*" + re.escape(tag), raw)
+            assert (ident and ident.group(1) in labels) or inside_label, (path, tag)
+        for table_html in re.findall(r"<table.*?</table>", raw, re.S):
+            assert "<caption>" in table_html and 'scope="col"' in table_html, path
+        assert 'href="#main"' in raw and '<main id="main"' in raw, path
