@@ -1014,6 +1014,13 @@ class Demo:
             "handshakes and RBAC denials in the sidecar's stats, policy check says deny\n"
         )
 
+        # 7. The web console the banner names: default/web's page shows its route's split.
+        assert self.ports is not None
+        status, page, _ = http_get(f"http://{HOST}:{self.ports.console}/services/default/web")
+        if status != 200 or "Route default/web-split" not in page or "Save split" not in page:
+            raise DemoError(f"the console's page of default/web answered {status}")
+        self.out.write("check: the web console shows default/web and its split editor\n")
+
     def _expect_http(self, command: str, status: int, body: str) -> None:
         """Run a banner curl (``-w '  HTTP %{http_code}'``); check its status and body."""
         out = self._shell(command)

@@ -172,8 +172,10 @@ def test_check_mode_runs_the_scenario_and_leaves_nothing(tmp_path: Path) -> None
         "typo reported",
         "error cleared",
         "shop/api over mTLS 200, shop/reports -> shop/api 403",
+        "the web console shows default/web and its split editor",
     ):
         assert step in done.stdout, out
+    assert re.search(r"Web console: http://127\.0\.0\.1:\d+/", done.stdout), done.stdout
     # The banner: the three things to try, the error report and the bootstrap command.
     assert "for i in $(seq 20); do curl -s 127.0.0.1:" in done.stdout
     assert "ETCDCTL_API=3 " in done.stdout and "put /mesh/routes/default/web-split" in out
