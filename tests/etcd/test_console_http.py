@@ -258,3 +258,23 @@ async def test_every_page_labels_its_inputs_and_tables(mesh: AdminMesh) -> None:
         for table_html in re.findall(r"<table.*?</table>", raw, re.S):
             assert "<caption>" in table_html and 'scope="col"' in table_html, path
         assert 'href="#main"' in raw and '<main id="main"' in raw, path
+
+
+async def test_redirects_stay_on_the_site_and_logins_are_rate_limited(mesh: AdminMesh) -> None:
+    v = visitor(mesh)
+    for target in (
+        "//evil.example/",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/x\r\nSet-Cookie: a=b",
+        "https://evil.example/",
+    ):
+        reply = await v.post("/login", [("token", "view-shop"), ("next", target)])
+        assert reply.status == 303 and reply.headers["location"] == "/", (target, reply.headers)
+    ok = await v.post("/login", [("token", "view-shop"), ("next", "/services/shop/web?x=1")])
+    assert ok.headers["location"] == "/services/shop/web?x=1"
+    guesser = visitor(mesh)
+    codes = [(await guesser.login(f"guess-{i}")).status for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
+    # (the right token is not even checked meanwhile: the answer tells nothing)
+    assert (await guesser.login("edit-all")).status == 429

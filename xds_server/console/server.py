@@ -19,6 +19,8 @@ import collections
 import contextlib
 import datetime
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
@@ -47,6 +49,9 @@ log = logging.getLogger("meshd.console")
 RECENT_EVENTS = 500
 """Events kept for the overview and the events page (each caller sees its share)."""
 MAX_FEEDS_PER_SESSION = 4
+LOGIN_FAILURES = 10
+"""Failed logins a minute from one address; more are answered 429 without a check (the
+token is not guessed faster through the console than this)."""
 MAX_BODY = 64 * 1024
 SSE_KEEPALIVE_S = 15.0
 HTML = "text/html; charset=utf-8"
@@ -96,6 +101,7 @@ class Console:
         self._recent: collections.deque[Any] = collections.deque(maxlen=RECENT_EVENTS)
         self._recorder: asyncio.Task[None] | None = None
         self._feeds: collections.Counter[str] = collections.Counter()
+        self._login_failures = FailureWindow(LOGIN_FAILURES, 60.0)
         self.port = 0
 
     async def start(self, address: str) -> int:
@@ -269,9 +275,17 @@ class Console:
             form = _form(req)
             next_page = form.get("next", ["/"])[0]
             token = form.get("token", [""])[0].strip()
+            host = req.peer.rpartition(":")[0]
+            if not self._login_failures.allow(host):
+                self._http.refuse(
+                    "login", f"over {LOGIN_FAILURES} failed logins a minute from {host}"
+                )
+                page_body = _login_page("too many failed logins: wait a minute", next_page)
+                return Response(429, page_body, HTML, [("Retry-After", "60")])
             try:
                 session = self.sessions.login(token)
             except MeshError as exc:
+                self._login_failures.failed(host)
                 err = from_mesh_error(exc)
                 return Response(401, _login_page(err.message, next_page), HTML)
             return _redirect(_local(next_page), [("Set-Cookie", _cookie(session.id))])
@@ -390,6 +404,37 @@ class Console:
                 del self._feeds[session.id]
 
 
+class FailureWindow:
+    """Failures per key (an address) over the last ``window`` seconds, at most ``limit``;
+    bounded in keys (the oldest go)."""
+
+    MAX_KEYS = 4096
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._seen: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+
+    def allow(self, key: str) -> bool:
+        times = self._seen.get(key)
+        if times is None:
+            return True
+        horizon = self._clock() - self.window
+        while times and times[0] < horizon:
+            times.popleft()
+        return len(times) < self.limit
+
+    def failed(self, key: str) -> None:
+        times = self._seen.setdefault(key, collections.deque(maxlen=self.limit))
+        times.append(self._clock())
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.MAX_KEYS:
+            self._seen.popitem(last=False)
+
+
 def _form(req: Request) -> dict[str, list[str]]:
     kind = req.headers.get("content-type", "").split(";")[0].strip()
     if kind != "application/x-www-form-urlencoded":
@@ -400,11 +445,14 @@ def _form(req: Request) -> dict[str, list[str]]:
         return {}
 
 
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+:@!$'()*,;-]*")
+
+
 def _local(target: str) -> str:
-    """``target`` when it is a path of this site, else ``/`` (no open redirect)."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+    """``target`` when it is a path of this site in plain URL characters, else ``/``: no
+    open redirect (``//host``, ``/\\host``, a tab a browser drops) and nothing that could
+    end a header line."""
+    return target if _LOCAL_PATH.fullmatch(target) else "/"
 
 
 def _redirect(to: str, headers: list[tuple[str, str]] | None = None) -> Response:
