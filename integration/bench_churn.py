@@ -388,9 +388,14 @@ class BareWatcher:
 async def bare_watch(endpoint: str, key: str) -> None:
     """The watcher's process: one line ``<route change id> <monotonic time>`` per change."""
     registry = EtcdRegistry(endpoint, prefix=key.rsplit("/", 3)[0] + "/")
-    print("watching", flush=True)
+    watching = False
     async for update in registry.updates():
         now = time.monotonic()
+        if not watching:
+            # Only now: the first update is the listing, and the watch goes on from its
+            # revision, so no write after this line is missed.
+            print("watching", flush=True)
+            watching = True
         for event in getattr(update, "events", ()):
             if event.key == key and event.value:
                 prefix = json.loads(event.value)["match"]["prefix"]

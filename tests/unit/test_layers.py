@@ -29,6 +29,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "listen": frozenset(),
     X + "stream_auth": frozenset(),
     X + "log_limit": frozenset(),
+    X + "http_server": frozenset(),
     X + "stream_limits": frozenset({X + "log_limit"}),
     X + "model": frozenset({X + "errors", X + "resources"}),
     X + "identity": frozenset({X + "model", X + "resources", X + "errors"}),
@@ -39,6 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "metrics_sd": frozenset({X + "metrics_labels"}),
     X + "metrics_http": frozenset(
         {X + "metrics", X + "metrics_labels", X + "metrics_sd", X + "model", X + "resources"}
+        | {X + "http_server"}
     ),
     X + "server": frozenset(
         {X + "cache", X + "resources", X + "errors", X + "events", X + "metrics"}
@@ -63,6 +65,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         {X + "server", X + "health", X + "topology", X + "ingest", X + "model"}
         | {X + "resources", X + "errors", X + "events", X + "listen", X + "stream_auth"}
     ),
+    X + "console": frozenset({X + "admin", X + "http_server", X + "errors", X + "events"}),
     "adapters": frozenset({X + "ingest", X + "model", X + "resources", X + "errors"}),
 }
 """Part -> the parts it may import (beside itself). A part not listed has no rule."""
