@@ -304,6 +304,7 @@ class ConvergenceTracker:
         self._waits: dict[object, list[int]] = {}  # stream -> generations waiting for it
         self._converged: dict[int, float] = {}  # generation -> when it converged (the latest)
         self._answering: set[object] = set()  # streams that have answered a push waited for
+        self._answered_at: dict[int, float] = {}  # outstanding generation -> its latest answer
 
     def opened(self, key: object, generation: int) -> None:
         """A stream started; it will fetch ``generation`` (or later) by itself."""
@@ -328,7 +329,9 @@ class ConvergenceTracker:
             if len(gens) > self.MAX_OUTSTANDING:  # a stuck stream: drop what was given up
                 gens[:] = [g for g in gens if g in self._outstanding]
         while len(self._outstanding) > self.MAX_OUTSTANDING:
-            del self._outstanding[next(iter(self._outstanding))]
+            given_up = next(iter(self._outstanding))
+            del self._outstanding[given_up]
+            self._answered_at.pop(given_up, None)
             self._abandoned.inc()
 
     def waiting(self, generation: int) -> int:
@@ -356,6 +359,12 @@ class ConvergenceTracker:
                     count += older == generation
                     break
         return count
+
+    def last_answer_at(self, generation: int) -> float | None:
+        """When a stream last answered cache generation ``generation`` while others were
+        still waited for (None: none has yet, or it converged). With streams that never
+        answer still waited for, this is when the ones that keep up were done."""
+        return self._answered_at.get(generation)
 
     def converged_at(self, generation: int) -> float | None:
         """When cache generation ``generation`` converged, if it did lately after waiting
@@ -394,8 +403,10 @@ class ConvergenceTracker:
             waiting.discard(key)
             if upto is not None:
                 self._answering.add(key)  # (it answered a push it was waited for)
+                self._answered_at[generation] = now
             if not waiting:
                 del self._outstanding[generation]
+                self._answered_at.pop(generation, None)
                 self._histogram.observe(max(0.0, now - observed_at))
                 self._converged[generation] = now
                 if len(self._converged) > self.MAX_OUTSTANDING:

@@ -460,12 +460,16 @@ class Controller:
             in_step = tracker.waiting_in_step(push.generation)
             if in_step > push.woken // 100 and now < give_up - _TIMER_SLACK:
                 return max(push.at + self.coalesce, min(now + _POLL_S, give_up))
-            if tracker.waiting(push.generation):
-                # Nearly all that keep up answered (seen now: looked at every _POLL_S), or
-                # given up on.
-                push.answered = min(now, give_up)
-            else:  # all answered: when they did (or it woke no stream that had to answer)
+            if not tracker.waiting(push.generation):
+                # All answered: when they did (or it woke no stream that had to answer).
                 push.answered = tracker.converged_at(push.generation) or push.at
+            elif in_step <= push.woken // 100:
+                # Nearly all that keep up answered: when the last of them did, not when
+                # this looks (the next change may come long after; the rest may never).
+                last = tracker.last_answer_at(push.generation)
+                push.answered = min(now, last) if last is not None else push.at
+            else:
+                push.answered = give_up  # (not answered in time: taken as answered now)
         due = max(push.at + self.coalesce, 2 * push.answered - push.at)
         return due if now < due - _TIMER_SLACK else None
 
