@@ -371,7 +371,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--services", type=int, default=200)
     p.add_argument("--endpoints", type=int, default=5)
     p.add_argument("--changes", type=int, default=40, help="changes measured per phase")
-    p.add_argument("--gap", type=float, default=0.05, help="seconds between changes")
+    p.add_argument(
+        "--gap",
+        type=float,
+        default=0.2,
+        help="seconds between changes: more than meshd's --coalesce-window, so that each is a "
+        "lone change, not part of a burst the window paces on purpose",
+    )
     p.add_argument("--settle", type=float, default=2.0, help="quiet seconds before an RSS read")
     p.add_argument("--small", action="store_true", help="tiny abusers (smoke test)")
     p.add_argument(
