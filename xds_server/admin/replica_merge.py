@@ -16,7 +16,8 @@ etcd and compute the same verdicts (:mod:`xds_server.health.sync`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.topology.graph import needed_endpoints
@@ -74,6 +75,22 @@ def _endpoints(groups: Sequence[Sequence[pb.EndpointLoad]]) -> list[pb.EndpointL
     ]
 
 
+_Row = TypeVar("_Row", pb.TopologyEdge, pb.ServiceMetrics)
+
+
+def _summed(
+    rows: Sequence[_Row], key: Callable[[_Row], tuple[str, str]]
+) -> dict[tuple[str, str], tuple[_Load, list[Sequence[pb.EndpointLoad]]]]:
+    """Rows of the same key (an edge, a service) from every replica: their loads summed,
+    and each one's endpoint loads (for :func:`_endpoints`)."""
+    out: dict[tuple[str, str], tuple[_Load, list[Sequence[pb.EndpointLoad]]]] = {}
+    for row in rows:
+        load, endpoints = out.setdefault(key(row), (_Load(), []))
+        load.add(row.rps, row.error_rate, row.in_flight)
+        endpoints.append(row.endpoints)
+    return out
+
+
 def merge_topology(parts: Sequence[pb.GetTopologyResponse]) -> pb.GetTopologyResponse:
     """One graph from each replica's (the first part's window)."""
     kinds: dict[str, int] = {}
@@ -81,20 +98,16 @@ def merge_topology(parts: Sequence[pb.GetTopologyResponse]) -> pb.GetTopologyRes
         for node in part.nodes:
             # (a node is a service on every replica that knows the service: same registry)
             kinds[node.id] = max(kinds.get(node.id, 0), node.kind)
-    loads: dict[tuple[str, str], _Load] = {}
+    edges = [e for part in parts for e in part.edges]
+    summed = _summed(edges, lambda e: (e.source, e.destination))
     allowed: dict[tuple[str, str], bool] = {}
-    endpoints: dict[tuple[str, str], list[Sequence[pb.EndpointLoad]]] = {}
-    for part in parts:
-        for e in part.edges:
-            key = (e.source, e.destination)
-            loads.setdefault(key, _Load()).add(e.rps, e.error_rate, e.in_flight)
-            allowed[key] = allowed.get(key, False) or e.allowed
-            endpoints.setdefault(key, []).append(e.endpoints)
+    for e in edges:
+        allowed[(e.source, e.destination)] = allowed.get((e.source, e.destination)) or e.allowed
     out = pb.GetTopologyResponse(window_seconds=parts[0].window_seconds if parts else 0.0)
     for node_id in sorted(kinds):
         out.nodes.append(pb.TopologyNode(id=node_id, kind=kinds[node_id]))  # type: ignore[arg-type]
-    for key in sorted(loads):
-        load = loads[key]
+    for key in sorted(summed):
+        load, endpoints = summed[key]
         out.edges.append(
             pb.TopologyEdge(
                 source=key[0],
@@ -104,7 +117,7 @@ def merge_topology(parts: Sequence[pb.GetTopologyResponse]) -> pb.GetTopologyRes
                 in_flight=load.in_flight,
                 allowed=allowed[key],
                 idle=not (load.rps > 0 or load.in_flight > 0),
-                endpoints=_endpoints(endpoints[key]),
+                endpoints=_endpoints(endpoints),
             )
         )
     return out
@@ -114,16 +127,11 @@ def merge_service_metrics(
     parts: Sequence[pb.GetServiceMetricsResponse],
 ) -> pb.GetServiceMetricsResponse:
     """RED per service summed over the parts (the first part's window)."""
-    loads: dict[tuple[str, str], _Load] = {}
-    endpoints: dict[tuple[str, str], list[Sequence[pb.EndpointLoad]]] = {}
-    for part in parts:
-        for s in part.services:
-            key = (s.namespace, s.name)
-            loads.setdefault(key, _Load()).add(s.rps, s.error_rate, s.in_flight)
-            endpoints.setdefault(key, []).append(s.endpoints)
+    services = [s for part in parts for s in part.services]
+    summed = _summed(services, lambda s: (s.namespace, s.name))
     out = pb.GetServiceMetricsResponse(window_seconds=parts[0].window_seconds if parts else 0.0)
-    for key in sorted(loads):
-        load = loads[key]
+    for key in sorted(summed):
+        load, endpoints = summed[key]
         out.services.append(
             pb.ServiceMetrics(
                 namespace=key[0],
@@ -132,7 +140,7 @@ def merge_service_metrics(
                 error_rps=load.error_rps,
                 error_rate=load.error_rate,
                 in_flight=load.in_flight,
-                endpoints=_endpoints(endpoints[key]),
+                endpoints=_endpoints(endpoints),
             )
         )
     return out
