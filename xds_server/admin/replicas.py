@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from xds_server.admin.api import admin_pb2 as pb
 from xds_server.admin.api import admin_pb2_grpc
+from xds_server.ingest.lease import HeldLease
 from xds_server.ingest.registry import Registry
 
 log = logging.getLogger("meshd.replicas")
@@ -138,7 +139,7 @@ class Replicas:
         self.peers: dict[str, ReplicaRecord] = {}
         """The other replicas alive in etcd, by id."""
         self._roots: bytes | None = None
-        self._lease = 0
+        self._lease = HeldLease(registry, PRESENCE_TTL, "replica")
         self._written: ReplicaRecord | None = None
         self._channels: dict[str, tuple[ReplicaRecord, grpc.aio.Channel]] = {}
         self._duplicate_logged = 0.0
@@ -178,28 +179,20 @@ class Replicas:
                 raise
             except Exception as exc:  # etcd away: the last known replicas stay asked
                 log.warning("replica presence in etcd failed: %s", exc)
-                self._lease = 0
+                self._lease.lost()
                 backoff = min(backoff * 2, 5.0)
             await asyncio.sleep(backoff)
 
     async def sync_once(self) -> None:
         """Keep the lease, (re)write the record if needed, read the others'."""
-        grant = getattr(self.registry, "lease_grant", None)
-        keepalive = getattr(self.registry, "lease_keepalive", None)
         list_prefix = getattr(self.registry, "list_prefix", None)
-        if grant is None or keepalive is None or list_prefix is None or self.record is None:
+        if not self._lease.supported or list_prefix is None or self.record is None:
             return
-        if self._lease:
-            try:
-                await keepalive(self._lease)
-            except Exception:
-                self._lease = 0  # expired (etcd away longer than the TTL): start over
-        if not self._lease:
-            self._lease = int(await grant(PRESENCE_TTL))
+        if await self._lease.keep():
             self._written = None
         if self._written != self.record:
             key = self.prefix + self.replica_id
-            await self.registry.put(key, self.record.encode(), lease=self._lease)
+            await self.registry.put(key, self.record.encode(), lease=self._lease.id)
             self._written = self.record
         listing: Any = await list_prefix(self.prefix)
         for channel in self._read(listing.entries):
@@ -248,13 +241,7 @@ class Replicas:
 
     async def close(self) -> None:
         """Give the lease back (the others forget this replica at once), close channels."""
-        revoke = getattr(self.registry, "lease_revoke", None)
-        if self._lease and revoke is not None:
-            try:
-                await revoke(self._lease)
-            except Exception as exc:
-                log.info("could not revoke the replica lease: %s", exc)
-            self._lease = 0
+        await self._lease.revoke()
         channels, self._channels = self._channels, {}
         for _, channel in channels.values():
             await channel.close()

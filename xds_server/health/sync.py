@@ -29,6 +29,7 @@ from xds_server.health.aggregate import Status
 from xds_server.health.assign import Checker
 from xds_server.health.hds import HealthService
 from xds_server.health.monitor import lease_ttl
+from xds_server.ingest.lease import HeldLease
 from xds_server.ingest.registry import Registry
 
 log = logging.getLogger("meshd.health")
@@ -47,7 +48,7 @@ class HealthSync:
         interval = health.monitor.report_interval
         self.period = min(max(interval / 2, 0.25), 5.0)
         self.ttl = lease_ttl(interval)
-        self._lease = 0
+        self._lease = HeldLease(registry, self.ttl, "health")
         self._written: dict[str, bytes] = {}
         self._own: bytes = b""
         self.rounds = 0
@@ -62,26 +63,22 @@ class HealthSync:
                 raise
             except Exception as exc:  # etcd unreachable: local health keeps working
                 log.warning("health sync with etcd failed: %s", exc)
-                self._lease = 0
+                self._lease.lost()
                 backoff = min(backoff * 2, 5.0)
             await asyncio.sleep(backoff)
 
     async def close(self) -> None:
         """Give the lease back so the other replicas forget this one at once."""
-        revoke = getattr(self.registry, "lease_revoke", None)
-        if self._lease and revoke is not None:
-            try:
-                await revoke(self._lease)
-            except Exception as exc:
-                log.info("could not revoke health lease: %s", exc)
-            self._lease = 0
+        await self._lease.revoke()
 
     async def sync_once(self) -> None:
         """Publish this replica's proxies and reports, read the others', write verdicts."""
         await self._keep_lease()
         own = self._document()
         if own != self._own or self.rounds % 4 == 0:
-            await self.registry.put(self.replicas_prefix + self.replica_id, own, lease=self._lease)
+            await self.registry.put(
+                self.replicas_prefix + self.replica_id, own, lease=self._lease.id
+            )
             self._own = own
         await self._read_others()
         self.health.evaluate_now()
@@ -89,18 +86,8 @@ class HealthSync:
         self.rounds += 1
 
     async def _keep_lease(self) -> None:
-        grant = getattr(self.registry, "lease_grant", None)
-        keepalive = getattr(self.registry, "lease_keepalive", None)
-        if grant is None or keepalive is None:
-            return
-        if self._lease:
-            try:
-                await keepalive(self._lease)
-                return
-            except Exception:
-                self._lease = 0  # expired (etcd was away longer than the TTL): start over
-                self._own = b""
-        self._lease = int(await grant(self.ttl))
+        if self._lease.supported and await self._lease.keep():
+            self._own = b""  # (a new lease: what the old one held is gone, write it again)
 
     def _document(self) -> bytes:
         monitor = self.health.monitor
