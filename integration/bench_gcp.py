@@ -47,10 +47,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,12 +81,13 @@ from integration.bench_scale import (
     meshd_revision,
     quiesce,
     ratio,
+    run_bench,
     say,
     seed,
 )
 from integration.gcp_server import GoServer, build
 from integration.harness import free_port
-from integration.loadgen import CDS, EDS, LDS, RDS, LoadGenGroup, raise_nofile_limit, route_names
+from integration.loadgen import CDS, EDS, LDS, RDS, LoadGenGroup, route_names
 
 MARKER_KEY = "endpoints/default/s0/e0"
 ROUTE_KEY = "routes/default/bench-edit"
@@ -587,15 +586,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def main() -> None:
-    args = parse_args()
-    raise_nofile_limit()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-gcp-"))
-    try:
-        asyncio.run(amain(args, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    os._exit(0)  # grpc's threads can hold the interpreter at exit; nothing is left to flush
+    run_bench(amain, parse_args(), "gcp")
 
 
 if __name__ == "__main__":

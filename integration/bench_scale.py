@@ -69,7 +69,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -1403,14 +1403,21 @@ def main() -> None:
         out, mode, _, *rest = sys.argv[2:]
         profiled_meshd(out, mode, rest)
         return
-    args = parse_args()
+    run_bench(amain, parse_args(), "scale")
+
+
+def run_bench(amain: Callable[[Any, Path], Awaitable[object]], args: Any, name: str) -> NoReturn:
+    """A benchmark's ``main``: ``amain(args, workdir)`` in a fresh work directory (removed
+    afterwards unless ``args.keep``), then exit at once (grpc's threads can hold the
+    interpreter at exit; nothing is left to flush by then)."""
     raise_nofile_limit()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     try:
         asyncio.run(amain(args, workdir))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    sys.stdout.flush()
     os._exit(0)
 
 

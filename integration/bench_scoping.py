@@ -38,9 +38,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -63,9 +60,10 @@ from integration.bench_scale import (
     finish_run_options,
     load,
     meshd_revision,
+    run_bench,
     say,
 )
-from integration.loadgen import LoadGenGroup, raise_nofile_limit, rss_kb
+from integration.loadgen import LoadGenGroup, rss_kb
 
 
 def declarations(args: argparse.Namespace) -> list[list[str]]:
@@ -445,16 +443,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def main() -> None:
-    args = parse_args()
-    raise_nofile_limit()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-scoping-"))
-    try:
-        asyncio.run(amain(args, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    sys.stdout.flush()
-    os._exit(0)
+    run_bench(amain, parse_args(), "scoping")
 
 
 if __name__ == "__main__":

@@ -46,11 +46,9 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +69,11 @@ from integration.bench_scale import (
     meshd_revision,
     quiesce,
     ratio,
+    run_bench,
     say,
     seed,
 )
-from integration.loadgen import LoadGenGroup, raise_nofile_limit
+from integration.loadgen import LoadGenGroup
 
 NODE_CLUSTER = "bench"
 """Every client's node cluster: the gateway identity ``gateway:bench`` of the join token."""
@@ -345,15 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    args = parse_args()
-    raise_nofile_limit()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-tls-"))
-    try:
-        asyncio.run(amain(args, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    os._exit(0)  # grpc's threads can hold the interpreter at exit; nothing is left to flush
+    run_bench(amain, parse_args(), "tls")
 
 
 if __name__ == "__main__":
