@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -1406,7 +1406,9 @@ def main() -> None:
     run_bench(amain, parse_args(), "scale")
 
 
-def run_bench(amain: Callable[[Any, Path], Awaitable[object]], args: Any, name: str) -> NoReturn:
+def run_bench(
+    amain: Callable[[Any, Path], Coroutine[Any, Any, object]], args: Any, name: str
+) -> NoReturn:
     """A benchmark's ``main``: ``amain(args, workdir)`` in a fresh work directory (removed
     afterwards unless ``args.keep``), then exit at once (grpc's threads can hold the
     interpreter at exit; nothing is left to flush by then)."""
