@@ -49,14 +49,6 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS of ``pid`` in kB (from /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 class MeshdProcess(Meshd):
     """meshd as its own process (:class:`integration.bench_scale.Meshd`) on the registry at
     ``prefix``, logging at ``log``, with extra flags as given."""

@@ -187,8 +187,39 @@ def churn_key_value(k: int, services: int, endpoints: int) -> tuple[str, bytes]:
 # --------------------------------------------------------------------------- processes
 
 
-class Meshd:
+class ServerProcess:
+    """What a benchmark reads of an xDS server it started as a process: the subclass sets
+    ``proc``, ``xds_port`` and ``log_path``; ``what`` names it in errors."""
+
+    what = "server"
+    proc: subprocess.Popen[bytes]
+    xds_port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.xds_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.what} exited with {self.proc.returncode}:\n{tail}")
+
+
+class Meshd(ServerProcess):
     """meshd as its own process (the console script next to sys.executable)."""
+
+    what = "meshd"
 
     def __init__(
         self,
@@ -252,25 +283,6 @@ class Meshd:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.xds_port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss_kb(self) -> int:
-        return rss_kb(self.pid)
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"meshd exited with {self.proc.returncode}:\n{tail}")
 
     async def metrics(self, *names: str) -> dict[str, float]:
         """``name{labels}`` -> value of every sample of meshd's /metrics (only of the

@@ -24,9 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from integration.bench_scale import cpu_seconds
+from integration.bench_scale import ServerProcess
 from integration.harness import free_port
-from integration.loadgen import rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "integration" / "gcp"
@@ -79,10 +78,12 @@ def build(force: bool = False) -> tuple[Path, str]:
     return binary, f"go-control-plane server: built {binary.relative_to(ROOT)} in {took:.1f} s"
 
 
-class GoServer:
+class GoServer(ServerProcess):
     """The go-control-plane server as its own process, shaped like bench_scale's ``Meshd``
     (``pid``, ``target``, ``cpu``, ``rss_kb``, ``wait_ready``, ``stop``): its stdout lines
     say when its caches hold the listed registry and which revision it has applied."""
+
+    what = "go-control-plane server"
 
     def __init__(
         self,
@@ -132,27 +133,6 @@ class GoServer:
                 elif words[:1] == ["applied"]:
                     self.revision = max(self.revision, int(words[1]))
                 self._seen.notify_all()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.xds_port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss_kb(self) -> int:
-        return rss_kb(self.pid)
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(
-                f"go-control-plane server exited with {self.proc.returncode}:\n{tail}"
-            )
 
     def ready_logged_at(self) -> float | None:
         """Seconds from start to its "ready" line: the listed registry in both caches."""
