@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
+
+from xds_server.log_limit import LogLimiter
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -162,8 +163,10 @@ class HttpServer:
         self.max_body = max_body
         self.open_connections = 0
         """Connections open now (read by tests and the log)."""
-        self._log = log or logging.getLogger("meshd.http")
-        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged, unlogged)
+        self._lines = LogLimiter(
+            log or logging.getLogger("meshd.http"), per_key=1, overall=8, window=_LOG_EVERY_S
+        )
+        self._log = self._lines.log
         self._waiting: dict[asyncio.Task[None], None] = {}  # no request yet; oldest first
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -274,17 +277,10 @@ class HttpServer:
         await asyncio.wait_for(writer.drain(), self.write_timeout)
 
     def refuse(self, reason: str, why: str) -> None:
-        """Count a refusal; log it at most once a minute per reason (with how many went
-        unlogged meanwhile)."""
+        """Count a refusal; log it at most once a minute per reason (the next line says how
+        many were held back)."""
         self._refused(reason)
-        now = time.monotonic()
-        last, unlogged = self._logged.get(reason, (-_LOG_EVERY_S, 0))
-        if now - last < _LOG_EVERY_S:
-            self._logged[reason] = (last, unlogged + 1)
-            return
-        self._logged[reason] = (now, 0)
-        more = f" (and {unlogged} more since the last such line)" if unlogged else ""
-        self._log.warning("%s: closed a connection: %s%s", self.name, why, more)
+        self._lines.warning(reason, "%s: closed a connection: %s", self.name, why)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

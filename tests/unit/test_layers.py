@@ -29,7 +29,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     X + "listen": frozenset(),
     X + "stream_auth": frozenset(),
     X + "log_limit": frozenset(),
-    X + "http_server": frozenset(),
+    X + "http_server": frozenset({X + "log_limit"}),
     X + "stream_limits": frozenset({X + "log_limit"}),
     X + "model": frozenset({X + "errors", X + "resources"}),
     X + "identity": frozenset({X + "model", X + "resources", X + "errors"}),
