@@ -203,21 +203,27 @@ def test_parse_entry_never_raises(key: str, value: bytes) -> None:
         assert ref is not None
 
 
+PREFIXES = [PREFIX, "/mesh", "/", "/other/"]
+
+
+def keys_under(heads: list[str], last: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
+    """Lists of registry keys: arbitrary ones, and ones made of a prefix, one of ``heads``
+    and a ``last`` segment (the shapes the key shortcuts and their memos see)."""
+    built = st.builds(
+        lambda prefix, head, tail: prefix + head + "/" + tail,
+        st.sampled_from(PREFIXES),
+        st.sampled_from(heads),
+        last,
+    )
+    return st.lists(any_keys | built, max_size=8)
+
+
 @FAST
 @given(
-    keys=st.lists(
-        any_keys
-        | st.builds(
-            lambda prefix, head, last: prefix + head + "/" + last,
-            st.sampled_from([PREFIX, "/mesh", "/", "/other/"]),
-            st.sampled_from(
-                ["endpoints/default/web", "endpoints/Default/web", "mesh/endpoints/a/b"]
-            ),
-            segment,
-        ),
-        max_size=8,
+    keys=keys_under(
+        ["endpoints/default/web", "endpoints/Default/web", "mesh/endpoints/a/b"], segment
     ),
-    prefixes=st.permutations([PREFIX, "/mesh", "/", "/other/"]),
+    prefixes=st.permutations(PREFIXES),
 )
 def test_parse_key_memo_changes_no_outcome(keys: list[str], prefixes: list[str]) -> None:
     """parse_key remembers endpoint key heads it validated; a key parses the same with
@@ -239,27 +245,19 @@ def test_parse_key_memo_changes_no_outcome(keys: list[str], prefixes: list[str])
 
 @FAST
 @given(
-    keys=st.lists(
-        any_keys
-        | st.builds(
-            lambda prefix, head, last: prefix + head + "/" + last,
-            st.sampled_from([PREFIX, "/mesh", "/", "/other/"]),
-            st.sampled_from(
-                [
-                    "endpoints/default/web",
-                    "endpoints/Default/web",
-                    "mesh/endpoints/a/b",
-                    "services/default",
-                    "services/Bad",
-                    "services",
-                    "mesh/services/a",
-                ]
-            ),
-            segment | st.sampled_from(["web", "Web", "w-1", "-w"]),
-        ),
-        max_size=8,
+    keys=keys_under(
+        [
+            "endpoints/default/web",
+            "endpoints/Default/web",
+            "mesh/endpoints/a/b",
+            "services/default",
+            "services/Bad",
+            "services",
+            "mesh/services/a",
+        ],
+        segment | st.sampled_from(["web", "Web", "w-1", "-w"]),
     ),
-    prefixes=st.permutations([PREFIX, "/mesh", "/", "/other/"]),
+    prefixes=st.permutations(PREFIXES),
 )
 def test_key_shortcuts_are_parse_keys(keys: list[str], prefixes: list[str]) -> None:
     """endpoint_head (a listing's runs) names the service of an endpoint key exactly when
