@@ -13,6 +13,10 @@ metrics port (:mod:`xds_server.metrics_http`) and the console (:mod:`xds_server.
 - Refusals are counted through ``refused(reason)`` (``connections``, ``timeout``,
   ``bad_request``) and logged at most once a minute per reason.
 
+- Until its request is whole, a connection is a socket, a buffer and a deadline on the
+  loop, read as data comes: no task, transport or stream each (see :class:`_Connection`).
+  A streamed response ends when its client goes away.
+
 No I/O of its own beyond the sockets it is given; the handler decides everything else.
 """
 
@@ -31,6 +35,7 @@ from xds_server.log_limit import LogLimiter
 __all__ = [
     "MAX_HEADER_BYTES",
     "HttpServer",
+    "Listening",
     "Request",
     "Response",
     "Streamed",
@@ -39,6 +44,8 @@ __all__ = [
 ]
 
 MAX_HEADER_BYTES = 16 * 1024
+_READ_BYTES = 16 * 1024
+_ACCEPT_BATCH = 64
 _LOG_EVERY_S = 60.0
 
 REASONS = {
@@ -138,6 +145,149 @@ def parse_head(head: bytes) -> tuple[str, str, dict[str, str]] | None:
     return parts[0], parts[1], headers
 
 
+class Listening:
+    """A listening socket being served; :meth:`close` stops accepting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self.sock = sock
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (open connections stay)."""
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    async def wait_closed(self) -> None:
+        """For the callers of :class:`asyncio.Server`: nothing is left to wait for."""
+
+
+class _Connection:
+    """One accepted socket until its request is read: a buffer and a deadline, no task.
+
+    Silent and half-open connections are what a flood brings, so until a whole request has
+    come a connection is only this object, its socket and two loop handles: no transport,
+    stream or task each. Objects made for short-lived connections and interleaved with the
+    long-lived ones made meanwhile leave the allocator's arenas partly used after the flood;
+    the fewer there are, the less the process keeps.
+    """
+
+    __slots__ = ("buf", "fd", "head", "length", "server", "sock", "task", "timer")
+
+    def __init__(self, server: HttpServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.head: tuple[str, str, dict[str, str]] | None = None
+        self.length = 0
+        loop = server.loop
+        loop.add_reader(self.fd, self.readable)
+        self.timer = loop.call_later(server.header_timeout, self.timed_out)
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if self.task is not None:  # answering a streamed response: only an end counts
+            if not data:
+                self.server.loop.remove_reader(self.fd)
+                self.task.cancel()
+            return
+        if not data:  # the client went away before its request was whole
+            self.close()
+            return
+        self.buf += data
+        if self.head is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEADER_BYTES:
+                    self.server.refuse(
+                        "bad_request", f"request headers over {MAX_HEADER_BYTES} bytes"
+                    )
+                    self.reply(response_bytes(431, b"request headers too large\n"))
+                return
+            if end + 4 > MAX_HEADER_BYTES:
+                self.server.refuse("bad_request", f"request headers over {MAX_HEADER_BYTES} bytes")
+                self.reply(response_bytes(431, b"request headers too large\n"))
+                return
+            if not self.read_head(bytes(self.buf[: end + 4])):
+                return
+            del self.buf[: end + 4]
+        if len(self.buf) >= self.length:
+            self.answer(bytes(self.buf[: self.length]))
+
+    def read_head(self, head: bytes) -> bool:
+        """Take the request head; False when the connection was answered and closed."""
+        parsed = parse_head(head)
+        if parsed is None:
+            self.server.refuse("bad_request", "not an HTTP request")
+            self.reply(response_bytes(400, b"bad request\n"))
+            return False
+        length = parsed[2].get("content-length", "0")
+        if not length.isdigit() or "transfer-encoding" in parsed[2]:
+            self.reply(response_bytes(400, b"a body needs a Content-Length\n"))
+            return False
+        if int(length) > self.server.max_body:
+            self.server.refuse(
+                "bad_request", f"a body of {length} bytes, over {self.server.max_body}"
+            )
+            self.reply(response_bytes(413, b"request body too large\n"))
+            return False
+        self.head, self.length = parsed, int(length)
+        if self.length:  # as long again for the body
+            self.timer.cancel()
+            self.timer = self.server.loop.call_later(self.server.header_timeout, self.timed_out)
+        return True
+
+    def timed_out(self) -> None:
+        what = "request headers" if self.head is None else "request body"
+        self.server.refuse("timeout", f"no {what} within {self.server.header_timeout:g} s")
+        self.close()
+
+    def reply(self, data: bytes) -> None:
+        """Answer a refusal at once, as far as the socket takes it, and close."""
+        with contextlib.suppress(OSError):
+            self.sock.send(data)
+        self.close()
+
+    def answer(self, body: bytes) -> None:
+        """The request is whole: stop the deadline and answer it in a task of its own."""
+        assert self.head is not None
+        self.timer.cancel()
+        self.server.loop.remove_reader(self.fd)
+        self.server.waiting.pop(self, None)
+        method, target, headers = self.head
+        try:
+            host, port = self.sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except (OSError, ValueError):
+            peer = ""
+        self.buf = bytearray()
+        self.task = self.server.loop.create_task(
+            self.server.exchange(self, Request(method, target, headers, body, peer))
+        )
+
+    def watch_for_end(self) -> None:
+        """While a streamed response is written, notice the client going away."""
+        self.server.loop.add_reader(self.fd, self.readable)
+
+    def close(self) -> None:
+        """Close the socket and forget the connection (idempotent)."""
+        if self.fd < 0:
+            return
+        self.timer.cancel()
+        self.server.loop.remove_reader(self.fd)
+        self.server.waiting.pop(self, None)
+        self.server.connections.pop(self, None)
+        self.fd = -1
+        self.sock.close()
+
+
 class HttpServer:
     """Serves ``handler`` on sockets given to :meth:`serve` (see the module docstring)."""
 
@@ -161,99 +311,92 @@ class HttpServer:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.max_body = max_body
-        self.open_connections = 0
-        """Connections open now (read by tests and the log)."""
         self._lines = LogLimiter(
             log or logging.getLogger("meshd.http"), per_key=1, overall=8, window=_LOG_EVERY_S
         )
         self._log = self._lines.log
-        self._waiting: dict[asyncio.Task[None], None] = {}  # no request yet; oldest first
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: dict[_Connection, None] = {}  # every open one
+        self.waiting: dict[_Connection, None] = {}  # no whole request yet; oldest first
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(self, sock: socket.socket) -> asyncio.Server:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "serve() first"
+        return self._loop
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (read by tests and the log)."""
+        return len(self.connections)
+
+    async def serve(self, sock: socket.socket) -> Listening:
         """Start serving the listening socket ``sock`` on the running loop."""
-        return await asyncio.start_server(self._connection, sock=sock, limit=MAX_HEADER_BYTES)
+        self._loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._accept, sock)
+        return Listening(self._loop, sock)
 
     async def close_connections(self) -> None:
         """End every open connection (streams included)."""
-        tasks = list(self._tasks)
+        tasks = [c.task for c in self.connections if c.task is not None]
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.open_connections >= self.max_connections:
-            self.refuse("connections", f"over {self.max_connections} open connections")
-            waiting = next(iter(self._waiting), None)
-            if waiting is None:  # (all are being answered)
-                writer.write(response_bytes(503, b"too many connections\n"))
-                writer.close()
+    def _accept(self, listening: socket.socket) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
-            self._waiting.pop(waiting)
-            waiting.cancel()
-        self.open_connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+            except OSError as e:  # out of descriptors or buffers: pause, as asyncio does
+                self._lines.warning("accept", "%s: cannot accept connections: %s", self.name, e)
+                self.loop.remove_reader(listening.fileno())
+                self.loop.call_later(1.0, self._resume, listening)
+                return
+            sock.setblocking(False)
+            if len(self.connections) >= self.max_connections:
+                self.refuse("connections", f"over {self.max_connections} open connections")
+                oldest = next(iter(self.waiting), None)
+                if oldest is None:  # (all are being answered)
+                    with contextlib.suppress(OSError):
+                        sock.send(response_bytes(503, b"too many connections\n"))
+                    sock.close()
+                    continue
+                oldest.close()
+            conn = _Connection(self, sock)
+            self.connections[conn] = None
+            self.waiting[conn] = None
+
+    def _resume(self, listening: socket.socket) -> None:
+        if listening.fileno() >= 0:
+            self.loop.add_reader(listening.fileno(), self._accept, listening)
+
+    async def exchange(self, conn: _Connection, request: Request) -> None:
+        """Answer ``conn``'s whole ``request`` with the handler's response, then close."""
         try:
-            self._waiting[task] = None
-            await self._exchange(reader, writer)
+            await self._respond(conn, request)
         except asyncio.CancelledError:
-            pass  # evicted for a newer connection, or the server stops
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away: nothing to answer
-        except TimeoutError:
-            pass  # a response the client did not read in time
+            pass  # the client went away from a stream, or the server stops
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or did not read in time: nothing more to say
         except Exception:  # a handler failed: say so, keep serving
             self._log.exception("%s: a request failed", self.name)
-            with contextlib.suppress(Exception):
-                writer.write(response_bytes(500, b"internal error\n"))
+            with contextlib.suppress(OSError):
+                conn.sock.send(response_bytes(500, b"internal error\n"))
         finally:
-            self._waiting.pop(task, None)
-            self._tasks.discard(task)
-            self.open_connections -= 1
-            writer.close()
+            conn.close()
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout)
-        except TimeoutError:
-            self.refuse("timeout", f"no request headers within {self.header_timeout:g} s")
-            return
-        except asyncio.LimitOverrunError:
-            self.refuse("bad_request", f"request headers over {MAX_HEADER_BYTES} bytes")
-            await self._send(writer, response_bytes(431, b"request headers too large\n"))
-            return
-        parsed = parse_head(head)
-        if parsed is None:
-            self.refuse("bad_request", "not an HTTP request")
-            await self._send(writer, response_bytes(400, b"bad request\n"))
-            return
-        method, target, headers = parsed
-        body = b""
-        length = headers.get("content-length", "0")
-        if not length.isdigit() or "transfer-encoding" in headers:
-            await self._send(writer, response_bytes(400, b"a body needs a Content-Length\n"))
-            return
-        if int(length) > self.max_body:
-            self.refuse("bad_request", f"a body of {length} bytes, over {self.max_body}")
-            await self._send(writer, response_bytes(413, b"request body too large\n"))
-            return
-        if int(length):
-            try:
-                body = await asyncio.wait_for(reader.readexactly(int(length)), self.header_timeout)
-            except TimeoutError:
-                self.refuse("timeout", f"no request body within {self.header_timeout:g} s")
-                return
-        self._waiting.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-        peer = writer.get_extra_info("peername")
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
-        answer = await self._handler(Request(method, target, headers, body, where))
+    async def _respond(self, conn: _Connection, request: Request) -> None:
+        answer = await self._handler(request)
         if isinstance(answer, Response):
             out = response_bytes(answer.status, answer.body, answer.content_type, answer.headers)
-            if method == "HEAD":
+            if request.method == "HEAD":
                 out = out[: out.index(b"\r\n\r\n") + 4]
-            await self._send(writer, out)
+            await self._send(conn, out)
             return
         head_bytes = response_bytes(
             200,
@@ -262,19 +405,19 @@ class HttpServer:
             [("Cache-Control", "no-store"), *answer.headers],
             length=False,
         )
-        await self._send(writer, head_bytes)
+        conn.watch_for_end()
+        await self._send(conn, head_bytes)
         chunks = answer.chunks
         try:
             async for chunk in chunks:
-                await self._send(writer, chunk)
+                await self._send(conn, chunk)
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.write_timeout)
+    async def _send(self, conn: _Connection, data: bytes) -> None:
+        await asyncio.wait_for(self.loop.sock_sendall(conn.sock, data), self.write_timeout)
 
     def refuse(self, reason: str, why: str) -> None:
         """Count a refusal; log it at most once a minute per reason (the next line says how

@@ -40,7 +40,14 @@ from xds_server.console.html import Html, esc, page
 from xds_server.console.sessions import COOKIE, Session, Sessions
 from xds_server.errors import MeshError
 from xds_server.events import WatcherOverflow
-from xds_server.http_server import HttpServer, Request, Response, Streamed, listen_socket
+from xds_server.http_server import (
+    HttpServer,
+    Listening,
+    Request,
+    Response,
+    Streamed,
+    listen_socket,
+)
 
 __all__ = ["Console"]
 
@@ -97,7 +104,7 @@ class Console:
             max_body=MAX_BODY,
             log=log,
         )
-        self._server: asyncio.Server | None = None
+        self._server: Listening | None = None
         self._recent: collections.deque[Any] = collections.deque(maxlen=RECENT_EVENTS)
         self._recorder: asyncio.Task[None] | None = None
         self._feeds: collections.Counter[str] = collections.Counter()
