@@ -8,6 +8,11 @@ most. The request rate does not refuse: a stream over it is paced (its next requ
 only when the bucket allows), which holds the client back through HTTP/2 flow control and
 never drops a request, so the xDS state of a legitimate burst stays intact.
 
+A request that may list more names than the limit is counted exactly only by parsing it,
+which costs the event loop tens of milliseconds for a few megabytes; such parses take turns
+(:class:`ParseTurns`), so that a flood of them delays a configuration change by one parse
+at most, not by all of them.
+
 The defaults are far beyond what a large mesh asks of one stream or one address; the
 ``--xds-max-*`` flags change them.
 """
@@ -29,6 +34,7 @@ from xds_server.log_limit import LogLimiter, clip
 __all__ = [
     "DEFAULT_SHARED_WIRE_MB",
     "LimitExceeded",
+    "ParseTurns",
     "StreamGuard",
     "StreamLimits",
     "TokenBucket",
@@ -101,6 +107,39 @@ def peer_host(peer: str) -> str:
     return peer  # (unix sockets and the like: the whole string)
 
 
+class ParseTurns:
+    """Parses that may be long, one at a time, each followed by as long a rest.
+
+    The loop's other work (a change being pushed, other streams' requests) runs during the
+    rest, so parses can take at most half of the loop's time, and a change waits behind one
+    of them at most. Up to ``queue`` parses wait their turn (each holds its request's bytes);
+    beyond that a parse runs at once, so what waits stays bounded in memory.
+    """
+
+    def __init__(self, queue: int = 8, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.queue = queue
+        self.clock = clock
+        self.waiting = 0
+        """Parses waiting for their turn now."""
+        self._lock: asyncio.Lock | None = None
+
+    async def run(self, parse: Callable[[bytes], _T], data: bytes) -> _T:
+        """``parse(data)`` in its turn."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if self.waiting >= self.queue:
+            return parse(data)
+        self.waiting += 1
+        try:
+            async with self._lock:
+                started = self.clock()
+                result = parse(data)
+                await asyncio.sleep(self.clock() - started)
+        finally:
+            self.waiting -= 1
+        return result
+
+
 class StreamGuard:
     """The limits in force, the streams open per peer address, and what a refusal does."""
 
@@ -116,6 +155,8 @@ class StreamGuard:
         self.clock = clock
         self.log = LogLimiter(log)
         self._per_peer: dict[str, int] = {}
+        self.turns = ParseTurns()
+        """Where requests that may be over the names limit are counted (see ParseTurns)."""
 
     # -- streams per peer ---------------------------------------------------------------
 

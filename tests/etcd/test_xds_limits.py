@@ -165,6 +165,39 @@ async def test_names_limit_by_flag_sotw_and_delta(
         assert _limited(m, "names") == 2, m
 
 
+async def test_names_that_only_look_over_the_limit_are_counted_exactly(
+    etcd_shared: EmbeddedEtcd, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """A name 26 bytes long has a length byte equal to the names field's tag byte, so 50 of
+    them hold 98 such bytes: under ``--xds-max-names 50`` a request of those and a service's
+    name is counted exactly (parsed in its turn) and served, SotW and Delta alike; one name
+    more is refused."""
+    names = ["s0.default", *(f"n{i:02d}." + "x" * 22 for i in range(49))]
+    assert {len(n) for n in names[1:]} == {26}
+    async with meshd(etcd_shared, etcd_prefix, tmp_path, "--xds-max-names", "50") as proc:
+        async with grpc.aio.insecure_channel(proc.target) as channel:
+            sotw = Raw(channel)
+            sotw.send(_req(ENDPOINT, names, node="s"))
+            resp = discovery_pb2.DiscoveryResponse.FromString(await sotw.read())
+            assert resp.type_url == ENDPOINT
+            delta = Raw(channel, DELTA)
+            first = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=ENDPOINT, resource_names_subscribe=names
+            )
+            first.node.id, first.node.cluster = "d", "gateway"
+            assert first.SerializeToString().count(b"\x1a") > 50  # (the tag of subscribe)
+            delta.send(first)
+            assert discovery_pb2.DeltaDiscoveryResponse.FromString(await delta.read())
+            over = Raw(channel)
+            over.send(_req(ENDPOINT, [*names, "n50." + "x" * 22], node="o"))
+            code, details = await over.status()
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "51 names" in details, details
+            for raw in (sotw, delta):
+                raw.call.cancel()
+        m = await proc.metrics("meshd_xds_limited_total")
+        assert _limited(m, "names") == 1, m
+
+
 async def test_streams_per_peer_address(
     etcd_shared: EmbeddedEtcd, etcd_prefix: str, tmp_path: Path
 ) -> None:

@@ -106,7 +106,9 @@ class AdsServicer:
 
     async def stream_aggregated_resources(
         self,
-        request_iterator: AsyncIterator[KeyedRequest | MalformedRequest | OversizedRequest],
+        request_iterator: AsyncIterator[
+            KeyedRequest | MalformedRequest | OversizedRequest | UncountedRequest
+        ],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
         """ADS state of the world."""
@@ -115,7 +117,10 @@ class AdsServicer:
     async def delta_aggregated_resources(
         self,
         request_iterator: AsyncIterator[
-            discovery_pb2.DeltaDiscoveryRequest | MalformedRequest | OversizedRequest
+            discovery_pb2.DeltaDiscoveryRequest
+            | MalformedRequest
+            | OversizedRequest
+            | UncountedRequest
         ],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> None:
@@ -220,6 +225,8 @@ class AdsServicer:
             try:
                 async for req in request_iterator:
                     await guard.pace(bucket, where)
+                    if isinstance(req, UncountedRequest):
+                        req = await guard.turns.run(req.parse, req.data)
                     if not live:
                         inbox.append(req)
                         watcher.event.set()
@@ -448,13 +455,30 @@ class OversizedRequest:
     type_url: str
 
 
+@dataclass(frozen=True, slots=True)
+class UncountedRequest:
+    """Request bytes that may list more names than the limit allows (each name starts with
+    its field's tag byte, and more such bytes were found). Only a parse counts them exactly,
+    and a few megabytes of names take the loop tens of milliseconds to parse: the stream's
+    reader does it in its turn (:class:`~xds_server.stream_limits.ParseTurns`), not the
+    deserializer, which gRPC calls as each message comes."""
+
+    data: bytes
+    parse: Callable[[bytes], Any]
+
+
 def _sotw_request(
     data: bytes, max_names: int = 1 << 62
-) -> KeyedRequest | MalformedRequest | OversizedRequest:
-    if not may_list_over(data, SOTW_NAMES_TAG, max_names):
-        light = light_request(data)
-        if light is not None:
-            return KeyedRequest(light[0], light[1], data)
+) -> KeyedRequest | MalformedRequest | OversizedRequest | UncountedRequest:
+    if may_list_over(data, SOTW_NAMES_TAG, max_names):
+        return UncountedRequest(data, functools.partial(_sotw_parsed, max_names=max_names))
+    light = light_request(data)
+    if light is not None:
+        return KeyedRequest(light[0], light[1], data)
+    return _sotw_parsed(data, max_names)
+
+
+def _sotw_parsed(data: bytes, max_names: int) -> KeyedRequest | MalformedRequest | OversizedRequest:
     msg = _parse(discovery_pb2.DiscoveryRequest, data)
     if isinstance(msg, MalformedRequest):
         return msg
@@ -465,13 +489,17 @@ def _sotw_request(
 
 def _delta_request(
     data: bytes, max_names: int = 1 << 62
+) -> discovery_pb2.DeltaDiscoveryRequest | MalformedRequest | OversizedRequest | UncountedRequest:
+    if may_list_over(data, DELTA_NAMES_TAG, max_names):
+        return UncountedRequest(data, functools.partial(_delta_parsed, max_names=max_names))
+    return _parse(discovery_pb2.DeltaDiscoveryRequest, data)
+
+
+def _delta_parsed(
+    data: bytes, max_names: int
 ) -> discovery_pb2.DeltaDiscoveryRequest | MalformedRequest | OversizedRequest:
     msg = _parse(discovery_pb2.DeltaDiscoveryRequest, data)
-    if (
-        not isinstance(msg, MalformedRequest)
-        and may_list_over(data, DELTA_NAMES_TAG, max_names)
-        and len(msg.resource_names_subscribe) > max_names
-    ):
+    if not isinstance(msg, MalformedRequest) and len(msg.resource_names_subscribe) > max_names:
         return OversizedRequest(len(msg.resource_names_subscribe), clip(msg.type_url, 200))
     return msg
 
