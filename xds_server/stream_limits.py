@@ -58,8 +58,10 @@ class StreamLimits:
     """Open ADS, HDS and LRS streams from one IP address (``--xds-max-streams-per-peer``)."""
     request_rate: float = 100.0
     """Requests per second one stream may send, sustained (``--xds-request-rate``)."""
-    request_burst: int = 1_000
-    """... and at once, above that rate (``--xds-request-burst``)."""
+    request_burst: int = 100
+    """... and at once, above that rate (``--xds-request-burst``). A proxy sends a few
+    requests at a time (one per type it asks for, then an ACK per response); each request
+    let through at once is work done at once, ahead of every other stream's."""
     max_queued_responses: int = 1_000
     """Responses waiting to be written to a stream whose client does not read them
     (``--xds-max-queued-responses``)."""
