@@ -50,13 +50,13 @@ from typing import Any
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.bench_scale import (
     BASE,
-    TXN_BATCH,
     Meshd,
     address,
     compile_meshd,
     cpu_seconds,
     load,
     percentile,
+    put_entries,
     quiesce,
     say,
 )
@@ -171,15 +171,7 @@ def marker_value(change: int) -> dict[str, Any]:
 
 async def seed(registry: EtcdRegistry, endpoints: int) -> int:
     """Write the registry in transactions; the revision after."""
-    batch: dict[str, bytes] = {}
-    revision = 0
-    for key, value in registry_entries(endpoints):
-        batch[registry.prefix + key] = json.dumps(value).encode()
-        if len(batch) == TXN_BATCH:
-            revision = await registry.txn(puts=batch)
-            batch = {}
-    if batch:
-        revision = await registry.txn(puts=batch)
+    revision, _ = await put_entries(registry, registry_entries(endpoints))
     return revision
 
 

@@ -65,7 +65,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -153,14 +161,14 @@ def registry_entries(
             yield f"endpoints/default/s{i}/e{j}", ep
 
 
-async def seed(
-    registry: EtcdRegistry, services: int, endpoints: int, tcp_scope: bool = False
-) -> tuple[int, float, int]:
-    """Write the registry in transactions of TXN_BATCH puts; (revision, seconds, keys)."""
-    started = time.perf_counter()
+async def put_entries(
+    registry: EtcdRegistry, entries: Iterable[tuple[str, Any]]
+) -> tuple[int, int]:
+    """Write ``entries`` (key under the prefix, JSON value) in transactions of TXN_BATCH
+    puts; (the last revision, keys written)."""
     batch: dict[str, bytes] = {}
     revision = keys = 0
-    for key, value in registry_entries(services, endpoints, tcp_scope):
+    for key, value in entries:
         batch[registry.prefix + key] = json.dumps(value).encode()
         if len(batch) == TXN_BATCH:
             revision = await registry.txn(puts=batch)
@@ -169,6 +177,15 @@ async def seed(
     if batch:
         revision = await registry.txn(puts=batch)
         keys += len(batch)
+    return revision, keys
+
+
+async def seed(
+    registry: EtcdRegistry, services: int, endpoints: int, tcp_scope: bool = False
+) -> tuple[int, float, int]:
+    """Write the registry in transactions of TXN_BATCH puts; (revision, seconds, keys)."""
+    started = time.perf_counter()
+    revision, keys = await put_entries(registry, registry_entries(services, endpoints, tcp_scope))
     return revision, time.perf_counter() - started, keys
 
 

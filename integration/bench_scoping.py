@@ -47,7 +47,6 @@ from typing import Any
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.bench_scale import (
     BASE,
-    TXN_BATCH,
     Bench,
     Floor,
     Meshd,
@@ -60,6 +59,7 @@ from integration.bench_scale import (
     finish_run_options,
     load,
     meshd_revision,
+    put_entries,
     run_bench,
     say,
 )
@@ -101,15 +101,7 @@ def registry_entries(args: argparse.Namespace, scoped: bool) -> Iterator[tuple[s
 
 async def seed(registry: EtcdRegistry, entries: Iterator[tuple[str, Any]]) -> int:
     """Write ``entries`` in transactions of TXN_BATCH puts; the last revision."""
-    batch: dict[str, bytes] = {}
-    revision = 0
-    for key, value in entries:
-        batch[registry.prefix + key] = json.dumps(value).encode()
-        if len(batch) == TXN_BATCH:
-            revision = await registry.txn(puts=batch)
-            batch = {}
-    if batch:
-        revision = await registry.txn(puts=batch)
+    revision, _ = await put_entries(registry, entries)
     return revision
 
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.translation import translate_afresh
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
 from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef
@@ -237,18 +238,8 @@ class World:
             self.fold([], users)
 
     def check(self) -> None:
-        fresh = Translator()
         state = self.state
-        fresh.update(
-            state,
-            ChangeSet(
-                services=set(state.services),
-                endpoints=set(state.endpoints),
-                routes=set(state.routes),
-                listeners=set(state.listeners),
-            ),
-            self.inputs,
-        )
+        fresh = translate_afresh(state, self.inputs)
         for type_url, served in self.translator.served.items():
             expected = fresh.served[type_url]
             assert served.keys() == expected.keys(), type_url

@@ -6,35 +6,19 @@ from hypothesis import given, settings
 
 from tests.support.golden import PREFIX, cases, load_entries
 from tests.support.histories import Op, histories
+from tests.support.translation import Versions, served_versions, translate_afresh
 from xds_server.ingest.registry import Changes, Entry, Event
 from xds_server.ingest.state import RegistryState
-from xds_server.model.view import ChangeSet
 from xds_server.translate import Delta, Translator
-
-Versions = dict[str, dict[str, str]]
-
-
-def versions(translator: Translator) -> Versions:
-    return {t: {n: r.version for n, r in res.items()} for t, res in translator.served.items()}
 
 
 def afresh(state: RegistryState) -> Versions:
     """The index a new Translator builds from everything in force."""
-    translator = Translator()
-    translator.update(
-        state,
-        ChangeSet(
-            services=set(state.services),
-            endpoints=set(state.endpoints),
-            routes=set(state.routes),
-            listeners=set(state.listeners),
-        ),
-    )
-    return versions(translator)
+    return served_versions(translate_afresh(state))
 
 
 def assert_delta_exact(before: Versions, translator: Translator, delta: Delta) -> None:
-    after = versions(translator)
+    after = served_versions(translator)
     for type_url in after:
         expected = {
             name: after[type_url].get(name)
@@ -57,11 +41,11 @@ class Pipeline:
         self.revision = 0
 
     def apply(self, event: Event) -> None:
-        before = versions(self.translator)
+        before = served_versions(self.translator)
         changes = self.state.apply(Changes(event.revision, (event,)))
         delta = self.translator.update(self.state, changes)
         assert_delta_exact(before, self.translator, delta)
-        assert versions(self.translator) == afresh(self.state)
+        assert served_versions(self.translator) == afresh(self.state)
 
     def put(self, entry: Entry) -> None:
         self.revision += 1

@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.stream_mesh import Mesh
+from tests.support.translation import translate_afresh
 from tests.unit.test_delta_stream import dreq, names
 from xds_server.cache import ConfigCache
 from xds_server.errors import ValidationError
@@ -21,7 +22,6 @@ from xds_server.ingest.state import RegistryState
 from xds_server.model import ServiceRef, parse_key
 from xds_server.model.entries import parse_entity
 from xds_server.model.service import MAX_UPSTREAMS, Service
-from xds_server.model.view import ChangeSet
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.resources.scope import Selection, variant_key
 from xds_server.server.delta_stream import DeltaStream
@@ -311,20 +311,6 @@ ops = st.sampled_from(sorted(VALUES)).flatmap(
 )
 
 
-def _afresh(state: RegistryState) -> Translator:
-    translator = Translator()
-    translator.update(
-        state,
-        ChangeSet(
-            services=set(state.services),
-            endpoints=set(state.endpoints),
-            routes=set(state.routes),
-            listeners=set(state.listeners),
-        ),
-    )
-    return translator
-
-
 _AFFINITY = VALUES["services/pay/card"][1]
 
 
@@ -360,7 +346,7 @@ def test_scoped_translation_is_incremental(history: list[tuple[str, Any]]) -> No
             else Event("put", P + key, json.dumps(value).encode(), rev)
         )
         cache.apply(translator.update(state, state.apply(Changes(rev, (event,)))), rev)
-        fresh = _afresh(state)
+        fresh = translate_afresh(state)
         served = {t: {n: r.version for n, r in idx.items()} for t, idx in cache.index.items()}
         assert served == {
             t: {n: r.version for n, r in idx.items()} for t, idx in fresh.served.items()
