@@ -158,9 +158,6 @@ class Listening:
             self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
-    async def wait_closed(self) -> None:
-        """For the callers of :class:`asyncio.Server`: nothing is left to wait for."""
-
 
 class _Connection:
     """One accepted socket until its request is read: a buffer and a deadline, no task.
@@ -204,14 +201,9 @@ class _Connection:
         self.buf += data
         if self.head is None:
             end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEADER_BYTES:
-                    self.server.refuse(
-                        "bad_request", f"request headers over {MAX_HEADER_BYTES} bytes"
-                    )
-                    self.reply(response_bytes(431, b"request headers too large\n"))
-                return
-            if end + 4 > MAX_HEADER_BYTES:
+            if end < 0 and len(self.buf) <= MAX_HEADER_BYTES:
+                return  # (more of the head to come)
+            if end < 0 or end + 4 > MAX_HEADER_BYTES:
                 self.server.refuse("bad_request", f"request headers over {MAX_HEADER_BYTES} bytes")
                 self.reply(response_bytes(431, b"request headers too large\n"))
                 return

@@ -182,8 +182,6 @@ class MetricsServer:
         finally:
             server.close()
             await self._http.close_connections()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1)
 
     async def _handle(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):

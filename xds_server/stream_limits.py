@@ -123,12 +123,10 @@ class ParseTurns:
         self.clock = clock
         self.waiting = 0
         """Parses waiting for their turn now."""
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # (bound to the loop that first waits on it)
 
     async def run(self, parse: Callable[[bytes], _T], data: bytes) -> _T:
         """``parse(data)`` in its turn."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         if self.waiting >= self.queue:
             return parse(data)
         self.waiting += 1
