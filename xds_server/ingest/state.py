@@ -109,10 +109,21 @@ class _Dirty:
         (self.by_kind[ref.kind] if ref is not None else self.orphans)[key] = None
 
     def split_runs(self) -> None:
-        """Turn the runs into keys of their own (their values may change meanwhile)."""
+        """Turn the runs into keys of their own (their values may change meanwhile), each
+        run's keys where its first key stood: keys are resolved in the order they were
+        stored, and that order is the order of a service's endpoints."""
+        if not self.runs:
+            return
         endpoints = self.by_kind["endpoints"]
-        for run in self.runs.values():
-            endpoints.update(dict.fromkeys(run.keys))
+        ordered: dict[str, None] = {}
+        for key in endpoints:
+            run = self.runs.get(key)
+            if run is None:
+                ordered[key] = None
+            else:
+                ordered.update(dict.fromkeys(run.keys))
+        endpoints.clear()
+        endpoints.update(ordered)
         self.runs.clear()
         self.run_keys.clear()
 
