@@ -511,8 +511,8 @@ class MeshApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._health_tasks = []
-        await self.health_sync.close()
-        await self.replicas.close()
+        # (both revokes at once: with etcd away, each waits out its timeout)
+        await asyncio.gather(self.health_sync.close(), self.replicas.close())
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -4,6 +4,7 @@ on close so that the other replicas forget this one at once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -47,11 +48,19 @@ class HeldLease:
         """etcd failed mid-round: take a new lease next time."""
         self.id = 0
 
-    async def revoke(self) -> None:
-        """Give the lease back (what is published under it goes at once)."""
+    async def revoke(self, timeout: float = 2.0) -> None:
+        """Give the lease back (what is published under it goes at once). Waits at most
+        ``timeout`` seconds: a revoke etcd does not answer by then leaves the lease to
+        expire after its TTL, as it would had this process been killed, rather than hold
+        up a stop (etcd's own request deadline is longer)."""
         if self.id and self._revoke is not None:
             try:
-                await self._revoke(self.id)
+                async with asyncio.timeout(timeout):
+                    await self._revoke(self.id)
             except Exception as exc:
-                log.info("could not revoke the %s lease: %s", self.what, exc)
+                log.info(
+                    "could not revoke the %s lease: %s",
+                    self.what,
+                    str(exc) or f"no answer in {timeout:g} s",
+                )
         self.id = 0
