@@ -35,7 +35,7 @@ from xds_server.cli.bootstrap import bootstrap
 
 TD = "mesh.local"
 API_ID = f"spiffe://{TD}/ns/shop/svc/api"
-TTL_S = 20.0
+TTL_S = 10.0
 WAIT = 30.0  # seconds, on a busy 2-core box: first certificates, then a rotation
 RATE_PER_CALLER = 40.0  # requests/s of each of the two load threads
 

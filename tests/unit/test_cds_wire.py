@@ -6,16 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 
 from tests.support.golden import translate
-from tests.support.registry_strategies import registries
+from tests.support.wire_checks import check_clusters
 from xds_server.ingest.registry import Entry
 from xds_server.model import Service
-from xds_server.model.names import cluster_name
 from xds_server.translate import cds_wire
-from xds_server.translate.cds_wire import cluster_bytes
-from xds_server.translate.cluster import build_cluster
 
 
 def _services(registry: dict[str, dict[str, Any]]) -> list[Service]:
@@ -27,20 +23,8 @@ def _services(registry: dict[str, dict[str, Any]]) -> list[Service]:
     return list(state.services.values())
 
 
-def _check(service: Service) -> None:
-    for subset in ("", *service.subset_names):
-        name = cluster_name(service.ref, subset)
-        expected = build_cluster(service, subset).SerializeToString(deterministic=True)
-        assert cluster_bytes(service, name, build_cluster) == expected, name
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(registries())
-def test_template_bytes_match_message_api(registry: dict[str, dict[str, Any]]) -> None:
-    """Templates are memoized across examples too: a service whose shape differs from a
-    memoized one in a field the shape leaves out would get the wrong template here."""
-    for service in _services(registry):
-        _check(service)
+_check = check_clusters
+"""(Random registries are checked in tests/unit/test_wire_props.py.)"""
 
 
 _SHAPES: list[dict[str, Any]] = [
