@@ -232,6 +232,8 @@ class Figures:
             f"change latency without abuse: {self.calm}",
             f"change latency under abuse:   {self.abused}",
             f"p99 under abuse / without: {ratio:.2f}x (target <= 2x)",
+            f"slowest changes without abuse: {_slowest(self.calm)}",
+            f"slowest changes under abuse:   {_slowest(self.abused)}",
             f"meshd CPU while measuring: {self.cpu_calm_s:.2f} s without abuse, "
             f"{self.cpu_abused_s:.2f} s under abuse",
             f"  (the abusers ran as their own processes at nice {self.nice})",
@@ -239,6 +241,13 @@ class Figures:
             "  refusals: " + ", ".join(f"{k} {v:.0f}" for k, v in self.limited.items() if v),
         ]
         return "\n".join(lines)
+
+
+def _slowest(lat: Latency, n: int = 4) -> str:
+    """The ``n`` slowest changes of a series: when each was written (seconds into the
+    series) and its last client's latency."""
+    worst = sorted(lat.slowest, key=lambda c: -c[1])[:n]
+    return ", ".join(f"{ms:.0f} ms at {at:.1f} s" for at, ms in worst)
 
 
 async def _quiet_rss(meshd: MeshdProcess, settle: float) -> int:

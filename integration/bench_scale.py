@@ -449,6 +449,8 @@ class Latency:
     changes: int = 0
     cut: bool = False  # stopped by the time budget
     settle_s: float = 0.0  # time spent waiting for the processes to go idle
+    slowest: list[tuple[float, float]] = field(default_factory=list)
+    """Per change: (seconds since the series began, its slowest client's latency in ms)."""
 
     @property
     def p50(self) -> float:
@@ -468,6 +470,7 @@ class Latency:
         self.missing += other.missing
         self.changes += other.changes
         self.settle_s += other.settle_s
+        self.slowest += other.slowest
 
     def __str__(self) -> str:
         miss = f" MISSING {self.missing}" if self.missing else ""
@@ -520,7 +523,9 @@ async def measure_changes(
         t0 = time.monotonic()
         await trigger(k)
         times, missing = await clients.wait_change(k, timeout)
-        lat.samples += [(t - t0) * 1000 for t in times]
+        ms = [(t - t0) * 1000 for t in times]
+        lat.samples += ms
+        lat.slowest.append((t0 - started, max(ms, default=float("nan"))))
         lat.missing += missing
         lat.changes += 1
         if quiet:
