@@ -10,8 +10,10 @@ never drops a request, so the xDS state of a legitimate burst stays intact.
 
 A request that may list more names than the limit is counted exactly only by parsing it,
 which costs the event loop tens of milliseconds for a few megabytes; such parses take turns
-(:class:`ParseTurns`), so that a flood of them delays a configuration change by one parse
-at most, not by all of them.
+(:class:`Turns`), so that a flood of them delays a configuration change by one parse
+at most, not by all of them. So do the requests of a burst past its first few
+(:data:`QUICK_REQUESTS`): a client that queues up a hundred requests at once (each may call
+for a response) has them handled one piece at a time, with the loop's other work between.
 
 The defaults are far beyond what a large mesh asks of one stream or one address; the
 ``--xds-max-*`` flags change them.
@@ -33,16 +35,24 @@ from xds_server.log_limit import LogLimiter, clip
 
 __all__ = [
     "DEFAULT_SHARED_WIRE_MB",
+    "QUICK_REQUESTS",
     "LimitExceeded",
-    "ParseTurns",
     "StreamGuard",
     "StreamLimits",
     "TokenBucket",
+    "Turns",
     "peer_host",
 ]
 
 log = logging.getLogger("meshd.limits")
 _T = TypeVar("_T")
+_A = TypeVar("_A")
+
+QUICK_REQUESTS = 16
+"""Requests of one stream's burst handled at once, as they come: more than a proxy sends at
+a time (one per type it asks for, an ACK per response). Past them, the burst's requests are
+handled in :class:`Turns`, so that a client queueing up its whole burst takes at most half
+of the loop while it lasts, and a change being pushed meanwhile waits behind one of them."""
 
 DEFAULT_SHARED_WIRE_MB = 64
 """Encoded responses the cache keeps to share between streams, in MB (``--xds-shared-cache-mb``)."""
@@ -98,6 +108,10 @@ class TokenBucket:
             return 0.0
         return -self._tokens / self.rate
 
+    def deep(self, quick: int) -> bool:
+        """True once the requests taken at once (above the rate) are more than ``quick``."""
+        return self._tokens < self.burst - quick
+
 
 def peer_host(peer: str) -> str:
     """The IP of a gRPC peer string (``ipv4:127.0.0.1:5555``, ``ipv6:[::1]:5555``)."""
@@ -109,13 +123,15 @@ def peer_host(peer: str) -> str:
     return peer  # (unix sockets and the like: the whole string)
 
 
-class ParseTurns:
-    """Parses that may be long, one at a time, each followed by as long a rest.
+class Turns:
+    """Work a client may ask for in bulk, one piece at a time, each followed by as long a rest.
 
-    The loop's other work (a change being pushed, other streams' requests) runs during the
-    rest, so parses can take at most half of the loop's time, and a change waits behind one
-    of them at most. Up to ``queue`` parses wait their turn (each holds its request's bytes);
-    beyond that a parse runs at once, so what waits stays bounded in memory.
+    Two kinds go through here: parsing a request that may be over the names limit, and
+    handling the requests of a burst past its first :data:`QUICK_REQUESTS`. The loop's other
+    work (a change being pushed, other streams' requests) runs during the rest, so such
+    work can take at most half of the loop's time, and a change waits behind one piece of it
+    at most. Up to ``queue`` pieces wait their turn (each holds its request); beyond that a
+    piece runs at once, so what waits stays bounded in memory.
     """
 
     def __init__(self, queue: int = 8, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -125,15 +141,15 @@ class ParseTurns:
         """Parses waiting for their turn now."""
         self._lock = asyncio.Lock()  # (bound to the loop that first waits on it)
 
-    async def run(self, parse: Callable[[bytes], _T], data: bytes) -> _T:
-        """``parse(data)`` in its turn."""
+    async def run(self, work: Callable[[_A], _T], arg: _A) -> _T:
+        """``work(arg)`` in its turn."""
         if self.waiting >= self.queue:
-            return parse(data)
+            return work(arg)
         self.waiting += 1
         try:
             async with self._lock:
                 started = self.clock()
-                result = parse(data)
+                result = work(arg)
                 await asyncio.sleep(self.clock() - started)
         finally:
             self.waiting -= 1
@@ -155,8 +171,9 @@ class StreamGuard:
         self.clock = clock
         self.log = LogLimiter(log)
         self._per_peer: dict[str, int] = {}
-        self.turns = ParseTurns()
-        """Where requests that may be over the names limit are counted (see ParseTurns)."""
+        self.turns = Turns()
+        """Where requests that may be over the names limit are counted, and where a burst's
+        requests past its first few are handled (see Turns)."""
 
     # -- streams per peer ---------------------------------------------------------------
 
@@ -256,6 +273,13 @@ class StreamGuard:
         self._count(limit)
         self.log.warning((limit, peer), "ending xDS stream from %s: %s", clip(peer, 64), message)
         return LimitExceeded(limit, message)
+
+    async def in_turn(self, handle: Callable[[_A], None], request: _A) -> None:
+        """``handle(request)`` in its turn (:class:`Turns`), counted as
+        ``limit="request_burst"``: a request of a burst past its first
+        :data:`QUICK_REQUESTS`. Not logged: nothing is refused or delayed beyond the turn."""
+        self._count("request_burst")
+        await self.turns.run(handle, request)
 
     def _count(self, limit: str) -> None:
         if self.on_limit is not None:

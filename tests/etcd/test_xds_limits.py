@@ -260,6 +260,40 @@ async def test_a_request_flood_is_paced_not_dropped(
         assert _limited(m, "request_rate") >= 50, m
 
 
+async def test_a_burst_past_its_first_requests_is_handled_in_turns(
+    etcd_shared: EmbeddedEtcd, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """A proxy's few requests at a time are handled as they come; a client that queues up
+    60 at once (within the default burst of 100, so none is paced) has all but the first
+    16 handled in turns, each counted, and every one is still handled: the answer to the
+    request after them comes. (A rate of 1 a second: the bucket refills by next to nothing
+    while the burst is read, so the count is exact to a request or two.)"""
+    flags = ("--xds-request-rate", "1")
+    async with meshd(etcd_shared, etcd_prefix, tmp_path, *flags) as proc:
+        async with grpc.aio.insecure_channel(proc.target) as channel:
+            proxy = Raw(channel)
+            proxy.send(_req(CLUSTER, node="proxy"))
+            await proxy.read()
+            for _ in range(8):  # (ACKs a proxy might send after a few pushes)
+                proxy.send(_req(CLUSTER, nonce="no-such-nonce"))
+            proxy.send(_req(ENDPOINT, ["s0.default"], node=""))
+            await proxy.read(20)
+            m = await proc.metrics("meshd_xds_limited_total")
+            assert _limited(m, "request_burst") == 0, m
+
+            burst = Raw(channel)
+            burst.send(_req(CLUSTER, node="burst"))
+            await burst.read()
+            for _ in range(60):
+                burst.send(_req(CLUSTER, nonce="no-such-nonce"))
+            burst.send(_req(ENDPOINT, ["s0.default"]))
+            assert discovery_pb2.DiscoveryResponse.FromString(await burst.read(20)).resources
+        m = await proc.metrics("meshd_xds_limited_total")
+        # (the stream's first request and 15 of the 60 went at once; 45 and the last not)
+        assert 42 <= _limited(m, "request_burst") <= 46, m
+        assert _limited(m, "request_rate") == 0, m
+
+
 def _flip(i: int, services: int) -> list[str]:
     """Every other service, odd or even: two disjoint subscriptions, each a big answer."""
     return [f"s{j}.default" for j in range(i % 2, services, 2)]

@@ -53,7 +53,7 @@ from xds_server.stream_auth import (
     StreamRejected,
     authenticate_stream,
 )
-from xds_server.stream_limits import LimitExceeded, StreamGuard
+from xds_server.stream_limits import QUICK_REQUESTS, LimitExceeded, StreamGuard
 
 __all__ = ["ADS_SERVICE", "AdsServicer", "Connection", "StreamRegistry", "admin_address"]
 
@@ -232,7 +232,10 @@ class AdsServicer:
                         watcher.event.set()
                         continue
                     try:
-                        handle(req)
+                        if bucket.deep(QUICK_REQUESTS):
+                            await guard.in_turn(handle, req)
+                        else:
+                            handle(req)
                     except Exception as exc:  # ends the RPC with it, raised by the writer
                         # Without its traceback: that holds handle()'s frame, and so the
                         # request (a hostile one may be megabytes) for as long as gRPC
@@ -460,7 +463,7 @@ class UncountedRequest:
     """Request bytes that may list more names than the limit allows (each name starts with
     its field's tag byte, and more such bytes were found). Only a parse counts them exactly,
     and a few megabytes of names take the loop tens of milliseconds to parse: the stream's
-    reader does it in its turn (:class:`~xds_server.stream_limits.ParseTurns`), not the
+    reader does it in its turn (:class:`~xds_server.stream_limits.Turns`), not the
     deserializer, which gRPC calls as each message comes."""
 
     data: bytes

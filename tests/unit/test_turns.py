@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from xds_server.stream_limits import ParseTurns
+from xds_server.stream_limits import Turns
 
 PARSE_S = 0.03
 
@@ -24,7 +24,7 @@ def busy_parse(log: list[str], name: str):  # type: ignore[no-untyped-def]
 
 
 async def test_parses_take_turns_and_leave_the_loop_as_long_again() -> None:
-    turns = ParseTurns()
+    turns = Turns()
     log: list[str] = []
 
     async def other_work() -> None:  # a change being pushed: short steps, each needing the loop
@@ -50,7 +50,7 @@ async def test_parses_take_turns_and_leave_the_loop_as_long_again() -> None:
 
 
 async def test_past_the_queue_a_parse_runs_at_once() -> None:
-    turns = ParseTurns(queue=1)
+    turns = Turns(queue=1)
     log: list[str] = []
     first = asyncio.create_task(turns.run(busy_parse(log, "a"), b"a"))
     await asyncio.sleep(0)  # (a is in its turn, or resting)
