@@ -31,6 +31,7 @@ import json
 import socket
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,14 @@ class MeshdProcess(Meshd):
 
 
 # --------------------------------------------------------------------------- abusers
+
+_MARKS: dict[str, float] = {}
+"""When this abuser process reached each step of its attack (wall clock; the run prints
+them as seconds into the measured series, beside the slowest changes)."""
+
+
+def _mark(step: str) -> None:
+    _MARKS.setdefault(step, time.time())
 
 
 def _sotw(type_url: str, names: Sequence[str] = (), node: str = "", cluster: str = "") -> bytes:
@@ -97,12 +106,15 @@ async def names_flood(target: str, streams: int, names: int, wait: float = 30.0)
         async def one(i: int) -> str:
             asked = [f"{j:x}.{i}" for j in range(names)]
             async with _raw_stream(channel, _sotw(EDS, asked, f"names-{i}")) as call:
+                _mark("sending")
                 with contextlib.suppress(TimeoutError):
                     code = await asyncio.wait_for(call.code(), wait)
+                    _mark("first ended")
                     return str(code.name)
                 return f"still open after {wait:.0f} s"
 
         codes = await asyncio.gather(*(one(i) for i in range(streams)))
+        _mark("all ended")
     return f"{streams} x {names} names: {', '.join(sorted(set(codes)))}"
 
 
@@ -122,6 +134,7 @@ async def flipper(target: str, flips: int, services: int) -> str:
                 if i:
                     call.queue.put_nowait(_sotw(EDS, _half(i, services)))
                 got += len(await asyncio.wait_for(call.read(), 30))
+                _mark("first answer")
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             return f"{flips} flips: ended after {got} bytes: {exc}"
     return f"{flips} flips, {got / 1e6:.0f} MB of answers read"
@@ -135,6 +148,7 @@ async def deaf(target: str, requests: int, services: int, hold: float) -> str:
     ):
         for i in range(1, requests):
             call.queue.put_nowait(_sotw(EDS, _half(i, services)))
+        _mark("queued")
         await asyncio.sleep(hold)
     return f"{requests} requests never read, held {hold:.0f} s"
 
@@ -145,8 +159,10 @@ async def cluster_names(target: str, streams: int, size: int) -> str:
         for i in range(streams):
             cluster = f"c{i}-" + "x" * size
             async with _raw_stream(channel, _sotw(CDS, (), f"cl-{i}", cluster)) as call:
+                _mark("first stream")
                 with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                     await asyncio.wait_for(call.read(), 10)
+        _mark("last stream ended")
     return f"{streams} streams with {size}-byte node clusters"
 
 
@@ -158,7 +174,9 @@ async def scrapes(metrics_port: int, n: int) -> str:
         with urllib.request.urlopen(url, timeout=60) as r:
             return len(r.read())
 
+    _mark("scraping")
     sizes = await asyncio.gather(*(asyncio.to_thread(get) for _ in range(n)))
+    _mark("scraped")
     return f"{n} scrapes of {max(sizes) / 1e6:.1f} MB"
 
 
@@ -172,12 +190,14 @@ async def half_open(metrics_port: int, n: int, hold: float) -> str:
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", metrics_port))
             socks.append(s)
+        _mark("connected")
         await asyncio.sleep(0.2)
         sent = 0
         for s in socks:
             with contextlib.suppress(OSError):
                 s.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
                 sent += 1
+        _mark("half requests sent")
         await asyncio.sleep(hold)
     finally:
         for s in socks:
@@ -213,10 +233,18 @@ class Figures:
     calm: Latency = field(default_factory=Latency)
     abused: Latency = field(default_factory=Latency)
     abusers: list[str] = field(default_factory=list)
+    marks: list[dict[str, float]] = field(default_factory=list)
+    """Per abuser: when it reached each step, wall clock."""
+    series_wall: float = 0.0
+    """When the measured series under abuse began, wall clock."""
     limited: dict[str, float] = field(default_factory=dict)
     nice: int = 0
     cpu_calm_s: float = 0.0
     cpu_abused_s: float = 0.0
+
+    def _steps(self, i: int) -> str:
+        marks = self.marks[i] if i < len(self.marks) else {}
+        return f" [{_steps_of(marks, self.series_wall)}]" if marks else ""
 
     def report(self) -> str:
         base, peak, after = (
@@ -237,10 +265,14 @@ class Figures:
             f"meshd CPU while measuring: {self.cpu_calm_s:.2f} s without abuse, "
             f"{self.cpu_abused_s:.2f} s under abuse",
             f"  (the abusers ran as their own processes at nice {self.nice})",
-            *(f"  abuser: {a}" for a in self.abusers),
+            *(f"  abuser: {a}{self._steps(i)}" for i, a in enumerate(self.abusers)),
             "  refusals: " + ", ".join(f"{k} {v:.0f}" for k, v in self.limited.items() if v),
         ]
         return "\n".join(lines)
+
+
+def _steps_of(marks: dict[str, float], start: float) -> str:
+    return ", ".join(f"{step} at {at - start:+.1f} s" for step, at in marks.items())
 
 
 def _slowest(lat: Latency, n: int = 4) -> str:
@@ -299,11 +331,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
             await proc.stdout.readline()
         abuse = asyncio.gather(*(_abuser_result(proc) for proc in procs))
         start, cpu = args.changes + 1, meshd.cpu()
+        fig.series_wall = time.time()
         fig.abused = await measure_changes(
             change, clients, range(start, start + args.changes), gap=args.gap, budget=120
         )
         fig.cpu_abused_s = meshd.cpu() - cpu
-        fig.abusers = [str(r) for r in await abuse]
+        results = await abuse
+        fig.abusers = [r for r, _ in results]
+        fig.marks = [m for _, m in results]
         sampler.cancel()
         fig.rss_peak_kb = max(peak)
         fig.rss_after_kb = await _quiet_rss(meshd, args.settle + 2)
@@ -337,12 +372,13 @@ async def _abuser_process(
     )
 
 
-async def _abuser_result(proc: asyncio.subprocess.Process) -> str:
-    """An abuser's report line, once it ended (or why it failed)."""
+async def _abuser_result(proc: asyncio.subprocess.Process) -> tuple[str, dict[str, float]]:
+    """An abuser's report line, once it ended (or why it failed), and its steps' times."""
     out, err = await proc.communicate()
     if proc.returncode:
-        return f"failed ({proc.returncode}): {err.decode()[-500:]}"
-    return out.decode().strip().splitlines()[-1]
+        return f"failed ({proc.returncode}): {err.decode()[-500:]}", {}
+    line, marks = out.decode().strip().splitlines()[-2:]
+    return line, json.loads(marks)
 
 
 async def _one_abuser(args: argparse.Namespace) -> str:
@@ -401,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.abuser:
         print("go", flush=True)
         print(asyncio.run(_one_abuser(args)), flush=True)
+        print(json.dumps(_MARKS), flush=True)
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-abuse-") as tmp:
         workdir = args.workdir or Path(tmp)

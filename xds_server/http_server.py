@@ -46,6 +46,8 @@ __all__ = [
 MAX_HEADER_BYTES = 16 * 1024
 _READ_BYTES = 16 * 1024
 _ACCEPT_BATCH = 64
+_FULL_PAUSE_S = 0.05
+"""Pause between batches of accepts while the server is full (see ``_accept``)."""
 _LOG_EVERY_S = 60.0
 
 REASONS = {
@@ -339,18 +341,30 @@ class HttpServer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _accept(self, listening: socket.socket) -> None:
+        if self._accept_batch(listening):
+            # Full, and connections keep coming: a flood. Take the next batch after a pause,
+            # so that the flood costs this loop's thread (which shares the interpreter with
+            # meshd's xDS loop) a bounded share of its time; the rest wait in the listen
+            # backlog, as they would behind a slow server.
+            self.loop.remove_reader(listening.fileno())
+            self.loop.call_later(_FULL_PAUSE_S, self._resume, listening)
+
+    def _accept_batch(self, listening: socket.socket) -> bool:
+        """Accept what is waiting, up to a batch; True when a connection had to make room."""
+        evicted = False
         for _ in range(_ACCEPT_BATCH):
             try:
                 sock, _ = listening.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
+                return evicted
             except OSError as e:  # out of descriptors or buffers: pause, as asyncio does
                 self._lines.warning("accept", "%s: cannot accept connections: %s", self.name, e)
                 self.loop.remove_reader(listening.fileno())
                 self.loop.call_later(1.0, self._resume, listening)
-                return
+                return False
             sock.setblocking(False)
             if len(self.connections) >= self.max_connections:
+                evicted = True
                 self.refuse("connections", f"over {self.max_connections} open connections")
                 oldest = next(iter(self.waiting), None)
                 if oldest is None:  # (all are being answered)
@@ -362,6 +376,7 @@ class HttpServer:
             conn = _Connection(self, sock)
             self.connections[conn] = None
             self.waiting[conn] = None
+        return evicted
 
     def _resume(self, listening: socket.socket) -> None:
         if listening.fileno() >= 0:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
+import pytest
+
+from xds_server import http_server
 from xds_server.http_server import HttpServer, Request, Response, Streamed, listen_socket
 
 
@@ -158,3 +162,31 @@ async def test_closing_ends_open_streams_and_silent_connections() -> None:
         await asyncio.wait_for(reader.read(), 5)
     writer.close()
     silent.close()
+
+
+async def test_a_flood_of_connections_is_taken_a_batch_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full, the server makes room for a new connection by closing the oldest silent one;
+    in a flood it takes a batch, then pauses, so the flood's cost to the thread is spread
+    out instead of taken all at once. After the pause it takes the next batch."""
+    monkeypatch.setattr(http_server, "_FULL_PAUSE_S", 0.5)
+    flood: list[socket.socket] = []
+    async with Site(max_connections=4) as site:
+        try:
+            for _ in range(100):  # (within the listen backlog: all are connected at once)
+                s = socket.socket()
+                s.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    s.connect(("127.0.0.1", site.port))
+                flood.append(s)
+            await until(lambda: site.refused)
+            await asyncio.sleep(0.2)  # (within the pause: nothing more is taken)
+            first = len(site.refused)
+            assert first <= http_server._ACCEPT_BATCH - 4, first
+            # Paused, not stopped: the rest are taken in later batches.
+            await until(lambda: len(site.refused) >= 96, timeout=10)
+            assert site.http.open_connections <= 4
+        finally:
+            for s in flood:
+                s.close()
