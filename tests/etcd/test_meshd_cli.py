@@ -75,37 +75,47 @@ def _closed_port() -> int:
     return free_port()
 
 
+class _Running:
+    """A meshd process logging to ``tmp_path/meshd.log``: its log so far, waited on."""
+
+    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    def log(self) -> str:
+        """The log so far; fails the test when meshd has exited meanwhile."""
+        assert self.proc.poll() is None, self.log_path.read_text()
+        return self.log_path.read_text()
+
+    def wait_for(self, words: str, timeout: float) -> None:
+        wait_until(self.log, f"meshd: {words}", timeout, until=lambda t: words in t, interval=0.1)
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, args: list[str]) -> Iterator[_Running]:
+    """meshd with ``args``, killed on the way out if it still runs."""
+    log_path = tmp_path / "meshd.log"
+    with log_path.open("w+") as log:
+        proc = subprocess.Popen([*MESHD, *args], stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            yield _Running(proc, log_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_meshd_says_it_waits_for_etcd_and_stops_on_a_signal(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     etcd = f"127.0.0.1:{_closed_port()}"
-    log = (tmp_path / "meshd.log").open("w+")
-    proc = subprocess.Popen(
-        [*MESHD, *_flags(tmp_path, etcd)], stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-
-        def meshd_log() -> str:
-            assert proc.poll() is None, (tmp_path / "meshd.log").read_text()
-            return (tmp_path / "meshd.log").read_text()
-
-        wait_until(
-            meshd_log,
-            f"meshd waiting for etcd at {etcd}",
-            30,
-            until=lambda text: f"waiting for etcd at {etcd}" in text,
-            interval=0.1,
-        )
-        proc.send_signal(sig)
+    with _running(tmp_path, _flags(tmp_path, etcd)) as meshd:
+        meshd.wait_for(f"waiting for etcd at {etcd}", 30)
+        meshd.proc.send_signal(sig)
         # Prompt: a person pressing Ctrl-C or a supervisor's SIGTERM (bound loosely here: the
         # machine running the suite may be busy).
-        code = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        code = meshd.proc.wait(timeout=10)
     text = (tmp_path / "meshd.log").read_text()
     assert code == 0, text
     assert text.count("waiting for etcd") == 1, text  # once, not once per retry
@@ -114,44 +124,16 @@ def test_meshd_says_it_waits_for_etcd_and_stops_on_a_signal(
 
 def test_meshd_waiting_for_etcd_starts_serving_once_it_answers(tmp_path: Path) -> None:
     port = _closed_port()
-    log_path = tmp_path / "meshd.log"
-    log = log_path.open("w+")
-    proc = subprocess.Popen(
-        [*MESHD, *_flags(tmp_path, f"127.0.0.1:{port}")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     etcd = EmbeddedEtcd(tmp_path / "etcd", client_port=port, unsafe_no_fsync=True)
     try:
-
-        def meshd_log() -> str:
-            assert proc.poll() is None, log_path.read_text()
-            return log_path.read_text()
-
-        deadline = time.monotonic() + 30  # for both waits together
-        wait_until(
-            meshd_log,
-            "meshd waiting for etcd",
-            30,
-            until=lambda text: "waiting for etcd" in text,
-            interval=0.1,
-        )
-        etcd.start_sync()
-        wait_until(
-            meshd_log,
-            "meshd ready",
-            deadline - time.monotonic(),
-            until=lambda text: "meshd ready" in text,
-            interval=0.1,
-        )
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0, log_path.read_text()
+        with _running(tmp_path, _flags(tmp_path, f"127.0.0.1:{port}")) as meshd:
+            deadline = time.monotonic() + 30  # for both waits together
+            meshd.wait_for("waiting for etcd", 30)
+            etcd.start_sync()
+            meshd.wait_for("meshd ready", deadline - time.monotonic())
+            meshd.proc.send_signal(signal.SIGTERM)
+            assert meshd.proc.wait(timeout=10) == 0, meshd.log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
         etcd.stop()
 
 
@@ -161,32 +143,16 @@ def test_meshd_stops_promptly_when_etcd_went_away(tmp_path: Path) -> None:
     and a supervisor's SIGTERM took over 10 s)."""
     etcd = EmbeddedEtcd(tmp_path / "etcd", unsafe_no_fsync=True)
     etcd.start_sync()
-    log_path = tmp_path / "meshd.log"
-    log = log_path.open("w+")
-    proc = subprocess.Popen(
-        [*MESHD, *_flags(tmp_path, etcd.endpoint), "--log-level", "info"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     try:
-        wait_until(
-            log_path.read_text,
-            "meshd ready",
-            30,
-            until=lambda text: "meshd ready" in text,
-            interval=0.1,
-        )
-        etcd.stop()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=6) == 0, log_path.read_text()
+        args = [*_flags(tmp_path, etcd.endpoint), "--log-level", "info"]
+        with _running(tmp_path, args) as meshd:
+            meshd.wait_for("meshd ready", 30)
+            etcd.stop()
+            meshd.proc.send_signal(signal.SIGTERM)
+            assert meshd.proc.wait(timeout=6) == 0, meshd.log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
         etcd.stop()
-    text = log_path.read_text()
+    text = (tmp_path / "meshd.log").read_text()
     assert "could not revoke the replica lease: " in text, text
     assert "could not revoke the health lease: " in text, text
     assert "Traceback" not in text, text
