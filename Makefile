@@ -38,7 +38,7 @@ helm:
 browser:
 	sh tests/install-chromium.sh
 
-# The unit tier only (in process: no etcd, Envoy, network or subprocess), in under a minute.
+# The unit tier only (in process: no etcd, Envoy, network or subprocess), in about a minute.
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
