@@ -130,29 +130,36 @@ class Turns:
     handling the requests of a burst past its first :data:`QUICK_REQUESTS`. The loop's other
     work (a change being pushed, other streams' requests) runs during the rest, so such
     work can take at most half of the loop's time, and a change waits behind one piece of it
-    at most. Up to ``queue`` pieces wait their turn (each holds its request); beyond that a
-    piece runs at once, so what waits stays bounded in memory.
+    at most. Up to ``queue`` parses wait their turn (each holds its request's bytes, which
+    may be megabytes); beyond that a parse runs at once, so what waits stays bounded in
+    memory. A burst's request always waits its turn: it is parsed already, and a stream has
+    one waiting at most, so burst turns never take a parse's place in the queue.
     """
 
     def __init__(self, queue: int = 8, clock: Callable[[], float] = time.perf_counter) -> None:
         self.queue = queue
         self.clock = clock
         self.waiting = 0
-        """Parses waiting for their turn now."""
+        """Parses waiting for their turn now (``bounded`` pieces)."""
         self._lock = asyncio.Lock()  # (bound to the loop that first waits on it)
 
-    async def run(self, work: Callable[[_A], _T], arg: _A) -> _T:
-        """``work(arg)`` in its turn."""
+    async def run(self, work: Callable[[_A], _T], arg: _A, *, bounded: bool = True) -> _T:
+        """``work(arg)`` in its turn; at once when it is ``bounded`` and the queue is full."""
+        if not bounded:
+            return await self._in_turn(work, arg)
         if self.waiting >= self.queue:
             return work(arg)
         self.waiting += 1
         try:
-            async with self._lock:
-                started = self.clock()
-                result = work(arg)
-                await asyncio.sleep(self.clock() - started)
+            return await self._in_turn(work, arg)
         finally:
             self.waiting -= 1
+
+    async def _in_turn(self, work: Callable[[_A], _T], arg: _A) -> _T:
+        async with self._lock:
+            started = self.clock()
+            result = work(arg)
+            await asyncio.sleep(self.clock() - started)
         return result
 
 
@@ -279,7 +286,7 @@ class StreamGuard:
         ``limit="request_burst"``: a request of a burst past its first
         :data:`QUICK_REQUESTS`. Not logged: nothing is refused or delayed beyond the turn."""
         self._count("request_burst")
-        await self.turns.run(handle, request)
+        await self.turns.run(handle, request, bounded=False)
 
     def _count(self, limit: str) -> None:
         if self.on_limit is not None:

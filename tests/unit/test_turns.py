@@ -58,3 +58,17 @@ async def test_past_the_queue_a_parse_runs_at_once() -> None:
     assert await turns.run(busy_parse(log, "b"), b"b") == b"B"  # (no turn: at once)
     assert await first == b"A"
     assert log == ["a starts", "a ends", "b starts", "b ends"]
+
+
+async def test_burst_turns_wait_without_taking_a_parses_place_in_the_queue() -> None:
+    turns = Turns(queue=1)
+    log: list[str] = []
+    first = asyncio.create_task(turns.run(busy_parse(log, "a"), b"a", bounded=False))
+    burst = asyncio.create_task(turns.run(busy_parse(log, "b"), b"b", bounded=False))
+    await asyncio.sleep(0)  # (a in its turn or resting, b waiting: neither counts)
+    assert turns.waiting == 0
+    parse = asyncio.create_task(turns.run(busy_parse(log, "c"), b"c"))
+    await asyncio.sleep(0)
+    assert turns.waiting == 1  # (c waits its turn: the queue had room)
+    assert await asyncio.gather(first, burst, parse) == [b"A", b"B", b"C"]
+    assert log == ["a starts", "a ends", "b starts", "b ends", "c starts", "c ends"]
