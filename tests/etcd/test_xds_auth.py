@@ -108,9 +108,13 @@ async def mesh(etcd_shared: EmbeddedEtcd, etcd_prefix: str) -> AsyncIterator[Adm
 
 
 async def create(mesh: AdminMesh, identity: str, ttl: int = 3600) -> pb.CreateJoinTokenResponse:
+    """A new token, once meshd holds it: the admin API writes it to etcd and meshd learns it
+    from its watch, milliseconds later (a stream using it before then is refused as
+    unknown, seen once under load)."""
     resp: pb.CreateJoinTokenResponse = await mesh.stub.CreateJoinToken(
         pb.CreateJoinTokenRequest(identity=identity, ttl_seconds=ttl), metadata=ADMIN
     )
+    await eventually(lambda: resp.info.id in mesh.app.join_tokens.tokens, "the new token", 5)
     return resp
 
 
