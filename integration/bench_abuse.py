@@ -242,10 +242,6 @@ class Figures:
     cpu_calm_s: float = 0.0
     cpu_abused_s: float = 0.0
 
-    def _steps(self, i: int) -> str:
-        marks = self.marks[i] if i < len(self.marks) else {}
-        return f" [{_steps_of(marks, self.series_wall)}]" if marks else ""
-
     def report(self) -> str:
         base, peak, after = (
             self.rss_base_kb / 1024,
@@ -265,14 +261,20 @@ class Figures:
             f"meshd CPU while measuring: {self.cpu_calm_s:.2f} s without abuse, "
             f"{self.cpu_abused_s:.2f} s under abuse",
             f"  (the abusers ran as their own processes at nice {self.nice})",
-            *(f"  abuser: {a}{self._steps(i)}" for i, a in enumerate(self.abusers)),
+            *(
+                f"  abuser: {a}{_steps_of(m, self.series_wall)}"
+                for a, m in zip(self.abusers, self.marks, strict=True)
+            ),
             "  refusals: " + ", ".join(f"{k} {v:.0f}" for k, v in self.limited.items() if v),
         ]
         return "\n".join(lines)
 
 
 def _steps_of(marks: dict[str, float], start: float) -> str:
-    return ", ".join(f"{step} at {at - start:+.1f} s" for step, at in marks.items())
+    """`` [step at +t s, ...]``, times from ``start``; nothing when there are no marks."""
+    if not marks:
+        return ""
+    return " [" + ", ".join(f"{step} at {at - start:+.1f} s" for step, at in marks.items()) + "]"
 
 
 def _slowest(lat: Latency, n: int = 4) -> str:
