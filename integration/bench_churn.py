@@ -22,6 +22,12 @@ their targets (issue 24):
   ``--small-endpoints`` endpoints (each size with a meshd and a registry prefix of its own,
   the same etcd and the same number of clients), and the ratio is printed (target <= 1.5x).
 
+Beside them, what bounds the first two on the machine at hand: the same route change and
+one endpoint update (one push of the whole assignment) made before the burst, one at a
+time; and, once meshd is gone, the same clients against the floor server
+(:mod:`integration.floor_server` ``--one``: pre-serialized bytes, nothing else) serving the
+same shape, ``--floor-changes`` route changes and as many pushes of the whole assignment.
+
     python -m integration.bench_churn [--endpoints 10000] [--updates 10000] [--clients 1000]
         [--small] [--meshd-src DIR]
 
@@ -50,6 +56,7 @@ from typing import Any
 from adapters.etcd import EmbeddedEtcd, EtcdRegistry
 from integration.bench_scale import (
     BASE,
+    Floor,
     Meshd,
     address,
     compile_meshd,
@@ -87,6 +94,8 @@ class Figures:
     calm_ms: list[float] = field(default_factory=list)
     calm_missing: int = 0
     calm_changes: int = 0
+    calm_push_ms: list[float] = field(default_factory=list)
+    calm_push_missing: int = 0
     bare_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
     clients_cpu_s: float = 0.0
@@ -95,6 +104,10 @@ class Figures:
     batches: int = 0
     lag_ms: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    floor_route_ms: list[float] = field(default_factory=list)
+    floor_route_missing: int = 0
+    floor_push_ms: list[float] = field(default_factory=list)
+    floor_push_missing: int = 0
 
     @property
     def cpu_per_update_ms(self) -> float:
@@ -126,6 +139,8 @@ class Figures:
             + _verdict(route_p99 < 100 and not self.route_missing),
             "  the same route change before the burst (no churn): "
             + self.route_line(self.calm_ms, self.calm_changes, self.calm_missing),
+            "  one endpoint update before the burst (no churn), until the last client holds it: "
+            + _ms_list(self.calm_push_ms, self.calm_push_missing),
             "  the route changes of the burst at a bare etcd watcher (its own process): "
             + ", ".join(f"{ms:.0f}" for ms in self.bare_ms)
             + " ms",
@@ -135,7 +150,27 @@ class Figures:
             f"  pushes (responses written): {pushes or 'none'}; {self.batches} batches of "
             f"registry updates, mean watch lag {self.lag_ms:.1f} ms; client stream errors: "
             + (json.dumps(self.errors) if self.errors else "none"),
+            *self.floor_report(),
         ]
+
+    def floor_report(self) -> list[str]:
+        if not self.floor_route_ms and not self.floor_push_ms:
+            return []
+        return [
+            "  the floor (a server writing pre-serialized bytes, nothing else) through the same "
+            "clients, no churn:",
+            "    a route change at every client: "
+            + self.route_line(
+                self.floor_route_ms, len(self.floor_push_ms), self.floor_route_missing
+            ),
+            f"    one push of the whole {self.endpoints}-endpoint assignment, until the last "
+            "client holds it: " + _ms_list(self.floor_push_ms, self.floor_push_missing),
+        ]
+
+
+def _ms_list(ms: list[float], missing: int) -> str:
+    lost = f" (MISSING at {missing} clients)" if missing else ""
+    return ", ".join(f"{v:.0f}" for v in ms) + " ms" + lost
 
 
 def _verdict(ok: bool) -> str:
@@ -293,6 +328,16 @@ async def run_size(
             fig.calm_missing += missing
             fig.calm_changes += 1
             await quiesce([meshd.pid, *clients.pids])
+        # One endpoint update alone: one push of the whole assignment (ids after the burst's).
+        for k in range(MARKER_ID + 1, MARKER_ID + 1 + args.calm_changes):
+            written = time.monotonic()
+            await registry.put(
+                f"{prefix}endpoints/default/{SERVICE}/e0", json.dumps(marker_value(k)).encode()
+            )
+            times, missing = await clients.wait_change(k, args.timeout)
+            fig.calm_push_ms.append((max(times, default=written) - written) * 1000)
+            fig.calm_push_missing += missing
+            await quiesce([meshd.pid, *clients.pids])
         pushes_before = await _pushes(meshd)
         batches_before = await _batches(meshd)
         meshd.profile_phase(True)
@@ -425,6 +470,54 @@ async def _pushes(meshd: Meshd) -> dict[str, float]:
     return out
 
 
+async def floor_size(endpoints: int, args: argparse.Namespace, workdir: Path, fig: Figures) -> None:
+    """The same clients against the floor server serving the same shape: ``--floor-changes``
+    route changes and as many pushes of the whole assignment, one at a time, no churn.
+    What no server can beat here, for the clients and the machine at hand."""
+    floor = await Floor.start(
+        1,
+        endpoints,
+        workdir,
+        extra=[
+            *("--one", CLUSTER, "--marker-address", MARKER_ADDRESS, "--route-mark", ROUTE_MARK),
+            *("--prebuilt", str(args.floor_changes + 2)),
+        ],
+    )
+    clients: LoadGenGroup | None = None
+    try:
+        clients = await LoadGenGroup.start(args.procs, workdir, f"floor-loadgen-{endpoints}")
+        await clients.add(
+            floor.target,
+            delta=args.clients,
+            marker=CLUSTER,
+            marker_address=MARKER_ADDRESS,
+            route="public",
+            route_mark=ROUTE_MARK,
+        )
+        done = await clients.wait_complete(args.timeout)
+        if done["complete"] < args.clients:
+            say(f"  !! floor: only {done['complete']}/{args.clients} clients complete")
+        pids = [floor.pid, *clients.pids]
+        await quiesce(pids)
+        for k in range(1, args.floor_changes + 1):
+            written = time.monotonic()
+            await floor.send(f"route {ROUTE_IDS + k}")
+            times, missing = await clients.wait_change(ROUTE_IDS + k, args.timeout)
+            fig.floor_route_ms += [(t - written) * 1000 for t in times]
+            fig.floor_route_missing += missing
+            await quiesce(pids)
+            written = time.monotonic()
+            await floor.send(f"push {k}")
+            times, missing = await clients.wait_change(k, args.timeout)
+            fig.floor_push_ms.append((max(times, default=written) - written) * 1000)
+            fig.floor_push_missing += missing
+            await quiesce(pids)
+    finally:
+        if clients is not None:
+            await clients.close()
+        await floor.close()
+
+
 async def amain(args: argparse.Namespace, workdir: Path) -> list[Figures]:
     etcd = EmbeddedEtcd(workdir / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
     await etcd.start()
@@ -433,6 +526,8 @@ async def amain(args: argparse.Namespace, workdir: Path) -> list[Figures]:
         for endpoints in args.sizes:
             say(f"\n-- a service of {endpoints} endpoints ({load()})")
             fig = await run_size(etcd, endpoints, args, workdir)
+            if args.floor_changes:
+                await floor_size(endpoints, args, workdir, fig)
             for line in fig.report():
                 say(line)
             figures.append(fig)
@@ -466,6 +561,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--calm-changes", type=int, default=3, help="route changes measured before the burst"
     )
+    p.add_argument(
+        "--floor-changes",
+        type=int,
+        default=5,
+        help="route changes and assignment pushes through the floor server (0: no floor)",
+    )
     p.add_argument("--inflight", type=int, default=16, help="puts in flight while writing")
     p.add_argument("--order", choices=("big-first", "small-first"), default="big-first")
     p.add_argument("--only", choices=("big", "small", "both"), default="both")
@@ -487,6 +588,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
         args.updates, args.clients = min(args.updates, 300), min(args.clients, 4)
         args.route_changes, args.procs = min(args.route_changes, 2), 1
+        args.floor_changes = min(args.floor_changes, 2)
     sizes = {"big": [args.endpoints], "small": [args.small_endpoints]}
     sizes["both"] = [args.endpoints, args.small_endpoints]
     args.sizes = sizes[args.only]

@@ -388,7 +388,15 @@ class Floor:
         self.port = port
 
     @classmethod
-    async def start(cls, services: int, endpoints: int, workdir: Path, tcp: bool = False) -> Floor:
+    async def start(
+        cls,
+        services: int,
+        endpoints: int,
+        workdir: Path,
+        tcp: bool = False,
+        extra: Sequence[str] = (),
+    ) -> Floor:
+        """Start it; ``extra``: more of its flags (``--one`` and the like)."""
         log = (workdir / "floor.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -401,6 +409,7 @@ class Floor:
             "--base",
             str(BASE),
             *(["--tcp"] if tcp else []),
+            *extra,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,

@@ -16,7 +16,13 @@ where the load generator's clients need it to behave like a control plane:
 * ``push K`` on stdin writes one small ClusterLoadAssignment of ``s0.default`` whose first
   endpoint has port ``base + K`` (the load generator's marker) to every open stream; ``churn
   K`` does the same with an unrelated cluster. Every message is serialized once, before it is
-  needed; each stream gets the same bytes (SotW or Delta framing).
+  needed; each stream gets the same bytes (SotW or Delta framing);
+* ``--one CLUSTER`` serves instead the churn benchmark's shape (:mod:`integration.bench_churn`):
+  that one cluster of ``--endpoints`` endpoints, the first at ``--marker-address``, listener
+  ``public`` and a route configuration whose one route's prefix is ``--route-mark`` and a
+  change id. ``push K`` then writes the whole assignment with the first endpoint's port at
+  ``base + K``, and ``route K`` the route configuration carrying id ``K`` (the first
+  ``--prebuilt`` of each serialized at the start).
 
     python -m integration.floor_server --port 0 --services 1000 [--endpoints 10]
 
@@ -30,6 +36,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -63,25 +70,30 @@ def _ads() -> config_source_pb2.ConfigSource:
     )
 
 
-def cluster(i: int) -> cluster_pb2.Cluster:
+def cluster(i: int, name: str = "") -> cluster_pb2.Cluster:
     """A cluster shaped like meshd's default one for a service (EDS over ADS)."""
     return cluster_pb2.Cluster(
-        name=f"s{i}.default",
+        name=name or f"s{i}.default",
         type=cluster_pb2.Cluster.EDS,
         connect_timeout=duration_pb2.Duration(seconds=1),
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
     )
 
 
-def cla(i: int, endpoints: int, first_port: int = 8080) -> endpoint_pb2.ClusterLoadAssignment:
-    """Service ``s<i>``'s endpoints, shaped like meshd's (locality, weights, id metadata)."""
-    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=f"s{i}.default")
+def cla(
+    i: int, endpoints: int, first_port: int = 8080, name: str = "", first_address: str = ""
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Service ``s<i>``'s endpoints (or cluster ``name``'s, its first at ``first_address``),
+    shaped like meshd's (locality, weights, id metadata)."""
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name or f"s{i}.default")
     group = out.endpoints.add()
     group.locality.SetInParent()
     for j in range(endpoints):
         lb = group.lb_endpoints.add()
         sa = lb.endpoint.address.socket_address
         sa.address, sa.port_value = _address(i * endpoints + j), first_port if j == 0 else 8080
+        if j == 0 and first_address:
+            sa.address = first_address
         lb.load_balancing_weight.value = 100
         lb.metadata.filter_metadata["apg.mesh"].update({"id": f"e{j}"})
     group.load_balancing_weight.value = 100 * endpoints
@@ -126,6 +138,26 @@ def route_config(services: int) -> route_pb2.RouteConfiguration:
     return rc
 
 
+def one_route(cluster: str, prefix: str) -> route_pb2.RouteConfiguration:
+    """Route configuration ``public``: one host, one route of ``prefix`` to ``cluster``."""
+    rc = route_pb2.RouteConfiguration(name="public")
+    vh = rc.virtual_hosts.add(name="public", domains=["*"])
+    vh.routes.add(
+        match=route_components_pb2.RouteMatch(prefix=prefix),
+        route=route_components_pb2.RouteAction(cluster=cluster),
+    )
+    return rc
+
+
+@dataclass(frozen=True)
+class OneService:
+    """The churn benchmark's shape: one cluster, its marker endpoint, one marked route."""
+
+    cluster: str
+    marker_address: str
+    route_mark: str
+
+
 def _pack(msg: Message) -> any_pb2.Any:
     a = any_pb2.Any()
     a.Pack(msg)
@@ -157,11 +189,18 @@ class FloorServer:
     """Holds the open streams and the pre-serialized messages."""
 
     def __init__(
-        self, services: int, endpoints: int, base: int, prebuilt: int, tcp: bool = False
+        self,
+        services: int,
+        endpoints: int,
+        base: int,
+        prebuilt: int,
+        tcp: bool = False,
+        one: OneService | None = None,
     ) -> None:
         self.services = services
         self.endpoints = endpoints
         self.base = base
+        self.one = one
         self.sotw: set[asyncio.Queue[bytes]] = set()
         self.delta: set[asyncio.Queue[bytes]] = set()
         # --tcp: the scope of a sidecar that only proxies TCP to s0 (one cluster, no routes).
@@ -172,12 +211,31 @@ class FloorServer:
             LDS: encode(LDS, "v0", [listener(tcp)]),
             RDS: encode(RDS, "v0", [] if tcp else [route_config(services)]),
         }
+        if one is not None:
+            self.initial.update(
+                {
+                    CDS: encode(CDS, "v0", [cluster(0, one.cluster)]),
+                    EDS: self._push(0, "v0"),
+                    RDS: self.route(0, "v0"),
+                }
+            )
         self.tcp = tcp
         self.pushes = [self._push(k) for k in range(prebuilt)]
+        self.routes = [self.route(k) for k in range(prebuilt)] if one is not None else []
         self.churns = [self._churn(k) for k in range(CHURN_RING)]
 
-    def _push(self, k: int) -> tuple[bytes, bytes]:
-        return encode(EDS, f"c{k}", [cla(0, self.endpoints, self.base + k)])
+    def _push(self, k: int, version: str = "") -> tuple[bytes, bytes]:
+        version = version or f"c{k}"
+        if self.one is not None:
+            big = cla(0, self.endpoints, self.base + k, self.one.cluster, self.one.marker_address)
+            return encode(EDS, version, [big])
+        return encode(EDS, version, [cla(0, self.endpoints, self.base + k)])
+
+    def route(self, k: int, version: str = "") -> tuple[bytes, bytes]:
+        """(--one) The route configuration carrying change id ``k``."""
+        assert self.one is not None
+        rc = one_route(self.one.cluster, f"{self.one.route_mark}{k}")
+        return encode(RDS, version or f"r{k}", [rc])
 
     def _churn(self, k: int) -> tuple[bytes, bytes]:
         i = 1 + k % max(1, self.services - 1)
@@ -257,7 +315,8 @@ class FloorServer:
 
 
 async def run(args: argparse.Namespace) -> None:
-    floor = FloorServer(args.services, args.endpoints, args.base, args.prebuilt, args.tcp)
+    one = OneService(args.one, args.marker_address, args.route_mark) if args.one else None
+    floor = FloorServer(args.services, args.endpoints, args.base, args.prebuilt, args.tcp, one)
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -276,6 +335,9 @@ async def run(args: argparse.Namespace) -> None:
         if cmd == "push":
             k = int(arg)
             floor.push(floor.pushes[k] if k < len(floor.pushes) else floor._push(k))
+        elif cmd == "route" and floor.one is not None:
+            k = int(arg)
+            floor.push(floor.routes[k] if k < len(floor.routes) else floor.route(k))
         elif cmd == "churn":
             if not floor.tcp:  # in the TCP scope nobody subscribes to the churned clusters
                 floor.push(floor.churns[int(arg) % CHURN_RING])
@@ -294,6 +356,9 @@ def main() -> None:
     p.add_argument("--base", type=int, default=MARKER_BASE, help="marker port base (as loadgen)")
     p.add_argument("--prebuilt", type=int, default=1000, help="push messages built at start")
     p.add_argument("--tcp", action="store_true", help="serve a TCP listener to s0 only")
+    p.add_argument("--one", default="", help="serve only this cluster (bench_churn's shape)")
+    p.add_argument("--marker-address", default="", help="(--one) its first endpoint's address")
+    p.add_argument("--route-mark", default="/", help="(--one) its route's prefix before an id")
     raise_nofile_limit()
     asyncio.run(run(p.parse_args()))
     os._exit(0)  # grpc's threads can delay exit; nothing is left to flush

@@ -26,6 +26,9 @@ def test_bench_churn_prints_its_figure_lines() -> None:
         "calm": rf"^  the same route change before the burst \(no churn\): {FIGURES}",
         "bare": r"^  the route changes of the burst at a bare etcd watcher .*: \d+(, \d+)* ms",
         "cpu": r"^  meshd CPU: \d+\.\d\d s, \d+\.\d{3} ms per update",
+        "calm push": r"^  one endpoint update before the burst \(no churn\), .*: \d+(, \d+)* ms$",
+        "floor route": rf"^    a route change at every client: {FIGURES}",
+        "floor push": r"^    one push of the whole \d+-endpoint assignment, .*: \d+, \d+ ms$",
     }
     for name, pattern in lines.items():
         assert len(re.findall(pattern, out, re.M)) == 2, (name, out)
