@@ -179,7 +179,9 @@ class MeshApp:
             raise ValueError("xds_auth needs a registry of the join tokens (tokens=...)")
         self._token_source = tokens
         self.join_tokens = TokenAuthority(
-            registry.prefix + TOKENS_DIR, lambda: self.controller.state.registered_services
+            registry.prefix + TOKENS_DIR,
+            lambda: self.controller.state.registered_services,
+            lookup=tokens.get if tokens is not None else None,
         )
         """Join tokens in force and the streams bound to them (``--xds-auth required``)."""
         xds_auth = self.join_tokens if self.config.xds_auth else None

@@ -29,6 +29,8 @@ __all__ = [
     "StreamAuthenticator",
     "StreamPeer",
     "StreamRejected",
+    "UnknownToken",
+    "admit",
     "authenticate_stream",
     "authenticated_stream",
     "bearer_token",
@@ -48,6 +50,11 @@ class StreamRejected(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class UnknownToken(StreamRejected):
+    """Refused for a token the authenticator does not know (yet): see
+    :meth:`StreamAuthenticator.look_up`."""
 
 
 class StreamPeer:
@@ -89,7 +96,12 @@ class StreamAuthenticator(Protocol):
 
     def authenticate(self, metadata: Metadata | None) -> StreamPeer:
         """The peer of a new stream; StreamRejected (UNAUTHENTICATED) when its token is
-        missing, unknown, expired or revoked."""
+        missing, unknown (UnknownToken), expired or revoked."""
+        ...
+
+    async def look_up(self, metadata: Metadata | None) -> bool:
+        """After an UnknownToken: whether the token is in force after all (issued a moment
+        ago, not heard of here yet). True: authenticate again."""
         ...
 
     def claim(self, peer: StreamPeer, kind: str, node_id: str, node_cluster: str) -> None:
@@ -141,6 +153,17 @@ async def until_ended(peer: StreamPeer, items: AsyncIterator[_T]) -> AsyncIterat
 _DONE = object()
 
 
+async def admit(auth: StreamAuthenticator, metadata: Metadata | None) -> StreamPeer:
+    """The peer of a new stream: :meth:`~StreamAuthenticator.authenticate`, and once more
+    if its token was unknown but turned out to be in force (StreamRejected otherwise)."""
+    try:
+        return auth.authenticate(metadata)
+    except UnknownToken:
+        if not await auth.look_up(metadata):
+            raise
+    return auth.authenticate(metadata)
+
+
 async def authenticate_stream(auth: StreamAuthenticator | None, context: Any) -> StreamPeer | None:
     """The peer of a new stream as ``auth`` authenticates it (None without ``auth``); a
     stream without a valid token is ended (``context.abort``) with the status it was
@@ -148,7 +171,7 @@ async def authenticate_stream(auth: StreamAuthenticator | None, context: Any) ->
     if auth is None:
         return None
     try:
-        return auth.authenticate(context.invocation_metadata())
+        return await admit(auth, context.invocation_metadata())
     except StreamRejected as exc:
         await context.abort(exc.code, exc.message)
     return None

@@ -6,29 +6,50 @@ then watch events: :meth:`apply`), checks the token each stream presents, binds 
 stream's node to its token's identity, and ends the streams of a token that is deleted
 (revoked). It also keeps who owns each node id: the identity whose stream named it first,
 until its last stream of any kind ends; a newer stream of the same identity and kind
-replaces the older one. No I/O but :meth:`run`, which feeds it a registry's updates.
+replaces the older one.
+
+A token issued a moment ago may not have reached this replica's watch yet (another replica
+answered ``CreateJoinToken``, or this replica's watch is behind a burst of registry
+writes), while the proxy it was made for connects at once. So a well-formed token this
+replica does not know is looked up in the registry before it is refused
+(:meth:`TokenAuthority.look_up`), at most :data:`LOOKUPS_PER_S` a second for the whole
+replica, so that made-up tokens cannot turn into a flood of etcd reads. No I/O but
+:meth:`run`, which feeds it a registry's updates, and that lookup, given as a callable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 
 import grpc
 
 from xds_server.errors import ValidationError
-from xds_server.ingest.registry import Changes, Registry, RegistryUpdate, Reset
+from xds_server.ingest.registry import Changes, Entry, Registry, RegistryUpdate, Reset
 from xds_server.model.identity import Identity, identity_of_cluster
 from xds_server.model.join_token import JoinToken, decode, token_id_of
 from xds_server.model.names import ServiceRef
-from xds_server.stream_auth import Metadata, StreamPeer, StreamRejected, bearer_token
+from xds_server.stream_auth import (
+    Metadata,
+    StreamPeer,
+    StreamRejected,
+    UnknownToken,
+    bearer_token,
+)
 
 log = logging.getLogger("meshd.xds_auth")
 
 _UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 _DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+LOOKUPS_PER_S = 20.0
+"""Registry reads for tokens this replica does not know, a second, sustained (the whole
+replica); past them, such a token is refused as unknown without a read."""
+LOOKUP_BURST = 20
+"""... and at once, above that rate: a fleet of proxies starting with new tokens."""
 
 
 @dataclass(slots=True)
@@ -47,15 +68,30 @@ class TokenAuthority:
         tokens_prefix: str,
         services: Callable[[], Container[ServiceRef]],
         clock: Callable[[], float] = time.time,
+        *,
+        lookup: Callable[[str], Awaitable[Entry | None]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``tokens_prefix``: ``<prefix>tokens/``; ``services``: the registered services
-        (a node cluster names a sidecar only of one of them)."""
+        (a node cluster names a sidecar only of one of them); ``lookup``: reads one key of
+        the registry (None: a token is known only once the watch brought it)."""
         self.tokens_prefix = tokens_prefix
         self.services = services
         self.clock = clock
+        self.lookup = lookup
+        self.monotonic = monotonic
         self.tokens: dict[str, JoinToken] = {}
         self.loaded = False
         """A complete listing was folded in (until then every token is refused)."""
+        self.revision = 0
+        """The registry revision the tokens in force are of (the last update folded)."""
+        self.lookups = 0
+        """Tokens looked up in the registry so far (:meth:`look_up`)."""
+        self.lookups_refused = 0
+        """Unknown tokens refused without a lookup: over :data:`LOOKUPS_PER_S`."""
+        self._allowance = float(LOOKUP_BURST)
+        self._allowance_at = monotonic()
+        self._looking: dict[str, asyncio.Future[bool]] = {}
         self._listing: dict[str, JoinToken] | None = None
         self._peers: dict[str, set[StreamPeer]] = {}  # token id -> its live streams
         self._owners: dict[str, _Owner] = {}  # node id -> owner
@@ -77,10 +113,12 @@ class TokenAuthority:
             gone = set(self.tokens) - set(listed)
             self.tokens = listed
             self.loaded = True
+            self.revision = update.revision
             for token_id in gone:
                 self._revoked(token_id)
             return
         assert isinstance(update, Changes)
+        self.revision = max(self.revision, update.revision)
         for ev in update.events:
             token_id = ev.key[len(self.tokens_prefix) :]
             if ev.kind == "put":
@@ -107,6 +145,60 @@ class TokenAuthority:
             peer.end(_UNAUTH, f"join token {token_id} was revoked")
         log.info("join token %s revoked", token_id)
 
+    # -- tokens this replica has not heard of yet ----------------------------------------------
+
+    async def look_up(self, metadata: Metadata | None) -> bool:
+        """Whether the stream's token, unknown here when it was checked, is in force after
+        all: read from the registry when the watch has not brought it yet (at most
+        :data:`LOOKUPS_PER_S` reads a second; one read for streams presenting the same one).
+        The caller then authenticates the stream again."""
+        token = bearer_token(metadata)
+        token_id = token_id_of(token) if token is not None else None
+        if token_id is None or self.lookup is None or not self.loaded:
+            return False
+        if token_id in self.tokens:
+            return True  # (the watch brought it meanwhile)
+        pending = self._looking.get(token_id)
+        if pending is None:
+            if not self._may_look_up():
+                self.lookups_refused += 1
+                return False
+            self.lookups += 1
+            pending = asyncio.ensure_future(self._fetch(token_id))
+            self._looking[token_id] = pending
+            pending.add_done_callback(lambda _: self._looking.pop(token_id, None))
+        return await asyncio.shield(pending)
+
+    def _may_look_up(self) -> bool:
+        now = self.monotonic()
+        elapsed, self._allowance_at = now - self._allowance_at, now
+        self._allowance = min(float(LOOKUP_BURST), self._allowance + elapsed * LOOKUPS_PER_S)
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
+
+    async def _fetch(self, token_id: str) -> bool:
+        assert self.lookup is not None
+        try:
+            entry = await self.lookup(self.tokens_prefix + token_id)
+        except Exception as exc:  # (the registry unreachable: refused as unknown, as before)
+            log.warning("join token %s: looking it up failed: %s", token_id, exc)
+            return False
+        if token_id in self.tokens:
+            return True
+        # The watch is ordered: once it has passed the revision that wrote this token, what
+        # it holds is in force (a token read here and revoked since is not taken back in).
+        # During a relist the listing decides: a token added now would be dropped with it.
+        if entry is None or entry.mod_revision <= self.revision or self._listing is not None:
+            return False
+        token = self._decode(entry.key, entry.value)
+        if token is None or token.id != token_id:
+            return False
+        self.tokens[token_id] = token
+        log.info("join token %s read from the registry before the watch brought it", token_id)
+        return True
+
     async def run(self, source: Registry) -> None:
         """Fold ``source``'s updates in until cancelled (``source``: a registry whose prefix
         is the tokens prefix, so it lists and watches only tokens)."""
@@ -126,7 +218,9 @@ class TokenAuthority:
             raise StreamRejected(grpc.StatusCode.UNAVAILABLE, "join tokens not loaded yet")
         token_id = token_id_of(token)
         known = self.tokens.get(token_id) if token_id is not None else None
-        if known is None or not known.matches(token):
+        if known is None:
+            raise UnknownToken(_UNAUTH, "unknown or revoked join token")
+        if not known.matches(token):
             raise StreamRejected(_UNAUTH, "unknown or revoked join token")
         if known.expired(self.clock()):
             raise StreamRejected(_UNAUTH, f"join token {known.id} has expired")

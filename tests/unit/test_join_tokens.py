@@ -3,16 +3,18 @@ node-id ownership and revocation (the clock and the registry updates are given).
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
 from xds_server.errors import ValidationError
 from xds_server.ingest.registry import Changes, Entry, Event, Reset
 from xds_server.model.identity import gateway, sidecar
-from xds_server.model.join_token import decode, issue, parse_ttl, token_key
+from xds_server.model.join_token import JoinToken, decode, issue, parse_ttl, token_key
 from xds_server.model.names import ServiceRef
-from xds_server.stream_auth import StreamRejected, bearer_token
-from xds_server.token_authority import TokenAuthority
+from xds_server.stream_auth import StreamRejected, UnknownToken, admit, bearer_token
+from xds_server.token_authority import LOOKUP_BURST, LOOKUPS_PER_S, TokenAuthority
 
 PREFIX = "/mesh/"
 WEB = ServiceRef("shop", "web")
@@ -120,3 +122,91 @@ def test_a_relist_that_drops_a_token_revokes_it() -> None:
     peer = auth.authenticate([("authorization", f"Bearer {gw_token}")])
     auth.apply(Reset(5, (), part=0, more=False))
     assert peer.ended is not None and "revoked" in peer.ended.message
+
+
+class Store:
+    """The registry's token keys as a lookup reads them (counting the reads)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.reads = 0
+
+    def put(self, token: JoinToken, revision: int) -> None:
+        key = token_key(PREFIX, token.id)
+        self.entries[key] = Entry(key, token.encode(), revision)
+
+    async def get(self, key: str) -> Entry | None:
+        self.reads += 1
+        await asyncio.sleep(0)  # (a real read: the caller waits for it)
+        return self.entries.get(key)
+
+
+def looking_up(store: Store, now: list[float]) -> TokenAuthority:
+    auth = TokenAuthority(
+        PREFIX + "tokens/", lambda: {WEB}, lambda: NOW, lookup=store.get, monotonic=lambda: now[0]
+    )
+    auth.apply(Reset(10, ()))
+    return auth
+
+
+def bearer(token: str) -> list[tuple[str, str | bytes]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+async def test_a_token_the_watch_has_not_brought_yet_is_read_from_the_registry() -> None:
+    store, now = Store(), [0.0]
+    auth = looking_up(store, now)
+    web, web_token = issue("aaaaaaaaaaaa", "w" * 43, sidecar(WEB), NOW + 60)
+    store.put(web, 11)  # written at revision 11; the watch is still at 10
+    with pytest.raises(UnknownToken):
+        auth.authenticate(bearer(web_token))
+    peer = await admit(auth, bearer(web_token))
+    assert peer.identity == "shop/web" and store.reads == 1
+    assert (await admit(auth, bearer(web_token))).identity == "shop/web"
+    assert store.reads == 1  # held since, as if the watch had brought it
+    # The watch then brings it, and its revocation, as usual.
+    auth.apply(Changes(11, (Event("put", token_key(PREFIX, web.id), web.encode(), 11),)))
+    auth.apply(Changes(12, (Event("delete", token_key(PREFIX, web.id), b"", 12),)))
+    assert peer.ended is not None and "revoked" in peer.ended.message
+
+
+async def test_a_lookup_takes_no_token_the_watch_has_passed() -> None:
+    """Read just before its revocation, a token must not come back once the watch has
+    folded that revocation in: the watch, ordered, decides from the token's revision on."""
+    store, now = Store(), [0.0]
+    auth = looking_up(store, now)
+    web, web_token = issue("aaaaaaaaaaaa", "w" * 43, sidecar(WEB), NOW + 60)
+    store.put(web, 9)  # an old read: the watch (at 10) is past its revision
+    assert not await auth.look_up(bearer(web_token))
+    with pytest.raises(UnknownToken):
+        await admit(auth, bearer(web_token))
+    # Tokens without a well-formed id, and a wrong secret for a token in force, read nothing.
+    reads = store.reads
+    for wrong in ("not-a-token", "aaaaaaaaaaaa.", "zz.secret"):
+        assert not await auth.look_up(bearer(wrong))
+    gw, gw_token = issue("bbbbbbbbbbbb", "g" * 43, gateway("public"), NOW + 60)
+    auth.apply(Changes(11, (Event("put", token_key(PREFIX, gw.id), gw.encode(), 11),)))
+    with pytest.raises(StreamRejected) as info:
+        await admit(auth, bearer(gw_token + "x"))
+    assert not isinstance(info.value, UnknownToken)
+    assert store.reads == reads
+
+
+async def test_made_up_tokens_are_read_at_a_bounded_rate_and_once_each() -> None:
+    store, now = Store(), [0.0]
+    auth = looking_up(store, now)
+    made_up = [bearer(f"{i:012x}.{'x' * 43}") for i in range(3 * LOOKUP_BURST)]
+    results = await asyncio.gather(*(auth.look_up(m) for m in made_up))
+    assert not any(results)
+    assert store.reads == auth.lookups == LOOKUP_BURST
+    assert auth.lookups_refused == 2 * LOOKUP_BURST
+    now[0] += 1.0  # one second later: LOOKUPS_PER_S more
+    await asyncio.gather(*(auth.look_up(m) for m in made_up))
+    assert store.reads == LOOKUP_BURST + int(LOOKUPS_PER_S)
+    # Streams presenting the same unknown token at once share one read.
+    now[0] += 10.0
+    web, web_token = issue("bbbbbbbbbbbb", "w" * 43, sidecar(WEB), NOW + 60)
+    store.put(web, 11)
+    reads = store.reads
+    found = await asyncio.gather(*(auth.look_up(bearer(web_token)) for _ in range(5)))
+    assert all(found) and store.reads == reads + 1

@@ -36,6 +36,7 @@ from xds_server.stream_auth import (
     StreamAuthenticator,
     StreamPeer,
     StreamRejected,
+    admit,
     authenticated_stream,
 )
 from xds_server.stream_limits import StreamGuard
@@ -297,7 +298,7 @@ class HdsServicer:
             )
         if self.auth is not None:
             try:
-                peer = self.auth.authenticate(context.invocation_metadata())
+                peer = await admit(self.auth, context.invocation_metadata())
                 try:
                     self.auth.claim(
                         peer, "hds-fetch", node, request.health_check_request.node.cluster
