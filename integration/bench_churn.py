@@ -282,6 +282,30 @@ async def burst(
     return route_written, last_written
 
 
+async def connected_clients(
+    target: str, args: argparse.Namespace, workdir: Path, tag: str
+) -> LoadGenGroup:
+    """``--clients`` Delta clients of ``target`` holding the service and the route
+    configuration (the marker and the route mark watched), once complete."""
+    clients = await LoadGenGroup.start(args.procs, workdir, tag)
+    try:
+        await clients.add(
+            target,
+            delta=args.clients,
+            marker=CLUSTER,
+            marker_address=MARKER_ADDRESS,
+            route="public",
+            route_mark=ROUTE_MARK,
+        )
+        done = await clients.wait_complete(args.timeout)
+    except BaseException:
+        await clients.close()
+        raise
+    if done["complete"] < args.clients:
+        say(f"  !! {tag}: only {done['complete']}/{args.clients} clients complete")
+    return clients
+
+
 async def run_size(
     etcd: EmbeddedEtcd, endpoints: int, args: argparse.Namespace, workdir: Path
 ) -> Figures:
@@ -303,18 +327,7 @@ async def run_size(
                 extra_args=["--prefix", prefix, *args.meshd_flag],
             )
         await meshd.wait_ready(revision, timeout=args.timeout)
-        clients = await LoadGenGroup.start(args.procs, workdir, f"loadgen-{endpoints}")
-        await clients.add(
-            meshd.target,
-            delta=args.clients,
-            marker=CLUSTER,
-            marker_address=MARKER_ADDRESS,
-            route="public",
-            route_mark=ROUTE_MARK,
-        )
-        done = await clients.wait_complete(args.timeout)
-        if done["complete"] < args.clients:
-            say(f"  !! only {done['complete']}/{args.clients} clients complete")
+        clients = await connected_clients(meshd.target, args, workdir, f"loadgen-{endpoints}")
         await quiesce([meshd.pid, *clients.pids])
         # The same route change without a burst: what the machine gives at best.
         calm = ROUTE_IDS + args.route_changes
@@ -485,18 +498,7 @@ async def floor_size(endpoints: int, args: argparse.Namespace, workdir: Path, fi
     )
     clients: LoadGenGroup | None = None
     try:
-        clients = await LoadGenGroup.start(args.procs, workdir, f"floor-loadgen-{endpoints}")
-        await clients.add(
-            floor.target,
-            delta=args.clients,
-            marker=CLUSTER,
-            marker_address=MARKER_ADDRESS,
-            route="public",
-            route_mark=ROUTE_MARK,
-        )
-        done = await clients.wait_complete(args.timeout)
-        if done["complete"] < args.clients:
-            say(f"  !! floor: only {done['complete']}/{args.clients} clients complete")
+        clients = await connected_clients(floor.target, args, workdir, f"floor-loadgen-{endpoints}")
         pids = [floor.pid, *clients.pids]
         await quiesce(pids)
         for k in range(1, args.floor_changes + 1):
