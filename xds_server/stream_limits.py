@@ -101,12 +101,23 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """Take a token; the seconds to wait first (0.0: none, go on)."""
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+        self._refill(now)
         self._tokens -= 1.0
         if self._tokens >= 0.0:
             return 0.0
         return -self._tokens / self.rate
+
+    def take_if_any(self, now: float) -> bool:
+        """Take a token if one is saved (True); else take nothing (a refusal, not a wait)."""
+        self._refill(now)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
 
     def deep(self, quick: int) -> bool:
         """True once the requests taken at once (above the rate) are more than ``quick``."""

@@ -39,6 +39,7 @@ from xds_server.stream_auth import (
     UnknownToken,
     bearer_token,
 )
+from xds_server.stream_limits import TokenBucket
 
 log = logging.getLogger("meshd.xds_auth")
 
@@ -89,8 +90,7 @@ class TokenAuthority:
         """Tokens looked up in the registry so far (:meth:`look_up`)."""
         self.lookups_refused = 0
         """Unknown tokens refused without a lookup: over :data:`LOOKUPS_PER_S`."""
-        self._allowance = float(LOOKUP_BURST)
-        self._allowance_at = monotonic()
+        self._allowance = TokenBucket(LOOKUPS_PER_S, LOOKUP_BURST, monotonic())
         self._looking: dict[str, asyncio.Future[bool]] = {}
         self._listing: dict[str, JoinToken] | None = None
         self._peers: dict[str, set[StreamPeer]] = {}  # token id -> its live streams
@@ -160,7 +160,7 @@ class TokenAuthority:
             return True  # (the watch brought it meanwhile)
         pending = self._looking.get(token_id)
         if pending is None:
-            if not self._may_look_up():
+            if not self._allowance.take_if_any(self.monotonic()):
                 self.lookups_refused += 1
                 return False
             self.lookups += 1
@@ -168,15 +168,6 @@ class TokenAuthority:
             self._looking[token_id] = pending
             pending.add_done_callback(lambda _: self._looking.pop(token_id, None))
         return await asyncio.shield(pending)
-
-    def _may_look_up(self) -> bool:
-        now = self.monotonic()
-        elapsed, self._allowance_at = now - self._allowance_at, now
-        self._allowance = min(float(LOOKUP_BURST), self._allowance + elapsed * LOOKUPS_PER_S)
-        if self._allowance < 1:
-            return False
-        self._allowance -= 1
-        return True
 
     async def _fetch(self, token_id: str) -> bool:
         assert self.lookup is not None

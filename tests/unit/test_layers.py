@@ -60,6 +60,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     X + "token_authority": frozenset(
         {X + "ingest", X + "model", X + "resources", X + "errors", X + "stream_auth"}
+        | {X + "stream_limits"}
     ),
     X + "admin": frozenset(
         {X + "server", X + "health", X + "topology", X + "ingest", X + "model"}
