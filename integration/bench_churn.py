@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ class Figures:
     errors: dict[str, int] = field(default_factory=dict)
     floor_route_ms: list[float] = field(default_factory=list)
     floor_route_missing: int = 0
+    floor_changes: int = 0
     floor_push_ms: list[float] = field(default_factory=list)
     floor_push_missing: int = 0
 
@@ -154,15 +155,13 @@ class Figures:
         ]
 
     def floor_report(self) -> list[str]:
-        if not self.floor_route_ms and not self.floor_push_ms:
+        if not self.floor_changes:
             return []
         return [
             "  the floor (a server writing pre-serialized bytes, nothing else) through the same "
             "clients, no churn:",
             "    a route change at every client: "
-            + self.route_line(
-                self.floor_route_ms, len(self.floor_push_ms), self.floor_route_missing
-            ),
+            + self.route_line(self.floor_route_ms, self.floor_changes, self.floor_route_missing),
             f"    one push of the whole {self.endpoints}-endpoint assignment, until the last "
             "client holds it: " + _ms_list(self.floor_push_ms, self.floor_push_missing),
         ]
@@ -306,6 +305,23 @@ async def connected_clients(
     return clients
 
 
+async def one_change(
+    write: Awaitable[object],
+    change: int,
+    clients: LoadGenGroup,
+    pids: list[int],
+    args: argparse.Namespace,
+) -> tuple[list[float], int]:
+    """Make one change alone (``write``, which carries change id ``change``): each client's
+    latency from the write (ms) and how many clients never got it; then wait until ``pids``
+    are idle again."""
+    written = time.monotonic()
+    await write
+    times, missing = await clients.wait_change(change, args.timeout)
+    await quiesce(pids)
+    return [(t - written) * 1000 for t in times], missing
+
+
 async def run_size(
     etcd: EmbeddedEtcd, endpoints: int, args: argparse.Namespace, workdir: Path
 ) -> Figures:
@@ -328,29 +344,26 @@ async def run_size(
             )
         await meshd.wait_ready(revision, timeout=args.timeout)
         clients = await connected_clients(meshd.target, args, workdir, f"loadgen-{endpoints}")
-        await quiesce([meshd.pid, *clients.pids])
+        pids = [meshd.pid, *clients.pids]
+        await quiesce(pids)
         # The same route change without a burst: what the machine gives at best.
         calm = ROUTE_IDS + args.route_changes
         for k in range(calm, calm + args.calm_changes):
-            written = time.monotonic()
-            await registry.put(
+            route = registry.put(
                 prefix + "routes/default/marker", json.dumps(route_value(k)).encode()
             )
-            times, missing = await clients.wait_change(k, args.timeout)
-            fig.calm_ms += [(t - written) * 1000 for t in times]
+            ms, missing = await one_change(route, k, clients, pids, args)
+            fig.calm_ms += ms
             fig.calm_missing += missing
             fig.calm_changes += 1
-            await quiesce([meshd.pid, *clients.pids])
         # One endpoint update alone: one push of the whole assignment (ids after the burst's).
         for k in range(MARKER_ID + 1, MARKER_ID + 1 + args.calm_changes):
-            written = time.monotonic()
-            await registry.put(
+            marker = registry.put(
                 f"{prefix}endpoints/default/{SERVICE}/e0", json.dumps(marker_value(k)).encode()
             )
-            times, missing = await clients.wait_change(k, args.timeout)
-            fig.calm_push_ms.append((max(times, default=written) - written) * 1000)
+            ms, missing = await one_change(marker, k, clients, pids, args)
+            fig.calm_push_ms.append(max(ms, default=0.0))
             fig.calm_push_missing += missing
-            await quiesce([meshd.pid, *clients.pids])
         pushes_before = await _pushes(meshd)
         batches_before = await _batches(meshd)
         meshd.profile_phase(True)
@@ -502,18 +515,15 @@ async def floor_size(endpoints: int, args: argparse.Namespace, workdir: Path, fi
         pids = [floor.pid, *clients.pids]
         await quiesce(pids)
         for k in range(1, args.floor_changes + 1):
-            written = time.monotonic()
-            await floor.send(f"route {ROUTE_IDS + k}")
-            times, missing = await clients.wait_change(ROUTE_IDS + k, args.timeout)
-            fig.floor_route_ms += [(t - written) * 1000 for t in times]
+            change = ROUTE_IDS + k
+            route = floor.send(f"route {change}")
+            ms, missing = await one_change(route, change, clients, pids, args)
+            fig.floor_route_ms += ms
             fig.floor_route_missing += missing
-            await quiesce(pids)
-            written = time.monotonic()
-            await floor.send(f"push {k}")
-            times, missing = await clients.wait_change(k, args.timeout)
-            fig.floor_push_ms.append((max(times, default=written) - written) * 1000)
+            fig.floor_changes += 1
+            ms, missing = await one_change(floor.send(f"push {k}"), k, clients, pids, args)
+            fig.floor_push_ms.append(max(ms, default=0.0))
             fig.floor_push_missing += missing
-            await quiesce(pids)
     finally:
         if clients is not None:
             await clients.close()
@@ -561,7 +571,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=2, help="load generator processes")
     p.add_argument("--route-changes", type=int, default=5, help="route changes in the burst")
     p.add_argument(
-        "--calm-changes", type=int, default=3, help="route changes measured before the burst"
+        "--calm-changes",
+        type=int,
+        default=3,
+        help="route changes, and as many endpoint updates, measured alone before the burst",
     )
     p.add_argument(
         "--floor-changes",
