@@ -205,31 +205,24 @@ class FloorServer:
         self.delta: set[asyncio.Queue[bytes]] = set()
         # --tcp: the scope of a sidecar that only proxies TCP to s0 (one cluster, no routes).
         served = 1 if tcp else services
-        self.initial: dict[str, tuple[bytes, bytes]] = {
-            CDS: encode(CDS, "v0", [cluster(i) for i in range(served)]),
-            EDS: encode(EDS, "v0", [cla(i, endpoints) for i in range(served)]),
-            LDS: encode(LDS, "v0", [listener(tcp)]),
-            RDS: encode(RDS, "v0", [] if tcp else [route_config(services)]),
-        }
+        self.initial: dict[str, tuple[bytes, bytes]] = {LDS: encode(LDS, "v0", [listener(tcp)])}
         if one is not None:
-            self.initial.update(
-                {
-                    CDS: encode(CDS, "v0", [cluster(0, one.cluster)]),
-                    EDS: self._push(0, "v0"),
-                    RDS: self.route(0, "v0"),
-                }
-            )
+            self.initial[CDS] = encode(CDS, "v0", [cluster(0, one.cluster)])
+            self.initial[EDS] = self._push(0, "v0")
+            self.initial[RDS] = self.route(0, "v0")
+        else:
+            self.initial[CDS] = encode(CDS, "v0", [cluster(i) for i in range(served)])
+            self.initial[EDS] = encode(EDS, "v0", [cla(i, endpoints) for i in range(served)])
+            self.initial[RDS] = encode(RDS, "v0", [] if tcp else [route_config(services)])
         self.tcp = tcp
         self.pushes = [self._push(k) for k in range(prebuilt)]
         self.routes = [self.route(k) for k in range(prebuilt)] if one is not None else []
         self.churns = [self._churn(k) for k in range(CHURN_RING)]
 
     def _push(self, k: int, version: str = "") -> tuple[bytes, bytes]:
-        version = version or f"c{k}"
-        if self.one is not None:
-            big = cla(0, self.endpoints, self.base + k, self.one.cluster, self.one.marker_address)
-            return encode(EDS, version, [big])
-        return encode(EDS, version, [cla(0, self.endpoints, self.base + k)])
+        name, first = (self.one.cluster, self.one.marker_address) if self.one else ("", "")
+        assignment = cla(0, self.endpoints, self.base + k, name, first)
+        return encode(EDS, version or f"c{k}", [assignment])
 
     def route(self, k: int, version: str = "") -> tuple[bytes, bytes]:
         """(--one) The route configuration carrying change id ``k``."""
