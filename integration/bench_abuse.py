@@ -13,6 +13,10 @@ its peak during the abuse, and after the abusers left. The abusers are those of 
   of ``/metrics``;
 - ``half-open``: connections to the metrics port that send half a request and wait.
 
+Each abuser is a process of its own, at nice 19. It builds its requests first; then all of
+them start at once, as the measured series does (an attacker builds requests on the
+attacker's machines, not on the two cores meshd, etcd and the clients share here).
+
 Targets (issue 22): RSS under +100 MB over the baseline, the clients' p99 within 2x of the
 run without abuse, and RSS back within 10% of the baseline once the abusers left.
 
@@ -33,7 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,14 +102,20 @@ async def _raw_stream(channel: grpc.aio.Channel, first: bytes) -> AsyncIterator[
         call.cancel()
 
 
-async def names_flood(target: str, streams: int, names: int, wait: float = 30.0) -> str:
+async def names_flood(
+    target: str, streams: int, names: int, ready: Callable[[], None], wait: float = 30.0
+) -> str:
     """``streams`` streams, each subscribing to ``names`` unique EDS names at once; how
-    meshd ended them (a stream within the limit stays open: ``wait`` s)."""
+    meshd ended them (a stream within the limit stays open: ``wait`` s). The requests are
+    built before ``ready`` is called."""
+    floods = [
+        _sotw(EDS, [f"{j:x}.{i}" for j in range(names)], f"names-{i}") for i in range(streams)
+    ]
+    ready()
     async with grpc.aio.insecure_channel(target) as channel:
 
         async def one(i: int) -> str:
-            asked = [f"{j:x}.{i}" for j in range(names)]
-            async with _raw_stream(channel, _sotw(EDS, asked, f"names-{i}")) as call:
+            async with _raw_stream(channel, floods[i]) as call:
                 _mark("sending")
                 with contextlib.suppress(TimeoutError):
                     code = await asyncio.wait_for(call.code(), wait)
@@ -122,9 +132,11 @@ def _half(i: int, services: int) -> list[str]:
     return [f"s{j}.default" for j in range(i % 2, services, 2)]
 
 
-async def flipper(target: str, flips: int, services: int) -> str:
+async def flipper(target: str, flips: int, services: int, ready: Callable[[], None]) -> str:
     """One client flipping its EDS subscription without nonces, reading every answer."""
     got = 0
+    halves = [_sotw(EDS, _half(i, services)) for i in range(2)]
+    ready()
     async with (
         grpc.aio.insecure_channel(target) as channel,
         _raw_stream(channel, _sotw(EDS, _half(0, services), "flipper")) as call,
@@ -132,7 +144,7 @@ async def flipper(target: str, flips: int, services: int) -> str:
         try:
             for i in range(flips):
                 if i:
-                    call.queue.put_nowait(_sotw(EDS, _half(i, services)))
+                    call.queue.put_nowait(halves[i % 2])
                 got += len(await asyncio.wait_for(call.read(), 30))
                 _mark("first answer")
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
@@ -140,14 +152,18 @@ async def flipper(target: str, flips: int, services: int) -> str:
     return f"{flips} flips, {got / 1e6:.0f} MB of answers read"
 
 
-async def deaf(target: str, requests: int, services: int, hold: float) -> str:
+async def deaf(
+    target: str, requests: int, services: int, hold: float, ready: Callable[[], None]
+) -> str:
     """A client that flips its subscription ``requests`` times and never reads."""
+    halves = [_sotw(EDS, _half(i, services)) for i in range(2)]
+    ready()
     async with (
         grpc.aio.insecure_channel(target) as channel,
         _raw_stream(channel, _sotw(EDS, _half(0, services), "deaf")) as call,
     ):
         for i in range(1, requests):
-            call.queue.put_nowait(_sotw(EDS, _half(i, services)))
+            call.queue.put_nowait(halves[i % 2])
         _mark("queued")
         await asyncio.sleep(hold)
     return f"{requests} requests never read, held {hold:.0f} s"
@@ -328,9 +344,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
         sampler = asyncio.create_task(sample())
         chosen = set(args.only.split(",")) if args.only else set(ABUSERS)
         procs = [await _abuser_process(n, meshd, args) for n in ABUSERS if n in chosen]
-        for proc in procs:  # (each says "go" once its imports are done and it attacks)
+        for proc in procs:  # (each says "ready" once its requests are built)
             assert proc.stdout is not None
             await proc.stdout.readline()
+        for proc in procs:  # (and attacks once told "go": all of them at once)
+            assert proc.stdin is not None
+            with contextlib.suppress(ConnectionError):  # (one that failed: reported below)
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
         abuse = asyncio.gather(*(_abuser_result(proc) for proc in procs))
         start, cpu = args.changes + 1, meshd.cpu()
         fig.series_wall = time.time()
@@ -370,7 +391,10 @@ async def _abuser_process(
     cmd += ["--target", meshd.target, "--metrics-port", str(meshd.metrics_port)]
     cmd += ["--services", str(args.services)] + (["--small"] if args.small else [])
     return await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *cmd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -383,15 +407,25 @@ async def _abuser_result(proc: asyncio.subprocess.Process) -> tuple[str, dict[st
     return line, json.loads(marks)
 
 
+def _go() -> None:
+    """Say "ready", then wait for the run's "go" (every abuser starts at once)."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
 async def _one_abuser(args: argparse.Namespace) -> str:
-    """The abuser ``--abuser`` names, against ``--target`` / ``--metrics-port``."""
+    """The abuser ``--abuser`` names, against ``--target`` / ``--metrics-port``. It says
+    "ready" once its requests are built, and attacks on "go": what an attacker spends
+    building them is spent on the attacker's machines, not on the cores meshd and the
+    well-behaved clients share here."""
     sizes, target, services = (SMALL if args.small else Sizes()), args.target, args.services
     if args.abuser == "names":
-        return await names_flood(target, sizes.names_streams, sizes.names, 3 * sizes.hold)
+        return await names_flood(target, sizes.names_streams, sizes.names, _go, 3 * sizes.hold)
     if args.abuser == "flip":
-        return await flipper(target, sizes.flips, services)
+        return await flipper(target, sizes.flips, services, _go)
     if args.abuser == "deaf":
-        return await deaf(target, sizes.deaf_requests, services, sizes.hold)
+        return await deaf(target, sizes.deaf_requests, services, sizes.hold, _go)
+    _go()  # (the others' requests cost next to nothing to build)
     if args.abuser == "clusters":
         return await _then(
             cluster_names(target, sizes.cluster_streams, sizes.cluster_bytes),
@@ -437,7 +471,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.abuser:
-        print("go", flush=True)
         print(asyncio.run(_one_abuser(args)), flush=True)
         print(json.dumps(_MARKS), flush=True)
         return 0
