@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 from hypothesis import given, settings
@@ -207,3 +208,16 @@ def test_a_request_over_the_names_limit_is_never_let_through_unparsed(
         req.node.id, req.node.cluster = "gw\x1a-1", "x" * 26
     if len(names) > limit:
         assert may_list_over(req.SerializeToString(), tag, limit)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 7, 1000])
+def test_the_shortest_request_over_the_names_limit_is_still_found(limit: int) -> None:
+    """``limit + 1`` empty names and nothing else: two bytes a name, the fewest a request
+    over the limit can take (what lets shorter requests skip the scan)."""
+    sotw = discovery_pb2.DiscoveryRequest(resource_names=[""] * (limit + 1))
+    delta = discovery_pb2.DeltaDiscoveryRequest(resource_names_subscribe=[""] * (limit + 1))
+    for req, tag in ((sotw, SOTW_NAMES_TAG), (delta, DELTA_NAMES_TAG)):
+        data = req.SerializeToString()
+        assert len(data) == 2 * (limit + 1)
+        assert may_list_over(data, tag, limit)
+        assert not may_list_over(data, tag, limit + 1)
