@@ -257,6 +257,9 @@ class Figures:
     nice: int = 0
     cpu_calm_s: float = 0.0
     cpu_abused_s: float = 0.0
+    write_calm_ms: float = 0.0
+    """The slowest etcd write of a change (part of its latency) without abuse, ms."""
+    write_abused_ms: float = 0.0
 
     def report(self) -> str:
         base, peak, after = (
@@ -277,6 +280,8 @@ class Figures:
             f"meshd CPU while measuring: {self.cpu_calm_s:.2f} s without abuse, "
             f"{self.cpu_abused_s:.2f} s under abuse",
             f"  (the abusers ran as their own processes at nice {self.nice})",
+            f"slowest etcd write of a change (part of its latency): {self.write_calm_ms:.0f} ms "
+            f"without abuse, {self.write_abused_ms:.0f} ms under abuse",
             *(
                 f"  abuser: {a}{_steps_of(m, self.series_wall)}"
                 for a, m in zip(self.abusers, self.marks, strict=True)
@@ -324,8 +329,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
         print(f"{done.get('complete')} of {args.clients} clients complete", flush=True)
         key = prefix + "endpoints/default/s0/e0"
 
+        writes: dict[int, float] = {}  # (change -> how long its etcd write took, ms)
+
         async def change(k: int) -> None:
+            t0 = time.monotonic()
             await registry.put(key, marker_value(k))
+            writes[k] = (time.monotonic() - t0) * 1000
 
         fig.rss_base_kb = await _quiet_rss(meshd, args.settle)
         cpu = meshd.cpu()
@@ -359,6 +368,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
             change, clients, range(start, start + args.changes), gap=args.gap, budget=120
         )
         fig.cpu_abused_s = meshd.cpu() - cpu
+        fig.write_calm_ms = max((ms for k, ms in writes.items() if k < start), default=0.0)
+        fig.write_abused_ms = max((ms for k, ms in writes.items() if k >= start), default=0.0)
         results = await abuse
         fig.abusers = [r for r, _ in results]
         fig.marks = [m for _, m in results]

@@ -23,5 +23,6 @@ def test_bench_abuse_prints_its_figure_lines() -> None:
     assert re.search(rf"^change latency without abuse: {FIGURES}", out, re.M), out
     assert re.search(rf"^change latency under abuse: +{FIGURES}", out, re.M), out
     assert re.search(r"^p99 under abuse / without: \d+\.\d+x", out, re.M), out
+    assert re.search(r"^slowest etcd write of a change .*: \d+ ms without abuse, \d+ ms", out, re.M)
     for abuser in ("names", "flips", "never read", "node clusters", "half-open"):
         assert re.search(rf"^  abuser: .*{abuser}", out, re.M), (abuser, out)
