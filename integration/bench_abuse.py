@@ -21,7 +21,10 @@ Targets (issue 22): RSS under +100 MB over the baseline, the clients' p99 within
 run without abuse, and RSS back within 10% of the baseline once the abusers left.
 
     python -m integration.bench_abuse [--clients 100] [--services 200] [--changes 40]
-        [--only names,flip,deaf,clusters,half-open]
+        [--only names,flip,deaf,clusters,half-open] [--decoy]
+
+``--decoy`` aims the abusers at a second meshd, with a registry as big, and leaves the
+clients' meshd alone: what the same attack costs the clients through the machine alone.
 
 Sizes default to the issue's; ``--small`` makes every one tiny (the smoke test).
 """
@@ -255,6 +258,8 @@ class Figures:
     """When the measured series under abuse began, wall clock."""
     limited: dict[str, float] = field(default_factory=dict)
     nice: int = 0
+    decoy: bool = False
+    """The abusers were aimed at a second meshd (``--decoy``), not the clients' one."""
     cpu_calm_s: float = 0.0
     cpu_abused_s: float = 0.0
     write_calm_ms: float = 0.0
@@ -269,6 +274,14 @@ class Figures:
         )
         ratio = self.abused.p99 / self.calm.p99 if self.calm.p99 else float("nan")
         lines = [
+            *(
+                [
+                    "the abusers were aimed at a decoy meshd: RSS and CPU below are the clients' "
+                    "meshd's, which nothing attacked"
+                ]
+                if self.decoy
+                else []
+            ),
             f"meshd RSS: baseline {base:.0f} MB, peak {peak:.0f} MB (+{peak - base:.0f} MB; "
             f"target < +100), after {after:.0f} MB ({(after - base) / base * 100:+.0f}%; "
             "target within 10%)",
@@ -311,17 +324,27 @@ async def _quiet_rss(meshd: MeshdProcess, settle: float) -> int:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> Figures:
-    fig = Figures(nice=args.abuser_nice)
+    fig = Figures(nice=args.abuser_nice, decoy=args.decoy)
     etcd = EmbeddedEtcd(workdir / "etcd", unsafe_no_fsync=True, auto_compaction_retention=None)
     etcd.start_sync()
     prefix = "/mesh/"
     registry = EtcdRegistry(etcd.endpoint, prefix=prefix)
     meshd: MeshdProcess | None = None
+    decoy: MeshdProcess | None = None
     clients: LoadGenGroup | None = None
     try:
         revision, _, _ = await seed(registry, args.services, args.endpoints)
         meshd = MeshdProcess(etcd.endpoint, prefix, workdir, args.meshd_flag)
         await meshd.wait_ready(revision)
+        if args.decoy:  # (a registry of its own, as big: its answers cost what meshd's do)
+            decoys = EtcdRegistry(etcd.endpoint, prefix="/decoy/")
+            try:
+                decoy_revision, _, _ = await seed(decoys, args.services, args.endpoints)
+            finally:
+                await decoys.close()
+            (workdir / "decoy").mkdir(exist_ok=True)
+            decoy = MeshdProcess(etcd.endpoint, "/decoy/", workdir / "decoy", args.meshd_flag)
+            await decoy.wait_ready(decoy_revision)
         clients = await LoadGenGroup.start(1, workdir, "loadgen")
         half = args.clients // 2
         await clients.add(meshd.target, sotw=half, delta=args.clients - half)
@@ -352,7 +375,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
 
         sampler = asyncio.create_task(sample())
         chosen = set(args.only.split(",")) if args.only else set(ABUSERS)
-        procs = [await _abuser_process(n, meshd, args) for n in ABUSERS if n in chosen]
+        target = decoy or meshd
+        procs = [await _abuser_process(n, target, args) for n in ABUSERS if n in chosen]
         for proc in procs:  # (each says "ready" once its requests are built)
             assert proc.stdout is not None
             await proc.stdout.readline()
@@ -378,7 +402,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
         fig.rss_after_kb = await _quiet_rss(meshd, args.settle + 2)
         fig.limited = {
             k.partition("{")[2].rstrip("}"): v
-            for k, v in (await meshd.metrics("meshd_xds_limited_total")).items()
+            for k, v in (await target.metrics("meshd_xds_limited_total")).items()
         }
         return fig
     finally:
@@ -386,6 +410,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> Figures:
             await clients.close()
         if meshd is not None:
             meshd.stop()
+        if decoy is not None:
+            decoy.stop()
         await registry.close()
         etcd.stop()
 
@@ -470,6 +496,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument(
         "--meshd-flag", action="append", default=[], help="an extra meshd flag (repeatable)"
+    )
+    p.add_argument(
+        "--decoy",
+        action="store_true",
+        help="aim the abusers at a second meshd (with a registry as big) instead of the one "
+        "the clients use: what the attack costs the clients through the machine alone",
     )
     p.add_argument(
         "--abuser-nice",
