@@ -135,10 +135,15 @@ def _half(i: int, services: int) -> list[str]:
     return [f"s{j}.default" for j in range(i % 2, services, 2)]
 
 
+def _halves(services: int) -> list[bytes]:
+    """The two nonce-less EDS requests a flipping client sends in turn, built once."""
+    return [_sotw(EDS, _half(i, services)) for i in range(2)]
+
+
 async def flipper(target: str, flips: int, services: int, ready: Callable[[], None]) -> str:
     """One client flipping its EDS subscription without nonces, reading every answer."""
     got = 0
-    halves = [_sotw(EDS, _half(i, services)) for i in range(2)]
+    halves = _halves(services)
     ready()
     async with (
         grpc.aio.insecure_channel(target) as channel,
@@ -159,7 +164,7 @@ async def deaf(
     target: str, requests: int, services: int, hold: float, ready: Callable[[], None]
 ) -> str:
     """A client that flips its subscription ``requests`` times and never reads."""
-    halves = [_sotw(EDS, _half(i, services)) for i in range(2)]
+    halves = _halves(services)
     ready()
     async with (
         grpc.aio.insecure_channel(target) as channel,
