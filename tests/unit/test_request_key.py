@@ -213,7 +213,7 @@ def test_a_request_over_the_names_limit_is_never_let_through_unparsed(
 @pytest.mark.parametrize("limit", [0, 1, 7, 1000])
 def test_the_shortest_request_over_the_names_limit_is_still_found(limit: int) -> None:
     """``limit + 1`` empty names and nothing else: two bytes a name, the fewest a request
-    over the limit can take (what lets shorter requests skip the scan)."""
+    over the limit can take, found over it (and one more name allowed, not)."""
     sotw = discovery_pb2.DiscoveryRequest(resource_names=[""] * (limit + 1))
     delta = discovery_pb2.DeltaDiscoveryRequest(resource_names_subscribe=[""] * (limit + 1))
     for req, tag in ((sotw, SOTW_NAMES_TAG), (delta, DELTA_NAMES_TAG)):
